@@ -1,0 +1,223 @@
+//! The admin endpoint (SPEC §3): list, add and remove mirrors.
+//!
+//! `GET` lists (text, or JSON with `Accept: application/json` or `?format=json`); `PUT`
+//! adds and `DELETE` removes the `url` parameters from the query string and an
+//! `application/x-www-form-urlencoded` body. Every URL is validated before anything is
+//! applied. Authentication, when configured, comes first.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Body;
+use tracing::info;
+
+use crate::auth::Users;
+use crate::body::{self, BoxBody, BoxError};
+use crate::registry::Registry;
+use crate::target_url::{TargetUrl, UrlError};
+
+/// Largest form body accepted on PUT/DELETE.
+const MAX_FORM_BODY: usize = 64 * 1024;
+
+/// Why an admin request was refused; each maps to one status and body.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("missing url parameter: use ?url=http://host:port")]
+    MissingUrl,
+    #[error("invalid url parameter: {0}")]
+    InvalidUrl(#[from] UrlError),
+    #[error("invalid persistent parameter {0:?}: use true or false")]
+    InvalidPersistent(String),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("method not allowed: use GET, PUT or DELETE")]
+    MethodNotAllowed,
+    #[error("request body too large or unreadable")]
+    BadBody,
+}
+
+impl AdminError {
+    fn into_response(self) -> Response<BoxBody> {
+        let status = match self {
+            Self::MissingUrl | Self::InvalidUrl(_) | Self::InvalidPersistent(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BadBody => StatusCode::PAYLOAD_TOO_LARGE,
+        };
+        let mut response = body::text(status, format!("{self}\n"));
+        let headers = response.headers_mut();
+        match self {
+            Self::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"trafficmirror\""),
+                );
+            }
+            Self::MethodNotAllowed => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// Handles one admin request. Callable without a socket (tests build a `Request`).
+pub async fn handle<B>(
+    registry: &Registry,
+    users: Option<&Users>,
+    req: Request<B>,
+    peer: SocketAddr,
+) -> Response<BoxBody>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match try_handle(registry, users, req, peer).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn try_handle<B>(
+    registry: &Registry,
+    users: Option<&Users>,
+    req: Request<B>,
+    peer: SocketAddr,
+) -> Result<Response<BoxBody>, AdminError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let user = match users {
+        None => None,
+        Some(users) => {
+            let auth = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+            Some(users.check(auth).ok_or(AdminError::Unauthorized)?.to_owned())
+        }
+    };
+    let json = wants_json(&req);
+    let change = match *req.method() {
+        Method::GET | Method::HEAD => None,
+        Method::PUT => Some(true),
+        Method::DELETE => Some(false),
+        _ => return Err(AdminError::MethodNotAllowed),
+    };
+    if let Some(add) = change {
+        let params = Params::read(req).await?;
+        if params.urls.is_empty() {
+            return Err(AdminError::MissingUrl);
+        }
+        // Validate everything first: a bad URL applies nothing (SPEC §3).
+        let urls = params
+            .urls
+            .iter()
+            .map(|u| TargetUrl::parse(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let who = user.as_deref().unwrap_or("-");
+        if add {
+            let added = registry.add(&urls, params.persistent);
+            if !added.is_empty() {
+                info!(user = who, client = %peer, ?added, persistent = params.persistent, "mirrors added");
+            }
+        } else {
+            let removed = registry.remove(&urls);
+            if !removed.is_empty() {
+                info!(user = who, client = %peer, ?removed, "mirrors removed");
+            }
+        }
+    }
+    Ok(listing(registry, json))
+}
+
+/// `url`, `persistent` from the query and (PUT/DELETE) a form body.
+#[derive(Debug, Default)]
+struct Params {
+    urls: Vec<String>,
+    persistent: bool,
+}
+
+impl Params {
+    async fn read<B>(req: Request<B>) -> Result<Self, AdminError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let mut params = Params::default();
+        if let Some(query) = req.uri().query() {
+            params.extend(query.as_bytes())?;
+        }
+        let is_form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+            });
+        if is_form {
+            let body = Limited::new(req.into_body(), MAX_FORM_BODY)
+                .collect()
+                .await
+                .map_err(|_| AdminError::BadBody)?
+                .to_bytes();
+            params.extend(&body)?;
+        }
+        Ok(params)
+    }
+
+    fn extend(&mut self, encoded: &[u8]) -> Result<(), AdminError> {
+        for (key, value) in url::form_urlencoded::parse(encoded) {
+            match key.as_ref() {
+                "url" => self.urls.push(value.into_owned()),
+                "persistent" => {
+                    self.persistent = match value.to_ascii_lowercase().as_str() {
+                        "true" | "1" | "yes" | "" => true,
+                        "false" | "0" | "no" => false,
+                        _ => return Err(AdminError::InvalidPersistent(value.into_owned())),
+                    };
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn wants_json<B>(req: &Request<B>) -> bool {
+    let by_query = req.uri().query().is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "format" && v == "json")
+    });
+    let by_accept = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json"));
+    by_query || by_accept
+}
+
+/// The current set, as text (one normalised URL per line) or JSON.
+fn listing(registry: &Registry, json: bool) -> Response<BoxBody> {
+    if json {
+        let body = serde_json::to_vec(&registry.statuses()).expect("statuses serialise");
+        let mut response = Response::new(body::full(body));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return response;
+    }
+    let mut out = String::new();
+    for mirror in registry.snapshot().iter() {
+        out.push_str(mirror.url().as_str());
+        out.push('\n');
+    }
+    body::text(StatusCode::OK, out)
+}

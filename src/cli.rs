@@ -1,0 +1,226 @@
+//! Command-line flags (SPEC §2): clap derive with a `TRAFFICMIRROR_*` environment
+//! variable for every flag, plus Go-style single-dash long flags (`-listen :9000`,
+//! `-targets-address=localhost:1234`) for scripts written for the Go tool.
+//!
+//! This module only describes and parses raw values; [`crate::config`] validates them.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, CommandFactory, Parser};
+
+use crate::units::{parse_duration, parse_size};
+
+/// Mirror HTTP traffic to a main target and a run-time set of mirror targets.
+///
+/// Every request is proxied to --main and its answer streamed back; a copy is replayed
+/// in the background to every healthy mirror. Mirrors are listed, added and removed at
+/// run time on the admin endpoint (--targets).
+#[derive(Debug, Parser)]
+#[command(name = "trafficmirror", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Address to listen on: `:PORT` (all interfaces), `HOST:PORT` or `[::1]:PORT`.
+    #[arg(short, long, env = "TRAFFICMIRROR_LISTEN", default_value = ":8080", value_name = "ADDR")]
+    pub listen: String,
+
+    /// Main target; its responses go back to the client. May carry a path prefix.
+    #[arg(short, long, env = "TRAFFICMIRROR_MAIN", default_value = "http://localhost:8888", value_name = "URL")]
+    pub main: String,
+
+    /// Path of the admin endpoint that lists, adds and removes mirrors.
+    #[arg(long, env = "TRAFFICMIRROR_TARGETS", default_value = "targets", value_name = "PATH")]
+    pub targets: String,
+
+    /// Serve the admin endpoint on this address instead of the main listener.
+    #[arg(long, env = "TRAFFICMIRROR_TARGETS_ADDRESS", value_name = "ADDR")]
+    pub targets_address: Option<String>,
+
+    /// Protect the admin endpoint with HTTP Basic auth; FILE holds `user:password` lines.
+    #[arg(
+        long,
+        env = "TRAFFICMIRROR_PASSWORD",
+        visible_aliases = ["password-file", "passwordFile"],
+        value_name = "FILE"
+    )]
+    pub password: Option<PathBuf>,
+
+    /// Mirror from the start (persistent); repeatable and comma-separated.
+    #[arg(long, env = "TRAFFICMIRROR_MIRROR", value_delimiter = ',', value_name = "URL")]
+    pub mirror: Vec<String>,
+
+    /// How long a failing mirror rests before one trial request (bare number = minutes).
+    #[arg(long, env = "TRAFFICMIRROR_RETRY_AFTER", default_value = "1m", value_parser = parse_duration, value_name = "DUR")]
+    pub retry_after: Duration,
+
+    /// A non-persistent mirror failing continuously this long is removed.
+    #[arg(long, env = "TRAFFICMIRROR_FAIL_AFTER", default_value = "30m", value_parser = parse_duration, value_name = "DUR")]
+    pub fail_after: Duration,
+
+    /// Per mirror: copies waiting or in flight; beyond it new copies are dropped.
+    #[arg(long, env = "TRAFFICMIRROR_MAX_QUEUED_REQUESTS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_queued_requests: u32,
+
+    /// Whole-request timeout for one mirror request; a timeout is a failure.
+    #[arg(long, env = "TRAFFICMIRROR_MIRROR_TIMEOUT", default_value = "20s", value_parser = parse_duration, value_name = "DUR")]
+    pub mirror_timeout: Duration,
+
+    /// Larger request bodies are proxied to main but not mirrored (e.g. 10MiB, 512KB).
+    #[arg(long, env = "TRAFFICMIRROR_MAX_BODY_SIZE", default_value = "10MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_body_size: u64,
+
+    /// Main must send its response head within this time, else 504 (`off` = no limit).
+    #[arg(long, env = "TRAFFICMIRROR_MAIN_TIMEOUT", default_value = "off", value_parser = parse_optional_duration, value_name = "DUR")]
+    pub main_timeout: OptionalDuration,
+
+    /// How long shutdown waits for requests in flight and queued mirror copies.
+    #[arg(long, env = "TRAFFICMIRROR_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    pub shutdown_timeout: Duration,
+
+    /// More logging: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
+    #[arg(short, long, env = "TRAFFICMIRROR_VERBOSE", action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// A duration that may be switched off. A newtype so clap does not treat the flag as
+/// optional-valued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<Duration>);
+
+fn parse_optional_duration(value: &str) -> Result<OptionalDuration, String> {
+    match value.trim() {
+        "off" | "none" | "0" => Ok(OptionalDuration(None)),
+        v => parse_duration(v).map(|d| OptionalDuration((!d.is_zero()).then_some(d))),
+    }
+}
+
+impl Cli {
+    /// Parses arguments, accepting Go-style single-dash long flags.
+    ///
+    /// # Errors
+    /// Clap's error for unknown flags or bad values, or a help/version request.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        Self::try_parse_from(normalize_args(args))
+    }
+}
+
+/// Rewrites Go-style `-name` and `-name=value` into `--name…` for every long flag name
+/// (and alias) this program knows. Short flags (`-v`, `-vv`, `-h`, `-l`, `-m`) and
+/// everything after a bare `--` are left alone.
+pub fn normalize_args<I, T>(args: I) -> Vec<OsString>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let cmd = Cli::command();
+    let mut longs: Vec<String> = vec!["help".into(), "version".into()];
+    for arg in cmd.get_arguments() {
+        longs.extend(arg.get_long().map(str::to_owned));
+        longs.extend(arg.get_all_aliases().into_iter().flatten().map(str::to_owned));
+    }
+    let mut out = Vec::new();
+    let mut passthrough = false;
+    for arg in args {
+        let arg: OsString = arg.into();
+        if passthrough {
+            out.push(arg);
+            continue;
+        }
+        let rewritten = arg.to_str().and_then(|s| {
+            if s == "--" {
+                return None;
+            }
+            let rest = s.strip_prefix('-').filter(|r| !r.starts_with('-'))?;
+            let name = rest.split_once('=').map_or(rest, |(n, _)| n);
+            longs.iter().any(|l| l == name).then(|| OsString::from(format!("-{s}")))
+        });
+        if arg == "--" {
+            passthrough = true;
+        }
+        out.push(rewritten.unwrap_or(arg));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(args: &[&str]) -> Vec<String> {
+        normalize_args(args.iter().copied())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn go_style_long_flags_are_rewritten() {
+        let cases: &[(&[&str], &[&str])] = &[
+            (&["tm", "-listen", ":9000"], &["tm", "--listen", ":9000"]),
+            (&["tm", "-targets-address=localhost:1234"], &["tm", "--targets-address=localhost:1234"]),
+            (&["tm", "-password", "users.txt"], &["tm", "--password", "users.txt"]),
+            (&["tm", "-passwordFile", "u"], &["tm", "--passwordFile", "u"]),
+            (&["tm", "-retry-after", "1"], &["tm", "--retry-after", "1"]),
+            (&["tm", "-help"], &["tm", "--help"]),
+            // Left alone: short flags, double-dash, unknown names, values, after `--`.
+            (&["tm", "-h"], &["tm", "-h"]),
+            (&["tm", "-vv", "-l", ":1", "-m", "http://x"], &["tm", "-vv", "-l", ":1", "-m", "http://x"]),
+            (&["tm", "--listen", ":1"], &["tm", "--listen", ":1"]),
+            (&["tm", "-bogus"], &["tm", "-bogus"]),
+            (&["tm", "--", "-listen"], &["tm", "--", "-listen"]),
+        ];
+        for (input, want) in cases {
+            assert_eq!(norm(input), *want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let cli = Cli::try_parse_args(["tm"]).unwrap();
+        assert_eq!(cli.listen, ":8080");
+        assert_eq!(cli.main, "http://localhost:8888");
+        assert_eq!(cli.targets, "targets");
+        assert_eq!(cli.targets_address, None);
+        assert_eq!(cli.retry_after, Duration::from_secs(60));
+        assert_eq!(cli.fail_after, Duration::from_secs(30 * 60));
+        assert_eq!(cli.max_queued_requests, 500);
+        assert_eq!(cli.mirror_timeout, Duration::from_secs(20));
+        assert_eq!(cli.max_body_size, 10 << 20);
+        assert_eq!(cli.main_timeout, OptionalDuration(None));
+        assert_eq!(cli.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(cli.verbose, 0);
+    }
+
+    #[test]
+    fn mirrors_repeat_and_split_on_commas() {
+        let cli = Cli::try_parse_args([
+            "tm",
+            "--mirror",
+            "http://a:1,http://b:2",
+            "-mirror=http://c:3",
+        ])
+        .unwrap();
+        assert_eq!(cli.mirror, ["http://a:1", "http://b:2", "http://c:3"]);
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        for args in [
+            &["tm", "--retry-after", "soon"][..],
+            &["tm", "--max-body-size", "lots"],
+            &["tm", "--max-queued-requests", "0"],
+            &["tm", "-bogus"],
+        ] {
+            assert!(Cli::try_parse_args(args.iter().copied()).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

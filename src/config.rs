@@ -1,0 +1,190 @@
+//! Validated configuration, built once from [`Cli`] (ripgrep's low-args → high-args
+//! split). Everything a user can get wrong is reported here as a one-line
+//! [`ConfigError`], before anything is bound or spawned.
+
+use std::time::Duration;
+
+use crate::auth::{PasswordFileError, Users};
+use crate::cli::Cli;
+use crate::mirror;
+use crate::target_url::{TargetUrl, UrlError};
+
+/// A start-up error. Display is the whole one-line message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value for --{flag}: {message}")]
+    Invalid { flag: &'static str, message: String },
+    #[error("invalid value for --{flag}: {source}")]
+    Url {
+        flag: &'static str,
+        source: UrlError,
+    },
+    #[error(transparent)]
+    PasswordFile(#[from] PasswordFileError),
+}
+
+/// Where to listen (SPEC §2 `--listen`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `:PORT`: every interface.
+    AnyHost(u16),
+    /// `HOST:PORT`, `1.2.3.4:PORT` or `[::1]:PORT`; names are resolved at bind time.
+    Host(String, u16),
+}
+
+impl ListenAddr {
+    /// Parses `:PORT`, `HOST:PORT` or `[V6]:PORT`.
+    ///
+    /// # Errors
+    /// A message naming the value when there is no port or it is not a number.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let bad = || format!("{value:?} is not :PORT, HOST:PORT or [IPv6]:PORT");
+        let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() {
+            return Ok(Self::AnyHost(port));
+        }
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.strip_suffix(']').ok_or_else(bad)?,
+            None if host.contains(':') => return Err(bad()),
+            None => host,
+        };
+        Ok(Self::Host(host.to_owned(), port))
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AnyHost(port) => write!(f, ":{port}"),
+            Self::Host(host, port) if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Self::Host(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// Everything the server needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: ListenAddr,
+    pub main: TargetUrl,
+    /// The admin path with its leading `/`, e.g. `/targets`.
+    pub admin_path: String,
+    /// When set, the admin endpoint is served only here.
+    pub admin_address: Option<ListenAddr>,
+    pub users: Option<Users>,
+    /// Mirrors from `--mirror`, persistent.
+    pub mirrors: Vec<TargetUrl>,
+    pub mirror: mirror::Settings,
+    pub max_body_size: u64,
+    pub main_timeout: Option<Duration>,
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Validates raw flags and reads the password file.
+    ///
+    /// # Errors
+    /// The first invalid value, naming its flag.
+    pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
+        let listen = ListenAddr::parse(&cli.listen).map_err(|message| ConfigError::Invalid {
+            flag: "listen",
+            message,
+        })?;
+        let admin_address = match cli.targets_address.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(addr) => Some(ListenAddr::parse(addr).map_err(|message| {
+                ConfigError::Invalid {
+                    flag: "targets-address",
+                    message,
+                }
+            })?),
+        };
+        let main = TargetUrl::parse(&cli.main).map_err(|source| ConfigError::Url {
+            flag: "main",
+            source,
+        })?;
+        let mirrors = cli
+            .mirror
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(TargetUrl::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ConfigError::Url {
+                flag: "mirror",
+                source,
+            })?;
+        let path = cli.targets.trim().trim_start_matches('/');
+        if path.is_empty() || path.contains(['?', '#', ' ']) {
+            return Err(ConfigError::Invalid {
+                flag: "targets",
+                message: format!("{:?} is not a path", cli.targets),
+            });
+        }
+        let users = cli.password.as_deref().map(Users::load).transpose()?;
+        Ok(Self {
+            listen,
+            main,
+            admin_path: format!("/{path}"),
+            admin_address,
+            users,
+            mirrors,
+            mirror: mirror::Settings {
+                retry_after: cli.retry_after,
+                fail_after: cli.fail_after,
+                max_queued: cli.max_queued_requests as usize,
+                timeout: cli.mirror_timeout,
+            },
+            max_body_size: cli.max_body_size,
+            main_timeout: cli.main_timeout.0,
+            shutdown_timeout: cli.shutdown_timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["trafficmirror"];
+        all.extend_from_slice(args);
+        Config::from_cli(&Cli::try_parse_args(all).unwrap())
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(ListenAddr::parse(":8080"), Ok(ListenAddr::AnyHost(8080)));
+        assert_eq!(
+            ListenAddr::parse("localhost:1234"),
+            Ok(ListenAddr::Host("localhost".into(), 1234))
+        );
+        assert_eq!(
+            ListenAddr::parse("[::1]:9000"),
+            Ok(ListenAddr::Host("::1".into(), 9000))
+        );
+        for bad in ["8080", "host:", "host:99999", "::1:80", "[::1:80"] {
+            assert!(ListenAddr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn admin_path_gets_one_leading_slash() {
+        assert_eq!(config(&[]).unwrap().admin_path, "/targets");
+        assert_eq!(config(&["--targets", "/admin/t"]).unwrap().admin_path, "/admin/t");
+    }
+
+    #[test]
+    fn bad_main_names_the_flag() {
+        let err = config(&["--main", "ftp://x"]).unwrap_err().to_string();
+        assert!(err.contains("--main") && err.contains("ftp://x"), "{err}");
+        let err = config(&["--main", "not a url"]).unwrap_err().to_string();
+        assert!(err.contains("--main"), "{err}");
+    }
+
+    #[test]
+    fn empty_targets_address_means_none() {
+        assert_eq!(config(&["--targets-address", ""]).unwrap().admin_address, None);
+    }
+}

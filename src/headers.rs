@@ -1,0 +1,181 @@
+//! Header rewriting for forwarded requests and responses (SPEC §4): hop-by-hop removal,
+//! `X-Forwarded-*`, and the `Via` entry used for loop detection (SPEC §5 "Loops").
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that apply to one connection only (RFC 9110 §7.6.1) plus the legacy ones
+/// proxies also drop. `Proxy-*` is matched by prefix in [`strip_hop_by_hop`].
+static HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes hop-by-hop headers: those named in `Connection` (RFC 9110 §7.6.1), the
+/// fixed list above and every `Proxy-*` header. `TE: trailers` is kept, because it
+/// announces that the client understands trailers end to end (RFC 9110 §10.1.4).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let keep_te = headers.get_all(header::TE).iter().count() > 0
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te = keep_te.then(|| headers.get(header::TE).cloned()).flatten();
+
+    // Names listed in Connection; collected first because removal needs `&mut`.
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if headers
+        .keys()
+        .any(|k| k.as_str().starts_with("proxy-"))
+    {
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
+    if let Some(te) = te {
+        headers.insert(header::TE, te);
+    }
+}
+
+/// Sets the `X-Forwarded-*` headers for a request received from `client`.
+///
+/// `X-Forwarded-For` gets the client address appended to any list already present.
+/// `X-Forwarded-Host` and `X-Forwarded-Proto` are set when absent; a value that a proxy
+/// in front of us already set is the truth about the original request and is kept.
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
+    let ip = client.to_canonical().to_string();
+    let xff = match headers.get_all(&X_FORWARDED_FOR).iter().count() {
+        0 => HeaderValue::from_str(&ip),
+        _ => {
+            let mut joined = Vec::new();
+            for v in headers.get_all(&X_FORWARDED_FOR) {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&joined)
+        }
+    };
+    if let Ok(xff) = xff {
+        headers.insert(X_FORWARDED_FOR, xff);
+    }
+    if let Some(host) = host {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+}
+
+/// Whether any `Via` entry names `token` as its `received-by` (RFC 9110 §7.6.3).
+pub fn via_contains(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|entry| entry.split_whitespace().nth(1) == Some(token))
+}
+
+/// Appends this instance's entry (`<protocol-version> <token>`) to `Via`.
+pub fn append_via(headers: &mut HeaderMap, entry: &HeaderValue) {
+    headers.append(header::VIA, entry.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_fixed_and_connection_listed_headers() {
+        let mut h = map(&[
+            ("connection", "close, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("trailer", "x-sum"),
+            ("te", "gzip"),
+            ("content-type", "text/plain"),
+            ("x-end-to-end", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn te_trailers_is_kept_even_when_connection_lists_it() {
+        let mut h = map(&[("te", "trailers"), ("connection", "te")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn forwarded_headers_append_and_set() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
+        let host = HeaderValue::from_static("example.com");
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some(&host));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(h["x-forwarded-proto"], "http");
+
+        let mut h = map(&[("x-forwarded-proto", "https")]);
+        set_forwarded(&mut h, "::ffff:127.0.0.2".parse().unwrap(), None);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(h.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn via_token_detection() {
+        let mut h = map(&[("via", "1.1 other, 1.0 tm-abc (trafficmirror)")]);
+        assert!(via_contains(&h, "tm-abc"));
+        assert!(!via_contains(&h, "tm-ab"));
+        assert!(!via_contains(&h, "tm-xyz"));
+        append_via(&mut h, &HeaderValue::from_static("1.1 tm-xyz"));
+        assert!(via_contains(&h, "tm-xyz"));
+    }
+}

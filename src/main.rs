@@ -1,0 +1,119 @@
+//! The `trafficmirror` binary: parse flags, bind, announce, serve until a signal.
+//! Every start-up error is one line on stderr and exit status 2 (bad flags or values)
+//! or 1 (the system refused: port in use, no runtime).
+
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use trafficmirror::cli::Cli;
+use trafficmirror::shutdown::Signals;
+use trafficmirror::{Config, Listeners};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse_args(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(err) => return flag_error(&err),
+    };
+    init_tracing(cli.verbose);
+    let config = match Config::from_cli(&cli) {
+        Ok(config) => config,
+        Err(err) => return fail(2, &err),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => return fail(1, &format!("cannot start the async runtime: {err}")),
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(err) => return fail(1, &format!("cannot install signal handlers: {err}")),
+    };
+    let listeners = match Listeners::bind(&config).await {
+        Ok(l) => l,
+        Err(err) => return fail(1, &err),
+    };
+    announce(&config, &listeners);
+    trafficmirror::run(config, listeners, signals.recv()).await;
+    ExitCode::SUCCESS
+}
+
+/// Prints where the proxy and the admin endpoint are, and how to use the latter.
+fn announce(config: &Config, listeners: &Listeners) {
+    let addrs = |ls: &[tokio::net::TcpListener]| -> Vec<SocketAddr> {
+        ls.iter().filter_map(|l| l.local_addr().ok()).collect()
+    };
+    let main = addrs(&listeners.main);
+    let admin = if listeners.admin.is_empty() {
+        main.clone()
+    } else {
+        addrs(&listeners.admin)
+    };
+    let shown = |a: &[SocketAddr]| {
+        a.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("trafficmirror: listening on {} -> main {}", shown(&main), config.main);
+    let Some(first) = admin.first() else { return };
+    // A wildcard address is reachable locally as loopback.
+    let host = match first.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let url = format!("http://{host}:{}{}", first.port(), config.admin_path);
+    let auth = if config.users.is_some() { "-u USER:PASSWORD " } else { "" };
+    println!("trafficmirror: admin endpoint at {url} ({})", shown(&admin));
+    println!("  list mirrors:  curl {auth}{url}");
+    println!("  add a mirror:  curl {auth}-X PUT '{url}?url=http://mirror:8080'");
+    println!("  remove it:     curl {auth}-X DELETE '{url}?url=http://mirror:8080'");
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "info,trafficmirror=debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Help and version go to stdout with status 0; any other flag error is one line.
+fn flag_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let rendered = err.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            fail(2, &format!("{first} (see --help)"))
+        }
+    }
+}
+
+fn fail(code: u8, message: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("trafficmirror: {message}");
+    ExitCode::from(code)
+}

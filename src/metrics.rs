@@ -1,0 +1,43 @@
+//! Per-mirror counters (SPEC §3 JSON listing). Relaxed atomics: each counter is
+//! independent and only ever read for reporting.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Counters for one mirror. `sent` counts copies handed to the mirror's queue; every
+/// one of them ends as exactly one of `succeeded` or `failed` (or is still queued).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub sent: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    /// Not sent: queue full, mirror failing or retrying, or shutting down.
+    pub dropped: AtomicU64,
+    /// Not sent by rule: body too large, upgrade request, or a loop.
+    pub skipped: AtomicU64,
+}
+
+/// A plain copy of [`Counters`] for reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Snapshot {
+    pub sent: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub skipped: u64,
+}
+
+impl Counters {
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            sent: self.sent.load(Relaxed),
+            succeeded: self.succeeded.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            skipped: self.skipped.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Mirroring (SPEC §5): one [`Mirror`] per target, each with its own bounded queue,
+//! connection pool, counters and health.
+//!
+//! The request path calls [`Mirror::offer`], which never waits: it takes a queue permit
+//! (`--max-queued-requests` counts copies waiting *and* in flight), asks the health state
+//! machine, and hands the copy to the mirror's queue. A worker task per mirror takes
+//! copies off the queue and delivers them in the background. Today the worker starts
+//! every copy at once (concurrent mode); an ordered mode only has to change
+//! [`Mirror::run_worker`], not the request path.
+
+pub mod health;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::client::{new_client, HttpClient};
+use crate::metrics::{Counters, Snapshot};
+use crate::target_url::TargetUrl;
+use health::{Event, Health, Policy, State, Ticket};
+
+/// One request as every mirror receives it. Built once per request and shared by all
+/// copies through an `Arc`; the body is a single `Bytes` (SPEC §5).
+#[derive(Debug)]
+pub struct MirrorRequest {
+    pub method: Method,
+    pub path_and_query: Option<PathAndQuery>,
+    /// Already rewritten for forwarding: hop-by-hop removed, `X-Forwarded-*` and `Via`
+    /// set, no `Host` (the client sets it to the mirror's authority).
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Settings shared by every mirror.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub retry_after: Duration,
+    pub fail_after: Duration,
+    pub max_queued: usize,
+    pub timeout: Duration,
+}
+
+/// What a mirror's worker needs from the rest of the program.
+pub(crate) struct Shared {
+    pub settings: Settings,
+    /// Every worker and delivery task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Copies admitted and not yet finished, across all mirrors (for the shutdown log).
+    pub outstanding: AtomicUsize,
+}
+
+/// A copy admitted to a mirror's queue.
+struct Job {
+    request: Arc<MirrorRequest>,
+    ticket: Ticket,
+    _slot: Slot,
+}
+
+/// Holds one queue permit and one unit of `outstanding` until the copy is finished.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One mirror target. Lives in the registry; its worker holds another `Arc`.
+pub struct Mirror {
+    url: TargetUrl,
+    persistent: bool,
+    counters: Counters,
+    health: Mutex<Health>,
+    permits: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<Job>,
+    /// Cancelled when the mirror leaves the set or at shutdown: the worker then
+    /// delivers what is already queued and stops.
+    closing: CancellationToken,
+    client: HttpClient<Full<Bytes>>,
+    shared: Arc<Shared>,
+}
+
+/// The JSON listing entry of one mirror (SPEC §3).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub url: String,
+    pub state: State,
+    pub persistent: bool,
+    pub failing_since: Option<String>,
+    #[serde(flatten)]
+    pub counters: Snapshot,
+    pub queued: usize,
+}
+
+impl Mirror {
+    /// Creates a mirror and starts its worker. `on_remove` is called (from the worker)
+    /// when the mirror has failed for longer than `--fail-after`.
+    pub(crate) fn spawn(
+        url: TargetUrl,
+        persistent: bool,
+        shared: &Arc<Shared>,
+        on_remove: impl Fn(&Arc<Mirror>) + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mirror = Arc::new(Self {
+            url,
+            persistent,
+            counters: Counters::default(),
+            health: Mutex::new(Health::new()),
+            permits: Arc::new(Semaphore::new(shared.settings.max_queued)),
+            tx,
+            closing: CancellationToken::new(),
+            client: new_client(),
+            shared: shared.clone(),
+        });
+        shared
+            .tracker
+            .spawn(mirror.clone().run_worker(rx, Arc::new(on_remove)));
+        mirror
+    }
+
+    pub fn url(&self) -> &TargetUrl {
+        &self.url
+    }
+
+    pub fn persistent(&self) -> bool {
+        self.persistent
+    }
+
+    /// Copies waiting or in flight right now.
+    pub fn queued(&self) -> usize {
+        self.shared.settings.max_queued - self.permits.available_permits()
+    }
+
+    /// Counts a copy that was not sent by rule (too large, upgrade, loop).
+    pub fn skip(&self) {
+        Counters::incr(&self.counters.skipped);
+    }
+
+    /// Offers one copy to this mirror without waiting. Drops (and counts) it when the
+    /// queue is full or the mirror is failing.
+    pub fn offer(&self, request: &Arc<MirrorRequest>) {
+        // Permit first: a trial admitted by the health check must always be sent, or the
+        // mirror would stay "retrying" for ever.
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            Counters::incr(&self.counters.dropped);
+            return;
+        };
+        let (ticket, event) = self.lock_health().admit(Instant::now());
+        if let Some(event) = event {
+            self.log_event(event);
+        }
+        let Some(ticket) = ticket else {
+            Counters::incr(&self.counters.dropped);
+            return;
+        };
+        self.shared.outstanding.fetch_add(1, Ordering::Relaxed);
+        let job = Job {
+            request: request.clone(),
+            ticket,
+            _slot: Slot {
+                _permit: permit,
+                shared: self.shared.clone(),
+            },
+        };
+        match self.tx.send(job) {
+            Ok(()) => Counters::incr(&self.counters.sent),
+            // The worker has stopped (mirror removed or shutting down).
+            Err(_) => Counters::incr(&self.counters.dropped),
+        }
+    }
+
+    /// Stops accepting copies; the worker delivers what is queued, then ends.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    pub fn status(&self) -> Status {
+        let health = self.lock_health();
+        Status {
+            url: self.url.to_string(),
+            state: health.state(),
+            persistent: self.persistent,
+            failing_since: health
+                .failing_since()
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            counters: self.counters.snapshot(),
+            queued: self.queued(),
+        }
+    }
+
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, Health> {
+        // Only plain field updates happen under this lock; poisoning would be a bug.
+        self.health.lock().expect("mirror health lock poisoned")
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            retry_after: self.shared.settings.retry_after,
+            fail_after: self.shared.settings.fail_after,
+            persistent: self.persistent,
+        }
+    }
+
+    async fn run_worker(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Job>,
+        on_remove: Arc<dyn Fn(&Arc<Mirror>) + Send + Sync>,
+    ) {
+        let mut closing = false;
+        loop {
+            let job = tokio::select! {
+                biased;
+                job = rx.recv() => match job {
+                    Some(job) => job,
+                    None => break,
+                },
+                () = self.closing.cancelled(), if !closing => {
+                    // Refuse new copies but keep those already queued.
+                    rx.close();
+                    closing = true;
+                    continue;
+                }
+            };
+            let mirror = self.clone();
+            let on_remove = on_remove.clone();
+            self.shared.tracker.spawn(async move {
+                if mirror.deliver(job).await == Some(Event::Remove) {
+                    on_remove(&mirror);
+                }
+            });
+        }
+    }
+
+    /// Sends one copy, drains and discards the response, and records the outcome.
+    async fn deliver(&self, job: Job) -> Option<Event> {
+        let timeout = self.shared.settings.timeout;
+        let success = match tokio::time::timeout(timeout, self.send(&job.request)).await {
+            Ok(Ok(status)) if status.is_server_error() => {
+                debug!(mirror = %self.url, %status, "mirror answered with a server error");
+                false
+            }
+            Ok(Ok(_)) => true,
+            Ok(Err(err)) => {
+                debug!(mirror = %self.url, error = %err, "mirror request failed");
+                false
+            }
+            Err(_) => {
+                debug!(mirror = %self.url, ?timeout, "mirror request timed out");
+                false
+            }
+        };
+        let counter = if success {
+            &self.counters.succeeded
+        } else {
+            &self.counters.failed
+        };
+        Counters::incr(counter);
+        let policy = self.policy();
+        let event = self
+            .lock_health()
+            .record(job.ticket, success, Instant::now(), &policy);
+        if let Some(event) = event {
+            self.log_event(event);
+        }
+        event
+    }
+
+    async fn send(&self, request: &MirrorRequest) -> Result<http::StatusCode, crate::body::BoxError> {
+        let mut req = Request::new(Full::new(request.body.clone()));
+        *req.method_mut() = request.method.clone();
+        *req.uri_mut() = self.url.join(request.path_and_query.as_ref());
+        *req.headers_mut() = request.headers.clone();
+        let response = self.client.request(req).await?;
+        let status = response.status();
+        // SPEC §5: read the answer and throw it away, so the connection is reused.
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            frame?;
+        }
+        Ok(status)
+    }
+
+    fn log_event(&self, event: Event) {
+        match event {
+            Event::Changed { from, to } if to == State::Retrying => {
+                info!(mirror = %self.url, ?from, ?to, "mirror state changed: sending one trial request");
+            }
+            Event::Changed { from, to } => {
+                warn!(mirror = %self.url, ?from, ?to, "mirror state changed");
+            }
+            Event::Remove => {
+                warn!(
+                    mirror = %self.url,
+                    fail_after = ?self.shared.settings.fail_after,
+                    "mirror removed: failing for longer than fail-after"
+                );
+            }
+        }
+    }
+}

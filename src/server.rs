@@ -1,0 +1,306 @@
+//! Listeners and connections: the accept loops, HTTP/1.0, HTTP/1.1 and h2c on every
+//! connection (SPEC §4), routing between the admin endpoint and the proxy, and the
+//! graceful drain on shutdown (SPEC §6).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::body::{self, BoxBody};
+use crate::client::{new_client, HttpClient};
+use crate::config::{Config, ListenAddr};
+use crate::registry::Registry;
+use crate::{admin, proxy};
+
+/// Bound sockets, handed to [`run`] so that tests can bind port 0 themselves.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Proxy listeners (also the admin endpoint unless `admin` is non-empty).
+    pub main: Vec<TcpListener>,
+    /// Admin-only listeners (`--targets-address`).
+    pub admin: Vec<TcpListener>,
+}
+
+/// Bind error, naming the address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    addr: String,
+    source: std::io::Error,
+}
+
+impl Listeners {
+    /// Binds `--listen` and, when given, `--targets-address`.
+    ///
+    /// # Errors
+    /// An address that cannot be resolved or bound (e.g. the port is in use).
+    pub async fn bind(config: &Config) -> Result<Self, BindError> {
+        let main = bind(&config.listen).await?;
+        let admin = match &config.admin_address {
+            Some(addr) => bind(addr).await?,
+            None => Vec::new(),
+        };
+        Ok(Self { main, admin })
+    }
+}
+
+/// Binds every address `addr` stands for: `:PORT` is all interfaces (IPv6 and IPv4 where
+/// the host has IPv6, else IPv4), a name is every address it resolves to.
+async fn bind(addr: &ListenAddr) -> Result<Vec<TcpListener>, BindError> {
+    let err = |source| BindError {
+        addr: addr.to_string(),
+        source,
+    };
+    match addr {
+        ListenAddr::AnyHost(port) => {
+            // `[::]` is dual-stack on Linux by default; fall back where IPv6 is off.
+            match TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, *port)).await {
+                Ok(l) => Ok(vec![l]),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(err(e)),
+                Err(_) => Ok(vec![TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, *port))
+                    .await
+                    .map_err(err)?]),
+            }
+        }
+        ListenAddr::Host(host, port) => {
+            let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .map_err(err)?
+                .collect();
+            addrs.dedup();
+            let mut listeners = Vec::new();
+            let mut last_error = None;
+            for a in addrs {
+                match TcpListener::bind(a).await {
+                    Ok(l) => listeners.push(l),
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(err(e)),
+                    // e.g. `localhost` resolving to ::1 on a host without IPv6
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            match (listeners.is_empty(), last_error) {
+                (false, _) => Ok(listeners),
+                (true, Some(e)) => Err(err(e)),
+                (true, None) => Err(err(std::io::Error::other("no address found"))),
+            }
+        }
+    }
+}
+
+/// Shared state for every connection. Cloning is shallow.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    main_client: HttpClient<BoxBody>,
+    registry: Registry,
+    /// This process's `Via` pseudonym (SPEC §5 "Loops").
+    via_token: String,
+    /// Ready-made `Via` entries for HTTP/1.0, 1.1 and 2.
+    via_entries: [HeaderValue; 3],
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Self {
+        let registry = Registry::new(config.mirror.clone());
+        registry.add(&config.mirrors, true);
+        let via_token = format!(
+            "trafficmirror-{:016x}",
+            std::collections::hash_map::RandomState::new()
+                .hash_one((std::process::id(), std::time::SystemTime::now()))
+        );
+        let entry = |v: &str| {
+            HeaderValue::from_str(&format!("{v} {via_token}")).expect("token is ASCII")
+        };
+        let via_entries = [entry("1.0"), entry("1.1"), entry("2")];
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                main_client: new_client(),
+                registry,
+                via_token,
+                via_entries,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn main_client(&self) -> &HttpClient<BoxBody> {
+        &self.inner.main_client
+    }
+
+    pub fn via_token(&self) -> &str {
+        &self.inner.via_token
+    }
+
+    pub fn via_entry(&self, version: Version) -> &HeaderValue {
+        let [v10, v11, v2] = &self.inner.via_entries;
+        match version {
+            Version::HTTP_10 | Version::HTTP_09 => v10,
+            Version::HTTP_2 | Version::HTTP_3 => v2,
+            _ => v11,
+        }
+    }
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The proxy, plus the admin path when there is no separate admin listener.
+    Proxy { admin: bool },
+    /// Only the admin path (`--targets-address`).
+    Admin,
+}
+
+/// Serves until `shutdown` resolves, then drains (SPEC §6): stops accepting, lets
+/// requests in flight finish and queued mirror copies go out, for at most
+/// `--shutdown-timeout`.
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+    let shutdown_timeout = config.shutdown_timeout;
+    let state = AppState::new(config);
+    let token = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let builder = Arc::new(connection_builder());
+    let separate_admin = !listeners.admin.is_empty();
+    let roles = listeners
+        .main
+        .into_iter()
+        .map(|l| (l, Role::Proxy { admin: !separate_admin }))
+        .chain(listeners.admin.into_iter().map(|l| (l, Role::Admin)));
+    for (listener, role) in roles {
+        connections.spawn(accept_loop(
+            listener,
+            role,
+            state.clone(),
+            builder.clone(),
+            token.clone(),
+            connections.clone(),
+        ));
+    }
+
+    shutdown.await;
+    info!(timeout = ?shutdown_timeout, "shutting down: draining requests and mirror copies");
+    token.cancel();
+    connections.close();
+    let registry = state.registry().clone();
+    let drain = async {
+        connections.wait().await;
+        registry.close();
+        registry.drained().await;
+    };
+    match tokio::time::timeout(shutdown_timeout, drain).await {
+        Ok(()) => info!(undelivered = 0, "shutdown complete"),
+        Err(_) => warn!(
+            undelivered = registry.outstanding(),
+            open_connections = connections.len(),
+            "shutdown timeout reached: giving up on the rest"
+        ),
+    }
+}
+
+fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    role: Role,
+    state: AppState,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    token: CancellationToken,
+    connections: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = token.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                connections.spawn(serve_connection(
+                    stream,
+                    peer,
+                    role,
+                    state.clone(),
+                    builder.clone(),
+                    token.clone(),
+                ));
+            }
+            Err(err) => {
+                // e.g. out of file descriptors: back off instead of spinning.
+                warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    role: Role,
+    state: AppState,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    token: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(route(&state, req, peer, role).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = token.cancelled() => {
+            // Finish the request in flight, then close (no more keep-alive).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        debug!(client = %peer, error = %err, "connection ended with an error");
+    }
+}
+
+async fn route(
+    state: &AppState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    role: Role,
+) -> Response<BoxBody> {
+    let is_admin_path = req.uri().path() == state.config().admin_path;
+    match role {
+        Role::Proxy { admin: true } | Role::Admin if is_admin_path => {
+            admin::handle(state.registry(), state.config().users.as_ref(), req, peer).await
+        }
+        Role::Admin => body::text(StatusCode::NOT_FOUND, "not found: this address serves only the admin endpoint\n"),
+        Role::Proxy { .. } => proxy::forward(state, req, peer).await,
+    }
+}

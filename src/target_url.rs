@@ -1,0 +1,190 @@
+//! Target URLs: the main target and every mirror (SPEC §3 "URLs are compared after
+//! normalising", §4 and §5 "path prefix").
+//!
+//! A [`TargetUrl`] is validated once, when it enters the program (a flag or an admin
+//! request); the request path then only joins a prefix onto an already-split URL.
+
+use std::fmt;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::Uri;
+
+/// Why a URL was refused. The message names the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("{0:?} is not an absolute URL")]
+    NotAbsolute(String),
+    #[error("{0:?}: scheme must be http:// or https://")]
+    BadScheme(String),
+    #[error("{0:?}: https:// targets are not supported yet")]
+    HttpsUnsupported(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    #[error("{0:?} must not carry a query string")]
+    HasQuery(String),
+    #[error("{0:?} must not carry a fragment")]
+    HasFragment(String),
+    #[error("{0:?} must not carry user info")]
+    HasUserInfo(String),
+}
+
+/// A validated, normalised `http://` target with an optional path prefix.
+///
+/// Normalisation (SPEC §3): scheme and host lower-cased, default port dropped, trailing
+/// `/` dropped. Two targets are equal when their normalised forms are.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TargetUrl {
+    /// The normalised form, shown in listings and used for comparison.
+    normalized: String,
+    scheme: Scheme,
+    authority: Authority,
+    /// Path prefix without a trailing `/`; empty when the URL has no path.
+    prefix: String,
+}
+
+impl TargetUrl {
+    /// Parses and validates a target URL.
+    ///
+    /// # Errors
+    /// Any value that is not an absolute `http://` URL with a host, or that carries a
+    /// query, fragment or user info.
+    pub fn parse(raw: &str) -> Result<Self, UrlError> {
+        let owned = || raw.to_owned();
+        let url = url::Url::parse(raw.trim()).map_err(|_| UrlError::NotAbsolute(owned()))?;
+        match url.scheme() {
+            "http" => {}
+            "https" => return Err(UrlError::HttpsUnsupported(owned())),
+            _ => return Err(UrlError::BadScheme(owned())),
+        }
+        let host = match url.host_str() {
+            Some(h) if !h.is_empty() => h,
+            _ => return Err(UrlError::NoHost(owned())),
+        };
+        if url.query().is_some() {
+            return Err(UrlError::HasQuery(owned()));
+        }
+        if url.fragment().is_some() {
+            return Err(UrlError::HasFragment(owned()));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(UrlError::HasUserInfo(owned()));
+        }
+        // `url` has already lower-cased scheme and host and dropped a default port.
+        let authority_str = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let authority: Authority = authority_str
+            .parse()
+            .map_err(|_| UrlError::NoHost(owned()))?;
+        let prefix = url.path().trim_end_matches('/').to_owned();
+        let scheme = Scheme::HTTP;
+        let normalized = format!("{scheme}://{authority}{prefix}");
+        Ok(Self {
+            normalized,
+            scheme,
+            authority,
+            prefix,
+        })
+    }
+
+    /// The normalised URL, e.g. `http://mirror:8080/prefix`.
+    pub fn as_str(&self) -> &str {
+        &self.normalized
+    }
+
+    /// `host[:port]`, the value of the `Host` header sent to this target.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The absolute URI for a request whose path and query were `pq`: the prefix
+    /// followed by the request's path and query.
+    pub fn join(&self, pq: Option<&PathAndQuery>) -> Uri {
+        let pq = match (self.prefix.is_empty(), pq) {
+            (true, Some(pq)) => pq.clone(),
+            (true, None) => PathAndQuery::from_static("/"),
+            (false, pq) => {
+                let rest = pq.map_or("/", PathAndQuery::as_str);
+                let rest = if rest.starts_with('/') { rest } else { "/" };
+                let mut joined = String::with_capacity(self.prefix.len() + rest.len());
+                joined.push_str(&self.prefix);
+                joined.push_str(rest);
+                // Both halves are already valid path characters.
+                PathAndQuery::try_from(joined).unwrap_or_else(|_| PathAndQuery::from_static("/"))
+            }
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .expect("scheme, authority and path were each validated")
+    }
+}
+
+impl fmt::Display for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.normalized)
+    }
+}
+
+impl fmt::Debug for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.normalized, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(s: &str) -> String {
+        TargetUrl::parse(s).unwrap().to_string()
+    }
+
+    #[test]
+    fn normalises_scheme_host_and_trailing_slash() {
+        assert_eq!(norm("http://firstmirror:8080"), "http://firstmirror:8080");
+        assert_eq!(norm("HTTP://FirstMirror:8080/"), "http://firstmirror:8080");
+        assert_eq!(norm("http://m:8080/api/"), "http://m:8080/api");
+        assert_eq!(norm("http://m:80/"), "http://m");
+        assert_eq!(norm("http://[::1]:9000"), "http://[::1]:9000");
+        assert_eq!(norm("http://127.0.0.1:1/a/b"), "http://127.0.0.1:1/a/b");
+    }
+
+    #[test]
+    fn rejects_what_the_spec_forbids() {
+        let cases: [(&str, fn(&UrlError) -> bool); 8] = [
+            ("firstmirror:8080", |e| matches!(e, UrlError::BadScheme(_))),
+            ("/just/a/path", |e| matches!(e, UrlError::NotAbsolute(_))),
+            ("ftp://host", |e| matches!(e, UrlError::BadScheme(_))),
+            ("https://host", |e| matches!(e, UrlError::HttpsUnsupported(_))),
+            ("http://host/?q=1", |e| matches!(e, UrlError::HasQuery(_))),
+            ("http://host/#frag", |e| matches!(e, UrlError::HasFragment(_))),
+            ("http://user:pw@host", |e| matches!(e, UrlError::HasUserInfo(_))),
+            ("http://", |e| {
+                matches!(e, UrlError::NoHost(_) | UrlError::NotAbsolute(_))
+            }),
+        ];
+        for (input, check) in cases {
+            let err = TargetUrl::parse(input).unwrap_err();
+            assert!(check(&err), "{input}: {err}");
+            assert!(err.to_string().contains(input), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn join_appends_request_path_to_prefix() {
+        let pq = PathAndQuery::from_static("/users/1?x=y");
+        let plain = TargetUrl::parse("http://m:1").unwrap();
+        assert_eq!(plain.join(Some(&pq)).to_string(), "http://m:1/users/1?x=y");
+        let prefixed = TargetUrl::parse("http://m:1/api/").unwrap();
+        assert_eq!(
+            prefixed.join(Some(&pq)).to_string(),
+            "http://m:1/api/users/1?x=y"
+        );
+        assert_eq!(prefixed.join(None).to_string(), "http://m:1/api/");
+        assert_eq!(plain.authority().as_str(), "m:1");
+    }
+}
