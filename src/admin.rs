@@ -97,8 +97,16 @@ where
     let user = match users {
         None => None,
         Some(users) => {
-            let auth = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
-            Some(users.check(auth).ok_or(AdminError::Unauthorized)?.to_owned())
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes);
+            Some(
+                users
+                    .check(auth)
+                    .ok_or(AdminError::Unauthorized)?
+                    .to_owned(),
+            )
         }
     };
     let json = wants_json(&req);
@@ -157,9 +165,10 @@ impl Params {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| {
-                v.split(';')
-                    .next()
-                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+                v.split(';').next().is_some_and(|m| {
+                    m.trim()
+                        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+                })
             });
         if is_form {
             let body = Limited::new(req.into_body(), MAX_FORM_BODY)

@@ -128,13 +128,25 @@ mod tests {
         assert_eq!(users.check(Some(b"Bearer abc")), None);
         assert_eq!(users.check(Some(b"Basic !!!notbase64")), None);
         assert_eq!(users.check(Some(&basic("nocolon"))), None);
-        assert_eq!(users.check(Some(b"basic dXNlcjpwYXNzd29yZA==")), Some("user"));
+        assert_eq!(
+            users.check(Some(b"basic dXNlcjpwYXNzd29yZA==")),
+            Some("user")
+        );
     }
 
     #[test]
     fn malformed_files_are_rejected_with_the_line() {
-        assert!(matches!(Users::parse("user:pw\njustaname\n"), Err(ParseError::Malformed(2))));
-        assert!(matches!(Users::parse(":pw\n"), Err(ParseError::Malformed(1))));
-        assert!(matches!(Users::parse("# only a comment\n\n"), Err(ParseError::Empty)));
+        assert!(matches!(
+            Users::parse("user:pw\njustaname\n"),
+            Err(ParseError::Malformed(2))
+        ));
+        assert!(matches!(
+            Users::parse(":pw\n"),
+            Err(ParseError::Malformed(1))
+        ));
+        assert!(matches!(
+            Users::parse("# only a comment\n\n"),
+            Err(ParseError::Empty)
+        ));
     }
 }

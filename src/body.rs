@@ -167,7 +167,10 @@ where
             .filter_map(Frame::data_ref)
             .map(|d| d.len() as u64)
             .sum();
-        let mut hint = self.rest.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        let mut hint = self
+            .rest
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
         // Upper first: `set_lower` asserts lower <= upper.
         if let Some(upper) = hint.upper() {
             hint.set_upper(upper + buffered);
@@ -192,7 +195,11 @@ mod tests {
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes())))))
+            Poll::Ready(
+                self.0
+                    .pop_front()
+                    .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes())))),
+            )
         }
     }
 

@@ -21,15 +21,32 @@ use crate::units::{parse_duration, parse_size};
 #[command(name = "trafficmirror", version, about, max_term_width = 100)]
 pub struct Cli {
     /// Address to listen on: `:PORT` (all interfaces), `HOST:PORT` or `[::1]:PORT`.
-    #[arg(short, long, env = "TRAFFICMIRROR_LISTEN", default_value = ":8080", value_name = "ADDR")]
+    #[arg(
+        short,
+        long,
+        env = "TRAFFICMIRROR_LISTEN",
+        default_value = ":8080",
+        value_name = "ADDR"
+    )]
     pub listen: String,
 
     /// Main target; its responses go back to the client. May carry a path prefix.
-    #[arg(short, long, env = "TRAFFICMIRROR_MAIN", default_value = "http://localhost:8888", value_name = "URL")]
+    #[arg(
+        short,
+        long,
+        env = "TRAFFICMIRROR_MAIN",
+        default_value = "http://localhost:8888",
+        value_name = "URL"
+    )]
     pub main: String,
 
     /// Path of the admin endpoint that lists, adds and removes mirrors.
-    #[arg(long, env = "TRAFFICMIRROR_TARGETS", default_value = "targets", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "TRAFFICMIRROR_TARGETS",
+        default_value = "targets",
+        value_name = "PATH"
+    )]
     pub targets: String,
 
     /// Serve the admin endpoint on this address instead of the main listener.
@@ -46,7 +63,12 @@ pub struct Cli {
     pub password: Option<PathBuf>,
 
     /// Mirror from the start (persistent); repeatable and comma-separated.
-    #[arg(long, env = "TRAFFICMIRROR_MIRROR", value_delimiter = ',', value_name = "URL")]
+    #[arg(
+        long,
+        env = "TRAFFICMIRROR_MIRROR",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
     pub mirror: Vec<String>,
 
     /// How long a failing mirror rests before one trial request (bare number = minutes).
@@ -120,7 +142,12 @@ where
     let mut longs: Vec<String> = vec!["help".into(), "version".into()];
     for arg in cmd.get_arguments() {
         longs.extend(arg.get_long().map(str::to_owned));
-        longs.extend(arg.get_all_aliases().into_iter().flatten().map(str::to_owned));
+        longs.extend(
+            arg.get_all_aliases()
+                .into_iter()
+                .flatten()
+                .map(str::to_owned),
+        );
     }
     let mut out = Vec::new();
     let mut passthrough = false;
@@ -136,7 +163,10 @@ where
             }
             let rest = s.strip_prefix('-').filter(|r| !r.starts_with('-'))?;
             let name = rest.split_once('=').map_or(rest, |(n, _)| n);
-            longs.iter().any(|l| l == name).then(|| OsString::from(format!("-{s}")))
+            longs
+                .iter()
+                .any(|l| l == name)
+                .then(|| OsString::from(format!("-{s}")))
         });
         if arg == "--" {
             passthrough = true;
@@ -161,14 +191,26 @@ mod tests {
     fn go_style_long_flags_are_rewritten() {
         let cases: &[(&[&str], &[&str])] = &[
             (&["tm", "-listen", ":9000"], &["tm", "--listen", ":9000"]),
-            (&["tm", "-targets-address=localhost:1234"], &["tm", "--targets-address=localhost:1234"]),
-            (&["tm", "-password", "users.txt"], &["tm", "--password", "users.txt"]),
-            (&["tm", "-passwordFile", "u"], &["tm", "--passwordFile", "u"]),
+            (
+                &["tm", "-targets-address=localhost:1234"],
+                &["tm", "--targets-address=localhost:1234"],
+            ),
+            (
+                &["tm", "-password", "users.txt"],
+                &["tm", "--password", "users.txt"],
+            ),
+            (
+                &["tm", "-passwordFile", "u"],
+                &["tm", "--passwordFile", "u"],
+            ),
             (&["tm", "-retry-after", "1"], &["tm", "--retry-after", "1"]),
             (&["tm", "-help"], &["tm", "--help"]),
             // Left alone: short flags, double-dash, unknown names, values, after `--`.
             (&["tm", "-h"], &["tm", "-h"]),
-            (&["tm", "-vv", "-l", ":1", "-m", "http://x"], &["tm", "-vv", "-l", ":1", "-m", "http://x"]),
+            (
+                &["tm", "-vv", "-l", ":1", "-m", "http://x"],
+                &["tm", "-vv", "-l", ":1", "-m", "http://x"],
+            ),
             (&["tm", "--listen", ":1"], &["tm", "--listen", ":1"]),
             (&["tm", "-bogus"], &["tm", "-bogus"]),
             (&["tm", "--", "-listen"], &["tm", "--", "-listen"]),
@@ -215,7 +257,10 @@ mod tests {
             &["tm", "--max-queued-requests", "0"],
             &["tm", "-bogus"],
         ] {
-            assert!(Cli::try_parse_args(args.iter().copied()).is_err(), "{args:?}");
+            assert!(
+                Cli::try_parse_args(args.iter().copied()).is_err(),
+                "{args:?}"
+            );
         }
     }
 

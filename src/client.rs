@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use hyper::body::Body;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 /// A pooled keep-alive client. Cloning is shallow: clones share the pool.

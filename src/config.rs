@@ -93,12 +93,14 @@ impl Config {
         })?;
         let admin_address = match cli.targets_address.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(addr) => Some(ListenAddr::parse(addr).map_err(|message| {
-                ConfigError::Invalid {
-                    flag: "targets-address",
-                    message,
-                }
-            })?),
+            Some(addr) => {
+                Some(
+                    ListenAddr::parse(addr).map_err(|message| ConfigError::Invalid {
+                        flag: "targets-address",
+                        message,
+                    })?,
+                )
+            }
         };
         let main = TargetUrl::parse(&cli.main).map_err(|source| ConfigError::Url {
             flag: "main",
@@ -172,7 +174,10 @@ mod tests {
     #[test]
     fn admin_path_gets_one_leading_slash() {
         assert_eq!(config(&[]).unwrap().admin_path, "/targets");
-        assert_eq!(config(&["--targets", "/admin/t"]).unwrap().admin_path, "/admin/t");
+        assert_eq!(
+            config(&["--targets", "/admin/t"]).unwrap().admin_path,
+            "/admin/t"
+        );
     }
 
     #[test]
@@ -185,6 +190,9 @@ mod tests {
 
     #[test]
     fn empty_targets_address_means_none() {
-        assert_eq!(config(&["--targets-address", ""]).unwrap().admin_address, None);
+        assert_eq!(
+            config(&["--targets-address", ""]).unwrap().admin_address,
+            None
+        );
     }
 }

@@ -45,4 +45,4 @@ pub mod target_url;
 pub mod units;
 
 pub use config::Config;
-pub use server::{run, Listeners};
+pub use server::{Listeners, run};

@@ -63,7 +63,11 @@ fn announce(config: &Config, listeners: &Listeners) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("trafficmirror: listening on {} -> main {}", shown(&main), config.main);
+    println!(
+        "trafficmirror: listening on {} -> main {}",
+        shown(&main),
+        config.main
+    );
     let Some(first) = admin.first() else { return };
     // A wildcard address is reachable locally as loopback.
     let host = match first.ip() {
@@ -73,7 +77,11 @@ fn announce(config: &Config, listeners: &Listeners) {
         ip => ip.to_string(),
     };
     let url = format!("http://{host}:{}{}", first.port(), config.admin_path);
-    let auth = if config.users.is_some() { "-u USER:PASSWORD " } else { "" };
+    let auth = if config.users.is_some() {
+        "-u USER:PASSWORD "
+    } else {
+        ""
+    };
     println!("trafficmirror: admin endpoint at {url} ({})", shown(&admin));
     println!("  list mirrors:  curl {auth}{url}");
     println!("  add a mirror:  curl {auth}-X PUT '{url}?url=http://mirror:8080'");

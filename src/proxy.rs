@@ -45,7 +45,10 @@ where
         body::boxed(body)
     } else if looped {
         // SPEC §5 "Loops": this instance already handled this request once.
-        debug!(path = parts.uri.path(), "request carries our Via token: not mirrored");
+        debug!(
+            path = parts.uri.path(),
+            "request carries our Via token: not mirrored"
+        );
         skip_all(&mirrors);
         body::boxed(body)
     } else if body.size_hint().lower() > state.config().max_body_size {

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::body::{self, BoxBody};
-use crate::client::{new_client, HttpClient};
+use crate::client::{HttpClient, new_client};
 use crate::config::{Config, ListenAddr};
 use crate::registry::Registry;
 use crate::{admin, proxy};
@@ -70,9 +70,11 @@ async fn bind(addr: &ListenAddr) -> Result<Vec<TcpListener>, BindError> {
             match TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, *port)).await {
                 Ok(l) => Ok(vec![l]),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(err(e)),
-                Err(_) => Ok(vec![TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, *port))
-                    .await
-                    .map_err(err)?]),
+                Err(_) => Ok(vec![
+                    TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, *port))
+                        .await
+                        .map_err(err)?,
+                ]),
             }
         }
         ListenAddr::Host(host, port) => {
@@ -125,9 +127,8 @@ impl AppState {
             std::collections::hash_map::RandomState::new()
                 .hash_one((std::process::id(), std::time::SystemTime::now()))
         );
-        let entry = |v: &str| {
-            HeaderValue::from_str(&format!("{v} {via_token}")).expect("token is ASCII")
-        };
+        let entry =
+            |v: &str| HeaderValue::from_str(&format!("{v} {via_token}")).expect("token is ASCII");
         let via_entries = [entry("1.0"), entry("1.1"), entry("2")];
         Self {
             inner: Arc::new(Inner {
@@ -188,7 +189,14 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let roles = listeners
         .main
         .into_iter()
-        .map(|l| (l, Role::Proxy { admin: !separate_admin }))
+        .map(|l| {
+            (
+                l,
+                Role::Proxy {
+                    admin: !separate_admin,
+                },
+            )
+        })
         .chain(listeners.admin.into_iter().map(|l| (l, Role::Admin)));
     for (listener, role) in roles {
         connections.spawn(accept_loop(
@@ -300,7 +308,10 @@ async fn route(
         Role::Proxy { admin: true } | Role::Admin if is_admin_path => {
             admin::handle(state.registry(), state.config().users.as_ref(), req, peer).await
         }
-        Role::Admin => body::text(StatusCode::NOT_FOUND, "not found: this address serves only the admin endpoint\n"),
+        Role::Admin => body::text(
+            StatusCode::NOT_FOUND,
+            "not found: this address serves only the admin endpoint\n",
+        ),
         Role::Proxy { .. } => proxy::forward(state, req, peer).await,
     }
 }

@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
 
 /// Why a URL was refused. The message names the offending value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,14 +155,21 @@ mod tests {
 
     #[test]
     fn rejects_what_the_spec_forbids() {
-        let cases: [(&str, fn(&UrlError) -> bool); 8] = [
+        type Check = fn(&UrlError) -> bool;
+        let cases: [(&str, Check); 8] = [
             ("firstmirror:8080", |e| matches!(e, UrlError::BadScheme(_))),
             ("/just/a/path", |e| matches!(e, UrlError::NotAbsolute(_))),
             ("ftp://host", |e| matches!(e, UrlError::BadScheme(_))),
-            ("https://host", |e| matches!(e, UrlError::HttpsUnsupported(_))),
+            ("https://host", |e| {
+                matches!(e, UrlError::HttpsUnsupported(_))
+            }),
             ("http://host/?q=1", |e| matches!(e, UrlError::HasQuery(_))),
-            ("http://host/#frag", |e| matches!(e, UrlError::HasFragment(_))),
-            ("http://user:pw@host", |e| matches!(e, UrlError::HasUserInfo(_))),
+            ("http://host/#frag", |e| {
+                matches!(e, UrlError::HasFragment(_))
+            }),
+            ("http://user:pw@host", |e| {
+                matches!(e, UrlError::HasUserInfo(_))
+            }),
             ("http://", |e| {
                 matches!(e, UrlError::NoHost(_) | UrlError::NotAbsolute(_))
             }),

@@ -25,7 +25,9 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
             .map_err(|_| format!("invalid duration {value:?}"));
     }
     humantime::parse_duration(v).map_err(|_| {
-        format!("invalid duration {value:?} (use e.g. 500ms, 30s, 2m, 1h, or a bare number of minutes)")
+        format!(
+            "invalid duration {value:?} (use e.g. 500ms, 30s, 2m, 1h, or a bare number of minutes)"
+        )
     })
 }
 
@@ -36,9 +38,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 /// Returns a message naming the bad value when the number or the unit is not understood.
 pub fn parse_size(value: &str) -> Result<u64, String> {
     let v = value.trim();
-    let split = v
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(v.len());
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (digits, unit) = v.split_at(split);
     let bad = || format!("invalid size {value:?} (use e.g. 1048576, 512KB, 10MiB)");
     let n: u64 = digits.parse().map_err(|_| bad())?;

@@ -50,7 +50,10 @@ pub struct Ticket {
 /// What the caller must log or do after a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    Changed { from: State, to: State },
+    Changed {
+        from: State,
+        to: State,
+    },
     /// Failing continuously for `fail_after`: take the mirror out of the set.
     Remove,
 }
@@ -229,7 +232,11 @@ mod tests {
         fail_five(&mut h, t);
         assert_eq!(h.state(), State::Failing);
         assert!(h.failing_since().is_some());
-        assert_eq!(h.admit(t + RETRY / 2), (None, None), "failing gets no traffic");
+        assert_eq!(
+            h.admit(t + RETRY / 2),
+            (None, None),
+            "failing gets no traffic"
+        );
     }
 
     #[test]
@@ -314,9 +321,18 @@ mod tests {
                 assert_eq!(ev, Some(Event::Remove));
                 break;
             }
-            assert_eq!(ev, changed(State::Retrying, State::Failing), "at {:?}", now - t);
+            assert_eq!(
+                ev,
+                changed(State::Retrying, State::Failing),
+                "at {:?}",
+                now - t
+            );
         }
-        assert_eq!(now - t, FAIL, "removed at the first failed trial past fail-after");
+        assert_eq!(
+            now - t,
+            FAIL,
+            "removed at the first failed trial past fail-after"
+        );
     }
 
     #[test]

@@ -18,13 +18,13 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::client::{new_client, HttpClient};
+use crate::client::{HttpClient, new_client};
 use crate::metrics::{Counters, Snapshot};
 use crate::target_url::TargetUrl;
 use health::{Event, Health, Policy, State, Ticket};
@@ -58,6 +58,9 @@ pub(crate) struct Shared {
     /// Copies admitted and not yet finished, across all mirrors (for the shutdown log).
     pub outstanding: AtomicUsize,
 }
+
+/// Called by a mirror's worker when the mirror must leave the set (fail-after).
+type OnRemove = Arc<dyn Fn(&Arc<Mirror>) + Send + Sync>;
 
 /// A copy admitted to a mirror's queue.
 struct Job {
@@ -218,7 +221,7 @@ impl Mirror {
     async fn run_worker(
         self: Arc<Self>,
         mut rx: mpsc::UnboundedReceiver<Job>,
-        on_remove: Arc<dyn Fn(&Arc<Mirror>) + Send + Sync>,
+        on_remove: OnRemove,
     ) {
         let mut closing = false;
         loop {
@@ -279,7 +282,10 @@ impl Mirror {
         event
     }
 
-    async fn send(&self, request: &MirrorRequest) -> Result<http::StatusCode, crate::body::BoxError> {
+    async fn send(
+        &self,
+        request: &MirrorRequest,
+    ) -> Result<http::StatusCode, crate::body::BoxError> {
         let mut req = Request::new(Full::new(request.body.clone()));
         *req.method_mut() = request.method.clone();
         *req.uri_mut() = self.url.join(request.path_and_query.as_ref());

@@ -1,1 +1,7 @@
-fn main() {}
+//! The integration test binary: real sockets on 127.0.0.1:0, real mock backends.
+
+mod admin;
+mod health;
+mod mirror;
+mod proxy;
+mod support;

@@ -1,0 +1,275 @@
+//! SPEC §4: forwarding to main.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn method_path_query_headers_and_body_reach_main() {
+    let main = MockBackend::start(Reply::With(
+        StatusCode::CREATED,
+        vec![("x-from-main", "yes")],
+        Bytes::from_static(b"created"),
+    ))
+    .await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let resp = send(
+        Method::POST,
+        &proxy.url("/a/b?x=1&y=two"),
+        &[("x-test", "abc"), ("content-type", "text/plain")],
+        "the body",
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::CREATED);
+    assert_eq!(resp.headers["x-from-main"], "yes");
+    assert_eq!(resp.body, "created");
+    let got = main.next().await;
+    assert_eq!(got.method, Method::POST);
+    assert_eq!(got.uri.path_and_query().unwrap(), "/a/b?x=1&y=two");
+    assert_eq!(got.header("x-test"), Some("abc"));
+    assert_eq!(got.header("content-type"), Some("text/plain"));
+    assert_eq!(got.body, "the body");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn main_path_prefix_is_prepended() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &format!("{}/base/", main.url())]).await;
+    assert_eq!(get(&proxy.url("/users/7?q=x")).await.status, StatusCode::OK);
+    assert_eq!(
+        main.next().await.uri.path_and_query().unwrap(),
+        "/base/users/7?q=x"
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let main = MockBackend::start(Reply::With(
+        StatusCode::OK,
+        vec![
+            ("connection", "x-resp-hop"),
+            ("x-resp-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic"),
+            ("x-resp-kept", "1"),
+        ],
+        Bytes::from_static(b"ok"),
+    ))
+    .await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let resp = send(
+        Method::GET,
+        &proxy.url("/"),
+        &[
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic eA=="),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("upgrade", "h2c-nope"),
+            ("x-kept", "1"),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    let got = main.next().await;
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(got.header(gone).is_none(), "{gone} reached main");
+    }
+    assert_eq!(got.header("te"), Some("trailers"));
+    assert_eq!(got.header("x-kept"), Some("1"));
+    for gone in ["x-resp-hop", "keep-alive", "proxy-authenticate"] {
+        assert!(
+            resp.headers.get(gone).is_none(),
+            "{gone} reached the client"
+        );
+    }
+    assert_eq!(resp.headers["x-resp-kept"], "1");
+}
+
+#[tokio::test]
+async fn host_is_main_authority_and_forwarded_headers_are_set() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    send(
+        Method::GET,
+        &proxy.url("/"),
+        &[("host", "shop.example"), ("x-forwarded-for", "203.0.113.9")],
+        Bytes::new(),
+    )
+    .await;
+    let got = main.next().await;
+    assert_eq!(got.header("host"), Some(main.addr.to_string().as_str()));
+    assert_eq!(
+        got.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(got.header("x-forwarded-host"), Some("shop.example"));
+    assert_eq!(got.header("x-forwarded-proto"), Some("http"));
+    assert!(got.header("via").unwrap().contains("trafficmirror-"));
+}
+
+#[tokio::test]
+async fn response_is_streamed_before_main_finishes() {
+    // A main that sends one chunk, then waits for the test before finishing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let main_addr = listener.local_addr().unwrap();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            .await
+            .unwrap();
+        let _ = release_rx.await;
+        s.write_all(b"4\r\nlast\r\n0\r\n\r\n").await.unwrap();
+    });
+    let proxy = TestProxy::start(&["--main", &format!("http://{main_addr}")]).await;
+    let req = http::Request::get(proxy.url("/stream"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, client().request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(WAIT, body.frame())
+        .await
+        .expect("first chunk arrives while main is still sending")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    release_tx.send(()).unwrap();
+    let rest = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest.to_bytes(), "last");
+}
+
+#[tokio::test]
+async fn main_down_gives_502_and_recovers() {
+    let main_addr = closed_addr().await;
+    let proxy = TestProxy::start(&["--main", &format!("http://{main_addr}")]).await;
+    let resp = get(&proxy.url("/")).await;
+    assert_eq!(resp.status, StatusCode::BAD_GATEWAY);
+    assert!(resp.text().contains("main"), "{}", resp.text());
+
+    let listener = TcpListener::bind(main_addr).await.expect("port free again");
+    let main = MockBackend::start_on(listener, Reply::ok("back")).await;
+    let resp = get(&proxy.url("/")).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.body, "back");
+    main.next().await;
+}
+
+#[tokio::test]
+async fn slow_main_gives_504_with_main_timeout() {
+    let main = MockBackend::start(Reply::After(
+        Duration::from_secs(3),
+        Box::new(Reply::ok("late")),
+    ))
+    .await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--main-timeout", "200ms"]).await;
+    let started = std::time::Instant::now();
+    let resp = get(&proxy.url("/")).await;
+    assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+async fn raw_exchange(stream: &mut TcpStream, request: &[u8]) -> String {
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until the full body ("ok") has arrived.
+    while !out.ends_with(b"ok") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed early: {}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn http10_request_is_served_and_closed() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let text = raw_exchange(&mut s, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        n, 0,
+        "HTTP/1.0 without keep-alive is closed after the response"
+    );
+    assert_eq!(main.next().await.uri.path(), "/old");
+}
+
+#[tokio::test]
+async fn http11_keep_alive_serves_several_requests_on_one_connection() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    for path in ["/one", "/two", "/three"] {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+        let text = raw_exchange(&mut s, req.as_bytes()).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert_eq!(main.next().await.uri.path(), path);
+    }
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = http::Request::post(proxy.url("/h2?x=1"))
+        .body(Full::new(Bytes::from_static(b"h2 body")))
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, h2.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "ok");
+    let got = main.next().await;
+    assert_eq!(got.uri.path_and_query().unwrap(), "/h2?x=1");
+    assert_eq!(got.body, "h2 body");
+    assert_eq!(got.header("host"), Some(main.addr.to_string().as_str()));
+    assert_eq!(
+        got.header("x-forwarded-host"),
+        Some(proxy.addr.to_string().as_str())
+    );
+}

@@ -1,0 +1,393 @@
+//! Shared test helpers: an in-process proxy on 127.0.0.1:0, mock backends that record
+//! what they receive, an HTTP client, and bounded waits.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use trafficmirror::cli::Cli;
+use trafficmirror::{Config, Listeners};
+
+/// Upper bound for any single wait in the tests.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+// ===== the proxy under test =====
+
+/// A proxy running in this process on 127.0.0.1:0.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    /// Where the admin endpoint is (`addr` unless `--targets-address` was given).
+    pub admin_addr: SocketAddr,
+    pub admin_path: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestProxy {
+    /// Starts a proxy with these flags (as on the command line, without the program
+    /// name). `--listen` is always 127.0.0.1:0; when `--targets-address` is among the
+    /// flags it is replaced by 127.0.0.1:0 too.
+    pub async fn start(args: &[&str]) -> TestProxy {
+        let mut argv = vec!["trafficmirror"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_args(argv).expect("test flags parse");
+        let config = Config::from_cli(&cli).expect("test flags are valid");
+        let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = main.local_addr().unwrap();
+        let admin = match config.admin_address {
+            Some(_) => vec![TcpListener::bind("127.0.0.1:0").await.unwrap()],
+            None => Vec::new(),
+        };
+        let admin_addr = admin.first().map_or(addr, |l| l.local_addr().unwrap());
+        let admin_path = config.admin_path.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listeners = Listeners {
+            main: vec![main],
+            admin,
+        };
+        let task = tokio::spawn(trafficmirror::run(config, listeners, async {
+            let _ = stopped.await;
+        }));
+        TestProxy {
+            addr,
+            admin_addr,
+            admin_path,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, query: &str) -> String {
+        format!("http://{}{}{query}", self.admin_addr, self.admin_path)
+    }
+
+    /// Signals shutdown and waits (bounded) for `run` to return.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("proxy stops in time")
+                .expect("proxy task did not panic");
+        }
+    }
+
+    /// Adds mirrors through the admin API and checks the answer.
+    pub async fn add_mirrors(&self, urls: &[&str]) {
+        let query: Vec<String> = urls.iter().map(|u| format!("url={u}")).collect();
+        let resp = send(
+            Method::PUT,
+            &self.admin_url(&format!("?{}", query.join("&"))),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    }
+
+    /// The JSON listing.
+    pub async fn mirrors_json(&self) -> Vec<serde_json::Value> {
+        let resp = get(&self.admin_url("?format=json")).await;
+        assert_eq!(resp.status, StatusCode::OK);
+        serde_json::from_slice(&resp.body).expect("JSON listing")
+    }
+
+    /// The JSON entry of one mirror, if listed.
+    pub async fn mirror_json(&self, url: &str) -> Option<serde_json::Value> {
+        self.mirrors_json()
+            .await
+            .into_iter()
+            .find(|m| m["url"] == url)
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+// ===== mock backends =====
+
+/// One request as a backend received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What a backend answers.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Status, extra headers and body.
+    With(StatusCode, Vec<(&'static str, &'static str)>, Bytes),
+    /// Wait, then answer.
+    After(Duration, Box<Reply>),
+    /// Never answer (keeps the connection open).
+    Hang,
+}
+
+impl Reply {
+    pub fn ok(body: &'static str) -> Reply {
+        Reply::With(StatusCode::OK, vec![], Bytes::from_static(body.as_bytes()))
+    }
+
+    pub fn status(status: u16) -> Reply {
+        Reply::With(StatusCode::from_u16(status).unwrap(), vec![], Bytes::new())
+    }
+}
+
+type Behavior = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+/// A backend on 127.0.0.1:0 that records every request into a channel.
+pub struct MockBackend {
+    pub addr: SocketAddr,
+    received: tokio::sync::Mutex<mpsc::UnboundedReceiver<Recorded>>,
+    behavior: Arc<Mutex<Behavior>>,
+    pub in_flight: Arc<AtomicUsize>,
+    pub max_in_flight: Arc<AtomicUsize>,
+    pub total: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl MockBackend {
+    /// A backend that answers every request with `reply`.
+    pub async fn start(reply: Reply) -> MockBackend {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), reply).await
+    }
+
+    pub async fn start_on(listener: TcpListener, reply: Reply) -> MockBackend {
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let behavior: Arc<Mutex<Behavior>> =
+            Arc::new(Mutex::new(Arc::new(move |_: &Recorded| reply.clone())));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let total = Arc::new(AtomicUsize::new(0));
+        let state = (
+            tx,
+            behavior.clone(),
+            in_flight.clone(),
+            max_in_flight.clone(),
+            total.clone(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (tx, behavior, in_flight, max_in_flight, total) = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (tx, behavior) = (tx.clone(), behavior.clone());
+                        let (in_flight, max_in_flight, total) =
+                            (in_flight.clone(), max_in_flight.clone(), total.clone());
+                        async move {
+                            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                            max_in_flight.fetch_max(now, Ordering::SeqCst);
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|c| c.to_bytes());
+                            let recorded = Recorded {
+                                method: parts.method,
+                                uri: parts.uri,
+                                version: parts.version,
+                                headers: parts.headers,
+                                body: body.unwrap_or_default(),
+                            };
+                            let reply = (behavior.lock().unwrap().clone())(&recorded);
+                            total.fetch_add(1, Ordering::SeqCst);
+                            let _ = tx.send(recorded);
+                            let response = answer(reply).await;
+                            in_flight.fetch_sub(1, Ordering::SeqCst);
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        MockBackend {
+            addr,
+            received: tokio::sync::Mutex::new(rx),
+            behavior,
+            in_flight,
+            max_in_flight,
+            total,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Changes what the backend answers from now on.
+    pub fn set_reply(&self, reply: Reply) {
+        *self.behavior.lock().unwrap() = Arc::new(move |_| reply.clone());
+    }
+
+    /// The next recorded request; panics after [`WAIT`].
+    pub async fn next(&self) -> Recorded {
+        tokio::time::timeout(WAIT, self.received.lock().await.recv())
+            .await
+            .expect("backend received a request in time")
+            .expect("backend channel open")
+    }
+
+    /// Asserts that nothing more arrives within `quiet`.
+    pub async fn assert_nothing_within(&self, quiet: Duration) {
+        if let Ok(Some(r)) = tokio::time::timeout(quiet, self.received.lock().await.recv()).await {
+            panic!("unexpected request at backend: {} {}", r.method, r.uri);
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for MockBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(reply: Reply) -> Response<Full<Bytes>> {
+    let mut reply = reply;
+    loop {
+        match reply {
+            Reply::With(status, headers, body) => {
+                let mut response = Response::new(Full::new(body));
+                *response.status_mut() = status;
+                for (k, v) in headers {
+                    response
+                        .headers_mut()
+                        .append(HeaderName::from_static(k), HeaderValue::from_static(v));
+                }
+                return response;
+            }
+            Reply::After(delay, next) => {
+                tokio::time::sleep(delay).await;
+                reply = *next;
+            }
+            Reply::Hang => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// An address where nothing listens (connections are refused).
+pub async fn closed_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+// ===== client =====
+
+/// A response read to its end.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends one request through a fresh HTTP/1.1 client and reads the whole answer.
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let mut req = Request::new(Full::new(body.into()));
+    *req.method_mut() = method;
+    *req.uri_mut() = url.parse().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let resp = tokio::time::timeout(WAIT, client().request(req))
+        .await
+        .expect("answer in time")
+        .expect("request succeeds");
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .expect("body in time")
+        .expect("body reads")
+        .to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str) -> Answer {
+    send(Method::GET, url, &[], Bytes::new()).await
+}
+
+/// Polls `check` until it returns true; panics after [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
