@@ -106,11 +106,23 @@ fn init_tracing(verbose: u8) {
 
 /// Help and version go to stdout with status 0; any other flag error is one line.
 fn flag_error(err: &clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
+    use clap::error::{ContextKind, ErrorKind};
     match err.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = err.print();
             ExitCode::SUCCESS
+        }
+        ErrorKind::UnknownArgument => {
+            // clap reads `-bogus` as the short-flag cluster `-b -o …` and names only `-b`;
+            // name the argument as the user typed it.
+            let invalid = err.get(ContextKind::InvalidArg).map(ToString::to_string);
+            let typed = invalid.as_deref().and_then(|inv| {
+                std::env::args().skip(1).find(|a| a.starts_with(inv) && a.len() > inv.len())
+            });
+            match typed.or(invalid) {
+                Some(arg) => fail(2, &format!("unknown flag '{arg}' (see --help)")),
+                None => fail(2, &"unknown flag (see --help)"),
+            }
         }
         _ => {
             let rendered = err.to_string();
