@@ -1,8 +1,10 @@
 //! HTTP Basic authentication for the admin endpoint (SPEC §3, `--password FILE`).
 //!
-//! The file holds one `user:password` per line; blank lines and lines starting with `#`
-//! are ignored. Credentials are compared in constant time against every user, so the
-//! answer's timing does not tell which part was wrong.
+//! The file holds one `user:password` per line, where the password is plain text or a
+//! bcrypt hash as written by `htpasswd -B` (`$2y$…`); blank lines and lines starting
+//! with `#` are ignored. User names and plain passwords are compared in constant time
+//! against every entry, and when the file holds bcrypt hashes an unknown user costs one
+//! bcrypt check too, so the answer's timing does not tell which part was wrong.
 
 use std::path::Path;
 
@@ -24,10 +26,35 @@ pub enum PasswordFileError {
     Empty { path: String },
 }
 
+/// A stored password.
+#[derive(Clone)]
+enum Secret {
+    Plain(String),
+    /// A bcrypt hash (`$2a$`, `$2b$`, `$2x$` or `$2y$`).
+    Bcrypt(String),
+}
+
+impl Secret {
+    fn new(stored: &str) -> Self {
+        let is_bcrypt = ["$2a$", "$2b$", "$2x$", "$2y$"]
+            .iter()
+            .any(|p| stored.starts_with(p));
+        if is_bcrypt {
+            Secret::Bcrypt(stored.to_owned())
+        } else {
+            Secret::Plain(stored.to_owned())
+        }
+    }
+}
+
+/// Hash checked when the user is unknown, so that an unknown user costs as much time
+/// as a known one with a bcrypt password (cost 5 = `htpasswd -B` default).
+const DUMMY_BCRYPT: &str = "$2y$05$CYl5GDo2MiF7yVqOiJ5wIOMwMWCRN8ULzDeIdPKF1VyE/Ka6TrAiy";
+
 /// The users allowed on the admin endpoint.
 #[derive(Clone)]
 pub struct Users {
-    entries: Vec<(String, String)>,
+    entries: Vec<(String, Secret)>,
 }
 
 impl std::fmt::Debug for Users {
@@ -40,20 +67,27 @@ impl std::fmt::Debug for Users {
 }
 
 impl Users {
-    /// Reads a password file.
+    /// Reads a password file. The second value is a warning to log, e.g. when other
+    /// users of the machine can read the file.
     ///
     /// # Errors
     /// The file cannot be read, a line has no `:` or an empty user, or no user is listed.
-    pub fn load(path: &Path) -> Result<Self, PasswordFileError> {
+    pub fn load(path: &Path) -> Result<(Self, Option<String>), PasswordFileError> {
         let shown = path.display().to_string();
+        let warning = world_readable(path).then(|| {
+            format!(
+                "password file {shown} is readable by every user of this machine (chmod 600 it)"
+            )
+        });
         let text = std::fs::read_to_string(path).map_err(|source| PasswordFileError::Read {
             path: shown.clone(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        let users = Self::parse(&text).map_err(|e| match e {
             ParseError::Malformed(line) => PasswordFileError::Malformed { path: shown, line },
             ParseError::Empty => PasswordFileError::Empty { path: shown },
-        })
+        })?;
+        Ok((users, warning))
     }
 
     fn parse(text: &str) -> Result<Self, ParseError> {
@@ -65,7 +99,7 @@ impl Users {
             }
             match line.split_once(':') {
                 Some((user, password)) if !user.is_empty() => {
-                    entries.push((user.to_owned(), password.to_owned()));
+                    entries.push((user.to_owned(), Secret::new(password)));
                 }
                 _ => return Err(ParseError::Malformed(i + 1)),
             }
@@ -87,14 +121,44 @@ impl Users {
         let (user, password) = (&decoded[..split], &decoded[split + 1..]);
         // Compare against every entry without stopping early.
         let mut found = None;
-        for (u, p) in &self.entries {
-            let ok = u.as_bytes().ct_eq(user) & p.as_bytes().ct_eq(password);
-            if bool::from(ok) {
-                found = Some(u.as_str());
+        let mut plain_ok = subtle::Choice::from(0);
+        for (u, secret) in &self.entries {
+            let user_ok = u.as_bytes().ct_eq(user);
+            if bool::from(user_ok) {
+                found = Some((u.as_str(), secret));
+            }
+            if let Secret::Plain(p) = secret {
+                plain_ok |= user_ok & p.as_bytes().ct_eq(password);
             }
         }
-        found
+        match found {
+            Some((u, Secret::Plain(_))) => bool::from(plain_ok).then_some(u),
+            Some((u, Secret::Bcrypt(hash))) => {
+                bcrypt::verify(password, hash).unwrap_or(false).then_some(u)
+            }
+            None => {
+                if self
+                    .entries
+                    .iter()
+                    .any(|(_, s)| matches!(s, Secret::Bcrypt(_)))
+                {
+                    let _ = bcrypt::verify(password, DUMMY_BCRYPT);
+                }
+                None
+            }
+        }
     }
+}
+
+#[cfg(unix)]
+fn world_readable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+}
+
+#[cfg(not(unix))]
+fn world_readable(_: &Path) -> bool {
+    false
 }
 
 #[derive(Debug)]
@@ -132,6 +196,38 @@ mod tests {
             users.check(Some(b"basic dXNlcjpwYXNzd29yZA==")),
             Some("user")
         );
+    }
+
+    #[test]
+    fn bcrypt_hashes_as_written_by_htpasswd() {
+        // `htpasswd -nbB admin secret`
+        let hash = bcrypt::hash("secret", 5)
+            .unwrap()
+            .replacen("$2b$", "$2y$", 1);
+        let users = Users::parse(&format!("admin:{hash}\nplain:pw\n")).unwrap();
+        assert_eq!(users.check(Some(&basic("admin:secret"))), Some("admin"));
+        assert_eq!(users.check(Some(&basic("admin:wrong"))), None);
+        assert_eq!(users.check(Some(&basic("plain:pw"))), Some("plain"));
+        assert_eq!(users.check(Some(&basic(&format!("plain:{hash}")))), None);
+        assert_eq!(users.check(Some(&basic("ghost:secret"))), None);
+    }
+
+    #[test]
+    fn dummy_hash_is_a_valid_bcrypt_hash() {
+        assert!(bcrypt::verify("x", DUMMY_BCRYPT).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn world_readable_file_is_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("tm-users-{}", std::process::id()));
+        std::fs::write(&path, "u:p\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Users::load(&path).unwrap().1.unwrap().contains("chmod 600"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Users::load(&path).unwrap().1.is_none());
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -99,6 +99,27 @@ pub struct Cli {
     #[arg(long, env = "TRAFFICMIRROR_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
     pub shutdown_timeout: Duration,
 
+    /// Send the client's Host header to main and mirrors instead of the target's.
+    #[arg(long, env = "TRAFFICMIRROR_PRESERVE_HOST")]
+    pub preserve_host: bool,
+
+    /// A client must send a request's headers within this time; also how long an idle
+    /// HTTP/1 keep-alive connection is kept open.
+    #[arg(long, env = "TRAFFICMIRROR_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    pub header_read_timeout: Duration,
+
+    /// Largest request head (request line and headers) accepted; larger gets 431.
+    #[arg(long, env = "TRAFFICMIRROR_MAX_HEADER_SIZE", default_value = "64KiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_header_size: u64,
+
+    /// PEM file with extra CA certificates trusted for https:// targets.
+    #[arg(long, env = "TRAFFICMIRROR_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Do not verify certificates of https:// targets (staging only; logs a warning).
+    #[arg(long, env = "TRAFFICMIRROR_INSECURE_SKIP_VERIFY")]
+    pub insecure_skip_verify: bool,
+
     /// More logging: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
     #[arg(short, long, env = "TRAFFICMIRROR_VERBOSE", action = ArgAction::Count)]
     pub verbose: u8,
@@ -235,6 +256,10 @@ mod tests {
         assert_eq!(cli.main_timeout, OptionalDuration(None));
         assert_eq!(cli.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(cli.verbose, 0);
+        assert!(!cli.preserve_host);
+        assert_eq!(cli.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(cli.max_header_size, 64 << 10);
+        assert!(!cli.insecure_skip_verify);
     }
 
     #[test]

@@ -1,27 +1,36 @@
 //! The outbound HTTP client used for main and for every mirror. One place, so that the
-//! connector (and later TLS) is configured once.
+//! connector (plain TCP or TLS, pooling, Nagle off) is configured once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Body;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-/// A pooled keep-alive client. Cloning is shallow: clones share the pool.
-pub type HttpClient<B> = Client<HttpConnector, B>;
+/// A pooled keep-alive client for `http://` and `https://` targets. Cloning is shallow:
+/// clones share the pool.
+pub type HttpClient<B> = Client<HttpsConnector<HttpConnector>, B>;
 
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Builds a client with its own connection pool.
-pub fn new_client<B>() -> HttpClient<B>
+pub fn new_client<B>(tls: &Arc<rustls::ClientConfig>) -> HttpClient<B>
 where
     B: Body + Send + 'static,
     B::Data: Send,
 {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false); // the TLS layer handles https://
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(rustls::ClientConfig::clone(tls))
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())

@@ -21,6 +21,8 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     PasswordFile(#[from] PasswordFileError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Where to listen (SPEC §2 `--listen`).
@@ -79,7 +81,15 @@ pub struct Config {
     pub max_body_size: u64,
     pub main_timeout: Option<Duration>,
     pub shutdown_timeout: Duration,
+    pub preserve_host: bool,
+    pub header_read_timeout: Duration,
+    pub max_header_size: usize,
+    /// Things worth a warning at start-up that are not errors.
+    pub warnings: Vec<String>,
 }
+
+/// hyper cannot read a request head into a smaller buffer than this.
+const MIN_HEADER_SIZE: u64 = 8 * 1024;
 
 impl Config {
     /// Validates raw flags and reads the password file.
@@ -124,7 +134,28 @@ impl Config {
                 message: format!("{:?} is not a path", cli.targets),
             });
         }
-        let users = cli.password.as_deref().map(Users::load).transpose()?;
+        let mut warnings = Vec::new();
+        let users = match cli.password.as_deref() {
+            None => None,
+            Some(path) => {
+                let (users, warning) = Users::load(path)?;
+                warnings.extend(warning);
+                Some(users)
+            }
+        };
+        if cli.max_header_size < MIN_HEADER_SIZE {
+            return Err(ConfigError::Invalid {
+                flag: "max-header-size",
+                message: format!("must be at least {MIN_HEADER_SIZE} bytes"),
+            });
+        }
+        let tls = crate::tls::client_config(cli.ca_cert.as_deref(), cli.insecure_skip_verify)?;
+        if cli.insecure_skip_verify {
+            warnings.push(
+                "--insecure-skip-verify: certificates of https:// targets are not verified"
+                    .to_owned(),
+            );
+        }
         Ok(Self {
             listen,
             main,
@@ -137,10 +168,15 @@ impl Config {
                 fail_after: cli.fail_after,
                 max_queued: cli.max_queued_requests as usize,
                 timeout: cli.mirror_timeout,
+                tls,
             },
             max_body_size: cli.max_body_size,
             main_timeout: cli.main_timeout.0,
             shutdown_timeout: cli.shutdown_timeout,
+            preserve_host: cli.preserve_host,
+            header_read_timeout: cli.header_read_timeout,
+            max_header_size: usize::try_from(cli.max_header_size).unwrap_or(usize::MAX),
+            warnings,
         })
     }
 }

@@ -16,7 +16,7 @@
 //! - [`admin`]: the `/targets` endpoint; [`auth`]: its Basic authentication.
 //! - [`target_url`]: URL validation, normalisation and path-prefix joining.
 //! - [`metrics`]: per-mirror counters. [`shutdown`]: SIGINT/SIGTERM.
-//! - [`client`]: the pooled outbound client.
+//! - [`client`]: the pooled outbound client; [`tls`]: its TLS settings for https targets.
 //!
 //! # Request flow
 //! 1. [`server`] accepts a connection and routes each request to [`admin`] or [`proxy`].
@@ -42,6 +42,7 @@ pub mod registry;
 pub mod server;
 pub mod shutdown;
 pub mod target_url;
+pub mod tls;
 pub mod units;
 
 pub use config::Config;

@@ -22,6 +22,9 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => return fail(2, &err),
     };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -117,7 +120,9 @@ fn flag_error(err: &clap::Error) -> ExitCode {
             // name the argument as the user typed it.
             let invalid = err.get(ContextKind::InvalidArg).map(ToString::to_string);
             let typed = invalid.as_deref().and_then(|inv| {
-                std::env::args().skip(1).find(|a| a.starts_with(inv) && a.len() > inv.len())
+                std::env::args()
+                    .skip(1)
+                    .find(|a| a.starts_with(inv) && a.len() > inv.len())
             });
             match typed.or(invalid) {
                 Some(arg) => fail(2, &format!("unknown flag '{arg}' (see --help)")),

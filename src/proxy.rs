@@ -4,14 +4,18 @@
 //! (up to `--max-body-size`) into one `Bytes` and offer an `Arc` of the request to every
 //! mirror without waiting → send to main → stream main's response back as it arrives.
 //! When there are no mirrors the body is streamed to main untouched.
+//!
+//! Upgrade requests (WebSocket and others, RFC 9110 §7.8) are tunnelled to main both
+//! ways and never mirrored: a copy cannot take part in the conversation.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body;
+use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
 use crate::body::{self, BoxBody, BoxError, Buffered, Replay};
@@ -22,11 +26,23 @@ use crate::server::AppState;
 
 /// Proxies one request to main and mirrors it. Never fails: upstream problems become
 /// `502`/`504` responses.
-pub async fn forward<B>(state: &AppState, req: Request<B>, peer: SocketAddr) -> Response<BoxBody>
+pub async fn forward<B>(
+    state: &AppState,
+    mut req: Request<B>,
+    peer: SocketAddr,
+) -> Response<BoxBody>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
+    if req.method() == Method::CONNECT {
+        return error_response(
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT is not supported: trafficmirror is a reverse proxy",
+        );
+    }
+    let upgrade = upgrade_protocol(req.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         // HTTP/2 carries the host in `:authority`, which hyper puts in the URI.
@@ -39,16 +55,30 @@ where
     parts.headers.remove(header::HOST);
     headers::set_forwarded(&mut parts.headers, peer.ip(), host.as_ref());
     headers::append_via(&mut parts.headers, state.via_entry(parts.version));
+    if state.config().preserve_host {
+        if let Some(host) = &host {
+            parts.headers.insert(header::HOST, host.clone());
+        }
+    }
+    if let Some(protocol) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+    }
 
     let mirrors = state.registry().snapshot();
     let upstream_body = if mirrors.is_empty() {
         body::boxed(body)
-    } else if looped {
-        // SPEC §5 "Loops": this instance already handled this request once.
-        debug!(
-            path = parts.uri.path(),
-            "request carries our Via token: not mirrored"
-        );
+    } else if looped || upgrade.is_some() {
+        if looped && state.first_loop() {
+            // SPEC §5 "Loops": this instance already handled this request once.
+            warn!(
+                path = parts.uri.path(),
+                "request already carries this proxy's Via entry (a mirror points back here): \
+                 proxied but not mirrored; further loops are only counted as skipped"
+            );
+        }
         skip_all(&mirrors);
         body::boxed(body)
     } else if body.size_hint().lower() > state.config().max_body_size {
@@ -98,9 +128,23 @@ where
         },
     };
     match result {
-        Ok(response) => {
+        Ok(mut response) => {
+            let tunnel = match (client_upgrade, &upgrade) {
+                (Some(client), Some(_)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    let upstream = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client, upstream));
+                    response.headers().get(header::UPGRADE).cloned()
+                }
+                _ => None,
+            };
             let (mut parts, body) = response.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
+            if let Some(protocol) = tunnel {
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(header::UPGRADE, protocol);
+            }
             // Our connection to the client has its own version; hyper picks the wire
             // version from this field, so a main speaking HTTP/1.0 must not leak through.
             parts.version = Version::HTTP_11;
@@ -110,6 +154,37 @@ where
             warn!(main = %state.config().main, error = %error_chain(&err), "main target unreachable");
             error_response(StatusCode::BAD_GATEWAY, "main target unreachable")
         }
+    }
+}
+
+/// The protocol a request asks to switch to, when it is an HTTP/1.1 upgrade request
+/// (`Connection: upgrade` plus `Upgrade: …`).
+fn upgrade_protocol(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    wants
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Copies bytes both ways between the upgraded client and main connections.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(err) => {
+            debug!(error = %err, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
+        Err(err) => debug!(error = %err, "upgraded connection ended with an error"),
     }
 }
 

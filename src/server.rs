@@ -7,6 +7,7 @@ use std::future::Future;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -116,6 +117,8 @@ struct Inner {
     via_token: String,
     /// Ready-made `Via` entries for HTTP/1.0, 1.1 and 2.
     via_entries: [HeaderValue; 3],
+    /// Set once the first looped request has been logged (SPEC §5 "Loops").
+    loop_logged: AtomicBool,
 }
 
 impl AppState {
@@ -130,13 +133,15 @@ impl AppState {
         let entry =
             |v: &str| HeaderValue::from_str(&format!("{v} {via_token}")).expect("token is ASCII");
         let via_entries = [entry("1.0"), entry("1.1"), entry("2")];
+        let main_client = new_client(&config.mirror.tls);
         Self {
             inner: Arc::new(Inner {
+                main_client,
                 config,
-                main_client: new_client(),
                 registry,
                 via_token,
                 via_entries,
+                loop_logged: AtomicBool::new(false),
             }),
         }
     }
@@ -155,6 +160,11 @@ impl AppState {
 
     pub fn via_token(&self) -> &str {
         &self.inner.via_token
+    }
+
+    /// True the first time it is called: log a detected loop once, count it always.
+    pub fn first_loop(&self) -> bool {
+        !self.inner.loop_logged.swap(true, Ordering::Relaxed)
     }
 
     pub fn via_entry(&self, version: Version) -> &HeaderValue {
@@ -184,7 +194,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let state = AppState::new(config);
     let token = CancellationToken::new();
     let connections = TaskTracker::new();
-    let builder = Arc::new(connection_builder());
+    let builder = Arc::new(connection_builder(state.config()));
     let separate_admin = !listeners.admin.is_empty();
     let roles = listeners
         .main
@@ -229,10 +239,26 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     }
 }
 
-fn connection_builder() -> auto::Builder<TokioExecutor> {
+/// How often an idle HTTP/2 connection is pinged, and how long a ping may go unanswered
+/// before the connection is dropped (dead peers otherwise hold their streams for ever).
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Runs from the moment hyper waits for a request head, so it also closes idle
+        // keep-alive connections.
+        .header_read_timeout(config.header_read_timeout)
+        // A head that does not fit gets `431` (RFC 6585 §5).
+        .max_buf_size(config.max_header_size);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_size).unwrap_or(u32::MAX))
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(H2_KEEP_ALIVE);
     builder
 }
 

@@ -16,8 +16,6 @@ pub enum UrlError {
     NotAbsolute(String),
     #[error("{0:?}: scheme must be http:// or https://")]
     BadScheme(String),
-    #[error("{0:?}: https:// targets are not supported yet")]
-    HttpsUnsupported(String),
     #[error("{0:?} has no host")]
     NoHost(String),
     #[error("{0:?} must not carry a query string")]
@@ -28,7 +26,7 @@ pub enum UrlError {
     HasUserInfo(String),
 }
 
-/// A validated, normalised `http://` target with an optional path prefix.
+/// A validated, normalised `http://` or `https://` target with an optional path prefix.
 ///
 /// Normalisation (SPEC §3): scheme and host lower-cased, default port dropped, trailing
 /// `/` dropped. Two targets are equal when their normalised forms are.
@@ -46,16 +44,16 @@ impl TargetUrl {
     /// Parses and validates a target URL.
     ///
     /// # Errors
-    /// Any value that is not an absolute `http://` URL with a host, or that carries a
+    /// Any value that is not an absolute `http://` or `https://` URL with a host, or that carries a
     /// query, fragment or user info.
     pub fn parse(raw: &str) -> Result<Self, UrlError> {
         let owned = || raw.to_owned();
         let url = url::Url::parse(raw.trim()).map_err(|_| UrlError::NotAbsolute(owned()))?;
-        match url.scheme() {
-            "http" => {}
-            "https" => return Err(UrlError::HttpsUnsupported(owned())),
+        let scheme = match url.scheme() {
+            "http" => Scheme::HTTP,
+            "https" => Scheme::HTTPS,
             _ => return Err(UrlError::BadScheme(owned())),
-        }
+        };
         let host = match url.host_str() {
             Some(h) if !h.is_empty() => h,
             _ => return Err(UrlError::NoHost(owned())),
@@ -78,7 +76,6 @@ impl TargetUrl {
             .parse()
             .map_err(|_| UrlError::NoHost(owned()))?;
         let prefix = url.path().trim_end_matches('/').to_owned();
-        let scheme = Scheme::HTTP;
         let normalized = format!("{scheme}://{authority}{prefix}");
         Ok(Self {
             normalized,
@@ -151,6 +148,8 @@ mod tests {
         assert_eq!(norm("http://m:80/"), "http://m");
         assert_eq!(norm("http://[::1]:9000"), "http://[::1]:9000");
         assert_eq!(norm("http://127.0.0.1:1/a/b"), "http://127.0.0.1:1/a/b");
+        assert_eq!(norm("HTTPS://Secure:443/x/"), "https://secure/x");
+        assert_eq!(norm("https://secure:8443"), "https://secure:8443");
     }
 
     #[test]
@@ -160,9 +159,7 @@ mod tests {
             ("firstmirror:8080", |e| matches!(e, UrlError::BadScheme(_))),
             ("/just/a/path", |e| matches!(e, UrlError::NotAbsolute(_))),
             ("ftp://host", |e| matches!(e, UrlError::BadScheme(_))),
-            ("https://host", |e| {
-                matches!(e, UrlError::HttpsUnsupported(_))
-            }),
+            ("ws://host", |e| matches!(e, UrlError::BadScheme(_))),
             ("http://host/?q=1", |e| matches!(e, UrlError::HasQuery(_))),
             ("http://host/#frag", |e| {
                 matches!(e, UrlError::HasFragment(_))

@@ -48,6 +48,8 @@ pub struct Settings {
     pub fail_after: Duration,
     pub max_queued: usize,
     pub timeout: Duration,
+    /// TLS settings for https:// mirrors.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// What a mirror's worker needs from the rest of the program.
@@ -126,7 +128,7 @@ impl Mirror {
             permits: Arc::new(Semaphore::new(shared.settings.max_queued)),
             tx,
             closing: CancellationToken::new(),
-            client: new_client(),
+            client: new_client(&shared.settings.tls),
             shared: shared.clone(),
         });
         shared

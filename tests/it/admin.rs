@@ -95,7 +95,7 @@ async fn put_with_invalid_url_applies_nothing() {
         "http://h/?q=1",
         "http://u:p@h",
         "http://h/%23frag#frag",
-        "https://secure:443",
+        "ws://socket:1",
     ] {
         let query = format!(
             "?url=http://good:2&url={}",

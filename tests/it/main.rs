@@ -3,5 +3,7 @@
 mod admin;
 mod health;
 mod mirror;
+mod protocol;
 mod proxy;
 mod support;
+mod tls;

@@ -190,6 +190,20 @@ impl MockBackend {
     }
 
     pub async fn start_on(listener: TcpListener, reply: Reply) -> MockBackend {
+        Self::start_with(listener, reply, None).await
+    }
+
+    /// A backend speaking HTTPS with `tls`.
+    pub async fn start_tls(reply: Reply, tls: tokio_rustls::TlsAcceptor) -> MockBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_with(listener, reply, Some(tls)).await
+    }
+
+    async fn start_with(
+        listener: TcpListener,
+        reply: Reply,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> MockBackend {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
         let behavior: Arc<Mutex<Behavior>> =
@@ -210,6 +224,7 @@ impl MockBackend {
                     continue;
                 };
                 let (tx, behavior, in_flight, max_in_flight, total) = state.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (tx, behavior) = (tx.clone(), behavior.clone());
@@ -235,9 +250,21 @@ impl MockBackend {
                             Ok::<_, Infallible>(response)
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -254,6 +281,10 @@ impl MockBackend {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
     }
 
     /// Changes what the backend answers from now on.

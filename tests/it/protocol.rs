@@ -1,0 +1,329 @@
+//! Issue 5: upgrades, CONNECT, Host control, loops, slow or hostile clients, smuggling.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::support::*;
+
+/// Sends raw bytes and reads until the server closes (bounded by `WAIT`).
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("server closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads from `s` until `needle` has arrived.
+async fn read_until(s: &mut TcpStream, needle: &str) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A main that accepts upgrades, greets, then echoes every read as `echo:<bytes>`.
+/// Sends the upgrade request's headers on `seen`.
+async fn upgrade_main(seen: mpsc::UnboundedSender<http::HeaderMap>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |mut req: Request<Incoming>| {
+                    let _ = seen.send(req.headers().clone());
+                    let on_upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(upgraded) = on_upgrade.await else {
+                            return;
+                        };
+                        let mut io = TokioIo::new(upgraded);
+                        io.write_all(b"hello from main").await.unwrap();
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = io.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            let mut reply = b"echo:".to_vec();
+                            reply.extend_from_slice(&buf[..n]);
+                            io.write_all(&reply).await.unwrap();
+                        }
+                    });
+                    async {
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(StatusCode::SWITCHING_PROTOCOLS)
+                                .header("connection", "upgrade")
+                                .header("upgrade", "websocket")
+                                .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                                .body(Empty::<Bytes>::new())
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled_both_ways_and_not_mirrored() {
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+    let main = upgrade_main(seen_tx).await;
+    let mirror = MockBackend::start(Reply::ok("m")).await;
+    let proxy = TestProxy::start(&["--main", &main]).await;
+    proxy.add_mirrors(&[&mirror.url()]).await;
+
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_until(&mut s, "hello from main").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("upgrade: websocket"), "{head}");
+    assert!(lower.contains("connection: upgrade"), "{head}");
+    assert!(
+        lower.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+
+    let at_main = tokio::time::timeout(WAIT, seen_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(at_main["upgrade"], "websocket");
+    assert_eq!(at_main["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+
+    for msg in ["first frame", "second frame"] {
+        s.write_all(msg.as_bytes()).await.unwrap();
+        read_until(&mut s, &format!("echo:{msg}")).await;
+    }
+    mirror
+        .assert_nothing_within(Duration::from_millis(100))
+        .await;
+    let m = proxy.mirror_json(&mirror.url()).await.unwrap();
+    assert_eq!(m["skipped"], 1, "{m}");
+    assert_eq!(m["sent"], 0, "{m}");
+}
+
+#[tokio::test]
+async fn connect_is_refused() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_until(&mut s, "\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 501"), "{text}");
+    main.assert_nothing_within(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn preserve_host_sends_the_client_host_to_main_and_mirrors() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let mirror = MockBackend::start(Reply::ok("m")).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--preserve-host"]).await;
+    proxy.add_mirrors(&[&mirror.url()]).await;
+    send(
+        Method::GET,
+        &proxy.url("/"),
+        &[("host", "shop.example")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(main.next().await.header("host"), Some("shop.example"));
+    assert_eq!(mirror.next().await.header("host"), Some("shop.example"));
+}
+
+#[tokio::test]
+async fn two_instances_mirroring_to_each_other_stay_bounded() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let a = TestProxy::start(&["--main", &main.url()]).await;
+    let b = TestProxy::start(&["--main", &main.url()]).await;
+    a.add_mirrors(&[&format!("http://{}", b.addr)]).await;
+    b.add_mirrors(&[&format!("http://{}", a.addr)]).await;
+    get(&a.url("/loop")).await;
+    // A -> main; A's copy -> B -> main; B's copy -> A -> main, and A stops there.
+    for _ in 0..3 {
+        assert_eq!(main.next().await.uri.path(), "/loop");
+    }
+    main.assert_nothing_within(Duration::from_millis(300)).await;
+    let a_to_b = a.mirror_json(&format!("http://{}", b.addr)).await.unwrap();
+    assert_eq!(a_to_b["sent"], 1, "{a_to_b}");
+    assert_eq!(a_to_b["skipped"], 1, "{a_to_b}");
+}
+
+#[tokio::test]
+async fn mirror_pointing_at_itself_does_not_amplify() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    proxy
+        .add_mirrors(&[&format!("http://{}", proxy.addr)])
+        .await;
+    for _ in 0..3 {
+        get(&proxy.url("/self")).await;
+    }
+    for _ in 0..6 {
+        main.next().await;
+    }
+    main.assert_nothing_within(Duration::from_millis(300)).await;
+    let m = proxy
+        .mirror_json(&format!("http://{}", proxy.addr))
+        .await
+        .unwrap();
+    assert_eq!(m["sent"], 3, "{m}");
+    assert_eq!(m["skipped"], 3, "{m}");
+}
+
+#[tokio::test]
+async fn client_sending_headers_too_slowly_is_cut_off() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "200ms"]).await;
+    let started = Instant::now();
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // never finished
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    assert!(closed.is_ok(), "connection closed by the proxy");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(main.count(), 0);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "200ms"]).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut s, "ok").await;
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("idle connection closed")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn oversized_request_head_gets_431() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--max-header-size", "8KiB"]).await;
+    let big = "a".repeat(20 * 1024);
+    let text = raw(
+        proxy.addr,
+        format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        text.starts_with("HTTP/1.1 431"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert_eq!(main.count(), 0);
+}
+
+/// Every smuggling attempt: bytes after the body never become a request at main or at
+/// a mirror.
+#[tokio::test]
+async fn request_smuggling_cannot_pass() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let mirror = MockBackend::start(Reply::ok("m")).await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    proxy.add_mirrors(&[&mirror.url()]).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases: [(&str, String, Option<&str>); 4] = [
+        // CL.TE: Transfer-Encoding wins (RFC 9112 §6.1), the connection is closed after.
+        (
+            "cl-te",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            Some("HTTP/1.1 200"),
+        ),
+        (
+            "te-cl",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            Some("HTTP/1.1 200"),
+        ),
+        (
+            "differing duplicate content-length",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 40\r\n\r\nhello{smuggled}"
+            ),
+            Some("HTTP/1.1 400"),
+        ),
+        (
+            "transfer-encoding not ending in chunked",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            Some("HTTP/1.1 400"),
+        ),
+    ];
+    for (name, request, expect) in cases {
+        let text = raw(proxy.addr, request.as_bytes()).await;
+        if let Some(status) = expect {
+            assert!(text.starts_with(status), "{name}: {text}");
+        }
+        assert_eq!(
+            text.matches("HTTP/1.1 ").count(),
+            1,
+            "{name}: one response only: {text}"
+        );
+    }
+    // Wait for the mirror copies of the two accepted requests, then nothing else.
+    for backend in [&main, &mirror] {
+        for _ in 0..2 {
+            let got = backend.next().await;
+            assert_eq!(got.uri.path(), "/a");
+            assert!(got.body.is_empty());
+        }
+        backend
+            .assert_nothing_within(Duration::from_millis(200))
+            .await;
+    }
+}
