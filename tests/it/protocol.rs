@@ -27,25 +27,6 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads from `s` until `needle` has arrived.
-async fn read_until(s: &mut TcpStream, needle: &str) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&out).contains(needle) {
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before {needle:?}: {}",
-            String::from_utf8_lossy(&out)
-        );
-        out.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// A main that accepts upgrades, greets, then echoes every read as `echo:<bytes>`.
 /// Sends the upgrade request's headers on `seen`.
 async fn upgrade_main(seen: mpsc::UnboundedSender<http::HeaderMap>) -> String {

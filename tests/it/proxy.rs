@@ -196,22 +196,8 @@ async fn slow_main_gives_504_with_main_timeout() {
 
 async fn raw_exchange(stream: &mut TcpStream, request: &[u8]) -> String {
     stream.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    // Read until the full body ("ok") has arrived.
-    while !out.ends_with(b"ok") {
-        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            n > 0,
-            "connection closed early: {}",
-            String::from_utf8_lossy(&out)
-        );
-        out.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    // Every answer here ends with main's body, "ok".
+    read_until(stream, "ok").await
 }
 
 #[tokio::test]

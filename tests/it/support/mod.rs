@@ -404,6 +404,26 @@ pub async fn get(url: &str) -> Answer {
     send(Method::GET, url, &[], Bytes::new()).await
 }
 
+/// Reads from `s` until `needle` has arrived; panics on close or after [`WAIT`].
+pub async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("data in time")
+            .expect("read succeeds");
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Polls `check` until it returns true; panics after [`WAIT`].
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
