@@ -4,7 +4,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -50,6 +50,7 @@ async fn serve(config: Config) -> ExitCode {
 }
 
 /// Prints where the proxy and the admin endpoint are, and how to use the latter.
+/// Write errors are ignored: a closed stdout (`| head -1`) must not stop the proxy.
 fn announce(config: &Config, listeners: &Listeners) {
     let addrs = |ls: &[tokio::net::TcpListener]| -> Vec<SocketAddr> {
         ls.iter().filter_map(|l| l.local_addr().ok()).collect()
@@ -66,7 +67,9 @@ fn announce(config: &Config, listeners: &Listeners) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!(
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "trafficmirror: listening on {} -> main {}",
         shown(&main),
         config.main
@@ -74,7 +77,6 @@ fn announce(config: &Config, listeners: &Listeners) {
     let Some(first) = admin.first() else { return };
     // A wildcard address is reachable locally as loopback.
     let host = match first.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
         ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
         ip => ip.to_string(),
@@ -85,10 +87,14 @@ fn announce(config: &Config, listeners: &Listeners) {
     } else {
         ""
     };
-    println!("trafficmirror: admin endpoint at {url} ({})", shown(&admin));
-    println!("  list mirrors:  curl {auth}{url}");
-    println!("  add a mirror:  curl {auth}-X PUT '{url}?url=http://mirror:8080'");
-    println!("  remove it:     curl {auth}-X DELETE '{url}?url=http://mirror:8080'");
+    let _ = writeln!(
+        out,
+        "trafficmirror: admin endpoint at {url} ({})\n  \
+         list mirrors:  curl {auth}{url}\n  \
+         add a mirror:  curl {auth}-X PUT '{url}?url=http://mirror:8080'\n  \
+         remove it:     curl {auth}-X DELETE '{url}?url=http://mirror:8080'",
+        shown(&admin)
+    );
 }
 
 fn init_tracing(verbose: u8) {

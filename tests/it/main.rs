@@ -5,5 +5,6 @@ mod health;
 mod mirror;
 mod protocol;
 mod proxy;
+mod shutdown;
 mod support;
 mod tls;

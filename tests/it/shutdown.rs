@@ -1,0 +1,167 @@
+//! SPEC §6, run against the real binary: SIGTERM/SIGINT drain and exit 0.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+use crate::support::*;
+
+/// The binary, started with `args`, and the proxy address it printed.
+struct Binary {
+    child: Child,
+    addr: String,
+}
+
+impl Binary {
+    async fn start(args: &[&str]) -> Binary {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trafficmirror"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("banner in time")
+            .unwrap()
+            .expect("a banner line");
+        // "trafficmirror: listening on 127.0.0.1:PORT -> main URL"
+        let addr = first
+            .split_whitespace()
+            .find(|w| w.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .trim_end_matches(',')
+            .to_owned();
+        Binary { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the exit; returns the status code and stderr.
+    async fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("process exits in time")
+            .unwrap();
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
+        (status.code(), stderr)
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish_and_exits_0() {
+    let main = MockBackend::start(Reply::After(
+        Duration::from_millis(800),
+        Box::new(Reply::ok("slow but complete")),
+    ))
+    .await;
+    let bin = Binary::start(&["-v", "--main", &main.url()]).await;
+    let url = bin.url("/slow");
+    let request = tokio::spawn(async move { send(Method::GET, &url, &[], Bytes::new()).await });
+    main.next().await; // main has the request: it is in flight
+    bin.signal("TERM");
+    let resp = request.await.unwrap();
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.body, "slow but complete");
+    let (code, stderr) = bin.wait(WAIT).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    assert!(stderr.contains("shutdown complete"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigint_without_traffic_exits_0_promptly() {
+    let bin = Binary::start(&["-v"]).await;
+    let started = Instant::now();
+    bin.signal("INT");
+    let (code, stderr) = bin.wait(WAIT).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("SIGINT"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn queued_mirror_copies_are_delivered_before_exit() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let mirror = MockBackend::start(Reply::After(
+        Duration::from_millis(500),
+        Box::new(Reply::ok("m")),
+    ))
+    .await;
+    let bin = Binary::start(&["-v", "--main", &main.url(), "--mirror", &mirror.url()]).await;
+    for i in 0..3 {
+        send(Method::POST, &bin.url(&format!("/c{i}")), &[], "copy").await;
+    }
+    mirror.next().await; // the copies are at the mirror, answers pending
+    bin.signal("TERM");
+    let (code, stderr) = bin.wait(WAIT).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("undelivered=0"), "{stderr}");
+    assert_eq!(mirror.count(), 3);
+}
+
+#[tokio::test]
+async fn shutdown_timeout_bounds_the_drain_and_reports_undelivered_copies() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let hung = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_url = format!("http://{}", hung.local_addr().unwrap());
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s); // accept, never answer
+            let _ = seen_tx.send(());
+        }
+    });
+    let bin = Binary::start(&[
+        "--main",
+        &main.url(),
+        "--mirror",
+        &hung_url,
+        "--mirror-timeout",
+        "30s",
+        "--shutdown-timeout",
+        "500ms",
+    ])
+    .await;
+    send(Method::GET, &bin.url("/x"), &[], Bytes::new()).await;
+    tokio::time::timeout(WAIT, seen_rx.recv()).await.unwrap(); // copy is in flight
+    let started = Instant::now();
+    bin.signal("TERM");
+    let (code, stderr) = bin.wait(WAIT).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(stderr.contains("undelivered=1"), "{stderr}");
+}
