@@ -23,7 +23,7 @@
 //! 2. [`proxy`] rewrites the headers once; if any mirror may get a copy it reads the body
 //!    (up to `--max-body-size`) into one `Bytes`.
 //! 3. Each mirror is *offered* an `Arc` of the copy: a non-blocking permit + health check,
-//!    then its worker delivers it in the background.
+//!    then a background task delivers it.
 //! 4. The request goes to main; main's response is streamed back as it arrives.
 
 #![forbid(unsafe_code)]

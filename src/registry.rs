@@ -114,7 +114,7 @@ impl Registry {
         self.inner.shared.tracker.close();
     }
 
-    /// Resolves when every worker and every delivery has finished (after [`close`]).
+    /// Resolves when every delivery has finished (after [`close`]).
     ///
     /// [`close`]: Registry::close
     pub async fn drained(&self) {

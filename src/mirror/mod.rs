@@ -3,14 +3,15 @@
 //!
 //! The request path calls [`Mirror::offer`], which never waits: it takes a queue permit
 //! (`--max-queued-requests` counts copies waiting *and* in flight), asks the health state
-//! machine, and hands the copy to the mirror's queue. A worker task per mirror takes
-//! copies off the queue and delivers them in the background. Today the worker starts
-//! every copy at once (concurrent mode); an ordered mode only has to change
-//! [`Mirror::run_worker`], not the request path.
+//! machine, and hands the admitted copy to [`Mirror::enqueue`], which delivers it in the
+//! background. Today every copy starts at once on its own task (concurrent mode). An
+//! ordered mode (replay in main's happens-before order, as the Go tool did) only has to
+//! change `enqueue`: put the job on a per-mirror FIFO served by one worker. The permit,
+//! health check, counters and delivery around it stay as they are.
 
 pub mod health;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,9 +19,8 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
@@ -52,19 +52,19 @@ pub struct Settings {
     pub tls: Arc<rustls::ClientConfig>,
 }
 
-/// What a mirror's worker needs from the rest of the program.
+/// What every mirror needs from the rest of the program.
 pub(crate) struct Shared {
     pub settings: Settings,
-    /// Every worker and delivery task, so shutdown can wait for them.
+    /// Every delivery task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Copies admitted and not yet finished, across all mirrors (for the shutdown log).
     pub outstanding: AtomicUsize,
 }
 
-/// Called by a mirror's worker when the mirror must leave the set (fail-after).
+/// Called by a delivery task when its mirror must leave the set (fail-after).
 type OnRemove = Arc<dyn Fn(&Arc<Mirror>) + Send + Sync>;
 
-/// A copy admitted to a mirror's queue.
+/// A copy admitted to a mirror.
 struct Job {
     request: Arc<MirrorRequest>,
     ticket: Ticket,
@@ -83,17 +83,18 @@ impl Drop for Slot {
     }
 }
 
-/// One mirror target. Lives in the registry; its worker holds another `Arc`.
+/// One mirror target. Lives in the registry; each delivery task holds another `Arc`.
 pub struct Mirror {
     url: TargetUrl,
     persistent: bool,
     counters: Counters,
     health: Mutex<Health>,
     permits: Arc<Semaphore>,
-    tx: mpsc::UnboundedSender<Job>,
-    /// Cancelled when the mirror leaves the set or at shutdown: the worker then
-    /// delivers what is already queued and stops.
-    closing: CancellationToken,
+    /// Set when the mirror leaves the set or at shutdown: new copies are dropped, those
+    /// already admitted are still delivered.
+    closed: AtomicBool,
+    /// Called when the mirror has failed for longer than `--fail-after`.
+    on_remove: OnRemove,
     client: HttpClient<Full<Bytes>>,
     shared: Arc<Shared>,
 }
@@ -111,30 +112,25 @@ pub struct Status {
 }
 
 impl Mirror {
-    /// Creates a mirror and starts its worker. `on_remove` is called (from the worker)
-    /// when the mirror has failed for longer than `--fail-after`.
+    /// Creates a mirror. `on_remove` is called (from a delivery task) when the mirror
+    /// has failed for longer than `--fail-after`.
     pub(crate) fn spawn(
         url: TargetUrl,
         persistent: bool,
         shared: &Arc<Shared>,
         on_remove: impl Fn(&Arc<Mirror>) + Send + Sync + 'static,
     ) -> Arc<Self> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mirror = Arc::new(Self {
+        Arc::new(Self {
             url,
             persistent,
             counters: Counters::default(),
             health: Mutex::new(Health::new()),
             permits: Arc::new(Semaphore::new(shared.settings.max_queued)),
-            tx,
-            closing: CancellationToken::new(),
+            closed: AtomicBool::new(false),
+            on_remove: Arc::new(on_remove),
             client: new_client(&shared.settings.tls),
             shared: shared.clone(),
-        });
-        shared
-            .tracker
-            .spawn(mirror.clone().run_worker(rx, Arc::new(on_remove)));
-        mirror
+        })
     }
 
     pub fn url(&self) -> &TargetUrl {
@@ -157,7 +153,7 @@ impl Mirror {
 
     /// Offers one copy to this mirror without waiting. Drops (and counts) it when the
     /// queue is full or the mirror is failing.
-    pub fn offer(&self, request: &Arc<MirrorRequest>) {
+    pub fn offer(self: &Arc<Self>, request: &Arc<MirrorRequest>) {
         // Permit first: a trial admitted by the health check must always be sent, or the
         // mirror would stay "retrying" for ever.
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
@@ -181,16 +177,31 @@ impl Mirror {
                 shared: self.shared.clone(),
             },
         };
-        match self.tx.send(job) {
-            Ok(()) => Counters::incr(&self.counters.sent),
-            // The worker has stopped (mirror removed or shutting down).
-            Err(_) => Counters::incr(&self.counters.dropped),
+        if self.enqueue(job) {
+            Counters::incr(&self.counters.sent);
+        } else {
+            Counters::incr(&self.counters.dropped);
         }
     }
 
-    /// Stops accepting copies; the worker delivers what is queued, then ends.
+    /// Starts delivering an admitted copy (concurrent mode). False when the mirror is
+    /// closed; the job (and its permit) is then dropped.
+    fn enqueue(self: &Arc<Self>, job: Job) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let mirror = self.clone();
+        self.shared.tracker.spawn(async move {
+            if mirror.deliver(job).await == Some(Event::Remove) {
+                (mirror.on_remove)(&mirror);
+            }
+        });
+        true
+    }
+
+    /// Stops accepting copies; those already admitted are still delivered.
     pub fn close(&self) {
-        self.closing.cancel();
+        self.closed.store(true, Ordering::Release);
     }
 
     pub fn status(&self) -> Status {
@@ -217,36 +228,6 @@ impl Mirror {
             retry_after: self.shared.settings.retry_after,
             fail_after: self.shared.settings.fail_after,
             persistent: self.persistent,
-        }
-    }
-
-    async fn run_worker(
-        self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<Job>,
-        on_remove: OnRemove,
-    ) {
-        let mut closing = false;
-        loop {
-            let job = tokio::select! {
-                biased;
-                job = rx.recv() => match job {
-                    Some(job) => job,
-                    None => break,
-                },
-                () = self.closing.cancelled(), if !closing => {
-                    // Refuse new copies but keep those already queued.
-                    rx.close();
-                    closing = true;
-                    continue;
-                }
-            };
-            let mirror = self.clone();
-            let on_remove = on_remove.clone();
-            self.shared.tracker.spawn(async move {
-                if mirror.deliver(job).await == Some(Event::Remove) {
-                    on_remove(&mirror);
-                }
-            });
         }
     }
 
