@@ -24,13 +24,26 @@ use crate::mirror::MirrorRequest;
 use crate::registry::Mirrors;
 use crate::server::AppState;
 
+/// The client of one connection, with its address already formatted for
+/// `X-Forwarded-For` (once per connection, not per request).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub ip_header: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            ip_header: headers::client_ip(addr.ip()),
+        }
+    }
+}
+
 /// Proxies one request to main and mirrors it. Never fails: upstream problems become
 /// `502`/`504` responses.
-pub async fn forward<B>(
-    state: &AppState,
-    mut req: Request<B>,
-    peer: SocketAddr,
-) -> Response<BoxBody>
+pub async fn forward<B>(state: &AppState, mut req: Request<B>, peer: &Peer) -> Response<BoxBody>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -51,9 +64,9 @@ where
     });
     let looped = headers::via_contains(&parts.headers, state.via_token());
     headers::strip_hop_by_hop(&mut parts.headers);
-    // The client sets `Host` to each target's authority (SPEC §4).
+    // `Host` becomes each target's authority (SPEC §4), set per target below.
     parts.headers.remove(header::HOST);
-    headers::set_forwarded(&mut parts.headers, peer.ip(), host.as_ref());
+    headers::set_forwarded(&mut parts.headers, &peer.ip_header, host.as_ref());
     headers::append_via(&mut parts.headers, state.via_entry(parts.version));
     if state.config().preserve_host {
         if let Some(host) = &host {
@@ -110,7 +123,13 @@ where
         }
     };
 
-    parts.uri = state.config().main.join(parts.uri.path_and_query());
+    let main = &state.config().main;
+    parts.uri = main.join(parts.uri.path_and_query());
+    if !state.config().preserve_host {
+        parts
+            .headers
+            .insert(header::HOST, main.host_header().clone());
+    }
     parts.version = Version::HTTP_11;
     let upstream = Request::from_parts(parts, upstream_body);
     let pending = state.main_client().request(upstream);

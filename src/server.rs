@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::body::{self, BoxBody};
 use crate::client::{HttpClient, new_client};
 use crate::config::{Config, ListenAddr};
+use crate::proxy::Peer;
 use crate::registry::Registry;
 use crate::{admin, proxy};
 
@@ -304,9 +305,11 @@ async fn serve_connection(
     token: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let client = Peer::new(peer);
     let service = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(route(&state, req, peer, role).await) }
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(route(&state, req, &client, role).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -326,13 +329,19 @@ async fn serve_connection(
 async fn route(
     state: &AppState,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
     role: Role,
 ) -> Response<BoxBody> {
     let is_admin_path = req.uri().path() == state.config().admin_path;
     match role {
         Role::Proxy { admin: true } | Role::Admin if is_admin_path => {
-            admin::handle(state.registry(), state.config().users.as_ref(), req, peer).await
+            admin::handle(
+                state.registry(),
+                state.config().users.as_ref(),
+                req,
+                peer.addr,
+            )
+            .await
         }
         Role::Admin => body::text(
             StatusCode::NOT_FOUND,

@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Uri};
 
 /// Why a URL was refused. The message names the offending value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +36,8 @@ pub struct TargetUrl {
     normalized: String,
     scheme: Scheme,
     authority: Authority,
+    /// `authority` as a ready `Host` header value.
+    host_header: HeaderValue,
     /// Path prefix without a trailing `/`; empty when the URL has no path.
     prefix: String,
 }
@@ -75,12 +77,15 @@ impl TargetUrl {
         let authority: Authority = authority_str
             .parse()
             .map_err(|_| UrlError::NoHost(owned()))?;
+        let host_header =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| UrlError::NoHost(owned()))?;
         let prefix = url.path().trim_end_matches('/').to_owned();
         let normalized = format!("{scheme}://{authority}{prefix}");
         Ok(Self {
             normalized,
             scheme,
             authority,
+            host_header,
             prefix,
         })
     }
@@ -93,6 +98,11 @@ impl TargetUrl {
     /// `host[:port]`, the value of the `Host` header sent to this target.
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// The `Host` header for this target (its authority), built once.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host_header
     }
 
     /// The absolute URI for a request whose path and query were `pq`: the prefix
@@ -190,5 +200,6 @@ mod tests {
         );
         assert_eq!(prefixed.join(None).to_string(), "http://m:1/api/");
         assert_eq!(plain.authority().as_str(), "m:1");
+        assert_eq!(plain.host_header(), "m:1");
     }
 }

@@ -36,7 +36,7 @@ pub struct MirrorRequest {
     pub method: Method,
     pub path_and_query: Option<PathAndQuery>,
     /// Already rewritten for forwarding: hop-by-hop removed, `X-Forwarded-*` and `Via`
-    /// set, no `Host` (the client sets it to the mirror's authority).
+    /// set, no `Host` unless `--preserve-host` (each copy gets its mirror's authority).
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -273,6 +273,10 @@ impl Mirror {
         *req.method_mut() = request.method.clone();
         *req.uri_mut() = self.url.join(request.path_and_query.as_ref());
         *req.headers_mut() = request.headers.clone();
+        // Set here rather than by the client, which would format it for every request.
+        req.headers_mut()
+            .entry(http::header::HOST)
+            .or_insert_with(|| self.url.host_header().clone());
         let response = self.client.request(req).await?;
         let status = response.status();
         // SPEC §5: read the answer and throw it away, so the connection is reused.
