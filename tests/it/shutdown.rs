@@ -1,79 +1,12 @@
 //! SPEC §6, run against the real binary: SIGTERM/SIGINT drain and exit 0.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
 
 use crate::support::*;
-
-/// The binary, started with `args`, and the proxy address it printed.
-struct Binary {
-    child: Child,
-    addr: String,
-}
-
-impl Binary {
-    async fn start(args: &[&str]) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trafficmirror"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("banner in time")
-            .unwrap()
-            .expect("a banner line");
-        // "trafficmirror: listening on 127.0.0.1:PORT -> main URL"
-        let addr = first
-            .split_whitespace()
-            .find(|w| w.starts_with("127.0.0.1:"))
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
-            .trim_end_matches(',')
-            .to_owned();
-        Binary { child, addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("still running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits (bounded) for the exit; returns the status code and stderr.
-    async fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
-        let status = tokio::time::timeout(limit, self.child.wait())
-            .await
-            .expect("process exits in time")
-            .unwrap();
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .await
-            .unwrap();
-        (status.code(), stderr)
-    }
-}
 
 #[tokio::test]
 async fn sigterm_lets_the_request_in_flight_finish_and_exits_0() {

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -128,6 +130,92 @@ impl Drop for TestProxy {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+// ===== the real binary =====
+
+/// The built binary, running, and what it printed at start-up.
+pub struct Binary {
+    child: tokio::process::Child,
+    /// The proxy address from the first banner line.
+    pub addr: String,
+    /// The five lines printed at start-up.
+    pub banner: Vec<String>,
+}
+
+impl Binary {
+    /// Starts the binary listening on 127.0.0.1:0 with `args`.
+    pub async fn start(args: &[&str]) -> Binary {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::start_with(&all, &[]).await
+    }
+
+    /// Starts the binary with exactly `args` and extra environment variables.
+    pub async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Binary {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_trafficmirror"))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut banner = Vec::new();
+        for _ in 0..5 {
+            let line = tokio::time::timeout(WAIT, lines.next_line())
+                .await
+                .expect("banner in time")
+                .unwrap()
+                .expect("a banner line");
+            banner.push(line);
+        }
+        let first = &banner[0];
+        // "trafficmirror: listening on 127.0.0.1:PORT -> main URL"
+        let addr = first
+            .split_whitespace()
+            .find(|w| w.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .trim_end_matches(',')
+            .to_owned();
+        Binary {
+            child,
+            addr,
+            banner,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the exit; returns the status code and stderr.
+    pub async fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("process exits in time")
+            .unwrap();
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
+        (status.code(), stderr)
     }
 }
 
