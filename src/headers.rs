@@ -24,41 +24,52 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// fixed list above and every `Proxy-*` header. `TE: trailers` is kept, because it
 /// announces that the client understands trailers end to end (RFC 9110 §10.1.4).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path, taken by most requests: one pass over the names, no hashing.
-    let any = headers
-        .keys()
-        .any(|k| HOP_BY_HOP.contains(k) || k.as_str().starts_with("proxy-"));
-    if !any {
+    // One pass over the names, no hashing; most requests stop here.
+    let (mut fixed, mut proxy) = (false, false);
+    for k in headers.keys() {
+        fixed |= HOP_BY_HOP.contains(k);
+        proxy |= k.as_str().starts_with("proxy-");
+    }
+    if !fixed && !proxy {
         return;
     }
-    let keep_te = headers.get_all(header::TE).iter().count() > 0
-        && headers
-            .get_all(header::TE)
-            .iter()
-            .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let te = keep_te.then(|| headers.get(header::TE).cloned()).flatten();
-
-    // Names listed in Connection; collected first because removal needs `&mut`.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    let te = headers
+        .get(header::TE)
+        .filter(|_| {
+            headers
+                .get_all(header::TE)
+                .iter()
+                .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        })
+        .cloned();
+    // Names listed in `Connection` beyond the fixed ones (the usual `keep-alive`,
+    // `close` and `upgrade` need no parsing); collected first, removal needs `&mut`.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.to_str().unwrap_or_default().split(',') {
+            let token = token.trim();
+            let known = token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()));
+            if !known {
+                listed.extend(HeaderName::from_bytes(token.as_bytes()).ok());
+            }
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if fixed {
+        for name in listed.iter().chain(&HOP_BY_HOP) {
+            headers.remove(name);
+        }
     }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
+    if proxy {
+        let names: Vec<HeaderName> = headers
             .keys()
             .filter(|k| k.as_str().starts_with("proxy-"))
             .cloned()
             .collect();
-        for name in proxy {
+        for name in names {
             headers.remove(name);
         }
     }
