@@ -101,12 +101,7 @@ where
                 .headers()
                 .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes);
-            Some(
-                users
-                    .check(auth)
-                    .ok_or(AdminError::Unauthorized)?
-                    .to_owned(),
-            )
+            Some(users.verify(auth).await.ok_or(AdminError::Unauthorized)?)
         }
     };
     let json = wants_json(&req);

@@ -110,6 +110,27 @@ impl Users {
         Ok(Self { entries })
     }
 
+    /// [`Users::check`] off the async threads when a bcrypt hash may be computed
+    /// (tens of milliseconds of CPU): a worker thread blocked on it would stall every
+    /// proxied connection it serves.
+    pub async fn verify(&self, authorization: Option<&[u8]>) -> Option<String> {
+        let bcrypt = self
+            .entries
+            .iter()
+            .any(|(_, s)| matches!(s, Secret::Bcrypt(_)));
+        if !bcrypt {
+            return self.check(authorization).map(str::to_owned);
+        }
+        let users = self.clone();
+        let authorization = authorization.map(<[u8]>::to_vec);
+        tokio::task::spawn_blocking(move || {
+            users.check(authorization.as_deref()).map(str::to_owned)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Checks an `Authorization` header value; returns the user name when it is valid.
     pub fn check(&self, authorization: Option<&[u8]>) -> Option<&str> {
         let encoded = authorization.and_then(|v| {
