@@ -120,6 +120,10 @@ pub struct Cli {
     #[arg(long, env = "TRAFFICMIRROR_INSECURE_SKIP_VERIFY")]
     pub insecure_skip_verify: bool,
 
+    /// Worker threads serving connections (default: one per CPU core).
+    #[arg(long, env = "TRAFFICMIRROR_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
     /// More logging: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
     #[arg(short, long, env = "TRAFFICMIRROR_VERBOSE", action = ArgAction::Count)]
     pub verbose: u8,
@@ -260,6 +264,13 @@ mod tests {
         assert_eq!(cli.header_read_timeout, Duration::from_secs(10));
         assert_eq!(cli.max_header_size, 64 << 10);
         assert!(!cli.insecure_skip_verify);
+        assert_eq!(cli.threads, None);
+        assert_eq!(
+            Cli::try_parse_args(["tm", "-threads", "3"])
+                .unwrap()
+                .threads,
+            Some(3)
+        );
     }
 
     #[test]
@@ -280,6 +291,7 @@ mod tests {
             &["tm", "--retry-after", "soon"][..],
             &["tm", "--max-body-size", "lots"],
             &["tm", "--max-queued-requests", "0"],
+            &["tm", "--threads", "0"],
             &["tm", "-bogus"],
         ] {
             assert!(

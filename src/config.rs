@@ -84,6 +84,8 @@ pub struct Config {
     pub preserve_host: bool,
     pub header_read_timeout: Duration,
     pub max_header_size: usize,
+    /// Worker threads (`--threads`, else one per CPU core).
+    pub threads: usize,
     /// Things worth a warning at start-up that are not errors.
     pub warnings: Vec<String>,
 }
@@ -149,6 +151,10 @@ impl Config {
                 message: format!("must be at least {MIN_HEADER_SIZE} bytes"),
             });
         }
+        let threads = cli.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            usize::from,
+        );
         let tls = crate::tls::client_config(cli.ca_cert.as_deref(), cli.insecure_skip_verify)?;
         if cli.insecure_skip_verify {
             warnings.push(
@@ -169,6 +175,7 @@ impl Config {
                 max_queued: cli.max_queued_requests as usize,
                 timeout: cli.mirror_timeout,
                 tls,
+                pools: threads,
             },
             max_body_size: cli.max_body_size,
             main_timeout: cli.main_timeout.0,
@@ -176,6 +183,7 @@ impl Config {
             preserve_host: cli.preserve_host,
             header_read_timeout: cli.header_read_timeout,
             max_header_size: usize::try_from(cli.max_header_size).unwrap_or(usize::MAX),
+            threads,
             warnings,
         })
     }

@@ -17,6 +17,7 @@
 //! - [`target_url`]: URL validation, normalisation and path-prefix joining.
 //! - [`metrics`]: per-mirror counters. [`shutdown`]: SIGINT/SIGTERM.
 //! - [`client`]: the pooled outbound client; [`tls`]: its TLS settings for https targets.
+//! - [`workers`]: thread-per-core worker runtimes that own the connections.
 //!
 //! # Request flow
 //! 1. [`server`] accepts a connection and routes each request to [`admin`] or [`proxy`].
@@ -44,6 +45,7 @@ pub mod shutdown;
 pub mod target_url;
 pub mod tls;
 pub mod units;
+pub mod workers;
 
 pub use config::Config;
 pub use server::{Listeners, run};

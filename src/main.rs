@@ -12,6 +12,12 @@ use trafficmirror::cli::Cli;
 use trafficmirror::shutdown::Signals;
 use trafficmirror::{Config, Listeners};
 
+// The proxy allocates a few small, short-lived buffers per request (headers, pool
+// entries, task frames); glibc's malloc showed up at ~13% of the proxy's CPU in perf,
+// mimalloc's thread-local free lists take most of that away.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_args(std::env::args_os()) {
         Ok(cli) => cli,
@@ -25,7 +31,9 @@ fn main() -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // This runtime only accepts connections and waits for signals; the connections are
+    // served by the worker threads (`--threads`, see `workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -45,8 +53,10 @@ async fn serve(config: Config) -> ExitCode {
         Err(err) => return fail(1, &err),
     };
     announce(&config, &listeners);
-    trafficmirror::run(config, listeners, signals.recv()).await;
-    ExitCode::SUCCESS
+    match trafficmirror::run(config, listeners, signals.recv()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(1, &format!("cannot start the worker threads: {err}")),
+    }
 }
 
 /// Prints where the proxy and the admin endpoint are, and how to use the latter.

@@ -25,6 +25,7 @@ use crate::client::{HttpClient, new_client};
 use crate::config::{Config, ListenAddr};
 use crate::proxy::Peer;
 use crate::registry::Registry;
+use crate::workers::{self, LoadGuard, Workers};
 use crate::{admin, proxy};
 
 /// Bound sockets, handed to [`run`] so that tests can bind port 0 themselves.
@@ -112,7 +113,8 @@ pub struct AppState {
 
 struct Inner {
     config: Config,
-    main_client: HttpClient<BoxBody>,
+    /// One pool per worker thread (see [`workers::pick`]).
+    main_clients: Box<[HttpClient<BoxBody>]>,
     registry: Registry,
     /// This process's `Via` pseudonym (SPEC §5 "Loops").
     via_token: String,
@@ -134,10 +136,12 @@ impl AppState {
         let entry =
             |v: &str| HeaderValue::from_str(&format!("{v} {via_token}")).expect("token is ASCII");
         let via_entries = [entry("1.0"), entry("1.1"), entry("2")];
-        let main_client = new_client(&config.mirror.tls);
+        let main_clients = (0..config.threads.max(1))
+            .map(|_| new_client(&config.mirror.tls))
+            .collect();
         Self {
             inner: Arc::new(Inner {
-                main_client,
+                main_clients,
                 config,
                 registry,
                 via_token,
@@ -156,7 +160,7 @@ impl AppState {
     }
 
     pub fn main_client(&self) -> &HttpClient<BoxBody> {
-        &self.inner.main_client
+        workers::pick(&self.inner.main_clients)
     }
 
     pub fn via_token(&self) -> &str {
@@ -187,15 +191,45 @@ enum Role {
     Admin,
 }
 
+/// An accepted connection on its way to a worker.
+type Accepted = (std::net::TcpStream, SocketAddr, Role);
+
 /// Serves until `shutdown` resolves, then drains (SPEC §6): stops accepting, lets
 /// requests in flight finish and queued mirror copies go out, for at most
-/// `--shutdown-timeout`.
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+/// `--shutdown-timeout`. The listeners are served from the caller's runtime; the
+/// connections from `--threads` worker threads.
+///
+/// # Errors
+/// The worker threads cannot be started (nothing has been served then).
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let shutdown_timeout = config.shutdown_timeout;
     let state = AppState::new(config);
     let token = CancellationToken::new();
     let connections = TaskTracker::new();
     let builder = Arc::new(connection_builder(state.config()));
+    let workers = {
+        let (state, token, connections) = (state.clone(), token.clone(), connections.clone());
+        Workers::start(
+            state.config().threads,
+            move |(stream, peer, role): Accepted, guard: LoadGuard| {
+                connections.track_future(serve_connection(
+                    stream,
+                    peer,
+                    role,
+                    state.clone(),
+                    builder.clone(),
+                    token.clone(),
+                    guard,
+                ))
+            },
+        )?
+    };
+    let workers = Arc::new(workers);
+    let accepting = TaskTracker::new();
     let separate_admin = !listeners.admin.is_empty();
     let roles = listeners
         .main
@@ -210,19 +244,14 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         })
         .chain(listeners.admin.into_iter().map(|l| (l, Role::Admin)));
     for (listener, role) in roles {
-        connections.spawn(accept_loop(
-            listener,
-            role,
-            state.clone(),
-            builder.clone(),
-            token.clone(),
-            connections.clone(),
-        ));
+        accepting.spawn(accept_loop(listener, role, workers.clone(), token.clone()));
     }
 
     shutdown.await;
     info!(timeout = ?shutdown_timeout, "shutting down: draining requests and mirror copies");
     token.cancel();
+    accepting.close();
+    accepting.wait().await;
     connections.close();
     let registry = state.registry().clone();
     let drain = async {
@@ -238,6 +267,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
             "shutdown timeout reached: giving up on the rest"
         ),
     }
+    // The accept loops, which held the other references, have ended.
+    if let Ok(workers) = Arc::try_unwrap(workers) {
+        workers.stop().await;
+    }
+    Ok(())
 }
 
 /// How often an idle HTTP/2 connection is pinged, and how long a ping may go unanswered
@@ -266,10 +300,8 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 async fn accept_loop(
     listener: TcpListener,
     role: Role,
-    state: AppState,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    workers: Arc<Workers<Accepted>>,
     token: CancellationToken,
-    connections: TaskTracker,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -278,14 +310,15 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                connections.spawn(serve_connection(
-                    stream,
-                    peer,
-                    role,
-                    state.clone(),
-                    builder.clone(),
-                    token.clone(),
-                ));
+                // Moves the socket to a worker's runtime (re-registered there).
+                match stream.into_std() {
+                    Ok(stream) => {
+                        if workers.dispatch((stream, peer, role)).is_err() {
+                            warn!(client = %peer, "no worker left: connection closed");
+                        }
+                    }
+                    Err(err) => debug!(client = %peer, error = %err, "accepted socket lost"),
+                }
             }
             Err(err) => {
                 // e.g. out of file descriptors: back off instead of spinning.
@@ -297,13 +330,21 @@ async fn accept_loop(
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: std::net::TcpStream,
     peer: SocketAddr,
     role: Role,
     state: AppState,
     builder: Arc<auto::Builder<TokioExecutor>>,
     token: CancellationToken,
+    _load: LoadGuard,
 ) {
+    let stream = match TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(err) => {
+            debug!(client = %peer, error = %err, "cannot register the connection");
+            return;
+        }
+    };
     let _ = stream.set_nodelay(true);
     let client = Peer::new(peer);
     let service = service_fn(move |req: Request<Incoming>| {

@@ -50,6 +50,8 @@ pub struct Settings {
     pub timeout: Duration,
     /// TLS settings for https:// mirrors.
     pub tls: Arc<rustls::ClientConfig>,
+    /// Connection pools per mirror: one per worker thread (see [`crate::workers`]).
+    pub pools: usize,
 }
 
 /// What every mirror needs from the rest of the program.
@@ -95,7 +97,8 @@ pub struct Mirror {
     closed: AtomicBool,
     /// Called when the mirror has failed for longer than `--fail-after`.
     on_remove: OnRemove,
-    client: HttpClient<Full<Bytes>>,
+    /// One pool per worker thread; each holds keep-alive connections to this mirror.
+    clients: Box<[HttpClient<Full<Bytes>>]>,
     shared: Arc<Shared>,
 }
 
@@ -128,7 +131,9 @@ impl Mirror {
             permits: Arc::new(Semaphore::new(shared.settings.max_queued)),
             closed: AtomicBool::new(false),
             on_remove: Arc::new(on_remove),
-            client: new_client(&shared.settings.tls),
+            clients: (0..shared.settings.pools.max(1))
+                .map(|_| new_client(&shared.settings.tls))
+                .collect(),
             shared: shared.clone(),
         })
     }
@@ -277,7 +282,7 @@ impl Mirror {
         req.headers_mut()
             .entry(http::header::HOST)
             .or_insert_with(|| self.url.host_header().clone());
-        let response = self.client.request(req).await?;
+        let response = crate::workers::pick(&self.clients).request(req).await?;
         let status = response.status();
         // SPEC §5: read the answer and throw it away, so the connection is reused.
         let mut body = response.into_body();

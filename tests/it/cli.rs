@@ -91,6 +91,7 @@ async fn environment_variables_configure_and_flags_win() {
             ("TRAFFICMIRROR_LISTEN", "127.0.0.1:0"),
             ("TRAFFICMIRROR_TARGETS", "/ops/mirrors"),
             ("TRAFFICMIRROR_MIRROR", "http://a:1,http://b:2"),
+            ("TRAFFICMIRROR_THREADS", "1"),
         ],
     )
     .await;
@@ -98,6 +99,14 @@ async fn environment_variables_configure_and_flags_win() {
         get(&bin.url("/ops/mirrors")).await.text(),
         "http://a:1\nhttp://b:2\n"
     );
+    if cfg!(target_os = "linux") {
+        let workers: Vec<String> = bin
+            .thread_names()
+            .into_iter()
+            .filter(|n| n.starts_with("trafficmirror-"))
+            .collect();
+        assert_eq!(workers, ["trafficmirror-0"]);
+    }
 
     let bin = Binary::start_with(
         &["--targets", "from-flag"],

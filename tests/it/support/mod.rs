@@ -38,7 +38,7 @@ pub struct TestProxy {
     pub admin_addr: SocketAddr,
     pub admin_path: String,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl TestProxy {
@@ -92,7 +92,8 @@ impl TestProxy {
             tokio::time::timeout(Duration::from_secs(15), task)
                 .await
                 .expect("proxy stops in time")
-                .expect("proxy task did not panic");
+                .expect("proxy task did not panic")
+                .expect("proxy started its workers");
         }
     }
 
@@ -186,6 +187,19 @@ impl Binary {
             addr,
             banner,
         }
+    }
+
+    /// Names of the process's threads (Linux: from /proc).
+    pub fn thread_names(&self) -> Vec<String> {
+        let pid = self.child.id().expect("still running");
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                    .map(|name| name.trim().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn url(&self, path: &str) -> String {
