@@ -12,12 +12,6 @@ use trafficmirror::cli::Cli;
 use trafficmirror::shutdown::Signals;
 use trafficmirror::{Config, Listeners};
 
-// The proxy allocates a few small, short-lived buffers per request (headers, pool
-// entries, task frames); glibc's malloc showed up at ~13% of the proxy's CPU in perf,
-// mimalloc's thread-local free lists take most of that away.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_args(std::env::args_os()) {
         Ok(cli) => cli,
