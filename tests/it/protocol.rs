@@ -192,6 +192,42 @@ async fn mirror_pointing_at_itself_does_not_amplify() {
 }
 
 #[tokio::test]
+async fn a_loop_is_logged_once_and_counted_every_time() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let bin = Binary::start(&["--main", &main.url()]).await;
+    let itself = format!("http://{}", bin.addr);
+    let put = send(
+        Method::PUT,
+        &bin.url(&format!("/targets?url={itself}")),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(get(&bin.url("/again")).await.status, StatusCode::OK);
+    }
+    for _ in 0..6 {
+        main.next().await; // 3 originals + 3 copies that came back through the proxy
+    }
+    main.assert_nothing_within(Duration::from_millis(300)).await;
+    let listing = send(
+        Method::GET,
+        &bin.url("/targets?format=json"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_slice(&listing.body).unwrap();
+    assert_eq!(json[0]["skipped"], 3, "{json}");
+    bin.signal("TERM");
+    let (code, stderr) = bin.wait(WAIT).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let logged = stderr.matches("carries this proxy's Via entry").count();
+    assert_eq!(logged, 1, "{stderr}");
+}
+
+#[tokio::test]
 async fn client_sending_headers_too_slowly_is_cut_off() {
     let main = MockBackend::start(Reply::ok("ok")).await;
     let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "200ms"]).await;
