@@ -290,7 +290,7 @@ async fn request_smuggling_cannot_pass() {
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
     proxy.add_mirrors(&[&mirror.url()]).await;
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
-    let cases: [(&str, String, Option<&str>); 4] = [
+    let cases: [(&str, String, Option<&str>); 7] = [
         // CL.TE: Transfer-Encoding wins (RFC 9112 §6.1), the connection is closed after.
         (
             "cl-te",
@@ -317,6 +317,27 @@ async fn request_smuggling_cannot_pass() {
             "transfer-encoding not ending in chunked",
             format!(
                 "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            Some("HTTP/1.1 400"),
+        ),
+        (
+            "content-length list with differing values",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 40\r\n\r\nhello{smuggled}"
+            ),
+            Some("HTTP/1.1 400"),
+        ),
+        (
+            "unknown transfer-coding (xchunked)",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            Some("HTTP/1.1 400"),
+        ),
+        (
+            "whitespace before the colon (RFC 9112 §5.1)",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n{smuggled}"
             ),
             Some("HTTP/1.1 400"),
         ),
