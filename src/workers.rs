@@ -123,12 +123,19 @@ impl<J: Send + 'static> Workers<J> {
     }
 
     /// Stops every worker, dropping what they still run, and waits for their threads.
-    pub async fn stop(self) {
-        drop(self.senders);
+    pub async fn stop(mut self) {
+        self.senders.clear();
         self.stop.cancel();
-        for done in self.done {
+        for done in std::mem::take(&mut self.done) {
             let _ = done.await;
         }
+    }
+}
+
+impl<J> Drop for Workers<J> {
+    /// Workers never outlive their handle, even when [`Workers::stop`] is not awaited.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -139,6 +146,15 @@ mod tests {
     use super::*;
 
     const WAIT: Duration = Duration::from_secs(5);
+
+    /// Says when it is dropped.
+    struct Dropped(Option<oneshot::Sender<()>>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            let _ = self.0.take().map(|tx| tx.send(()));
+        }
+    }
 
     #[tokio::test]
     async fn jobs_run_on_the_least_loaded_worker_thread() {
@@ -181,12 +197,6 @@ mod tests {
 
     #[tokio::test]
     async fn stop_drops_jobs_that_are_still_running() {
-        struct Dropped(Option<oneshot::Sender<()>>);
-        impl Drop for Dropped {
-            fn drop(&mut self) {
-                let _ = self.0.take().map(|tx| tx.send(()));
-            }
-        }
         let (dropped_tx, dropped) = oneshot::channel();
         let (started_tx, started) = oneshot::channel();
         let workers = Workers::start(1, {
@@ -204,6 +214,27 @@ mod tests {
         workers.dispatch(()).unwrap();
         tokio::time::timeout(WAIT, started).await.unwrap().unwrap();
         tokio::time::timeout(WAIT, workers.stop()).await.unwrap();
+        tokio::time::timeout(WAIT, dropped).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn dropping_the_handle_stops_the_threads() {
+        let (dropped_tx, dropped) = oneshot::channel();
+        let (started_tx, started) = oneshot::channel();
+        let slot = Arc::new(std::sync::Mutex::new(Some((dropped_tx, started_tx))));
+        let workers = Workers::start(1, move |(): (), _guard: LoadGuard| {
+            let (dropped_tx, started_tx) = slot.lock().unwrap().take().unwrap();
+            async move {
+                let _dropped = Dropped(Some(dropped_tx));
+                started_tx.send(()).unwrap();
+                std::future::pending::<()>().await;
+            }
+        })
+        .unwrap();
+        workers.dispatch(()).unwrap();
+        tokio::time::timeout(WAIT, started).await.unwrap().unwrap();
+        drop(workers);
+        // The pending job is dropped only when its runtime is, at the end of the thread.
         tokio::time::timeout(WAIT, dropped).await.unwrap().unwrap();
     }
 }

@@ -322,9 +322,7 @@ async fn request_smuggling_cannot_pass() {
         ),
         (
             "content-length list with differing values",
-            format!(
-                "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 40\r\n\r\nhello{smuggled}"
-            ),
+            format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 40\r\n\r\nhello{smuggled}"),
             Some("HTTP/1.1 400"),
         ),
         (
