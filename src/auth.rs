@@ -7,10 +7,12 @@
 //! bcrypt check too, so the answer's timing does not tell which part was wrong.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 
 /// Why a password file could not be used. Display is the one-line start-up message.
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +53,13 @@ impl Secret {
 /// as a known one with a bcrypt password (cost 5 = `htpasswd -B` default).
 const DUMMY_BCRYPT: &str = "$2y$05$CYl5GDo2MiF7yVqOiJ5wIOMwMWCRN8ULzDeIdPKF1VyE/Ka6TrAiy";
 
-/// The users allowed on the admin endpoint.
+/// The users allowed on the admin endpoint. Cloning is shallow.
 #[derive(Clone)]
 pub struct Users {
-    entries: Vec<(String, Secret)>,
+    entries: Arc<[(String, Secret)]>,
+    /// One bcrypt check at a time: a flood of logins then costs at most one core and
+    /// one blocking thread, never the proxy's CPU (the waiting ones stay cancellable).
+    bcrypt_slot: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Users {
@@ -107,7 +112,10 @@ impl Users {
         if entries.is_empty() {
             return Err(ParseError::Empty);
         }
-        Ok(Self { entries })
+        Ok(Self {
+            entries: entries.into(),
+            bcrypt_slot: Arc::new(Semaphore::new(1)),
+        })
     }
 
     /// [`Users::check`] off the async threads when a bcrypt hash may be computed
@@ -121,9 +129,13 @@ impl Users {
         if !bcrypt {
             return self.check(authorization).map(str::to_owned);
         }
+        // The permit moves into the blocking task: it is held until the hash is done,
+        // even if the request is dropped meanwhile.
+        let slot = self.bcrypt_slot.clone().acquire_owned().await.ok()?;
         let users = self.clone();
         let authorization = authorization.map(<[u8]>::to_vec);
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             users.check(authorization.as_deref()).map(str::to_owned)
         })
         .await
@@ -143,7 +155,7 @@ impl Users {
         // Compare against every entry without stopping early.
         let mut found = None;
         let mut plain_ok = subtle::Choice::from(0);
-        for (u, secret) in &self.entries {
+        for (u, secret) in self.entries.iter() {
             let user_ok = u.as_bytes().ct_eq(user);
             if bool::from(user_ok) {
                 found = Some((u.as_str(), secret));

@@ -18,6 +18,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, info, warn};
 
 use crate::body::{self, BoxBody};
@@ -191,8 +192,9 @@ enum Role {
     Admin,
 }
 
-/// An accepted connection on its way to a worker.
-type Accepted = (std::net::TcpStream, SocketAddr, Role);
+/// An accepted connection on its way to a worker. The tracker token counts it as open
+/// from the moment it is accepted, so the drain waits for it even while it is queued.
+type Accepted = (std::net::TcpStream, SocketAddr, Role, TaskTrackerToken);
 
 /// Serves until `shutdown` resolves, then drains (SPEC §6): stops accepting, lets
 /// requests in flight finish and queued mirror copies go out, for at most
@@ -212,19 +214,19 @@ pub async fn run(
     let connections = TaskTracker::new();
     let builder = Arc::new(connection_builder(state.config()));
     let workers = {
-        let (state, token, connections) = (state.clone(), token.clone(), connections.clone());
+        let (state, token) = (state.clone(), token.clone());
         Workers::start(
             state.config().threads,
-            move |(stream, peer, role): Accepted, guard: LoadGuard| {
-                connections.track_future(serve_connection(
+            move |(stream, peer, role, tracked): Accepted, guard: LoadGuard| {
+                serve_connection(
                     stream,
                     peer,
                     role,
                     state.clone(),
                     builder.clone(),
                     token.clone(),
-                    guard,
-                ))
+                    (guard, tracked),
+                )
             },
         )?
     };
@@ -244,7 +246,13 @@ pub async fn run(
         })
         .chain(listeners.admin.into_iter().map(|l| (l, Role::Admin)));
     for (listener, role) in roles {
-        accepting.spawn(accept_loop(listener, role, workers.clone(), token.clone()));
+        accepting.spawn(accept_loop(
+            listener,
+            role,
+            workers.clone(),
+            token.clone(),
+            connections.clone(),
+        ));
     }
 
     shutdown.await;
@@ -302,6 +310,7 @@ async fn accept_loop(
     role: Role,
     workers: Arc<Workers<Accepted>>,
     token: CancellationToken,
+    connections: TaskTracker,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -313,7 +322,8 @@ async fn accept_loop(
                 // Moves the socket to a worker's runtime (re-registered there).
                 match stream.into_std() {
                     Ok(stream) => {
-                        if workers.dispatch((stream, peer, role)).is_err() {
+                        let job = (stream, peer, role, connections.token());
+                        if workers.dispatch(job).is_err() {
                             warn!(client = %peer, "no worker left: connection closed");
                         }
                     }
@@ -336,7 +346,7 @@ async fn serve_connection(
     state: AppState,
     builder: Arc<auto::Builder<TokioExecutor>>,
     token: CancellationToken,
-    _load: LoadGuard,
+    _held_until_closed: (LoadGuard, TaskTrackerToken),
 ) {
     let stream = match TcpStream::from_std(stream) {
         Ok(stream) => stream,

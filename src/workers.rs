@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+/// Load given to a worker whose thread has ended, so that it is never the least loaded.
+const DEAD: usize = usize::MAX / 2;
+
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
 }
@@ -61,17 +64,20 @@ impl<J: Send + 'static> Workers<J> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let count = count.max(1);
-        let load: Arc<[AtomicUsize]> = (0..count).map(|_| AtomicUsize::new(0)).collect();
-        let stop = CancellationToken::new();
-        let mut senders = Vec::with_capacity(count);
-        let mut done = Vec::with_capacity(count);
+        // Built first, so that an error below drops it and stops the threads started.
+        let mut workers = Self {
+            senders: Vec::with_capacity(count),
+            load: (0..count).map(|_| AtomicUsize::new(0)).collect(),
+            stop: CancellationToken::new(),
+            done: Vec::with_capacity(count),
+        };
         for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let (tx, mut rx) = mpsc::unbounded_channel::<J>();
             let (done_tx, done_rx) = oneshot::channel();
-            let (stop, load, run) = (stop.clone(), load.clone(), run.clone());
+            let (stop, load, run) = (workers.stop.clone(), workers.load.clone(), run.clone());
             std::thread::Builder::new()
                 .name(format!("trafficmirror-{index}"))
                 .spawn(move || {
@@ -91,35 +97,38 @@ impl<J: Send + 'static> Workers<J> {
                             () = stop.cancelled() => {}
                         }
                     });
-                    // Dropping the runtime drops whatever is still running: `stop` is
-                    // only cancelled once the drain is over or has timed out.
-                    drop(runtime);
+                    // Drops whatever is still running (`stop` is only cancelled once the
+                    // drain is over or has timed out) without waiting for blocking tasks
+                    // such as a bcrypt check: shutdown stays within its timeout.
+                    runtime.shutdown_background();
                     let _ = done_tx.send(());
                 })?;
-            senders.push(tx);
-            done.push(done_rx);
+            workers.senders.push(tx);
+            workers.done.push(done_rx);
         }
-        Ok(Self {
-            senders,
-            load,
-            stop,
-            done,
-        })
+        Ok(workers)
     }
 
-    /// Hands `job` to the least loaded worker. Gives the job back if that worker is gone.
+    /// Hands `job` to the least loaded worker that is still running.
     ///
     /// # Errors
-    /// The job, when the worker has stopped.
-    pub fn dispatch(&self, job: J) -> Result<(), J> {
-        let index = (0..self.load.len())
-            .min_by_key(|&i| self.load[i].load(Ordering::Relaxed))
-            .unwrap_or(0);
-        self.load[index].fetch_add(1, Ordering::Relaxed);
-        self.senders[index].send(job).map_err(|e| {
-            self.load[index].fetch_sub(1, Ordering::Relaxed);
-            e.0
-        })
+    /// The job, when every worker has stopped.
+    pub fn dispatch(&self, mut job: J) -> Result<(), J> {
+        for _ in 0..self.senders.len() {
+            let index = (0..self.load.len())
+                .min_by_key(|&i| self.load[i].load(Ordering::Relaxed))
+                .unwrap_or(0);
+            self.load[index].fetch_add(1, Ordering::Relaxed);
+            match self.senders[index].send(job) {
+                Ok(()) => return Ok(()),
+                Err(returned) => {
+                    // That thread has ended (only a bug could do that): never pick it again.
+                    self.load[index].store(DEAD, Ordering::Relaxed);
+                    job = returned.0;
+                }
+            }
+        }
+        Err(job)
     }
 
     /// Stops every worker, dropping what they still run, and waits for their threads.

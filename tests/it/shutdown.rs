@@ -98,3 +98,43 @@ async fn shutdown_timeout_bounds_the_drain_and_reports_undelivered_copies() {
     );
     assert!(stderr.contains("undelivered=1"), "{stderr}");
 }
+
+#[tokio::test]
+async fn sigterm_during_an_admin_login_flood_exits_within_the_timeout() {
+    // Each wrong login costs a bcrypt check (~0.3 s at cost 10 in a debug build); the
+    // flood is far more work than the shutdown timeout allows.
+    let hash = bcrypt::hash("right", 10).unwrap();
+    let path = std::env::temp_dir().join(format!("tm-flood-{}.txt", std::process::id()));
+    std::fs::write(&path, format!("admin:{hash}\n")).unwrap();
+    let bin = Binary::start(&[
+        "--password",
+        path.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--shutdown-timeout",
+        "1s",
+    ])
+    .await;
+    let (answered_tx, mut answered) = tokio::sync::mpsc::unbounded_channel();
+    let wrong = [("authorization", "Basic YWRtaW46d3Jvbmc=")]; // admin:wrong
+    for _ in 0..30 {
+        let (url, answered_tx) = (bin.url("/targets"), answered_tx.clone());
+        tokio::spawn(async move {
+            let resp = send(Method::GET, &url, &wrong, Bytes::new()).await;
+            let _ = answered_tx.send(resp.status);
+        });
+    }
+    // The flood is being worked on once the first answer is out.
+    let first = tokio::time::timeout(WAIT, answered.recv()).await.unwrap();
+    assert_eq!(first, Some(StatusCode::UNAUTHORIZED));
+    let started = Instant::now();
+    bin.signal("TERM");
+    let (code, stderr) = bin.wait(WAIT).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?} with --shutdown-timeout 1s",
+        started.elapsed()
+    );
+    std::fs::remove_file(path).unwrap();
+}
