@@ -91,7 +91,7 @@ async fn environment_variables_configure_and_flags_win() {
             ("TRAFFICMIRROR_LISTEN", "127.0.0.1:0"),
             ("TRAFFICMIRROR_TARGETS", "/ops/mirrors"),
             ("TRAFFICMIRROR_MIRROR", "http://a:1,http://b:2"),
-            ("TRAFFICMIRROR_THREADS", "1"),
+            ("TRAFFICMIRROR_THREADS", "3"),
         ],
     )
     .await;
@@ -100,12 +100,16 @@ async fn environment_variables_configure_and_flags_win() {
         "http://a:1\nhttp://b:2\n"
     );
     if cfg!(target_os = "linux") {
-        let workers: Vec<String> = bin
+        let mut workers: Vec<String> = bin
             .thread_names()
             .into_iter()
             .filter(|n| n.starts_with("trafficmirror-"))
             .collect();
-        assert_eq!(workers, ["trafficmirror-0"]);
+        workers.sort();
+        assert_eq!(
+            workers,
+            ["trafficmirror-0", "trafficmirror-1", "trafficmirror-2"]
+        );
     }
 
     let bin = Binary::start_with(
