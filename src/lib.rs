@@ -20,7 +20,8 @@
 //! - [`workers`]: thread-per-core worker runtimes that own the connections.
 //!
 //! # Request flow
-//! 1. [`server`] accepts a connection and routes each request to [`admin`] or [`proxy`].
+//! 1. [`server`] accepts a connection and hands it to the least loaded of the
+//!    [`workers`]; on that thread each request is routed to [`admin`] or [`proxy`].
 //! 2. [`proxy`] rewrites the headers once; if any mirror may get a copy it reads the body
 //!    (up to `--max-body-size`) into one `Bytes`.
 //! 3. Each mirror is *offered* an `Arc` of the copy: a non-blocking permit + health check,
