@@ -3,7 +3,7 @@
 //!
 //! The request path calls [`Mirror::offer`], which never waits: it takes a queue permit
 //! (`--max-queued-requests` counts copies waiting *and* in flight), asks the health state
-//! machine, and hands the admitted copy to [`Mirror::enqueue`], which delivers it in the
+//! machine, and hands the admitted copy to `Mirror::enqueue`, which delivers it in the
 //! background. Today every copy starts at once on its own task (concurrent mode). An
 //! ordered mode (replay in main's happens-before order, as the Go tool did) only has to
 //! change `enqueue`: put the job on a per-mirror FIFO served by one worker. The permit,
