@@ -87,9 +87,9 @@ pub fn client_ip(client: IpAddr) -> HeaderValue {
 /// Sets the `X-Forwarded-*` headers for a request received from `client` (see
 /// [`client_ip`]).
 ///
-/// `X-Forwarded-For` gets the client address appended to any list already present.
-/// `X-Forwarded-Host` and `X-Forwarded-Proto` are set when absent; a value that a proxy
-/// in front of us already set is the truth about the original request and is kept.
+/// SPEC §4: `X-Forwarded-For` gets the client address appended to any list already
+/// present; `X-Forwarded-Host` and `X-Forwarded-Proto` are set, replacing what the client
+/// sent (a client must not be able to claim `https` or another host to main).
 pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option<&HeaderValue>) {
     match headers.entry(X_FORWARDED_FOR) {
         header::Entry::Vacant(e) => {
@@ -107,14 +107,11 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option
             }
         }
     }
-    if let Some(host) = host {
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST, host.clone());
-        }
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
+    match host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }
 
 /// Whether any `Via` entry names `token` as its `received-by` (RFC 9110 §7.6.3).
@@ -188,14 +185,15 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "example.com");
         assert_eq!(h["x-forwarded-proto"], "http");
 
-        let mut h = map(&[("x-forwarded-proto", "https")]);
+        // What the client claims is replaced, never passed on.
+        let mut h = map(&[("x-forwarded-proto", "https"), ("x-forwarded-host", "evil")]);
         set_forwarded(
             &mut h,
             &client_ip("::ffff:127.0.0.2".parse().unwrap()),
             None,
         );
         assert_eq!(h["x-forwarded-for"], "127.0.0.2");
-        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-proto"], "http");
         assert!(h.get("x-forwarded-host").is_none());
     }
 

@@ -110,7 +110,12 @@ async fn host_is_main_authority_and_forwarded_headers_are_set() {
     send(
         Method::GET,
         &proxy.url("/"),
-        &[("host", "shop.example"), ("x-forwarded-for", "203.0.113.9")],
+        &[
+            ("host", "shop.example"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-host", "spoofed.example"),
+            ("x-forwarded-proto", "https"),
+        ],
         Bytes::new(),
     )
     .await;
