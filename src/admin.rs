@@ -106,7 +106,7 @@ where
     };
     let json = wants_json(&req);
     let change = match *req.method() {
-        Method::GET | Method::HEAD => None,
+        Method::GET => None,
         Method::PUT => Some(true),
         Method::DELETE => Some(false),
         _ => return Err(AdminError::MethodNotAllowed),

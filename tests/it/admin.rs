@@ -187,7 +187,8 @@ async fn json_listing_has_every_field() {
 #[tokio::test]
 async fn other_methods_get_405_with_allow() {
     let proxy = TestProxy::start(&[]).await;
-    for method in [Method::POST, Method::PATCH, Method::OPTIONS] {
+    // SPEC §3: GET, PUT and DELETE only; HEAD is "any other method" too.
+    for method in [Method::POST, Method::PATCH, Method::OPTIONS, Method::HEAD] {
         let resp = send(method.clone(), &proxy.admin_url(""), &[], Bytes::new()).await;
         assert_eq!(resp.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
         assert_eq!(resp.headers["allow"], "GET, PUT, DELETE");
