@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{ArgAction, CommandFactory, Parser};
 
 use crate::units::{parse_duration, parse_size};
@@ -100,7 +101,7 @@ pub struct Cli {
     pub shutdown_timeout: Duration,
 
     /// Send the client's Host header to main and mirrors instead of the target's.
-    #[arg(long, env = "TRAFFICMIRROR_PRESERVE_HOST")]
+    #[arg(long, env = "TRAFFICMIRROR_PRESERVE_HOST", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub preserve_host: bool,
 
     /// A client must send a request's headers within this time; also how long an idle
@@ -117,7 +118,7 @@ pub struct Cli {
     pub ca_cert: Option<PathBuf>,
 
     /// Do not verify certificates of https:// targets (staging only; logs a warning).
-    #[arg(long, env = "TRAFFICMIRROR_INSECURE_SKIP_VERIFY")]
+    #[arg(long, env = "TRAFFICMIRROR_INSECURE_SKIP_VERIFY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub insecure_skip_verify: bool,
 
     /// Worker threads serving connections (default: one per CPU core).
