@@ -100,12 +100,20 @@ async fn environment_variables_configure_and_flags_win() {
         "http://a:1\nhttp://b:2\n"
     );
     if cfg!(target_os = "linux") {
-        let mut workers: Vec<String> = bin
-            .thread_names()
-            .into_iter()
-            .filter(|n| n.starts_with("trafficmirror-"))
-            .collect();
-        workers.sort();
+        // A new thread names itself once it first runs: poll (bounded) until all have.
+        let deadline = Instant::now() + WAIT;
+        let workers = loop {
+            let mut workers: Vec<String> = bin
+                .thread_names()
+                .into_iter()
+                .filter(|n| n.starts_with("trafficmirror-"))
+                .collect();
+            workers.sort();
+            if workers.len() >= 3 || Instant::now() > deadline {
+                break workers;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         assert_eq!(
             workers,
             ["trafficmirror-0", "trafficmirror-1", "trafficmirror-2"]
@@ -122,6 +130,32 @@ async fn environment_variables_configure_and_flags_win() {
     .await;
     assert!(admin_url(&bin).ends_with("/from-flag"));
     assert_eq!(get(&bin.url("/from-flag")).await.status, StatusCode::OK);
+
+    // On/off flags take the usual spellings from the environment (1/0, yes/no, on/off, true/false).
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    for (value, preserved) in [("1", true), ("yes", true), ("off", false)] {
+        let bin = Binary::start_with(
+            &["--main", &main.url()],
+            &[
+                ("TRAFFICMIRROR_LISTEN", "127.0.0.1:0"),
+                ("TRAFFICMIRROR_PRESERVE_HOST", value),
+            ],
+        )
+        .await;
+        send(
+            Method::GET,
+            &bin.url("/"),
+            &[("host", "shop.example")],
+            Bytes::new(),
+        )
+        .await;
+        let host = main.next().await.header("host").map(str::to_owned);
+        assert_eq!(
+            host.as_deref() == Some("shop.example"),
+            preserved,
+            "{value}: {host:?}"
+        );
+    }
 }
 
 /// Runs the binary to completion with `args` (bounded).
