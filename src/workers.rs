@@ -204,30 +204,9 @@ mod tests {
         tokio::time::timeout(WAIT, workers.stop()).await.unwrap();
     }
 
-    #[tokio::test]
-    async fn stop_drops_jobs_that_are_still_running() {
-        let (dropped_tx, dropped) = oneshot::channel();
-        let (started_tx, started) = oneshot::channel();
-        let workers = Workers::start(1, {
-            let slot = Arc::new(std::sync::Mutex::new(Some((dropped_tx, started_tx))));
-            move |(): (), _guard: LoadGuard| {
-                let (dropped_tx, started_tx) = slot.lock().unwrap().take().unwrap();
-                async move {
-                    let _dropped = Dropped(Some(dropped_tx));
-                    started_tx.send(()).unwrap();
-                    std::future::pending::<()>().await;
-                }
-            }
-        })
-        .unwrap();
-        workers.dispatch(()).unwrap();
-        tokio::time::timeout(WAIT, started).await.unwrap().unwrap();
-        tokio::time::timeout(WAIT, workers.stop()).await.unwrap();
-        tokio::time::timeout(WAIT, dropped).await.unwrap().unwrap();
-    }
-
-    #[tokio::test]
-    async fn dropping_the_handle_stops_the_threads() {
+    /// One worker running one job that never ends; resolves once the job has started.
+    /// The receiver fires when the job is dropped.
+    async fn one_pending_job() -> (Workers<()>, oneshot::Receiver<()>) {
         let (dropped_tx, dropped) = oneshot::channel();
         let (started_tx, started) = oneshot::channel();
         let slot = Arc::new(std::sync::Mutex::new(Some((dropped_tx, started_tx))));
@@ -242,6 +221,19 @@ mod tests {
         .unwrap();
         workers.dispatch(()).unwrap();
         tokio::time::timeout(WAIT, started).await.unwrap().unwrap();
+        (workers, dropped)
+    }
+
+    #[tokio::test]
+    async fn stop_drops_jobs_that_are_still_running() {
+        let (workers, dropped) = one_pending_job().await;
+        tokio::time::timeout(WAIT, workers.stop()).await.unwrap();
+        tokio::time::timeout(WAIT, dropped).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn dropping_the_handle_stops_the_threads() {
+        let (workers, dropped) = one_pending_job().await;
         drop(workers);
         // The pending job is dropped only when its runtime is, at the end of the thread.
         tokio::time::timeout(WAIT, dropped).await.unwrap().unwrap();

@@ -216,6 +216,20 @@ impl Binary {
     }
 
     /// Waits (bounded) for the exit; returns the status code and stderr.
+    /// Sends SIGTERM and checks that the process exits 0 within `limit`; returns stderr.
+    pub async fn terminate_within(self, limit: Duration) -> String {
+        let started = std::time::Instant::now();
+        self.signal("TERM");
+        let (code, stderr) = self.wait(WAIT).await;
+        assert_eq!(code, Some(0), "{stderr}");
+        let took = started.elapsed();
+        assert!(
+            took < limit,
+            "exit took {took:?}, limit {limit:?}: {stderr}"
+        );
+        stderr
+    }
+
     pub async fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
         let status = tokio::time::timeout(limit, self.child.wait())
             .await
