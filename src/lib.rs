@@ -15,7 +15,8 @@
 //! - [`registry`]: the set of mirrors.
 //! - [`admin`]: the `/targets` endpoint; [`auth`]: its Basic authentication.
 //! - [`target_url`]: URL validation, normalisation and path-prefix joining.
-//! - [`metrics`]: per-mirror counters. [`shutdown`]: SIGINT/SIGTERM.
+//! - [`metrics`]: per-mirror counters. [`shutdown`]: SIGINT/SIGTERM. [`ratelimit`]:
+//!   at most one log line per second for per-request errors.
 //! - [`client`]: the pooled outbound client; [`tls`]: its TLS settings for https targets.
 //! - [`workers`]: thread-per-core worker runtimes that own the connections.
 //!
@@ -40,6 +41,7 @@ pub mod headers;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;
+pub mod ratelimit;
 pub mod registry;
 pub mod server;
 pub mod shutdown;

@@ -138,7 +138,9 @@ where
         Some(limit) => match tokio::time::timeout(limit, pending).await {
             Ok(result) => result,
             Err(_) => {
-                warn!(main = %state.config().main, timeout = ?limit, "main did not answer in time");
+                if let Some(held_back) = state.main_timeout_log().admit() {
+                    warn!(main = %state.config().main, timeout = ?limit, held_back, "main did not answer in time");
+                }
                 return error_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     "main target did not answer within --main-timeout",
@@ -170,7 +172,9 @@ where
             Response::from_parts(parts, body::boxed(body))
         }
         Err(err) => {
-            warn!(main = %state.config().main, error = %error_chain(&err), "main target unreachable");
+            if let Some(held_back) = state.main_unreachable_log().admit() {
+                warn!(main = %state.config().main, error = %error_chain(&err), held_back, "main target unreachable");
+            }
             error_response(StatusCode::BAD_GATEWAY, "main target unreachable")
         }
     }

@@ -25,6 +25,7 @@ use crate::body::{self, BoxBody};
 use crate::client::{HttpClient, new_client};
 use crate::config::{Config, ListenAddr};
 use crate::proxy::Peer;
+use crate::ratelimit::LogLimiter;
 use crate::registry::Registry;
 use crate::workers::{self, LoadGuard, Workers};
 use crate::{admin, proxy};
@@ -106,6 +107,9 @@ async fn bind(addr: &ListenAddr) -> Result<Vec<TcpListener>, BindError> {
     }
 }
 
+/// How often a per-request error towards main may be logged.
+const MAIN_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Shared state for every connection. Cloning is shallow.
 #[derive(Clone)]
 pub struct AppState {
@@ -123,6 +127,8 @@ struct Inner {
     via_entries: [HeaderValue; 3],
     /// Set once the first looped request has been logged (SPEC §5 "Loops").
     loop_logged: AtomicBool,
+    /// `502` and `504` log lines, at most one per second each.
+    main_errors: [LogLimiter; 2],
 }
 
 impl AppState {
@@ -148,6 +154,7 @@ impl AppState {
                 via_token,
                 via_entries,
                 loop_logged: AtomicBool::new(false),
+                main_errors: [MAIN_ERROR_LOG_INTERVAL; 2].map(LogLimiter::new),
             }),
         }
     }
@@ -171,6 +178,16 @@ impl AppState {
     /// True the first time it is called: log a detected loop once, count it always.
     pub fn first_loop(&self) -> bool {
         !self.inner.loop_logged.swap(true, Ordering::Relaxed)
+    }
+
+    /// Limits the "main target unreachable" log lines.
+    pub fn main_unreachable_log(&self) -> &LogLimiter {
+        &self.inner.main_errors[0]
+    }
+
+    /// Limits the "main did not answer in time" log lines.
+    pub fn main_timeout_log(&self) -> &LogLimiter {
+        &self.inner.main_errors[1]
     }
 
     pub fn via_entry(&self, version: Version) -> &HeaderValue {

@@ -186,6 +186,20 @@ async fn main_down_gives_502_and_recovers() {
 }
 
 #[tokio::test]
+async fn main_down_under_load_logs_one_line_per_second_not_one_per_request() {
+    let main_addr = closed_addr().await;
+    let bin = Binary::start(&["--main", &format!("http://{main_addr}")]).await;
+    for _ in 0..20 {
+        assert_eq!(get(&bin.url("/")).await.status, StatusCode::BAD_GATEWAY);
+    }
+    let stderr = bin.terminate_within(Duration::from_secs(5)).await;
+    let lines = stderr.matches("main target unreachable").count();
+    // 20 refused requests take milliseconds: one line (a slow machine may log one per
+    // second it takes), never one per request.
+    assert!((1..=3).contains(&lines), "{lines} lines: {stderr}");
+}
+
+#[tokio::test]
 async fn slow_main_gives_504_with_main_timeout() {
     let main = MockBackend::start(Reply::After(
         Duration::from_secs(3),
