@@ -57,6 +57,8 @@ const DUMMY_BCRYPT: &str = "$2y$05$CYl5GDo2MiF7yVqOiJ5wIOMwMWCRN8ULzDeIdPKF1VyE/
 #[derive(Clone)]
 pub struct Users {
     entries: Arc<[(String, Secret)]>,
+    /// Some entry is a bcrypt hash: checks then cost a hash, even for unknown users.
+    has_bcrypt: bool,
     /// One bcrypt check at a time: a flood of logins then costs at most one core and
     /// one blocking thread, never the proxy's CPU (the waiting ones stay cancellable).
     bcrypt_slot: Arc<Semaphore>,
@@ -112,8 +114,10 @@ impl Users {
         if entries.is_empty() {
             return Err(ParseError::Empty);
         }
+        let has_bcrypt = entries.iter().any(|(_, s)| matches!(s, Secret::Bcrypt(_)));
         Ok(Self {
             entries: entries.into(),
+            has_bcrypt,
             bcrypt_slot: Arc::new(Semaphore::new(1)),
         })
     }
@@ -122,11 +126,7 @@ impl Users {
     /// (tens of milliseconds of CPU): a worker thread blocked on it would stall every
     /// proxied connection it serves.
     pub async fn verify(&self, authorization: Option<&[u8]>) -> Option<String> {
-        let bcrypt = self
-            .entries
-            .iter()
-            .any(|(_, s)| matches!(s, Secret::Bcrypt(_)));
-        if !bcrypt {
+        if !self.has_bcrypt {
             return self.check(authorization).map(str::to_owned);
         }
         // The permit moves into the blocking task: it is held until the hash is done,
@@ -170,11 +170,7 @@ impl Users {
                 bcrypt::verify(password, hash).unwrap_or(false).then_some(u)
             }
             None => {
-                if self
-                    .entries
-                    .iter()
-                    .any(|(_, s)| matches!(s, Secret::Bcrypt(_)))
-                {
+                if self.has_bcrypt {
                     let _ = bcrypt::verify(password, DUMMY_BCRYPT);
                 }
                 None

@@ -17,6 +17,16 @@ pub type HttpClient<B> = Client<HttpsConnector<HttpConnector>, B>;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// One client (and so one pool) per worker thread, picked with [`crate::workers::pick`]:
+/// a request's upstream connections then live on the request's own thread.
+pub fn per_worker<B>(tls: &Arc<rustls::ClientConfig>, workers: usize) -> Box<[HttpClient<B>]>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+{
+    (0..workers.max(1)).map(|_| new_client(tls)).collect()
+}
+
 /// Builds a client with its own connection pool.
 pub fn new_client<B>(tls: &Arc<rustls::ClientConfig>) -> HttpClient<B>
 where

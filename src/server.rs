@@ -22,7 +22,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, info, warn};
 
 use crate::body::{self, BoxBody};
-use crate::client::{HttpClient, new_client};
+use crate::client::{self, HttpClient};
 use crate::config::{Config, ListenAddr};
 use crate::proxy::Peer;
 use crate::ratelimit::LogLimiter;
@@ -127,8 +127,10 @@ struct Inner {
     via_entries: [HeaderValue; 3],
     /// Set once the first looped request has been logged (SPEC §5 "Loops").
     loop_logged: AtomicBool,
-    /// `502` and `504` log lines, at most one per second each.
-    main_errors: [LogLimiter; 2],
+    /// "main target unreachable" (`502`) log lines, at most one per second.
+    main_unreachable_log: LogLimiter,
+    /// "main did not answer in time" (`504`) log lines, at most one per second.
+    main_timeout_log: LogLimiter,
 }
 
 impl AppState {
@@ -143,9 +145,7 @@ impl AppState {
         let entry =
             |v: &str| HeaderValue::from_str(&format!("{v} {via_token}")).expect("token is ASCII");
         let via_entries = [entry("1.0"), entry("1.1"), entry("2")];
-        let main_clients = (0..config.threads.max(1))
-            .map(|_| new_client(&config.mirror.tls))
-            .collect();
+        let main_clients = client::per_worker(&config.mirror.tls, config.threads);
         Self {
             inner: Arc::new(Inner {
                 main_clients,
@@ -154,7 +154,8 @@ impl AppState {
                 via_token,
                 via_entries,
                 loop_logged: AtomicBool::new(false),
-                main_errors: [MAIN_ERROR_LOG_INTERVAL; 2].map(LogLimiter::new),
+                main_unreachable_log: LogLimiter::new(MAIN_ERROR_LOG_INTERVAL),
+                main_timeout_log: LogLimiter::new(MAIN_ERROR_LOG_INTERVAL),
             }),
         }
     }
@@ -180,14 +181,12 @@ impl AppState {
         !self.inner.loop_logged.swap(true, Ordering::Relaxed)
     }
 
-    /// Limits the "main target unreachable" log lines.
     pub fn main_unreachable_log(&self) -> &LogLimiter {
-        &self.inner.main_errors[0]
+        &self.inner.main_unreachable_log
     }
 
-    /// Limits the "main did not answer in time" log lines.
     pub fn main_timeout_log(&self) -> &LogLimiter {
-        &self.inner.main_errors[1]
+        &self.inner.main_timeout_log
     }
 
     pub fn via_entry(&self, version: Version) -> &HeaderValue {

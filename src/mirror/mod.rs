@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::client::{HttpClient, new_client};
+use crate::client::{self, HttpClient};
 use crate::metrics::{Counters, Snapshot};
 use crate::target_url::TargetUrl;
 use health::{Event, Health, Policy, State, Ticket};
@@ -131,9 +131,7 @@ impl Mirror {
             permits: Arc::new(Semaphore::new(shared.settings.max_queued)),
             closed: AtomicBool::new(false),
             on_remove: Arc::new(on_remove),
-            clients: (0..shared.settings.pools.max(1))
-                .map(|_| new_client(&shared.settings.tls))
-                .collect(),
+            clients: client::per_worker(&shared.settings.tls, shared.settings.pools),
             shared: shared.clone(),
         })
     }

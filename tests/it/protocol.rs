@@ -211,13 +211,7 @@ async fn a_loop_is_logged_once_and_counted_every_time() {
         main.next().await; // 3 originals + 3 copies that came back through the proxy
     }
     main.assert_nothing_within(Duration::from_millis(300)).await;
-    let listing = send(
-        Method::GET,
-        &bin.url("/targets?format=json"),
-        &[],
-        Bytes::new(),
-    )
-    .await;
+    let listing = get(&bin.url("/targets?format=json")).await;
     let json: serde_json::Value = serde_json::from_slice(&listing.body).unwrap();
     assert_eq!(json[0]["skipped"], 3, "{json}");
     bin.signal("TERM");
