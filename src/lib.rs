@@ -17,7 +17,8 @@
 //! - [`target_url`]: URL validation, normalisation and path-prefix joining.
 //! - [`metrics`]: per-mirror counters. [`shutdown`]: SIGINT/SIGTERM. [`ratelimit`]:
 //!   at most one log line per second for per-request errors.
-//! - [`client`]: the pooled outbound client; [`tls`]: its TLS settings for https targets.
+//! - [`client`]: keep-alive connection pools to main and mirrors, one per worker;
+//!   [`tls`]: TLS settings for https targets.
 //! - [`workers`]: thread-per-core worker runtimes that own the connections.
 //!
 //! # Request flow

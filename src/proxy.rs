@@ -124,15 +124,20 @@ where
     };
 
     let main = &state.config().main;
-    parts.uri = main.join(parts.uri.path_and_query());
+    parts.uri = main.request_target(parts.uri.path_and_query());
     if !state.config().preserve_host {
+        parts
+            .headers
+            .insert(header::HOST, main.host_header().clone());
+    } else if !parts.headers.contains_key(header::HOST) {
+        // An HTTP/1.0 client may send no `Host`; HTTP/1.1 to main requires one.
         parts
             .headers
             .insert(header::HOST, main.host_header().clone());
     }
     parts.version = Version::HTTP_11;
     let upstream = Request::from_parts(parts, upstream_body);
-    let pending = state.main_client().request(upstream);
+    let pending = state.main_pool().send(upstream);
     let result = match state.config().main_timeout {
         None => pending.await,
         Some(limit) => match tokio::time::timeout(limit, pending).await {

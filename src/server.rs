@@ -22,7 +22,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, info, warn};
 
 use crate::body::{self, BoxBody};
-use crate::client::{self, HttpClient};
+use crate::client::{self, Pool};
 use crate::config::{Config, ListenAddr};
 use crate::proxy::Peer;
 use crate::ratelimit::LogLimiter;
@@ -119,7 +119,7 @@ pub struct AppState {
 struct Inner {
     config: Config,
     /// One pool per worker thread (see [`workers::pick`]).
-    main_clients: Box<[HttpClient<BoxBody>]>,
+    main_pools: Box<[Pool<BoxBody>]>,
     registry: Registry,
     /// This process's `Via` pseudonym (SPEC §5 "Loops").
     via_token: String,
@@ -145,10 +145,10 @@ impl AppState {
         let entry =
             |v: &str| HeaderValue::from_str(&format!("{v} {via_token}")).expect("token is ASCII");
         let via_entries = [entry("1.0"), entry("1.1"), entry("2")];
-        let main_clients = client::per_worker(&config.mirror.tls, config.threads);
+        let main_pools = client::per_worker(&config.main, &config.mirror.tls, config.threads);
         Self {
             inner: Arc::new(Inner {
-                main_clients,
+                main_pools,
                 config,
                 registry,
                 via_token,
@@ -168,8 +168,8 @@ impl AppState {
         &self.inner.registry
     }
 
-    pub fn main_client(&self) -> &HttpClient<BoxBody> {
-        workers::pick(&self.inner.main_clients)
+    pub fn main_pool(&self) -> &Pool<BoxBody> {
+        workers::pick(&self.inner.main_pools)
     }
 
     pub fn via_token(&self) -> &str {

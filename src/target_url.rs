@@ -105,9 +105,19 @@ impl TargetUrl {
         &self.host_header
     }
 
-    /// The absolute URI for a request whose path and query were `pq`: the prefix
-    /// followed by the request's path and query.
-    pub fn join(&self, pq: Option<&PathAndQuery>) -> Uri {
+    /// `scheme://authority`, the address a connection to this target is opened to.
+    pub fn origin(&self) -> Uri {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("scheme and authority were each validated")
+    }
+
+    /// The origin-form request target (RFC 9112 §3.2.1) for a request whose path and
+    /// query were `pq`: the prefix followed by the request's path and query.
+    pub fn request_target(&self, pq: Option<&PathAndQuery>) -> Uri {
         let pq = match (self.prefix.is_empty(), pq) {
             (true, Some(pq)) => pq.clone(),
             (true, None) => PathAndQuery::from_static("/"),
@@ -121,12 +131,7 @@ impl TargetUrl {
                 PathAndQuery::try_from(joined).unwrap_or_else(|_| PathAndQuery::from_static("/"))
             }
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .expect("scheme, authority and path were each validated")
+        Uri::from(pq)
     }
 }
 
@@ -189,16 +194,19 @@ mod tests {
     }
 
     #[test]
-    fn join_appends_request_path_to_prefix() {
+    fn request_target_appends_request_path_to_prefix() {
         let pq = PathAndQuery::from_static("/users/1?x=y");
         let plain = TargetUrl::parse("http://m:1").unwrap();
-        assert_eq!(plain.join(Some(&pq)).to_string(), "http://m:1/users/1?x=y");
+        assert_eq!(plain.request_target(Some(&pq)).to_string(), "/users/1?x=y");
         let prefixed = TargetUrl::parse("http://m:1/api/").unwrap();
         assert_eq!(
-            prefixed.join(Some(&pq)).to_string(),
-            "http://m:1/api/users/1?x=y"
+            prefixed.request_target(Some(&pq)).to_string(),
+            "/api/users/1?x=y"
         );
-        assert_eq!(prefixed.join(None).to_string(), "http://m:1/api/");
+        assert_eq!(prefixed.request_target(None).to_string(), "/api/");
+        assert_eq!(prefixed.origin().to_string(), "http://m:1/");
+        let secure = TargetUrl::parse("https://s/x").unwrap();
+        assert_eq!(secure.origin().to_string(), "https://s/");
         assert_eq!(plain.authority().as_str(), "m:1");
         assert_eq!(plain.host_header(), "m:1");
     }

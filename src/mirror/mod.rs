@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::client::{self, HttpClient};
+use crate::client::{self, Pool};
 use crate::metrics::{Counters, Snapshot};
 use crate::target_url::TargetUrl;
 use health::{Event, Health, Policy, State, Ticket};
@@ -98,7 +98,7 @@ pub struct Mirror {
     /// Called when the mirror has failed for longer than `--fail-after`.
     on_remove: OnRemove,
     /// One pool per worker thread; each holds keep-alive connections to this mirror.
-    clients: Box<[HttpClient<Full<Bytes>>]>,
+    pools: Box<[Pool<Full<Bytes>>]>,
     shared: Arc<Shared>,
 }
 
@@ -123,6 +123,7 @@ impl Mirror {
         shared: &Arc<Shared>,
         on_remove: impl Fn(&Arc<Mirror>) + Send + Sync + 'static,
     ) -> Arc<Self> {
+        let pools = client::per_worker(&url, &shared.settings.tls, shared.settings.pools);
         Arc::new(Self {
             url,
             persistent,
@@ -131,7 +132,7 @@ impl Mirror {
             permits: Arc::new(Semaphore::new(shared.settings.max_queued)),
             closed: AtomicBool::new(false),
             on_remove: Arc::new(on_remove),
-            clients: client::per_worker(&shared.settings.tls, shared.settings.pools),
+            pools,
             shared: shared.clone(),
         })
     }
@@ -274,13 +275,13 @@ impl Mirror {
     ) -> Result<http::StatusCode, crate::body::BoxError> {
         let mut req = Request::new(Full::new(request.body.clone()));
         *req.method_mut() = request.method.clone();
-        *req.uri_mut() = self.url.join(request.path_and_query.as_ref());
+        *req.uri_mut() = self.url.request_target(request.path_and_query.as_ref());
         *req.headers_mut() = request.headers.clone();
-        // Set here rather than by the client, which would format it for every request.
+        // HTTP/1.1 requires `Host`; each copy carries its mirror's authority (SPEC §5).
         req.headers_mut()
             .entry(http::header::HOST)
             .or_insert_with(|| self.url.host_header().clone());
-        let response = crate::workers::pick(&self.clients).request(req).await?;
+        let response = crate::workers::pick(&self.pools).send(req).await?;
         let status = response.status();
         // SPEC §5: read the answer and throw it away, so the connection is reused.
         let mut body = response.into_body();

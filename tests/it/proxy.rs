@@ -1,5 +1,6 @@
 //! SPEC §4: forwarding to main.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -277,4 +278,64 @@ async fn h2c_prior_knowledge_is_served() {
         got.header("x-forwarded-host"),
         Some(proxy.addr.to_string().as_str())
     );
+}
+
+#[tokio::test]
+async fn connections_to_main_and_mirrors_are_kept_alive_and_reused() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let mirror = MockBackend::start(Reply::ok("m")).await;
+    // One worker thread, so one pool per target.
+    let proxy = TestProxy::start(&["--main", &main.url(), "--threads", "1"]).await;
+    proxy.add_mirrors(&[&mirror.url()]).await;
+    for i in 1..=20 {
+        assert_eq!(
+            get(&proxy.url(&format!("/{i}"))).await.status,
+            StatusCode::OK
+        );
+        // The copy's answer has been read once it is counted: its connection is idle.
+        eventually("the copy is delivered", || async {
+            proxy.mirror_json(&mirror.url()).await.unwrap()["succeeded"] == i
+        })
+        .await;
+    }
+    assert_eq!(main.total.load(Ordering::SeqCst), 20);
+    assert_eq!(main.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(mirror.total.load(Ordering::SeqCst), 20);
+    assert_eq!(mirror.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn connections_main_closes_are_not_reused() {
+    // `Connection: close` on every answer: each request needs a fresh connection, and
+    // none of them may fail on a connection main has already closed.
+    let main = MockBackend::start(Reply::With(
+        StatusCode::OK,
+        vec![("connection", "close")],
+        Bytes::from_static(b"ok"),
+    ))
+    .await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--threads", "1"]).await;
+    for i in 0..10 {
+        let answer = get(&proxy.url(&format!("/{i}"))).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "request {i}: {}",
+            answer.text()
+        );
+        assert_eq!(answer.body, "ok");
+    }
+    assert_eq!(main.connections.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test]
+async fn http10_request_without_host_gets_mains_authority_with_preserve_host() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--preserve-host"]).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let text = raw_exchange(&mut s, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    let got = main.next().await;
+    assert_eq!(got.header("host"), Some(main.addr.to_string().as_str()));
+    assert_eq!(got.uri.path(), "/old");
 }

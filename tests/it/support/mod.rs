@@ -296,6 +296,8 @@ pub struct MockBackend {
     pub in_flight: Arc<AtomicUsize>,
     pub max_in_flight: Arc<AtomicUsize>,
     pub total: Arc<AtomicUsize>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -327,6 +329,8 @@ impl MockBackend {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let max_in_flight = Arc::new(AtomicUsize::new(0));
         let total = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let state = (
             tx,
             behavior.clone(),
@@ -339,6 +343,7 @@ impl MockBackend {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (tx, behavior, in_flight, max_in_flight, total) = state.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -391,6 +396,7 @@ impl MockBackend {
             in_flight,
             max_in_flight,
             total,
+            connections,
             task,
         }
     }
