@@ -7,9 +7,11 @@
 //! that hands the connection back once the response is read. Here a pool serves one
 //! origin from one thread, so it is a stack of idle senders, and a connection goes back
 //! when its response body ends. That cut the proxy's CPU per request by ~10 % without
-//! mirrors and ~12 % with two (bench/README.md, "What each change bought"). It keeps what the legacy client did that matters here: a
-//! request refused by a pooled connection that closed before the request was written is
-//! sent again on a new one; idle connections are closed after [`IDLE_TIMEOUT`].
+//! mirrors and ~12 % with two (bench/README.md, "What each change bought").
+//!
+//! It keeps what the legacy client did that matters here: a request refused by a pooled
+//! connection that closed before the request was written is sent again on a new one;
+//! idle connections are closed after [`IDLE_TIMEOUT`].
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
