@@ -129,7 +129,9 @@ where
         loop {
             let (mut sender, reused) = match self.inner.checkout() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting holds the TLS state, which would otherwise make this
+                // future (and every future awaiting it) ~2.4 KB larger, moved on every spawn.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
