@@ -24,13 +24,17 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// fixed list above and every `Proxy-*` header. `TE: trailers` is kept, because it
 /// announces that the client understands trailers end to end (RFC 9110 §10.1.4).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names, no hashing; most requests stop here.
-    let (mut fixed, mut proxy) = (false, false);
+    // One pass over the names, no hashing. Most messages carry none of these or only
+    // `Connection`, so only what is present is looked up and removed.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut proxy = false;
     for k in headers.keys() {
-        fixed |= HOP_BY_HOP.contains(k);
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present[i] = true;
+        }
         proxy |= k.as_str().starts_with("proxy-");
     }
-    if !fixed && !proxy {
+    if !proxy && !present.contains(&true) {
         return;
     }
     let te = headers
@@ -58,10 +62,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    if fixed {
-        for name in listed.iter().chain(&HOP_BY_HOP) {
-            headers.remove(name);
-        }
+    for name in &listed {
+        headers.remove(name);
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        headers.remove(name);
     }
     if proxy {
         let names: Vec<HeaderName> = headers
@@ -162,6 +167,25 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["content-type", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn strips_each_kind_on_its_own() {
+        // The common response: only `Connection: keep-alive`.
+        let mut h = map(&[("server", "nginx"), ("connection", "keep-alive")]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["server"]);
+        // `Proxy-*` without any fixed hop-by-hop header.
+        let mut h = map(&[("proxy-authorization", "Basic x"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["accept"]);
+        // A name listed in `Connection` is removed with it.
+        let mut h = map(&[("x-hop", "1"), ("connection", "x-hop"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["accept"]);
     }
 
     #[test]
