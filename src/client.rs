@@ -6,8 +6,9 @@
 //! authority) key under a lock, clones the connector, rewrites the URI and spawns a task
 //! that hands the connection back once the response is read. Here a pool serves one
 //! origin from one thread, so it is a stack of idle senders, and a connection goes back
-//! when its response body ends. That cut the proxy's CPU per request by ~10 % without
-//! mirrors and ~12 % with two (bench/README.md, "What each change bought").
+//! when its response body ends. That cut the instructions per proxied request by a
+//! fifth, with and without mirrors (bench/README.md, "Profile and what each change
+//! bought").
 //!
 //! It keeps what the legacy client did that matters here: a request refused by a pooled
 //! connection that closed before the request was written is sent again on a new one;
