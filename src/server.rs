@@ -7,8 +7,8 @@ use std::future::Future;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -373,23 +373,143 @@ async fn serve_connection(
     };
     let _ = stream.set_nodelay(true);
     let client = Peer::new(peer);
+    // Cancelled at shutdown (from the parent), when an HTTP/2 connection has been idle
+    // too long, or when the connection ends (which stops its idle watch).
+    let close = token.child_token();
+    let h2 = Arc::new(H2Activity::new(
+        close.clone(),
+        state.config().header_read_timeout,
+    ));
     let service = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         let client = client.clone();
-        async move { Ok::<_, Infallible>(route(&state, req, &client, role).await) }
+        let h2_request = (req.version() == Version::HTTP_2).then(|| h2.request_started());
+        async move {
+            let response = route(&state, req, &client, role).await;
+            Ok::<_, Infallible>(match h2_request {
+                None => response,
+                Some(request) => response.map(|body| {
+                    body::boxed(UntilEnd {
+                        body,
+                        _request: request,
+                    })
+                }),
+            })
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        () = token.cancelled() => {
+        () = close.cancelled() => {
             // Finish the request in flight, then close (no more keep-alive).
             conn.as_mut().graceful_shutdown();
             conn.await
         }
     };
+    close.cancel();
     if let Err(err) = result {
         debug!(client = %peer, error = %err, "connection ended with an error");
+    }
+}
+
+/// Requests in flight on one HTTP/2 connection and when the last one ended. hyper
+/// closes idle HTTP/1 connections itself (`header_read_timeout`); an HTTP/2 client that
+/// answers pings would otherwise keep its connection, and a file descriptor, for ever.
+/// So an HTTP/2 connection with no request for `--header-read-timeout` is closed too.
+struct H2Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds from `since` to the end of the last request.
+    last_end: AtomicU64,
+    since: Instant,
+    watching: AtomicBool,
+    close: CancellationToken,
+    timeout: Duration,
+}
+
+/// One HTTP/2 request in flight, until its response body is done (or dropped).
+struct H2Request(Arc<H2Activity>);
+
+impl H2Activity {
+    fn new(close: CancellationToken, timeout: Duration) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+            since: Instant::now(),
+            watching: AtomicBool::new(false),
+            close,
+            timeout,
+        }
+    }
+
+    /// Counts a request; the first one starts the idle watch (only HTTP/2 needs it).
+    fn request_started(self: &Arc<Self>) -> H2Request {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if !self.watching.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().watch());
+        }
+        H2Request(self.clone())
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last_end = Duration::from_millis(self.last_end.load(Ordering::Acquire));
+        Some(self.since.elapsed().saturating_sub(last_end))
+    }
+
+    async fn watch(self: Arc<Self>) {
+        loop {
+            let wait = match self.idle_for() {
+                Some(idle) if idle >= self.timeout => {
+                    debug!(timeout = ?self.timeout, "closing an idle HTTP/2 connection");
+                    self.close.cancel();
+                    return;
+                }
+                Some(idle) => self.timeout - idle,
+                None => self.timeout,
+            };
+            tokio::select! {
+                () = self.close.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+impl Drop for H2Request {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let now = u64::try_from(activity.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.last_end.store(now, Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its HTTP/2 request counted until it ends.
+struct UntilEnd {
+    body: BoxBody,
+    _request: H2Request,
+}
+
+impl hyper::body::Body for UntilEnd {
+    type Data = bytes::Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

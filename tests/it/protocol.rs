@@ -357,3 +357,72 @@ async fn request_smuggling_cannot_pass() {
             .await;
     }
 }
+
+/// An HTTP/2 connection (prior knowledge) to the proxy, driven on its own task; the
+/// receiver resolves when the proxy closes it.
+async fn h2_connection(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = closed_tx.send(());
+    });
+    (sender, closed)
+}
+
+async fn h2_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    url: &str,
+) -> (StatusCode, Bytes) {
+    use http_body_util::BodyExt;
+    let req = Request::get(url).body(Empty::new()).unwrap();
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+#[tokio::test]
+async fn idle_http2_connection_is_closed_after_the_header_read_timeout() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "300ms"]).await;
+    let (mut sender, closed) = h2_connection(proxy.addr).await;
+    assert_eq!(h2_get(&mut sender, &proxy.url("/a")).await.0, StatusCode::OK);
+    let idle_since = Instant::now();
+    tokio::time::timeout(WAIT, closed)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .unwrap();
+    // Not before the timeout (hyper's pings alone would keep it open for ever).
+    assert!(idle_since.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn http2_request_longer_than_the_idle_timeout_is_not_cut() {
+    let main = MockBackend::start(Reply::After(
+        Duration::from_millis(900),
+        Box::new(Reply::ok("slow")),
+    ))
+    .await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "300ms"]).await;
+    let (mut sender, mut closed) = h2_connection(proxy.addr).await;
+    let (status, body) = h2_get(&mut sender, &proxy.url("/slow")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"slow"[..]));
+    assert!(closed.try_recv().is_err(), "closed while a request was in flight");
+    // The next request on the same connection still works.
+    main.set_reply(Reply::ok("ok"));
+    assert_eq!(h2_get(&mut sender, &proxy.url("/b")).await.0, StatusCode::OK);
+}
