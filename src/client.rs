@@ -12,7 +12,9 @@
 //!
 //! It keeps what the legacy client did that matters here: a request refused by a pooled
 //! connection that closed before the request was written is sent again on a new one;
-//! idle connections are closed after [`IDLE_TIMEOUT`].
+//! idle connections are closed after [`IDLE_TIMEOUT`]. It adds what Go's client does
+//! and hyper-util's does not: a safe request without a body, written on a connection
+//! idle for [`STALE_AFTER`] that the target closed without answering, is sent once more.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -35,6 +37,11 @@ use crate::target_url::TargetUrl;
 /// How long an idle pooled connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Idle time after which a target may have closed a connection (keep-alive timeouts are
+/// seconds: gunicorn 2 s, Node.js and Apache 5 s), so a safe request sent on it is kept
+/// for a second try. Below this no copy is made (the common case under load).
+const STALE_AFTER: Duration = Duration::from_secs(1);
+
 /// Why a request to a target failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -42,6 +49,18 @@ pub enum Error {
     Connect(#[source] BoxError),
     #[error(transparent)]
     Http(#[from] hyper::Error),
+}
+
+/// `error: cause: cause`, since hyper's and the connector's top-level messages are terse.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 /// Keep-alive connections to one target, for the worker thread that owns the pool.
@@ -64,8 +83,9 @@ struct Inner<B> {
     connector: HttpsConnector<HttpConnector>,
     /// Idle connections, the most recently used last.
     idle: Mutex<Vec<Idle<B>>>,
-    /// [`IDLE_TIMEOUT`], shorter in tests.
+    /// [`IDLE_TIMEOUT`] and [`STALE_AFTER`], shorter in tests.
     idle_timeout: Duration,
+    stale_after: Duration,
     reaper_started: AtomicBool,
 }
 
@@ -87,14 +107,16 @@ pub fn per_worker<B>(
 }
 
 impl<B> Pool<B> {
+    /// A pool for `target`, empty until the first request.
     pub fn new(target: &TargetUrl, tls: &Arc<rustls::ClientConfig>) -> Self {
-        Self::with_idle_timeout(target, tls, IDLE_TIMEOUT)
+        Self::with_timeouts(target, tls, IDLE_TIMEOUT, STALE_AFTER)
     }
 
-    fn with_idle_timeout(
+    fn with_timeouts(
         target: &TargetUrl,
         tls: &Arc<rustls::ClientConfig>,
         idle_timeout: Duration,
+        stale_after: Duration,
     ) -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
@@ -110,6 +132,7 @@ impl<B> Pool<B> {
                 connector,
                 idle: Mutex::new(Vec::new()),
                 idle_timeout,
+                stale_after,
                 reaper_started: AtomicBool::new(false),
             }),
         }
@@ -118,7 +141,7 @@ impl<B> Pool<B> {
 
 impl<B> Pool<B>
 where
-    B: Body + Send + 'static,
+    B: Body + Default + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -127,12 +150,21 @@ where
     /// # Errors
     /// The target cannot be reached, or the exchange failed.
     pub async fn send(&self, mut request: Request<B>) -> Result<Response<Pooled<B>>, Error> {
+        let mut may_resend = true;
         loop {
-            let (mut sender, reused) = match self.inner.checkout() {
-                Some(sender) => (sender, true),
+            let (mut sender, idle) = match self.inner.checkout() {
+                Some((sender, idle)) => (sender, Some(idle)),
                 // Boxed: connecting holds the TLS state, which would otherwise make this
                 // future (and every future awaiting it) ~2.4 KB larger, moved on every spawn.
-                None => (Box::pin(self.connect()).await?, false),
+                None => (Box::pin(self.connect()).await?, None),
+            };
+            // A target closes a connection idle for its keep-alive timeout whenever it
+            // likes; a request written at that moment fails with no answer. A safe request
+            // without a body may be retried (RFC 9110 §9.2.2), so one sent on a connection
+            // idle for a while is kept, to go once more on a new connection.
+            let resend = match idle {
+                Some(idle) if may_resend && idle >= self.inner.stale_after => replica(&request),
+                _ => None,
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -141,10 +173,15 @@ where
                         .then(|| (sender, self.inner.clone()));
                     return Ok(response.map(|body| Pooled { body, slot }));
                 }
-                Err(mut err) => match err.take_message() {
+                Err(mut err) => match (err.take_message(), resend) {
                     // The pooled connection closed before a byte of the request was
-                    // written (the target timed it out): retry on another one.
-                    Some(unsent) if reused => request = unsent,
+                    // written: retry on another one, nothing reached the target.
+                    (Some(unsent), _) if idle.is_some() => request = unsent,
+                    (None, Some(again)) if closed_without_answer(err.error()) => {
+                        debug!(error = %err.error(), "idle connection closed by the target: request sent again");
+                        may_resend = false;
+                        request = again;
+                    }
                     _ => return Err(err.into_error().into()),
                 },
             }
@@ -152,10 +189,11 @@ where
     }
 
     async fn connect(&self) -> Result<SendRequest<B>, Error> {
-        let io = self
-            .inner
-            .connector
-            .clone()
+        let mut connector = self.inner.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(Error::Connect)?;
+        let io = connector
             .call(self.inner.origin.clone())
             .await
             .map_err(Error::Connect)?;
@@ -176,7 +214,7 @@ where
             return;
         }
         let pool: Weak<Inner<B>> = Arc::downgrade(&self.inner);
-        let period = self.inner.idle_timeout / 2;
+        let period = self.inner.idle_timeout / 4;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -197,12 +235,14 @@ impl<B> Inner<B> {
         self.idle.lock().expect("connection pool lock poisoned")
     }
 
-    /// The most recently used idle connection that is still open.
-    fn checkout(&self) -> Option<SendRequest<B>> {
+    /// The most recently used idle connection that is still open, and how long it
+    /// has been idle.
+    fn checkout(&self) -> Option<(SendRequest<B>, Duration)> {
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
-            if entry.sender.is_ready() && entry.since.elapsed() < self.idle_timeout {
-                return Some(entry.sender);
+            let idle_for = entry.since.elapsed();
+            if entry.sender.is_ready() && idle_for < self.idle_timeout {
+                return Some((entry.sender, idle_for));
             }
         }
         None
@@ -233,6 +273,40 @@ impl<B: Send + 'static> Inner<B> {
             });
         }
     }
+}
+
+/// A copy of a safe request without a body (GET, HEAD, OPTIONS, TRACE: RFC 9110
+/// §9.2.1), to send again; `None` for any other.
+fn replica<B: Body + Default>(request: &Request<B>) -> Option<Request<B>> {
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    if !safe || !request.body().is_end_stream() {
+        return None;
+    }
+    let mut again = Request::new(B::default());
+    *again.method_mut() = request.method().clone();
+    *again.uri_mut() = request.uri().clone();
+    *again.version_mut() = request.version();
+    *again.headers_mut() = request.headers().clone();
+    Some(again)
+}
+
+/// The connection ended before any answer: closed (EOF) or reset by the target.
+fn closed_without_answer(err: &hyper::Error) -> bool {
+    if err.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+            return matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted);
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// A response body from a pooled connection: the connection goes back to its pool when
@@ -277,6 +351,8 @@ impl<B: Send + 'static> Body for Pooled<B> {
 impl<B: Send + 'static> Drop for Pooled<B> {
     fn drop(&mut self) {
         // hyper stops polling once `is_end_stream()` is true, so the end is also seen here.
+        // A body of unknown length dropped after its last frame but before the end was
+        // polled is not seen as ended: its connection closes (rare, costs a reconnect).
         if self.body.is_end_stream() {
             self.release();
         }
@@ -320,9 +396,15 @@ mod tests {
                         }
                         head.extend_from_slice(&buf[..n]);
                         if head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            head.clear();
                             let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            stream.write_all(reply).await.unwrap();
+                            // An answer to HEAD carries no body (RFC 9110 §9.3.2).
+                            let len = if head.starts_with(b"HEAD ") {
+                                reply.len() - 2
+                            } else {
+                                reply.len()
+                            };
+                            head.clear();
+                            stream.write_all(&reply[..len]).await.unwrap();
                         }
                     }
                 });
@@ -349,7 +431,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_then_closed_after_the_idle_timeout() {
         let (url, mut closed, accepted) = target().await;
-        let pool = Pool::with_idle_timeout(&url, &tls(), Duration::from_millis(200));
+        let pool = Pool::with_timeouts(&url, &tls(), Duration::from_millis(200), STALE_AFTER);
         for _ in 0..3 {
             assert_eq!(get(&pool, &url).await, "ok");
         }
@@ -371,9 +453,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_answer_without_a_body_returns_the_connection_unread() {
+        let (url, _closed, accepted) = target().await;
+        let pool = Pool::new(&url, &tls());
+        for _ in 0..3 {
+            // A HEAD answer has no body, whatever its Content-Length says.
+            let response = pool.send(request(&url, Method::HEAD)).await.unwrap();
+            assert!(response.body().is_end_stream());
+            drop(response);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
     async fn a_body_dropped_before_its_end_does_not_return_the_connection() {
         let (url, mut closed, _) = target().await;
-        let pool = Pool::with_idle_timeout(&url, &tls(), IDLE_TIMEOUT);
+        let pool = Pool::new(&url, &tls());
         let request = Request::builder()
             .uri(url.request_target(None))
             .header(http::header::HOST, url.host_header())
@@ -384,5 +480,106 @@ mod tests {
         let first_closed = tokio::time::timeout(WAIT, closed.recv()).await.unwrap();
         assert_eq!(first_closed, Some(0));
         assert!(pool.inner.lock().is_empty());
+    }
+
+    /// A target on its own thread that answers one request per connection with
+    /// `200 ok` and closes the connection 10 ms later, without `Connection: close` (a
+    /// keep-alive timeout). Counts the requests it read. Stops after 10 s.
+    fn closing_target() -> (TargetUrl, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = TargetUrl::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = seen.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                stream.set_nonblocking(false).unwrap();
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0; 4096];
+                    if stream.read(&mut buf).unwrap_or(0) > 0 {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    fn request(url: &TargetUrl, method: Method) -> Request<Empty<Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri(url.request_target(None))
+            .header(http::header::HOST, url.host_header())
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_target_closed_is_not_used_even_if_still_pooled() {
+        let (url, seen) = closing_target();
+        let pool = Pool::new(&url, &tls());
+        for i in 0..10 {
+            let response = pool.send(request(&url, Method::POST)).await;
+            let response = response.unwrap_or_else(|e| panic!("request {i}: {e}"));
+            response.into_body().collect().await.unwrap();
+            // Blocks this runtime: the target's close arrives but the connection's task
+            // does not run, so the pool still holds the connection as ready...
+            std::thread::sleep(Duration::from_millis(50));
+            // ... until one turn lets the reactor see the close first: hyper refuses the
+            // next request unsent and it goes on a new connection.
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            10,
+            "each request reached the target once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_safe_request_written_into_an_idle_close_is_sent_once_more() {
+        let (url, seen) = closing_target();
+        // Any idle time counts as possibly stale here.
+        let pool = Pool::with_timeouts(&url, &tls(), IDLE_TIMEOUT, Duration::ZERO);
+        for i in 0..10 {
+            let response = pool.send(request(&url, Method::GET)).await;
+            let response = response.unwrap_or_else(|e| panic!("request {i}: {e}"));
+            response.into_body().collect().await.unwrap();
+            // The close arrives while nothing runs: the next request is written into
+            // the closed connection and gets no answer.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            10,
+            "each request reached the target once"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unsafe_request_is_never_sent_twice() {
+        let (url, seen) = closing_target();
+        let pool = Pool::with_timeouts(&url, &tls(), IDLE_TIMEOUT, Duration::ZERO);
+        let first = pool.send(request(&url, Method::GET)).await.unwrap();
+        first.into_body().collect().await.unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // Written into the closed connection: a POST may have had effects, so it fails.
+        let Err(err) = pool.send(request(&url, Method::POST)).await else {
+            panic!("a POST written into a closed connection cannot succeed");
+        };
+        assert!(
+            matches!(&err, Error::Http(e) if closed_without_answer(e)),
+            "{err}"
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
     }
 }

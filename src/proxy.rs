@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
 use crate::body::{self, BoxBody, BoxError, Buffered, Replay};
+use crate::client;
 use crate::headers;
 use crate::mirror::MirrorRequest;
 use crate::registry::Mirrors;
@@ -178,7 +179,7 @@ where
         }
         Err(err) => {
             if let Some(held_back) = state.main_unreachable_log().admit() {
-                warn!(main = %state.config().main, error = %error_chain(&err), held_back, "main target unreachable");
+                warn!(main = %state.config().main, error = %client::error_chain(&err), held_back, "main target unreachable");
             }
             error_response(StatusCode::BAD_GATEWAY, "main target unreachable")
         }
@@ -225,16 +226,4 @@ fn skip_all(mirrors: &Mirrors) {
 /// A plain-text error answer from the proxy itself.
 pub fn error_response(status: StatusCode, message: &str) -> Response<BoxBody> {
     body::text(status, format!("{message}\n"))
-}
-
-/// `error: cause: cause`, since hyper's top-level messages are terse.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }

@@ -245,7 +245,8 @@ impl Mirror {
             }
             Ok(Ok(_)) => true,
             Ok(Err(err)) => {
-                debug!(mirror = %self.url, error = %err, "mirror request failed");
+                let error = client::error_chain(&*err);
+                debug!(mirror = %self.url, %error, "mirror request failed");
                 false
             }
             Err(_) => {

@@ -400,7 +400,10 @@ async fn idle_http2_connection_is_closed_after_the_header_read_timeout() {
     let main = MockBackend::start(Reply::ok("ok")).await;
     let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "300ms"]).await;
     let (mut sender, closed) = h2_connection(proxy.addr).await;
-    assert_eq!(h2_get(&mut sender, &proxy.url("/a")).await.0, StatusCode::OK);
+    assert_eq!(
+        h2_get(&mut sender, &proxy.url("/a")).await.0,
+        StatusCode::OK
+    );
     let idle_since = Instant::now();
     tokio::time::timeout(WAIT, closed)
         .await
@@ -421,8 +424,14 @@ async fn http2_request_longer_than_the_idle_timeout_is_not_cut() {
     let (mut sender, mut closed) = h2_connection(proxy.addr).await;
     let (status, body) = h2_get(&mut sender, &proxy.url("/slow")).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"slow"[..]));
-    assert!(closed.try_recv().is_err(), "closed while a request was in flight");
+    assert!(
+        closed.try_recv().is_err(),
+        "closed while a request was in flight"
+    );
     // The next request on the same connection still works.
     main.set_reply(Reply::ok("ok"));
-    assert_eq!(h2_get(&mut sender, &proxy.url("/b")).await.0, StatusCode::OK);
+    assert_eq!(
+        h2_get(&mut sender, &proxy.url("/b")).await.0,
+        StatusCode::OK
+    );
 }

@@ -305,7 +305,7 @@ async fn connections_to_main_and_mirrors_are_kept_alive_and_reused() {
 }
 
 #[tokio::test]
-async fn connections_main_closes_are_not_reused() {
+async fn main_answering_connection_close_gets_a_new_connection_per_request() {
     // `Connection: close` on every answer: each request needs a fresh connection, and
     // none of them may fail on a connection main has already closed.
     let main = MockBackend::start(Reply::With(
