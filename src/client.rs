@@ -40,7 +40,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle time after which a target may have closed a connection (keep-alive timeouts are
 /// seconds: gunicorn 2 s, Node.js and Apache 5 s), so a safe request sent on it is kept
 /// for a second try. Below this no copy is made (the common case under load).
-const STALE_AFTER: Duration = Duration::from_secs(1);
+pub const STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a request to a target failed.
 #[derive(Debug, thiserror::Error)]
