@@ -523,46 +523,38 @@ mod tests {
             .unwrap()
     }
 
-    #[tokio::test]
-    async fn a_connection_the_target_closed_is_not_used_even_if_still_pooled() {
+    /// Sends ten requests to a [`closing_target`], each after its previous connection
+    /// was closed by the target, and checks each reached the target exactly once.
+    /// `std::thread::sleep` blocks this runtime: the close arrives but the connection's
+    /// task does not run, so the pool still holds the connection as ready. With
+    /// `let_reactor_run`, one turn then lets the reactor see the close before the next
+    /// request: hyper refuses it unsent. Without, the request is written into the closed
+    /// connection and gets no answer.
+    async fn ten_requests_across_closes(stale_after: Duration, let_reactor_run: bool) {
         let (url, seen) = closing_target();
-        let pool = Pool::new(&url, &tls());
-        for i in 0..10 {
-            let response = pool.send(request(&url, Method::POST)).await;
-            let response = response.unwrap_or_else(|e| panic!("request {i}: {e}"));
-            response.into_body().collect().await.unwrap();
-            // Blocks this runtime: the target's close arrives but the connection's task
-            // does not run, so the pool still holds the connection as ready...
-            std::thread::sleep(Duration::from_millis(50));
-            // ... until one turn lets the reactor see the close first: hyper refuses the
-            // next request unsent and it goes on a new connection.
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(
-            seen.load(Ordering::SeqCst),
-            10,
-            "each request reached the target once"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_safe_request_written_into_an_idle_close_is_sent_once_more() {
-        let (url, seen) = closing_target();
-        // Any idle time counts as possibly stale here.
-        let pool = Pool::with_timeouts(&url, &tls(), IDLE_TIMEOUT, Duration::ZERO);
+        let pool = Pool::with_timeouts(&url, &tls(), IDLE_TIMEOUT, stale_after);
         for i in 0..10 {
             let response = pool.send(request(&url, Method::GET)).await;
             let response = response.unwrap_or_else(|e| panic!("request {i}: {e}"));
             response.into_body().collect().await.unwrap();
-            // The close arrives while nothing runs: the next request is written into
-            // the closed connection and gets no answer.
             std::thread::sleep(Duration::from_millis(50));
+            if let_reactor_run {
+                tokio::task::yield_now().await;
+            }
         }
-        assert_eq!(
-            seen.load(Ordering::SeqCst),
-            10,
-            "each request reached the target once"
-        );
+        let seen = seen.load(Ordering::SeqCst);
+        assert_eq!(seen, 10, "each request reached the target once");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_target_closed_is_not_used_even_if_still_pooled() {
+        ten_requests_across_closes(STALE_AFTER, true).await;
+    }
+
+    #[tokio::test]
+    async fn a_safe_request_written_into_an_idle_close_is_sent_once_more() {
+        // Any idle time counts as possibly stale here.
+        ten_requests_across_closes(Duration::ZERO, false).await;
     }
 
     #[tokio::test]
