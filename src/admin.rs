@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
 use tracing::info;
 
-use crate::auth::Users;
+use crate::auth::{Denied, Users};
 use crate::body::{self, BoxBody, BoxError};
 use crate::registry::Registry;
 use crate::target_url::{TargetUrl, UrlError};
@@ -33,6 +33,8 @@ pub enum AdminError {
     InvalidPersistent(String),
     #[error("authentication required")]
     Unauthorized,
+    #[error("too many failed logins from this address: retry in {0} s")]
+    LockedOut(u64),
     #[error("method not allowed: use GET, PUT or DELETE")]
     MethodNotAllowed,
     #[error("request body too large or unreadable")]
@@ -46,6 +48,7 @@ impl AdminError {
                 StatusCode::BAD_REQUEST
             }
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::LockedOut(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadBody => StatusCode::PAYLOAD_TOO_LARGE,
         };
@@ -57,6 +60,10 @@ impl AdminError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Basic realm=\"trafficmirror\""),
                 );
+            }
+            Self::LockedOut(seconds) => {
+                // RFC 9110 §10.2.3, RFC 6585 §4.
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
             Self::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
@@ -101,7 +108,14 @@ where
                 .headers()
                 .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes);
-            Some(users.verify(auth).await.ok_or(AdminError::Unauthorized)?)
+            match users.verify(auth, peer.ip()).await {
+                Ok(user) => Some(user),
+                Err(Denied::Unauthorized) => return Err(AdminError::Unauthorized),
+                Err(Denied::Locked(wait)) => {
+                    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    return Err(AdminError::LockedOut(seconds));
+                }
+            }
         }
     };
     let json = wants_json(&req);

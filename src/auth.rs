@@ -6,8 +6,11 @@
 //! against every entry, and when the file holds bcrypt hashes an unknown user costs one
 //! bcrypt check too, so the answer's timing does not tell which part was wrong.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -62,6 +65,77 @@ pub struct Users {
     /// One bcrypt check at a time: a flood of logins then costs at most one core and
     /// one blocking thread, never the proxy's CPU (the waiting ones stay cancellable).
     bcrypt_slot: Arc<Semaphore>,
+    lockouts: Arc<Lockouts>,
+}
+
+/// Why a login was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No or wrong credentials.
+    Unauthorized,
+    /// Too many failed logins from this client address; retry after this long.
+    Locked(Duration),
+}
+
+/// Failed logins allowed per client address within [`FAILURE_WINDOW`].
+pub const MAX_FAILURES: u32 = 10;
+/// After [`MAX_FAILURES`] failed logins in this window, the address is refused (`429`)
+/// without a password check until the window ends.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses tracked at most; beyond that new addresses are not tracked (a flood from
+/// many addresses still gets one password check at a time).
+const MAX_TRACKED: usize = 10_000;
+
+/// Failed logins per client address (time passed in, for tests).
+#[derive(Default)]
+struct Lockouts {
+    by_client: Mutex<HashMap<IpAddr, Strikes>>,
+}
+
+#[derive(Clone, Copy)]
+struct Strikes {
+    count: u32,
+    since: Instant,
+}
+
+impl Lockouts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Strikes>> {
+        // Only map updates happen under this lock; poisoning would be a bug.
+        self.by_client.lock().expect("lockout lock poisoned")
+    }
+
+    /// How long `client` must still wait, if it is locked out.
+    fn retry_after(&self, client: IpAddr, now: Instant) -> Option<Duration> {
+        let strikes = *self.lock().get(&client)?;
+        let left = FAILURE_WINDOW.checked_sub(now.saturating_duration_since(strikes.since))?;
+        (strikes.count >= MAX_FAILURES && !left.is_zero()).then_some(left)
+    }
+
+    fn failed(&self, client: IpAddr, now: Instant) {
+        let mut map = self.lock();
+        let expired = |s: &Strikes| now.saturating_duration_since(s.since) >= FAILURE_WINDOW;
+        if map.len() >= MAX_TRACKED && !map.contains_key(&client) {
+            map.retain(|_, s| !expired(s));
+            if map.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let strikes = map.entry(client).or_insert(Strikes {
+            count: 0,
+            since: now,
+        });
+        if expired(strikes) {
+            *strikes = Strikes {
+                count: 0,
+                since: now,
+            };
+        }
+        strikes.count += 1;
+    }
+
+    fn succeeded(&self, client: IpAddr) {
+        self.lock().remove(&client);
+    }
 }
 
 impl std::fmt::Debug for Users {
@@ -119,28 +193,66 @@ impl Users {
             entries: entries.into(),
             has_bcrypt,
             bcrypt_slot: Arc::new(Semaphore::new(1)),
+            lockouts: Arc::default(),
         })
     }
 
-    /// [`Users::check`] off the async threads when a bcrypt hash may be computed
-    /// (tens of milliseconds of CPU): a worker thread blocked on it would stall every
-    /// proxied connection it serves.
-    pub async fn verify(&self, authorization: Option<&[u8]>) -> Option<String> {
-        if !self.has_bcrypt {
-            return self.check(authorization).map(str::to_owned);
+    /// Authenticates a request from `client`: [`Users::check`], off the async threads
+    /// when a bcrypt hash may be computed (tens of milliseconds of CPU: a worker thread
+    /// blocked on it would stall every proxied connection it serves). An address with
+    /// [`MAX_FAILURES`] failed logins in [`FAILURE_WINDOW`] is refused without a check;
+    /// a request without credentials (the usual first step of a client) is no failure.
+    ///
+    /// # Errors
+    /// [`Denied::Unauthorized`] for missing or wrong credentials, [`Denied::Locked`] for
+    /// a locked-out address.
+    pub async fn verify(
+        &self,
+        authorization: Option<&[u8]>,
+        client: IpAddr,
+    ) -> Result<String, Denied> {
+        if let Some(wait) = self.lockouts.retry_after(client, Instant::now()) {
+            return Err(Denied::Locked(wait));
         }
-        // The permit moves into the blocking task: it is held until the hash is done,
-        // even if the request is dropped meanwhile.
-        let slot = self.bcrypt_slot.clone().acquire_owned().await.ok()?;
+        if !self.has_bcrypt {
+            return self.check_and_count(authorization, client);
+        }
+        // The permit moves into the blocking task: it is held until the hash is done
+        // and counted, even if the request is dropped meanwhile.
+        let slot = self.bcrypt_slot.clone().acquire_owned().await;
+        let slot = slot.map_err(|_| Denied::Unauthorized)?;
+        // Logins queued behind others from the same address may be locked out now.
+        if let Some(wait) = self.lockouts.retry_after(client, Instant::now()) {
+            return Err(Denied::Locked(wait));
+        }
         let users = self.clone();
         let authorization = authorization.map(<[u8]>::to_vec);
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            users.check(authorization.as_deref()).map(str::to_owned)
+            users.check_and_count(authorization.as_deref(), client)
         })
         .await
-        .ok()
-        .flatten()
+        .unwrap_or(Err(Denied::Unauthorized))
+    }
+
+    /// [`Users::check`], then counts the outcome for `client`.
+    fn check_and_count(
+        &self,
+        authorization: Option<&[u8]>,
+        client: IpAddr,
+    ) -> Result<String, Denied> {
+        match self.check(authorization) {
+            Some(user) => {
+                self.lockouts.succeeded(client);
+                Ok(user.to_owned())
+            }
+            None => {
+                if authorization.is_some() {
+                    self.lockouts.failed(client, Instant::now());
+                }
+                Err(Denied::Unauthorized)
+            }
+        }
     }
 
     /// Checks an `Authorization` header value; returns the user name when it is valid.
@@ -239,6 +351,86 @@ mod tests {
         assert_eq!(users.check(Some(&basic("plain:pw"))), Some("plain"));
         assert_eq!(users.check(Some(&basic(&format!("plain:{hash}")))), None);
         assert_eq!(users.check(Some(&basic("ghost:secret"))), None);
+    }
+
+    #[test]
+    fn an_address_is_locked_out_after_max_failures_for_the_window() {
+        let lockouts = Lockouts::default();
+        let (client, other): (IpAddr, IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let t0 = Instant::now();
+        for i in 0..MAX_FAILURES {
+            assert_eq!(lockouts.retry_after(client, t0), None, "after {i} failures");
+            lockouts.failed(client, t0);
+        }
+        let later = t0 + Duration::from_secs(15);
+        assert_eq!(
+            lockouts.retry_after(client, later),
+            Some(FAILURE_WINDOW - Duration::from_secs(15))
+        );
+        assert_eq!(lockouts.retry_after(other, later), None, "per address");
+        // The window ends: a fresh count.
+        let after = t0 + FAILURE_WINDOW;
+        assert_eq!(lockouts.retry_after(client, after), None);
+        lockouts.failed(client, after);
+        assert_eq!(lockouts.retry_after(client, after), None);
+        // A success clears the count.
+        for _ in 0..MAX_FAILURES - 2 {
+            lockouts.failed(client, after);
+        }
+        lockouts.succeeded(client);
+        lockouts.failed(client, after);
+        assert_eq!(lockouts.retry_after(client, after), None);
+    }
+
+    #[tokio::test]
+    async fn verify_counts_wrong_credentials_but_not_missing_ones() {
+        let users = Users::parse("user:password\n").unwrap();
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..MAX_FAILURES * 2 {
+            assert_eq!(users.verify(None, client).await, Err(Denied::Unauthorized));
+        }
+        for _ in 0..MAX_FAILURES {
+            let wrong = basic("user:wrong");
+            assert_eq!(
+                users.verify(Some(&wrong), client).await,
+                Err(Denied::Unauthorized)
+            );
+        }
+        // Locked: even the right password is refused, without a check.
+        let right = basic("user:password");
+        assert!(matches!(
+            users.verify(Some(&right), client).await,
+            Err(Denied::Locked(_))
+        ));
+        let elsewhere: IpAddr = "192.0.2.8".parse().unwrap();
+        assert_eq!(
+            users.verify(Some(&right), elsewhere).await,
+            Ok("user".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn logins_queued_behind_a_lockout_are_refused_without_a_check() {
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        let users = Users::parse(&format!("admin:{hash}\n")).unwrap();
+        let client: IpAddr = "192.0.2.9".parse().unwrap();
+        // All start together and pass the first look; the bcrypt slot serialises them.
+        let mut tries = tokio::task::JoinSet::new();
+        for _ in 0..MAX_FAILURES + 5 {
+            let users = users.clone();
+            tries.spawn(async move { users.verify(Some(&basic("admin:wrong")), client).await });
+        }
+        let outcomes = tries.join_all().await;
+        let checked = outcomes
+            .iter()
+            .filter(|o| **o == Err(Denied::Unauthorized))
+            .count();
+        let locked = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(Denied::Locked(_))))
+            .count();
+        assert_eq!((checked, locked), (MAX_FAILURES as usize, 5));
     }
 
     #[test]

@@ -280,3 +280,45 @@ async fn without_targets_address_the_admin_path_is_not_proxied() {
     assert_eq!(get(&proxy.url("/targets")).await.text(), "from main");
     assert_eq!(main.next().await.uri.path(), "/targets");
 }
+
+#[tokio::test]
+async fn repeated_failed_logins_lock_the_address_out_with_429() {
+    let path = std::env::temp_dir().join(format!("tm-lockout-{}.txt", std::process::id()));
+    std::fs::write(&path, "user:password\n").unwrap();
+    let proxy = TestProxy::start(&["--password", path.to_str().unwrap()]).await;
+    let get = |creds: Option<&str>| {
+        let auth = creds.map(basic);
+        let url = proxy.admin_url("");
+        async move {
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            send(Method::GET, &url, &headers, Bytes::new()).await
+        }
+    };
+    // Asking without credentials first (what curl and browsers do) is no failure.
+    for _ in 0..20 {
+        assert_eq!(get(None).await.status, StatusCode::UNAUTHORIZED);
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            get(Some("user:wrong")).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // The eleventh attempt, even with the right password, is refused unchecked.
+    let locked = get(Some("user:password")).await;
+    assert_eq!(
+        locked.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        locked.text()
+    );
+    let retry: u64 = locked.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(locked.text().contains("too many failed logins"));
+    std::fs::remove_file(path).unwrap();
+}
