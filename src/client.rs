@@ -152,16 +152,24 @@ where
     pub async fn send(&self, mut request: Request<B>) -> Result<Response<Pooled<B>>, Error> {
         let mut may_resend = true;
         loop {
-            let (mut sender, idle) = match self.inner.checkout() {
+            // A resend goes on a new connection: the other idle ones are likely as stale.
+            let pooled = if may_resend {
+                self.inner.checkout()
+            } else {
+                None
+            };
+            let (mut sender, idle) = match pooled {
                 Some((sender, idle)) => (sender, Some(idle)),
                 // Boxed: connecting holds the TLS state, which would otherwise make this
                 // future (and every future awaiting it) ~2.4 KB larger, moved on every spawn.
                 None => (Box::pin(self.connect()).await?, None),
             };
             // A target closes a connection idle for its keep-alive timeout whenever it
-            // likes; a request written at that moment fails with no answer. A safe request
-            // without a body may be retried (RFC 9110 §9.2.2), so one sent on a connection
-            // idle for a while is kept, to go once more on a new connection.
+            // likes; a request written at that moment fails without a (complete) answer.
+            // A safe request without a body may be retried (RFC 9110 §9.2.2), so one sent
+            // on a connection idle for a while is kept, to go once more on a new
+            // connection. hyper does not tell "no byte came back" from "part of a head
+            // came back", so the latter is resent too; for a safe method that is allowed.
             let resend = match idle {
                 Some(idle) if may_resend && idle >= self.inner.stale_after => replica(&request),
                 _ => None,
@@ -485,13 +493,18 @@ mod tests {
     /// A target on its own thread that answers one request per connection with
     /// `200 ok` and closes the connection 10 ms later, without `Connection: close` (a
     /// keep-alive timeout). Counts the requests it read. Stops after 10 s.
-    fn closing_target() -> (TargetUrl, Arc<std::sync::atomic::AtomicUsize>) {
+    fn closing_target() -> (
+        TargetUrl,
+        Arc<std::sync::atomic::AtomicUsize>,
+        std::sync::mpsc::Receiver<()>,
+    ) {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = TargetUrl::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
         listener.set_nonblocking(true).unwrap();
         let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = seen.clone();
+        let (closed_tx, closed) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
@@ -500,18 +513,21 @@ mod tests {
                     continue;
                 };
                 stream.set_nonblocking(false).unwrap();
-                let counted = counted.clone();
+                let (counted, closed_tx) = (counted.clone(), closed_tx.clone());
                 std::thread::spawn(move || {
                     let mut buf = [0; 4096];
                     if stream.read(&mut buf).unwrap_or(0) > 0 {
                         counted.fetch_add(1, Ordering::SeqCst);
-                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        let _ = stream.write_all(ok);
                         std::thread::sleep(Duration::from_millis(10));
+                        drop(stream);
+                        let _ = closed_tx.send(());
                     }
                 });
             }
         });
-        (url, seen)
+        (url, seen, closed)
     }
 
     fn request(url: &TargetUrl, method: Method) -> Request<Empty<Bytes>> {
@@ -523,21 +539,27 @@ mod tests {
             .unwrap()
     }
 
+    /// Blocks this runtime until the [`closing_target`] has closed the last connection:
+    /// the close arrives but the connection's task does not run, so the pool still
+    /// holds the connection as ready.
+    fn wait_for_close(closed: &std::sync::mpsc::Receiver<()>) {
+        closed.recv_timeout(WAIT).expect("the target closes");
+        std::thread::sleep(Duration::from_millis(5)); // the FIN crosses loopback
+    }
+
     /// Sends ten requests to a [`closing_target`], each after its previous connection
-    /// was closed by the target, and checks each reached the target exactly once.
-    /// `std::thread::sleep` blocks this runtime: the close arrives but the connection's
-    /// task does not run, so the pool still holds the connection as ready. With
-    /// `let_reactor_run`, one turn then lets the reactor see the close before the next
+    /// was closed by the target, and checks each reached the target exactly once. With
+    /// `let_reactor_run`, one turn lets the reactor see the close before the next
     /// request: hyper refuses it unsent. Without, the request is written into the closed
     /// connection and gets no answer.
     async fn ten_requests_across_closes(stale_after: Duration, let_reactor_run: bool) {
-        let (url, seen) = closing_target();
+        let (url, seen, closed) = closing_target();
         let pool = Pool::with_timeouts(&url, &tls(), IDLE_TIMEOUT, stale_after);
         for i in 0..10 {
             let response = pool.send(request(&url, Method::GET)).await;
             let response = response.unwrap_or_else(|e| panic!("request {i}: {e}"));
             response.into_body().collect().await.unwrap();
-            std::thread::sleep(Duration::from_millis(50));
+            wait_for_close(&closed);
             if let_reactor_run {
                 tokio::task::yield_now().await;
             }
@@ -557,21 +579,60 @@ mod tests {
         ten_requests_across_closes(Duration::ZERO, false).await;
     }
 
-    #[tokio::test]
-    async fn an_unsafe_request_is_never_sent_twice() {
-        let (url, seen) = closing_target();
-        let pool = Pool::with_timeouts(&url, &tls(), IDLE_TIMEOUT, Duration::ZERO);
+    /// The second request of a pair goes into a connection the target has closed; its
+    /// outcome, and how many requests the target saw.
+    async fn second_request_into_a_close(
+        stale_after: Duration,
+        second: Method,
+    ) -> (Result<StatusCode, Error>, usize) {
+        let (url, seen, closed) = closing_target();
+        let pool = Pool::with_timeouts(&url, &tls(), IDLE_TIMEOUT, stale_after);
         let first = pool.send(request(&url, Method::GET)).await.unwrap();
         first.into_body().collect().await.unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        // Written into the closed connection: a POST may have had effects, so it fails.
-        let Err(err) = pool.send(request(&url, Method::POST)).await else {
-            panic!("a POST written into a closed connection cannot succeed");
-        };
+        wait_for_close(&closed);
+        let outcome = pool.send(request(&url, second)).await;
+        (outcome.map(|r| r.status()), seen.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn an_unsafe_request_is_never_sent_twice() {
+        // A POST may have had effects: it fails, having reached the target at most once.
+        let (outcome, seen) = second_request_into_a_close(Duration::ZERO, Method::POST).await;
         assert!(
-            matches!(&err, Error::Http(e) if closed_without_answer(e)),
-            "{err}"
+            matches!(&outcome, Err(Error::Http(e)) if closed_without_answer(e)),
+            "{outcome:?}"
         );
-        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        assert_eq!(seen, 1);
+    }
+
+    #[tokio::test]
+    async fn a_safe_request_on_a_connection_used_just_now_is_not_resent() {
+        // Below STALE_AFTER no copy is kept, so there is nothing to resend.
+        let stale_after = Duration::from_secs(3600);
+        let (outcome, seen) = second_request_into_a_close(stale_after, Method::GET).await;
+        assert!(outcome.is_err(), "{outcome:?}");
+        assert_eq!(seen, 1);
+    }
+
+    #[test]
+    fn only_safe_requests_without_a_body_are_replicated() {
+        let url = TargetUrl::parse("http://127.0.0.1:1").unwrap();
+        let get = request(&url, Method::GET);
+        let again = replica(&get).expect("a GET without a body");
+        assert_eq!(
+            (again.method(), again.uri(), again.headers()),
+            (get.method(), get.uri(), get.headers())
+        );
+        for method in [Method::HEAD, Method::OPTIONS, Method::TRACE] {
+            assert!(replica(&request(&url, method)).is_some());
+        }
+        for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+            assert!(
+                replica(&request(&url, method.clone())).is_none(),
+                "{method}"
+            );
+        }
+        let with_body = Request::get("/").body(http_body_util::Full::new(Bytes::from("x")));
+        assert!(replica(&with_body.unwrap()).is_none());
     }
 }

@@ -145,6 +145,13 @@ impl Config {
                 Some(users)
             }
         };
+        if cli.header_read_timeout.is_zero() {
+            // Would cut every connection before its first byte.
+            return Err(ConfigError::Invalid {
+                flag: "header-read-timeout",
+                message: "must be greater than 0".to_owned(),
+            });
+        }
         if cli.max_header_size < MIN_HEADER_SIZE {
             return Err(ConfigError::Invalid {
                 flag: "max-header-size",
@@ -222,6 +229,13 @@ mod tests {
             config(&["--targets", "/admin/t"]).unwrap().admin_path,
             "/admin/t"
         );
+    }
+
+    #[test]
+    fn zero_header_read_timeout_is_refused() {
+        let err = config(&["--header-read-timeout", "0s"]).unwrap_err().to_string();
+        assert!(err.contains("--header-read-timeout"), "{err}");
+        assert!(config(&["--header-read-timeout", "1ms"]).is_ok());
     }
 
     #[test]

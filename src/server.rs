@@ -373,17 +373,14 @@ async fn serve_connection(
     };
     let _ = stream.set_nodelay(true);
     let client = Peer::new(peer);
-    // Cancelled at shutdown (from the parent), when an HTTP/2 connection has been idle
-    // too long, or when the connection ends (which stops its idle watch).
+    // Cancelled at shutdown (from the parent), when the connection is idle too long (see
+    // `Activity`), or when it ends (which stops the watch).
     let close = token.child_token();
-    let h2 = Arc::new(H2Activity::new(
-        close.clone(),
-        state.config().header_read_timeout,
-    ));
+    let activity = Activity::watch(close.clone(), state.config().header_read_timeout);
     let service = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         let client = client.clone();
-        let h2_request = (req.version() == Version::HTTP_2).then(|| h2.request_started());
+        let h2_request = activity.request_started(req.version() == Version::HTTP_2);
         async move {
             let response = route(&state, req, &client, role).await;
             Ok::<_, Infallible>(match h2_request {
@@ -413,62 +410,85 @@ async fn serve_connection(
     }
 }
 
-/// Requests in flight on one HTTP/2 connection and when the last one ended. hyper
-/// closes idle HTTP/1 connections itself (`header_read_timeout`); an HTTP/2 client that
-/// answers pings would otherwise keep its connection, and a file descriptor, for ever.
-/// So an HTTP/2 connection with no request for `--header-read-timeout` is closed too.
-struct H2Activity {
+/// Closes connections that stay idle for `--header-read-timeout`, where hyper does not:
+/// a connection that has not sent a request head by then (hyper-util's protocol
+/// detection waits for bytes for ever), and an HTTP/2 connection with no request in
+/// flight for that long (hyper only pings it, so a client answering pings would keep
+/// it, and a file descriptor, for ever). Idle HTTP/1 connections after their first
+/// request are left to hyper's own `header_read_timeout`.
+struct Activity {
+    /// A request head has arrived.
+    started: AtomicBool,
+    /// It was HTTP/2: keep watching.
+    h2: AtomicBool,
+    /// HTTP/2 requests in flight.
     in_flight: AtomicUsize,
-    /// Milliseconds from `since` to the end of the last request.
+    /// Milliseconds from `since` to the end of the last HTTP/2 request.
     last_end: AtomicU64,
     since: Instant,
-    watching: AtomicBool,
     close: CancellationToken,
     timeout: Duration,
 }
 
 /// One HTTP/2 request in flight, until its response body is done (or dropped).
-struct H2Request(Arc<H2Activity>);
+struct H2Request(Arc<Activity>);
 
-impl H2Activity {
-    fn new(close: CancellationToken, timeout: Duration) -> Self {
-        Self {
+impl Activity {
+    /// Starts watching a new connection (a task that ends with the connection).
+    fn watch(close: CancellationToken, timeout: Duration) -> Arc<Self> {
+        let activity = Arc::new(Self {
+            started: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             last_end: AtomicU64::new(0),
             since: Instant::now(),
-            watching: AtomicBool::new(false),
             close,
             timeout,
-        }
+        });
+        tokio::spawn(activity.clone().run());
+        activity
     }
 
-    /// Counts a request; the first one starts the idle watch (only HTTP/2 needs it).
-    fn request_started(self: &Arc<Self>) -> H2Request {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if !self.watching.swap(true, Ordering::AcqRel) {
-            tokio::spawn(self.clone().watch());
+    /// Notes a request; an HTTP/2 one stays counted until the returned guard is dropped.
+    fn request_started(self: &Arc<Self>, h2: bool) -> Option<H2Request> {
+        if h2 {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            self.h2.store(true, Ordering::Release);
         }
-        H2Request(self.clone())
+        self.started.store(true, Ordering::Release);
+        h2.then(|| H2Request(self.clone()))
     }
 
-    fn idle_for(&self) -> Option<Duration> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let last_end = Duration::from_millis(self.last_end.load(Ordering::Acquire));
-        Some(self.since.elapsed().saturating_sub(last_end))
+    /// How long to wait before looking again, or `None` when the connection must close
+    /// now. `Some(None)`: nothing left to watch.
+    fn next_look(&self) -> Option<Option<Duration>> {
+        let elapsed = self.since.elapsed();
+        let idle = if !self.started.load(Ordering::Acquire) {
+            elapsed // no request head yet
+        } else if !self.h2.load(Ordering::Acquire) {
+            return Some(None); // HTTP/1: hyper's header_read_timeout from here on
+        } else if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Some(Some(self.timeout));
+        } else {
+            let last_end = Duration::from_millis(self.last_end.load(Ordering::Acquire));
+            elapsed.saturating_sub(last_end)
+        };
+        self.timeout
+            .checked_sub(idle)
+            .filter(|left| !left.is_zero())
+            .map(Some)
     }
 
-    async fn watch(self: Arc<Self>) {
+    async fn run(self: Arc<Self>) {
         loop {
-            let wait = match self.idle_for() {
-                Some(idle) if idle >= self.timeout => {
-                    debug!(timeout = ?self.timeout, "closing an idle HTTP/2 connection");
+            let wait = match self.next_look() {
+                None => {
+                    debug!(timeout = ?self.timeout, "closing an idle connection");
                     self.close.cancel();
                     return;
                 }
-                Some(idle) => self.timeout - idle,
-                None => self.timeout,
+                Some(None) => return,
+                Some(Some(wait)) => wait,
             };
             tokio::select! {
                 () = self.close.cancelled() => return,

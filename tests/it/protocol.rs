@@ -400,17 +400,88 @@ async fn idle_http2_connection_is_closed_after_the_header_read_timeout() {
     let main = MockBackend::start(Reply::ok("ok")).await;
     let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "300ms"]).await;
     let (mut sender, closed) = h2_connection(proxy.addr).await;
+    // Taken before the request: the connection is idle from its end at the earliest.
+    let before_request = Instant::now();
     assert_eq!(
         h2_get(&mut sender, &proxy.url("/a")).await.0,
         StatusCode::OK
     );
-    let idle_since = Instant::now();
     tokio::time::timeout(WAIT, closed)
         .await
         .expect("the idle HTTP/2 connection is closed")
         .unwrap();
     // Not before the timeout (hyper's pings alone would keep it open for ever).
-    assert!(idle_since.elapsed() >= Duration::from_millis(250));
+    assert!(before_request.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn connections_without_a_request_are_closed_after_the_header_read_timeout() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "300ms"]).await;
+    // A TCP connection that sends nothing (still in protocol detection) ...
+    let opened = Instant::now();
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    // ... and an HTTP/2 connection that only does its handshake (and answers pings).
+    let (_sender, closed) = h2_connection(proxy.addr).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, silent.read_to_end(&mut rest))
+        .await
+        .expect("the silent connection is closed")
+        .unwrap();
+    tokio::time::timeout(WAIT, closed)
+        .await
+        .expect("the HTTP/2 connection without a request is closed")
+        .unwrap();
+    assert!(opened.elapsed() >= Duration::from_millis(300));
+    main.assert_nothing_within(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn http2_response_streaming_past_the_idle_timeout_is_not_cut() {
+    // A main that streams its answer to /slow over 800 ms, and answers anything else at once.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let main = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    if head.starts_with(b"GET /slow") {
+                        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                        s.write_all(head).await.unwrap();
+                        for _ in 0..2 {
+                            s.write_all(b"4\r\npart\r\n").await.unwrap();
+                            tokio::time::sleep(Duration::from_millis(400)).await;
+                        }
+                        s.write_all(b"0\r\n\r\n").await.unwrap();
+                    } else {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        s.write_all(ok).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let proxy = TestProxy::start(&["--main", &main, "--header-read-timeout", "300ms"]).await;
+    let (mut sender, mut closed) = h2_connection(proxy.addr).await;
+    let (status, body) = h2_get(&mut sender, &proxy.url("/slow")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"partpart"[..]));
+    assert!(
+        closed.try_recv().is_err(),
+        "closed while a body was streaming"
+    );
+    assert_eq!(
+        h2_get(&mut sender, &proxy.url("/next")).await.0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
