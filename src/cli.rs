@@ -105,7 +105,7 @@ pub struct Cli {
     pub preserve_host: bool,
 
     /// A client must send a request's headers within this time; also how long an idle
-    /// HTTP/1 keep-alive connection is kept open.
+    /// keep-alive connection (HTTP/1, or HTTP/2 with no request in flight) is kept open.
     #[arg(long, env = "TRAFFICMIRROR_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
     pub header_read_timeout: Duration,
 
