@@ -233,7 +233,9 @@ mod tests {
 
     #[test]
     fn zero_header_read_timeout_is_refused() {
-        let err = config(&["--header-read-timeout", "0s"]).unwrap_err().to_string();
+        let err = config(&["--header-read-timeout", "0s"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--header-read-timeout"), "{err}");
         assert!(config(&["--header-read-timeout", "1ms"]).is_ok());
     }
