@@ -120,15 +120,13 @@ impl Lockouts {
                 return;
             }
         }
-        let strikes = map.entry(client).or_insert(Strikes {
+        let fresh = Strikes {
             count: 0,
             since: now,
-        });
+        };
+        let strikes = map.entry(client).or_insert(fresh);
         if expired(strikes) {
-            *strikes = Strikes {
-                count: 0,
-                since: now,
-            };
+            *strikes = fresh;
         }
         strikes.count += 1;
     }

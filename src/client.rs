@@ -64,17 +64,8 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Keep-alive connections to one target, for the worker thread that owns the pool.
-/// Cloning is shallow.
 pub struct Pool<B> {
     inner: Arc<Inner<B>>,
-}
-
-impl<B> Clone for Pool<B> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-        }
-    }
 }
 
 struct Inner<B> {
@@ -261,10 +252,7 @@ impl<B: Send + 'static> Inner<B> {
     /// Takes a connection back once its response has been read to the end.
     fn put(self: Arc<Self>, mut sender: SendRequest<B>) {
         if sender.is_ready() {
-            self.lock().push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            self.push_idle(sender);
         } else if !sender.is_closed() {
             // The connection task has not yet seen the end of the response it just
             // delivered; it is ready as soon as it runs.
@@ -273,13 +261,15 @@ impl<B: Send + 'static> Inner<B> {
             };
             runtime.spawn(async move {
                 if sender.ready().await.is_ok() {
-                    self.lock().push(Idle {
-                        sender,
-                        since: Instant::now(),
-                    });
+                    self.push_idle(sender);
                 }
             });
         }
+    }
+
+    fn push_idle(&self, sender: SendRequest<B>) {
+        let since = Instant::now();
+        self.lock().push(Idle { sender, since });
     }
 }
 
@@ -539,12 +529,12 @@ mod tests {
             .unwrap()
     }
 
-    /// Blocks this runtime until the [`closing_target`] has closed the last connection:
-    /// the close arrives but the connection's task does not run, so the pool still
-    /// holds the connection as ready.
+    /// Blocks this runtime until the [`closing_target`] has closed the last connection
+    /// (on loopback the FIN is in our socket once `close` returns): the close arrives
+    /// but the connection's task does not run, so the pool still holds the connection
+    /// as ready.
     fn wait_for_close(closed: &std::sync::mpsc::Receiver<()>) {
         closed.recv_timeout(WAIT).expect("the target closes");
-        std::thread::sleep(Duration::from_millis(5)); // the FIN crosses loopback
     }
 
     /// Sends ten requests to a [`closing_target`], each after its previous connection

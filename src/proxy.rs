@@ -126,12 +126,9 @@ where
 
     let main = &state.config().main;
     parts.uri = main.request_target(parts.uri.path_and_query());
-    if !state.config().preserve_host {
-        parts
-            .headers
-            .insert(header::HOST, main.host_header().clone());
-    } else if !parts.headers.contains_key(header::HOST) {
-        // An HTTP/1.0 client may send no `Host`; HTTP/1.1 to main requires one.
+    // With --preserve-host the client's `Host` stays, but an HTTP/1.0 client may have
+    // sent none, and HTTP/1.1 to main requires one.
+    if !state.config().preserve_host || !parts.headers.contains_key(header::HOST) {
         parts
             .headers
             .insert(header::HOST, main.host_header().clone());

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -385,11 +386,13 @@ async fn serve_connection(
             let response = route(&state, req, &client, role).await;
             Ok::<_, Infallible>(match h2_request {
                 None => response,
+                // The closure owns the guard, so the request stays counted until the
+                // body is done with (its end or its drop), not just until the head.
                 Some(request) => response.map(|body| {
-                    body::boxed(UntilEnd {
-                        body,
-                        _request: request,
-                    })
+                    body::boxed(body.map_err(move |err| {
+                        let _counted = &request;
+                        err
+                    }))
                 }),
             })
         }
@@ -433,6 +436,16 @@ struct Activity {
 /// One HTTP/2 request in flight, until its response body is done (or dropped).
 struct H2Request(Arc<Activity>);
 
+/// What the watch does next.
+enum Look {
+    /// Idle for the timeout: close the connection.
+    Close,
+    /// Nothing left to watch (HTTP/1 after its first request head).
+    Done,
+    /// Look again after this long.
+    After(Duration),
+}
+
 impl Activity {
     /// Starts watching a new connection (a task that ends with the connection).
     fn watch(close: CancellationToken, timeout: Duration) -> Arc<Self> {
@@ -459,36 +472,34 @@ impl Activity {
         h2.then(|| H2Request(self.clone()))
     }
 
-    /// How long to wait before looking again, or `None` when the connection must close
-    /// now. `Some(None)`: nothing left to watch.
-    fn next_look(&self) -> Option<Option<Duration>> {
+    fn next_look(&self) -> Look {
         let elapsed = self.since.elapsed();
         let idle = if !self.started.load(Ordering::Acquire) {
             elapsed // no request head yet
         } else if !self.h2.load(Ordering::Acquire) {
-            return Some(None); // HTTP/1: hyper's header_read_timeout from here on
+            return Look::Done; // HTTP/1: hyper's header_read_timeout from here on
         } else if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Some(Some(self.timeout));
+            return Look::After(self.timeout);
         } else {
             let last_end = Duration::from_millis(self.last_end.load(Ordering::Acquire));
             elapsed.saturating_sub(last_end)
         };
-        self.timeout
-            .checked_sub(idle)
-            .filter(|left| !left.is_zero())
-            .map(Some)
+        match self.timeout.checked_sub(idle) {
+            Some(left) if !left.is_zero() => Look::After(left),
+            _ => Look::Close,
+        }
     }
 
     async fn run(self: Arc<Self>) {
         loop {
             let wait = match self.next_look() {
-                None => {
+                Look::Close => {
                     debug!(timeout = ?self.timeout, "closing an idle connection");
                     self.close.cancel();
                     return;
                 }
-                Some(None) => return,
-                Some(Some(wait)) => wait,
+                Look::Done => return,
+                Look::After(wait) => wait,
             };
             tokio::select! {
                 () = self.close.cancelled() => return,
@@ -504,32 +515,6 @@ impl Drop for H2Request {
         let now = u64::try_from(activity.since.elapsed().as_millis()).unwrap_or(u64::MAX);
         activity.last_end.store(now, Ordering::Release);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A response body that keeps its HTTP/2 request counted until it ends.
-struct UntilEnd {
-    body: BoxBody,
-    _request: H2Request,
-}
-
-impl hyper::body::Body for UntilEnd {
-    type Data = bytes::Bytes;
-    type Error = body::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
     }
 }
 

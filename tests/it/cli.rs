@@ -100,20 +100,21 @@ async fn environment_variables_configure_and_flags_win() {
         "http://a:1\nhttp://b:2\n"
     );
     if cfg!(target_os = "linux") {
-        // A new thread names itself once it first runs: poll (bounded) until all have.
-        let deadline = Instant::now() + WAIT;
-        let workers = loop {
-            let mut workers: Vec<String> = bin
+        let workers = || {
+            let mut names: Vec<String> = bin
                 .thread_names()
                 .into_iter()
                 .filter(|n| n.starts_with("trafficmirror-"))
                 .collect();
-            workers.sort();
-            if workers.len() >= 3 || Instant::now() > deadline {
-                break workers;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            names.sort();
+            names
         };
+        // A new thread names itself once it first runs.
+        eventually("three named worker threads", || async {
+            workers().len() >= 3
+        })
+        .await;
+        let workers = workers();
         assert_eq!(
             workers,
             ["trafficmirror-0", "trafficmirror-1", "trafficmirror-2"]

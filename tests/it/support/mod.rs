@@ -215,7 +215,6 @@ impl Binary {
         assert!(status.success());
     }
 
-    /// Waits (bounded) for the exit; returns the status code and stderr.
     /// Sends SIGTERM and checks that the process exits 0 within `limit`; returns stderr.
     pub async fn terminate_within(self, limit: Duration) -> String {
         let started = std::time::Instant::now();
@@ -230,6 +229,7 @@ impl Binary {
         stderr
     }
 
+    /// Waits (bounded) for the exit; returns the status code and stderr.
     pub async fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
         let status = tokio::time::timeout(limit, self.child.wait())
             .await
