@@ -1,9 +1,10 @@
-//! The admin endpoint (SPEC §3): list, add and remove mirrors.
+//! The admin endpoint (README, "The admin endpoint"): list, add and remove mirrors.
 //!
 //! `GET` lists (text, or JSON with `Accept: application/json` or `?format=json`); `PUT`
 //! adds and `DELETE` removes the `url` parameters from the query string and an
 //! `application/x-www-form-urlencoded` body. Every URL is validated before anything is
-//! applied. Authentication, when configured, comes first.
+//! applied. Authentication, when configured, comes first. `GET <path>/status` answers
+//! the proxy-wide figures (bytes held for mirrors).
 
 use std::net::SocketAddr;
 
@@ -16,6 +17,7 @@ use tracing::info;
 
 use crate::auth::{Denied, Users};
 use crate::body::{self, BoxBody, BoxError};
+use crate::budget::Budget;
 use crate::registry::Registry;
 use crate::target_url::{TargetUrl, UrlError};
 
@@ -37,6 +39,8 @@ pub enum AdminError {
     LockedOut(u64),
     #[error("method not allowed: use GET, PUT or DELETE")]
     MethodNotAllowed,
+    #[error("not found")]
+    NotFound,
     #[error("request body too large or unreadable")]
     BadBody,
 }
@@ -50,6 +54,7 @@ impl AdminError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::LockedOut(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotFound => StatusCode::NOT_FOUND,
             Self::BadBody => StatusCode::PAYLOAD_TOO_LARGE,
         };
         let mut response = body::text(status, format!("{self}\n"));
@@ -74,82 +79,148 @@ impl AdminError {
     }
 }
 
-/// Handles one admin request. Callable without a socket (tests build a `Request`).
-pub async fn handle<B>(
-    registry: &Registry,
-    users: Option<&Users>,
-    req: Request<B>,
-    peer: SocketAddr,
-) -> Response<BoxBody>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    match try_handle(registry, users, req, peer).await {
-        Ok(response) => response,
-        Err(err) => err.into_response(),
-    }
+/// The admin endpoint's handler. Cloning is shallow.
+#[derive(Clone)]
+pub struct Admin {
+    /// The admin path with its leading `/`.
+    path: String,
+    registry: Registry,
+    users: Option<Users>,
+    budget: Budget,
 }
 
-async fn try_handle<B>(
-    registry: &Registry,
-    users: Option<&Users>,
-    req: Request<B>,
-    peer: SocketAddr,
-) -> Result<Response<BoxBody>, AdminError>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let user = match users {
-        None => None,
-        Some(users) => {
-            let auth = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .map(HeaderValue::as_bytes);
-            match users.verify(auth, peer.ip()).await {
-                Ok(user) => Some(user),
-                Err(Denied::Unauthorized) => return Err(AdminError::Unauthorized),
-                Err(Denied::Locked(wait)) => {
-                    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                    return Err(AdminError::LockedOut(seconds));
+impl Admin {
+    pub fn new(path: String, registry: Registry, users: Option<Users>, budget: Budget) -> Self {
+        Self {
+            path,
+            registry,
+            users,
+            budget,
+        }
+    }
+
+    /// Whether `path` is served here (the admin path or one of its sub-paths).
+    pub fn serves(&self, path: &str) -> bool {
+        path.strip_prefix(self.path.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest == "/status")
+    }
+
+    /// Handles one admin request. Callable without a socket (tests build a `Request`).
+    pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<BoxBody>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        match self.try_handle(req, peer).await {
+            Ok(response) => response,
+            Err(err) => err.into_response(),
+        }
+    }
+
+    async fn try_handle<B>(
+        &self,
+        req: Request<B>,
+        peer: SocketAddr,
+    ) -> Result<Response<BoxBody>, AdminError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let user = self.authenticate(&req, peer).await?;
+        let sub = &req.uri().path()[self.path.len()..];
+        match sub {
+            "" => self.targets(req, peer, user).await,
+            "/status" if req.method() == Method::GET => Ok(self.status()),
+            "/status" => Err(AdminError::MethodNotAllowed),
+            _ => Err(AdminError::NotFound),
+        }
+    }
+
+    /// `Ok(user)` (`None` without `--password`), or why not.
+    async fn authenticate<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+    ) -> Result<Option<String>, AdminError> {
+        let Some(users) = &self.users else {
+            return Ok(None);
+        };
+        let auth = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        match users.verify(auth, peer.ip()).await {
+            Ok(user) => Ok(Some(user)),
+            Err(Denied::Unauthorized) => Err(AdminError::Unauthorized),
+            Err(Denied::Locked(wait)) => {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                Err(AdminError::LockedOut(seconds))
+            }
+        }
+    }
+
+    /// Proxy-wide figures as JSON.
+    fn status(&self) -> Response<BoxBody> {
+        let body = serde_json::json!({
+            "buffered_bytes": self.budget.held(),
+            "max_buffered_bytes": self.budget.limit(),
+        });
+        json_response(body.to_string())
+    }
+
+    async fn targets<B>(
+        &self,
+        req: Request<B>,
+        peer: SocketAddr,
+        user: Option<String>,
+    ) -> Result<Response<BoxBody>, AdminError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let registry = &self.registry;
+        let json = wants_json(&req);
+        let change = match *req.method() {
+            Method::GET => None,
+            Method::PUT => Some(true),
+            Method::DELETE => Some(false),
+            _ => return Err(AdminError::MethodNotAllowed),
+        };
+        if let Some(add) = change {
+            let params = Params::read(req).await?;
+            if params.urls.is_empty() {
+                return Err(AdminError::MissingUrl);
+            }
+            // Validate everything first: a bad URL applies nothing.
+            let urls = params
+                .urls
+                .iter()
+                .map(|u| TargetUrl::parse(u))
+                .collect::<Result<Vec<_>, _>>()?;
+            let who = user.as_deref().unwrap_or("-");
+            if add {
+                let added = registry.add(&urls, params.persistent);
+                if !added.is_empty() {
+                    info!(user = who, client = %peer, ?added, persistent = params.persistent, "mirrors added");
+                }
+            } else {
+                let removed = registry.remove(&urls);
+                if !removed.is_empty() {
+                    info!(user = who, client = %peer, ?removed, "mirrors removed");
                 }
             }
         }
-    };
-    let json = wants_json(&req);
-    let change = match *req.method() {
-        Method::GET => None,
-        Method::PUT => Some(true),
-        Method::DELETE => Some(false),
-        _ => return Err(AdminError::MethodNotAllowed),
-    };
-    if let Some(add) = change {
-        let params = Params::read(req).await?;
-        if params.urls.is_empty() {
-            return Err(AdminError::MissingUrl);
-        }
-        // Validate everything first: a bad URL applies nothing (SPEC §3).
-        let urls = params
-            .urls
-            .iter()
-            .map(|u| TargetUrl::parse(u))
-            .collect::<Result<Vec<_>, _>>()?;
-        let who = user.as_deref().unwrap_or("-");
-        if add {
-            let added = registry.add(&urls, params.persistent);
-            if !added.is_empty() {
-                info!(user = who, client = %peer, ?added, persistent = params.persistent, "mirrors added");
-            }
-        } else {
-            let removed = registry.remove(&urls);
-            if !removed.is_empty() {
-                info!(user = who, client = %peer, ?removed, "mirrors removed");
-            }
-        }
+        Ok(listing(registry, json))
     }
-    Ok(listing(registry, json))
+}
+
+fn json_response(body: impl Into<Bytes>) -> Response<BoxBody> {
+    let mut response = Response::new(body::full(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// `url`, `persistent` from the query and (PUT/DELETE) a form body.
@@ -225,12 +296,7 @@ fn wants_json<B>(req: &Request<B>) -> bool {
 fn listing(registry: &Registry, json: bool) -> Response<BoxBody> {
     if json {
         let body = serde_json::to_vec(&registry.statuses()).expect("statuses serialise");
-        let mut response = Response::new(body::full(body));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        return response;
+        return json_response(body);
     }
     let mut out = String::new();
     for mirror in registry.snapshot().iter() {

@@ -1,4 +1,4 @@
-//! HTTP Basic authentication for the admin endpoint (SPEC §3, `--password FILE`).
+//! HTTP Basic authentication for the admin endpoint (README, "The admin endpoint"; `--password FILE`).
 //!
 //! The file holds one `user:password` per line, where the password is plain text or a
 //! bcrypt hash as written by `htpasswd -B` (`$2y$…`); blank lines and lines starting

@@ -1,4 +1,4 @@
-//! Command-line flags (SPEC §2): clap derive with a `TRAFFICMIRROR_*` environment
+//! Command-line flags (README, "Flags"): clap derive with a `TRAFFICMIRROR_*` environment
 //! variable for every flag, plus Go-style single-dash long flags (`-listen :9000`,
 //! `-targets-address=localhost:1234`) for scripts written for the Go tool.
 //!
@@ -91,6 +91,15 @@ pub struct Cli {
     /// Larger request bodies are proxied to main but not mirrored (e.g. 10MiB, 512KB).
     #[arg(long, env = "TRAFFICMIRROR_MAX_BODY_SIZE", default_value = "10MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_body_size: u64,
+
+    /// All request bodies held for mirrors at once (queued or in flight); a copy that does
+    /// not fit is dropped and counted.
+    #[arg(long, env = "TRAFFICMIRROR_MAX_BUFFERED_BYTES", default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_buffered_bytes: u64,
+
+    /// A client that sends nothing of its request body for this long gets 408.
+    #[arg(long, env = "TRAFFICMIRROR_BODY_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
+    pub body_read_timeout: Duration,
 
     /// Main must send its response head within this time, else 504 (`off` = no limit).
     #[arg(long, env = "TRAFFICMIRROR_MAIN_TIMEOUT", default_value = "off", value_parser = parse_optional_duration, value_name = "DUR")]
@@ -258,6 +267,8 @@ mod tests {
         assert_eq!(cli.max_queued_requests, 500);
         assert_eq!(cli.mirror_timeout, Duration::from_secs(20));
         assert_eq!(cli.max_body_size, 10 << 20);
+        assert_eq!(cli.max_buffered_bytes, 256 << 20);
+        assert_eq!(cli.body_read_timeout, Duration::from_secs(60));
         assert_eq!(cli.main_timeout, OptionalDuration(None));
         assert_eq!(cli.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(cli.verbose, 0);

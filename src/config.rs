@@ -25,7 +25,7 @@ pub enum ConfigError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// Where to listen (SPEC §2 `--listen`).
+/// Where to listen (`--listen`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
     /// `:PORT`: every interface.
@@ -78,7 +78,13 @@ pub struct Config {
     /// Mirrors from `--mirror`, persistent.
     pub mirrors: Vec<TargetUrl>,
     pub mirror: mirror::Settings,
+    /// TLS settings for https:// targets, main and mirrors alike.
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
     pub max_body_size: u64,
+    /// `--max-buffered-bytes`: all request bodies held for mirrors at once.
+    pub max_buffered_bytes: u64,
+    /// `--body-read-timeout`: longest wait for the next piece of a request body.
+    pub body_read_timeout: Duration,
     pub main_timeout: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub preserve_host: bool,
@@ -152,6 +158,12 @@ impl Config {
                 message: "must be greater than 0".to_owned(),
             });
         }
+        if cli.body_read_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                flag: "body-read-timeout",
+                message: "must be greater than 0".to_owned(),
+            });
+        }
         if cli.max_header_size < MIN_HEADER_SIZE {
             return Err(ConfigError::Invalid {
                 flag: "max-header-size",
@@ -181,10 +193,13 @@ impl Config {
                 fail_after: cli.fail_after,
                 max_queued: cli.max_queued_requests as usize,
                 timeout: cli.mirror_timeout,
-                tls,
+                tls: tls.clone(),
                 pools: threads,
             },
+            tls,
             max_body_size: cli.max_body_size,
+            max_buffered_bytes: cli.max_buffered_bytes,
+            body_read_timeout: cli.body_read_timeout,
             main_timeout: cli.main_timeout.0,
             shutdown_timeout: cli.shutdown_timeout,
             preserve_host: cli.preserve_host,

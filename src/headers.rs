@@ -1,5 +1,5 @@
-//! Header rewriting for forwarded requests and responses (SPEC §4): hop-by-hop removal,
-//! `X-Forwarded-*`, and the `Via` entry used for loop detection (SPEC §5 "Loops").
+//! Header rewriting for forwarded requests and responses (README, "How requests are handled"): hop-by-hop removal,
+//! `X-Forwarded-*`, and the `Via` entry used for loop detection (README, "Via").
 
 use std::net::IpAddr;
 
@@ -92,7 +92,7 @@ pub fn client_ip(client: IpAddr) -> HeaderValue {
 /// Sets the `X-Forwarded-*` headers for a request received from `client` (see
 /// [`client_ip`]).
 ///
-/// SPEC §4: `X-Forwarded-For` gets the client address appended to any list already
+/// `X-Forwarded-For` gets the client address appended to any list already
 /// present; `X-Forwarded-Host` and `X-Forwarded-Proto` are set, replacing what the client
 /// sent (a client must not be able to claim `https` or another host to main).
 pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option<&HeaderValue>) {

@@ -2,54 +2,62 @@
 //! streams main's answer back, while replaying a copy of each request to a run-time set
 //! of mirror targets. Mirroring never slows down, changes or breaks the main exchange.
 //!
+//! The behaviour is documented for users in README.md; code comments point there
+//! (by section name) or to the RFC they follow.
+//!
 //! # Layout
-//! - [`cli`]: raw flags (clap, `TRAFFICMIRROR_*` env vars, Go-style `-flag`).
-//! - [`config`]: validated [`Config`] built from the flags; start-up errors.
-//! - [`units`]: duration (`1` = a minute, `500ms`) and size (`10MiB`) parsing.
-//! - [`server`]: listeners, accept loops, HTTP/1 + h2c connections, routing, drain.
-//! - [`proxy`]: forwarding to main; hands each request's copy to the mirrors.
-//! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Via`.
-//! - [`body`]: body types; reading a request body once for all copies.
-//! - [`mirror`]: one [`mirror::Mirror`] per target: bounded queue, delivery, health
-//!   ([`mirror::health`]).
-//! - [`registry`]: the set of mirrors.
-//! - [`admin`]: the `/targets` endpoint; [`auth`]: its Basic authentication.
-//! - [`target_url`]: URL validation, normalisation and path-prefix joining.
-//! - [`metrics`]: per-mirror counters. [`shutdown`]: SIGINT/SIGTERM. [`ratelimit`]:
-//!   at most one log line per second for per-request errors.
-//! - [`client`]: keep-alive connection pools to main and mirrors, one per worker;
-//!   [`tls`]: TLS settings for https targets.
-//! - [`workers`]: thread-per-core worker runtimes that own the connections.
+//! - `cli`: raw flags (clap, `TRAFFICMIRROR_*` env vars, Go-style `-flag`).
+//! - `config`: validated [`Config`] built from the flags; start-up errors.
+//! - `units`: duration (`1` = a minute, `500ms`) and size (`10MiB`) parsing.
+//! - `server`: binds, accepts, serves HTTP/1 + h2c connections, routes, drains.
+//! - `idle`: closes idle client connections where hyper does not.
+//! - `proxy`: owns the proxy's state; forwards to main and offers copies to mirrors;
+//!   `proxy::tee` streams a request body to main while copying it for the mirrors.
+//! - `budget`: the byte budget for bodies held for mirrors (`--max-buffered-bytes`).
+//! - `headers`: hop-by-hop removal, `X-Forwarded-*`, `Via`.
+//! - `body`: body types and helpers for the proxy's own answers.
+//! - `mirror`: one `Mirror` per target: bounded queue, delivery, health (`mirror::health`).
+//! - `registry`: the set of mirrors; removes mirrors that failed for too long.
+//! - `admin`: the `/targets` endpoint; `auth`: its Basic authentication.
+//! - `target_url`: URL validation, normalisation and path-prefix joining.
+//! - `metrics`: per-mirror counters. `shutdown`: SIGINT/SIGTERM. `ratelimit`: at most
+//!   one log line per second for per-request errors.
+//! - `client`: keep-alive connection pools to main and mirrors, one per worker;
+//!   `tls`: TLS settings for https targets.
+//! - `workers`: thread-per-core worker runtimes that own the connections.
 //!
 //! # Request flow
-//! 1. [`server`] accepts a connection and hands it to the least loaded of the
-//!    [`workers`]; on that thread each request is routed to [`admin`] or [`proxy`].
-//! 2. [`proxy`] rewrites the headers once; if any mirror may get a copy it reads the body
-//!    (up to `--max-body-size`) into one `Bytes`.
-//! 3. Each mirror is *offered* an `Arc` of the copy: a non-blocking permit + health check,
-//!    then a background task delivers it.
-//! 4. The request goes to main; main's response is streamed back as it arrives.
+//! 1. `server` accepts a connection and hands it to the least loaded of the `workers`;
+//!    on that thread each request is routed to `admin` or `proxy`.
+//! 2. `proxy` rewrites the headers once and sends the request to main, its body streamed
+//!    as it arrives; when mirrors want the request a copy of the body is collected on
+//!    the way, within `--max-body-size` and the byte budget.
+//! 3. Once the body is complete each mirror is *offered* an `Arc` of the copy: a
+//!    non-blocking permit + health check, then a background task delivers it.
+//! 4. main's response is streamed back as it arrives.
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod auth;
-pub mod body;
+mod admin;
+mod auth;
+mod body;
+mod budget;
 pub mod cli;
-pub mod client;
+mod client;
 pub mod config;
-pub mod headers;
-pub mod metrics;
-pub mod mirror;
-pub mod proxy;
-pub mod ratelimit;
-pub mod registry;
-pub mod server;
+mod headers;
+mod idle;
+mod metrics;
+mod mirror;
+mod proxy;
+mod ratelimit;
+mod registry;
+mod server;
 pub mod shutdown;
-pub mod target_url;
-pub mod tls;
-pub mod units;
-pub mod workers;
+mod target_url;
+mod tls;
+mod units;
+mod workers;
 
 pub use config::Config;
-pub use server::{Listeners, run};
+pub use server::{BindError, Listeners, run};

@@ -1,14 +1,16 @@
-//! The set of mirrors (SPEC §3, §5): added and removed by the admin endpoint, read by
-//! every proxied request.
+//! The set of mirrors: added and removed by the admin endpoint, read by every proxied
+//! request, and pruned of mirrors that failed for longer than `--fail-after`.
 //!
 //! Readers clone an `Arc` of the current list under a short read lock and never hold the
 //! lock across an `.await`; writers replace the list (copy on write). A std lock, not
 //! tokio's, because it is never held across an await (as in mini-redis `db.rs`).
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
+use tracing::debug;
 
 use crate::mirror::{Mirror, Settings, Shared, Status};
 use crate::target_url::TargetUrl;
@@ -25,10 +27,13 @@ pub struct Registry {
 struct Inner {
     mirrors: RwLock<Mirrors>,
     shared: Arc<Shared>,
+    /// Mirrors that asked to leave (fail-after); taken by [`Registry::prune_expired`].
+    expired: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Weak<Mirror>>>>,
 }
 
 impl Registry {
     pub fn new(settings: Settings) -> Self {
+        let (expired_tx, expired_rx) = mpsc::unbounded_channel();
         Self {
             inner: Arc::new(Inner {
                 mirrors: RwLock::new(Arc::default()),
@@ -36,8 +41,32 @@ impl Registry {
                     settings,
                     tracker: TaskTracker::new(),
                     outstanding: Default::default(),
+                    expired: expired_tx,
                 }),
+                expired: std::sync::Mutex::new(Some(expired_rx)),
             }),
+        }
+    }
+
+    /// Takes out of the set every mirror that failed for longer than `--fail-after`,
+    /// as they report it. Runs until the registry is dropped; call once.
+    pub async fn prune_expired(&self) {
+        let receiver = self
+            .inner
+            .expired
+            .lock()
+            .expect("registry lock poisoned")
+            .take();
+        let Some(mut receiver) = receiver else {
+            debug!("expired-mirror pruning already running");
+            return;
+        };
+        let registry = Arc::downgrade(&self.inner);
+        while let Some(mirror) = receiver.recv().await {
+            let (Some(inner), Some(mirror)) = (registry.upgrade(), mirror.upgrade()) else {
+                continue;
+            };
+            Registry { inner }.remove_mirror(&mirror);
         }
     }
 
@@ -57,14 +86,9 @@ impl Registry {
         let mut added = Vec::new();
         for url in urls {
             if list.iter().any(|m| m.url() == url) {
-                continue; // SPEC §3: already present is no change and no error
+                continue; // already present: no change and no error
             }
-            let weak = Arc::downgrade(&self.inner);
-            let mirror = Mirror::spawn(url.clone(), persistent, &self.inner.shared, move |m| {
-                if let Some(inner) = weak.upgrade() {
-                    Registry { inner }.remove_mirror(m);
-                }
-            });
+            let mirror = Mirror::spawn(url.clone(), persistent, &self.inner.shared);
             list.push(mirror);
             added.push(url.clone());
         }

@@ -1,16 +1,15 @@
-//! Listeners and connections: the accept loops, HTTP/1.0, HTTP/1.1 and h2c on every
-//! connection (SPEC §4), routing between the admin endpoint and the proxy, and the
-//! graceful drain on shutdown (SPEC §6).
+//! Listeners and connections: binding, the accept loops, HTTP/1.0, HTTP/1.1 and h2c on
+//! every connection, routing between the admin endpoint and the proxy, and the graceful
+//! drain on shutdown (README, "Shutdown"). What a request does once routed belongs to
+//! [`crate::proxy`] and [`crate::admin`].
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -22,14 +21,12 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, info, warn};
 
+use crate::admin::Admin;
 use crate::body::{self, BoxBody};
-use crate::client::{self, Pool};
 use crate::config::{Config, ListenAddr};
-use crate::proxy::Peer;
-use crate::ratelimit::LogLimiter;
-use crate::registry::Registry;
-use crate::workers::{self, LoadGuard, Workers};
-use crate::{admin, proxy};
+use crate::idle::Activity;
+use crate::proxy::{Peer, Proxy};
+use crate::workers::{LoadGuard, Workers};
 
 /// Bound sockets, handed to [`run`] so that tests can bind port 0 themselves.
 #[derive(Debug)]
@@ -108,98 +105,6 @@ async fn bind(addr: &ListenAddr) -> Result<Vec<TcpListener>, BindError> {
     }
 }
 
-/// How often a per-request error towards main may be logged.
-const MAIN_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Shared state for every connection. Cloning is shallow.
-#[derive(Clone)]
-pub struct AppState {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    config: Config,
-    /// One pool per worker thread (see [`workers::pick`]).
-    main_pools: Box<[Pool<BoxBody>]>,
-    registry: Registry,
-    /// This process's `Via` pseudonym (SPEC §5 "Loops").
-    via_token: String,
-    /// Ready-made `Via` entries for HTTP/1.0, 1.1 and 2.
-    via_entries: [HeaderValue; 3],
-    /// Set once the first looped request has been logged (SPEC §5 "Loops").
-    loop_logged: AtomicBool,
-    /// "main target unreachable" (`502`) log lines, at most one per second.
-    main_unreachable_log: LogLimiter,
-    /// "main did not answer in time" (`504`) log lines, at most one per second.
-    main_timeout_log: LogLimiter,
-}
-
-impl AppState {
-    pub fn new(config: Config) -> Self {
-        let registry = Registry::new(config.mirror.clone());
-        registry.add(&config.mirrors, true);
-        let via_token = format!(
-            "trafficmirror-{:016x}",
-            std::collections::hash_map::RandomState::new()
-                .hash_one((std::process::id(), std::time::SystemTime::now()))
-        );
-        let entry =
-            |v: &str| HeaderValue::from_str(&format!("{v} {via_token}")).expect("token is ASCII");
-        let via_entries = [entry("1.0"), entry("1.1"), entry("2")];
-        let main_pools = client::per_worker(&config.main, &config.mirror.tls, config.threads);
-        Self {
-            inner: Arc::new(Inner {
-                main_pools,
-                config,
-                registry,
-                via_token,
-                via_entries,
-                loop_logged: AtomicBool::new(false),
-                main_unreachable_log: LogLimiter::new(MAIN_ERROR_LOG_INTERVAL),
-                main_timeout_log: LogLimiter::new(MAIN_ERROR_LOG_INTERVAL),
-            }),
-        }
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
-    pub fn registry(&self) -> &Registry {
-        &self.inner.registry
-    }
-
-    pub fn main_pool(&self) -> &Pool<BoxBody> {
-        workers::pick(&self.inner.main_pools)
-    }
-
-    pub fn via_token(&self) -> &str {
-        &self.inner.via_token
-    }
-
-    /// True the first time it is called: log a detected loop once, count it always.
-    pub fn first_loop(&self) -> bool {
-        !self.inner.loop_logged.swap(true, Ordering::Relaxed)
-    }
-
-    pub fn main_unreachable_log(&self) -> &LogLimiter {
-        &self.inner.main_unreachable_log
-    }
-
-    pub fn main_timeout_log(&self) -> &LogLimiter {
-        &self.inner.main_timeout_log
-    }
-
-    pub fn via_entry(&self, version: Version) -> &HeaderValue {
-        let [v10, v11, v2] = &self.inner.via_entries;
-        match version {
-            Version::HTTP_10 | Version::HTTP_09 => v10,
-            Version::HTTP_2 | Version::HTTP_3 => v2,
-            _ => v11,
-        }
-    }
-}
-
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -213,7 +118,7 @@ enum Role {
 /// from the moment it is accepted, so the drain waits for it even while it is queued.
 type Accepted = (std::net::TcpStream, SocketAddr, Role, TaskTrackerToken);
 
-/// Serves until `shutdown` resolves, then drains (SPEC §6): stops accepting, lets
+/// Serves until `shutdown` resolves, then drains: stops accepting, lets
 /// requests in flight finish and queued mirror copies go out, for at most
 /// `--shutdown-timeout`. The listeners are served from the caller's runtime; the
 /// connections from `--threads` worker threads.
@@ -226,20 +131,31 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let shutdown_timeout = config.shutdown_timeout;
-    let state = AppState::new(config);
+    let proxy = Proxy::new(config);
+    let admin = Admin::new(
+        proxy.config().admin_path.clone(),
+        proxy.registry().clone(),
+        proxy.config().users.clone(),
+        proxy.budget().clone(),
+    );
+    let pruning = tokio::spawn({
+        let registry = proxy.registry().clone();
+        async move { registry.prune_expired().await }
+    });
+    let handlers = Handlers { proxy, admin };
     let token = CancellationToken::new();
     let connections = TaskTracker::new();
-    let builder = Arc::new(connection_builder(state.config()));
+    let builder = Arc::new(connection_builder(handlers.proxy.config()));
     let workers = {
-        let (state, token) = (state.clone(), token.clone());
+        let (handlers, token) = (handlers.clone(), token.clone());
         Workers::start(
-            state.config().threads,
+            handlers.proxy.config().threads,
             move |(stream, peer, role, tracked): Accepted, guard: LoadGuard| {
                 serve_connection(
                     stream,
                     peer,
                     role,
-                    state.clone(),
+                    handlers.clone(),
                     builder.clone(),
                     token.clone(),
                     (guard, tracked),
@@ -278,7 +194,7 @@ pub async fn run(
     accepting.close();
     accepting.wait().await;
     connections.close();
-    let registry = state.registry().clone();
+    let registry = handlers.proxy.registry().clone();
     let drain = async {
         connections.wait().await;
         registry.close();
@@ -292,6 +208,7 @@ pub async fn run(
             "shutdown timeout reached: giving up on the rest"
         ),
     }
+    pruning.abort();
     // The accept loops, which held the other references, have ended.
     if let Ok(workers) = Arc::try_unwrap(workers) {
         workers.stop().await;
@@ -360,7 +277,7 @@ async fn serve_connection(
     stream: std::net::TcpStream,
     peer: SocketAddr,
     role: Role,
-    state: AppState,
+    handlers: Handlers,
     builder: Arc<auto::Builder<TokioExecutor>>,
     token: CancellationToken,
     _held_until_closed: (LoadGuard, TaskTrackerToken),
@@ -377,13 +294,13 @@ async fn serve_connection(
     // Cancelled at shutdown (from the parent), when the connection is idle too long (see
     // `Activity`), or when it ends (which stops the watch).
     let close = token.child_token();
-    let activity = Activity::watch(close.clone(), state.config().header_read_timeout);
+    let activity = Activity::watch(close.clone(), handlers.proxy.config().header_read_timeout);
     let service = service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
+        let handlers = handlers.clone();
         let client = client.clone();
         let h2_request = activity.request_started(req.version() == Version::HTTP_2);
         async move {
-            let response = route(&state, req, &client, role).await;
+            let response = handlers.route(req, &client, role).await;
             Ok::<_, Infallible>(match h2_request {
                 None => response,
                 // The closure owns the guard, so the request stays counted until the
@@ -413,132 +330,25 @@ async fn serve_connection(
     }
 }
 
-/// Closes connections that stay idle for `--header-read-timeout`, where hyper does not:
-/// a connection that has not sent a request head by then (hyper-util's protocol
-/// detection waits for bytes for ever), and an HTTP/2 connection with no request in
-/// flight for that long (hyper only pings it, so a client answering pings would keep
-/// it, and a file descriptor, for ever). Idle HTTP/1 connections after their first
-/// request are left to hyper's own `header_read_timeout`.
-struct Activity {
-    /// A request head has arrived.
-    started: AtomicBool,
-    /// It was HTTP/2: keep watching.
-    h2: AtomicBool,
-    /// HTTP/2 requests in flight.
-    in_flight: AtomicUsize,
-    /// Milliseconds from `since` to the end of the last HTTP/2 request.
-    last_end: AtomicU64,
-    since: Instant,
-    close: CancellationToken,
-    timeout: Duration,
+/// What a routed request goes to. Cloning is shallow.
+#[derive(Clone)]
+struct Handlers {
+    proxy: Proxy,
+    admin: Admin,
 }
 
-/// One HTTP/2 request in flight, until its response body is done (or dropped).
-struct H2Request(Arc<Activity>);
-
-/// What the watch does next.
-enum Look {
-    /// Idle for the timeout: close the connection.
-    Close,
-    /// Nothing left to watch (HTTP/1 after its first request head).
-    Done,
-    /// Look again after this long.
-    After(Duration),
-}
-
-impl Activity {
-    /// Starts watching a new connection (a task that ends with the connection).
-    fn watch(close: CancellationToken, timeout: Duration) -> Arc<Self> {
-        let activity = Arc::new(Self {
-            started: AtomicBool::new(false),
-            h2: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
-            last_end: AtomicU64::new(0),
-            since: Instant::now(),
-            close,
-            timeout,
-        });
-        tokio::spawn(activity.clone().run());
-        activity
-    }
-
-    /// Notes a request; an HTTP/2 one stays counted until the returned guard is dropped.
-    fn request_started(self: &Arc<Self>, h2: bool) -> Option<H2Request> {
-        if h2 {
-            self.in_flight.fetch_add(1, Ordering::AcqRel);
-            self.h2.store(true, Ordering::Release);
-        }
-        self.started.store(true, Ordering::Release);
-        h2.then(|| H2Request(self.clone()))
-    }
-
-    fn next_look(&self) -> Look {
-        let elapsed = self.since.elapsed();
-        let idle = if !self.started.load(Ordering::Acquire) {
-            elapsed // no request head yet
-        } else if !self.h2.load(Ordering::Acquire) {
-            return Look::Done; // HTTP/1: hyper's header_read_timeout from here on
-        } else if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Look::After(self.timeout);
-        } else {
-            let last_end = Duration::from_millis(self.last_end.load(Ordering::Acquire));
-            elapsed.saturating_sub(last_end)
-        };
-        match self.timeout.checked_sub(idle) {
-            Some(left) if !left.is_zero() => Look::After(left),
-            _ => Look::Close,
-        }
-    }
-
-    async fn run(self: Arc<Self>) {
-        loop {
-            let wait = match self.next_look() {
-                Look::Close => {
-                    debug!(timeout = ?self.timeout, "closing an idle connection");
-                    self.close.cancel();
-                    return;
-                }
-                Look::Done => return,
-                Look::After(wait) => wait,
-            };
-            tokio::select! {
-                () = self.close.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
+impl Handlers {
+    async fn route(&self, req: Request<Incoming>, peer: &Peer, role: Role) -> Response<BoxBody> {
+        let is_admin_path = self.admin.serves(req.uri().path());
+        match role {
+            Role::Proxy { admin: true } | Role::Admin if is_admin_path => {
+                self.admin.handle(req, peer.addr).await
             }
+            Role::Admin => body::text(
+                StatusCode::NOT_FOUND,
+                "not found: this address serves only the admin endpoint\n",
+            ),
+            Role::Proxy { .. } => self.proxy.forward(req, peer).await,
         }
-    }
-}
-
-impl Drop for H2Request {
-    fn drop(&mut self) {
-        let activity = &self.0;
-        let now = u64::try_from(activity.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        activity.last_end.store(now, Ordering::Release);
-        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-async fn route(
-    state: &AppState,
-    req: Request<Incoming>,
-    peer: &Peer,
-    role: Role,
-) -> Response<BoxBody> {
-    let is_admin_path = req.uri().path() == state.config().admin_path;
-    match role {
-        Role::Proxy { admin: true } | Role::Admin if is_admin_path => {
-            admin::handle(
-                state.registry(),
-                state.config().users.as_ref(),
-                req,
-                peer.addr,
-            )
-            .await
-        }
-        Role::Admin => body::text(
-            StatusCode::NOT_FOUND,
-            "not found: this address serves only the admin endpoint\n",
-        ),
-        Role::Proxy { .. } => proxy::forward(state, req, peer).await,
     }
 }

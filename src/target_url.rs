@@ -1,5 +1,5 @@
-//! Target URLs: the main target and every mirror (SPEC §3 "URLs are compared after
-//! normalising", §4 and §5 "path prefix").
+//! Target URLs: the main target and every mirror (README, "The admin endpoint": URLs
+//! are compared after normalising; a path prefix is joined to each request path).
 //!
 //! A [`TargetUrl`] is validated once, when it enters the program (a flag or an admin
 //! request); the request path then only joins a prefix onto an already-split URL.
@@ -28,7 +28,7 @@ pub enum UrlError {
 
 /// A validated, normalised `http://` or `https://` target with an optional path prefix.
 ///
-/// Normalisation (SPEC §3): scheme and host lower-cased, default port dropped, trailing
+/// Normalisation (README, "The admin endpoint"): scheme and host lower-cased, default port dropped, trailing
 /// `/` dropped. Two targets are equal when their normalised forms are.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TargetUrl {

@@ -1,4 +1,4 @@
-//! Parsing of the duration and size values that flags take (SPEC §2).
+//! Parsing of the duration and size values that flags take (README, "Flags").
 //!
 //! Durations accept a bare number, meaning minutes (the Go tool's `-retry-after 1`), or a
 //! number with a unit (`500ms`, `30s`, `2m`, `1h`, and anything `humantime` reads, such as
@@ -17,7 +17,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         return Err("empty duration".to_owned());
     }
     if let Ok(minutes) = v.parse::<f64>() {
-        // SPEC §2: "A bare number means minutes (`1` = 1 minute)".
+        // As in the Go tool, a bare number means minutes (`1` = 1 minute).
         if !minutes.is_finite() || minutes < 0.0 {
             return Err(format!("invalid duration {value:?}"));
         }

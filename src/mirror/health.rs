@@ -1,4 +1,4 @@
-//! The per-mirror health state machine (SPEC §5 "Health"), as plain code with time passed
+//! The per-mirror health state machine (README, "Health"), as plain code with time passed
 //! in so every transition is unit-tested without sockets or sleeps.
 //!
 //! ```text
@@ -17,10 +17,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-/// Consecutive failures after which an alive mirror becomes failing (SPEC §5).
+/// Consecutive failures after which an alive mirror becomes failing.
 pub const FAILURES_BEFORE_FAILING: u32 = 5;
 
-/// The SPEC's names for a mirror's health.
+/// A mirror's health, named as in the README and the JSON listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -153,7 +153,7 @@ impl Health {
                 let streak = self.streak_started.map_or(Duration::ZERO, |s| now - s);
                 self.retry_at = Some(now + policy.retry_after);
                 let event = self.transition(State::Failing);
-                // SPEC §5: the fail-after check runs whenever a trial fails.
+                // The fail-after check runs whenever a trial fails.
                 if !policy.persistent && streak >= policy.fail_after {
                     Some(Event::Remove)
                 } else {

@@ -1,5 +1,5 @@
-//! Mirroring (SPEC §5): one [`Mirror`] per target, each with its own bounded queue,
-//! connection pool, counters and health.
+//! Mirroring (README, "How requests are handled" and "Health"): one [`Mirror`] per
+//! target, each with its own bounded queue, connection pool, counters and health.
 //!
 //! The request path calls [`Mirror::offer`], which never waits: it takes a queue permit
 //! (`--max-queued-requests` counts copies waiting *and* in flight), asks the health state
@@ -12,25 +12,26 @@
 pub mod health;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::budget::Held;
 use crate::client::{self, Pool};
 use crate::metrics::{Counters, Snapshot};
 use crate::target_url::TargetUrl;
 use health::{Event, Health, Policy, State, Ticket};
 
 /// One request as every mirror receives it. Built once per request and shared by all
-/// copies through an `Arc`; the body is a single `Bytes` (SPEC §5).
+/// copies through an `Arc`; the body is a single `Bytes`, never a copy per mirror.
 #[derive(Debug)]
 pub struct MirrorRequest {
     pub method: Method,
@@ -39,6 +40,9 @@ pub struct MirrorRequest {
     /// set, no `Host` unless `--preserve-host` (each copy gets its mirror's authority).
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The body's bytes in the `--max-buffered-bytes` budget, given back when the last
+    /// copy is done with (this struct is dropped).
+    pub(crate) _held: Held,
 }
 
 /// Settings shared by every mirror.
@@ -61,10 +65,10 @@ pub(crate) struct Shared {
     pub tracker: TaskTracker,
     /// Copies admitted and not yet finished, across all mirrors (for the shutdown log).
     pub outstanding: AtomicUsize,
+    /// Mirrors that failed for longer than `--fail-after`; the registry takes them out
+    /// of the set (a mirror never reaches into the registry itself).
+    pub expired: mpsc::UnboundedSender<Weak<Mirror>>,
 }
-
-/// Called by a delivery task when its mirror must leave the set (fail-after).
-type OnRemove = Arc<dyn Fn(&Arc<Mirror>) + Send + Sync>;
 
 /// A copy admitted to a mirror.
 struct Job {
@@ -95,14 +99,12 @@ pub struct Mirror {
     /// Set when the mirror leaves the set or at shutdown: new copies are dropped, those
     /// already admitted are still delivered.
     closed: AtomicBool,
-    /// Called when the mirror has failed for longer than `--fail-after`.
-    on_remove: OnRemove,
     /// One pool per worker thread; each holds keep-alive connections to this mirror.
     pools: Box<[Pool<Full<Bytes>>]>,
     shared: Arc<Shared>,
 }
 
-/// The JSON listing entry of one mirror (SPEC §3).
+/// The JSON listing entry of one mirror (README, "The admin endpoint").
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
     pub url: String,
@@ -115,14 +117,9 @@ pub struct Status {
 }
 
 impl Mirror {
-    /// Creates a mirror. `on_remove` is called (from a delivery task) when the mirror
-    /// has failed for longer than `--fail-after`.
-    pub(crate) fn spawn(
-        url: TargetUrl,
-        persistent: bool,
-        shared: &Arc<Shared>,
-        on_remove: impl Fn(&Arc<Mirror>) + Send + Sync + 'static,
-    ) -> Arc<Self> {
+    /// Creates a mirror. When it has failed for longer than `--fail-after` it is sent
+    /// on `shared.expired`.
+    pub(crate) fn spawn(url: TargetUrl, persistent: bool, shared: &Arc<Shared>) -> Arc<Self> {
         let pools = client::per_worker(&url, &shared.settings.tls, shared.settings.pools);
         Arc::new(Self {
             url,
@@ -131,7 +128,6 @@ impl Mirror {
             health: Mutex::new(Health::new()),
             permits: Arc::new(Semaphore::new(shared.settings.max_queued)),
             closed: AtomicBool::new(false),
-            on_remove: Arc::new(on_remove),
             pools,
             shared: shared.clone(),
         })
@@ -141,18 +137,20 @@ impl Mirror {
         &self.url
     }
 
-    pub fn persistent(&self) -> bool {
-        self.persistent
-    }
-
     /// Copies waiting or in flight right now.
     pub fn queued(&self) -> usize {
         self.shared.settings.max_queued - self.permits.available_permits()
     }
 
-    /// Counts a copy that was not sent by rule (too large, upgrade, loop).
+    /// Counts a copy that was not sent by rule (too large, upgrade, loop, a body the
+    /// client did not finish).
     pub fn skip(&self) {
         Counters::incr(&self.counters.skipped);
+    }
+
+    /// Counts a copy that was dropped before it reached the queue (the byte budget).
+    pub fn drop_copy(&self) {
+        Counters::incr(&self.counters.dropped);
     }
 
     /// Offers one copy to this mirror without waiting. Drops (and counts) it when the
@@ -197,7 +195,7 @@ impl Mirror {
         let mirror = self.clone();
         self.shared.tracker.spawn(async move {
             if mirror.deliver(job).await == Some(Event::Remove) {
-                (mirror.on_remove)(&mirror);
+                let _ = mirror.shared.expired.send(Arc::downgrade(&mirror));
             }
         });
         true
@@ -278,13 +276,13 @@ impl Mirror {
         *req.method_mut() = request.method.clone();
         *req.uri_mut() = self.url.request_target(request.path_and_query.as_ref());
         *req.headers_mut() = request.headers.clone();
-        // HTTP/1.1 requires `Host`; each copy carries its mirror's authority (SPEC §5).
+        // HTTP/1.1 requires `Host`; each copy carries its mirror's authority.
         req.headers_mut()
             .entry(http::header::HOST)
             .or_insert_with(|| self.url.host_header().clone());
         let response = crate::workers::pick(&self.pools).send(req).await?;
         let status = response.status();
-        // SPEC §5: read the answer and throw it away, so the connection is reused.
+        // Read the answer and throw it away, so the connection is reused.
         let mut body = response.into_body();
         while let Some(frame) = body.frame().await {
             frame?;

@@ -1,0 +1,367 @@
+//! The proxy: forwarding to main and handing each request's copy to the mirrors
+//! (README, "How requests are handled"). [`Proxy`] owns what forwarding needs: the
+//! configuration, the keep-alive pools to main, the mirror set, the byte budget for
+//! mirrored bodies, and this process's `Via` token.
+//!
+//! Request flow: rewrite headers once → pick the mirrors that want a copy → send to
+//! main with the body streamed as it arrives; a copy of it is collected on the way
+//! ([`tee`]) and offered to those mirrors once complete → stream main's response back
+//! as it arrives.
+//!
+//! Upgrade requests (WebSocket and others, RFC 9110 §7.8) are tunnelled to main both
+//! ways and never mirrored: a copy cannot take part in the conversation.
+
+mod tee;
+
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Body;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, warn};
+
+use crate::body::{self, BoxBody, BoxError};
+use crate::budget::Budget;
+use crate::client::{self, Pool};
+use crate::config::Config;
+use crate::headers;
+use crate::ratelimit::LogLimiter;
+use crate::registry::{Mirrors, Registry};
+use crate::workers;
+use tee::{ClientBodyError, Offer, RequestBody};
+
+/// How often a per-request error towards main may be logged.
+const MAIN_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The client of one connection, with its address already formatted for
+/// `X-Forwarded-For` (once per connection, not per request).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub ip_header: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            ip_header: headers::client_ip(addr.ip()),
+        }
+    }
+}
+
+/// The proxy's state, shared by every connection. Cloning is shallow.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    /// One pool per worker thread (see [`workers::pick`]).
+    main_pools: Box<[Pool<BoxBody>]>,
+    registry: Registry,
+    /// Bytes of request bodies held for mirrors (`--max-buffered-bytes`).
+    budget: Budget,
+    /// This process's `Via` pseudonym (README, "Via").
+    via_token: String,
+    /// Ready-made `Via` entries for HTTP/1.0, 1.1 and 2.
+    via_entries: [HeaderValue; 3],
+    /// Set once the first looped request has been logged.
+    loop_logged: AtomicBool,
+    /// "main target unreachable" (`502`) log lines, at most one per second.
+    main_unreachable_log: LogLimiter,
+    /// "main did not answer in time" (`504`) log lines, at most one per second.
+    main_timeout_log: LogLimiter,
+}
+
+impl Proxy {
+    /// The proxy for `config`, with the `--mirror` mirrors in its set.
+    pub fn new(config: Config) -> Self {
+        let registry = Registry::new(config.mirror.clone());
+        registry.add(&config.mirrors, true);
+        let via_token = format!(
+            "trafficmirror-{:016x}",
+            std::collections::hash_map::RandomState::new()
+                .hash_one((std::process::id(), std::time::SystemTime::now()))
+        );
+        let entry =
+            |v: &str| HeaderValue::from_str(&format!("{v} {via_token}")).expect("token is ASCII");
+        let via_entries = [entry("1.0"), entry("1.1"), entry("2")];
+        let main_pools = client::per_worker(&config.main, &config.tls, config.threads);
+        let budget = Budget::new(config.max_buffered_bytes);
+        Self {
+            inner: Arc::new(Inner {
+                main_pools,
+                config,
+                registry,
+                budget,
+                via_token,
+                via_entries,
+                loop_logged: AtomicBool::new(false),
+                main_unreachable_log: LogLimiter::new(MAIN_ERROR_LOG_INTERVAL),
+                main_timeout_log: LogLimiter::new(MAIN_ERROR_LOG_INTERVAL),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.inner.budget
+    }
+
+    fn main_pool(&self) -> &Pool<BoxBody> {
+        workers::pick(&self.inner.main_pools)
+    }
+
+    /// True the first time it is called: log a detected loop once, count it always.
+    fn first_loop(&self) -> bool {
+        !self.inner.loop_logged.swap(true, Ordering::Relaxed)
+    }
+
+    fn via_entry(&self, version: Version) -> &HeaderValue {
+        let [v10, v11, v2] = &self.inner.via_entries;
+        match version {
+            Version::HTTP_10 | Version::HTTP_09 => v10,
+            Version::HTTP_2 | Version::HTTP_3 => v2,
+            _ => v11,
+        }
+    }
+
+    /// Proxies one request to main and mirrors it. Never fails: upstream problems become
+    /// `502`/`504` responses, a client's broken or stalled body `400`/`408`.
+    pub async fn forward<B>(&self, mut req: Request<B>, peer: &Peer) -> Response<BoxBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let config = self.config();
+        if req.method() == Method::CONNECT {
+            return error_response(
+                StatusCode::NOT_IMPLEMENTED,
+                "CONNECT is not supported: trafficmirror is a reverse proxy",
+            );
+        }
+        let upgrade = upgrade_protocol(req.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            // HTTP/2 carries the host in `:authority`, which hyper puts in the URI.
+            let authority = parts.uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
+        let looped = headers::via_contains(&parts.headers, &self.inner.via_token);
+        headers::strip_hop_by_hop(&mut parts.headers);
+        // `Host` becomes each target's authority, set per target below.
+        parts.headers.remove(header::HOST);
+        headers::set_forwarded(&mut parts.headers, &peer.ip_header, host.as_ref());
+        headers::append_via(&mut parts.headers, self.via_entry(parts.version));
+        if config.preserve_host {
+            if let Some(host) = &host {
+                parts.headers.insert(header::HOST, host.clone());
+            }
+        }
+        if let Some(protocol) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
+
+        let mirrors = self.registry().snapshot();
+        let timeout = config.body_read_timeout;
+        let upstream_body = if mirrors.is_empty() {
+            self.streamed(body)
+        } else if looped || upgrade.is_some() {
+            if looped && self.first_loop() {
+                // This instance already handled this request once (README, "Via").
+                warn!(
+                    path = parts.uri.path(),
+                    "request already carries this proxy's Via entry (a mirror points back here): \
+                     proxied but not mirrored; further loops are only counted as skipped"
+                );
+            }
+            skip_all(&mirrors);
+            self.streamed(body)
+        } else if body.size_hint().lower() > config.max_body_size {
+            skip_all(&mirrors);
+            self.streamed(body)
+        } else {
+            let offer = Offer {
+                mirrors,
+                method: parts.method.clone(),
+                path_and_query: parts.uri.path_and_query().cloned(),
+                headers: parts.headers.clone(),
+            };
+            let held = self.budget().hold();
+            if body.is_end_stream() {
+                // Nothing to collect (a GET): the copy goes out at once.
+                offer.deliver(Bytes::new(), held);
+                body::boxed(body)
+            } else {
+                body::boxed(RequestBody::teed(
+                    body,
+                    timeout,
+                    offer,
+                    held,
+                    config.max_body_size,
+                ))
+            }
+        };
+
+        let main = &config.main;
+        parts.uri = main.request_target(parts.uri.path_and_query());
+        // With --preserve-host the client's `Host` stays, but an HTTP/1.0 client may have
+        // sent none, and HTTP/1.1 to main requires one.
+        if !config.preserve_host || !parts.headers.contains_key(header::HOST) {
+            parts
+                .headers
+                .insert(header::HOST, main.host_header().clone());
+        }
+        parts.version = Version::HTTP_11;
+        let upstream = Request::from_parts(parts, upstream_body);
+        let pending = self.main_pool().send(upstream);
+        let result = match config.main_timeout {
+            None => pending.await,
+            Some(limit) => match tokio::time::timeout(limit, pending).await {
+                Ok(result) => result,
+                Err(_) => {
+                    if let Some(held_back) = self.inner.main_timeout_log.admit() {
+                        warn!(main = %config.main, timeout = ?limit, held_back, "main did not answer in time");
+                    }
+                    return error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "main target did not answer within --main-timeout",
+                    );
+                }
+            },
+        };
+        match result {
+            Ok(mut response) => {
+                let tunnel = match (client_upgrade, &upgrade) {
+                    (Some(client), Some(_))
+                        if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        let upstream = hyper::upgrade::on(&mut response);
+                        tokio::spawn(tunnel(client, upstream));
+                        response.headers().get(header::UPGRADE).cloned()
+                    }
+                    _ => None,
+                };
+                let (mut parts, body) = response.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                if let Some(protocol) = tunnel {
+                    parts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    parts.headers.insert(header::UPGRADE, protocol);
+                }
+                // Our connection to the client has its own version; hyper picks the wire
+                // version from this field, so a main speaking HTTP/1.0 must not leak through.
+                parts.version = Version::HTTP_11;
+                Response::from_parts(parts, body::boxed(body))
+            }
+            Err(err) => match client_body_error(&err) {
+                Some(ClientBodyError::Timeout(limit)) => {
+                    debug!(client = %peer.addr, timeout = ?limit, "request body stalled");
+                    error_response(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body did not arrive within --body-read-timeout",
+                    )
+                }
+                Some(ClientBodyError::Read(cause)) => {
+                    debug!(client = %peer.addr, error = %cause, "malformed or broken request body");
+                    error_response(StatusCode::BAD_REQUEST, "failed to read the request body")
+                }
+                None => {
+                    if let Some(held_back) = self.inner.main_unreachable_log.admit() {
+                        warn!(main = %config.main, error = %client::error_chain(&err), held_back, "main target unreachable");
+                    }
+                    error_response(StatusCode::BAD_GATEWAY, "main target unreachable")
+                }
+            },
+        }
+    }
+
+    /// A body streamed to main with the stall timeout, and no copy.
+    fn streamed<B>(&self, body: B) -> BoxBody
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if body.is_end_stream() {
+            body::boxed(body)
+        } else {
+            body::boxed(RequestBody::streamed(body, self.config().body_read_timeout))
+        }
+    }
+}
+
+/// The protocol a request asks to switch to, when it is an HTTP/1.1 upgrade request
+/// (`Connection: upgrade` plus `Upgrade: …`).
+fn upgrade_protocol(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    wants
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Copies bytes both ways between the upgraded client and main connections.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(err) => {
+            debug!(error = %err, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
+        Err(err) => debug!(error = %err, "upgraded connection ended with an error"),
+    }
+}
+
+fn skip_all(mirrors: &Mirrors) {
+    for mirror in mirrors.iter() {
+        mirror.skip();
+    }
+}
+
+/// The client's body failure behind a failed request to main, if that is what it was.
+fn client_body_error<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a ClientBodyError> {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if let Some(found) = cause.downcast_ref::<ClientBodyError>() {
+            return Some(found);
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// A plain-text error answer from the proxy itself.
+pub fn error_response(status: StatusCode, message: &str) -> Response<BoxBody> {
+    body::text(status, format!("{message}\n"))
+}
