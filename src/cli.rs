@@ -130,6 +130,11 @@ pub struct Cli {
     #[arg(long, env = "TRAFFICMIRROR_INSECURE_SKIP_VERIFY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub insecure_skip_verify: bool,
 
+    /// Connections open at once to one target (main, and each mirror), split between the
+    /// worker threads; a request that finds none free waits for one.
+    #[arg(long, env = "TRAFFICMIRROR_MAX_CONNECTIONS_PER_TARGET", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_connections_per_target: u32,
+
     /// Worker threads serving connections (default: one per CPU core).
     #[arg(long, env = "TRAFFICMIRROR_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
@@ -277,6 +282,7 @@ mod tests {
         assert_eq!(cli.max_header_size, 64 << 10);
         assert!(!cli.insecure_skip_verify);
         assert_eq!(cli.threads, None);
+        assert_eq!(cli.max_connections_per_target, 256);
         assert_eq!(
             Cli::try_parse_args(["tm", "-threads", "3"])
                 .unwrap()
@@ -304,6 +310,7 @@ mod tests {
             &["tm", "--max-body-size", "lots"],
             &["tm", "--max-queued-requests", "0"],
             &["tm", "--threads", "0"],
+            &["tm", "--max-connections-per-target", "0"],
             &["tm", "-bogus"],
         ] {
             assert!(

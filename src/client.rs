@@ -14,7 +14,14 @@
 //! connection that closed before the request was written is sent again on a new one;
 //! idle connections are closed after [`IDLE_TIMEOUT`]. It adds what Go's client does
 //! and hyper-util's does not: a safe request without a body, written on a connection
-//! idle for [`STALE_AFTER`] that the target closed without answering, is sent once more.
+//! idle for [`STALE_AFTER`] that the target closed without answering, is sent once more;
+//! and the connections a pool opens are bounded (`--max-connections-per-target`, split
+//! between the worker pools): a request that finds no idle connection while the bound
+//! is reached waits for one to come back or to close, inside its caller's timeout.
+//!
+//! Answers are framed as RFC 9112 §6.3 says: one that carries both `Transfer-Encoding`
+//! and `Content-Length` loses its `Content-Length` (hyper reads the body by the
+//! former but leaves both headers in place), and its connection is not reused.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,11 +30,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, header};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use tracing::debug;
 
@@ -51,6 +60,28 @@ pub enum Error {
     Http(#[from] hyper::Error),
 }
 
+/// Whether `err` (or one of its causes) is this process running out of file descriptors
+/// (`EMFILE`, or `ENFILE` for the whole system): a connect error that says nothing about
+/// the target.
+pub fn is_fd_exhaustion(err: &(dyn std::error::Error + 'static)) -> bool {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(EMFILE | ENFILE)) {
+                return true;
+            }
+            // `io::Error::source` skips the error it wraps; look at that one too.
+            if io.get_ref().is_some_and(|inner| is_fd_exhaustion(inner)) {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// `error: cause: cause`, since hyper's and the connector's top-level messages are terse.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
@@ -72,12 +103,34 @@ struct Inner<B> {
     /// `scheme://authority`, what the connector dials.
     origin: Uri,
     connector: HttpsConnector<HttpConnector>,
-    /// Idle connections, the most recently used last.
+    /// Idle connections, the most recently used last; at most `max_idle`.
     idle: Mutex<Vec<Idle<B>>>,
+    /// One permit per open connection (being opened, busy or idle), held by the task
+    /// that drives the connection: this pool's share of `--max-connections-per-target`.
+    connections: Arc<Semaphore>,
+    max_idle: usize,
+    /// Wakes a request waiting for a connection when one goes back to `idle`.
+    returned: Notify,
     /// [`IDLE_TIMEOUT`] and [`STALE_AFTER`], shorter in tests.
     idle_timeout: Duration,
     stale_after: Duration,
     reaper_started: AtomicBool,
+    /// Cancelled when the pool is dropped, so the reaper ends with it.
+    dropped: CancellationToken,
+}
+
+impl<B> Drop for Inner<B> {
+    fn drop(&mut self) {
+        self.dropped.cancel();
+    }
+}
+
+/// Where a request's connection comes from.
+enum Checkout<B> {
+    /// An idle connection, and how long it was idle.
+    Idle(SendRequest<B>, Duration),
+    /// Room for a new connection.
+    New(OwnedSemaphorePermit),
 }
 
 struct Idle<B> {
@@ -86,29 +139,46 @@ struct Idle<B> {
 }
 
 /// One pool per worker thread, picked with [`crate::workers::pick`]: a request's
-/// upstream connections then live on the request's own thread.
+/// upstream connections then live on the request's own thread. `max_connections` (the
+/// bound for the target) is split between them, at least one each.
 pub fn per_worker<B>(
     target: &TargetUrl,
     tls: &Arc<rustls::ClientConfig>,
     workers: usize,
+    max_connections: usize,
 ) -> Box<[Pool<B>]> {
-    (0..workers.max(1))
-        .map(|_| Pool::new(target, tls))
+    let workers = workers.max(1);
+    (0..workers)
+        .map(|index| Pool::new(target, tls, share(max_connections, workers, index)))
         .collect()
 }
 
+/// Worker `index`'s part of `total` connections: an even split, the remainder to the
+/// first workers, at least one.
+fn share(total: usize, workers: usize, index: usize) -> usize {
+    let extra = usize::from(index < total % workers);
+    (total / workers + extra).max(1)
+}
+
 impl<B> Pool<B> {
-    /// A pool for `target`, empty until the first request.
-    pub fn new(target: &TargetUrl, tls: &Arc<rustls::ClientConfig>) -> Self {
-        Self::with_timeouts(target, tls, IDLE_TIMEOUT, STALE_AFTER)
+    /// A pool for `target` that opens at most `max_connections` connections, empty
+    /// until the first request.
+    pub fn new(
+        target: &TargetUrl,
+        tls: &Arc<rustls::ClientConfig>,
+        max_connections: usize,
+    ) -> Self {
+        Self::with_timeouts(target, tls, max_connections, IDLE_TIMEOUT, STALE_AFTER)
     }
 
     fn with_timeouts(
         target: &TargetUrl,
         tls: &Arc<rustls::ClientConfig>,
+        max_connections: usize,
         idle_timeout: Duration,
         stale_after: Duration,
     ) -> Self {
+        let max_connections = max_connections.clamp(1, Semaphore::MAX_PERMITS);
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.enforce_http(false); // the TLS layer handles https://
@@ -122,9 +192,13 @@ impl<B> Pool<B> {
                 origin: target.origin(),
                 connector,
                 idle: Mutex::new(Vec::new()),
+                connections: Arc::new(Semaphore::new(max_connections)),
+                max_idle: max_connections,
+                returned: Notify::new(),
                 idle_timeout,
                 stale_after,
                 reaper_started: AtomicBool::new(false),
+                dropped: CancellationToken::new(),
             }),
         }
     }
@@ -144,16 +218,16 @@ where
         let mut may_resend = true;
         loop {
             // A resend goes on a new connection: the other idle ones are likely as stale.
-            let pooled = if may_resend {
-                self.inner.checkout()
+            let checkout = if may_resend {
+                self.checkout().await
             } else {
-                None
+                Checkout::New(self.room().await)
             };
-            let (mut sender, idle) = match pooled {
-                Some((sender, idle)) => (sender, Some(idle)),
+            let (mut sender, idle) = match checkout {
+                Checkout::Idle(sender, idle) => (sender, Some(idle)),
                 // Boxed: connecting holds the TLS state, which would otherwise make this
                 // future (and every future awaiting it) ~2.4 KB larger, moved on every spawn.
-                None => (Box::pin(self.connect()).await?, None),
+                Checkout::New(permit) => (Box::pin(self.connect(permit)).await?, None),
             };
             // A target closes a connection idle for its keep-alive timeout whenever it
             // likes; a request written at that moment fails without a (complete) answer.
@@ -166,10 +240,13 @@ where
                 _ => None,
             };
             match sender.try_send_request(request).await {
-                Ok(response) => {
-                    // After `101` the connection belongs to the upgraded stream.
-                    let slot = (response.status() != StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| (sender, self.inner.clone()));
+                Ok(mut response) => {
+                    // After `101` the connection belongs to the upgraded stream; after an
+                    // answer framed two ways (a smuggling or splitting attempt, RFC 9112
+                    // §6.3) it is not trusted with another request.
+                    let conflicting = remove_conflicting_length(response.headers_mut());
+                    let reuse = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+                    let slot = (reuse && !conflicting).then(|| (sender, self.inner.clone()));
                     return Ok(response.map(|body| Pooled { body, slot }));
                 }
                 Err(mut err) => match (err.take_message(), resend) {
@@ -187,7 +264,42 @@ where
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<B>, Error> {
+    /// An idle connection, else room for a new one; waits for either when every
+    /// connection the pool may open is busy.
+    async fn checkout(&self) -> Checkout<B> {
+        loop {
+            // Registered before looking, so a connection returned in between wakes us.
+            let returned = self.inner.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some((sender, idle)) = self.inner.checkout() {
+                return Checkout::Idle(sender, idle);
+            }
+            let connections = self.inner.connections.clone();
+            if let Ok(permit) = connections.clone().try_acquire_owned() {
+                return Checkout::New(permit);
+            }
+            tokio::select! {
+                () = returned => {}
+                permit = connections.acquire_owned() => {
+                    return Checkout::New(permit.expect("the semaphore is never closed"));
+                }
+            }
+        }
+    }
+
+    /// Room for a new connection, waiting for one to close when the bound is reached.
+    async fn room(&self) -> OwnedSemaphorePermit {
+        self.inner
+            .connections
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Opens a connection; `permit` is held until it closes.
+    async fn connect(&self, permit: OwnedSemaphorePermit) -> Result<SendRequest<B>, Error> {
         let mut connector = self.inner.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -198,6 +310,7 @@ where
             .map_err(Error::Connect)?;
         let (sender, connection) = http1::handshake(io).await?;
         tokio::spawn(async move {
+            let _open = permit;
             if let Err(err) = connection.with_upgrades().await {
                 debug!(error = %err, "upstream connection ended with an error");
             }
@@ -214,11 +327,15 @@ where
         }
         let pool: Weak<Inner<B>> = Arc::downgrade(&self.inner);
         let period = self.inner.idle_timeout / 4;
+        let dropped = self.inner.dropped.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    () = dropped.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
                 let Some(pool) = pool.upgrade() else { break };
                 let limit = pool.idle_timeout;
                 pool.lock()
@@ -269,7 +386,16 @@ impl<B: Send + 'static> Inner<B> {
 
     fn push_idle(&self, sender: SendRequest<B>) {
         let since = Instant::now();
-        self.lock().push(Idle { sender, since });
+        let evicted = {
+            let mut idle = self.lock();
+            // Never more than `max_idle` kept: the least recently used one goes.
+            let evicted = (idle.len() >= self.max_idle).then(|| idle.remove(0));
+            idle.push(Idle { sender, since });
+            evicted
+        };
+        // Dropped outside the lock: that closes its connection.
+        drop(evicted);
+        self.returned.notify_one();
     }
 }
 
@@ -289,6 +415,14 @@ fn replica<B: Body + Default>(request: &Request<B>) -> Option<Request<B>> {
     *again.version_mut() = request.version();
     *again.headers_mut() = request.headers().clone();
     Some(again)
+}
+
+/// Removes `Content-Length` from an answer that also carries `Transfer-Encoding`
+/// (RFC 9112 §6.3: the latter wins, and an intermediary must drop the former before
+/// forwarding). True when there was such a conflict.
+fn remove_conflicting_length(headers: &mut HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.remove(header::CONTENT_LENGTH).is_some()
 }
 
 /// The connection ended before any answer: closed (EOF) or reset by the target.
@@ -365,6 +499,8 @@ mod tests {
     use tokio::net::TcpListener;
 
     const WAIT: Duration = Duration::from_secs(5);
+    /// Connections a test pool may open.
+    const LIMIT: usize = 16;
 
     /// A target that answers each request on a connection with `200 ok` and reports
     /// the connection's index (in accept order) when the pool closes it.
@@ -429,7 +565,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_then_closed_after_the_idle_timeout() {
         let (url, mut closed, accepted) = target().await;
-        let pool = Pool::with_timeouts(&url, &tls(), Duration::from_millis(200), STALE_AFTER);
+        let pool =
+            Pool::with_timeouts(&url, &tls(), LIMIT, Duration::from_millis(200), STALE_AFTER);
         for _ in 0..3 {
             assert_eq!(get(&pool, &url).await, "ok");
         }
@@ -453,7 +590,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_without_a_body_returns_the_connection_unread() {
         let (url, _closed, accepted) = target().await;
-        let pool = Pool::new(&url, &tls());
+        let pool = Pool::new(&url, &tls(), LIMIT);
         for _ in 0..3 {
             // A HEAD answer has no body, whatever its Content-Length says.
             let response = pool.send(request(&url, Method::HEAD)).await.unwrap();
@@ -467,7 +604,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_before_its_end_does_not_return_the_connection() {
         let (url, mut closed, _) = target().await;
-        let pool = Pool::new(&url, &tls());
+        let pool = Pool::new(&url, &tls(), LIMIT);
         let request = Request::builder()
             .uri(url.request_target(None))
             .header(http::header::HOST, url.host_header())
@@ -544,7 +681,7 @@ mod tests {
     /// connection and gets no answer.
     async fn ten_requests_across_closes(stale_after: Duration, let_reactor_run: bool) {
         let (url, seen, closed) = closing_target();
-        let pool = Pool::with_timeouts(&url, &tls(), IDLE_TIMEOUT, stale_after);
+        let pool = Pool::with_timeouts(&url, &tls(), LIMIT, IDLE_TIMEOUT, stale_after);
         for i in 0..10 {
             let response = pool.send(request(&url, Method::GET)).await;
             let response = response.unwrap_or_else(|e| panic!("request {i}: {e}"));
@@ -576,7 +713,7 @@ mod tests {
         second: Method,
     ) -> (Result<StatusCode, Error>, usize) {
         let (url, seen, closed) = closing_target();
-        let pool = Pool::with_timeouts(&url, &tls(), IDLE_TIMEOUT, stale_after);
+        let pool = Pool::with_timeouts(&url, &tls(), LIMIT, IDLE_TIMEOUT, stale_after);
         let first = pool.send(request(&url, Method::GET)).await.unwrap();
         first.into_body().collect().await.unwrap();
         wait_for_close(&closed);
@@ -624,5 +761,107 @@ mod tests {
         }
         let with_body = Request::get("/").body(http_body_util::Full::new(Bytes::from("x")));
         assert!(replica(&with_body.unwrap()).is_none());
+    }
+
+    #[test]
+    fn the_bound_is_split_between_workers_at_least_one_each() {
+        let shares = |total, workers| -> Vec<usize> {
+            (0..workers).map(|i| share(total, workers, i)).collect()
+        };
+        assert_eq!(shares(256, 2), [128, 128]);
+        assert_eq!(shares(5, 2), [3, 2]);
+        assert_eq!(shares(7, 3), [3, 2, 2]);
+        assert_eq!(shares(1, 4), [1, 1, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_wait_for_a_connection_at_the_bound() {
+        let (url, _closed, accepted) = target().await;
+        let pool = Arc::new(Pool::new(&url, &tls(), 2));
+        let mut all = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let (pool, url) = (pool.clone(), url.clone());
+            all.spawn(async move { get(&pool, &url).await });
+        }
+        let bodies = tokio::time::timeout(WAIT, all.join_all()).await.unwrap();
+        assert_eq!(bodies.len(), 20);
+        assert!(bodies.iter().all(|b| b == "ok"));
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!(opened <= 2, "{opened} connections opened");
+        assert!(pool.inner.lock().len() <= 2);
+    }
+
+    #[test]
+    fn fd_exhaustion_is_found_anywhere_in_the_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("tcp open error")]
+        struct Wrapper(#[source] std::io::Error);
+        for code in [24, 23] {
+            let direct = Error::Connect(Box::new(std::io::Error::from_raw_os_error(code)));
+            assert!(is_fd_exhaustion(&direct), "{code}");
+            let nested = Error::Connect(Box::new(Wrapper(std::io::Error::from_raw_os_error(code))));
+            assert!(is_fd_exhaustion(&nested), "{code}");
+            // An io::Error that wraps another (its `source` skips the wrapped one).
+            let wrapped = std::io::Error::other(std::io::Error::from_raw_os_error(code));
+            assert!(
+                is_fd_exhaustion(&Error::Connect(Box::new(wrapped))),
+                "{code}"
+            );
+        }
+        for other in [111, 110, 104] {
+            // ECONNREFUSED, ETIMEDOUT, ECONNRESET: the target's doing.
+            let err = Error::Connect(Box::new(std::io::Error::from_raw_os_error(other)));
+            assert!(!is_fd_exhaustion(&err), "{other}");
+        }
+        assert!(!is_fd_exhaustion(&Error::Connect("no address".into())));
+    }
+
+    #[test]
+    fn content_length_goes_when_transfer_encoding_is_present() {
+        let mut both = HeaderMap::new();
+        both.insert(header::CONTENT_LENGTH, "1".parse().unwrap());
+        both.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        assert!(remove_conflicting_length(&mut both));
+        assert!(both.get(header::CONTENT_LENGTH).is_none());
+        assert!(both.get(header::TRANSFER_ENCODING).is_some());
+        let mut length_only = HeaderMap::new();
+        length_only.insert(header::CONTENT_LENGTH, "1".parse().unwrap());
+        assert!(!remove_conflicting_length(&mut length_only));
+        assert_eq!(length_only[header::CONTENT_LENGTH], "1");
+    }
+
+    #[tokio::test]
+    async fn an_answer_framed_two_ways_loses_its_length_and_its_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = TargetUrl::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    while stream.read(&mut buf).await.unwrap_or(0) > 0 {
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\
+                            Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = Pool::new(&url, &tls(), LIMIT);
+        for _ in 0..2 {
+            let response = pool.send(request(&url, Method::GET)).await.unwrap();
+            assert_eq!(response.headers().get(header::CONTENT_LENGTH), None);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "abc");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the connection is not reused"
+        );
     }
 }

@@ -92,6 +92,9 @@ pub struct Config {
     pub max_header_size: usize,
     /// Worker threads (`--threads`, else one per CPU core).
     pub threads: usize,
+    /// `--max-connections-per-target`: connections open at once to main (and, through
+    /// `mirror`, to each mirror), across all worker threads.
+    pub max_connections_per_target: usize,
     /// Things worth a warning at start-up that are not errors.
     pub warnings: Vec<String>,
 }
@@ -195,6 +198,7 @@ impl Config {
                 timeout: cli.mirror_timeout,
                 tls: tls.clone(),
                 pools: threads,
+                max_connections: cli.max_connections_per_target as usize,
             },
             tls,
             max_body_size: cli.max_body_size,
@@ -206,6 +210,7 @@ impl Config {
             header_read_timeout: cli.header_read_timeout,
             max_header_size: usize::try_from(cli.max_header_size).unwrap_or(usize::MAX),
             threads,
+            max_connections_per_target: cli.max_connections_per_target as usize,
             warnings,
         })
     }

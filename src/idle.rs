@@ -77,6 +77,15 @@ impl Activity {
         h2.then(|| H2Request(self.clone()))
     }
 
+    /// Nothing is lost by dropping the connection now: no request head has arrived, or
+    /// it speaks HTTP/2 and has no request in flight. (An HTTP/1 connection after its
+    /// first request head is never quiet here: hyper closes it itself once the response
+    /// in flight is written.)
+    pub fn quiet(&self) -> bool {
+        !self.started.load(Ordering::Acquire)
+            || (self.h2.load(Ordering::Acquire) && self.in_flight.load(Ordering::Acquire) == 0)
+    }
+
     fn next_look(&self) -> Look {
         let elapsed = self.since.elapsed();
         let idle = if !self.started.load(Ordering::Acquire) {

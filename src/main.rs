@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    raise_open_files_limit();
     // This runtime only accepts connections and waits for signals; the connections are
     // served by the worker threads (`--threads`, see `workers`).
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -50,6 +51,17 @@ async fn serve(config: Config) -> ExitCode {
     match trafficmirror::run(config, listeners, signals.recv()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(1, &format!("cannot start the worker threads: {err}")),
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit, as Go programs do at start-up: a
+/// proxy holds a client socket and an upstream socket per request in flight, plus one
+/// per mirror copy, and the usual soft limit of 1024 runs out at a few hundred
+/// concurrent requests.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
     }
 }
 

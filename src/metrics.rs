@@ -4,13 +4,15 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Counters for one mirror. `sent` counts copies handed to the mirror's queue; every
-/// one of them ends as exactly one of `succeeded` or `failed` (or is still queued).
+/// one of them ends as exactly one of `succeeded` or `failed` (or is still queued), or
+/// as `dropped` when this process had no file descriptor left to connect with.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub sent: AtomicU64,
     pub succeeded: AtomicU64,
     pub failed: AtomicU64,
-    /// Not sent: queue full, mirror failing or retrying, or shutting down.
+    /// Not sent: queue full, mirror failing or retrying, shutting down, or out of file
+    /// descriptors.
     pub dropped: AtomicU64,
     /// Not sent by rule: body too large, upgrade request, or a loop.
     pub skipped: AtomicU64,

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -25,7 +25,9 @@ use crate::admin::Admin;
 use crate::body::{self, BoxBody};
 use crate::config::{Config, ListenAddr};
 use crate::idle::Activity;
+use crate::mirror::Status;
 use crate::proxy::{Peer, Proxy};
+use crate::ratelimit::LogLimiter;
 use crate::workers::{LoadGuard, Workers};
 
 /// Bound sockets, handed to [`run`] so that tests can bind port 0 themselves.
@@ -60,6 +62,10 @@ impl Listeners {
     }
 }
 
+/// The smallest listen backlog used: tokio's default of 128 overflows in a burst of new
+/// connections (the kernel then drops SYNs and clients retry after a second).
+const MIN_BACKLOG: u32 = 1024;
+
 /// Binds every address `addr` stands for: `:PORT` is all interfaces (IPv6 and IPv4 where
 /// the host has IPv6, else IPv4), a name is every address it resolves to.
 async fn bind(addr: &ListenAddr) -> Result<Vec<TcpListener>, BindError> {
@@ -67,17 +73,18 @@ async fn bind(addr: &ListenAddr) -> Result<Vec<TcpListener>, BindError> {
         addr: addr.to_string(),
         source,
     };
+    let backlog = backlog();
     match addr {
         ListenAddr::AnyHost(port) => {
             // `[::]` is dual-stack on Linux by default; fall back where IPv6 is off.
-            match TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, *port)).await {
+            let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, *port));
+            match listen(any6, backlog) {
                 Ok(l) => Ok(vec![l]),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(err(e)),
-                Err(_) => Ok(vec![
-                    TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, *port))
-                        .await
-                        .map_err(err)?,
-                ]),
+                Err(_) => {
+                    let any4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, *port));
+                    Ok(vec![listen(any4, backlog).map_err(err)?])
+                }
             }
         }
         ListenAddr::Host(host, port) => {
@@ -89,7 +96,7 @@ async fn bind(addr: &ListenAddr) -> Result<Vec<TcpListener>, BindError> {
             let mut listeners = Vec::new();
             let mut last_error = None;
             for a in addrs {
-                match TcpListener::bind(a).await {
+                match listen(a, backlog) {
                     Ok(l) => listeners.push(l),
                     Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(err(e)),
                     // e.g. `localhost` resolving to ::1 on a host without IPv6
@@ -103,6 +110,27 @@ async fn bind(addr: &ListenAddr) -> Result<Vec<TcpListener>, BindError> {
             }
         }
     }
+}
+
+/// The listen backlog: [`MIN_BACKLOG`], or the system's `net.core.somaxconn` where that
+/// is larger (the kernel caps any backlog at somaxconn).
+fn backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(MIN_BACKLOG, |system| system.max(MIN_BACKLOG))
+}
+
+/// A listening socket on `addr` with `backlog`; `SO_REUSEADDR` as `TcpListener::bind`
+/// sets it, so a restart binds while the old process's connections are in TIME_WAIT.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// What a listener serves.
@@ -165,6 +193,8 @@ pub async fn run(
     };
     let workers = Arc::new(workers);
     let accepting = TaskTracker::new();
+    // Shared by every listener: out of file descriptors, they all fail at once.
+    let accept_errors = Arc::new(LogLimiter::new(ACCEPT_ERROR_LOG_INTERVAL));
     let separate_admin = !listeners.admin.is_empty();
     let roles = listeners
         .main
@@ -185,6 +215,7 @@ pub async fn run(
             workers.clone(),
             token.clone(),
             connections.clone(),
+            accept_errors.clone(),
         ));
     }
 
@@ -200,11 +231,18 @@ pub async fn run(
         registry.close();
         registry.drained().await;
     };
+    // One line at the default level whatever happens, so that after a deploy an operator
+    // can tell whether shadow traffic was lost.
     match tokio::time::timeout(shutdown_timeout, drain).await {
-        Ok(()) => info!(undelivered = 0, "shutdown complete"),
+        Ok(()) => warn!(
+            undelivered = 0,
+            mirrors = ?mirror_summary(&registry.statuses()),
+            "shutdown complete"
+        ),
         Err(_) => warn!(
             undelivered = registry.outstanding(),
             open_connections = connections.len(),
+            mirrors = ?mirror_summary(&registry.statuses()),
             "shutdown timeout reached: giving up on the rest"
         ),
     }
@@ -215,6 +253,30 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// Each mirror's copies for the shutdown line: `URL sent=N delivered=N failed=N
+/// dropped=N undelivered=N`, comma-separated; `none` without mirrors. `delivered` is
+/// an answer that was not a `5xx`; `undelivered` is what was still queued or in flight.
+fn mirror_summary(statuses: &[Status]) -> String {
+    if statuses.is_empty() {
+        return "none".to_owned();
+    }
+    statuses
+        .iter()
+        .map(|m| {
+            let c = &m.counters;
+            format!(
+                "{} sent={} delivered={} failed={} dropped={} undelivered={}",
+                m.url, c.sent, c.succeeded, c.failed, c.dropped, m.queued
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How long a connection being closed (idle, or at shutdown) may take to close by
+/// itself once it has nothing in flight.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How often an idle HTTP/2 connection is pinged, and how long a ping may go unanswered
 /// before the connection is dropped (dead peers otherwise hold their streams for ever).
@@ -239,12 +301,20 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// How often "accept failed" may be logged; the lines held back are counted.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Pause after a failed accept: the error (e.g. out of file descriptors) persists while
+/// the connection waits in the backlog, so accepting again at once would spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
 async fn accept_loop(
     listener: TcpListener,
     role: Role,
     workers: Arc<Workers<Accepted>>,
     token: CancellationToken,
     connections: TaskTracker,
+    errors: Arc<LogLimiter>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -265,9 +335,10 @@ async fn accept_loop(
                 }
             }
             Err(err) => {
-                // e.g. out of file descriptors: back off instead of spinning.
-                warn!(error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                if let Some(held_back) = errors.admit() {
+                    warn!(error = %err, held_back, "accept failed");
+                }
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
             }
         }
     }
@@ -295,6 +366,7 @@ async fn serve_connection(
     // `Activity`), or when it ends (which stops the watch).
     let close = token.child_token();
     let activity = Activity::watch(close.clone(), handlers.proxy.config().header_read_timeout);
+    let watched = activity.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let handlers = handlers.clone();
         let client = client.clone();
@@ -319,9 +391,21 @@ async fn serve_connection(
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = close.cancelled() => {
-            // Finish the request in flight, then close (no more keep-alive).
+            // Finish the request in flight, then close (no more keep-alive). hyper closes
+            // an HTTP/2 connection only once the peer acknowledges the PING sent with the
+            // GOAWAY; a peer that never does is dropped after a grace period, unless it
+            // still has a request in flight.
             conn.as_mut().graceful_shutdown();
-            conn.await
+            loop {
+                match tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await {
+                    Ok(result) => break result,
+                    Err(_) if watched.quiet() => {
+                        debug!(client = %peer, "peer did not close after GOAWAY: connection dropped");
+                        break Ok(());
+                    }
+                    Err(_) => {}
+                }
+            }
         }
     };
     close.cancel();
@@ -339,6 +423,10 @@ struct Handlers {
 
 impl Handlers {
     async fn route(&self, req: Request<Incoming>, peer: &Peer, role: Role) -> Response<BoxBody> {
+        if let Some(problem) = host_problem(&req) {
+            debug!(client = %peer.addr, problem, "bad Host header");
+            return body::text(StatusCode::BAD_REQUEST, format!("bad request: {problem}\n"));
+        }
         let is_admin_path = self.admin.serves(req.uri().path());
         match role {
             Role::Proxy { admin: true } | Role::Admin if is_admin_path => {
@@ -350,5 +438,94 @@ impl Handlers {
             ),
             Role::Proxy { .. } => self.proxy.forward(req, peer).await,
         }
+    }
+}
+
+/// Why a request's `Host` header makes it malformed (RFC 9112 §3.2: an HTTP/1.1 request
+/// without one, any request with more than one, or one that is not a valid authority),
+/// or `None`. hyper checks none of these.
+fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Some("more than one Host header");
+    }
+    match first {
+        None if req.version() == Version::HTTP_11 => Some("HTTP/1.1 request without Host"),
+        // An empty value is allowed: the target URI may have no authority.
+        Some(host)
+            if !host.is_empty() && http::uri::Authority::try_from(host.as_bytes()).is_err() =>
+        {
+            Some("Host is not a valid host[:port]")
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, hosts: &[&str]) -> Request<()> {
+        let mut req = Request::builder().version(version).uri("/");
+        for host in hosts {
+            req = req.header(http::header::HOST, *host);
+        }
+        req.body(()).unwrap()
+    }
+
+    #[test]
+    fn host_header_rules() {
+        let ok = [
+            (Version::HTTP_11, &["example.com"][..]),
+            (Version::HTTP_11, &["example.com:8080"]),
+            (Version::HTTP_11, &["[::1]:80"]),
+            (Version::HTTP_11, &[""]),
+            (Version::HTTP_10, &[]),
+            (Version::HTTP_2, &[]),
+        ];
+        for (version, hosts) in ok {
+            assert_eq!(
+                host_problem(&request(version, hosts)),
+                None,
+                "{version:?} {hosts:?}"
+            );
+        }
+        let bad = [
+            (Version::HTTP_11, &[][..]),
+            (Version::HTTP_11, &["a", "b"]),
+            (Version::HTTP_11, &["a", "a"]),
+            (Version::HTTP_10, &["a", "b"]),
+            (Version::HTTP_11, &["a b"]),
+            (Version::HTTP_11, &["a/b"]),
+        ];
+        for (version, hosts) in bad {
+            assert!(
+                host_problem(&request(version, hosts)).is_some(),
+                "{version:?} {hosts:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn listeners_have_a_backlog_of_at_least_1024() {
+        // Enough descriptors for the client sockets (the soft limit is often 1024).
+        let _ = rlimit::increase_nofile_limit(4096);
+        let addr = ListenAddr::Host("127.0.0.1".to_owned(), 0);
+        let listener = bind(&addr).await.unwrap().pop().unwrap();
+        let target = listener.local_addr().unwrap();
+        // Nothing is accepted: every connection waits in the backlog. Beyond it the
+        // kernel drops the SYN, and the client would retry only after a second.
+        let mut open = Vec::new();
+        for i in 0..1000 {
+            let connect = tokio::net::TcpStream::connect(target);
+            let stream = tokio::time::timeout(Duration::from_millis(500), connect)
+                .await
+                .unwrap_or_else(|_| panic!("connection {i} waited for room in the backlog"))
+                .unwrap();
+            open.push(stream);
+        }
+        assert!(backlog() >= MIN_BACKLOG);
+        drop(listener);
     }
 }

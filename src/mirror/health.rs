@@ -70,6 +70,8 @@ pub struct Health {
     streak_started_wall: Option<SystemTime>,
     /// While failing: when a trial may be sent.
     retry_at: Option<Instant>,
+    /// While retrying: the trial has been admitted and not abandoned.
+    trial_out: bool,
 }
 
 impl Default for Health {
@@ -87,6 +89,7 @@ impl Health {
             streak_started: None,
             streak_started_wall: None,
             retry_at: None,
+            trial_out: false,
         }
     }
 
@@ -107,10 +110,16 @@ impl Health {
     pub fn admit(&mut self, now: Instant) -> (Option<Ticket>, Option<Event>) {
         match self.state {
             State::Alive => (Some(self.ticket()), None),
-            State::Retrying => (None, None),
+            State::Retrying if self.trial_out => (None, None),
+            State::Retrying => {
+                // The first trial was abandoned: this copy is the trial.
+                self.trial_out = true;
+                (Some(self.ticket()), None)
+            }
             State::Failing => {
                 if self.retry_at.is_some_and(|at| now >= at) {
                     let event = self.transition(State::Retrying);
+                    self.trial_out = true;
                     (Some(self.ticket()), Some(event))
                 } else {
                     (None, None)
@@ -162,6 +171,15 @@ impl Health {
             }
             // Nothing is admitted while failing, so no current-epoch ticket exists.
             (State::Failing, _) => None,
+        }
+    }
+
+    /// Takes back an admitted copy that was never tried (this process could not open a
+    /// connection: no file descriptor left), so it says nothing about the mirror. No
+    /// outcome is recorded; an abandoned trial lets the next copy be the trial.
+    pub fn abandon(&mut self, ticket: Ticket) {
+        if ticket.epoch == self.epoch && self.state == State::Retrying {
+            self.trial_out = false;
         }
     }
 
@@ -365,5 +383,36 @@ mod tests {
             h.record(trial.unwrap(), false, later + RETRY, &p),
             Some(Event::Remove)
         );
+    }
+
+    #[test]
+    fn an_abandoned_copy_moves_nothing_and_an_abandoned_trial_is_replaced() {
+        let t = Instant::now();
+        let mut h = Health::new();
+        // Alive: four failures, an abandoned copy, then one more failure is the fifth.
+        for _ in 0..4 {
+            let (ticket, _) = h.admit(t);
+            h.record(ticket.unwrap(), false, t, &policy(false));
+        }
+        let (ticket, _) = h.admit(t);
+        h.abandon(ticket.unwrap());
+        assert_eq!(h.state(), State::Alive);
+        let (ticket, _) = h.admit(t);
+        let ev = h.record(ticket.unwrap(), false, t, &policy(false));
+        assert_eq!(ev, changed(State::Alive, State::Failing));
+        // Retrying: the trial is abandoned, so the next copy is admitted as the trial.
+        let (trial, _) = h.admit(t + RETRY);
+        h.abandon(trial.unwrap());
+        assert_eq!(h.state(), State::Retrying);
+        let (again, ev) = h.admit(t + RETRY);
+        assert!(again.is_some());
+        assert_eq!(ev, None);
+        assert_eq!(
+            h.admit(t + RETRY),
+            (None, None),
+            "still one trial at a time"
+        );
+        let ev = h.record(again.unwrap(), true, t + RETRY, &policy(false));
+        assert_eq!(ev, changed(State::Retrying, State::Alive));
     }
 }

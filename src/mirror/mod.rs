@@ -56,6 +56,8 @@ pub struct Settings {
     pub tls: Arc<rustls::ClientConfig>,
     /// Connection pools per mirror: one per worker thread (see [`crate::workers`]).
     pub pools: usize,
+    /// Connections open at once to one mirror, across its pools.
+    pub max_connections: usize,
 }
 
 /// What every mirror needs from the rest of the program.
@@ -120,7 +122,13 @@ impl Mirror {
     /// Creates a mirror. When it has failed for longer than `--fail-after` it is sent
     /// on `shared.expired`.
     pub(crate) fn spawn(url: TargetUrl, persistent: bool, shared: &Arc<Shared>) -> Arc<Self> {
-        let pools = client::per_worker(&url, &shared.settings.tls, shared.settings.pools);
+        let settings = &shared.settings;
+        let pools = client::per_worker(
+            &url,
+            &settings.tls,
+            settings.pools,
+            settings.max_connections,
+        );
         Arc::new(Self {
             url,
             persistent,
@@ -242,6 +250,13 @@ impl Mirror {
                 false
             }
             Ok(Ok(_)) => true,
+            Ok(Err(err)) if client::is_fd_exhaustion(&*err) => {
+                // Our own limit, not the mirror's fault: dropped, and health untouched.
+                debug!(mirror = %self.url, error = %client::error_chain(&*err), "mirror copy dropped: out of file descriptors");
+                Counters::incr(&self.counters.dropped);
+                self.lock_health().abandon(job.ticket);
+                return None;
+            }
             Ok(Err(err)) => {
                 let error = client::error_chain(&*err);
                 debug!(mirror = %self.url, %error, "mirror request failed");

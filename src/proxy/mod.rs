@@ -94,7 +94,12 @@ impl Proxy {
         let entry =
             |v: &str| HeaderValue::from_str(&format!("{v} {via_token}")).expect("token is ASCII");
         let via_entries = [entry("1.0"), entry("1.1"), entry("2")];
-        let main_pools = client::per_worker(&config.main, &config.tls, config.threads);
+        let main_pools = client::per_worker(
+            &config.main,
+            &config.tls,
+            config.threads,
+            config.max_connections_per_target,
+        );
         let budget = Budget::new(config.max_buffered_bytes);
         Self {
             inner: Arc::new(Inner {

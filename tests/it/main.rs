@@ -2,7 +2,9 @@
 
 mod admin;
 mod cli;
+mod framing;
 mod health;
+mod limits;
 mod mirror;
 mod protocol;
 mod proxy;

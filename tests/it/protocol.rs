@@ -506,3 +506,41 @@ async fn http2_request_longer_than_the_idle_timeout_is_not_cut() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn http2_peer_that_never_acknowledges_is_closed_soon_after_the_idle_timeout() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "500ms"]).await;
+    let started = Instant::now();
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    // The HTTP/2 preface and an empty SETTINGS frame; then nothing, not even the ACKs
+    // of the proxy's SETTINGS and of the PING it sends with its GOAWAY.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    // Well below hyper's 20 s keep-alive ping timeout.
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut frames))
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    // The proxy said goodbye first: a GOAWAY frame (type 7) was among what it sent.
+    assert!(goaway_sent(&frames), "{frames:?}");
+}
+
+/// Whether the server's HTTP/2 frames (after no preface: servers send none) include a
+/// GOAWAY.
+fn goaway_sent(mut frames: &[u8]) -> bool {
+    while frames.len() >= 9 {
+        let len =
+            usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
+        if frames[3] == 7 {
+            return true;
+        }
+        frames = &frames[(9 + len).min(frames.len())..];
+    }
+    false
+}

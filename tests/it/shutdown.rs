@@ -126,3 +126,41 @@ async fn admin_login_flood_uses_one_thread_and_sigterm_still_exits_in_time() {
     bin.terminate_within(Duration::from_secs(3)).await; // --shutdown-timeout is 1s
     std::fs::remove_file(path).unwrap();
 }
+
+#[tokio::test]
+async fn a_clean_shutdown_reports_each_mirrors_copies_at_the_default_level() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let mirror = MockBackend::start(Reply::ok("m")).await;
+    let failing = MockBackend::start(Reply::status(503)).await;
+    // Default verbosity: warnings only.
+    let bin = Binary::start(&[
+        "--main",
+        &main.url(),
+        "--mirror",
+        &format!("{},{}", mirror.url(), failing.url()),
+    ])
+    .await;
+    for i in 0..3 {
+        send(Method::POST, &bin.url(&format!("/c{i}")), &[], "copy").await;
+    }
+    for _ in 0..3 {
+        mirror.next().await;
+        failing.next().await;
+    }
+    let stderr = bin.terminate_within(Duration::from_secs(3)).await;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("shutdown complete"))
+        .unwrap_or_else(|| panic!("no shutdown line: {stderr}"));
+    assert!(line.contains("WARN"), "{line}");
+    let counts = "sent=3 delivered=3 failed=0 dropped=0 undelivered=0";
+    assert!(
+        line.contains(&format!("{} {counts}", mirror.url())),
+        "{line}"
+    );
+    let counts = "sent=3 delivered=0 failed=3 dropped=0 undelivered=0";
+    assert!(
+        line.contains(&format!("{} {counts}", failing.url())),
+        "{line}"
+    );
+}

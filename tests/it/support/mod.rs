@@ -155,9 +155,32 @@ impl Binary {
 
     /// Starts the binary with exactly `args` and extra environment variables.
     pub async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Binary {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_trafficmirror"))
-            .args(args)
-            .envs(env.iter().copied())
+        let mut command = tokio::process::Command::new(Self::path());
+        command.args(args).envs(env.iter().copied());
+        Self::spawn(command).await
+    }
+
+    /// The built binary's path.
+    pub fn path() -> &'static str {
+        env!("CARGO_BIN_EXE_trafficmirror")
+    }
+
+    /// Starts the binary through `sh -c 'ULIMITS; exec BINARY ARGS'` (e.g.
+    /// `ulimit -Sn 1024`), listening on 127.0.0.1:0 with `args`.
+    pub async fn start_with_ulimit(ulimit: &str, args: &[&str]) -> Binary {
+        let mut command = tokio::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("{ulimit} && exec \"$0\" \"$@\""))
+            .arg(Self::path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args);
+        Self::spawn(command).await
+    }
+
+    /// Starts `command` (the binary, or something that execs it) and reads its banner.
+    pub async fn spawn(mut command: tokio::process::Command) -> Binary {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -187,6 +210,11 @@ impl Binary {
             addr,
             banner,
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
     }
 
     /// Names of the process's threads (Linux: from /proc).
