@@ -24,7 +24,7 @@
 //! former but leaves both headers in place), and its connection is not reused.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -111,6 +111,10 @@ struct Inner<B> {
     max_idle: usize,
     /// Wakes a request waiting for a connection when one goes back to `idle`.
     returned: Notify,
+    /// Requests waiting for a connection right now.
+    waiting: AtomicUsize,
+    /// Set by [`Pool::close`]: no connection is kept idle unless a request waits for it.
+    closed: AtomicBool,
     /// [`IDLE_TIMEOUT`] and [`STALE_AFTER`], shorter in tests.
     idle_timeout: Duration,
     stale_after: Duration,
@@ -195,12 +199,41 @@ impl<B> Pool<B> {
                 connections: Arc::new(Semaphore::new(max_connections)),
                 max_idle: max_connections,
                 returned: Notify::new(),
+                waiting: AtomicUsize::new(0),
+                closed: AtomicBool::new(false),
                 idle_timeout,
                 stale_after,
                 reaper_started: AtomicBool::new(false),
                 dropped: CancellationToken::new(),
             }),
         }
+    }
+}
+
+impl<B> Pool<B> {
+    /// Closes the idle connections now (the target was removed), and from now on
+    /// every connection that is done, unless a request is waiting for one. Requests
+    /// still go out.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let idle = std::mem::take(&mut *self.inner.lock());
+        drop(idle);
+    }
+}
+
+/// Counts a request waiting for a connection, for as long as it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::AcqRel);
+        Self(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -279,6 +312,7 @@ where
             if let Ok(permit) = connections.clone().try_acquire_owned() {
                 return Checkout::New(permit);
             }
+            let _waiting = Waiting::count(&self.inner.waiting);
             tokio::select! {
                 () = returned => {}
                 permit = connections.acquire_owned() => {
@@ -385,6 +419,9 @@ impl<B: Send + 'static> Inner<B> {
     }
 
     fn push_idle(&self, sender: SendRequest<B>) {
+        if self.closed.load(Ordering::Acquire) && self.waiting.load(Ordering::Acquire) == 0 {
+            return; // dropped: that closes the connection
+        }
         let since = Instant::now();
         let evicted = {
             let mut idle = self.lock();

@@ -9,7 +9,9 @@
 //!   descriptor, for ever.
 //!
 //! Idle HTTP/1 connections after their first request are left to hyper's own
-//! `header_read_timeout`.
+//! `header_read_timeout`. [`Activity::quiet`] tells the server when a connection being
+//! closed may be dropped without waiting for the peer (hyper waits for the peer to
+//! acknowledge the PING sent with an HTTP/2 GOAWAY).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -21,7 +21,7 @@
 //! - `admin`: the `/targets` endpoint; `auth`: its Basic authentication.
 //! - `target_url`: URL validation, normalisation and path-prefix joining.
 //! - `metrics`: per-mirror counters. `shutdown`: SIGINT/SIGTERM. `ratelimit`: at most
-//!   one log line per second for per-request errors.
+//!   one log line per second for per-request and accept errors.
 //! - `client`: keep-alive connection pools to main and mirrors, one per worker;
 //!   `tls`: TLS settings for https targets.
 //! - `workers`: thread-per-core worker runtimes that own the connections.

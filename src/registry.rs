@@ -121,6 +121,7 @@ impl Registry {
         drop(guard);
         for m in &removed {
             m.close();
+            m.close_connections();
         }
         removed
     }

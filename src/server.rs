@@ -1,6 +1,8 @@
-//! Listeners and connections: binding, the accept loops, HTTP/1.0, HTTP/1.1 and h2c on
-//! every connection, routing between the admin endpoint and the proxy, and the graceful
-//! drain on shutdown (README, "Shutdown"). What a request does once routed belongs to
+//! Listeners and connections: binding (with a listen backlog of at least 1024), the
+//! accept loops (errors logged at most once a second), HTTP/1.0, HTTP/1.1 and h2c on
+//! every connection, the `Host` checks every request passes first, routing between the
+//! admin endpoint and the proxy, and the graceful drain on shutdown with its closing
+//! report (README, "Shutdown" and "Limits"). What a request does once routed belongs to
 //! [`crate::proxy`] and [`crate::admin`].
 
 use std::convert::Infallible;

@@ -214,6 +214,14 @@ impl Mirror {
         self.closed.store(true, Ordering::Release);
     }
 
+    /// Closes the idle connections to a mirror that left the set, without waiting for
+    /// the copies still in flight to end.
+    pub fn close_connections(&self) {
+        for pool in self.pools.iter() {
+            pool.close();
+        }
+    }
+
     pub fn status(&self) -> Status {
         let health = self.lock_health();
         Status {

@@ -107,15 +107,25 @@ async fn a_burst_of_requests_opens_at_most_the_bound_of_connections_to_main() {
     assert!(opened <= 2, "{opened} connections opened to main");
 }
 
-/// A mirror that answers every request head with `200` on keep-alive connections and
-/// reports each connection's end (EOF from the proxy) on the channel.
-async fn eof_reporting_mirror() -> (String, mpsc::UnboundedReceiver<()>) {
+/// What the [`eof_reporting_mirror`] saw.
+#[derive(Debug, PartialEq, Eq)]
+enum AtMirror {
+    /// A request head for this path, on the connection with this index.
+    Request(String, usize),
+    /// The proxy closed the connection with this index.
+    Closed(usize),
+}
+
+/// A mirror that answers every request head with `200` on keep-alive connections
+/// (`/slow` after 4 s) and reports requests and connection ends.
+async fn eof_reporting_mirror() -> (String, mpsc::UnboundedReceiver<AtMirror>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let (closed_tx, closed) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::unbounded_channel();
     tokio::spawn(async move {
+        let mut index = 0;
         while let Ok((mut s, _)) = listener.accept().await {
-            let closed_tx = closed_tx.clone();
+            let events_tx = events_tx.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -125,24 +135,49 @@ async fn eof_reporting_mirror() -> (String, mpsc::UnboundedReceiver<()>) {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                     while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                        head.drain(..end + 4);
+                        let request: Vec<u8> = head.drain(..end + 4).collect();
+                        let text = String::from_utf8_lossy(&request);
+                        let path = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+                        let _ = events_tx.send(AtMirror::Request(path.clone(), index));
+                        if path == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(4)).await;
+                        }
                         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nm";
                         if s.write_all(ok).await.is_err() {
                             break;
                         }
                     }
                 }
-                let _ = closed_tx.send(());
+                let _ = events_tx.send(AtMirror::Closed(index));
             });
+            index += 1;
         }
     });
-    (url, closed)
+    (url, events)
+}
+
+async fn next_event(events: &mut mpsc::UnboundedReceiver<AtMirror>, within: Duration) -> AtMirror {
+    tokio::time::timeout(within, events.recv())
+        .await
+        .expect("an event at the mirror in time")
+        .unwrap()
+}
+
+async fn remove_mirror(proxy: &TestProxy, mirror: &str) {
+    let removed = send(
+        Method::DELETE,
+        &proxy.admin_url(&format!("?url={mirror}")),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(removed.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn removing_a_mirror_closes_its_idle_connections() {
     let main = MockBackend::start(Reply::ok("ok")).await;
-    let (mirror, mut closed) = eof_reporting_mirror().await;
+    let (mirror, mut events) = eof_reporting_mirror().await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
     proxy.add_mirrors(&[&mirror]).await;
     for _ in 0..3 {
@@ -152,20 +187,46 @@ async fn removing_a_mirror_closes_its_idle_connections() {
         proxy.mirror_json(&mirror).await.unwrap()["succeeded"] == 3
     })
     .await;
-    // The connections are idle in the mirror's pools now.
-    assert!(closed.try_recv().is_err(), "a connection closed early");
-    let removed = send(
-        Method::DELETE,
-        &proxy.admin_url(&format!("?url={mirror}")),
-        &[],
-        Bytes::new(),
-    )
+    let mut open = Vec::new();
+    while let Ok(AtMirror::Request(_, index)) = events.try_recv() {
+        open.push(index);
+    }
+    assert_eq!(open.len(), 3, "no connection closed early");
+    remove_mirror(&proxy, &mirror).await;
+    match next_event(&mut events, WAIT).await {
+        AtMirror::Closed(index) => assert!(open.contains(&index)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn removing_a_mirror_closes_its_idle_connections_while_a_copy_is_in_flight() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let (mirror, mut events) = eof_reporting_mirror().await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--threads", "1"]).await;
+    proxy.add_mirrors(&[&mirror]).await;
+    // A copy that the mirror answers only after 4 s, on connection `slow` ...
+    get(&proxy.url("/slow")).await;
+    let AtMirror::Request(_, slow) = next_event(&mut events, WAIT).await else {
+        panic!("the slow copy first");
+    };
+    // ... and one answered at once, on another connection, idle afterwards.
+    get(&proxy.url("/fast")).await;
+    let AtMirror::Request(path, idle) = next_event(&mut events, WAIT).await else {
+        panic!("then the fast copy");
+    };
+    assert_eq!((path.as_str(), idle != slow), ("/fast", true));
+    eventually("the fast copy is answered", || async {
+        proxy.mirror_json(&mirror).await.unwrap()["succeeded"] == 1
+    })
     .await;
-    assert_eq!(removed.status, StatusCode::OK);
-    tokio::time::timeout(WAIT, closed.recv())
-        .await
-        .expect("the removed mirror's idle connection is closed")
-        .unwrap();
+    remove_mirror(&proxy, &mirror).await;
+    // The idle connection closes now, not when the slow copy ends.
+    let event = next_event(&mut events, Duration::from_millis(1500)).await;
+    assert_eq!(event, AtMirror::Closed(idle));
+    // The copy in flight is still delivered, and its connection closed after it.
+    let event = next_event(&mut events, WAIT).await;
+    assert_eq!(event, AtMirror::Closed(slow));
 }
 
 #[tokio::test]
