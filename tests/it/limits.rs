@@ -264,3 +264,65 @@ async fn accept_errors_are_logged_at_most_once_a_second() {
         "the lines held back are counted: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn copies_lost_to_our_own_fd_exhaustion_are_dropped_and_leave_health_alone() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    // Closes every connection after its answer: each copy needs a new socket.
+    let mirror = MockBackend::start(Reply::With(
+        StatusCode::OK,
+        vec![("connection", "close")],
+        Bytes::from_static(b"m"),
+    ))
+    .await;
+    let mut bin = Binary::start_with_ulimit(
+        "ulimit -n 48",
+        &[
+            "-vv",
+            "--main",
+            &main.url(),
+            "--mirror",
+            &mirror.url(),
+            "--threads",
+            "1",
+            "--header-read-timeout",
+            "60s",
+        ],
+    )
+    .await;
+    // Warm-up: main's connection stays in the pool, the mirror's is closed.
+    assert_eq!(get(&bin.url("/warm-up")).await.status, StatusCode::OK);
+    mirror.next().await;
+    // Take every descriptor the process has left: the first connection is accepted
+    // first, the last ones wait in the backlog.
+    let mut first = TcpStream::connect(&bin.addr).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        held.push(TcpStream::connect(&bin.addr).await.unwrap());
+    }
+    bin.wait_for_stderr("accept fails: no descriptor left", |log| {
+        log.contains("accept failed")
+    })
+    .await;
+    // More copies than it takes to make a mirror failing (5), each unable to connect.
+    for i in 0..6 {
+        let request = format!("GET /copy{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        first.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_until(&mut first, "\r\n\r\nok").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    bin.wait_for_stderr("six copies dropped", |log| {
+        log.matches("mirror copy dropped: out of file descriptors")
+            .count()
+            == 6
+    })
+    .await;
+    drop((first, held));
+    let listing = get(&bin.url("/targets?format=json")).await;
+    let json: serde_json::Value = serde_json::from_slice(&listing.body).unwrap();
+    let m = &json[0];
+    assert_eq!(m["state"], "alive", "{m}");
+    assert_eq!((&m["sent"], &m["succeeded"]), (&7.into(), &1.into()), "{m}");
+    assert_eq!((&m["failed"], &m["dropped"]), (&0.into(), &6.into()), "{m}");
+    bin.terminate_within(Duration::from_secs(5)).await;
+}

@@ -143,6 +143,8 @@ pub struct Binary {
     pub addr: String,
     /// The five lines printed at start-up.
     pub banner: Vec<String>,
+    /// stderr read so far, once [`Binary::wait_for_stderr`] started reading it.
+    stderr_log: Option<(Arc<Mutex<String>>, JoinHandle<()>)>,
 }
 
 impl Binary {
@@ -209,6 +211,7 @@ impl Binary {
             child,
             addr,
             banner,
+            stderr_log: None,
         }
     }
 
@@ -264,14 +267,47 @@ impl Binary {
             .expect("process exits in time")
             .unwrap();
         let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .await
-            .unwrap();
+        match self.stderr_log.take() {
+            Some((text, reader)) => {
+                let _ = tokio::time::timeout(WAIT, reader).await;
+                stderr = text.lock().unwrap().clone();
+            }
+            None => {
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stderr)
+                    .await
+                    .unwrap();
+            }
+        }
         (status.code(), stderr)
+    }
+
+    /// Reads stderr in the background from now on (so the pipe never fills up) and
+    /// waits until `check` holds for all of it read so far; panics after [`WAIT`].
+    pub async fn wait_for_stderr(&mut self, what: &str, check: impl Fn(&str) -> bool) {
+        if self.stderr_log.is_none() {
+            let mut pipe = self.child.stderr.take().unwrap();
+            let text = Arc::new(Mutex::new(String::new()));
+            let sink = text.clone();
+            let reader = tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = pipe.read(&mut buf).await {
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+            self.stderr_log = Some((text, reader));
+        }
+        let text = self.stderr_log.as_ref().unwrap().0.clone();
+        eventually(what, || {
+            let holds = check(&text.lock().unwrap());
+            async move { holds }
+        })
+        .await;
     }
 }
 
