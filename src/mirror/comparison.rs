@@ -171,3 +171,91 @@ fn quantiles(histogram: &Mutex<Histogram<u64>>) -> Quantiles {
         p99: at(0.99),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::compare::{Difference, Mismatch};
+
+    fn mismatch(status: bool, headers: bool, body: bool) -> Verdict {
+        Verdict::Mismatch(Mismatch {
+            status,
+            headers,
+            body,
+            difference: Difference::ByteOffset { offset: 0 },
+        })
+    }
+
+    #[test]
+    fn empty_stats_report_zero_counts_and_null_latencies() {
+        let json = serde_json::to_value(CompareStats::new().snapshot()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "compared": 0, "matched": 0, "mismatched": 0,
+                "mismatches": {"status": 0, "headers": 0, "body": 0},
+                "not_compared": 0,
+                "latency_ms": {
+                    "main": {"p50": null, "p99": null},
+                    "mirror": {"p50": null, "p99": null},
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn counts_verdicts_by_part_and_latencies() {
+        let stats = CompareStats::new();
+        let ms = Duration::from_millis;
+        for _ in 0..97 {
+            stats.record(&Verdict::Match, ms(10), ms(20));
+        }
+        stats.record(&mismatch(true, false, true), ms(10), ms(20));
+        stats.record(&mismatch(false, true, false), ms(10), ms(20));
+        stats.record(&mismatch(false, false, true), ms(500), ms(2000));
+        stats.not_compared();
+        let s = stats.snapshot();
+        assert_eq!((s.compared, s.matched, s.mismatched), (100, 97, 3));
+        assert_eq!(
+            s.mismatches,
+            MismatchCounts {
+                status: 1,
+                headers: 1,
+                body: 2
+            }
+        );
+        assert_eq!(s.not_compared, 1);
+        // 3 significant figures: within 0.1 %.
+        let near = |got: Option<f64>, want: f64| {
+            let got = got.expect("latency recorded");
+            assert!((got - want).abs() <= want * 0.001, "{got} vs {want}");
+        };
+        near(s.latency_ms.main.p50, 10.0);
+        near(s.latency_ms.main.p99, 10.0);
+        near(s.latency_ms.mirror.p50, 20.0);
+        near(s.latency_ms.mirror.p99, 20.0);
+        for _ in 0..10 {
+            stats.record(&Verdict::Match, ms(500), ms(2000));
+        }
+        let s = stats.snapshot();
+        near(s.latency_ms.main.p99, 500.0);
+        near(s.latency_ms.mirror.p99, 2000.0);
+    }
+
+    #[test]
+    fn latencies_beyond_the_cap_are_clamped_and_memory_stays_bounded() {
+        let stats = CompareStats::new();
+        stats.record(
+            &Verdict::Match,
+            Duration::from_secs(1_000_000),
+            Duration::ZERO,
+        );
+        let s = stats.snapshot();
+        let p99 = s.latency_ms.main.p99.unwrap();
+        let cap = MAX_LATENCY.as_millis() as f64;
+        assert!(p99 >= cap && p99 <= cap * 1.001, "{p99}");
+        assert_eq!(s.latency_ms.mirror.p50, Some(0.0));
+        let counts = stats.main_latency.lock().unwrap().distinct_values();
+        assert!(counts * 8 < 200 * 1024, "{counts} buckets");
+    }
+}

@@ -127,3 +127,95 @@ fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::
     let text = humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch).to_string();
     serializer.serialize_str(&text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::compare::MAX_VALUE_CHARS;
+
+    fn record(n: u16) -> Record {
+        Record::new(
+            UNIX_EPOCH + Duration::from_secs(u64::from(n)),
+            &Method::GET,
+            &format!("/item/{n}?q=1"),
+            StatusCode::OK,
+            StatusCode::from_u16(500).unwrap(),
+            Mismatch {
+                status: true,
+                headers: false,
+                body: true,
+                difference: Difference::Status {
+                    main: 200,
+                    mirror: 500,
+                },
+            },
+        )
+    }
+
+    #[test]
+    fn keeps_the_latest_fifty_newest_first() {
+        let list = Mismatches::default();
+        assert!(list.latest().is_empty());
+        for n in 0..70 {
+            list.push(record(n));
+        }
+        let latest = list.latest();
+        assert_eq!(latest.len(), RECENT_MISMATCHES);
+        let paths: Vec<&str> = latest.iter().map(|r| r.path_and_query.as_str()).collect();
+        let expected: Vec<String> = (20..70).rev().map(|n| format!("/item/{n}?q=1")).collect();
+        assert_eq!(paths, expected);
+    }
+
+    #[test]
+    fn long_strings_are_cut_when_pushed() {
+        let list = Mismatches::default();
+        let mut r = record(1);
+        r.path_and_query = format!("/{}", "é".repeat(5000));
+        r.method = "M".repeat(500);
+        r.difference = Difference::JsonPointer {
+            pointer: "/k".repeat(2000),
+            main: Some("x".repeat(1000)),
+            mirror: None,
+        };
+        list.push(r);
+        let got = list.latest().remove(0);
+        assert_eq!(got.path_and_query.chars().count(), MAX_PATH_CHARS);
+        assert!(got.path_and_query.ends_with('é'));
+        assert_eq!(got.method.len(), MAX_METHOD_CHARS);
+        let Difference::JsonPointer { pointer, main, .. } = got.difference else {
+            panic!("difference changed kind");
+        };
+        assert_eq!(pointer.len(), super::super::compare::MAX_POINTER_CHARS);
+        assert_eq!(main.map(|m| m.len()), Some(MAX_VALUE_CHARS));
+    }
+
+    #[test]
+    fn record_serialises_with_an_rfc3339_time() {
+        let mut r = record(0);
+        r.time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "time": "2023-11-14T22:13:20.123Z",
+                "method": "GET",
+                "path_and_query": "/item/0?q=1",
+                "main_status": 200,
+                "mirror_status": 500,
+                "differs": {"status": true, "headers": false, "body": true},
+                "difference": {"kind": "status", "main": 200, "mirror": 500},
+            })
+        );
+    }
+
+    #[test]
+    fn times_humantime_cannot_print_are_clamped() {
+        let mut r = record(0);
+        r.time = UNIX_EPOCH - Duration::from_secs(10);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["time"], "1970-01-01T00:00:00.000Z");
+        r.time = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["time"], "9999-12-31T23:59:59.000Z");
+    }
+}
