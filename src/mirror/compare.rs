@@ -18,9 +18,9 @@
 //! JSON equality: object key order, whitespace and number spelling do not matter
 //! (`1`, `1.0` and `1e0` are equal). Two integers are compared exactly; as soon as either
 //! side is written as a float both are compared as `f64`, equal within a few units in the
-//! last place (see [`FLOAT_ULPS`]). Duplicate object keys keep the
-//! last value (as `serde_json` does). The first difference is searched depth first, object
-//! keys in byte order, array elements by index, so it is the same on every run.
+//! last place (see [`FLOAT_ULPS`]). Duplicate object keys keep the last value (as
+//! `serde_json` does). The first difference is searched depth first, object keys in byte
+//! order, array elements by index, so it is the same on every run.
 
 use std::fmt;
 use std::io;
@@ -616,7 +616,7 @@ fn numbers_equal(a: &Number, b: &Number) -> bool {
 /// one or two units in the last place away from the nearest `f64`, and differently for
 /// two spellings of the same number (`183124099570949616` and `183124099570949616.0`);
 /// a relative difference of about 1e-15 is no finding for shadow testing.
-const FLOAT_ULPS: u64 = 4;
+pub const FLOAT_ULPS: u64 = 4;
 
 fn floats_close(x: f64, y: f64) -> bool {
     if x == y {
