@@ -9,7 +9,10 @@
 //! change `enqueue`: put the job on a per-mirror FIFO served by one worker. The permit,
 //! health check, counters and delivery around it stay as they are.
 
+pub mod compare;
+pub mod comparison;
 pub mod health;
+pub mod mismatches;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
