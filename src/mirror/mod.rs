@@ -10,6 +10,8 @@
 //! health check, counters and delivery around it stay as they are.
 
 pub mod health;
+pub mod options;
+pub mod select;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
