@@ -11,7 +11,9 @@
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Via`.
 //! - [`body`]: body types; reading a request body once for all copies.
 //! - [`mirror`]: one [`mirror::Mirror`] per target: bounded queue, delivery, health
-//!   ([`mirror::health`]).
+//!   ([`mirror::health`]); per-mirror options and mirror lines ([`mirror::options`]);
+//!   which requests a mirror gets ([`mirror::select`]).
+//! - [`sources`]: the `--state-file` and `--targets-file` (mirror lines on disk).
 //! - [`registry`]: the set of mirrors.
 //! - [`admin`]: the `/targets` endpoint; [`auth`]: its Basic authentication.
 //! - [`target_url`]: URL validation, normalisation and path-prefix joining.
@@ -46,6 +48,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod server;
 pub mod shutdown;
+pub mod sources;
 pub mod target_url;
 pub mod tls;
 pub mod units;
