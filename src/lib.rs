@@ -16,7 +16,10 @@
 //! - `budget`: the byte budget for bodies held for mirrors (`--max-buffered-bytes`).
 //! - `headers`: hop-by-hop removal, `X-Forwarded-*`, `Via`.
 //! - `body`: body types and helpers for the proxy's own answers.
-//! - `mirror`: one `Mirror` per target: bounded queue, delivery, health (`mirror::health`).
+//! - `mirror`: one `Mirror` per target: bounded queue, delivery, health (`mirror::health`);
+//!   options and mirror lines (`mirror::options`); which requests a mirror gets
+//!   (`mirror::select`); comparing its answers with main's (`mirror::compare`).
+//! - `sources`: the `--state-file` and `--targets-file` (mirror lines on disk).
 //! - `registry`: the set of mirrors; removes mirrors that failed for too long.
 //! - `admin`: the `/targets` endpoint; `auth`: its Basic authentication.
 //! - `target_url`: URL validation, normalisation and path-prefix joining.
@@ -54,6 +57,7 @@ mod ratelimit;
 mod registry;
 mod server;
 pub mod shutdown;
+mod sources;
 mod target_url;
 mod tls;
 mod units;

@@ -13,6 +13,8 @@ pub mod compare;
 pub mod comparison;
 pub mod health;
 pub mod mismatches;
+pub mod options;
+pub mod select;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
