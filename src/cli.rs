@@ -63,14 +63,18 @@ pub struct Cli {
     )]
     pub password: Option<PathBuf>,
 
-    /// Mirror from the start (persistent); repeatable and comma-separated.
-    #[arg(
-        long,
-        env = "TRAFFICMIRROR_MIRROR",
-        value_delimiter = ',',
-        value_name = "URL"
-    )]
+    /// Mirror from the start (persistent): a URL, or a mirror line `URL key=value ...`
+    /// with options; repeatable; plain URLs may be comma-separated.
+    #[arg(long, env = "TRAFFICMIRROR_MIRROR", value_name = "URL")]
     pub mirror: Vec<String>,
+
+    /// Save mirrors added through the admin endpoint here, and restore them at start.
+    #[arg(long, env = "TRAFFICMIRROR_STATE_FILE", value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+
+    /// Mirror lines to follow: the file's mirrors track its content (checked every second).
+    #[arg(long, env = "TRAFFICMIRROR_TARGETS_FILE", value_name = "FILE")]
+    pub targets_file: Option<PathBuf>,
 
     /// How long a failing mirror rests before one trial request (bare number = minutes).
     #[arg(long, env = "TRAFFICMIRROR_RETRY_AFTER", default_value = "1m", value_parser = parse_duration, value_name = "DUR")]
@@ -100,6 +104,11 @@ pub struct Cli {
     /// A client that sends nothing of its request body for this long gets 408.
     #[arg(long, env = "TRAFFICMIRROR_BODY_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
     pub body_read_timeout: Duration,
+
+    /// Bytes of main's and a mirror's answer kept to compare them (`compare=true`); past
+    /// it, status, headers and a digest of the body are compared.
+    #[arg(long, env = "TRAFFICMIRROR_MAX_COMPARE_SIZE", default_value = "1MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_compare_size: u64,
 
     /// Main must send its response head within this time, else 504 (`off` = no limit).
     #[arg(long, env = "TRAFFICMIRROR_MAIN_TIMEOUT", default_value = "off", value_parser = parse_optional_duration, value_name = "DUR")]
@@ -294,7 +303,7 @@ mod tests {
             "-mirror=http://c:3",
         ])
         .unwrap();
-        assert_eq!(cli.mirror, ["http://a:1", "http://b:2", "http://c:3"]);
+        assert_eq!(cli.mirror, ["http://a:1,http://b:2", "http://c:3"]);
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! split). Everything a user can get wrong is reported here as a one-line
 //! [`ConfigError`], before anything is bound or spawned.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::{PasswordFileError, Users};
 use crate::cli::Cli;
 use crate::mirror;
+use crate::mirror::options::{MirrorLine, MirrorLineError};
 use crate::target_url::{TargetUrl, UrlError};
 
 /// A start-up error. Display is the whole one-line message.
@@ -23,6 +25,27 @@ pub enum ConfigError {
     PasswordFile(#[from] PasswordFileError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("invalid value for --mirror: {0}")]
+    MirrorLine(#[from] MirrorLineError),
+    #[error(transparent)]
+    File(#[from] crate::sources::FileError),
+}
+
+/// `--mirror` values: a mirror line with options (it has spaces), or plain URLs that
+/// may be comma-separated as in the Go tool.
+fn mirror_lines(values: &[String]) -> Result<Vec<MirrorLine>, ConfigError> {
+    let mut lines = Vec::new();
+    for value in values {
+        let value = value.trim();
+        if value.contains(char::is_whitespace) {
+            lines.push(MirrorLine::parse(value)?);
+            continue;
+        }
+        for url in value.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            lines.push(MirrorLine::parse(url)?);
+        }
+    }
+    Ok(lines)
 }
 
 /// Where to listen (`--listen`).
@@ -76,7 +99,12 @@ pub struct Config {
     pub admin_address: Option<ListenAddr>,
     pub users: Option<Users>,
     /// Mirrors from `--mirror`, persistent.
-    pub mirrors: Vec<TargetUrl>,
+    pub mirrors: Vec<MirrorLine>,
+    /// `--state-file`, and the mirrors it held at start.
+    pub state_file: Option<PathBuf>,
+    pub restored: Vec<MirrorLine>,
+    /// `--targets-file`, and its mirrors at start.
+    pub targets_file: Option<(PathBuf, Vec<MirrorLine>)>,
     pub mirror: mirror::Settings,
     /// TLS settings for https:// targets, main and mirrors alike.
     pub tls: std::sync::Arc<rustls::ClientConfig>,
@@ -124,17 +152,15 @@ impl Config {
             flag: "main",
             source,
         })?;
-        let mirrors = cli
-            .mirror
-            .iter()
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-            .map(TargetUrl::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| ConfigError::Url {
-                flag: "mirror",
-                source,
-            })?;
+        let mirrors = mirror_lines(&cli.mirror)?;
+        let restored = match &cli.state_file {
+            Some(path) => crate::sources::state_file::load(path)?,
+            None => Vec::new(),
+        };
+        let targets_file = match &cli.targets_file {
+            Some(path) => Some((path.clone(), crate::sources::targets_file::load(path)?)),
+            None => None,
+        };
         let path = cli.targets.trim().trim_start_matches('/');
         if path.is_empty() || path.contains(['?', '#', ' ']) {
             return Err(ConfigError::Invalid {
@@ -188,6 +214,9 @@ impl Config {
             admin_address,
             users,
             mirrors,
+            state_file: cli.state_file.clone(),
+            restored,
+            targets_file,
             mirror: mirror::Settings {
                 retry_after: cli.retry_after,
                 fail_after: cli.fail_after,
@@ -195,6 +224,7 @@ impl Config {
                 timeout: cli.mirror_timeout,
                 tls: tls.clone(),
                 pools: threads,
+                max_compare_size: usize::try_from(cli.max_compare_size).unwrap_or(usize::MAX),
             },
             tls,
             max_body_size: cli.max_body_size,

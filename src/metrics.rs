@@ -14,6 +14,8 @@ pub struct Counters {
     pub dropped: AtomicU64,
     /// Not sent by rule: body too large, upgrade request, or a loop.
     pub skipped: AtomicU64,
+    /// Left out by the mirror's options (method, path, share, rate).
+    pub filtered: AtomicU64,
 }
 
 /// A plain copy of [`Counters`] for reporting.
@@ -24,6 +26,7 @@ pub struct Snapshot {
     pub failed: u64,
     pub dropped: u64,
     pub skipped: u64,
+    pub filtered: u64,
 }
 
 impl Counters {
@@ -38,6 +41,7 @@ impl Counters {
             failed: self.failed.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
+            filtered: self.filtered.load(Relaxed),
         }
     }
 }
