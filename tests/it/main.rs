@@ -2,6 +2,7 @@
 
 mod admin;
 mod cli;
+mod faults;
 mod health;
 mod mirror;
 mod protocol;
