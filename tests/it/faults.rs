@@ -55,7 +55,7 @@ async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
 enum Cut {
     /// `SO_LINGER` 0, then close: the peer gets a TCP reset.
     Reset,
-    /// An orderly close (FIN).
+    /// An orderly close (FIN); Linux turns it into a reset when unread bytes are left.
     Close,
 }
 
@@ -69,10 +69,6 @@ impl Cut {
         }
         drop(stream);
     }
-}
-
-fn h1_client() -> Client<HttpConnector, Full<Bytes>> {
-    client()
 }
 
 fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
@@ -141,7 +137,7 @@ async fn a_body_cut_by_main_is_cut_for_the_client_too() {
             if i == 3 && matches!(cut, Cut::Close) {
                 continue; // a clean end of a close-delimited body
             }
-            for (protocol, client) in [("HTTP/1.1", h1_client()), ("h2c", h2_client())] {
+            for (protocol, client) in [("HTTP/1.1", client()), ("h2c", h2_client())] {
                 let what = format!("{head:?} + {partial:?}, {cut:?}, client {protocol}");
                 let (main, go) = main_cutting_its_body(head, partial, cut).await;
                 let proxy = TestProxy::start(&["--main", &format!("http://{main}")]).await;
@@ -271,16 +267,17 @@ async fn a_malformed_answer_from_main_gives_502() {
 
 // ===== a mirror cuts the connection while reading the request body =====
 
-/// A mirror that reads the request head and a few bytes of the body, then cuts.
+/// A mirror that reads the request head and the first bytes of the body, then cuts.
 async fn mirror_cutting_the_body(cut: Cut) -> SocketAddr {
     raw_server(move |mut stream| async move {
-        let mut read = read_head(&mut stream).await;
-        let mut buf = [0u8; 64];
-        while read.len() < 4096 + 100 {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => read.extend_from_slice(&buf[..n]),
-            }
+        let head = read_head(&mut stream).await;
+        let body_start = head
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| i + 4);
+        if body_start.is_some_and(|start| start == head.len()) {
+            let mut buf = [0u8; 100];
+            let _ = stream.read(&mut buf).await;
         }
         cut.apply(stream).await;
     })
@@ -315,9 +312,17 @@ async fn a_mirror_cutting_the_request_body_is_counted_failed_and_main_is_unaffec
         assert_eq!(m["succeeded"], 0, "{m}");
         assert_eq!(m["queued"], 0, "{m}");
     }
-    // The next request is answered as before.
+    // The next request is answered as before, and its copies fail the same way.
     let resp = send(Method::POST, &proxy.url("/again"), &[], "small").await;
     assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(main.next().await.body, "small");
+    for mirror in [&resetting, &closing] {
+        eventually(&format!("{mirror} counted failed twice"), || async {
+            let m = proxy.mirror_json(mirror).await.unwrap();
+            m["failed"] == 2 && m["queued"] == 0
+        })
+        .await;
+    }
     proxy.stop().await;
 }
 
@@ -386,6 +391,46 @@ async fn a_client_leaving_closes_the_connection_to_main() {
         "closed after {:?}",
         seen.duration_since(left)
     );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_leaving_before_mains_head_closes_the_connection_to_main() {
+    // Main reads the request and never answers; it reports when the request arrived
+    // and when the proxy closed the connection.
+    let (arrived, mut request_seen) = mpsc::unbounded_channel();
+    let (closed, mut close_seen) = mpsc::unbounded_channel();
+    let main = raw_server(move |mut stream| {
+        let (arrived, closed) = (arrived.clone(), closed.clone());
+        async move {
+            if read_head(&mut stream).await.is_empty() {
+                return;
+            }
+            let _ = arrived.send(());
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = closed.send(());
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&["--main", &format!("http://{main}")]).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, request_seen.recv())
+        .await
+        .expect("the request reaches main")
+        .unwrap();
+    drop(s);
+    tokio::time::timeout(WAIT, close_seen.recv())
+        .await
+        .expect("main's connection is closed soon after the client left")
+        .unwrap();
     proxy.stop().await;
 }
 
