@@ -70,7 +70,11 @@ impl ListenAddr {
             return Ok(Self::AnyHost(port));
         }
         let host = match host.strip_prefix('[') {
-            Some(v6) => v6.strip_suffix(']').ok_or_else(bad)?,
+            // `[]` names no host, and a bracket inside would not survive Display.
+            Some(v6) => v6
+                .strip_suffix(']')
+                .filter(|h| !h.is_empty() && !h.contains(['[', ']']))
+                .ok_or_else(bad)?,
             None if host.contains(':') => return Err(bad()),
             None => host,
         };
@@ -243,6 +247,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn config(args: &[&str]) -> Result<Config, ConfigError> {
@@ -262,7 +268,15 @@ mod tests {
             ListenAddr::parse("[::1]:9000"),
             Ok(ListenAddr::Host("::1".into(), 9000))
         );
-        for bad in ["8080", "host:", "host:99999", "::1:80", "[::1:80"] {
+        for bad in [
+            "8080",
+            "host:",
+            "host:99999",
+            "::1:80",
+            "[::1:80",
+            "[]:80",
+            "[[::1]:80",
+        ] {
             assert!(ListenAddr::parse(bad).is_err(), "{bad}");
         }
     }
@@ -299,5 +313,50 @@ mod tests {
             config(&["--targets-address", ""]).unwrap().admin_address,
             None
         );
+    }
+
+    /// Listen addresses as users write them, and near misses.
+    fn listen_like() -> impl Strategy<Value = String> {
+        let host = prop_oneof![
+            2 => Just(String::new()),
+            2 => "[a-z][a-z0-9.-]{0,12}",
+            1 => any::<std::net::Ipv4Addr>().prop_map(|a| a.to_string()),
+            2 => any::<std::net::Ipv6Addr>().prop_map(|a| format!("[{a}]")),
+            1 => any::<std::net::Ipv6Addr>().prop_map(|a| a.to_string()),
+            2 => "[\\[\\]:a-z0-9 ]{0,8}",
+            2 => "\\[[\\[\\]:a-f0-9]{0,6}\\]",
+        ];
+        let port = prop_oneof![
+            3 => any::<u16>().prop_map(|p| p.to_string()),
+            1 => "[0-9+-]{0,7}",
+        ];
+        (host, prop_oneof![4 => Just(":"), 1 => Just("")], port)
+            .prop_map(|(host, colon, port)| format!("{host}{colon}{port}"))
+    }
+
+    proptest! {
+        #[test]
+        fn listen_parse_never_panics(s in "\\PC*") {
+            let _ = ListenAddr::parse(&s);
+        }
+
+        #[test]
+        fn listen_display_parses_back(s in prop_oneof![listen_like(), "\\PC*"]) {
+            if let Ok(addr) = ListenAddr::parse(&s) {
+                prop_assert_eq!(ListenAddr::parse(&addr.to_string()), Ok(addr.clone()), "from {:?}", s);
+            }
+        }
+
+        #[test]
+        fn listen_values_round_trip(
+            addr in prop_oneof![
+                any::<u16>().prop_map(ListenAddr::AnyHost),
+                ("[a-z][a-z0-9.-]{0,12}", any::<u16>()).prop_map(|(h, p)| ListenAddr::Host(h, p)),
+                (any::<std::net::IpAddr>(), any::<u16>())
+                    .prop_map(|(ip, p)| ListenAddr::Host(ip.to_string(), p)),
+            ],
+        ) {
+            prop_assert_eq!(ListenAddr::parse(&addr.to_string()), Ok(addr));
+        }
     }
 }

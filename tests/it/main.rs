@@ -3,6 +3,7 @@
 mod admin;
 mod bodies;
 mod cli;
+mod faults;
 mod health;
 mod mirror;
 mod protocol;
