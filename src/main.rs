@@ -31,8 +31,8 @@ fn main() -> ExitCode {
     if let Some(file) = &file {
         tracing::info!(
             file = %file.path.display(),
-            applied = ?file.applied.iter().map(|(key, _)| key).collect::<Vec<_>>(),
-            overridden = ?file.overridden,
+            applied = %file.applied.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>().join(","),
+            overridden = %file.overridden.join(","),
             "config file read"
         );
     }
