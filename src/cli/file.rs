@@ -124,10 +124,7 @@ impl FileSettings {
     /// The file cannot be read, is too large, is not UTF-8 or not a YAML mapping of
     /// scalars and lists.
     pub fn read(path: &Path) -> Result<Self, FileError> {
-        match read_text(path) {
-            Ok(text) => Self::parse(path, &text),
-            Err(err) => Err(err),
-        }
+        Self::parse(path, &read_text(path)?)
     }
 
     /// Reads the first of `paths` that exists; `None` when none does.
@@ -604,6 +601,30 @@ mod tests {
         #[test]
         fn yaml_like_text_never_panics(text in "[a-z:\\-\\[\\]{},'\"#&*!|>? \\n]{0,120}") {
             let _ = parse(&text);
+        }
+
+        #[test]
+        fn merge_never_panics(
+            key in prop::sample::select(vec![
+                "listen", "mirror", "verbose", "preserve-host", "max-queued-requests",
+                "retry-after", "max-body-size", "main-timeout", "log-format", "threads",
+                "passwordFile", "config", "bogus",
+            ]),
+            values in prop::collection::vec("\\PC{0,12}", 0..3),
+            as_list in any::<bool>(),
+        ) {
+            let quoted: Vec<String> =
+                values.iter().map(|v| serde_json::to_string(v).unwrap()).collect();
+            let yaml = if as_list {
+                format!("{key}: [{}]\n", quoted.join(", "))
+            } else {
+                format!("{key}: {}\n", quoted.first().map_or("x", String::as_str))
+            };
+            if let Err(err) = merged(&[], &yaml) {
+                let text = err.to_string();
+                prop_assert!(text.starts_with("config file tm.yaml"), "{}", text);
+                prop_assert_eq!(text.lines().count(), 1, "{}", text);
+            }
         }
 
         #[test]
