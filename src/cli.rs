@@ -193,6 +193,16 @@ pub enum Command {
     },
     /// Print the manual page (roff) to stdout.
     Man,
+    /// Run a demo in one process: a main, two comparing mirrors (one that answers like
+    /// main, one slower that differs on a share of requests), the proxy, and traffic.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        listen: String,
+        /// Requests per second sent through the proxy.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
+        rate: u32,
+    },
 }
 
 /// How log lines are written to stderr.

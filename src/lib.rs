@@ -48,6 +48,7 @@ mod budget;
 pub mod cli;
 mod client;
 pub mod config;
+mod demo;
 mod headers;
 mod idle;
 mod metrics;
@@ -64,4 +65,5 @@ mod units;
 mod workers;
 
 pub use config::Config;
+pub use demo::demo;
 pub use server::{BindError, Listeners, run};

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     match &cli.command {
         Some(Command::Completions { shell }) => return completions(*shell),
         Some(Command::Man) => return man_page(),
+        Some(Command::Demo { listen, rate }) => return demo(&cli, listen, *rate),
         None => {}
     }
     init_tracing(cli.verbose, cli.log_format);
@@ -53,6 +54,29 @@ fn main() -> ExitCode {
         Err(err) => return fail(1, &format!("cannot start the async runtime: {err}")),
     };
     runtime.block_on(serve(config))
+}
+
+/// `trafficmirror demo`: everything in one process until Ctrl-C.
+fn demo(cli: &Cli, listen: &str, rate: u32) -> ExitCode {
+    // Info by default: the demo is there to be watched.
+    init_tracing(cli.verbose.max(1), cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => return fail(1, &format!("cannot start the async runtime: {err}")),
+    };
+    runtime.block_on(async {
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(err) => return fail(1, &format!("cannot install signal handlers: {err}")),
+        };
+        match trafficmirror::demo(listen, rate, signals.recv()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(1, &err),
+        }
+    })
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -247,8 +247,10 @@ impl Binary {
         }
         let first = &banner[0];
         // "trafficmirror: listening on 127.0.0.1:PORT -> main URL"
+        // (or, for the demo, "proxy on http://127.0.0.1:PORT -> …")
         let addr = first
             .split_whitespace()
+            .map(|w| w.trim_start_matches("http://"))
             .find(|w| w.starts_with("127.0.0.1:"))
             .unwrap_or_else(|| panic!("no address in {first:?}"))
             .trim_end_matches(',')
