@@ -402,9 +402,10 @@ impl Mirror {
         rules: &Rules,
         request: &MirrorRequest,
         main: MainAnswerRx,
-        mirror: Option<(Answer, std::time::Duration)>,
+        mirror: Option<(Answer, std::time::Duration, Held)>,
     ) {
-        let Some((mirror, mirror_latency)) = mirror else {
+        // `_held` keeps the mirror's kept bytes in the budget until the comparison is over.
+        let Some((mirror, mirror_latency, _held)) = mirror else {
             self.comparison.not_compared();
             return;
         };
@@ -443,7 +444,7 @@ impl Mirror {
         &self,
         request: &MirrorRequest,
         plan: &Plan,
-    ) -> Result<(http::StatusCode, Option<(Answer, std::time::Duration)>), crate::body::BoxError>
+    ) -> Result<(http::StatusCode, Option<(Answer, std::time::Duration, Held)>), crate::body::BoxError>
     {
         let started = Instant::now();
         let mut req = Request::new(Full::new(request.body.clone()));
@@ -469,13 +470,13 @@ impl Mirror {
                 capture.push(data);
             }
         }
-        let answer = capture.and_then(BodyCapture::finish).map(|body| {
+        let answer = capture.and_then(BodyCapture::finish).map(|(body, held)| {
             let answer = Answer {
                 status,
                 headers: parts.headers,
                 body,
             };
-            (answer, started.elapsed())
+            (answer, started.elapsed(), held)
         });
         Ok((status, answer))
     }

@@ -24,6 +24,8 @@ pub struct MainAnswer {
     pub answer: Answer,
     /// From the request's arrival to the end of main's answer.
     pub latency: Duration,
+    /// The kept bytes in the budget, until the last copy has compared.
+    _held: Held,
 }
 
 /// Where main's answer will appear; `None` until it is complete. The sender is dropped
@@ -58,9 +60,10 @@ impl BodyCapture {
         }
     }
 
-    /// The captured body, or `None` when the budget ran out.
-    pub fn finish(self) -> Option<CapturedBody> {
-        self.capture.map(Capture::finish)
+    /// The captured body and its bytes in the budget, or `None` when the budget ran out.
+    pub fn finish(self) -> Option<(CapturedBody, Held)> {
+        let held = self.held;
+        self.capture.map(|c| (c.finish(), held))
     }
 }
 
@@ -98,7 +101,7 @@ impl MainCapture {
     /// Main's answer is complete: publish it to the comparing copies.
     pub fn finish(self) {
         let latency = self.started.elapsed();
-        let Some(body) = self.body.finish() else {
+        let Some((body, held)) = self.body.finish() else {
             return; // over budget: the copies count it as not compared
         };
         let answer = Answer {
@@ -106,8 +109,12 @@ impl MainCapture {
             headers: self.headers,
             body,
         };
-        self.tx
-            .send_replace(Some(std::sync::Arc::new(MainAnswer { answer, latency })));
+        let main = MainAnswer {
+            answer,
+            latency,
+            _held: held,
+        };
+        self.tx.send_replace(Some(std::sync::Arc::new(main)));
     }
 }
 
