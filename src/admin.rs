@@ -4,7 +4,9 @@
 //! adds and `DELETE` removes the `url` parameters from the query string and an
 //! `application/x-www-form-urlencoded` body. Every URL is validated before anything is
 //! applied. Authentication, when configured, comes first. `GET <path>/status` answers
-//! the proxy-wide figures (bytes held for mirrors).
+//! the proxy-wide figures (bytes held for mirrors); `GET <path>/metrics` the Prometheus
+//! scrape ([`crate::observe::metrics`]), also at `/metrics` when the admin endpoint has
+//! its own listener (`--targets-address`).
 
 use std::net::SocketAddr;
 
@@ -18,6 +20,7 @@ use tracing::info;
 use crate::auth::{Denied, Users};
 use crate::body::{self, BoxBody, BoxError};
 use crate::budget::Budget;
+use crate::observe::metrics::{self, Metrics};
 use crate::registry::Registry;
 use crate::target_url::{TargetUrl, UrlError};
 
@@ -39,10 +42,14 @@ pub enum AdminError {
     LockedOut(u64),
     #[error("method not allowed: use GET, PUT or DELETE")]
     MethodNotAllowed,
+    #[error("method not allowed: use GET")]
+    OnlyGet,
     #[error("not found")]
     NotFound,
     #[error("request body too large or unreadable")]
     BadBody,
+    #[error("the metrics could not be encoded")]
+    Metrics,
 }
 
 impl AdminError {
@@ -53,9 +60,10 @@ impl AdminError {
             }
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::LockedOut(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed | Self::OnlyGet => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::BadBody => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Metrics => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut response = body::text(status, format!("{self}\n"));
         let headers = response.headers_mut();
@@ -73,6 +81,9 @@ impl AdminError {
             Self::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
             }
+            Self::OnlyGet => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
             _ => {}
         }
         response
@@ -87,22 +98,55 @@ pub struct Admin {
     registry: Registry,
     users: Option<Users>,
     budget: Budget,
+    metrics: Metrics,
+    /// True with `--targets-address`: this listener is the admin endpoint's alone, so
+    /// `/metrics` is served there too (on the main listener that path is main's).
+    own_listener: bool,
+}
+
+/// What an admin request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Page {
+    /// The admin path itself: list, add, remove.
+    Targets,
+    /// `<path>/status`.
+    Status,
+    /// `<path>/metrics`, or `/metrics` on the admin endpoint's own listener.
+    Metrics,
 }
 
 impl Admin {
-    pub fn new(path: String, registry: Registry, users: Option<Users>, budget: Budget) -> Self {
+    pub fn new(
+        path: String,
+        registry: Registry,
+        users: Option<Users>,
+        budget: Budget,
+        metrics: Metrics,
+        own_listener: bool,
+    ) -> Self {
         Self {
             path,
             registry,
             users,
             budget,
+            metrics,
+            own_listener,
         }
     }
 
     /// Whether `path` is served here (the admin path or one of its sub-paths).
     pub fn serves(&self, path: &str) -> bool {
-        path.strip_prefix(self.path.as_str())
-            .is_some_and(|rest| rest.is_empty() || rest == "/status")
+        self.page(path).is_some()
+    }
+
+    fn page(&self, path: &str) -> Option<Page> {
+        match path.strip_prefix(self.path.as_str()) {
+            Some("") => Some(Page::Targets),
+            Some("/status") => Some(Page::Status),
+            Some("/metrics") => Some(Page::Metrics),
+            _ if self.own_listener && path == "/metrics" => Some(Page::Metrics),
+            _ => None,
+        }
     }
 
     /// Handles one admin request. Callable without a socket (tests build a `Request`).
@@ -127,12 +171,13 @@ impl Admin {
         B::Error: Into<BoxError>,
     {
         let user = self.authenticate(&req, peer).await?;
-        let sub = &req.uri().path()[self.path.len()..];
-        match sub {
-            "" => self.targets(req, peer, user).await,
-            "/status" if req.method() == Method::GET => Ok(self.status()),
-            "/status" => Err(AdminError::MethodNotAllowed),
-            _ => Err(AdminError::NotFound),
+        let page = self.page(req.uri().path()).ok_or(AdminError::NotFound)?;
+        let get = req.method() == Method::GET;
+        match page {
+            Page::Targets => self.targets(req, peer, user).await,
+            Page::Status | Page::Metrics if !get => Err(AdminError::OnlyGet),
+            Page::Status => Ok(self.status()),
+            Page::Metrics => self.metrics(),
         }
     }
 
@@ -166,6 +211,17 @@ impl Admin {
             "max_buffered_bytes": self.budget.limit(),
         });
         json_response(body.to_string())
+    }
+
+    /// The Prometheus scrape.
+    fn metrics(&self) -> Result<Response<BoxBody>, AdminError> {
+        let text = self.metrics.encode().map_err(|_| AdminError::Metrics)?;
+        let mut response = Response::new(body::full(text));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        );
+        Ok(response)
     }
 
     async fn targets<B>(

@@ -1,4 +1,5 @@
-//! Per-mirror counters (the JSON listing, README "The admin endpoint"). Relaxed atomics: each counter is
+//! Per-mirror counters (the JSON listing, README "The admin endpoint", and the
+//! Prometheus scrape, [`crate::observe::metrics`]). Relaxed atomics: each counter is
 //! independent and only ever read for reporting.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -14,6 +15,8 @@ pub struct Counters {
     pub dropped: AtomicU64,
     /// Not sent by rule: body too large, upgrade request, or a loop.
     pub skipped: AtomicU64,
+    /// Not sent because the mirror's options do not select the request.
+    pub filtered: AtomicU64,
 }
 
 /// A plain copy of [`Counters`] for reporting.
@@ -24,6 +27,7 @@ pub struct Snapshot {
     pub failed: u64,
     pub dropped: u64,
     pub skipped: u64,
+    pub filtered: u64,
 }
 
 impl Counters {
@@ -38,6 +42,7 @@ impl Counters {
             failed: self.failed.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
+            filtered: self.filtered.load(Relaxed),
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::admin::Admin;
 use crate::body::{self, BoxBody};
 use crate::config::{Config, ListenAddr};
 use crate::idle::Activity;
+use crate::observe::metrics::Metrics;
 use crate::proxy::{Peer, Proxy};
 use crate::workers::{LoadGuard, Workers};
 
@@ -132,11 +133,18 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let shutdown_timeout = config.shutdown_timeout;
     let proxy = Proxy::new(config);
+    let metrics = Metrics::new(
+        proxy.main_stats(),
+        proxy.registry().clone(),
+        proxy.budget().clone(),
+    );
     let admin = Admin::new(
         proxy.config().admin_path.clone(),
         proxy.registry().clone(),
         proxy.config().users.clone(),
         proxy.budget().clone(),
+        metrics,
+        !listeners.admin.is_empty(),
     );
     let pruning = tokio::spawn({
         let registry = proxy.registry().clone();

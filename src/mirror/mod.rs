@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 use crate::budget::Held;
 use crate::client::{self, Pool};
 use crate::metrics::{Counters, Snapshot};
+use crate::observe::metrics::Latency;
 use crate::target_url::TargetUrl;
 use health::{Event, Health, Policy, State, Ticket};
 
@@ -99,6 +100,8 @@ pub struct Mirror {
     url: TargetUrl,
     persistent: bool,
     counters: Counters,
+    /// Time of each request to this mirror (the Prometheus scrape).
+    latency: Latency,
     health: Mutex<Health>,
     permits: Arc<Semaphore>,
     /// Set when the mirror leaves the set or at shutdown: new copies are dropped, those
@@ -130,6 +133,7 @@ impl Mirror {
             url,
             persistent,
             counters: Counters::default(),
+            latency: Latency::default(),
             health: Mutex::new(Health::new()),
             permits: Arc::new(Semaphore::new(shared.settings.max_queued)),
             closed: AtomicBool::new(false),
@@ -140,6 +144,11 @@ impl Mirror {
 
     pub fn url(&self) -> &TargetUrl {
         &self.url
+    }
+
+    /// Time of each request to this mirror, whatever its outcome.
+    pub fn latency(&self) -> &Latency {
+        &self.latency
     }
 
     /// Copies waiting or in flight right now.
@@ -241,7 +250,10 @@ impl Mirror {
     /// Sends one copy, drains and discards the response, and records the outcome.
     async fn deliver(&self, job: Job) -> Option<Event> {
         let timeout = self.shared.settings.timeout;
-        let success = match tokio::time::timeout(timeout, self.send(&job.request)).await {
+        let started = Instant::now();
+        let result = tokio::time::timeout(timeout, self.send(&job.request)).await;
+        self.latency.observe(started.elapsed());
+        let success = match result {
             Ok(Ok(status)) if status.is_server_error() => {
                 debug!(mirror = %self.url, %status, "mirror answered with a server error");
                 false
