@@ -4,6 +4,7 @@ mod admin;
 mod bodies;
 mod cli;
 mod health;
+mod metrics;
 mod mirror;
 mod protocol;
 mod proxy;
