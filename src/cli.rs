@@ -63,14 +63,18 @@ pub struct Cli {
     )]
     pub password: Option<PathBuf>,
 
-    /// Mirror from the start (persistent); repeatable and comma-separated.
-    #[arg(
-        long,
-        env = "TRAFFICMIRROR_MIRROR",
-        value_delimiter = ',',
-        value_name = "URL"
-    )]
+    /// Mirror from the start (persistent): a URL, or a mirror line `URL key=value ...`
+    /// with options; repeatable; plain URLs may be comma-separated.
+    #[arg(long, env = "TRAFFICMIRROR_MIRROR", value_name = "URL")]
     pub mirror: Vec<String>,
+
+    /// Save mirrors added through the admin endpoint here, and restore them at start.
+    #[arg(long, env = "TRAFFICMIRROR_STATE_FILE", value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+
+    /// Mirror lines to follow: the file's mirrors track its content (checked every second).
+    #[arg(long, env = "TRAFFICMIRROR_TARGETS_FILE", value_name = "FILE")]
+    pub targets_file: Option<PathBuf>,
 
     /// How long a failing mirror rests before one trial request (bare number = minutes).
     #[arg(long, env = "TRAFFICMIRROR_RETRY_AFTER", default_value = "1m", value_parser = parse_duration, value_name = "DUR")]
@@ -100,6 +104,11 @@ pub struct Cli {
     /// A client that sends nothing of its request body for this long gets 408.
     #[arg(long, env = "TRAFFICMIRROR_BODY_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
     pub body_read_timeout: Duration,
+
+    /// Bytes of main's and a mirror's answer kept to compare them (`compare=true`); past
+    /// it, status, headers and a digest of the body are compared.
+    #[arg(long, env = "TRAFFICMIRROR_MAX_COMPARE_SIZE", default_value = "1MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_compare_size: u64,
 
     /// Main must send its response head within this time, else 504 (`off` = no limit).
     #[arg(long, env = "TRAFFICMIRROR_MAIN_TIMEOUT", default_value = "off", value_parser = parse_optional_duration, value_name = "DUR")]
@@ -213,6 +222,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn norm(args: &[&str]) -> Vec<String> {
@@ -294,7 +305,7 @@ mod tests {
             "-mirror=http://c:3",
         ])
         .unwrap();
-        assert_eq!(cli.mirror, ["http://a:1", "http://b:2", "http://c:3"]);
+        assert_eq!(cli.mirror, ["http://a:1,http://b:2", "http://c:3"]);
     }
 
     #[test]
@@ -316,5 +327,126 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every long flag name and alias the program knows, as `normalize_args` must.
+    fn known_longs() -> Vec<String> {
+        let cmd = Cli::command();
+        let mut longs: Vec<String> = vec!["help".into(), "version".into()];
+        for arg in cmd.get_arguments() {
+            longs.extend(arg.get_long().map(str::to_owned));
+            longs.extend(
+                arg.get_all_aliases()
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_owned),
+            );
+        }
+        longs
+    }
+
+    #[test]
+    fn the_specified_long_flags_are_known() {
+        let longs = known_longs();
+        for name in [
+            "listen",
+            "main",
+            "targets",
+            "targets-address",
+            "password",
+            "password-file",
+            "passwordFile",
+            "mirror",
+            "retry-after",
+            "fail-after",
+            "max-queued-requests",
+            "mirror-timeout",
+            "max-body-size",
+            "main-timeout",
+            "shutdown-timeout",
+            "verbose",
+            "help",
+            "version",
+        ] {
+            assert!(longs.iter().any(|l| l == name), "{name}");
+        }
+    }
+
+    /// Arguments as scripts write them: flags of one or two dashes, known or not, with
+    /// and without `=value`, bare values, and anything else.
+    fn argument() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => (prop::sample::select(known_longs()), prop_oneof![Just(""), Just("-")], "(=\\PC*)?")
+                .prop_map(|(name, dash, value)| format!("-{dash}{name}{value}")),
+            2 => "-{0,3}[a-zA-Z][a-zA-Z-]{0,15}(=[ -~]{0,10})?",
+            1 => prop_oneof![Just("-"), Just("--"), Just("---"), Just("-="), Just("--=x")]
+                .prop_map(str::to_owned),
+            2 => "\\PC*",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn normalize_never_panics_and_only_adds_a_dash(args in prop::collection::vec(argument(), 0..8)) {
+            let out = normalize_args(&args);
+            prop_assert_eq!(out.len(), args.len());
+            for (before, after) in args.iter().zip(&out) {
+                let dashed = format!("-{before}");
+                prop_assert!(after == before.as_str() || *after == *dashed, "{:?} -> {:?}", before, after);
+            }
+            // A second pass changes nothing: a rewritten flag has two dashes.
+            prop_assert_eq!(normalize_args(&out), out);
+        }
+
+        #[cfg(unix)]
+        #[test]
+        fn non_utf8_arguments_pass_through(
+            raw in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..12), 0..5),
+        ) {
+            use std::os::unix::ffi::OsStringExt;
+            let args: Vec<OsString> = raw.into_iter().map(OsString::from_vec).collect();
+            let out = normalize_args(args.clone());
+            prop_assert_eq!(out.len(), args.len());
+            for (before, after) in args.iter().zip(&out) {
+                if before.to_str().is_none() {
+                    prop_assert_eq!(before, after);
+                }
+            }
+        }
+
+        #[test]
+        fn go_style_name_equals_value_gets_two_dashes(
+            name in prop::sample::select(known_longs()),
+            value in "\\PC*",
+            before in prop::collection::vec(argument().prop_filter("not --", |a| a != "--"), 0..4),
+            after in prop::collection::vec(argument(), 0..4),
+        ) {
+            let mut args = vec!["tm".to_owned()];
+            args.extend(before.iter().cloned());
+            args.push(format!("-{name}={value}"));
+            args.push(format!("-{name}"));
+            args.push("--".to_owned());
+            args.extend(after.iter().cloned());
+            let out = normalize_args(&args);
+            let at = 1 + before.len();
+            prop_assert_eq!(&out[at], &OsString::from(format!("--{name}={value}")));
+            prop_assert_eq!(&out[at + 1], &OsString::from(format!("--{name}")));
+            prop_assert_eq!(&out[at + 2], "--");
+            // Everything after `--` is a value, passed through as it came.
+            let rest: Vec<OsString> = after.iter().map(OsString::from).collect();
+            prop_assert_eq!(&out[at + 3..], &rest[..]);
+        }
+
+        #[test]
+        fn short_flags_and_values_are_left_alone(
+            arg in prop_oneof![
+                "-[a-zA-Z]",
+                "-v{1,4}",
+                "[^-]\\PC*",
+            ],
+        ) {
+            prop_assume!(!known_longs().iter().any(|l| format!("-{l}") == arg));
+            prop_assert_eq!(normalize_args([arg.as_str()]), vec![OsString::from(&arg)]);
+        }
     }
 }

@@ -15,7 +15,7 @@ pub struct Counters {
     pub dropped: AtomicU64,
     /// Not sent by rule: body too large, upgrade request, or a loop.
     pub skipped: AtomicU64,
-    /// Not sent because the mirror's options do not select the request.
+    /// Left out by the mirror's options (method, path, share, rate).
     pub filtered: AtomicU64,
 }
 

@@ -113,6 +113,7 @@ impl Rules {
     }
 
     /// The headers compared, in comparison order.
+    #[cfg(test)]
     pub fn headers(&self) -> &[HeaderName] {
         &self.headers
     }
@@ -207,11 +208,6 @@ impl CapturedBody {
             CapturedBody::Whole(b) => b.len() as u64,
             CapturedBody::Digest { len, .. } => *len,
         }
-    }
-
-    /// True for an empty body.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The xxh3-128 digest of the body (computed for a [`CapturedBody::Whole`]).

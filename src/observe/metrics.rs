@@ -6,9 +6,9 @@
 //!   (requests proxied by status class, time to the answer head), owned by the proxy,
 //!   whose per-class counters are looked up once at start; and one [`Latency`]
 //!   histogram per mirror, owned by the mirror;
-//! - read at scrape time by a collector: each mirror's counters, queue and state (the
-//!   very atomics the JSON listing reads, so both always agree, and a removed mirror
-//!   leaves the scrape with the mirror), and the byte budget.
+//! - read at scrape time by a collector: each mirror's counters, queue, state and
+//!   comparison results (the very atomics the JSON listing reads, so both always agree,
+//!   and a removed mirror leaves the scrape with the mirror), and the byte budget.
 //!
 //! This module neither serves HTTP (the admin endpoint does) nor counts copies (each
 //! [`crate::mirror::Mirror`] does, in [`crate::metrics::Counters`]).
@@ -214,7 +214,7 @@ impl Live {
             return Ok(());
         }
         // One status per mirror, read once, so that the families of one scrape agree.
-        let statuses: Vec<_> = mirrors.iter().map(|m| m.status()).collect();
+        let statuses: Vec<_> = mirrors.iter().map(|m| m.mirror.status(&m.plan)).collect();
 
         let mut family = encoder.encode_descriptor(
             "mirror_copies",
@@ -272,9 +272,37 @@ impl Live {
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
-        for (mirror, status) in mirrors.iter().zip(&statuses) {
+        for (member, status) in mirrors.iter().zip(&statuses) {
             let labels = [("mirror", status.url.as_str())];
-            mirror.latency().encode(family.encode_family(&labels)?)?;
+            member
+                .mirror
+                .latency()
+                .encode(family.encode_family(&labels)?)?;
+        }
+
+        if statuses.iter().all(|s| s.compare.is_none()) {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "mirror_comparisons",
+            "Answers of comparing mirrors compared with main's, by result: matched, \
+             mismatched_status, mismatched_headers, mismatched_body (a mismatch counts \
+             under each part that differed), not_compared (main's answer never completed).",
+            None,
+            MetricType::Counter,
+        )?;
+        for status in &statuses {
+            let Some(c) = &status.compare else { continue };
+            for (result, value) in [
+                ("matched", c.matched),
+                ("mismatched_status", c.mismatches.status),
+                ("mismatched_headers", c.mismatches.headers),
+                ("mismatched_body", c.mismatches.body),
+                ("not_compared", c.not_compared),
+            ] {
+                let labels = [("mirror", status.url.as_str()), ("result", result)];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
@@ -285,11 +313,12 @@ mod tests {
     use super::*;
     use crate::cli::Cli;
     use crate::config::Config;
-    use crate::target_url::TargetUrl;
+    use crate::mirror::Source;
+    use crate::mirror::options::MirrorLine;
 
     fn registry() -> Registry {
         let cli = Cli::try_parse_args(["trafficmirror"]).unwrap();
-        Registry::new(Config::from_cli(&cli).unwrap().mirror)
+        Registry::new(Config::from_cli(&cli).unwrap().mirror, Budget::new(1024))
     }
 
     /// The sample lines (no comments) of a scrape.
@@ -373,8 +402,8 @@ mod tests {
             "no mirror, no mirror family: {text}"
         );
 
-        let url = TargetUrl::parse("http://Shadow.example:8080/").unwrap();
-        mirrors.add(std::slice::from_ref(&url), false);
+        let line = MirrorLine::parse("http://Shadow.example:8080/").unwrap();
+        mirrors.add_lines(std::slice::from_ref(&line), Source::Admin);
         let text = metrics.encode().unwrap();
         let lines = samples(&text);
         let m = "mirror=\"http://shadow.example:8080\"";
@@ -402,8 +431,44 @@ mod tests {
         assert!(text.contains("# TYPE trafficmirror_mirror_state gauge\n"));
         assert!(text.contains("# TYPE trafficmirror_mirror_request_duration_seconds histogram\n"));
 
-        mirrors.remove(&[url]);
+        assert!(
+            !text.contains("trafficmirror_mirror_comparisons"),
+            "no comparing mirror, no comparisons: {text}"
+        );
+
+        mirrors.delete(&[line.url]).unwrap();
         let text = metrics.encode().unwrap();
         assert!(!text.contains("shadow.example"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn only_comparing_mirrors_have_comparison_series() {
+        let mirrors = registry();
+        let metrics = Metrics::new(&MainStats::default(), mirrors.clone(), Budget::new(1));
+        let lines = ["http://plain:1", "http://shadow:2 compare=true"]
+            .map(|l| MirrorLine::parse(l).unwrap());
+        mirrors.add_lines(&lines, Source::Admin);
+        let text = metrics.encode().unwrap();
+        let lines = samples(&text);
+        for result in [
+            "matched",
+            "mismatched_status",
+            "mismatched_headers",
+            "mismatched_body",
+            "not_compared",
+        ] {
+            let line = format!(
+                "trafficmirror_mirror_comparisons_total{{mirror=\"http://shadow:2\",result=\"{result}\"}} 0"
+            );
+            assert!(lines.contains(&line.as_str()), "{line} in {text}");
+        }
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.starts_with("trafficmirror_mirror_comparisons")
+                    && l.contains("http://plain:1")),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE trafficmirror_mirror_comparisons_total counter\n"));
     }
 }

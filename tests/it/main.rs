@@ -3,6 +3,7 @@
 mod admin;
 mod bodies;
 mod cli;
+mod faults;
 mod health;
 mod metrics;
 mod mirror;

@@ -181,6 +181,31 @@ fn assert_agrees_with_listing(scrape: &Scrape, listing: &[serde_json::Value]) {
             );
             assert_eq!(got, f64::from(u8::from(name == state)), "{url} {name}");
         }
+        let compare = &entry["compare"];
+        let comparisons = "trafficmirror_mirror_comparisons_total";
+        if compare.is_null() {
+            assert!(
+                !scrape
+                    .samples
+                    .iter()
+                    .any(|s| s.name == comparisons && s.labels["mirror"] == url),
+                "{url} does not compare"
+            );
+            continue;
+        }
+        for (result, expected) in [
+            ("matched", &compare["matched"]),
+            ("mismatched_status", &compare["mismatches"]["status"]),
+            ("mismatched_headers", &compare["mismatches"]["headers"]),
+            ("mismatched_body", &compare["mismatches"]["body"]),
+            ("not_compared", &compare["not_compared"]),
+        ] {
+            let got = scrape.value(comparisons, &[("mirror", url), ("result", result)]);
+            let expected = expected
+                .as_u64()
+                .unwrap_or_else(|| panic!("{result}: {compare}"));
+            assert_eq!(got, expected as f64, "{url} {result}");
+        }
     }
 }
 
@@ -453,5 +478,51 @@ async fn with_targets_address_metrics_are_at_the_root_of_the_admin_address() {
     assert_eq!(
         after.value("trafficmirror_requests_total", &[("class", "2xx")]),
         2.0
+    );
+}
+
+#[tokio::test]
+async fn comparisons_are_counted_by_result() {
+    let main = MockBackend::start(Reply::ok("same")).await;
+    let alike = MockBackend::start(Reply::ok("same")).await;
+    let differs = MockBackend::start(Reply::ok("different")).await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    for mirror in [&alike, &differs] {
+        let resp = send(
+            Method::PUT,
+            &proxy.admin_url(&format!("?url={}&compare=true", mirror.url())),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    }
+    for _ in 0..3 {
+        assert_eq!(get(&proxy.url("/")).await.text(), "same");
+    }
+    eventually("3 comparisons per mirror", || async {
+        proxy
+            .mirrors_json()
+            .await
+            .iter()
+            .all(|m| m["compare"]["compared"] == 3 && m["queued"] == 0)
+    })
+    .await;
+    let scrape = scrape(&proxy).await;
+    assert_agrees_with_listing(&scrape, &proxy.mirrors_json().await);
+    let result = |mirror: &MockBackend, result| {
+        scrape.value(
+            "trafficmirror_mirror_comparisons_total",
+            &[("mirror", mirror.url().as_str()), ("result", result)],
+        )
+    };
+    assert_eq!(result(&alike, "matched"), 3.0);
+    assert_eq!(result(&alike, "mismatched_body"), 0.0);
+    assert_eq!(result(&differs, "matched"), 0.0);
+    assert_eq!(result(&differs, "mismatched_body"), 3.0);
+    assert_eq!(result(&differs, "mismatched_status"), 0.0);
+    assert_eq!(
+        scrape.types.get("trafficmirror_mirror_comparisons_total"),
+        Some(&"counter".to_owned())
     );
 }

@@ -202,6 +202,14 @@ impl Binary {
             .unwrap_or_default()
     }
 
+    /// How many file descriptors the process holds (Linux: entries of /proc/PID/fd).
+    pub fn open_fds(&self) -> usize {
+        let pid = self.child.id().expect("still running");
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("/proc/PID/fd is readable")
+            .count()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
