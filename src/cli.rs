@@ -1,15 +1,22 @@
-//! Command-line flags (README, "Flags"): clap derive with a `TRAFFICMIRROR_*` environment
-//! variable for every flag, plus Go-style single-dash long flags (`-listen :9000`,
-//! `-targets-address=localhost:1234`) for scripts written for the Go tool.
+//! Command-line flags: clap derive with a `TRAFFICMIRROR_*` environment variable for
+//! every flag, plus Go-style single-dash long flags (`-listen :9000`,
+//! `-targets-address=localhost:1234`) for scripts written for the Go tool, a YAML config
+//! file ([`file`]) for whatever neither sets, and the `completions` and `man`
+//! subcommands.
 //!
 //! This module only describes and parses raw values; [`crate::config`] validates them.
+//! Printing completions and the man page is the binary's job.
+
+pub mod file;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, CommandFactory, Parser};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+pub use file::{AppliedFile, FileError};
 
 use crate::units::{parse_duration, parse_size};
 
@@ -19,8 +26,19 @@ use crate::units::{parse_duration, parse_size};
 /// in the background to every healthy mirror. Mirrors are listed, added and removed at
 /// run time on the admin endpoint (--targets).
 #[derive(Debug, Parser)]
-#[command(name = "trafficmirror", version, about, max_term_width = 100)]
+#[command(
+    name = "trafficmirror",
+    version,
+    about,
+    max_term_width = 100,
+    disable_help_subcommand = true,
+    after_long_help = AFTER_LONG_HELP
+)]
 pub struct Cli {
+    /// Run a tool instead of the proxy; without one, trafficmirror proxies.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on: `:PORT` (all interfaces), `HOST:PORT` or `[::1]:PORT`.
     #[arg(
         short,
@@ -146,6 +164,44 @@ pub struct Cli {
     /// More logging: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
     #[arg(short, long, env = "TRAFFICMIRROR_VERBOSE", action = ArgAction::Count)]
     pub verbose: u8,
+
+    /// Log lines on stderr: `text` for people, `json` for one JSON object per line.
+    #[arg(long, env = "TRAFFICMIRROR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+
+    /// YAML file of `flag-name: value` settings, used for what no flag or variable sets.
+    /// Without it, ./trafficmirror.yaml or ~/.trafficmirror/trafficmirror.yaml if present.
+    #[arg(long, env = "TRAFFICMIRROR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Printed after `--help` (not `-h`) and in the man page.
+const AFTER_LONG_HELP: &str = "\
+Settings: a flag wins over its TRAFFICMIRROR_* variable, which wins over the config file, \
+which wins over the default. The config file is --config FILE, else the first of \
+./trafficmirror.yaml and ~/.trafficmirror/trafficmirror.yaml that exists; its keys are the \
+long flag names, e.g. `listen: :9000`, `mirror: [http://a:8080, http://b:8080]`.";
+
+/// The tools that run instead of the proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Print a shell completion script to stdout.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout.
+    Man,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with `message`), `target`.
+    Json,
 }
 
 /// A duration that may be switched off. A newtype so clap does not treat the flag as
@@ -172,6 +228,64 @@ impl Cli {
     {
         Self::try_parse_from(normalize_args(args))
     }
+
+    /// Parses arguments like [`Cli::try_parse_args`], then fills every setting that
+    /// neither a flag nor its environment variable gave from the config file: the
+    /// `--config` file, else the first of `default_files` that exists (see
+    /// [`default_config_files`]). With a subcommand no file is read.
+    ///
+    /// Returns the flags and, when a file was read, which keys it contributed.
+    ///
+    /// # Errors
+    /// [`StartError::Flags`] as from clap (also for help and version requests);
+    /// [`StartError::File`] for an unreadable or invalid file, naming the file and key.
+    pub fn try_parse_with_config<I, T>(
+        args: I,
+        default_files: &[PathBuf],
+    ) -> Result<(Self, Option<AppliedFile>), StartError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let args = normalize_args(args);
+        let mut cmd = Self::command();
+        let matches = cmd.try_get_matches_from_mut(&args)?;
+        if matches.subcommand().is_some() {
+            return Ok((Self::from_arg_matches(&matches)?, None));
+        }
+        let settings = match matches.get_one::<PathBuf>("config") {
+            Some(path) => Some(file::FileSettings::read(path)?),
+            None => file::FileSettings::find(default_files)?,
+        };
+        let Some(settings) = settings else {
+            return Ok((Self::from_arg_matches(&matches)?, None));
+        };
+        let (words, applied) = file::merge(&cmd, &matches, &settings)?;
+        // The file's values go before the user's words: they only name arguments the
+        // user left unset, so nothing the user typed is overridden or duplicated.
+        let mut merged = Vec::with_capacity(args.len() + words.len());
+        merged.extend(args.first().cloned());
+        merged.extend(words);
+        merged.extend(args.into_iter().skip(1));
+        Ok((Self::try_parse_from(merged)?, Some(applied)))
+    }
+}
+
+/// Why [`Cli::try_parse_with_config`] did not produce flags.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A bad flag or value, or a request for help or the version.
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+    /// The config file cannot be read or is invalid.
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+/// Where the config file is looked for when `--config` is not given, in order:
+/// `./trafficmirror.yaml`, then `$HOME/.trafficmirror/trafficmirror.yaml`.
+pub fn default_config_files() -> Vec<PathBuf> {
+    file::default_paths(std::env::var_os("HOME").map(PathBuf::from).as_deref())
 }
 
 /// Rewrites Go-style `-name` and `-name=value` into `--name…` for every long flag name
@@ -448,5 +562,112 @@ mod tests {
             prop_assume!(!known_longs().iter().any(|l| format!("-{l}") == arg));
             prop_assert_eq!(normalize_args([arg.as_str()]), vec![OsString::from(&arg)]);
         }
+    }
+
+    #[test]
+    fn subcommands_parse_and_plain_flags_still_run_the_proxy() {
+        let cli = Cli::try_parse_args(["tm", "completions", "bash"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Completions {
+                shell: clap_complete::Shell::Bash
+            })
+        );
+        assert_eq!(
+            Cli::try_parse_args(["tm", "man"]).unwrap().command,
+            Some(Command::Man)
+        );
+        let cli = Cli::try_parse_args(["tm", "-listen", ":9", "-vv"]).unwrap();
+        assert_eq!(
+            (cli.command, cli.listen.as_str(), cli.verbose),
+            (None, ":9", 2)
+        );
+        assert!(Cli::try_parse_args(["tm", "completions", "tcsh"]).is_err());
+        assert!(Cli::try_parse_args(["tm", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn log_format_defaults_to_text() {
+        assert_eq!(
+            Cli::try_parse_args(["tm"]).unwrap().log_format,
+            LogFormat::Text
+        );
+        assert_eq!(
+            Cli::try_parse_args(["tm", "-log-format=json"])
+                .unwrap()
+                .log_format,
+            LogFormat::Json
+        );
+        assert!(Cli::try_parse_args(["tm", "--log-format", "xml"]).is_err());
+    }
+
+    /// A fresh directory for one test's config files.
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tm-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn config_file_is_explicit_or_the_first_default_that_exists() {
+        let dir = temp_dir("config-search");
+        let explicit = dir.join("explicit.yaml");
+        let default = dir.join("default.yaml");
+        std::fs::write(&explicit, "listen: \":1\"\n").unwrap();
+        std::fs::write(&default, "listen: \":2\"\nmain: http://m:2\n").unwrap();
+        let defaults = [dir.join("absent.yaml"), default.clone()];
+
+        let (cli, file) = Cli::try_parse_with_config(["tm"], &defaults).unwrap();
+        assert_eq!(
+            (cli.listen.as_str(), cli.main.as_str()),
+            (":2", "http://m:2")
+        );
+        assert_eq!(file.unwrap().path, default);
+
+        // `--config` replaces the search; it is not merged with the default file.
+        let (cli, file) =
+            Cli::try_parse_with_config(["tm", "-config", explicit.to_str().unwrap()], &defaults)
+                .unwrap();
+        assert_eq!(
+            (cli.listen.as_str(), cli.main.as_str()),
+            (":1", "http://localhost:8888")
+        );
+        assert_eq!(file.unwrap().path, explicit);
+
+        // No file anywhere is fine.
+        let (cli, file) = Cli::try_parse_with_config(["tm"], &[dir.join("absent.yaml")]).unwrap();
+        assert_eq!((cli.listen.as_str(), file), (":8080", None));
+
+        // An explicit file must exist.
+        let missing = dir.join("missing.yaml");
+        let err = Cli::try_parse_with_config(["tm", "--config", missing.to_str().unwrap()], &[])
+            .unwrap_err();
+        assert!(
+            matches!(&err, StartError::File(FileError::Read { path, .. }) if *path == missing),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn subcommands_and_help_do_not_read_the_config_file() {
+        let dir = temp_dir("config-skip");
+        let broken = dir.join("broken.yaml");
+        std::fs::write(&broken, "bogus: [\n").unwrap();
+        let defaults = [broken.clone()];
+        let (cli, file) =
+            Cli::try_parse_with_config(["tm", "completions", "fish"], &defaults).unwrap();
+        assert!(cli.command.is_some() && file.is_none());
+        let err = Cli::try_parse_with_config(["tm", "-help"], &defaults).unwrap_err();
+        assert!(
+            matches!(&err, StartError::Flags(e) if e.kind() == clap::error::ErrorKind::DisplayHelp),
+            "{err}"
+        );
+        assert!(matches!(
+            Cli::try_parse_with_config(["tm"], &defaults),
+            Err(StartError::File(FileError::Yaml { .. }))
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

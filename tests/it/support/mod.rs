@@ -136,6 +136,68 @@ impl Drop for TestProxy {
 
 // ===== the real binary =====
 
+/// A fresh directory for one run of the binary, removed on drop: `work/` is its working
+/// directory and `home/` its `HOME`, so neither the developer's `./trafficmirror.yaml` nor
+/// `~/.trafficmirror/trafficmirror.yaml` (nor an inherited `TRAFFICMIRROR_*` variable)
+/// reaches the binary under test.
+pub struct Sandbox {
+    root: std::path::PathBuf,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "tm-sandbox-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        for dir in ["work", "home"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        Sandbox { root }
+    }
+
+    /// The binary's working directory.
+    pub fn work(&self) -> std::path::PathBuf {
+        self.root.join("work")
+    }
+
+    /// The binary's `HOME`.
+    pub fn home(&self) -> std::path::PathBuf {
+        self.root.join("home")
+    }
+
+    /// Writes `content` to `relative` (e.g. `work/trafficmirror.yaml`), creating folders.
+    pub fn write(&self, relative: &str, content: &str) -> std::path::PathBuf {
+        let path = self.root.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// A command for the built binary in this sandbox.
+    pub fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_trafficmirror"));
+        cmd.current_dir(self.work()).env("HOME", self.home());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TRAFFICMIRROR_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
 /// The built binary, running, and what it printed at start-up.
 pub struct Binary {
     child: tokio::process::Child,
@@ -143,6 +205,8 @@ pub struct Binary {
     pub addr: String,
     /// The five lines printed at start-up.
     pub banner: Vec<String>,
+    /// Dropped after the child, which `kill_on_drop` ends.
+    _sandbox: Sandbox,
 }
 
 impl Binary {
@@ -153,11 +217,18 @@ impl Binary {
         Self::start_with(&all, &[]).await
     }
 
-    /// Starts the binary with exactly `args` and extra environment variables.
+    /// Starts the binary with exactly `args` and extra environment variables, in a fresh
+    /// [`Sandbox`].
     pub async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Binary {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_trafficmirror"))
-            .args(args)
-            .envs(env.iter().copied())
+        Self::start_in(Sandbox::new(), args, env).await
+    }
+
+    /// Starts the binary in `sandbox` (its working directory and `HOME`) with exactly
+    /// `args` and extra environment variables.
+    pub async fn start_in(sandbox: Sandbox, args: &[&str], env: &[(&str, &str)]) -> Binary {
+        let mut command = sandbox.command();
+        command.args(args).envs(env.iter().copied());
+        let mut child = tokio::process::Command::from(command)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -186,6 +257,7 @@ impl Binary {
             child,
             addr,
             banner,
+            _sandbox: sandbox,
         }
     }
 
