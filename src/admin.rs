@@ -4,7 +4,9 @@
 //! adds and `DELETE` removes the `url` parameters from the query string and an
 //! `application/x-www-form-urlencoded` body. Every URL is validated before anything is
 //! applied. Authentication, when configured, comes first. `GET <path>/status` answers
-//! the proxy-wide figures (bytes held for mirrors).
+//! the proxy-wide figures (bytes held for mirrors); `GET <path>/metrics` the Prometheus
+//! scrape ([`crate::observe::metrics`]), also at `/metrics` when the admin endpoint has
+//! its own listener (`--targets-address`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +24,7 @@ use crate::body::{self, BoxBody, BoxError};
 use crate::budget::Budget;
 use crate::config::Config;
 use crate::mirror::options::{MirrorOptions, OptionsError};
+use crate::observe::metrics::{self, Metrics};
 use crate::registry::{Conflict, Registry};
 use crate::sources::state_file;
 use crate::target_url::{TargetUrl, UrlError};
@@ -50,10 +53,14 @@ pub enum AdminError {
     LockedOut(u64),
     #[error("method not allowed: use GET, PUT or DELETE")]
     MethodNotAllowed,
+    #[error("method not allowed: use GET")]
+    OnlyGet,
     #[error("not found")]
     NotFound,
     #[error("request body too large or unreadable")]
     BadBody,
+    #[error("the metrics could not be encoded")]
+    Metrics,
 }
 
 impl AdminError {
@@ -64,10 +71,10 @@ impl AdminError {
             }
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::NotAMirror(_) => StatusCode::NOT_FOUND,
-            Self::StateFile(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::StateFile(_) | Self::Metrics => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::LockedOut(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed | Self::OnlyGet => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::BadBody => StatusCode::PAYLOAD_TOO_LARGE,
         };
@@ -87,6 +94,9 @@ impl AdminError {
             Self::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
             }
+            Self::OnlyGet => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
             _ => {}
         }
         response
@@ -104,6 +114,10 @@ pub struct Admin {
     state_file: Option<Arc<StateFile>>,
     /// `--targets-file`, named in `409` answers.
     targets_file: Option<String>,
+    metrics: Metrics,
+    /// True with `--targets-address`: the listener is the admin endpoint's alone, so
+    /// `/metrics` is served there too (on the main listener that path is main's).
+    own_listener: bool,
 }
 
 /// `--state-file` and the turn its saves take.
@@ -112,11 +126,21 @@ struct StateFile {
     turn: tokio::sync::Mutex<()>,
 }
 
-/// The sub-paths of the admin path that the admin endpoint answers.
-const SUB_PATHS: [&str; 2] = ["/status", "/mismatches"];
+/// What an admin request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Page {
+    /// The admin path itself: list, add, remove.
+    Targets,
+    /// `<path>/status`.
+    Status,
+    /// `<path>/mismatches`.
+    Mismatches,
+    /// `<path>/metrics`, or `/metrics` on the admin endpoint's own listener.
+    Metrics,
+}
 
 impl Admin {
-    pub fn new(registry: Registry, budget: Budget, config: &Config) -> Self {
+    pub fn new(registry: Registry, budget: Budget, config: &Config, metrics: Metrics) -> Self {
         Self {
             path: config.admin_path.clone(),
             registry,
@@ -132,13 +156,25 @@ impl Admin {
                 .targets_file
                 .as_ref()
                 .map(|(path, _)| path.display().to_string()),
+            metrics,
+            own_listener: config.admin_address.is_some(),
         }
     }
 
     /// Whether `path` is served here (the admin path or one of its sub-paths).
     pub fn serves(&self, path: &str) -> bool {
-        path.strip_prefix(self.path.as_str())
-            .is_some_and(|rest| rest.is_empty() || SUB_PATHS.contains(&rest))
+        self.page(path).is_some()
+    }
+
+    fn page(&self, path: &str) -> Option<Page> {
+        match path.strip_prefix(self.path.as_str()) {
+            Some("") => Some(Page::Targets),
+            Some("/status") => Some(Page::Status),
+            Some("/mismatches") => Some(Page::Mismatches),
+            Some("/metrics") => Some(Page::Metrics),
+            _ if self.own_listener && path == "/metrics" => Some(Page::Metrics),
+            _ => None,
+        }
     }
 
     /// Handles one admin request. Callable without a socket (tests build a `Request`).
@@ -163,14 +199,14 @@ impl Admin {
         B::Error: Into<BoxError>,
     {
         let user = self.authenticate(&req, peer).await?;
-        let sub = &req.uri().path()[self.path.len()..];
-        match sub {
-            "" => self.targets(req, peer, user).await,
-            "/status" if req.method() == Method::GET => Ok(self.status()),
-            "/status" => Err(AdminError::MethodNotAllowed),
-            "/mismatches" if req.method() == Method::GET => self.mismatches(&req),
-            "/mismatches" => Err(AdminError::MethodNotAllowed),
-            _ => Err(AdminError::NotFound),
+        let page = self.page(req.uri().path()).ok_or(AdminError::NotFound)?;
+        let get = req.method() == Method::GET;
+        match page {
+            Page::Targets => self.targets(req, peer, user).await,
+            Page::Status | Page::Mismatches | Page::Metrics if !get => Err(AdminError::OnlyGet),
+            Page::Status => Ok(self.status()),
+            Page::Mismatches => self.mismatches(&req),
+            Page::Metrics => self.metrics(),
         }
     }
 
@@ -283,6 +319,17 @@ impl Admin {
             }
             Err(err) => Err(AdminError::StateFile(err.to_string())),
         }
+    }
+
+    /// The Prometheus scrape.
+    fn metrics(&self) -> Result<Response<BoxBody>, AdminError> {
+        let text = self.metrics.encode().map_err(|_| AdminError::Metrics)?;
+        let mut response = Response::new(body::full(text));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        );
+        Ok(response)
     }
 
     /// The latest mismatches of one comparing mirror.

@@ -23,8 +23,10 @@
 //! - `registry`: the set of mirrors; removes mirrors that failed for too long.
 //! - `admin`: the `/targets` endpoint; `auth`: its Basic authentication.
 //! - `target_url`: URL validation, normalisation and path-prefix joining.
-//! - `metrics`: per-mirror counters. `shutdown`: SIGINT/SIGTERM. `ratelimit`: at most
-//!   one log line per second for per-request errors.
+//! - `metrics`: per-mirror counters; `observe::metrics`: the Prometheus scrape (requests
+//!   by status class, latency histograms, the per-mirror counters, the byte budget).
+//! - `shutdown`: SIGINT/SIGTERM. `ratelimit`: at most one log line per second for
+//!   per-request errors.
 //! - `client`: keep-alive connection pools to main and mirrors, one per worker;
 //!   `tls`: TLS settings for https targets.
 //! - `workers`: thread-per-core worker runtimes that own the connections.
@@ -53,6 +55,7 @@ mod headers;
 mod idle;
 mod metrics;
 mod mirror;
+mod observe;
 mod proxy;
 mod ratelimit;
 mod registry;

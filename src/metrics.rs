@@ -1,4 +1,5 @@
-//! Per-mirror counters (the JSON listing, README "The admin endpoint"). Relaxed atomics: each counter is
+//! Per-mirror counters (the JSON listing, README "The admin endpoint", and the
+//! Prometheus scrape, [`crate::observe::metrics`]). Relaxed atomics: each counter is
 //! independent and only ever read for reporting.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

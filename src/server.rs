@@ -25,6 +25,7 @@ use crate::admin::Admin;
 use crate::body::{self, BoxBody};
 use crate::config::{Config, ListenAddr};
 use crate::idle::Activity;
+use crate::observe::metrics::Metrics;
 use crate::proxy::{Peer, Proxy};
 use crate::sources::targets_file;
 use crate::workers::{LoadGuard, Workers};
@@ -136,10 +137,16 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let shutdown_timeout = config.shutdown_timeout;
     let proxy = Proxy::new(config);
+    let metrics = Metrics::new(
+        proxy.main_stats(),
+        proxy.registry().clone(),
+        proxy.budget().clone(),
+    );
     let admin = Admin::new(
         proxy.registry().clone(),
         proxy.budget().clone(),
         proxy.config(),
+        metrics,
     );
     let pruning = tokio::spawn({
         let registry = proxy.registry().clone();

@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 use crate::budget::{Budget, Held};
 use crate::client::{self, Pool};
 use crate::metrics::{Counters, Snapshot};
+use crate::observe::metrics::Latency;
 use crate::target_url::TargetUrl;
 use compare::{Answer, Rules, Verdict};
 use comparison::{CompareSnapshot, CompareStats};
@@ -180,6 +181,8 @@ impl Drop for Slot {
 pub struct Mirror {
     url: TargetUrl,
     counters: Counters,
+    /// Time of each request to this mirror (the Prometheus scrape).
+    latency: Latency,
     /// Happens-before bookkeeping, used while the mirror's plan says `ordered`.
     order: Arc<Order>,
     /// Comparison results while the plan says `compare`.
@@ -219,6 +222,7 @@ impl Mirror {
         Arc::new(Self {
             url,
             counters: Counters::default(),
+            latency: Latency::default(),
             order: Arc::default(),
             comparison: CompareStats::new(),
             mismatches: Mismatches::default(),
@@ -232,6 +236,11 @@ impl Mirror {
 
     pub fn url(&self) -> &TargetUrl {
         &self.url
+    }
+
+    /// Time of each request to this mirror, whatever its outcome.
+    pub fn latency(&self) -> &Latency {
+        &self.latency
     }
 
     /// Copies waiting or in flight right now.
@@ -359,7 +368,10 @@ impl Mirror {
         let timeout = self.shared.settings.timeout;
         let sent = self.send(&job.request, &job.plan);
         let mut answer = None;
-        let success = match tokio::time::timeout(timeout, sent).await {
+        let started = Instant::now();
+        let result = tokio::time::timeout(timeout, sent).await;
+        self.latency.observe(started.elapsed());
+        let success = match result {
             Ok(Ok((status, captured))) => {
                 answer = captured;
                 if status.is_server_error() {

@@ -34,6 +34,7 @@ use crate::headers;
 use crate::mirror::Source;
 use crate::mirror::ordered::MainHalf;
 use crate::mirror::shadow::MainCapture;
+use crate::observe::metrics::MainStats;
 use crate::ratelimit::LogLimiter;
 use crate::registry::{Mirrors, Registry};
 use crate::workers;
@@ -82,6 +83,8 @@ struct Inner {
     main_unreachable_log: LogLimiter,
     /// "main did not answer in time" (`504`) log lines, at most one per second.
     main_timeout_log: LogLimiter,
+    /// Answers by status class and their latency (the Prometheus scrape).
+    main_stats: MainStats,
 }
 
 impl Proxy {
@@ -114,6 +117,7 @@ impl Proxy {
                 loop_logged: AtomicBool::new(false),
                 main_unreachable_log: LogLimiter::new(MAIN_ERROR_LOG_INTERVAL),
                 main_timeout_log: LogLimiter::new(MAIN_ERROR_LOG_INTERVAL),
+                main_stats: MainStats::default(),
             }),
         }
     }
@@ -128,6 +132,11 @@ impl Proxy {
 
     pub fn budget(&self) -> &Budget {
         &self.inner.budget
+    }
+
+    /// Answers to proxied requests by status class, and their latency.
+    pub fn main_stats(&self) -> &MainStats {
+        &self.inner.main_stats
     }
 
     fn main_pool(&self) -> &Pool<BoxBody> {
@@ -149,8 +158,22 @@ impl Proxy {
     }
 
     /// Proxies one request to main and mirrors it. Never fails: upstream problems become
-    /// `502`/`504` responses, a client's broken or stalled body `400`/`408`.
-    pub async fn forward<B>(&self, mut req: Request<B>, peer: &Peer) -> Response<BoxBody>
+    /// `502`/`504` responses, a client's broken or stalled body `400`/`408`. Counts the
+    /// answer's status class and the time until its head was ready.
+    pub async fn forward<B>(&self, req: Request<B>, peer: &Peer) -> Response<BoxBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = std::time::Instant::now();
+        let response = self.answer(req, peer).await;
+        self.main_stats()
+            .record(response.status(), started.elapsed());
+        response
+    }
+
+    /// [`Proxy::forward`] without the counting.
+    async fn answer<B>(&self, mut req: Request<B>, peer: &Peer) -> Response<BoxBody>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,

@@ -6,6 +6,7 @@ mod cli;
 mod demo;
 mod faults;
 mod health;
+mod metrics;
 mod mirror;
 mod protocol;
 mod proxy;
