@@ -4,21 +4,29 @@
 //! adds and `DELETE` removes the `url` parameters from the query string and an
 //! `application/x-www-form-urlencoded` body. Every URL is validated before anything is
 //! applied. Authentication, when configured, comes first. `GET <path>/status` answers
-//! the proxy-wide figures (bytes held for mirrors).
+//! the proxy-wide figures (bytes held for mirrors); `GET <path>/metrics` the Prometheus
+//! scrape ([`crate::observe::metrics`]), also at `/metrics` when the admin endpoint has
+//! its own listener (`--targets-address`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::auth::{Denied, Users};
 use crate::body::{self, BoxBody, BoxError};
 use crate::budget::Budget;
-use crate::registry::Registry;
+use crate::config::Config;
+use crate::mirror::options::{MirrorOptions, OptionsError};
+use crate::observe::metrics::{self, Metrics};
+use crate::registry::{Conflict, Registry};
+use crate::sources::state_file;
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Largest form body accepted on PUT/DELETE.
@@ -31,29 +39,42 @@ pub enum AdminError {
     MissingUrl,
     #[error("invalid url parameter: {0}")]
     InvalidUrl(#[from] UrlError),
-    #[error("invalid persistent parameter {0:?}: use true or false")]
-    InvalidPersistent(String),
+    #[error("invalid option: {0}")]
+    InvalidOption(#[from] OptionsError),
+    #[error("{url} comes from the targets file {file}: change it there")]
+    Conflict { url: String, file: String },
+    #[error("{0} is not a mirror")]
+    NotAMirror(String),
+    #[error("the change is applied but the state file could not be written: {0}")]
+    StateFile(String),
     #[error("authentication required")]
     Unauthorized,
     #[error("too many failed logins from this address: retry in {0} s")]
     LockedOut(u64),
     #[error("method not allowed: use GET, PUT or DELETE")]
     MethodNotAllowed,
+    #[error("method not allowed: use GET")]
+    OnlyGet,
     #[error("not found")]
     NotFound,
     #[error("request body too large or unreadable")]
     BadBody,
+    #[error("the metrics could not be encoded")]
+    Metrics,
 }
 
 impl AdminError {
     fn into_response(self) -> Response<BoxBody> {
         let status = match self {
-            Self::MissingUrl | Self::InvalidUrl(_) | Self::InvalidPersistent(_) => {
+            Self::MissingUrl | Self::InvalidUrl(_) | Self::InvalidOption(_) => {
                 StatusCode::BAD_REQUEST
             }
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::NotAMirror(_) => StatusCode::NOT_FOUND,
+            Self::StateFile(_) | Self::Metrics => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::LockedOut(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed | Self::OnlyGet => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::BadBody => StatusCode::PAYLOAD_TOO_LARGE,
         };
@@ -73,6 +94,9 @@ impl AdminError {
             Self::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
             }
+            Self::OnlyGet => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
             _ => {}
         }
         response
@@ -87,22 +111,70 @@ pub struct Admin {
     registry: Registry,
     users: Option<Users>,
     budget: Budget,
+    state_file: Option<Arc<StateFile>>,
+    /// `--targets-file`, named in `409` answers.
+    targets_file: Option<String>,
+    metrics: Metrics,
+    /// True with `--targets-address`: the listener is the admin endpoint's alone, so
+    /// `/metrics` is served there too (on the main listener that path is main's).
+    own_listener: bool,
+}
+
+/// `--state-file` and the turn its saves take.
+struct StateFile {
+    path: PathBuf,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// What an admin request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Page {
+    /// The admin path itself: list, add, remove.
+    Targets,
+    /// `<path>/status`.
+    Status,
+    /// `<path>/mismatches`.
+    Mismatches,
+    /// `<path>/metrics`, or `/metrics` on the admin endpoint's own listener.
+    Metrics,
 }
 
 impl Admin {
-    pub fn new(path: String, registry: Registry, users: Option<Users>, budget: Budget) -> Self {
+    pub fn new(registry: Registry, budget: Budget, config: &Config, metrics: Metrics) -> Self {
         Self {
-            path,
+            path: config.admin_path.clone(),
             registry,
-            users,
+            users: config.users.clone(),
             budget,
+            state_file: config.state_file.clone().map(|path| {
+                Arc::new(StateFile {
+                    path,
+                    turn: tokio::sync::Mutex::new(()),
+                })
+            }),
+            targets_file: config
+                .targets_file
+                .as_ref()
+                .map(|(path, _)| path.display().to_string()),
+            metrics,
+            own_listener: config.admin_address.is_some(),
         }
     }
 
     /// Whether `path` is served here (the admin path or one of its sub-paths).
     pub fn serves(&self, path: &str) -> bool {
-        path.strip_prefix(self.path.as_str())
-            .is_some_and(|rest| rest.is_empty() || rest == "/status")
+        self.page(path).is_some()
+    }
+
+    fn page(&self, path: &str) -> Option<Page> {
+        match path.strip_prefix(self.path.as_str()) {
+            Some("") => Some(Page::Targets),
+            Some("/status") => Some(Page::Status),
+            Some("/mismatches") => Some(Page::Mismatches),
+            Some("/metrics") => Some(Page::Metrics),
+            _ if self.own_listener && path == "/metrics" => Some(Page::Metrics),
+            _ => None,
+        }
     }
 
     /// Handles one admin request. Callable without a socket (tests build a `Request`).
@@ -127,12 +199,14 @@ impl Admin {
         B::Error: Into<BoxError>,
     {
         let user = self.authenticate(&req, peer).await?;
-        let sub = &req.uri().path()[self.path.len()..];
-        match sub {
-            "" => self.targets(req, peer, user).await,
-            "/status" if req.method() == Method::GET => Ok(self.status()),
-            "/status" => Err(AdminError::MethodNotAllowed),
-            _ => Err(AdminError::NotFound),
+        let page = self.page(req.uri().path()).ok_or(AdminError::NotFound)?;
+        let get = req.method() == Method::GET;
+        match page {
+            Page::Targets => self.targets(req, peer, user).await,
+            Page::Status | Page::Mismatches | Page::Metrics if !get => Err(AdminError::OnlyGet),
+            Page::Status => Ok(self.status()),
+            Page::Mismatches => self.mismatches(&req),
+            Page::Metrics => self.metrics(),
         }
     }
 
@@ -180,37 +254,102 @@ impl Admin {
     {
         let registry = &self.registry;
         let json = wants_json(&req);
-        let change = match *req.method() {
-            Method::GET => None,
-            Method::PUT => Some(true),
-            Method::DELETE => Some(false),
+        let put = match *req.method() {
+            Method::GET => return Ok(listing(registry, json)),
+            Method::PUT => true,
+            Method::DELETE => false,
             _ => return Err(AdminError::MethodNotAllowed),
         };
-        if let Some(add) = change {
-            let params = Params::read(req).await?;
-            if params.urls.is_empty() {
-                return Err(AdminError::MissingUrl);
-            }
-            // Validate everything first: a bad URL applies nothing.
-            let urls = params
-                .urls
-                .iter()
-                .map(|u| TargetUrl::parse(u))
-                .collect::<Result<Vec<_>, _>>()?;
-            let who = user.as_deref().unwrap_or("-");
-            if add {
-                let added = registry.add(&urls, params.persistent);
-                if !added.is_empty() {
-                    info!(user = who, client = %peer, ?added, persistent = params.persistent, "mirrors added");
-                }
+        let params = Params::read(req).await?;
+        if params.urls.is_empty() {
+            return Err(AdminError::MissingUrl);
+        }
+        // Validate everything first: a bad URL or option applies nothing.
+        let urls = params
+            .urls
+            .iter()
+            .map(|u| TargetUrl::parse(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let who = user.as_deref().unwrap_or("-");
+        let conflict = |c: Conflict| AdminError::Conflict {
+            url: c.0,
+            file: self.targets_file.clone().unwrap_or_default(),
+        };
+        if put {
+            let options = if params.options.is_empty() {
+                None
             } else {
-                let removed = registry.remove(&urls);
-                if !removed.is_empty() {
-                    info!(user = who, client = %peer, ?removed, "mirrors removed");
-                }
+                let pairs = params.options.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                Some(MirrorOptions::parse_pairs(pairs)?)
+            };
+            let change = registry.put(&urls, options.as_ref()).map_err(conflict)?;
+            if !change.is_empty() {
+                let options = options.map(|o| o.to_string()).unwrap_or_default();
+                info!(user = who, client = %peer, added = ?change.added, updated = ?change.updated, %options, "mirrors added or changed");
+                self.save_state().await?;
+            }
+        } else {
+            let removed = registry.delete(&urls).map_err(conflict)?;
+            if !removed.is_empty() {
+                info!(user = who, client = %peer, ?removed, "mirrors removed");
+                self.save_state().await?;
             }
         }
         Ok(listing(registry, json))
+    }
+
+    /// Writes the admin mirrors to `--state-file`, one save at a time, each with the
+    /// set as it is when its turn comes (so the last save has the latest set).
+    async fn save_state(&self) -> Result<(), AdminError> {
+        let Some(state) = &self.state_file else {
+            return Ok(());
+        };
+        let _turn = state.turn.lock().await;
+        let lines = self.registry.admin_lines();
+        let path = state.path.clone();
+        let saved = tokio::task::spawn_blocking(move || state_file::save(&path, &lines)).await;
+        match saved {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => {
+                error!(file = %state.path.display(), error = %err, "cannot write the state file");
+                Err(AdminError::StateFile(format!(
+                    "{}: {err}",
+                    state.path.display()
+                )))
+            }
+            Err(err) => Err(AdminError::StateFile(err.to_string())),
+        }
+    }
+
+    /// The Prometheus scrape.
+    fn metrics(&self) -> Result<Response<BoxBody>, AdminError> {
+        let text = self.metrics.encode().map_err(|_| AdminError::Metrics)?;
+        let mut response = Response::new(body::full(text));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        );
+        Ok(response)
+    }
+
+    /// The latest mismatches of one comparing mirror.
+    fn mismatches<B>(&self, req: &Request<B>) -> Result<Response<BoxBody>, AdminError> {
+        let raw = req
+            .uri()
+            .query()
+            .and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "url")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .ok_or(AdminError::MissingUrl)?;
+        let url = TargetUrl::parse(&raw)?;
+        let member = self
+            .registry
+            .find(&url)
+            .ok_or_else(|| AdminError::NotAMirror(url.to_string()))?;
+        let body = serde_json::to_vec(&member.mirror.mismatches()).expect("records serialise");
+        Ok(json_response(body))
     }
 }
 
@@ -223,11 +362,12 @@ fn json_response(body: impl Into<Bytes>) -> Response<BoxBody> {
     response
 }
 
-/// `url`, `persistent` from the query and (PUT/DELETE) a form body.
+/// `url` and the options, from the query and (PUT/DELETE) a form body.
 #[derive(Debug, Default)]
 struct Params {
     urls: Vec<String>,
-    persistent: bool,
+    /// Every other parameter but `format`, decoded, in order.
+    options: Vec<(String, String)>,
 }
 
 impl Params {
@@ -238,7 +378,7 @@ impl Params {
     {
         let mut params = Params::default();
         if let Some(query) = req.uri().query() {
-            params.extend(query.as_bytes())?;
+            params.extend(query.as_bytes());
         }
         let is_form = req
             .headers()
@@ -256,26 +396,19 @@ impl Params {
                 .await
                 .map_err(|_| AdminError::BadBody)?
                 .to_bytes();
-            params.extend(&body)?;
+            params.extend(&body);
         }
         Ok(params)
     }
 
-    fn extend(&mut self, encoded: &[u8]) -> Result<(), AdminError> {
+    fn extend(&mut self, encoded: &[u8]) {
         for (key, value) in url::form_urlencoded::parse(encoded) {
             match key.as_ref() {
                 "url" => self.urls.push(value.into_owned()),
-                "persistent" => {
-                    self.persistent = match value.to_ascii_lowercase().as_str() {
-                        "true" | "1" | "yes" | "" => true,
-                        "false" | "0" | "no" => false,
-                        _ => return Err(AdminError::InvalidPersistent(value.into_owned())),
-                    };
-                }
-                _ => {}
+                "format" => {}
+                _ => self.options.push((key.into_owned(), value.into_owned())),
             }
         }
-        Ok(())
     }
 }
 
@@ -300,7 +433,7 @@ fn listing(registry: &Registry, json: bool) -> Response<BoxBody> {
     }
     let mut out = String::new();
     for mirror in registry.snapshot().iter() {
-        out.push_str(mirror.url().as_str());
+        out.push_str(mirror.mirror.url().as_str());
         out.push('\n');
     }
     body::text(StatusCode::OK, out)

@@ -308,6 +308,8 @@ enum ParseError {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn basic(creds: &str) -> Vec<u8> {
@@ -463,5 +465,108 @@ mod tests {
             Users::parse("# only a comment\n\n"),
             Err(ParseError::Empty)
         ));
+    }
+
+    /// A user name as a password file may hold it: no `:` (the first one separates), no
+    /// line break, and not a comment once leading blanks are skipped.
+    fn user_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "[a-zA-Z0-9._-]{1,12}",
+            1 => "[^:\r\n#\\s][^:\r\n]{0,12}",
+            1 => "[ \t]{1,2}[^:\r\n#\\s][^:\r\n]{0,6}",
+        ]
+    }
+
+    /// A plain password: anything on one line (`:`, `#`, blanks and non-ASCII too),
+    /// except a bcrypt prefix, which makes it a hash.
+    fn plain_password() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "[ -~]{0,16}",
+            1 => "[^\r\n]{0,16}",
+            1 => ":[^\r\n]{0,8}:",
+        ]
+        .prop_filter("a bcrypt prefix makes it a hash", |p| {
+            Secret::new(p.trim_end_matches('\r')).is_plain()
+        })
+        // A `\r` at the end of a line is its line ending.
+        .prop_filter("no trailing carriage return", |p| !p.ends_with('\r'))
+    }
+
+    impl Secret {
+        fn is_plain(&self) -> bool {
+            matches!(self, Secret::Plain(_))
+        }
+    }
+
+    /// What may stand between entries: blank lines and comments.
+    fn filler() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[ \t]{1,4}",
+            "[ \t]{0,2}#[^\r\n]{0,20}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(text in "\\PC*") {
+            let _ = Users::parse(&text);
+        }
+
+        #[test]
+        fn parse_never_panics_on_line_shaped_text(
+            lines in prop::collection::vec("[^\n]{0,20}(:[^\n]{0,20})?", 0..6),
+            crlf in any::<bool>(),
+        ) {
+            let text = lines.join(if crlf { "\r\n" } else { "\n" });
+            if let Ok(users) = Users::parse(&text) {
+                prop_assert!(!users.entries.is_empty());
+            }
+        }
+
+        #[test]
+        fn every_line_is_accepted_with_its_password(
+            entries in prop::collection::btree_map(user_name(), plain_password(), 1..6),
+            fillers in prop::collection::vec(filler(), 7),
+            crlf in any::<bool>(),
+            final_newline in any::<bool>(),
+        ) {
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let mut text = String::new();
+            for (i, (user, password)) in entries.iter().enumerate() {
+                text.push_str(&fillers[i]);
+                text.push_str(eol);
+                text.push_str(&format!("{user}:{password}"));
+                text.push_str(eol);
+            }
+            text.push_str(&fillers[6]);
+            if final_newline {
+                text.push_str(eol);
+            }
+            let users = Users::parse(&text);
+            prop_assert!(users.is_ok(), "{:?}: {:?}", text, users.err());
+            let users = users.unwrap();
+            prop_assert_eq!(users.entries.len(), entries.len());
+            for (user, password) in &entries {
+                let right = basic(&format!("{user}:{password}"));
+                prop_assert_eq!(users.check(Some(&right)), Some(user.as_str()), "{:?}", text);
+                let wrong = basic(&format!("{user}:{password}x"));
+                prop_assert_eq!(users.check(Some(&wrong)), None);
+            }
+        }
+
+        #[test]
+        fn check_never_panics(
+            users in prop::collection::btree_map(user_name(), plain_password(), 1..3),
+            header in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..40),
+                "[bB][aA][sS][iI][cC] [ -~]{0,30}".prop_map(String::into_bytes),
+                "[^:]{0,10}:[^:]{0,10}".prop_map(|c| basic(&c)),
+            ],
+        ) {
+            let text: String = users.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
+            let users = Users::parse(&text).unwrap();
+            let _ = users.check(Some(&header));
+        }
     }
 }

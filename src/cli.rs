@@ -1,15 +1,22 @@
-//! Command-line flags (README, "Flags"): clap derive with a `TRAFFICMIRROR_*` environment
-//! variable for every flag, plus Go-style single-dash long flags (`-listen :9000`,
-//! `-targets-address=localhost:1234`) for scripts written for the Go tool.
+//! Command-line flags: clap derive with a `TRAFFICMIRROR_*` environment variable for
+//! every flag, plus Go-style single-dash long flags (`-listen :9000`,
+//! `-targets-address=localhost:1234`) for scripts written for the Go tool, a YAML config
+//! file ([`file`]) for whatever neither sets, and the `completions` and `man`
+//! subcommands.
 //!
 //! This module only describes and parses raw values; [`crate::config`] validates them.
+//! Printing completions and the man page is the binary's job.
+
+pub mod file;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, CommandFactory, Parser};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+pub use file::{AppliedFile, FileError};
 
 use crate::units::{parse_duration, parse_size};
 
@@ -19,8 +26,19 @@ use crate::units::{parse_duration, parse_size};
 /// in the background to every healthy mirror. Mirrors are listed, added and removed at
 /// run time on the admin endpoint (--targets).
 #[derive(Debug, Parser)]
-#[command(name = "trafficmirror", version, about, max_term_width = 100)]
+#[command(
+    name = "trafficmirror",
+    version,
+    about,
+    max_term_width = 100,
+    disable_help_subcommand = true,
+    after_long_help = AFTER_LONG_HELP
+)]
 pub struct Cli {
+    /// Run a tool instead of the proxy; without one, trafficmirror proxies.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on: `:PORT` (all interfaces), `HOST:PORT` or `[::1]:PORT`.
     #[arg(
         short,
@@ -63,14 +81,18 @@ pub struct Cli {
     )]
     pub password: Option<PathBuf>,
 
-    /// Mirror from the start (persistent); repeatable and comma-separated.
-    #[arg(
-        long,
-        env = "TRAFFICMIRROR_MIRROR",
-        value_delimiter = ',',
-        value_name = "URL"
-    )]
+    /// Mirror from the start (persistent): a URL, or a mirror line `URL key=value ...`
+    /// with options; repeatable; plain URLs may be comma-separated.
+    #[arg(long, env = "TRAFFICMIRROR_MIRROR", value_name = "URL")]
     pub mirror: Vec<String>,
+
+    /// Save mirrors added through the admin endpoint here, and restore them at start.
+    #[arg(long, env = "TRAFFICMIRROR_STATE_FILE", value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+
+    /// Mirror lines to follow: the file's mirrors track its content (checked every second).
+    #[arg(long, env = "TRAFFICMIRROR_TARGETS_FILE", value_name = "FILE")]
+    pub targets_file: Option<PathBuf>,
 
     /// How long a failing mirror rests before one trial request (bare number = minutes).
     #[arg(long, env = "TRAFFICMIRROR_RETRY_AFTER", default_value = "1m", value_parser = parse_duration, value_name = "DUR")]
@@ -100,6 +122,11 @@ pub struct Cli {
     /// A client that sends nothing of its request body for this long gets 408.
     #[arg(long, env = "TRAFFICMIRROR_BODY_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
     pub body_read_timeout: Duration,
+
+    /// Bytes of main's and a mirror's answer kept to compare them (`compare=true`); past
+    /// it, status, headers and a digest of the body are compared.
+    #[arg(long, env = "TRAFFICMIRROR_MAX_COMPARE_SIZE", default_value = "1MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_compare_size: u64,
 
     /// Main must send its response head within this time, else 504 (`off` = no limit).
     #[arg(long, env = "TRAFFICMIRROR_MAIN_TIMEOUT", default_value = "off", value_parser = parse_optional_duration, value_name = "DUR")]
@@ -142,6 +169,54 @@ pub struct Cli {
     /// More logging: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
     #[arg(short, long, env = "TRAFFICMIRROR_VERBOSE", action = ArgAction::Count)]
     pub verbose: u8,
+
+    /// Log lines on stderr: `text` for people, `json` for one JSON object per line.
+    #[arg(long, env = "TRAFFICMIRROR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+
+    /// YAML file of `flag-name: value` settings, used for what no flag or variable sets.
+    /// Without it, ./trafficmirror.yaml or ~/.trafficmirror/trafficmirror.yaml if present.
+    #[arg(long, env = "TRAFFICMIRROR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Printed after `--help` (not `-h`) and in the man page.
+const AFTER_LONG_HELP: &str = "\
+Settings: a flag wins over its TRAFFICMIRROR_* variable, which wins over the config file, \
+which wins over the default. The config file is --config FILE, else the first of \
+./trafficmirror.yaml and ~/.trafficmirror/trafficmirror.yaml that exists; its keys are the \
+long flag names, e.g. `listen: :9000`, `mirror: [http://a:8080, http://b:8080]`.";
+
+/// The tools that run instead of the proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Print a shell completion script to stdout.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout.
+    Man,
+    /// Run a demo in one process: a main, two comparing mirrors (one that answers like
+    /// main, one slower that differs on a share of requests), the proxy, and traffic.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        listen: String,
+        /// Requests per second sent through the proxy.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
+        rate: u32,
+    },
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with `message`), `target`.
+    Json,
 }
 
 /// A duration that may be switched off. A newtype so clap does not treat the flag as
@@ -168,6 +243,64 @@ impl Cli {
     {
         Self::try_parse_from(normalize_args(args))
     }
+
+    /// Parses arguments like [`Cli::try_parse_args`], then fills every setting that
+    /// neither a flag nor its environment variable gave from the config file: the
+    /// `--config` file, else the first of `default_files` that exists (see
+    /// [`default_config_files`]). With a subcommand no file is read.
+    ///
+    /// Returns the flags and, when a file was read, which keys it contributed.
+    ///
+    /// # Errors
+    /// [`StartError::Flags`] as from clap (also for help and version requests);
+    /// [`StartError::File`] for an unreadable or invalid file, naming the file and key.
+    pub fn try_parse_with_config<I, T>(
+        args: I,
+        default_files: &[PathBuf],
+    ) -> Result<(Self, Option<AppliedFile>), StartError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let args = normalize_args(args);
+        let mut cmd = Self::command();
+        let matches = cmd.try_get_matches_from_mut(&args)?;
+        if matches.subcommand().is_some() {
+            return Ok((Self::from_arg_matches(&matches)?, None));
+        }
+        let settings = match matches.get_one::<PathBuf>("config") {
+            Some(path) => Some(file::FileSettings::read(path)?),
+            None => file::FileSettings::find(default_files)?,
+        };
+        let Some(settings) = settings else {
+            return Ok((Self::from_arg_matches(&matches)?, None));
+        };
+        let (words, applied) = file::merge(&cmd, &matches, &settings)?;
+        // The file's values go before the user's words: they only name arguments the
+        // user left unset, so nothing the user typed is overridden or duplicated.
+        let mut merged = Vec::with_capacity(args.len() + words.len());
+        merged.extend(args.first().cloned());
+        merged.extend(words);
+        merged.extend(args.into_iter().skip(1));
+        Ok((Self::try_parse_from(merged)?, Some(applied)))
+    }
+}
+
+/// Why [`Cli::try_parse_with_config`] did not produce flags.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A bad flag or value, or a request for help or the version.
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+    /// The config file cannot be read or is invalid.
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+/// Where the config file is looked for when `--config` is not given, in order:
+/// `./trafficmirror.yaml`, then `$HOME/.trafficmirror/trafficmirror.yaml`.
+pub fn default_config_files() -> Vec<PathBuf> {
+    file::default_paths(std::env::var_os("HOME").map(PathBuf::from).as_deref())
 }
 
 /// Rewrites Go-style `-name` and `-name=value` into `--name…` for every long flag name
@@ -218,6 +351,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn norm(args: &[&str]) -> Vec<String> {
@@ -300,7 +435,7 @@ mod tests {
             "-mirror=http://c:3",
         ])
         .unwrap();
-        assert_eq!(cli.mirror, ["http://a:1", "http://b:2", "http://c:3"]);
+        assert_eq!(cli.mirror, ["http://a:1,http://b:2", "http://c:3"]);
     }
 
     #[test]
@@ -323,5 +458,233 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every long flag name and alias the program knows, as `normalize_args` must.
+    fn known_longs() -> Vec<String> {
+        let cmd = Cli::command();
+        let mut longs: Vec<String> = vec!["help".into(), "version".into()];
+        for arg in cmd.get_arguments() {
+            longs.extend(arg.get_long().map(str::to_owned));
+            longs.extend(
+                arg.get_all_aliases()
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_owned),
+            );
+        }
+        longs
+    }
+
+    #[test]
+    fn the_specified_long_flags_are_known() {
+        let longs = known_longs();
+        for name in [
+            "listen",
+            "main",
+            "targets",
+            "targets-address",
+            "password",
+            "password-file",
+            "passwordFile",
+            "mirror",
+            "retry-after",
+            "fail-after",
+            "max-queued-requests",
+            "mirror-timeout",
+            "max-body-size",
+            "main-timeout",
+            "shutdown-timeout",
+            "verbose",
+            "help",
+            "version",
+        ] {
+            assert!(longs.iter().any(|l| l == name), "{name}");
+        }
+    }
+
+    /// Arguments as scripts write them: flags of one or two dashes, known or not, with
+    /// and without `=value`, bare values, and anything else.
+    fn argument() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => (prop::sample::select(known_longs()), prop_oneof![Just(""), Just("-")], "(=\\PC*)?")
+                .prop_map(|(name, dash, value)| format!("-{dash}{name}{value}")),
+            2 => "-{0,3}[a-zA-Z][a-zA-Z-]{0,15}(=[ -~]{0,10})?",
+            1 => prop_oneof![Just("-"), Just("--"), Just("---"), Just("-="), Just("--=x")]
+                .prop_map(str::to_owned),
+            2 => "\\PC*",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn normalize_never_panics_and_only_adds_a_dash(args in prop::collection::vec(argument(), 0..8)) {
+            let out = normalize_args(&args);
+            prop_assert_eq!(out.len(), args.len());
+            for (before, after) in args.iter().zip(&out) {
+                let dashed = format!("-{before}");
+                prop_assert!(after == before.as_str() || *after == *dashed, "{:?} -> {:?}", before, after);
+            }
+            // A second pass changes nothing: a rewritten flag has two dashes.
+            prop_assert_eq!(normalize_args(&out), out);
+        }
+
+        #[cfg(unix)]
+        #[test]
+        fn non_utf8_arguments_pass_through(
+            raw in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..12), 0..5),
+        ) {
+            use std::os::unix::ffi::OsStringExt;
+            let args: Vec<OsString> = raw.into_iter().map(OsString::from_vec).collect();
+            let out = normalize_args(args.clone());
+            prop_assert_eq!(out.len(), args.len());
+            for (before, after) in args.iter().zip(&out) {
+                if before.to_str().is_none() {
+                    prop_assert_eq!(before, after);
+                }
+            }
+        }
+
+        #[test]
+        fn go_style_name_equals_value_gets_two_dashes(
+            name in prop::sample::select(known_longs()),
+            value in "\\PC*",
+            before in prop::collection::vec(argument().prop_filter("not --", |a| a != "--"), 0..4),
+            after in prop::collection::vec(argument(), 0..4),
+        ) {
+            let mut args = vec!["tm".to_owned()];
+            args.extend(before.iter().cloned());
+            args.push(format!("-{name}={value}"));
+            args.push(format!("-{name}"));
+            args.push("--".to_owned());
+            args.extend(after.iter().cloned());
+            let out = normalize_args(&args);
+            let at = 1 + before.len();
+            prop_assert_eq!(&out[at], &OsString::from(format!("--{name}={value}")));
+            prop_assert_eq!(&out[at + 1], &OsString::from(format!("--{name}")));
+            prop_assert_eq!(&out[at + 2], "--");
+            // Everything after `--` is a value, passed through as it came.
+            let rest: Vec<OsString> = after.iter().map(OsString::from).collect();
+            prop_assert_eq!(&out[at + 3..], &rest[..]);
+        }
+
+        #[test]
+        fn short_flags_and_values_are_left_alone(
+            arg in prop_oneof![
+                "-[a-zA-Z]",
+                "-v{1,4}",
+                "[^-]\\PC*",
+            ],
+        ) {
+            prop_assume!(!known_longs().iter().any(|l| format!("-{l}") == arg));
+            prop_assert_eq!(normalize_args([arg.as_str()]), vec![OsString::from(&arg)]);
+        }
+    }
+
+    #[test]
+    fn subcommands_parse_and_plain_flags_still_run_the_proxy() {
+        let cli = Cli::try_parse_args(["tm", "completions", "bash"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Completions {
+                shell: clap_complete::Shell::Bash
+            })
+        );
+        assert_eq!(
+            Cli::try_parse_args(["tm", "man"]).unwrap().command,
+            Some(Command::Man)
+        );
+        let cli = Cli::try_parse_args(["tm", "-listen", ":9", "-vv"]).unwrap();
+        assert_eq!(
+            (cli.command, cli.listen.as_str(), cli.verbose),
+            (None, ":9", 2)
+        );
+        assert!(Cli::try_parse_args(["tm", "completions", "tcsh"]).is_err());
+        assert!(Cli::try_parse_args(["tm", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn log_format_defaults_to_text() {
+        assert_eq!(
+            Cli::try_parse_args(["tm"]).unwrap().log_format,
+            LogFormat::Text
+        );
+        assert_eq!(
+            Cli::try_parse_args(["tm", "-log-format=json"])
+                .unwrap()
+                .log_format,
+            LogFormat::Json
+        );
+        assert!(Cli::try_parse_args(["tm", "--log-format", "xml"]).is_err());
+    }
+
+    /// A fresh directory for one test's config files.
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tm-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn config_file_is_explicit_or_the_first_default_that_exists() {
+        let dir = temp_dir("config-search");
+        let explicit = dir.join("explicit.yaml");
+        let default = dir.join("default.yaml");
+        std::fs::write(&explicit, "listen: \":1\"\n").unwrap();
+        std::fs::write(&default, "listen: \":2\"\nmain: http://m:2\n").unwrap();
+        let defaults = [dir.join("absent.yaml"), default.clone()];
+
+        let (cli, file) = Cli::try_parse_with_config(["tm"], &defaults).unwrap();
+        assert_eq!(
+            (cli.listen.as_str(), cli.main.as_str()),
+            (":2", "http://m:2")
+        );
+        assert_eq!(file.unwrap().path, default);
+
+        // `--config` replaces the search; it is not merged with the default file.
+        let (cli, file) =
+            Cli::try_parse_with_config(["tm", "-config", explicit.to_str().unwrap()], &defaults)
+                .unwrap();
+        assert_eq!(
+            (cli.listen.as_str(), cli.main.as_str()),
+            (":1", "http://localhost:8888")
+        );
+        assert_eq!(file.unwrap().path, explicit);
+
+        // No file anywhere is fine.
+        let (cli, file) = Cli::try_parse_with_config(["tm"], &[dir.join("absent.yaml")]).unwrap();
+        assert_eq!((cli.listen.as_str(), file), (":8080", None));
+
+        // An explicit file must exist.
+        let missing = dir.join("missing.yaml");
+        let err = Cli::try_parse_with_config(["tm", "--config", missing.to_str().unwrap()], &[])
+            .unwrap_err();
+        assert!(
+            matches!(&err, StartError::File(FileError::Read { path, .. }) if *path == missing),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn subcommands_and_help_do_not_read_the_config_file() {
+        let dir = temp_dir("config-skip");
+        let broken = dir.join("broken.yaml");
+        std::fs::write(&broken, "bogus: [\n").unwrap();
+        let defaults = [broken.clone()];
+        let (cli, file) =
+            Cli::try_parse_with_config(["tm", "completions", "fish"], &defaults).unwrap();
+        assert!(cli.command.is_some() && file.is_none());
+        let err = Cli::try_parse_with_config(["tm", "-help"], &defaults).unwrap_err();
+        assert!(
+            matches!(&err, StartError::Flags(e) if e.kind() == clap::error::ErrorKind::DisplayHelp),
+            "{err}"
+        );
+        assert!(matches!(
+            Cli::try_parse_with_config(["tm"], &defaults),
+            Err(StartError::File(FileError::Yaml { .. }))
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

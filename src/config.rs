@@ -2,11 +2,13 @@
 //! split). Everything a user can get wrong is reported here as a one-line
 //! [`ConfigError`], before anything is bound or spawned.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::{PasswordFileError, Users};
 use crate::cli::Cli;
 use crate::mirror;
+use crate::mirror::options::{MirrorLine, MirrorLineError};
 use crate::target_url::{TargetUrl, UrlError};
 
 /// A start-up error. Display is the whole one-line message.
@@ -23,6 +25,27 @@ pub enum ConfigError {
     PasswordFile(#[from] PasswordFileError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("invalid value for --mirror: {0}")]
+    MirrorLine(#[from] MirrorLineError),
+    #[error(transparent)]
+    File(#[from] crate::sources::FileError),
+}
+
+/// `--mirror` values: a mirror line with options (it has spaces), or plain URLs that
+/// may be comma-separated as in the Go tool.
+fn mirror_lines(values: &[String]) -> Result<Vec<MirrorLine>, ConfigError> {
+    let mut lines = Vec::new();
+    for value in values {
+        let value = value.trim();
+        if value.contains(char::is_whitespace) {
+            lines.push(MirrorLine::parse(value)?);
+            continue;
+        }
+        for url in value.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            lines.push(MirrorLine::parse(url)?);
+        }
+    }
+    Ok(lines)
 }
 
 /// Where to listen (`--listen`).
@@ -47,7 +70,11 @@ impl ListenAddr {
             return Ok(Self::AnyHost(port));
         }
         let host = match host.strip_prefix('[') {
-            Some(v6) => v6.strip_suffix(']').ok_or_else(bad)?,
+            // `[]` names no host, and a bracket inside would not survive Display.
+            Some(v6) => v6
+                .strip_suffix(']')
+                .filter(|h| !h.is_empty() && !h.contains(['[', ']']))
+                .ok_or_else(bad)?,
             None if host.contains(':') => return Err(bad()),
             None => host,
         };
@@ -76,7 +103,12 @@ pub struct Config {
     pub admin_address: Option<ListenAddr>,
     pub users: Option<Users>,
     /// Mirrors from `--mirror`, persistent.
-    pub mirrors: Vec<TargetUrl>,
+    pub mirrors: Vec<MirrorLine>,
+    /// `--state-file`, and the mirrors it held at start.
+    pub state_file: Option<PathBuf>,
+    pub restored: Vec<MirrorLine>,
+    /// `--targets-file`, and its mirrors at start.
+    pub targets_file: Option<(PathBuf, Vec<MirrorLine>)>,
     pub mirror: mirror::Settings,
     /// TLS settings for https:// targets, main and mirrors alike.
     pub tls: std::sync::Arc<rustls::ClientConfig>,
@@ -127,17 +159,15 @@ impl Config {
             flag: "main",
             source,
         })?;
-        let mirrors = cli
-            .mirror
-            .iter()
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-            .map(TargetUrl::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| ConfigError::Url {
-                flag: "mirror",
-                source,
-            })?;
+        let mirrors = mirror_lines(&cli.mirror)?;
+        let restored = match &cli.state_file {
+            Some(path) => crate::sources::state_file::load(path)?,
+            None => Vec::new(),
+        };
+        let targets_file = match &cli.targets_file {
+            Some(path) => Some((path.clone(), crate::sources::targets_file::load(path)?)),
+            None => None,
+        };
         let path = cli.targets.trim().trim_start_matches('/');
         if path.is_empty() || path.contains(['?', '#', ' ']) {
             return Err(ConfigError::Invalid {
@@ -191,6 +221,9 @@ impl Config {
             admin_address,
             users,
             mirrors,
+            state_file: cli.state_file.clone(),
+            restored,
+            targets_file,
             mirror: mirror::Settings {
                 retry_after: cli.retry_after,
                 fail_after: cli.fail_after,
@@ -199,6 +232,7 @@ impl Config {
                 tls: tls.clone(),
                 pools: threads,
                 max_connections: cli.max_connections_per_target as usize,
+                max_compare_size: usize::try_from(cli.max_compare_size).unwrap_or(usize::MAX),
             },
             tls,
             max_body_size: cli.max_body_size,
@@ -218,6 +252,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn config(args: &[&str]) -> Result<Config, ConfigError> {
@@ -237,7 +273,15 @@ mod tests {
             ListenAddr::parse("[::1]:9000"),
             Ok(ListenAddr::Host("::1".into(), 9000))
         );
-        for bad in ["8080", "host:", "host:99999", "::1:80", "[::1:80"] {
+        for bad in [
+            "8080",
+            "host:",
+            "host:99999",
+            "::1:80",
+            "[::1:80",
+            "[]:80",
+            "[[::1]:80",
+        ] {
             assert!(ListenAddr::parse(bad).is_err(), "{bad}");
         }
     }
@@ -274,5 +318,50 @@ mod tests {
             config(&["--targets-address", ""]).unwrap().admin_address,
             None
         );
+    }
+
+    /// Listen addresses as users write them, and near misses.
+    fn listen_like() -> impl Strategy<Value = String> {
+        let host = prop_oneof![
+            2 => Just(String::new()),
+            2 => "[a-z][a-z0-9.-]{0,12}",
+            1 => any::<std::net::Ipv4Addr>().prop_map(|a| a.to_string()),
+            2 => any::<std::net::Ipv6Addr>().prop_map(|a| format!("[{a}]")),
+            1 => any::<std::net::Ipv6Addr>().prop_map(|a| a.to_string()),
+            2 => "[\\[\\]:a-z0-9 ]{0,8}",
+            2 => "\\[[\\[\\]:a-f0-9]{0,6}\\]",
+        ];
+        let port = prop_oneof![
+            3 => any::<u16>().prop_map(|p| p.to_string()),
+            1 => "[0-9+-]{0,7}",
+        ];
+        (host, prop_oneof![4 => Just(":"), 1 => Just("")], port)
+            .prop_map(|(host, colon, port)| format!("{host}{colon}{port}"))
+    }
+
+    proptest! {
+        #[test]
+        fn listen_parse_never_panics(s in "\\PC*") {
+            let _ = ListenAddr::parse(&s);
+        }
+
+        #[test]
+        fn listen_display_parses_back(s in prop_oneof![listen_like(), "\\PC*"]) {
+            if let Ok(addr) = ListenAddr::parse(&s) {
+                prop_assert_eq!(ListenAddr::parse(&addr.to_string()), Ok(addr.clone()), "from {:?}", s);
+            }
+        }
+
+        #[test]
+        fn listen_values_round_trip(
+            addr in prop_oneof![
+                any::<u16>().prop_map(ListenAddr::AnyHost),
+                ("[a-z][a-z0-9.-]{0,12}", any::<u16>()).prop_map(|(h, p)| ListenAddr::Host(h, p)),
+                (any::<std::net::IpAddr>(), any::<u16>())
+                    .prop_map(|(ip, p)| ListenAddr::Host(ip.to_string(), p)),
+            ],
+        ) {
+            prop_assert_eq!(ListenAddr::parse(&addr.to_string()), Ok(addr));
+        }
     }
 }

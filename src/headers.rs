@@ -48,17 +48,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .cloned();
     // Names listed in `Connection` beyond the fixed ones (the usual `keep-alive`,
     // `close` and `upgrade` need no parsing); collected first, removal needs `&mut`.
+    // Split as bytes: a non-ASCII byte elsewhere in the value must not hide the names.
     let mut listed: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
-        for token in value.to_str().unwrap_or_default().split(',') {
-            let token = token.trim();
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
             let known = token.is_empty()
-                || token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case(b"close")
                 || HOP_BY_HOP
                     .iter()
-                    .any(|h| token.eq_ignore_ascii_case(h.as_str()));
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
             if !known {
-                listed.extend(HeaderName::from_bytes(token.as_bytes()).ok());
+                listed.extend(HeaderName::from_bytes(token).ok());
             }
         }
     }
@@ -136,6 +137,10 @@ pub fn append_via(headers: &mut HeaderMap, entry: &HeaderValue) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -189,6 +194,18 @@ mod tests {
     }
 
     #[test]
+    fn names_listed_beside_non_ascii_bytes_are_removed() {
+        let mut h = map(&[("x-hop", "1"), ("accept", "*/*")]);
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-hop, \xff").unwrap(),
+        );
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
     fn te_trailers_is_kept_even_when_connection_lists_it() {
         let mut h = map(&[("te", "trailers"), ("connection", "te")]);
         strip_hop_by_hop(&mut h);
@@ -229,5 +246,147 @@ mod tests {
         assert!(!via_contains(&h, "tm-xyz"));
         append_via(&mut h, &HeaderValue::from_static("1.1 tm-xyz"));
         assert!(via_contains(&h, "tm-xyz"));
+    }
+
+    /// Names a message may carry: every fixed hop-by-hop name in any case, `Proxy-*`,
+    /// end-to-end names, and custom ones a `Connection` header may list. (A header named
+    /// `close` is left out: `close` in `Connection` is an option, not a name.)
+    fn header_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            2 => prop::sample::select(vec![
+                "connection", "Connection", "keep-alive", "Keep-Alive", "te", "TE", "trailer",
+                "transfer-encoding", "Transfer-Encoding", "upgrade", "UPGRADE",
+            ])
+            .prop_map(str::to_owned),
+            1 => "[pP]roxy-[a-zA-Z-]{0,10}",
+            1 => prop::sample::select(vec!["proxy", "proxy_x", "x-proxy-a", "proxyauth"])
+                .prop_map(str::to_owned),
+            2 => prop::sample::select(vec![
+                "content-type", "content-length", "host", "x-hop", "X-Hop", "x-a", "x-b", "via",
+                "accept", "set-cookie",
+            ])
+            .prop_map(str::to_owned),
+            2 => "[a-zA-Z0-9!#$%&'*+.^_`|~-]{1,12}",
+        ]
+        .prop_filter("`close` is a connection option", |n| {
+            !n.eq_ignore_ascii_case("close")
+        })
+    }
+
+    /// A `Connection` value: a comma-separated list of names (some present, some not),
+    /// `close`, odd spacing, empty elements, and sometimes bytes that are not ASCII.
+    fn connection_value() -> impl Strategy<Value = Vec<u8>> {
+        let token = prop_oneof![
+            3 => header_name(),
+            1 => prop::sample::select(vec!["close", "Close", "keep-alive", "upgrade", "te", ""])
+                .prop_map(str::to_owned),
+            1 => "[ -~]{0,6}",
+        ];
+        let separator = prop::sample::select(vec![",", ", ", " , ", ",\t", ",,"]);
+        (
+            prop::collection::vec((token, separator), 1..5),
+            prop_oneof![4 => Just(Vec::new()), 1 => prop::collection::vec(0x80u8..=0xff, 1..3)],
+        )
+            .prop_map(|(tokens, junk)| {
+                let mut out = Vec::new();
+                for (i, (token, separator)) in tokens.iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(separator.as_bytes());
+                    }
+                    out.extend_from_slice(token.as_bytes());
+                }
+                if !junk.is_empty() {
+                    out.extend_from_slice(b", ");
+                    out.extend(junk);
+                }
+                out
+            })
+    }
+
+    fn header_value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => "[ -~]{0,12}".prop_map(String::into_bytes),
+            1 => prop::sample::select(vec!["trailers", "Trailers", "gzip", "trailers, deflate"])
+                .prop_map(|v| v.as_bytes().to_vec()),
+            1 => prop::collection::vec(
+                prop_oneof![0x20u8..0x7f, 0x80u8..=0xff, Just(b'\t')],
+                0..8,
+            ),
+        ]
+    }
+
+    fn header_map() -> impl Strategy<Value = HeaderMap> {
+        let pair = prop_oneof![
+            4 => (header_name(), header_value()),
+            1 => (Just("connection".to_owned()), connection_value()),
+        ];
+        prop::collection::vec(pair, 0..12).prop_map(|pairs| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_bytes(&value),
+                ) {
+                    h.append(n, v);
+                }
+            }
+            h
+        })
+    }
+
+    fn as_multimap(h: &HeaderMap) -> BTreeMap<String, Vec<Vec<u8>>> {
+        let mut out: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+        for (name, value) in h {
+            out.entry(name.as_str().to_owned())
+                .or_default()
+                .push(value.as_bytes().to_vec());
+        }
+        out
+    }
+
+    /// Whether `name` is hop-by-hop in `h` (RFC 9110 §7.6.1): a fixed name, `Proxy-*`, or
+    /// listed in `Connection` (a comma-separated list; blanks around elements ignored).
+    fn is_hop_by_hop(h: &HeaderMap, name: &str) -> bool {
+        let fixed = [
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ];
+        fixed.contains(&name)
+            || name.starts_with("proxy-")
+            || h.get_all(header::CONNECTION).iter().any(|v| {
+                v.as_bytes()
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn only_and_all_hop_by_hop_headers_are_removed(input in header_map()) {
+            let mut output = input.clone();
+            strip_hop_by_hop(&mut output);
+            let before = as_multimap(&input);
+            let after = as_multimap(&output);
+            let te: Vec<&HeaderValue> = input.get_all(header::TE).iter().collect();
+            let te_trailers =
+                !te.is_empty() && te.iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+            for (name, values) in &before {
+                if name == "te" && te_trailers {
+                    // `TE: trailers` is end to end (RFC 9110 §10.1.4).
+                    prop_assert_eq!(after.get(name), Some(&vec![values[0].clone()]));
+                } else if is_hop_by_hop(&input, name) {
+                    prop_assert!(!after.contains_key(name), "{} kept from {:?}", name, input);
+                } else {
+                    prop_assert_eq!(after.get(name), Some(values), "{} changed in {:?}", name, input);
+                }
+            }
+            for name in after.keys() {
+                prop_assert!(before.contains_key(name), "{} added", name);
+            }
+        }
     }
 }

@@ -16,12 +16,17 @@
 //! - `budget`: the byte budget for bodies held for mirrors (`--max-buffered-bytes`).
 //! - `headers`: hop-by-hop removal, `X-Forwarded-*`, `Via`.
 //! - `body`: body types and helpers for the proxy's own answers.
-//! - `mirror`: one `Mirror` per target: bounded queue, delivery, health (`mirror::health`).
+//! - `mirror`: one `Mirror` per target: bounded queue, delivery, health (`mirror::health`);
+//!   options and mirror lines (`mirror::options`); which requests a mirror gets
+//!   (`mirror::select`); comparing its answers with main's (`mirror::compare`).
+//! - `sources`: the `--state-file` and `--targets-file` (mirror lines on disk).
 //! - `registry`: the set of mirrors; removes mirrors that failed for too long.
 //! - `admin`: the `/targets` endpoint; `auth`: its Basic authentication.
 //! - `target_url`: URL validation, normalisation and path-prefix joining.
-//! - `metrics`: per-mirror counters. `shutdown`: SIGINT/SIGTERM. `ratelimit`: at most
-//!   one log line per second for per-request and accept errors.
+//! - `metrics`: per-mirror counters; `observe::metrics`: the Prometheus scrape (requests
+//!   by status class, latency histograms, the per-mirror counters, the byte budget).
+//! - `shutdown`: SIGINT/SIGTERM. `ratelimit`: at most one log line per second for
+//!   per-request and accept errors.
 //! - `client`: keep-alive connection pools to main and mirrors, one per worker;
 //!   `tls`: TLS settings for https targets.
 //! - `workers`: thread-per-core worker runtimes that own the connections.
@@ -45,19 +50,23 @@ mod budget;
 pub mod cli;
 mod client;
 pub mod config;
+mod demo;
 mod headers;
 mod idle;
 mod metrics;
 mod mirror;
+mod observe;
 mod proxy;
 mod ratelimit;
 mod registry;
 mod server;
 pub mod shutdown;
+mod sources;
 mod target_url;
 mod tls;
 mod units;
 mod workers;
 
 pub use config::Config;
+pub use demo::demo;
 pub use server::{BindError, Listeners, run};

@@ -1,6 +1,7 @@
-//! The `trafficmirror` binary: parse flags, bind, announce, serve until a signal.
-//! Every start-up error is one line on stderr and exit status 2 (bad flags or values)
-//! or 1 (the system refused: port in use, no runtime).
+//! The `trafficmirror` binary: parse flags (and the config file), bind, announce, serve
+//! until a signal; or print shell completions or the man page.
+//! Every start-up error is one line on stderr and exit status 2 (bad flags, values or
+//! config file) or 1 (the system refused: port in use, no runtime).
 
 #![forbid(unsafe_code)]
 
@@ -8,19 +9,37 @@ use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use trafficmirror::cli::Cli;
+use clap::CommandFactory;
+use trafficmirror::cli::{self, AppliedFile, Cli, Command, LogFormat, StartError};
+use trafficmirror::config::ConfigError;
 use trafficmirror::shutdown::Signals;
 use trafficmirror::{Config, Listeners};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_args(std::env::args_os()) {
-        Ok(cli) => cli,
-        Err(err) => return flag_error(&err),
-    };
-    init_tracing(cli.verbose);
+    let (cli, file) =
+        match Cli::try_parse_with_config(std::env::args_os(), &cli::default_config_files()) {
+            Ok(parsed) => parsed,
+            Err(StartError::Flags(err)) => return flag_error(&err),
+            Err(StartError::File(err)) => return fail(2, &err),
+        };
+    match &cli.command {
+        Some(Command::Completions { shell }) => return completions(*shell),
+        Some(Command::Man) => return man_page(),
+        Some(Command::Demo { listen, rate }) => return demo(&cli, listen, *rate),
+        None => {}
+    }
+    init_tracing(cli.verbose, cli.log_format);
+    if let Some(file) = &file {
+        tracing::info!(
+            file = %file.path.display(),
+            applied = %file.applied.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>().join(","),
+            overridden = %file.overridden.join(","),
+            "config file read"
+        );
+    }
     let config = match Config::from_cli(&cli) {
         Ok(config) => config,
-        Err(err) => return fail(2, &err),
+        Err(err) => return fail(2, &with_file_key(&err, file.as_ref())),
     };
     for warning in &config.warnings {
         tracing::warn!("{warning}");
@@ -36,6 +55,29 @@ fn main() -> ExitCode {
         Err(err) => return fail(1, &format!("cannot start the async runtime: {err}")),
     };
     runtime.block_on(serve(config))
+}
+
+/// `trafficmirror demo`: everything in one process until Ctrl-C.
+fn demo(cli: &Cli, listen: &str, rate: u32) -> ExitCode {
+    // Info by default: the demo is there to be watched.
+    init_tracing(cli.verbose.max(1), cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => return fail(1, &format!("cannot start the async runtime: {err}")),
+    };
+    runtime.block_on(async {
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(err) => return fail(1, &format!("cannot install signal handlers: {err}")),
+        };
+        match trafficmirror::demo(listen, rate, signals.recv()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(1, &err),
+        }
+    })
 }
 
 async fn serve(config: Config) -> ExitCode {
@@ -113,7 +155,10 @@ fn announce(config: &Config, listeners: &Listeners) {
     );
 }
 
-fn init_tracing(verbose: u8) {
+/// Logs go to stderr: text lines, or one JSON object per line (tracing-subscriber's
+/// JSON layout: `timestamp`, `level`, `fields` holding `message` and the event's fields,
+/// `target`).
+fn init_tracing(verbose: u8, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
         0 => "warn",
@@ -122,11 +167,125 @@ fn init_tracing(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
+/// A validation error for a value that came from the config file also names the file
+/// and the key, so the user knows where to look.
+fn with_file_key(err: &ConfigError, file: Option<&AppliedFile>) -> String {
+    let flag = match err {
+        ConfigError::Invalid { flag, .. } | ConfigError::Url { flag, .. } => Some(*flag),
+        ConfigError::PasswordFile(_) => Some("password"),
+        ConfigError::Tls(_) => Some("ca-cert"),
+        ConfigError::MirrorLine(_) => Some("mirror"),
+        // Names the state or targets file itself.
+        ConfigError::File(_) => None,
+    };
+    match file.zip(flag).and_then(|(file, flag)| {
+        file.key_for_flag(flag)
+            .map(|key| (file.path.display(), key))
+    }) {
+        Some((path, key)) => format!("{err} (set in config file {path}, key {key:?})"),
+        None => err.to_string(),
+    }
+}
+
+/// Prints the completion script. Generated into memory first: the generator panics on
+/// a write error, and a closed stdout (`| head`) must end quietly instead.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "trafficmirror", &mut script);
+    print_stdout(&script)
+}
+
+/// Prints the man page: clap_mangen's sections plus where settings come from.
+fn man_page() -> ExitCode {
+    use clap_mangen::roff::{Roff, bold, italic, roman};
+    let cmd = Cli::command();
+    let man = clap_mangen::Man::new(cmd.clone());
+    let mut page = Vec::new();
+    let mut extra = Roff::default();
+    // clap_mangen's own list points to one page per subcommand, which is not shipped.
+    extra.control("SH", ["SUBCOMMANDS"]);
+    for sub in cmd.get_subcommands() {
+        let mut usage = vec![bold(format!("trafficmirror {}", sub.get_name()))];
+        for arg in sub.get_positionals() {
+            usage.push(roman(" "));
+            usage.push(italic(arg.get_id().as_str().to_uppercase()));
+        }
+        extra.control("TP", []).text(usage);
+        let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
+        let values: Vec<String> = sub
+            .get_positionals()
+            .flat_map(|arg| arg.get_possible_values())
+            .map(|v| v.get_name().to_owned())
+            .collect();
+        let text = if values.is_empty() {
+            about
+        } else {
+            format!("{about} ({})", values.join(", "))
+        };
+        extra.text([roman(text)]);
+    }
+    extra.control("SH", ["FILES"]);
+    for (path, what) in [
+        (
+            "./trafficmirror.yaml",
+            "Config file read when --config is not given.",
+        ),
+        (
+            "~/.trafficmirror/trafficmirror.yaml",
+            "Read when there is no ./trafficmirror.yaml.",
+        ),
+    ] {
+        extra
+            .control("TP", [])
+            .text([italic(path)])
+            .text([roman(what)]);
+    }
+    extra.control("PP", []).text([roman(
+        "The config file is YAML: keys are long flag names (or their aliases), values \
+             are plain values or, for --mirror, a list. A flag wins over its environment \
+             variable, which wins over the file, which wins over the default.",
+    )]);
+    extra.control("SH", ["ENVIRONMENT"]);
+    extra
+        .control("TP", [])
+        .text([bold("TRAFFICMIRROR_*")])
+        .text([roman(
+            "Every flag reads the variable named after it, e.g. TRAFFICMIRROR_TARGETS_ADDRESS.",
+        )]);
+    extra
+        .control("TP", [])
+        .text([bold("RUST_LOG")])
+        .text([roman("Overrides the log filter chosen by -v.")]);
+    let rendered = man
+        .render_title(&mut page)
+        .and_then(|()| man.render_name_section(&mut page))
+        .and_then(|()| man.render_synopsis_section(&mut page))
+        .and_then(|()| man.render_description_section(&mut page))
+        .and_then(|()| man.render_options_section(&mut page))
+        .and_then(|()| extra.to_writer(&mut page))
+        .and_then(|()| man.render_version_section(&mut page));
+    match rendered {
+        Ok(()) => print_stdout(&page),
+        Err(err) => fail(1, &format!("cannot render the man page: {err}")),
+    }
+}
+
+fn print_stdout(bytes: &[u8]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => fail(1, &format!("cannot write to stdout: {err}")),
+    }
 }
 
 /// Help and version go to stdout with status 0; any other flag error is one line.

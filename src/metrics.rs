@@ -1,4 +1,5 @@
-//! Per-mirror counters (the JSON listing, README "The admin endpoint"). Relaxed atomics: each counter is
+//! Per-mirror counters (the JSON listing, README "The admin endpoint", and the
+//! Prometheus scrape, [`crate::observe::metrics`]). Relaxed atomics: each counter is
 //! independent and only ever read for reporting.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -16,6 +17,8 @@ pub struct Counters {
     pub dropped: AtomicU64,
     /// Not sent by rule: body too large, upgrade request, or a loop.
     pub skipped: AtomicU64,
+    /// Left out by the mirror's options (method, path, share, rate).
+    pub filtered: AtomicU64,
 }
 
 /// A plain copy of [`Counters`] for reporting.
@@ -26,6 +29,7 @@ pub struct Snapshot {
     pub failed: u64,
     pub dropped: u64,
     pub skipped: u64,
+    pub filtered: u64,
 }
 
 impl Counters {
@@ -40,6 +44,7 @@ impl Counters {
             failed: self.failed.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
+            filtered: self.filtered.load(Relaxed),
         }
     }
 }

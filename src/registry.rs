@@ -12,11 +12,37 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::mirror::{Mirror, Settings, Shared, Status};
+use crate::budget::Budget;
+use crate::mirror::options::{MirrorLine, MirrorOptions};
+use crate::mirror::{Member, Mirror, Plan, Settings, Shared, Source, Status};
 use crate::target_url::TargetUrl;
 
 /// The current list of mirrors, in the order they were added.
-pub type Mirrors = Arc<Vec<Arc<Mirror>>>;
+pub type Mirrors = Arc<Vec<Member>>;
+
+/// What a change did, for the log.
+#[derive(Debug, Default)]
+pub struct Change {
+    pub added: Vec<TargetUrl>,
+    pub updated: Vec<TargetUrl>,
+    pub removed: Vec<TargetUrl>,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.updated.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// An admin change to a mirror that the targets file owns.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} comes from the targets file: change it there")]
+pub struct Conflict(pub String);
+
+fn is_file_mirror(list: &[Member], url: &TargetUrl) -> bool {
+    list.iter()
+        .any(|m| m.mirror.url() == url && m.plan.source == Source::File)
+}
 
 /// Handle to the mirror set. Cloning is shallow.
 #[derive(Clone)]
@@ -32,7 +58,7 @@ struct Inner {
 }
 
 impl Registry {
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(settings: Settings, budget: Budget) -> Self {
         let (expired_tx, expired_rx) = mpsc::unbounded_channel();
         Self {
             inner: Arc::new(Inner {
@@ -42,6 +68,7 @@ impl Registry {
                     tracker: TaskTracker::new(),
                     outstanding: Default::default(),
                     expired: expired_tx,
+                    budget,
                 }),
                 expired: std::sync::Mutex::new(Some(expired_rx)),
             }),
@@ -72,69 +99,194 @@ impl Registry {
 
     /// The current mirrors. Cheap: one `Arc` clone under a read lock.
     pub fn snapshot(&self) -> Mirrors {
-        self.inner
-            .mirrors
-            .read()
-            .expect("registry lock poisoned")
-            .clone()
+        self.read().clone()
     }
 
-    /// Adds the URLs that are not present yet; returns those that were added.
-    pub fn add(&self, urls: &[TargetUrl], persistent: bool) -> Vec<TargetUrl> {
-        let mut guard = self.inner.mirrors.write().expect("registry lock poisoned");
-        let mut list: Vec<Arc<Mirror>> = guard.as_ref().clone();
-        let mut added = Vec::new();
-        for url in urls {
-            if list.iter().any(|m| m.url() == url) {
-                continue; // already present: no change and no error
-            }
-            let mirror = Mirror::spawn(url.clone(), persistent, &self.inner.shared);
-            list.push(mirror);
-            added.push(url.clone());
+    /// Applies an admin `PUT`: adds the URLs not present yet; for those present, replaces
+    /// their options when `options` is given and leaves them alone otherwise (counters
+    /// and health are kept either way). All or nothing: a file mirror among them is an
+    /// error and nothing changes.
+    ///
+    /// # Errors
+    /// One of the URLs belongs to the targets file.
+    pub fn put(
+        &self,
+        urls: &[TargetUrl],
+        options: Option<&MirrorOptions>,
+    ) -> Result<Change, Conflict> {
+        let mut guard = self.write();
+        let mut list: Vec<Member> = guard.as_ref().clone();
+        if let Some(url) = urls.iter().find(|u| is_file_mirror(&list, u)) {
+            return Err(Conflict(url.to_string()));
         }
-        if !added.is_empty() {
+        let mut change = Change::default();
+        for url in urls {
+            let plan = || {
+                let options = options.cloned().unwrap_or_default();
+                Arc::new(Plan::new(options, Source::Admin))
+            };
+            match list.iter_mut().find(|m| m.mirror.url() == url) {
+                Some(member) if options.is_some() => {
+                    member.plan = plan();
+                    change.updated.push(url.clone());
+                }
+                Some(_) => {} // present, no options: no change and no error
+                None => {
+                    list.push(Member {
+                        mirror: Mirror::spawn(url.clone(), &self.inner.shared),
+                        plan: plan(),
+                    });
+                    change.added.push(url.clone());
+                }
+            }
+        }
+        if !change.is_empty() {
             *guard = Arc::new(list);
         }
-        added
+        Ok(change)
     }
 
-    /// Removes the URLs that are present; returns those that were removed.
-    pub fn remove(&self, urls: &[TargetUrl]) -> Vec<TargetUrl> {
-        self.retain(|m| !urls.contains(m.url()))
+    /// Adds mirrors that are not present yet, from `--mirror` or the state file.
+    pub fn add_lines(&self, lines: &[MirrorLine], source: Source) {
+        let mut guard = self.write();
+        let mut list: Vec<Member> = guard.as_ref().clone();
+        for line in lines {
+            if list.iter().any(|m| m.mirror.url() == &line.url) {
+                continue;
+            }
+            list.push(Member {
+                mirror: Mirror::spawn(line.url.clone(), &self.inner.shared),
+                plan: Arc::new(Plan::new(line.options.clone(), source)),
+            });
+        }
+        *guard = Arc::new(list);
+    }
+
+    /// Makes the file mirrors exactly `lines`: adds the new ones, replaces the options of
+    /// those that changed, removes those no longer listed. A mirror that stays keeps its
+    /// counters, health and connections. A URL present from another source is taken
+    /// over by the file.
+    pub fn reconcile_file(&self, lines: &[MirrorLine]) -> Change {
+        let mut guard = self.write();
+        let mut change = Change::default();
+        let mut list: Vec<Member> = Vec::with_capacity(lines.len() + guard.len());
+        let mut removed = Vec::new();
+        for member in guard.iter() {
+            let line = lines.iter().find(|l| &l.url == member.mirror.url());
+            match line {
+                None if member.plan.source == Source::File => removed.push(member.clone()),
+                None => list.push(member.clone()),
+                Some(line)
+                    if member.plan.source == Source::File
+                        && member.plan.options == line.options =>
+                {
+                    list.push(member.clone());
+                }
+                Some(line) => {
+                    change.updated.push(line.url.clone());
+                    list.push(Member {
+                        mirror: member.mirror.clone(),
+                        plan: Arc::new(Plan::new(line.options.clone(), Source::File)),
+                    });
+                }
+            }
+        }
+        for line in lines {
+            if !list.iter().any(|m| m.mirror.url() == &line.url) {
+                change.added.push(line.url.clone());
+                list.push(Member {
+                    mirror: Mirror::spawn(line.url.clone(), &self.inner.shared),
+                    plan: Arc::new(Plan::new(line.options.clone(), Source::File)),
+                });
+            }
+        }
+        *guard = Arc::new(list);
+        drop(guard);
+        for member in &removed {
+            member.mirror.close();
+            change.removed.push(member.mirror.url().clone());
+        }
+        change
+    }
+
+    /// Applies an admin `DELETE`: removes the URLs that are present. All or nothing: a
+    /// file mirror among them is an error and nothing changes.
+    ///
+    /// # Errors
+    /// One of the URLs belongs to the targets file.
+    pub fn delete(&self, urls: &[TargetUrl]) -> Result<Vec<TargetUrl>, Conflict> {
+        let guard = self.read();
+        if let Some(url) = urls.iter().find(|u| is_file_mirror(&guard, u)) {
+            return Err(Conflict(url.to_string()));
+        }
+        drop(guard);
+        Ok(self
+            .retain(|m| !urls.contains(m.mirror.url()))
             .iter()
-            .map(|m| m.url().clone())
+            .map(|m| m.mirror.url().clone())
+            .collect())
+    }
+
+    /// The mirrors added through the admin endpoint, as the state file keeps them.
+    pub fn admin_lines(&self) -> Vec<MirrorLine> {
+        self.snapshot()
+            .iter()
+            .filter(|m| m.plan.source == Source::Admin)
+            .map(|m| MirrorLine {
+                url: m.mirror.url().clone(),
+                options: m.plan.options.clone(),
+            })
             .collect()
+    }
+
+    /// The member for `url`, if present.
+    pub fn find(&self, url: &TargetUrl) -> Option<Member> {
+        self.snapshot()
+            .iter()
+            .find(|m| m.mirror.url() == url)
+            .cloned()
     }
 
     /// Removes this very mirror (not a re-added one with the same URL).
     fn remove_mirror(&self, mirror: &Arc<Mirror>) {
-        self.retain(|m| !Arc::ptr_eq(m, mirror));
+        self.retain(|m| !Arc::ptr_eq(&m.mirror, mirror));
     }
 
     /// Keeps the mirrors for which `keep` is true; closes and returns the others.
-    fn retain(&self, keep: impl Fn(&Arc<Mirror>) -> bool) -> Vec<Arc<Mirror>> {
-        let mut guard = self.inner.mirrors.write().expect("registry lock poisoned");
+    fn retain(&self, keep: impl Fn(&Member) -> bool) -> Vec<Member> {
+        let mut guard = self.write();
         let (kept, removed): (Vec<_>, Vec<_>) = guard.iter().cloned().partition(|m| keep(m));
         if !removed.is_empty() {
             *guard = Arc::new(kept);
         }
         drop(guard);
         for m in &removed {
-            m.close();
-            m.close_connections();
+            m.mirror.close();
+            m.mirror.close_connections();
         }
         removed
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Mirrors> {
+        self.inner.mirrors.read().expect("registry lock poisoned")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Mirrors> {
+        self.inner.mirrors.write().expect("registry lock poisoned")
+    }
+
     /// Status of every mirror, in order.
     pub fn statuses(&self) -> Vec<Status> {
-        self.snapshot().iter().map(|m| m.status()).collect()
+        self.snapshot()
+            .iter()
+            .map(|m| m.mirror.status(&m.plan))
+            .collect()
     }
 
     /// Stops every mirror's queue from taking new copies. Queued copies still go out.
     pub fn close(&self) {
         for m in self.snapshot().iter() {
-            m.close();
+            m.mirror.close();
         }
         self.inner.shared.tracker.close();
     }

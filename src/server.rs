@@ -28,8 +28,10 @@ use crate::body::{self, BoxBody};
 use crate::config::{Config, ListenAddr};
 use crate::idle::Activity;
 use crate::mirror::Status;
+use crate::observe::metrics::Metrics;
 use crate::proxy::{Peer, Proxy};
 use crate::ratelimit::LogLimiter;
+use crate::sources::targets_file;
 use crate::workers::{LoadGuard, Workers};
 
 /// Bound sockets, handed to [`run`] so that tests can bind port 0 themselves.
@@ -135,6 +137,9 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
+/// How often the targets file is read for changes (they apply within twice this).
+const TARGETS_FILE_POLL: Duration = Duration::from_secs(1);
+
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -162,18 +167,38 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let shutdown_timeout = config.shutdown_timeout;
     let proxy = Proxy::new(config);
-    let admin = Admin::new(
-        proxy.config().admin_path.clone(),
+    let metrics = Metrics::new(
+        proxy.main_stats(),
         proxy.registry().clone(),
-        proxy.config().users.clone(),
         proxy.budget().clone(),
+    );
+    let admin = Admin::new(
+        proxy.registry().clone(),
+        proxy.budget().clone(),
+        proxy.config(),
+        metrics,
     );
     let pruning = tokio::spawn({
         let registry = proxy.registry().clone();
         async move { registry.prune_expired().await }
     });
-    let handlers = Handlers { proxy, admin };
     let token = CancellationToken::new();
+    if let Some((path, _)) = &proxy.config().targets_file {
+        let registry = proxy.registry().clone();
+        let shown = path.display().to_string();
+        tokio::spawn(targets_file::watch(
+            path.clone(),
+            TARGETS_FILE_POLL,
+            move |lines| {
+                let change = registry.reconcile_file(&lines);
+                if !change.is_empty() {
+                    info!(file = %shown, added = ?change.added, updated = ?change.updated, removed = ?change.removed, "targets file applied");
+                }
+            },
+            token.clone(),
+        ));
+    }
+    let handlers = Handlers { proxy, admin };
     let connections = TaskTracker::new();
     let builder = Arc::new(connection_builder(handlers.proxy.config()));
     let workers = {

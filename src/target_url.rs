@@ -149,6 +149,8 @@ impl fmt::Debug for TargetUrl {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn norm(s: &str) -> String {
@@ -209,5 +211,152 @@ mod tests {
         assert_eq!(secure.origin().to_string(), "https://s/");
         assert_eq!(plain.authority().as_str(), "m:1");
         assert_eq!(plain.host_header(), "m:1");
+    }
+
+    /// Strings shaped like target URLs, valid or not: odd schemes and separators, user
+    /// info, names in any case, IPv4, IPv6, non-ASCII names, ports in and out of range,
+    /// paths with dot segments, escapes and characters URL parsers treat specially, and
+    /// the query or fragment a target must not carry.
+    fn url_like() -> impl Strategy<Value = String> {
+        let scheme = prop_oneof![
+            4 => prop_oneof![Just("http"), Just("https")],
+            2 => prop_oneof![Just("HTTP"), Just("HtTpS"), Just("Https")],
+            1 => prop_oneof![Just("ftp"), Just("ws"), Just(""), Just("http+x")],
+        ];
+        let separator =
+            prop_oneof![8 => Just("://"), 1 => Just(":/"), 1 => Just(":"), 1 => Just(":///")];
+        let userinfo =
+            prop_oneof![8 => Just(""), 1 => Just("u@"), 1 => Just("u:p@"), 1 => Just(":@")];
+        let host = prop_oneof![
+            4 => "[a-zA-Z0-9][a-zA-Z0-9.-]{0,15}",
+            2 => any::<[u8; 4]>().prop_map(|o| format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3])),
+            2 => any::<std::net::Ipv6Addr>().prop_map(|a| format!("[{a}]")),
+            1 => "[a-zé\u{4e2d}\u{00DF}]{1,6}(\\.[a-z]{1,3})?",
+            1 => "[!-~]{0,10}",
+        ];
+        let port = prop_oneof![
+            3 => Just(String::new()),
+            3 => any::<u16>().prop_map(|p| format!(":{p}")),
+            1 => prop_oneof![Just(":80"), Just(":443"), Just(":"), Just(":0"), Just(":65536")]
+                .prop_map(str::to_owned),
+            1 => "[0-9]{1,7}".prop_map(|p| format!(":{p}")),
+        ];
+        let segment = prop_oneof![
+            4 => "[a-zA-Z0-9._~-]{0,8}",
+            1 => prop_oneof![Just("."), Just(".."), Just("%2e"), Just("%2E%2e"), Just("")]
+                .prop_map(str::to_owned),
+            1 => "[ !$&'()*+,;=:@\\[\\]^|{}<>\"`\\\\%é\t]{1,6}",
+            1 => "(%[0-9a-fA-F]{2}){1,3}",
+        ];
+        let path = (
+            prop::collection::vec(segment, 0..5),
+            prop_oneof![Just(""), Just("/"), Just("//")],
+        )
+            .prop_map(|(segments, end)| {
+                let mut path: String = segments.iter().map(|s| format!("/{s}")).collect();
+                path.push_str(end);
+                path
+            });
+        let suffix = prop_oneof![8 => Just(""), 1 => Just("?"), 1 => Just("?q=1"), 1 => Just("#f"), 1 => Just("#")];
+        let space = prop_oneof![4 => Just(""), 1 => Just(" "), 1 => Just("\t\n")];
+        (scheme, separator, userinfo, host, port, path, suffix, space).prop_map(
+            |(scheme, sep, user, host, port, path, suffix, space)| {
+                format!("{space}{scheme}{sep}{user}{host}{port}{path}{suffix}{space}")
+            },
+        )
+    }
+
+    /// Request targets as hyper hands them over: origin-form paths with queries, and
+    /// the odd ones (`*`, absolute-form) that may reach a proxy.
+    fn request_path() -> impl Strategy<Value = PathAndQuery> {
+        prop_oneof![
+            6 => "/[a-zA-Z0-9/._~%!$&'()*+,;=:@-]{0,30}(\\?[a-zA-Z0-9/?=&%.-]{0,20})?",
+            1 => Just("*".to_owned()),
+            1 => "[a-z]{0,5}(\\?[a-z=]{0,5})?",
+            1 => "/[!-~]{0,20}",
+        ]
+        .prop_filter_map("not a valid path and query", |s| {
+            PathAndQuery::try_from(s).ok()
+        })
+    }
+
+    /// Checks everything else a parsed target promises, and that using it never panics.
+    fn check_parsed(t: &TargetUrl) -> Result<(), TestCaseError> {
+        let s = t.as_str();
+        prop_assert_eq!(s, t.to_string());
+        prop_assert!(
+            s.starts_with("http://") || s.starts_with("https://"),
+            "{}",
+            s
+        );
+        prop_assert!(!s.ends_with('/'), "trailing slash kept: {}", s);
+        prop_assert!(!s.contains(['?', '#']), "{}", s);
+        prop_assert_eq!(
+            t.host_header().as_bytes(),
+            t.authority().as_str().as_bytes()
+        );
+        let origin = t.origin();
+        prop_assert_eq!(origin.authority(), Some(t.authority()));
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC*") {
+            if let Ok(t) = TargetUrl::parse(&s) {
+                check_parsed(&t)?;
+            }
+        }
+
+        #[test]
+        fn parse_never_panics_on_url_shaped_input(s in url_like()) {
+            if let Ok(t) = TargetUrl::parse(&s) {
+                check_parsed(&t)?;
+            }
+        }
+
+        #[test]
+        fn normalisation_is_idempotent(s in url_like()) {
+            if let Ok(t) = TargetUrl::parse(&s) {
+                let again = TargetUrl::parse(t.as_str());
+                prop_assert_eq!(again, Ok(t.clone()), "from {:?}", s);
+            }
+        }
+
+        #[test]
+        fn spelling_variants_normalise_alike(
+            host in "[a-z][a-z0-9-]{0,10}",
+            port in any::<u16>(),
+            path in "(/[a-z0-9]{1,5}){0,3}",
+            upper in any::<bool>(),
+            slashes in 0usize..3,
+        ) {
+            let plain = format!("http://{host}:{port}{path}");
+            let host = if upper { host.to_ascii_uppercase() } else { host };
+            let variant = format!("HTTP://{host}:{port}{path}{}", "/".repeat(slashes));
+            prop_assert_eq!(TargetUrl::parse(&variant), TargetUrl::parse(&plain));
+        }
+
+        #[test]
+        fn joining_keeps_the_prefix(s in url_like(), pq in request_path()) {
+            if let Ok(t) = TargetUrl::parse(&s) {
+                let joined = t.request_target(Some(&pq));
+                let joined = joined.path_and_query().map_or("", PathAndQuery::as_str);
+                if t.prefix.is_empty() {
+                    // Without a prefix the request target goes as it came (even `*`).
+                    prop_assert_eq!(joined, pq.as_str());
+                } else {
+                    prop_assert!(joined.starts_with(&t.prefix), "{} + {} = {}", t, pq, joined);
+                    let rest = &joined[t.prefix.len()..];
+                    prop_assert!(rest.starts_with('/'), "{} + {} = {}", t, pq, joined);
+                    if pq.as_str().starts_with('/') {
+                        // The request's path and query follow the prefix unchanged.
+                        prop_assert_eq!(rest, pq.as_str());
+                    }
+                }
+                let bare = t.request_target(None);
+                prop_assert_eq!(bare.path(), format!("{}/", t.prefix));
+            }
+        }
     }
 }

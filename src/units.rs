@@ -57,6 +57,8 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -113,6 +115,156 @@ mod tests {
     fn bad_sizes_are_rejected() {
         for input in ["", "MiB", "10XB", "-5", "1.5MiB", "99999999999999999999GiB"] {
             assert!(parse_size(input).is_err(), "{input}");
+        }
+    }
+
+    /// Every way a user may spell `ms` milliseconds: bare minutes (whole and quarter
+    /// minutes, exact in binary floating point), each single unit that divides it,
+    /// humantime's long unit names, compounds with and without spaces, and what
+    /// `humantime::format_duration` prints.
+    fn duration_spellings(ms: u64) -> Vec<String> {
+        let d = Duration::from_millis(ms);
+        let mut out = vec![
+            format!("{ms}ms"),
+            format!("{ms}msec"),
+            format!("  {ms}ms\t"),
+            humantime::format_duration(d).to_string(),
+        ];
+        let (h, m, s, rest) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+        out.push(format!("{h}h{m}m{s}s{rest}ms"));
+        out.push(format!("{h}h {m}m {s}s {rest}ms"));
+        out.push(format!("{h}hours {m}min {s}sec {rest}msec"));
+        if ms % 1000 == 0 {
+            let secs = ms / 1000;
+            out.extend([
+                format!("{secs}s"),
+                format!("{secs}sec"),
+                format!("{secs}seconds"),
+            ]);
+        }
+        if ms % 15_000 == 0 {
+            // A bare number is minutes; a quarter minute is exact as an f64.
+            let quarters = ms / 15_000;
+            let frac = ["0", "25", "5", "75"][(quarters % 4) as usize];
+            out.push(format!("{}.{frac}", quarters / 4));
+        }
+        if ms % 60_000 == 0 {
+            let minutes = ms / 60_000;
+            out.extend([
+                format!("{minutes}"),
+                format!(" {minutes} "),
+                format!("{minutes}m"),
+                format!("{minutes}min"),
+                format!("{minutes}minutes"),
+            ]);
+        }
+        if ms % 3_600_000 == 0 {
+            let hours = ms / 3_600_000;
+            out.extend([
+                format!("{hours}h"),
+                format!("{hours}hr"),
+                format!("{hours}hours"),
+            ]);
+        }
+        out
+    }
+
+    /// Every way a user may spell `bytes`: each unit that divides it, in any case, with
+    /// or without a space before the unit.
+    fn size_spellings(bytes: u64) -> Vec<String> {
+        const UNITS: [(&str, u64); 10] = [
+            ("", 1),
+            ("B", 1),
+            ("K", 1_000),
+            ("KB", 1_000),
+            ("MB", 1_000_000),
+            ("M", 1_000_000),
+            ("GB", 1_000_000_000),
+            ("KiB", 1 << 10),
+            ("MiB", 1 << 20),
+            ("GiB", 1 << 30),
+        ];
+        let mut out = Vec::new();
+        for (unit, multiplier) in UNITS {
+            if bytes % multiplier != 0 {
+                continue;
+            }
+            let n = bytes / multiplier;
+            out.push(format!("{n}{unit}"));
+            out.push(format!("{n}{}", unit.to_ascii_lowercase()));
+            out.push(format!("{n}{}", unit.to_ascii_uppercase()));
+            out.push(format!(" {n} {unit} "));
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(s in "\\PC*") {
+            let _ = parse_duration(&s);
+            let _ = parse_size(&s);
+        }
+
+        #[test]
+        fn number_and_unit_shaped_input_never_panics(
+            s in "[ +\\-]?[0-9]{0,25}(\\.[0-9]{0,20})?(e[+\\-]?[0-9]{1,4})? ?(ms|s|m|h|d|w|y|M|us|ns|KB|KiB|MiB|GiB|GB|inf|NaN)?([0-9]{0,22}(ms|s|m|h))*",
+        ) {
+            let _ = parse_duration(&s);
+            let _ = parse_size(&s);
+        }
+
+        #[test]
+        fn every_spelling_of_a_duration_parses_back(
+            // Up to ten years, in whole milliseconds; and small values more often.
+            ms in prop_oneof![0u64..100_000, 0u64..315_360_000_000],
+        ) {
+            for spelling in duration_spellings(ms) {
+                prop_assert_eq!(
+                    parse_duration(&spelling),
+                    Ok(Duration::from_millis(ms)),
+                    "spelling {:?}",
+                    spelling
+                );
+            }
+        }
+
+        #[test]
+        fn quarter_minutes_scale_to_whole_units(quarters in 0u64..1_000_000) {
+            let ms = quarters * 15_000;
+            for spelling in duration_spellings(ms) {
+                prop_assert_eq!(
+                    parse_duration(&spelling),
+                    Ok(Duration::from_millis(ms)),
+                    "spelling {:?}",
+                    spelling
+                );
+            }
+        }
+
+        #[test]
+        fn every_spelling_of_a_size_parses_back(
+            bytes in prop_oneof![
+                0u64..5_000,
+                (0u64..1_000_000).prop_map(|n| n * 1_000),
+                (0u64..1_000_000).prop_map(|n| n << 20),
+                (0u64..1_000_000).prop_map(|n| n * 1_000_000_000),
+                any::<u64>(),
+            ],
+        ) {
+            for spelling in size_spellings(bytes) {
+                prop_assert_eq!(parse_size(&spelling), Ok(bytes), "spelling {:?}", spelling);
+            }
+        }
+
+        #[test]
+        fn a_size_too_large_for_u64_is_an_error_not_a_wrap(n in any::<u64>()) {
+            for (unit, multiplier) in [("KB", 1_000u64), ("KiB", 1 << 10), ("MB", 1_000_000), ("GiB", 1 << 30)] {
+                let spelling = format!("{n}{unit}");
+                match n.checked_mul(multiplier) {
+                    Some(bytes) => prop_assert_eq!(parse_size(&spelling), Ok(bytes)),
+                    None => prop_assert!(parse_size(&spelling).is_err(), "{}", spelling),
+                }
+            }
         }
     }
 }

@@ -9,7 +9,14 @@
 //! change `enqueue`: put the job on a per-mirror FIFO served by one worker. The permit,
 //! health check, counters and delivery around it stay as they are.
 
+pub mod compare;
+pub mod comparison;
 pub mod health;
+pub mod mismatches;
+pub mod options;
+pub mod ordered;
+pub mod select;
+pub mod shadow;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -24,11 +31,19 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::budget::Held;
+use crate::budget::{Budget, Held};
 use crate::client::{self, Pool};
 use crate::metrics::{Counters, Snapshot};
+use crate::observe::metrics::Latency;
 use crate::target_url::TargetUrl;
+use compare::{Answer, Rules, Verdict};
+use comparison::{CompareSnapshot, CompareStats};
 use health::{Event, Health, Policy, State, Ticket};
+use mismatches::{Mismatches, Record};
+use options::MirrorOptions;
+use ordered::{MainHalf, MirrorHalf, Order};
+use select::RateLimiter;
+use shadow::{BodyCapture, MainAnswerRx};
 
 /// One request as every mirror receives it. Built once per request and shared by all
 /// copies through an `Arc`; the body is a single `Bytes`, never a copy per mirror.
@@ -43,6 +58,8 @@ pub struct MirrorRequest {
     /// The body's bytes in the `--max-buffered-bytes` budget, given back when the last
     /// copy is done with (this struct is dropped).
     pub(crate) _held: Held,
+    /// Main's answer, for the mirrors that compare theirs with it.
+    pub main_answer: Option<MainAnswerRx>,
 }
 
 /// Settings shared by every mirror.
@@ -58,6 +75,8 @@ pub struct Settings {
     pub pools: usize,
     /// Connections open at once to one mirror, across its pools.
     pub max_connections: usize,
+    /// `--max-compare-size`: bytes of each answer kept for a comparison.
+    pub max_compare_size: usize,
 }
 
 /// What every mirror needs from the rest of the program.
@@ -70,12 +89,81 @@ pub(crate) struct Shared {
     /// Mirrors that failed for longer than `--fail-after`; the registry takes them out
     /// of the set (a mirror never reaches into the registry itself).
     pub expired: mpsc::UnboundedSender<Weak<Mirror>>,
+    /// The `--max-buffered-bytes` budget, also for answers kept for comparison.
+    pub budget: Budget,
+}
+
+/// Where a mirror came from; shown as `source` in the listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// `--mirror`.
+    Flag,
+    /// The admin endpoint (and so the state file).
+    Admin,
+    /// `--targets-file`.
+    File,
+}
+
+/// What a mirror is configured to do: its options and what is derived from them.
+/// Immutable; replacing a mirror's options replaces its plan and keeps the mirror.
+#[derive(Debug)]
+pub struct Plan {
+    pub options: MirrorOptions,
+    pub source: Source,
+    rate: Option<RateLimiter>,
+    /// With `compare=true`: what to compare.
+    pub compare: Option<Rules>,
+}
+
+impl Plan {
+    pub fn new(options: MirrorOptions, source: Source) -> Self {
+        // The options parser has validated `ignore` already; the fallback is unreachable
+        // for options that parsed.
+        let compare = options.compare.then(|| {
+            Rules::new(options.effective_compare_headers(), &options.ignore).unwrap_or_default()
+        });
+        Self {
+            rate: options.rate.map(RateLimiter::new),
+            compare,
+            options,
+            source,
+        }
+    }
+
+    /// Whether this request goes to the mirror (method, path, share, rate).
+    pub fn selects(&self, method: &http::Method, path: &str, headers: &HeaderMap) -> bool {
+        let options = &self.options;
+        if !options.selects_all() && !select::select(options, method, path, headers, fastrand::f64)
+        {
+            return false;
+        }
+        self.rate
+            .as_ref()
+            .is_none_or(|rate| rate.try_acquire(Instant::now()))
+    }
+
+    /// Never removed by `--fail-after`: marked persistent, or owned by a flag or the
+    /// targets file (which would only add it again).
+    pub fn persistent(&self) -> bool {
+        self.options.persistent || self.source != Source::Admin
+    }
+}
+
+/// A mirror in the set, with its current plan.
+#[derive(Clone)]
+pub struct Member {
+    pub mirror: Arc<Mirror>,
+    pub plan: Arc<Plan>,
 }
 
 /// A copy admitted to a mirror.
 struct Job {
     request: Arc<MirrorRequest>,
+    plan: Arc<Plan>,
     ticket: Ticket,
+    /// For an ordered mirror: the copies this one must follow.
+    order: Option<MirrorHalf>,
     _slot: Slot,
 }
 
@@ -94,8 +182,14 @@ impl Drop for Slot {
 /// One mirror target. Lives in the registry; each delivery task holds another `Arc`.
 pub struct Mirror {
     url: TargetUrl,
-    persistent: bool,
     counters: Counters,
+    /// Time of each request to this mirror (the Prometheus scrape).
+    latency: Latency,
+    /// Happens-before bookkeeping, used while the mirror's plan says `ordered`.
+    order: Arc<Order>,
+    /// Comparison results while the plan says `compare`.
+    comparison: CompareStats,
+    mismatches: Mismatches,
     health: Mutex<Health>,
     permits: Arc<Semaphore>,
     /// Set when the mirror leaves the set or at shutdown: new copies are dropped, those
@@ -110,18 +204,22 @@ pub struct Mirror {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
     pub url: String,
+    pub source: Source,
     pub state: State,
     pub persistent: bool,
     pub failing_since: Option<String>,
+    pub options: MirrorOptions,
     #[serde(flatten)]
     pub counters: Snapshot,
     pub queued: usize,
+    /// Comparison results, for a mirror with `compare=true` (else null).
+    pub compare: Option<CompareSnapshot>,
 }
 
 impl Mirror {
     /// Creates a mirror. When it has failed for longer than `--fail-after` it is sent
     /// on `shared.expired`.
-    pub(crate) fn spawn(url: TargetUrl, persistent: bool, shared: &Arc<Shared>) -> Arc<Self> {
+    pub(crate) fn spawn(url: TargetUrl, shared: &Arc<Shared>) -> Arc<Self> {
         let settings = &shared.settings;
         let pools = client::per_worker(
             &url,
@@ -131,8 +229,11 @@ impl Mirror {
         );
         Arc::new(Self {
             url,
-            persistent,
             counters: Counters::default(),
+            latency: Latency::default(),
+            order: Arc::default(),
+            comparison: CompareStats::new(),
+            mismatches: Mismatches::default(),
             health: Mutex::new(Health::new()),
             permits: Arc::new(Semaphore::new(shared.settings.max_queued)),
             closed: AtomicBool::new(false),
@@ -143,6 +244,11 @@ impl Mirror {
 
     pub fn url(&self) -> &TargetUrl {
         &self.url
+    }
+
+    /// Time of each request to this mirror, whatever its outcome.
+    pub fn latency(&self) -> &Latency {
+        &self.latency
     }
 
     /// Copies waiting or in flight right now.
@@ -161,9 +267,24 @@ impl Mirror {
         Counters::incr(&self.counters.dropped);
     }
 
+    /// Counts a request that this mirror's options leave out.
+    pub fn filter(&self) {
+        Counters::incr(&self.counters.filtered);
+    }
+
+    /// Registers a request for ordered replay (see [`ordered`]).
+    pub fn arrive(&self) -> (MainHalf, MirrorHalf) {
+        self.order.arrive()
+    }
+
     /// Offers one copy to this mirror without waiting. Drops (and counts) it when the
     /// queue is full or the mirror is failing.
-    pub fn offer(self: &Arc<Self>, request: &Arc<MirrorRequest>) {
+    pub fn offer(
+        self: &Arc<Self>,
+        request: &Arc<MirrorRequest>,
+        plan: &Arc<Plan>,
+        order: Option<MirrorHalf>,
+    ) {
         // Permit first: a trial admitted by the health check must always be sent, or the
         // mirror would stay "retrying" for ever.
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
@@ -181,7 +302,9 @@ impl Mirror {
         self.shared.outstanding.fetch_add(1, Ordering::Relaxed);
         let job = Job {
             request: request.clone(),
+            plan: plan.clone(),
             ticket,
+            order,
             _slot: Slot {
                 _permit: permit,
                 shared: self.shared.clone(),
@@ -222,17 +345,20 @@ impl Mirror {
         }
     }
 
-    pub fn status(&self) -> Status {
+    pub fn status(&self, plan: &Plan) -> Status {
         let health = self.lock_health();
         Status {
             url: self.url.to_string(),
+            source: plan.source,
             state: health.state(),
-            persistent: self.persistent,
+            persistent: plan.persistent(),
+            options: plan.options.clone(),
             failing_since: health
                 .failing_since()
                 .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             counters: self.counters.snapshot(),
             queued: self.queued(),
+            compare: plan.compare.as_ref().map(|_| self.comparison.snapshot()),
         }
     }
 
@@ -241,29 +367,43 @@ impl Mirror {
         self.health.lock().expect("mirror health lock poisoned")
     }
 
-    fn policy(&self) -> Policy {
+    fn policy(&self, plan: &Plan) -> Policy {
         Policy {
             retry_after: self.shared.settings.retry_after,
             fail_after: self.shared.settings.fail_after,
-            persistent: self.persistent,
+            persistent: plan.persistent(),
         }
     }
 
     /// Sends one copy, drains and discards the response, and records the outcome.
     async fn deliver(&self, job: Job) -> Option<Event> {
+        if let Some(order) = &job.order {
+            // Outside the timeout: waiting for earlier copies is not this copy's failure.
+            order.wait_turn().await;
+        }
         let timeout = self.shared.settings.timeout;
-        let success = match tokio::time::timeout(timeout, self.send(&job.request)).await {
-            Ok(Ok(status)) if status.is_server_error() => {
-                debug!(mirror = %self.url, %status, "mirror answered with a server error");
-                false
-            }
-            Ok(Ok(_)) => true,
-            Ok(Err(err)) if client::is_fd_exhaustion(&*err) => {
-                // Our own limit, not the mirror's fault: dropped, and health untouched.
-                debug!(mirror = %self.url, error = %client::error_chain(&*err), "mirror copy dropped: out of file descriptors");
+        let sent = self.send(&job.request, &job.plan);
+        let mut answer = None;
+        let started = Instant::now();
+        let result = tokio::time::timeout(timeout, sent).await;
+        if let Ok(Err(err)) = &result {
+            if client::is_fd_exhaustion(&**err) {
+                // Our own limit, not the mirror's fault: dropped, health untouched.
+                let error = client::error_chain(&**err);
+                debug!(mirror = %self.url, %error, "mirror copy dropped: out of file descriptors");
                 Counters::incr(&self.counters.dropped);
                 self.lock_health().abandon(job.ticket);
                 return None;
+            }
+        }
+        self.latency.observe(started.elapsed());
+        let success = match result {
+            Ok(Ok((status, captured))) => {
+                answer = captured;
+                if status.is_server_error() {
+                    debug!(mirror = %self.url, %status, "mirror answered with a server error");
+                }
+                !status.is_server_error()
             }
             Ok(Err(err)) => {
                 let error = client::error_chain(&*err);
@@ -281,36 +421,107 @@ impl Mirror {
             &self.counters.failed
         };
         Counters::incr(counter);
-        let policy = self.policy();
+        let policy = self.policy(&job.plan);
         let event = self
             .lock_health()
             .record(job.ticket, success, Instant::now(), &policy);
         if let Some(event) = event {
             self.log_event(event);
         }
+        if let (Some(rules), Some(rx)) = (&job.plan.compare, &job.request.main_answer) {
+            self.compare(rules, &job.request, rx.clone(), answer).await;
+        }
         event
     }
 
+    /// Compares this copy's answer with main's, once main's is complete.
+    async fn compare(
+        &self,
+        rules: &Rules,
+        request: &MirrorRequest,
+        main: MainAnswerRx,
+        mirror: Option<(Answer, std::time::Duration, Held)>,
+    ) {
+        // `_held` keeps the mirror's kept bytes in the budget until the comparison is over.
+        let Some((mirror, mirror_latency, _held)) = mirror else {
+            self.comparison.not_compared();
+            return;
+        };
+        // Main's answer may still be streaming; wait for it as long as a copy may take.
+        let Some(main) = shadow::main_answer(main, self.shared.settings.timeout).await else {
+            self.comparison.not_compared();
+            return;
+        };
+        let verdict = compare::compare(rules, &main.answer, &mirror);
+        self.comparison
+            .record(&verdict, main.latency, mirror_latency);
+        if let Verdict::Mismatch(mismatch) = verdict {
+            let path = request
+                .path_and_query
+                .as_ref()
+                .map_or("/", PathAndQuery::as_str);
+            self.mismatches.push(Record::new(
+                std::time::SystemTime::now(),
+                &request.method,
+                path,
+                main.answer.status,
+                mirror.status,
+                mismatch,
+            ));
+        }
+    }
+
+    /// The latest mismatches, newest first.
+    pub fn mismatches(&self) -> Vec<Record> {
+        self.mismatches.latest()
+    }
+
+    /// Sends one copy and reads its answer: thrown away, or captured when it is to be
+    /// compared with main's.
     async fn send(
         &self,
         request: &MirrorRequest,
-    ) -> Result<http::StatusCode, crate::body::BoxError> {
+        plan: &Plan,
+    ) -> Result<
+        (
+            http::StatusCode,
+            Option<(Answer, std::time::Duration, Held)>,
+        ),
+        crate::body::BoxError,
+    > {
+        let started = Instant::now();
         let mut req = Request::new(Full::new(request.body.clone()));
         *req.method_mut() = request.method.clone();
         *req.uri_mut() = self.url.request_target(request.path_and_query.as_ref());
         *req.headers_mut() = request.headers.clone();
+        if plan.options.has_rewrites() {
+            plan.options.apply_rewrites(req.headers_mut());
+        }
         // HTTP/1.1 requires `Host`; each copy carries its mirror's authority.
         req.headers_mut()
             .entry(http::header::HOST)
             .or_insert_with(|| self.url.host_header().clone());
         let response = crate::workers::pick(&self.pools).send(req).await?;
         let status = response.status();
-        // Read the answer and throw it away, so the connection is reused.
-        let mut body = response.into_body();
+        let (parts, mut body) = response.into_parts();
+        let mut capture = (plan.compare.is_some() && request.main_answer.is_some())
+            .then(|| BodyCapture::new(self.shared.settings.max_compare_size, &self.shared.budget));
+        // Read the answer to its end, so the connection is reused.
         while let Some(frame) = body.frame().await {
-            frame?;
+            let frame = frame?;
+            if let (Some(capture), Some(data)) = (capture.as_mut(), frame.data_ref()) {
+                capture.push(data);
+            }
         }
-        Ok(status)
+        let answer = capture.and_then(BodyCapture::finish).map(|(body, held)| {
+            let answer = Answer {
+                status,
+                headers: parts.headers,
+                body,
+            };
+            (answer, started.elapsed(), held)
+        });
+        Ok((status, answer))
     }
 
     fn log_event(&self, event: Event) {

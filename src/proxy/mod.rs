@@ -31,10 +31,14 @@ use crate::budget::Budget;
 use crate::client::{self, Pool};
 use crate::config::Config;
 use crate::headers;
+use crate::mirror::Source;
+use crate::mirror::ordered::MainHalf;
+use crate::mirror::shadow::MainCapture;
+use crate::observe::metrics::MainStats;
 use crate::ratelimit::LogLimiter;
 use crate::registry::{Mirrors, Registry};
 use crate::workers;
-use tee::{ClientBodyError, Offer, RequestBody};
+use tee::{ClientBodyError, Offer, RequestBody, Selection};
 
 /// How often a per-request error towards main may be logged.
 const MAIN_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -79,13 +83,20 @@ struct Inner {
     main_unreachable_log: LogLimiter,
     /// "main did not answer in time" (`504`) log lines, at most one per second.
     main_timeout_log: LogLimiter,
+    /// Answers by status class and their latency (the Prometheus scrape).
+    main_stats: MainStats,
 }
 
 impl Proxy {
     /// The proxy for `config`, with the `--mirror` mirrors in its set.
     pub fn new(config: Config) -> Self {
-        let registry = Registry::new(config.mirror.clone());
-        registry.add(&config.mirrors, true);
+        let budget = Budget::new(config.max_buffered_bytes);
+        let registry = Registry::new(config.mirror.clone(), budget.clone());
+        registry.add_lines(&config.mirrors, Source::Flag);
+        registry.add_lines(&config.restored, Source::Admin);
+        if let Some((_, lines)) = &config.targets_file {
+            registry.reconcile_file(lines);
+        }
         let via_token = format!(
             "trafficmirror-{:016x}",
             std::collections::hash_map::RandomState::new()
@@ -100,7 +111,6 @@ impl Proxy {
             config.threads,
             config.max_connections_per_target,
         );
-        let budget = Budget::new(config.max_buffered_bytes);
         Self {
             inner: Arc::new(Inner {
                 main_pools,
@@ -112,6 +122,7 @@ impl Proxy {
                 loop_logged: AtomicBool::new(false),
                 main_unreachable_log: LogLimiter::new(MAIN_ERROR_LOG_INTERVAL),
                 main_timeout_log: LogLimiter::new(MAIN_ERROR_LOG_INTERVAL),
+                main_stats: MainStats::default(),
             }),
         }
     }
@@ -126,6 +137,11 @@ impl Proxy {
 
     pub fn budget(&self) -> &Budget {
         &self.inner.budget
+    }
+
+    /// Answers to proxied requests by status class, and their latency.
+    pub fn main_stats(&self) -> &MainStats {
+        &self.inner.main_stats
     }
 
     fn main_pool(&self) -> &Pool<BoxBody> {
@@ -147,13 +163,28 @@ impl Proxy {
     }
 
     /// Proxies one request to main and mirrors it. Never fails: upstream problems become
-    /// `502`/`504` responses, a client's broken or stalled body `400`/`408`.
-    pub async fn forward<B>(&self, mut req: Request<B>, peer: &Peer) -> Response<BoxBody>
+    /// `502`/`504` responses, a client's broken or stalled body `400`/`408`. Counts the
+    /// answer's status class and the time until its head was ready.
+    pub async fn forward<B>(&self, req: Request<B>, peer: &Peer) -> Response<BoxBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = std::time::Instant::now();
+        let response = self.answer(req, peer).await;
+        self.main_stats()
+            .record(response.status(), started.elapsed());
+        response
+    }
+
+    /// [`Proxy::forward`] without the counting.
+    async fn answer<B>(&self, mut req: Request<B>, peer: &Peer) -> Response<BoxBody>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         let config = self.config();
+        let started = tokio::time::Instant::now();
         if req.method() == Method::CONNECT {
             return error_response(
                 StatusCode::NOT_IMPLEMENTED,
@@ -187,8 +218,37 @@ impl Proxy {
         }
 
         let mirrors = self.registry().snapshot();
+        let mut selected = Selection::default();
+        for (index, member) in mirrors.iter().enumerate() {
+            if member
+                .plan
+                .selects(&parts.method, parts.uri.path(), &parts.headers)
+            {
+                selected.add(index);
+            } else {
+                member.mirror.filter();
+            }
+        }
         let timeout = config.body_read_timeout;
-        let upstream_body = if mirrors.is_empty() {
+        // Ordered mirrors learn when main's answer is complete (see `mirror::ordered`).
+        let mut main_halves = Vec::new();
+        let mut orders = Vec::new();
+        let mut comparing = false;
+        for (index, member) in selected.iter(&mirrors) {
+            if member.plan.options.ordered {
+                let (main_half, mirror_half) = member.mirror.arrive();
+                main_halves.push(main_half);
+                orders.push((index, mirror_half));
+            }
+            comparing |= member.plan.compare.is_some();
+        }
+        let (main_answer_tx, main_answer) = if comparing && !looped && upgrade.is_none() {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let upstream_body = if selected.is_empty() {
             self.streamed(body)
         } else if looped || upgrade.is_some() {
             if looped && self.first_loop() {
@@ -199,17 +259,20 @@ impl Proxy {
                      proxied but not mirrored; further loops are only counted as skipped"
                 );
             }
-            skip_all(&mirrors);
+            skip_all(&mirrors, &selected);
             self.streamed(body)
         } else if body.size_hint().lower() > config.max_body_size {
-            skip_all(&mirrors);
+            skip_all(&mirrors, &selected);
             self.streamed(body)
         } else {
             let offer = Offer {
                 mirrors,
+                selected,
+                orders,
                 method: parts.method.clone(),
                 path_and_query: parts.uri.path_and_query().cloned(),
                 headers: parts.headers.clone(),
+                main_answer,
             };
             let held = self.budget().hold();
             if body.is_end_stream() {
@@ -277,7 +340,22 @@ impl Proxy {
                 // Our connection to the client has its own version; hyper picks the wire
                 // version from this field, so a main speaking HTTP/1.0 must not leak through.
                 parts.version = Version::HTTP_11;
-                Response::from_parts(parts, body::boxed(body))
+                let capture = main_answer_tx.map(|tx| {
+                    MainCapture::new(
+                        parts.status,
+                        parts.headers.clone(),
+                        started,
+                        tx,
+                        config.mirror.max_compare_size,
+                        self.budget(),
+                    )
+                });
+                if main_halves.is_empty() && capture.is_none() {
+                    Response::from_parts(parts, body::boxed(body))
+                } else {
+                    let body = OnEnd::new(body, main_halves, capture);
+                    Response::from_parts(parts, body::boxed(body))
+                }
             }
             Err(err) => match client_body_error(&err) {
                 Some(ClientBodyError::Timeout(limit)) => {
@@ -346,9 +424,74 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     }
 }
 
-fn skip_all(mirrors: &Mirrors) {
-    for mirror in mirrors.iter() {
-        mirror.skip();
+fn skip_all(mirrors: &Mirrors, selected: &Selection) {
+    for (_, member) in selected.iter(mirrors) {
+        member.mirror.skip();
+    }
+}
+
+/// Main's response body on its way to the client: captured for comparing mirrors, and
+/// reported to ordered mirrors once it has been read to its end.
+struct OnEnd<B> {
+    body: B,
+    halves: Vec<MainHalf>,
+    capture: Option<MainCapture>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> OnEnd<B> {
+    fn new(body: B, halves: Vec<MainHalf>, capture: Option<MainCapture>) -> Self {
+        let mut on_end = Self {
+            body,
+            halves,
+            capture,
+        };
+        // An empty answer is complete with its head; its body may never be polled.
+        if on_end.body.is_end_stream() {
+            on_end.report();
+        }
+        on_end
+    }
+
+    fn report(&mut self) {
+        for half in self.halves.drain(..) {
+            half.done();
+        }
+        if let Some(capture) = self.capture.take() {
+            capture.finish();
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for OnEnd<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let (std::task::Poll::Ready(Some(Ok(frame))), Some(capture)) =
+            (&polled, self.capture.as_mut())
+        {
+            if let Some(data) = frame.data_ref() {
+                capture.push(data);
+            }
+        }
+        match &polled {
+            std::task::Poll::Ready(None) => self.report(),
+            std::task::Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.report(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

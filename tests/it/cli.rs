@@ -1,7 +1,7 @@
-//! SPEC §2 and the seed README, against the real binary: Go-style flags, environment
-//! variables, help, and one-line start-up errors.
+//! The command line and the seed README, against the real binary: Go-style flags,
+//! environment variables, the config file, help, completions and the man page, JSON
+//! logs, and one-line start-up errors.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -159,11 +159,22 @@ async fn environment_variables_configure_and_flags_win() {
     }
 }
 
-/// Runs the binary to completion with `args` (bounded).
+/// Runs the binary to completion with `args` in a fresh sandbox (bounded).
 fn run(args: &[&str]) -> (Option<i32>, String, String, Duration) {
+    run_in(&Sandbox::new(), args, &[])
+}
+
+/// Runs the binary to completion in `sandbox` with `args` and `env` (bounded).
+fn run_in(
+    sandbox: &Sandbox,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trafficmirror"))
+    let mut child = sandbox
+        .command()
         .args(args)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -257,4 +268,224 @@ async fn banner_shows_admin_endpoint_and_three_curl_commands() {
         curls[2].contains("-X DELETE") && curls[2].contains("?url="),
         "{curls:?}"
     );
+}
+
+// ===== the config file =====
+
+/// The admin path the banner names, e.g. `/from-file`.
+fn admin_path(bin: &Binary) -> String {
+    let url = admin_url(bin);
+    url.trim_start_matches("http://")
+        .split_once('/')
+        .map(|(_, path)| format!("/{path}"))
+        .unwrap_or_else(|| panic!("no path in {url}"))
+}
+
+#[tokio::test]
+async fn config_file_in_the_working_directory_is_used() {
+    let sandbox = Sandbox::new();
+    sandbox.write(
+        "work/trafficmirror.yaml",
+        "# settings for the test\n\
+         listen: 127.0.0.1:0\n\
+         targets: /from-file\n\
+         mirror: [http://a:1, 'http://b:2']\n\
+         retry-after: 1\n",
+    );
+    // Also in HOME, but the working directory's file comes first.
+    sandbox.write(
+        "home/.trafficmirror/trafficmirror.yaml",
+        "listen: 127.0.0.1:0\ntargets: from-home\n",
+    );
+    let bin = Binary::start_in(sandbox, &[], &[]).await;
+    assert_eq!(admin_path(&bin), "/from-file");
+    assert_eq!(
+        get(&bin.url("/from-file")).await.text(),
+        "http://a:1\nhttp://b:2\n"
+    );
+}
+
+#[tokio::test]
+async fn config_file_in_home_is_used_when_the_working_directory_has_none() {
+    let sandbox = Sandbox::new();
+    sandbox.write(
+        "home/.trafficmirror/trafficmirror.yaml",
+        "listen: 127.0.0.1:0\ntargets: from-home\nmirror: http://h:1,http://h:2\n",
+    );
+    let bin = Binary::start_in(sandbox, &[], &[]).await;
+    assert_eq!(admin_path(&bin), "/from-home");
+    assert_eq!(
+        get(&bin.url("/from-home")).await.text(),
+        "http://h:1\nhttp://h:2\n"
+    );
+}
+
+#[tokio::test]
+async fn environment_and_flags_win_over_the_config_file() {
+    let file = "listen: 127.0.0.1:0\ntargets: from-file\nmirror: [http://file:1]\n";
+
+    let sandbox = Sandbox::new();
+    sandbox.write("work/trafficmirror.yaml", file);
+    let bin = Binary::start_in(
+        sandbox,
+        &[],
+        &[
+            ("TRAFFICMIRROR_TARGETS", "from-env"),
+            ("TRAFFICMIRROR_MIRROR", "http://env:1"),
+        ],
+    )
+    .await;
+    assert_eq!(admin_path(&bin), "/from-env");
+    assert_eq!(get(&bin.url("/from-env")).await.text(), "http://env:1\n");
+
+    let sandbox = Sandbox::new();
+    sandbox.write("work/trafficmirror.yaml", file);
+    let bin = Binary::start_in(
+        sandbox,
+        &["-targets", "from-flag", "-mirror=http://flag:1"],
+        &[("TRAFFICMIRROR_TARGETS", "from-env")],
+    )
+    .await;
+    assert_eq!(admin_path(&bin), "/from-flag");
+    assert_eq!(get(&bin.url("/from-flag")).await.text(), "http://flag:1\n");
+
+    // --config (here from its variable) names another file and replaces the search.
+    let sandbox = Sandbox::new();
+    sandbox.write("work/trafficmirror.yaml", file);
+    let other = sandbox.write("elsewhere.yaml", "listen: 127.0.0.1:0\ntargets: other\n");
+    let bin = Binary::start_in(
+        sandbox,
+        &[],
+        &[("TRAFFICMIRROR_CONFIG", other.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(admin_path(&bin), "/other");
+    assert_eq!(get(&bin.url("/other")).await.text(), "");
+}
+
+#[tokio::test]
+async fn missing_default_config_files_are_fine() {
+    let sandbox = Sandbox::new();
+    assert!(!sandbox.work().join("trafficmirror.yaml").exists());
+    assert!(!sandbox.home().join(".trafficmirror").exists());
+    let bin = Binary::start_in(sandbox, &["--listen", "127.0.0.1:0"], &[]).await;
+    assert_eq!(admin_path(&bin), "/targets");
+    assert_eq!(get(&bin.url("/targets")).await.status, StatusCode::OK);
+}
+
+#[test]
+fn bad_config_file_is_refused_with_one_line_naming_file_and_key() {
+    // (file content, what the line must mention besides the file)
+    let cases = [
+        ("listen: [unclosed\n", "not valid YAML"),
+        ("bogus-flag: 1\n", "\"bogus-flag\""),
+        ("retry-after: soon\n", "\"retry-after\""),
+        ("mirror: [http://ok:1, gopher://x]\n", "\"mirror\""),
+        ("listen: nonsense\n", "\"listen\""),
+        ("passwordFile: /nonexistent/users.txt\n", "\"passwordFile\""),
+        ("- just\n- a list\n", "top level"),
+    ];
+    for (content, mentions) in cases {
+        let sandbox = Sandbox::new();
+        let path = sandbox.write("work/trafficmirror.yaml", content);
+        // A flag for another setting does not hide the broken file.
+        let (status, _, stderr, took) = run_in(&sandbox, &["--shutdown-timeout", "1s"], &[]);
+        assert_eq!(status, Some(2), "{content:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{content:?}: one line: {stderr}");
+        assert!(
+            stderr.starts_with("trafficmirror: "),
+            "{content:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("trafficmirror.yaml") && stderr.contains(mentions),
+            "{content:?} should name the file and {mentions}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{content:?}: {stderr}");
+        assert!(took < Duration::from_secs(1), "{content:?} took {took:?}");
+        drop(path);
+    }
+
+    // An explicit --config that cannot be read.
+    let sandbox = Sandbox::new();
+    let (status, _, stderr, _) = run_in(&sandbox, &["-config", "absent.yaml"], &[]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("trafficmirror: cannot read config file absent.yaml"),
+        "{stderr}"
+    );
+}
+
+// ===== completions, man page, JSON logs =====
+
+#[test]
+fn completions_and_man_page_go_to_stdout() {
+    let (status, stdout, stderr, _) = run(&["completions", "bash"]);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert!(stdout.contains("--mirror-timeout"), "{stdout}");
+    assert!(
+        stdout.contains("complete -F"),
+        "not a bash script: {stdout}"
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let (status, stdout, stderr, _) = run(&["completions", shell]);
+        assert_eq!(status, Some(0), "{shell}: {stderr}");
+        assert!(stdout.contains("mirror-timeout"), "{shell}: {stdout}");
+    }
+    let (status, _, stderr, _) = run(&["completions", "tcsh"]);
+    assert_eq!(status, Some(2), "{stderr}");
+
+    let (status, stdout, stderr, _) = run(&["man"]);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert!(stdout.lines().any(|l| l.starts_with(".TH ")), "{stdout}");
+    for section in [
+        ".SH SYNOPSIS",
+        ".SH OPTIONS",
+        ".SH FILES",
+        ".SH ENVIRONMENT",
+    ] {
+        assert!(stdout.contains(section), "{section} missing");
+    }
+    assert!(stdout.contains("mirror\\-timeout"), "{stdout}");
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let sandbox = Sandbox::new();
+    // The config file's start-up log line is one of the lines checked.
+    sandbox.write("work/trafficmirror.yaml", "listen: 127.0.0.1:0\n");
+    let bin = Binary::start_in(sandbox, &["-v", "-log-format", "json"], &[]).await;
+    let stderr = bin.terminate_within(Duration::from_secs(5)).await;
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() >= 3, "{stderr}");
+    let mut messages = Vec::new();
+    for line in lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+        assert!(event["timestamp"].is_string(), "{line}");
+        assert!(event["level"].is_string(), "{line}");
+        assert!(event["target"].is_string(), "{line}");
+        let message = event["fields"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no fields.message: {line}"));
+        messages.push((
+            event["level"].as_str().unwrap().to_owned(),
+            message.to_owned(),
+            event,
+        ));
+    }
+    let find = |text: &str| {
+        messages
+            .iter()
+            .find(|(_, m, _)| m == text)
+            .unwrap_or_else(|| panic!("no {text:?} in {messages:?}"))
+    };
+    assert_eq!(
+        find("config file read").2["fields"]["file"],
+        "./trafficmirror.yaml"
+    );
+    let (level, _, event) = find("signal received");
+    assert_eq!(level, "INFO");
+    assert_eq!(event["fields"]["signal"], "SIGTERM");
+    find("shutdown complete");
 }

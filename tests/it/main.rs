@@ -1,10 +1,14 @@
 //! The integration test binary: real sockets on 127.0.0.1:0, real mock backends.
 
 mod admin;
+mod bodies;
 mod cli;
+mod demo;
+mod faults;
 mod framing;
 mod health;
 mod limits;
+mod metrics;
 mod mirror;
 mod protocol;
 mod proxy;

@@ -136,6 +136,73 @@ impl Drop for TestProxy {
 
 // ===== the real binary =====
 
+/// A fresh directory for one run of the binary, removed on drop: `work/` is its working
+/// directory and `home/` its `HOME`, so neither the developer's `./trafficmirror.yaml` nor
+/// `~/.trafficmirror/trafficmirror.yaml` (nor an inherited `TRAFFICMIRROR_*` variable)
+/// reaches the binary under test.
+pub struct Sandbox {
+    root: std::path::PathBuf,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "tm-sandbox-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        for dir in ["work", "home"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        Sandbox { root }
+    }
+
+    /// The binary's working directory.
+    pub fn work(&self) -> std::path::PathBuf {
+        self.root.join("work")
+    }
+
+    /// The binary's `HOME`.
+    pub fn home(&self) -> std::path::PathBuf {
+        self.root.join("home")
+    }
+
+    /// Writes `content` to `relative` (e.g. `work/trafficmirror.yaml`), creating folders.
+    pub fn write(&self, relative: &str, content: &str) -> std::path::PathBuf {
+        let path = self.root.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// A command for the built binary in this sandbox.
+    pub fn command(&self) -> std::process::Command {
+        self.command_for(env!("CARGO_BIN_EXE_trafficmirror"))
+    }
+
+    /// A command for `program` in this sandbox (e.g. a shell that execs the binary).
+    pub fn command_for(&self, program: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(program);
+        cmd.current_dir(self.work()).env("HOME", self.home());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TRAFFICMIRROR_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
 /// The built binary, running, and what it printed at start-up.
 pub struct Binary {
     child: tokio::process::Child,
@@ -145,6 +212,8 @@ pub struct Binary {
     pub banner: Vec<String>,
     /// stderr read so far, once [`Binary::wait_for_stderr`] started reading it.
     stderr_log: Option<(Arc<Mutex<String>>, JoinHandle<()>)>,
+    /// Dropped after the child, which `kill_on_drop` ends.
+    _sandbox: Sandbox,
 }
 
 impl Binary {
@@ -155,34 +224,37 @@ impl Binary {
         Self::start_with(&all, &[]).await
     }
 
-    /// Starts the binary with exactly `args` and extra environment variables.
+    /// Starts the binary with exactly `args` and extra environment variables, in a fresh
+    /// [`Sandbox`].
     pub async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Binary {
-        let mut command = tokio::process::Command::new(Self::path());
+        Self::start_in(Sandbox::new(), args, env).await
+    }
+
+    /// Starts the binary in `sandbox` (its working directory and `HOME`) with exactly
+    /// `args` and extra environment variables.
+    pub async fn start_in(sandbox: Sandbox, args: &[&str], env: &[(&str, &str)]) -> Binary {
+        let mut command = sandbox.command();
         command.args(args).envs(env.iter().copied());
-        Self::spawn(command).await
+        Self::spawn(sandbox, command).await
     }
 
-    /// The built binary's path.
-    pub fn path() -> &'static str {
-        env!("CARGO_BIN_EXE_trafficmirror")
-    }
-
-    /// Starts the binary through `sh -c 'ULIMITS; exec BINARY ARGS'` (e.g.
-    /// `ulimit -Sn 1024`), listening on 127.0.0.1:0 with `args`.
+    /// Starts the binary in a fresh [`Sandbox`] through `sh -c 'ULIMITS && exec BINARY
+    /// ARGS'` (e.g. `ulimit -Sn 1024`), listening on 127.0.0.1:0 with `args`.
     pub async fn start_with_ulimit(ulimit: &str, args: &[&str]) -> Binary {
-        let mut command = tokio::process::Command::new("sh");
+        let sandbox = Sandbox::new();
+        let mut command = sandbox.command_for("sh");
         command
             .arg("-c")
             .arg(format!("{ulimit} && exec \"$0\" \"$@\""))
-            .arg(Self::path())
+            .arg(env!("CARGO_BIN_EXE_trafficmirror"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args);
-        Self::spawn(command).await
+        Self::spawn(sandbox, command).await
     }
 
     /// Starts `command` (the binary, or something that execs it) and reads its banner.
-    pub async fn spawn(mut command: tokio::process::Command) -> Binary {
-        let mut child = command
+    async fn spawn(sandbox: Sandbox, command: std::process::Command) -> Binary {
+        let mut child = tokio::process::Command::from(command)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -201,8 +273,10 @@ impl Binary {
         }
         let first = &banner[0];
         // "trafficmirror: listening on 127.0.0.1:PORT -> main URL"
+        // (or, for the demo, "proxy on http://127.0.0.1:PORT -> …")
         let addr = first
             .split_whitespace()
+            .map(|w| w.trim_start_matches("http://"))
             .find(|w| w.starts_with("127.0.0.1:"))
             .unwrap_or_else(|| panic!("no address in {first:?}"))
             .trim_end_matches(',')
@@ -212,6 +286,7 @@ impl Binary {
             addr,
             banner,
             stderr_log: None,
+            _sandbox: sandbox,
         }
     }
 
@@ -231,6 +306,14 @@ impl Binary {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// How many file descriptors the process holds (Linux: entries of /proc/PID/fd).
+    pub fn open_fds(&self) -> usize {
+        let pid = self.child.id().expect("still running");
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("/proc/PID/fd is readable")
+            .count()
     }
 
     pub fn url(&self, path: &str) -> String {

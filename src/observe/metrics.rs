@@ -1,0 +1,474 @@
+//! The Prometheus scrape (README, "Metrics"), registered with `prometheus-client` and
+//! written in the classic Prometheus text format, version 0.0.4.
+//!
+//! Two kinds of figures:
+//! - recorded on the request path into metrics this module defines: [`MainStats`]
+//!   (requests proxied by status class, time to the answer head), owned by the proxy,
+//!   whose per-class counters are looked up once at start; and one [`Latency`]
+//!   histogram per mirror, owned by the mirror;
+//! - read at scrape time by a collector: each mirror's counters, queue, state and
+//!   comparison results (the very atomics the JSON listing reads, so both always agree,
+//!   and a removed mirror leaves the scrape with the mirror), and the byte budget.
+//!
+//! This module neither serves HTTP (the admin endpoint does) nor counts copies (each
+//! [`crate::mirror::Mirror`] does, in [`crate::metrics::Counters`]).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Unit;
+
+use crate::budget::Budget;
+use crate::mirror::health::State;
+use crate::registry::Registry;
+
+/// The scrape's `Content-Type`: the classic Prometheus text format, which every
+/// Prometheus version scrapes.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Every metric name starts with this and `_`.
+const PREFIX: &str = "trafficmirror";
+
+/// Upper bounds, in seconds, of the latency histograms' buckets: the Prometheus client
+/// defaults (5 ms to 10 s), plus 1 ms and 2.5 ms for targets on the same network and
+/// 30 s for mirror requests that run into the default 20 s `--mirror-timeout`.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The `class` label values, indexed by [`class_index`].
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// `{class="2xx"}`.
+type ClassLabel = [(&'static str, &'static str); 1];
+
+/// A latency histogram in seconds, with [`LATENCY_BUCKETS`]. Cloning is shallow.
+#[derive(Debug, Clone)]
+pub struct Latency(Histogram);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self(Histogram::new(LATENCY_BUCKETS))
+    }
+}
+
+impl Latency {
+    pub fn observe(&self, elapsed: Duration) {
+        self.0.observe(elapsed.as_secs_f64());
+    }
+
+    fn encode(&self, encoder: MetricEncoder) -> fmt::Result {
+        self.0.encode(encoder)
+    }
+}
+
+/// Requests proxied: how many by the status class of the answer the client got, and
+/// how long until that answer's head was ready. Owned by the proxy, recorded once per
+/// request. Cloning is shallow.
+#[derive(Debug, Clone)]
+pub struct MainStats {
+    requests: Family<ClassLabel, Counter>,
+    /// The entries of `requests`, looked up once, indexed by [`class_index`].
+    by_class: [Counter; 5],
+    duration: Latency,
+}
+
+impl Default for MainStats {
+    fn default() -> Self {
+        let requests = Family::<ClassLabel, Counter>::default();
+        let by_class = CLASSES.map(|class| requests.get_or_create_owned(&[("class", class)]));
+        Self {
+            requests,
+            by_class,
+            duration: Latency::default(),
+        }
+    }
+}
+
+impl MainStats {
+    /// Counts one answer to a proxied request, given `elapsed` after the request arrived.
+    pub fn record(&self, status: StatusCode, elapsed: Duration) {
+        self.by_class[class_index(status)].inc();
+        self.duration.observe(elapsed);
+    }
+}
+
+/// Index of `status`'s class in [`CLASSES`]. A status outside 100–599 counts as a 5xx,
+/// as RFC 9110 §15 tells a client to treat it.
+fn class_index(status: StatusCode) -> usize {
+    match status.as_u16() {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// Every metric of the scrape, registered once at start. Cloning is shallow.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<prometheus_client::registry::Registry>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// The scrape of `main` (recorded by the proxy), the mirrors in `mirrors` and the
+    /// byte budget, all read at scrape time.
+    pub fn new(main: &MainStats, mirrors: Registry, budget: Budget) -> Self {
+        let mut registry = prometheus_client::registry::Registry::with_prefix(PREFIX);
+        registry.register(
+            "requests",
+            "Requests proxied, by the status class of the answer the client got \
+             (main's, or the proxy's own 4xx/5xx)",
+            main.requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from a proxied request's arrival until the head of its answer was ready",
+            Unit::Seconds,
+            main.duration.0.clone(),
+        );
+        registry.register_collector(Box::new(Live { mirrors, budget }));
+        Self {
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// The scrape as text.
+    ///
+    /// # Errors
+    /// Only if an encoder refuses a value, which the metrics registered here never give.
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// The figures read at scrape time: every mirror of the set and the byte budget.
+struct Live {
+    mirrors: Registry,
+    budget: Budget,
+}
+
+impl fmt::Debug for Live {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Live")
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `state` label values, in order.
+const STATES: [(State, &str); 3] = [
+    (State::Alive, "alive"),
+    (State::Failing, "failing"),
+    (State::Retrying, "retrying"),
+];
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        self.encode_mirrors(&mut encoder)?;
+        for (name, help, value) in [
+            (
+                "buffered",
+                "Bytes of request bodies held for mirrors now (a body shared by several \
+                 mirrors counts once).",
+                self.budget.held(),
+            ),
+            (
+                "max_buffered",
+                "Limit of the bytes held for mirrors (--max-buffered-bytes).",
+                self.budget.limit(),
+            ),
+        ] {
+            let metric = ConstGauge::new(value);
+            let descriptor =
+                encoder.encode_descriptor(name, help, Some(&Unit::Bytes), metric.metric_type())?;
+            metric.encode(descriptor)?;
+        }
+        Ok(())
+    }
+}
+
+impl Live {
+    fn encode_mirrors(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let mirrors = self.mirrors.snapshot();
+        if mirrors.is_empty() {
+            // As for an empty family: no descriptor without a sample.
+            return Ok(());
+        }
+        // One status per mirror, read once, so that the families of one scrape agree.
+        let statuses: Vec<_> = mirrors.iter().map(|m| m.mirror.status(&m.plan)).collect();
+
+        let mut family = encoder.encode_descriptor(
+            "mirror_copies",
+            "Copies of requests per mirror, by outcome: sent (handed to the mirror's \
+             queue), succeeded, failed, dropped (queue full, mirror failing, byte budget), \
+             skipped (body too large, upgrade, loop), filtered (not selected by the \
+             mirror's options).",
+            None,
+            MetricType::Counter,
+        )?;
+        for status in &statuses {
+            let c = &status.counters;
+            for (outcome, value) in [
+                ("sent", c.sent),
+                ("succeeded", c.succeeded),
+                ("failed", c.failed),
+                ("dropped", c.dropped),
+                ("skipped", c.skipped),
+                ("filtered", c.filtered),
+            ] {
+                let labels = [("mirror", status.url.as_str()), ("outcome", outcome)];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "mirror_queued",
+            "Copies waiting or in flight per mirror now (at most --max-queued-requests).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for status in &statuses {
+            let labels = [("mirror", status.url.as_str())];
+            ConstGauge::new(status.queued as u64).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "mirror_state",
+            "Health of each mirror: 1 for its current state, 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for status in &statuses {
+            for (state, name) in STATES {
+                let labels = [("mirror", status.url.as_str()), ("state", name)];
+                let value = i64::from(status.state == state);
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "mirror_request_duration",
+            "Time of each mirror request, from sending it until its answer was read or \
+             it failed (a timeout counts as --mirror-timeout).",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (member, status) in mirrors.iter().zip(&statuses) {
+            let labels = [("mirror", status.url.as_str())];
+            member
+                .mirror
+                .latency()
+                .encode(family.encode_family(&labels)?)?;
+        }
+
+        if statuses.iter().all(|s| s.compare.is_none()) {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "mirror_comparisons",
+            "Answers of comparing mirrors compared with main's, by result: matched, \
+             mismatched_status, mismatched_headers, mismatched_body (a mismatch counts \
+             under each part that differed), not_compared (main's answer never completed).",
+            None,
+            MetricType::Counter,
+        )?;
+        for status in &statuses {
+            let Some(c) = &status.compare else { continue };
+            for (result, value) in [
+                ("matched", c.matched),
+                ("mismatched_status", c.mismatches.status),
+                ("mismatched_headers", c.mismatches.headers),
+                ("mismatched_body", c.mismatches.body),
+                ("not_compared", c.not_compared),
+            ] {
+                let labels = [("mirror", status.url.as_str()), ("result", result)];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use crate::config::Config;
+    use crate::mirror::Source;
+    use crate::mirror::options::MirrorLine;
+
+    fn registry() -> Registry {
+        let cli = Cli::try_parse_args(["trafficmirror"]).unwrap();
+        Registry::new(Config::from_cli(&cli).unwrap().mirror, Budget::new(1024))
+    }
+
+    /// The sample lines (no comments) of a scrape.
+    fn samples(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    #[test]
+    fn statuses_fall_in_their_class_and_invalid_ones_count_as_5xx() {
+        for (code, class) in [
+            (100, "1xx"),
+            (101, "1xx"),
+            (200, "2xx"),
+            (299, "2xx"),
+            (304, "3xx"),
+            (400, "4xx"),
+            (408, "4xx"),
+            (499, "4xx"),
+            (502, "5xx"),
+            (599, "5xx"),
+            (600, "5xx"),
+            (999, "5xx"),
+        ] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(CLASSES[class_index(status)], class, "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_class_is_exported_from_the_start_and_counts_its_answers() {
+        let main = MainStats::default();
+        let metrics = Metrics::new(&main, registry(), Budget::new(1024));
+        let text = metrics.encode().unwrap();
+        for class in CLASSES {
+            let line = format!("trafficmirror_requests_total{{class=\"{class}\"}} 0");
+            assert!(samples(&text).contains(&line.as_str()), "{line} in {text}");
+        }
+        main.record(StatusCode::OK, Duration::from_millis(3));
+        main.record(StatusCode::OK, Duration::from_millis(3));
+        main.record(StatusCode::BAD_GATEWAY, Duration::from_secs(60));
+        let text = metrics.encode().unwrap();
+        let lines = samples(&text);
+        for line in [
+            "trafficmirror_requests_total{class=\"2xx\"} 2",
+            "trafficmirror_requests_total{class=\"5xx\"} 1",
+            "trafficmirror_requests_total{class=\"4xx\"} 0",
+            "trafficmirror_request_duration_seconds_count 3",
+            "trafficmirror_request_duration_seconds_bucket{le=\"0.0025\"} 0",
+            "trafficmirror_request_duration_seconds_bucket{le=\"0.005\"} 2",
+            "trafficmirror_request_duration_seconds_bucket{le=\"30\"} 2",
+            "trafficmirror_request_duration_seconds_bucket{le=\"+Inf\"} 3",
+        ] {
+            assert!(lines.contains(&line), "{line} in {text}");
+        }
+        assert!(text.contains("# TYPE trafficmirror_requests_total counter\n"));
+        assert!(text.contains("# TYPE trafficmirror_request_duration_seconds histogram\n"));
+    }
+
+    #[tokio::test]
+    async fn budget_gauges_read_the_budget_at_scrape_time() {
+        let budget = Budget::new(1000);
+        let metrics = Metrics::new(&MainStats::default(), registry(), budget.clone());
+        let mut held = budget.hold();
+        assert!(held.grow(300));
+        let text = metrics.encode().unwrap();
+        assert!(samples(&text).contains(&"trafficmirror_buffered_bytes 300"));
+        assert!(samples(&text).contains(&"trafficmirror_max_buffered_bytes 1000"));
+        assert!(text.contains("# TYPE trafficmirror_buffered_bytes gauge\n"));
+        drop(held);
+        let text = metrics.encode().unwrap();
+        assert!(samples(&text).contains(&"trafficmirror_buffered_bytes 0"));
+    }
+
+    #[tokio::test]
+    async fn a_mirror_is_in_the_scrape_while_it_is_in_the_set() {
+        let mirrors = registry();
+        let metrics = Metrics::new(&MainStats::default(), mirrors.clone(), Budget::new(1));
+        let text = metrics.encode().unwrap();
+        assert!(
+            !text.contains("trafficmirror_mirror_"),
+            "no mirror, no mirror family: {text}"
+        );
+
+        let line = MirrorLine::parse("http://Shadow.example:8080/").unwrap();
+        mirrors.add_lines(std::slice::from_ref(&line), Source::Admin);
+        let text = metrics.encode().unwrap();
+        let lines = samples(&text);
+        let m = "mirror=\"http://shadow.example:8080\"";
+        for outcome in [
+            "sent",
+            "succeeded",
+            "failed",
+            "dropped",
+            "skipped",
+            "filtered",
+        ] {
+            let line = format!("trafficmirror_mirror_copies_total{{{m},outcome=\"{outcome}\"}} 0");
+            assert!(lines.contains(&line.as_str()), "{line} in {text}");
+        }
+        for line in [
+            format!("trafficmirror_mirror_queued{{{m}}} 0"),
+            format!("trafficmirror_mirror_state{{{m},state=\"alive\"}} 1"),
+            format!("trafficmirror_mirror_state{{{m},state=\"failing\"}} 0"),
+            format!("trafficmirror_mirror_state{{{m},state=\"retrying\"}} 0"),
+            format!("trafficmirror_mirror_request_duration_seconds_count{{{m}}} 0"),
+        ] {
+            assert!(lines.contains(&line.as_str()), "{line} in {text}");
+        }
+        assert!(text.contains("# TYPE trafficmirror_mirror_copies_total counter\n"));
+        assert!(text.contains("# TYPE trafficmirror_mirror_state gauge\n"));
+        assert!(text.contains("# TYPE trafficmirror_mirror_request_duration_seconds histogram\n"));
+
+        assert!(
+            !text.contains("trafficmirror_mirror_comparisons"),
+            "no comparing mirror, no comparisons: {text}"
+        );
+
+        mirrors.delete(&[line.url]).unwrap();
+        let text = metrics.encode().unwrap();
+        assert!(!text.contains("shadow.example"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn only_comparing_mirrors_have_comparison_series() {
+        let mirrors = registry();
+        let metrics = Metrics::new(&MainStats::default(), mirrors.clone(), Budget::new(1));
+        let lines = ["http://plain:1", "http://shadow:2 compare=true"]
+            .map(|l| MirrorLine::parse(l).unwrap());
+        mirrors.add_lines(&lines, Source::Admin);
+        let text = metrics.encode().unwrap();
+        let lines = samples(&text);
+        for result in [
+            "matched",
+            "mismatched_status",
+            "mismatched_headers",
+            "mismatched_body",
+            "not_compared",
+        ] {
+            let line = format!(
+                "trafficmirror_mirror_comparisons_total{{mirror=\"http://shadow:2\",result=\"{result}\"}} 0"
+            );
+            assert!(lines.contains(&line.as_str()), "{line} in {text}");
+        }
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.starts_with("trafficmirror_mirror_comparisons")
+                    && l.contains("http://plain:1")),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE trafficmirror_mirror_comparisons_total counter\n"));
+    }
+}
