@@ -4,7 +4,8 @@
 //! adds and `DELETE` removes the `url` parameters from the query string and an
 //! `application/x-www-form-urlencoded` body. Every URL is validated before anything is
 //! applied. Authentication, when configured, comes first. `GET <path>/status` answers
-//! the proxy-wide figures (bytes held for mirrors).
+//! the proxy-wide figures (bytes held for mirrors). A browser's `GET` (`Accept` with
+//! `text/html`, JSON not asked for) gets the status page of `observe::page` instead.
 
 use std::net::SocketAddr;
 
@@ -18,6 +19,7 @@ use tracing::info;
 use crate::auth::{Denied, Users};
 use crate::body::{self, BoxBody, BoxError};
 use crate::budget::Budget;
+use crate::observe::page;
 use crate::registry::Registry;
 use crate::target_url::{TargetUrl, UrlError};
 
@@ -180,6 +182,9 @@ impl Admin {
     {
         let registry = &self.registry;
         let json = wants_json(&req);
+        if req.method() == Method::GET && !json && page::wanted(&req) {
+            return Ok(page::response());
+        }
         let change = match *req.method() {
             Method::GET => None,
             Method::PUT => Some(true),

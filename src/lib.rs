@@ -22,6 +22,7 @@
 //! - `sources`: the `--state-file` and `--targets-file` (mirror lines on disk).
 //! - `registry`: the set of mirrors; removes mirrors that failed for too long.
 //! - `admin`: the `/targets` endpoint; `auth`: its Basic authentication.
+//! - `observe`: the status page a browser gets at the admin path (`observe::page`).
 //! - `target_url`: URL validation, normalisation and path-prefix joining.
 //! - `metrics`: per-mirror counters. `shutdown`: SIGINT/SIGTERM. `ratelimit`: at most
 //!   one log line per second for per-request errors.
@@ -52,6 +53,7 @@ mod headers;
 mod idle;
 mod metrics;
 mod mirror;
+mod observe;
 mod proxy;
 mod ratelimit;
 mod registry;

@@ -5,6 +5,7 @@ mod bodies;
 mod cli;
 mod health;
 mod mirror;
+mod page;
 mod protocol;
 mod proxy;
 mod shutdown;
