@@ -241,10 +241,6 @@ fn find_program(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
-        .chain([
-            PathBuf::from("/usr/bin"),
-            PathBuf::from("/usr/lib/chromium"),
-        ])
         .map(|dir| dir.join(name))
         .find(|path| path.is_file())
 }
