@@ -7,6 +7,8 @@
 //! the proxy-wide figures (bytes held for mirrors); `GET <path>/metrics` the Prometheus
 //! scrape ([`crate::observe::metrics`]), also at `/metrics` when the admin endpoint has
 //! its own listener (`--targets-address`).
+//! A browser's `GET` (`Accept` with `text/html`, JSON not asked for) gets the status
+//! page of `observe::page` instead of the listing.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ use crate::mirror::options::{MirrorOptions, OptionsError};
 use crate::observe::metrics::{self, Metrics};
 use crate::registry::{Conflict, Registry};
 use crate::sources::state_file;
+use crate::observe::page;
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Largest form body accepted on PUT/DELETE.
@@ -254,6 +257,9 @@ impl Admin {
     {
         let registry = &self.registry;
         let json = wants_json(&req);
+        if req.method() == Method::GET && !json && page::wanted(&req) {
+            return Ok(page::response());
+        }
         let put = match *req.method() {
             Method::GET => return Ok(listing(registry, json)),
             Method::PUT => true,

@@ -22,6 +22,7 @@
 //! - `sources`: the `--state-file` and `--targets-file` (mirror lines on disk).
 //! - `registry`: the set of mirrors; removes mirrors that failed for too long.
 //! - `admin`: the `/targets` endpoint; `auth`: its Basic authentication.
+//! - `observe`: the status page a browser gets at the admin path (`observe::page`).
 //! - `target_url`: URL validation, normalisation and path-prefix joining.
 //! - `metrics`: per-mirror counters; `observe::metrics`: the Prometheus scrape (requests
 //!   by status class, latency histograms, the per-mirror counters, the byte budget).
