@@ -6,6 +6,7 @@ mod cli;
 mod faults;
 mod health;
 mod mirror;
+mod options;
 mod protocol;
 mod proxy;
 mod shutdown;
