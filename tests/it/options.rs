@@ -832,3 +832,43 @@ async fn targets_file_follows_a_configmap_symlink_swap() {
     .await;
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_mirror_removed_by_fail_after_leaves_the_state_file() {
+    let main = MockBackend::start(Reply::ok("main")).await;
+    let failing = MockBackend::start(Reply::status(503)).await;
+    let dir = TempDir::new("expired");
+    let state = dir.path("state.txt");
+    let shown = state.display().to_string();
+    let proxy = TestProxy::start(&[
+        "--main",
+        &main.url(),
+        "--state-file",
+        &shown,
+        "--retry-after",
+        "100ms",
+        "--fail-after",
+        "300ms",
+    ])
+    .await;
+    put_ok(&proxy, "url=http://127.0.0.1:1&persistent=true").await;
+    put_ok(&proxy, &format!("url={}&percent=100", failing.url())).await;
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(saved.contains(&failing.url()), "{saved}");
+    // Keep traffic going until fail-after takes it out of the set.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while proxy.mirror_json(&failing.url()).await.is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "never removed");
+        get(&proxy.url("/f")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually(
+        "the state file no longer lists the removed mirror",
+        || async {
+            let saved = std::fs::read_to_string(&state).unwrap();
+            !saved.contains(&failing.url()) && saved.contains("http://127.0.0.1:1 persistent=true")
+        },
+    )
+    .await;
+    proxy.stop().await;
+}
