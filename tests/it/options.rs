@@ -872,3 +872,61 @@ async fn a_mirror_removed_by_fail_after_leaves_the_state_file() {
     .await;
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn options_in_a_form_body_apply_to_every_url_of_the_request() {
+    let main = MockBackend::start(Reply::ok("main")).await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let form = "url=http%3A%2F%2F127.0.0.1%3A1&url=http%3A%2F%2F127.0.0.1%3A2\
+                &percent=0.5&set_header=X-Note%3Aa+b&path=%2Fapi";
+    let resp = send(
+        Method::PUT,
+        &proxy.admin_url("?format=json"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        form,
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    let listing: Vec<Value> = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(listing.len(), 2);
+    for entry in &listing {
+        assert_eq!(entry["options"]["percent"], 0.5, "{entry}");
+        assert_eq!(
+            entry["options"]["set_header"],
+            serde_json::json!(["x-note:a b"])
+        );
+        assert_eq!(entry["options"]["path"], serde_json::json!(["/api"]));
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn sticky_share_by_cookie_and_at_random_without_it() {
+    let main = MockBackend::start(Reply::ok("main")).await;
+    let mirror = MockBackend::start(Reply::ok("m")).await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    put_ok(
+        &proxy,
+        &format!("url={}&sample_by=cookie:sid&percent=50", mirror.url()),
+    )
+    .await;
+    // Published: "user-42" in, "a" out at 50 %; other cookies do not matter.
+    for cookie in ["theme=dark; sid=user-42", "sid=a; theme=dark"] {
+        for _ in 0..5 {
+            send(Method::GET, &proxy.url("/c"), &[("cookie", cookie)], "").await;
+        }
+    }
+    let entry = settled(&proxy, &mirror.url(), 10).await;
+    assert_eq!(counter(&entry, "sent"), 5, "{entry}");
+    for got in drain(&mirror).await {
+        assert!(got.header("cookie").unwrap().contains("sid=user-42"));
+    }
+    // Without the cookie the share is random: 200 requests land in a wide band.
+    for _ in 0..200 {
+        get(&proxy.url("/none")).await;
+    }
+    let entry = settled(&proxy, &mirror.url(), 210).await;
+    let random = counter(&entry, "sent") - 5;
+    assert!((50..=150).contains(&random), "{random} of 200: {entry}");
+    proxy.stop().await;
+}
