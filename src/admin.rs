@@ -304,6 +304,12 @@ impl Admin {
         Ok(listing(registry, json))
     }
 
+    /// Saves `--state-file` after a mirror left the set by `--fail-after`. A failure is
+    /// logged by the save; there is no client to tell.
+    pub async fn save_after_expiry(&self) {
+        let _ = self.save_state().await;
+    }
+
     /// Writes the admin mirrors to `--state-file`, one save at a time, each with the
     /// set as it is when its turn comes (so the last save has the latest set).
     async fn save_state(&self) -> Result<(), AdminError> {

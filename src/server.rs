@@ -149,8 +149,13 @@ pub async fn run(
         metrics,
     );
     let pruning = tokio::spawn({
-        let registry = proxy.registry().clone();
-        async move { registry.prune_expired().await }
+        let (registry, admin) = (proxy.registry().clone(), admin.clone());
+        async move {
+            // A mirror that expired is gone from the saved set too, or a restart
+            // would bring it back.
+            let on_removed = || admin.save_after_expiry();
+            registry.prune_expired(on_removed).await;
+        }
     });
     let token = CancellationToken::new();
     if let Some((path, _)) = &proxy.config().targets_file {

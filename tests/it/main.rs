@@ -8,6 +8,7 @@ mod faults;
 mod health;
 mod metrics;
 mod mirror;
+mod options;
 mod page;
 mod protocol;
 mod proxy;
