@@ -3,6 +3,7 @@
 mod admin;
 mod bodies;
 mod cli;
+mod compare;
 mod faults;
 mod health;
 mod mirror;
