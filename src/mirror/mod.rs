@@ -402,9 +402,11 @@ impl Mirror {
         rules: &Rules,
         request: &MirrorRequest,
         main: MainAnswerRx,
-        mirror: Option<(Answer, std::time::Duration)>,
+        mirror: Option<(Answer, std::time::Duration, crate::budget::Held)>,
     ) {
-        let Some((mirror, mirror_latency)) = mirror else {
+        // `_held` keeps the mirror's answer counted against the budget while it waits
+        // for main's.
+        let Some((mirror, mirror_latency, _held)) = mirror else {
             self.comparison.not_compared();
             return;
         };
@@ -443,8 +445,13 @@ impl Mirror {
         &self,
         request: &MirrorRequest,
         plan: &Plan,
-    ) -> Result<(http::StatusCode, Option<(Answer, std::time::Duration)>), crate::body::BoxError>
-    {
+    ) -> Result<
+        (
+            http::StatusCode,
+            Option<(Answer, std::time::Duration, crate::budget::Held)>,
+        ),
+        crate::body::BoxError,
+    > {
         let started = Instant::now();
         let mut req = Request::new(Full::new(request.body.clone()));
         *req.method_mut() = request.method.clone();
@@ -469,13 +476,13 @@ impl Mirror {
                 capture.push(data);
             }
         }
-        let answer = capture.and_then(BodyCapture::finish).map(|body| {
+        let answer = capture.and_then(BodyCapture::finish).map(|(body, held)| {
             let answer = Answer {
                 status,
                 headers: parts.headers,
                 body,
             };
-            (answer, started.elapsed())
+            (answer, started.elapsed(), held)
         });
         Ok((status, answer))
     }

@@ -24,6 +24,9 @@ pub struct MainAnswer {
     pub answer: Answer,
     /// From the request's arrival to the end of main's answer.
     pub latency: Duration,
+    /// The kept bytes' share of the budget, given back when the last comparing copy is
+    /// done with this answer (not when main's answer ends).
+    _held: Held,
 }
 
 /// Where main's answer will appear; `None` until it is complete. The sender is dropped
@@ -58,9 +61,11 @@ impl BodyCapture {
         }
     }
 
-    /// The captured body, or `None` when the budget ran out.
-    pub fn finish(self) -> Option<CapturedBody> {
-        self.capture.map(Capture::finish)
+    /// The captured body with its share of the budget (keep it as long as the body),
+    /// or `None` when the budget ran out.
+    pub fn finish(self) -> Option<(CapturedBody, Held)> {
+        let held = self.held;
+        self.capture.map(|capture| (capture.finish(), held))
     }
 }
 
@@ -98,7 +103,7 @@ impl MainCapture {
     /// Main's answer is complete: publish it to the comparing copies.
     pub fn finish(self) {
         let latency = self.started.elapsed();
-        let Some(body) = self.body.finish() else {
+        let Some((body, held)) = self.body.finish() else {
             return; // over budget: the copies count it as not compared
         };
         let answer = Answer {
@@ -106,8 +111,11 @@ impl MainCapture {
             headers: self.headers,
             body,
         };
-        self.tx
-            .send_replace(Some(std::sync::Arc::new(MainAnswer { answer, latency })));
+        self.tx.send_replace(Some(std::sync::Arc::new(MainAnswer {
+            answer,
+            latency,
+            _held: held,
+        })));
     }
 }
 

@@ -484,3 +484,210 @@ async fn latency_fields_are_null_before_and_numbers_after_a_comparison() {
     assert!(mirror_p50 >= 100.0, "{s}");
     assert!(main_p50 < mirror_p50, "{s}");
 }
+
+/// `n` objects, each `{"id":i,"name":"item-i","tags":["a","b"]}`, keys in `order`.
+fn many_items(n: usize, reversed: bool, change_at: Option<usize>) -> Bytes {
+    let items: Vec<String> = (0..n)
+        .map(|i| {
+            let name = if change_at == Some(i) {
+                "changed".to_owned()
+            } else {
+                format!("item-{i}")
+            };
+            if reversed {
+                format!(r#"{{ "tags": ["a", "b"], "name": "{name}", "id": {i} }}"#)
+            } else {
+                format!(r#"{{"id":{i},"name":"{name}","tags":["a","b"]}}"#)
+            }
+        })
+        .collect();
+    Bytes::from(format!(r#"{{"items":[{}]}}"#, items.join(",")))
+}
+
+#[tokio::test]
+async fn large_json_answers_arriving_in_many_frames_are_compared_structurally() {
+    // About 600 KB: under the default 1 MiB limit, but many frames on each side.
+    let n = 13_000;
+    let (main, mirror, proxy) = setup(
+        Reply::With(StatusCode::OK, vec![JSON], many_items(n, false, None)),
+        Reply::With(StatusCode::OK, vec![JSON], many_items(n, true, None)),
+        "",
+        &[],
+    )
+    .await;
+    let resp = get(&proxy.url("/many")).await;
+    assert!(resp.body.len() > 500_000, "{}", resp.body.len());
+    assert_eq!(resp.body, many_items(n, false, None));
+    assert_eq!(main.count(), 1);
+    let s = settled(&proxy, &mirror.url(), 1).await;
+    assert_eq!(counts(&s), (1, 1, 0), "{s}");
+
+    mirror.set_reply(Reply::With(
+        StatusCode::OK,
+        vec![JSON],
+        many_items(n, true, Some(12_345)),
+    ));
+    get(&proxy.url("/many")).await;
+    let s = settled(&proxy, &mirror.url(), 2).await;
+    assert_eq!(counts(&s), (2, 1, 1), "{s}");
+    let r = &mismatches(&proxy, &mirror.url()).await[0];
+    assert_eq!(
+        r["difference"],
+        json!({"kind": "json_pointer", "pointer": "/items/12345/name",
+               "main": "\"item-12345\"", "mirror": "\"changed\""})
+    );
+}
+
+#[tokio::test]
+async fn empty_answers_and_request_bodies_are_compared() {
+    let (_main, mirror, proxy) = setup(Reply::status(204), Reply::status(204), "", &[]).await;
+    let resp = send(Method::POST, &proxy.url("/p"), &[], "payload").await;
+    assert_eq!(resp.status, StatusCode::NO_CONTENT);
+    assert_eq!(mirror.next().await.body, "payload");
+    let s = settled(&proxy, &mirror.url(), 1).await;
+    assert_eq!(counts(&s), (1, 1, 0), "{s}");
+
+    mirror.set_reply(Reply::ok("not empty"));
+    send(Method::POST, &proxy.url("/p?x=1"), &[], "payload").await;
+    let s = settled(&proxy, &mirror.url(), 2).await;
+    assert_eq!(counts(&s), (2, 1, 1), "{s}");
+    assert_eq!(s["mismatches"]["status"], 1);
+    let r = &mismatches(&proxy, &mirror.url()).await[0];
+    assert_eq!(r["method"], "POST");
+    assert_eq!(r["path_and_query"], "/p?x=1");
+    assert_eq!(r["differs"]["body"], true, "{r}");
+}
+
+#[tokio::test]
+async fn the_mismatches_url_may_be_percent_encoded() {
+    let (_main, mirror, proxy) = setup(json_reply("[1]"), json_reply("[2]"), "", &[]).await;
+    get(&proxy.url("/e")).await;
+    settled(&proxy, &mirror.url(), 1).await;
+    let encoded = mirror.url().replace(':', "%3A").replace('/', "%2F");
+    let resp = get(&proxy.admin_url(&format!("/mismatches?url={encoded}"))).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    let records: Vec<Value> = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["difference"]["pointer"], "/0");
+}
+
+#[tokio::test]
+async fn captured_answers_give_their_bytes_back_to_the_budget() {
+    let body = Bytes::from(vec![b'z'; 64 * 1024]);
+    let (_main, mirror, proxy) = setup(
+        Reply::With(StatusCode::OK, vec![], body.clone()),
+        Reply::With(StatusCode::OK, vec![], body),
+        "",
+        &[],
+    )
+    .await;
+    for n in 1..=5u64 {
+        get(&proxy.url("/b")).await;
+        settled(&proxy, &mirror.url(), n).await;
+    }
+    let s = stats(&proxy, &mirror.url()).await;
+    assert_eq!(counts(&s), (5, 5, 0), "{s}");
+    eventually("the budget is back to zero", || async {
+        let resp = get(&proxy.admin_url("/status")).await;
+        let status: Value = serde_json::from_slice(&resp.body).unwrap();
+        status["buffered_bytes"] == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_ordered_comparing_mirror_compares_every_copy() {
+    let (_main, mirror, proxy) = setup(
+        json_reply(r#"{"o":1}"#),
+        Reply::After(
+            Duration::from_millis(50),
+            Box::new(json_reply(r#"{"o":2}"#)),
+        ),
+        "&ordered=true",
+        &[],
+    )
+    .await;
+    for n in 0..5 {
+        get(&proxy.url(&format!("/o/{n}"))).await;
+    }
+    let s = settled(&proxy, &mirror.url(), 5).await;
+    assert_eq!(counts(&s), (5, 0, 5), "{s}");
+    let records = mismatches(&proxy, &mirror.url()).await;
+    let paths: Vec<&str> = records
+        .iter()
+        .map(|r| r["path_and_query"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/o/4", "/o/3", "/o/2", "/o/1", "/o/0"]);
+}
+
+#[tokio::test]
+async fn main_answer_kept_for_a_slow_comparing_mirror_counts_against_the_budget() {
+    let body = Bytes::from(vec![b'k'; 64 * 1024]);
+    let (_main, mirror, proxy) = setup(
+        Reply::With(StatusCode::OK, vec![], body.clone()),
+        Reply::After(
+            Duration::from_secs(1),
+            Box::new(Reply::With(StatusCode::OK, vec![], body)),
+        ),
+        "",
+        &[],
+    )
+    .await;
+    let buffered = || async {
+        let resp = get(&proxy.admin_url("/status")).await;
+        let status: Value = serde_json::from_slice(&resp.body).unwrap();
+        status["buffered_bytes"].as_u64().unwrap()
+    };
+    let resp = get(&proxy.url("/kept")).await;
+    assert_eq!(resp.body.len(), 64 * 1024);
+    // Main's answer is kept until the mirror's arrives, a second later.
+    let held = buffered().await;
+    assert!(
+        held >= 64 * 1024,
+        "buffered_bytes {held} while main's answer is kept"
+    );
+    let s = settled(&proxy, &mirror.url(), 1).await;
+    assert_eq!(counts(&s), (1, 1, 0), "{s}");
+    eventually("the budget is back to zero", || async {
+        buffered().await == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_mirror_answer_waiting_for_main_counts_against_the_budget() {
+    let body = Bytes::from(vec![b'w'; 64 * 1024]);
+    let (_main, mirror, proxy) = setup(
+        Reply::After(
+            Duration::from_secs(1),
+            Box::new(Reply::With(StatusCode::OK, vec![], body.clone())),
+        ),
+        Reply::With(StatusCode::OK, vec![], body),
+        "",
+        &[],
+    )
+    .await;
+    let url = proxy.url("/late-main");
+    let client = tokio::spawn(async move { get(&url).await });
+    mirror.next().await;
+    // The mirror has answered; main answers a second later. Meanwhile the mirror's
+    // answer is kept, and counted.
+    let status_url = proxy.admin_url("/status");
+    eventually("the mirror's kept answer is counted", || async {
+        let resp = get(&status_url).await;
+        let status: Value = serde_json::from_slice(&resp.body).unwrap();
+        status["buffered_bytes"].as_u64().unwrap() >= 64 * 1024
+    })
+    .await;
+    assert_eq!(stats(&proxy, &mirror.url()).await["compared"], 0);
+    let resp = tokio::time::timeout(WAIT, client).await.unwrap().unwrap();
+    assert_eq!(resp.body.len(), 64 * 1024);
+    let s = settled(&proxy, &mirror.url(), 1).await;
+    assert_eq!(counts(&s), (1, 1, 0), "{s}");
+    eventually("the budget is back to zero", || async {
+        let resp = get(&status_url).await;
+        let status: Value = serde_json::from_slice(&resp.body).unwrap();
+        status["buffered_bytes"] == 0
+    })
+    .await;
+}
