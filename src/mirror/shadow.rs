@@ -58,6 +58,9 @@ impl BodyCapture {
         let after = capture.held_bytes();
         if after > before && !self.held.grow((after - before) as u64) {
             self.capture = None;
+        } else if after < before {
+            // Past the limit only a digest is kept: the bytes are free again.
+            self.held.shrink((before - after) as u64);
         }
     }
 

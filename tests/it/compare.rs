@@ -691,3 +691,28 @@ async fn a_mirror_answer_waiting_for_main_counts_against_the_budget() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_answer_past_max_compare_size_keeps_no_bytes_of_the_budget() {
+    let body = Bytes::from(vec![b'd'; 256 * 1024]);
+    let (_main, mirror, proxy) = setup(
+        Reply::With(StatusCode::OK, vec![], body.clone()),
+        Reply::After(
+            Duration::from_secs(1),
+            Box::new(Reply::With(StatusCode::OK, vec![], body)),
+        ),
+        "",
+        &["--max-compare-size", "32KiB"],
+    )
+    .await;
+    let resp = get(&proxy.url("/digest-only")).await;
+    assert_eq!(resp.body.len(), 256 * 1024);
+    // Main's answer arrives in frames: the first ones are kept, then past the limit
+    // only a digest is, and the kept bytes go back to the budget.
+    let status: Value =
+        serde_json::from_slice(&get(&proxy.admin_url("/status")).await.body).unwrap();
+    assert_eq!(status["buffered_bytes"], 0, "{status}");
+    assert_eq!(stats(&proxy, &mirror.url()).await["compared"], 0);
+    let s = settled(&proxy, &mirror.url(), 1).await;
+    assert_eq!(counts(&s), (1, 1, 0), "{s}");
+}
