@@ -716,3 +716,37 @@ async fn an_answer_past_max_compare_size_keeps_no_bytes_of_the_budget() {
     let s = settled(&proxy, &mirror.url(), 1).await;
     assert_eq!(counts(&s), (1, 1, 0), "{s}");
 }
+
+#[tokio::test]
+async fn a_client_leaving_before_main_s_answer_ends_leaves_the_copy_not_compared() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A main that sends its head and part of its body, then stalls.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let main_addr = listener.local_addr().unwrap();
+    let main = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        // Hold the connection open until the test ends.
+        let _ = s.read(&mut buf).await;
+    });
+    let mirror = MockBackend::start(Reply::ok("0123456789")).await;
+    let proxy = TestProxy::start(&["--main", &format!("http://{main_addr}")]).await;
+    put_comparing(&proxy, &mirror.url(), "").await;
+
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"GET /partial HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut client, "0123456789").await;
+    mirror.next().await;
+    drop(client);
+    let s = settled(&proxy, &mirror.url(), 1).await;
+    assert_eq!(s["not_compared"], 1, "{s}");
+    assert_eq!(counts(&s), (0, 0, 0), "{s}");
+    main.abort();
+}
