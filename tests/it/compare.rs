@@ -485,7 +485,8 @@ async fn latency_fields_are_null_before_and_numbers_after_a_comparison() {
     assert!(main_p50 < mirror_p50, "{s}");
 }
 
-/// `n` objects, each `{"id":i,"name":"item-i","tags":["a","b"]}`, keys in `order`.
+/// `n` objects, each `{"id":i,"name":"item-i","tags":["a","b"]}` (with spaces and keys
+/// in reverse order when `reversed`), the name at `change_at` replaced.
 fn many_items(n: usize, reversed: bool, change_at: Option<usize>) -> Bytes {
     let items: Vec<String> = (0..n)
         .map(|i| {
