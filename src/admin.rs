@@ -27,9 +27,9 @@ use crate::budget::Budget;
 use crate::config::Config;
 use crate::mirror::options::{MirrorOptions, OptionsError};
 use crate::observe::metrics::{self, Metrics};
+use crate::observe::page;
 use crate::registry::{Conflict, Registry};
 use crate::sources::state_file;
-use crate::observe::page;
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Largest form body accepted on PUT/DELETE.

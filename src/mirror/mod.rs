@@ -456,8 +456,13 @@ impl Mirror {
         &self,
         request: &MirrorRequest,
         plan: &Plan,
-    ) -> Result<(http::StatusCode, Option<(Answer, std::time::Duration, Held)>), crate::body::BoxError>
-    {
+    ) -> Result<
+        (
+            http::StatusCode,
+            Option<(Answer, std::time::Duration, Held)>,
+        ),
+        crate::body::BoxError,
+    > {
         let started = Instant::now();
         let mut req = Request::new(Full::new(request.body.clone()));
         *req.method_mut() = request.method.clone();

@@ -3,6 +3,7 @@
 mod admin;
 mod bodies;
 mod cli;
+mod compare;
 mod demo;
 mod faults;
 mod health;
