@@ -153,7 +153,7 @@ pub async fn run(
         async move {
             // A mirror that expired is gone from the saved set too, or a restart
             // would bring it back.
-            let on_removed = || admin.save_after_expiry();
+            let on_removed = || admin.save_after_change();
             registry.prune_expired(on_removed).await;
         }
     });
@@ -161,6 +161,7 @@ pub async fn run(
     if let Some((path, _)) = &proxy.config().targets_file {
         let registry = proxy.registry().clone();
         let shown = path.display().to_string();
+        let admin = admin.clone();
         tokio::spawn(targets_file::watch(
             path.clone(),
             TARGETS_FILE_POLL,
@@ -168,6 +169,10 @@ pub async fn run(
                 let change = registry.reconcile_file(&lines);
                 if !change.is_empty() {
                     info!(file = %shown, added = ?change.added, updated = ?change.updated, removed = ?change.removed, "targets file applied");
+                    // A URL the file took over from the admin endpoint leaves the state
+                    // file.
+                    let admin = admin.clone();
+                    tokio::spawn(async move { admin.save_after_change().await });
                 }
             },
             token.clone(),
