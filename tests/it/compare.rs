@@ -589,9 +589,7 @@ async fn captured_answers_give_their_bytes_back_to_the_budget() {
     let s = stats(&proxy, &mirror.url()).await;
     assert_eq!(counts(&s), (5, 5, 0), "{s}");
     eventually("the budget is back to zero", || async {
-        let resp = get(&proxy.admin_url("/status")).await;
-        let status: Value = serde_json::from_slice(&resp.body).unwrap();
-        status["buffered_bytes"] == 0
+        proxy.buffered_bytes().await == 0
     })
     .await;
 }
@@ -634,15 +632,10 @@ async fn main_answer_kept_for_a_slow_comparing_mirror_counts_against_the_budget(
         &[],
     )
     .await;
-    let buffered = || async {
-        let resp = get(&proxy.admin_url("/status")).await;
-        let status: Value = serde_json::from_slice(&resp.body).unwrap();
-        status["buffered_bytes"].as_u64().unwrap()
-    };
     let resp = get(&proxy.url("/kept")).await;
     assert_eq!(resp.body.len(), 64 * 1024);
     // Main's answer is kept until the mirror's arrives, a second later.
-    let held = buffered().await;
+    let held = proxy.buffered_bytes().await;
     assert!(
         held >= 64 * 1024,
         "buffered_bytes {held} while main's answer is kept"
@@ -650,7 +643,7 @@ async fn main_answer_kept_for_a_slow_comparing_mirror_counts_against_the_budget(
     let s = settled(&proxy, &mirror.url(), 1).await;
     assert_eq!(counts(&s), (1, 1, 0), "{s}");
     eventually("the budget is back to zero", || async {
-        buffered().await == 0
+        proxy.buffered_bytes().await == 0
     })
     .await;
 }
@@ -673,11 +666,8 @@ async fn a_mirror_answer_waiting_for_main_counts_against_the_budget() {
     mirror.next().await;
     // The mirror has answered; main answers a second later. Meanwhile the mirror's
     // answer is kept, and counted.
-    let status_url = proxy.admin_url("/status");
     eventually("the mirror's kept answer is counted", || async {
-        let resp = get(&status_url).await;
-        let status: Value = serde_json::from_slice(&resp.body).unwrap();
-        status["buffered_bytes"].as_u64().unwrap() >= 64 * 1024
+        proxy.buffered_bytes().await >= 64 * 1024
     })
     .await;
     assert_eq!(stats(&proxy, &mirror.url()).await["compared"], 0);
@@ -686,9 +676,7 @@ async fn a_mirror_answer_waiting_for_main_counts_against_the_budget() {
     let s = settled(&proxy, &mirror.url(), 1).await;
     assert_eq!(counts(&s), (1, 1, 0), "{s}");
     eventually("the budget is back to zero", || async {
-        let resp = get(&status_url).await;
-        let status: Value = serde_json::from_slice(&resp.body).unwrap();
-        status["buffered_bytes"] == 0
+        proxy.buffered_bytes().await == 0
     })
     .await;
 }
@@ -710,9 +698,7 @@ async fn an_answer_past_max_compare_size_keeps_no_bytes_of_the_budget() {
     assert_eq!(resp.body.len(), 256 * 1024);
     // Main's answer arrives in frames: the first ones are kept, then past the limit
     // only a digest is, and the kept bytes go back to the budget.
-    let status: Value =
-        serde_json::from_slice(&get(&proxy.admin_url("/status")).await.body).unwrap();
-    assert_eq!(status["buffered_bytes"], 0, "{status}");
+    assert_eq!(proxy.buffered_bytes().await, 0);
     assert_eq!(stats(&proxy, &mirror.url()).await["compared"], 0);
     let s = settled(&proxy, &mirror.url(), 1).await;
     assert_eq!(counts(&s), (1, 1, 0), "{s}");
