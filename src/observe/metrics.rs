@@ -286,8 +286,8 @@ impl Live {
         let mut family = encoder.encode_descriptor(
             "mirror_comparisons",
             "Answers of comparing mirrors compared with main's, by result: matched, \
-             mismatched_status, mismatched_headers, mismatched_body (a mismatch counts \
-             under each part that differed), not_compared (main's answer never completed).",
+             mismatched, not_compared (main's answer never completed, or did not fit the \
+             budget).",
             None,
             MetricType::Counter,
         )?;
@@ -295,12 +295,28 @@ impl Live {
             let Some(c) = &status.compare else { continue };
             for (result, value) in [
                 ("matched", c.matched),
-                ("mismatched_status", c.mismatches.status),
-                ("mismatched_headers", c.mismatches.headers),
-                ("mismatched_body", c.mismatches.body),
+                ("mismatched", c.mismatched),
                 ("not_compared", c.not_compared),
             ] {
                 let labels = [("mirror", status.url.as_str()), ("result", result)];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "mirror_mismatches",
+            "Mismatched answers of comparing mirrors by the part that differed (status, \
+             headers, body); one answer counts under each part that differed.",
+            None,
+            MetricType::Counter,
+        )?;
+        for status in &statuses {
+            let Some(c) = &status.compare else { continue };
+            for (part, value) in [
+                ("status", c.mismatches.status),
+                ("headers", c.mismatches.headers),
+                ("body", c.mismatches.body),
+            ] {
+                let labels = [("mirror", status.url.as_str()), ("part", part)];
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
@@ -450,15 +466,15 @@ mod tests {
         mirrors.add_lines(&lines, Source::Admin);
         let text = metrics.encode().unwrap();
         let lines = samples(&text);
-        for result in [
-            "matched",
-            "mismatched_status",
-            "mismatched_headers",
-            "mismatched_body",
-            "not_compared",
-        ] {
+        for result in ["matched", "mismatched", "not_compared"] {
             let line = format!(
                 "trafficmirror_mirror_comparisons_total{{mirror=\"http://shadow:2\",result=\"{result}\"}} 0"
+            );
+            assert!(lines.contains(&line.as_str()), "{line} in {text}");
+        }
+        for part in ["status", "headers", "body"] {
+            let line = format!(
+                "trafficmirror_mirror_mismatches_total{{mirror=\"http://shadow:2\",part=\"{part}\"}} 0"
             );
             assert!(lines.contains(&line.as_str()), "{line} in {text}");
         }
