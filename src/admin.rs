@@ -7,6 +7,8 @@
 //! the proxy-wide figures (bytes held for mirrors); `GET <path>/metrics` the Prometheus
 //! scrape ([`crate::observe::metrics`]), also at `/metrics` when the admin endpoint has
 //! its own listener (`--targets-address`).
+//! A browser's `GET` (`Accept` with `text/html`, JSON not asked for) gets the status
+//! page of `observe::page` instead of the listing.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ use crate::budget::Budget;
 use crate::config::Config;
 use crate::mirror::options::{MirrorOptions, OptionsError};
 use crate::observe::metrics::{self, Metrics};
+use crate::observe::page;
 use crate::registry::{Conflict, Registry};
 use crate::sources::state_file;
 use crate::target_url::{TargetUrl, UrlError};
@@ -254,6 +257,9 @@ impl Admin {
     {
         let registry = &self.registry;
         let json = wants_json(&req);
+        if req.method() == Method::GET && !json && page::wanted(&req) {
+            return Ok(page::response());
+        }
         let put = match *req.method() {
             Method::GET => return Ok(listing(registry, json)),
             Method::PUT => true,
@@ -296,6 +302,13 @@ impl Admin {
             }
         }
         Ok(listing(registry, json))
+    }
+
+    /// Saves `--state-file` after a change that no admin request made (a mirror removed
+    /// by `--fail-after`, or taken over by the targets file). A failure is logged by the
+    /// save; there is no client to tell.
+    pub async fn save_after_change(&self) {
+        let _ = self.save_state().await;
     }
 
     /// Writes the admin mirrors to `--state-file`, one save at a time, each with the
@@ -437,4 +450,97 @@ fn listing(registry: &Registry, json: bool) -> Response<BoxBody> {
         out.push('\n');
     }
     body::text(StatusCode::OK, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::options::MirrorLine;
+    use crate::observe::metrics::MainStats;
+    use http_body_util::Full;
+    use proptest::prelude::*;
+
+    fn admin() -> Admin {
+        let cli = crate::cli::Cli::try_parse_args(["tm"]).unwrap();
+        let config = Config::from_cli(&cli).unwrap();
+        let budget = Budget::new(1 << 20);
+        let registry = Registry::new(config.mirror.clone(), budget.clone());
+        let metrics = Metrics::new(&MainStats::default(), registry.clone(), budget.clone());
+        Admin::new(registry, budget, &config, metrics)
+    }
+
+    async fn call(admin: &Admin, method: Method, query: &str) -> (StatusCode, Bytes) {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("/targets?{query}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+        let response = admin.handle(req, peer).await;
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    }
+
+    /// Option keys (and a few that are not) with values that are often valid.
+    fn pair() -> impl Strategy<Value = (String, String)> {
+        let key = prop_oneof![
+            prop::sample::select(crate::mirror::options::KEYS.to_vec()).prop_map(String::from),
+            "[a-z_]{1,12}",
+        ];
+        let value = prop_oneof![
+            Just("true".to_owned()),
+            Just("GET,POST".to_owned()),
+            Just("/api".to_owned()),
+            Just("header:X-User".to_owned()),
+            Just("X-Shadow:1".to_owned()),
+            "[0-9]{1,3}(\\.[0-9]{1,2})?",
+            "\\PC{0,12}",
+        ];
+        (key, value)
+    }
+
+    fn query(url: &str, pairs: &[(String, String)]) -> String {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query.append_pair("url", url);
+        for (k, v) in pairs {
+            query.append_pair(k, v);
+        }
+        query.finish()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A refused PUT changes nothing; an accepted one lists options that read back
+        /// as a mirror line to the same value.
+        #[test]
+        fn a_refused_put_changes_nothing_and_accepted_options_read_back(
+            first in prop::collection::vec(pair(), 0..4),
+            second in prop::collection::vec(pair(), 0..4),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let admin = admin();
+                call(&admin, Method::PUT, &query("http://a:1", &first)).await;
+                let (_, before) = call(&admin, Method::GET, "format=json").await;
+                let (status, body) = call(&admin, Method::PUT, &query("http://b:2", &second)).await;
+                let (_, after) = call(&admin, Method::GET, "format=json").await;
+                if status == StatusCode::OK {
+                    for member in admin.registry.snapshot().iter() {
+                        let line = MirrorLine {
+                            url: member.mirror.url().clone(),
+                            options: member.plan.options.clone(),
+                        };
+                        let back = MirrorLine::parse(&line.to_string()).unwrap();
+                        prop_assert_eq!(back, line);
+                    }
+                } else {
+                    prop_assert_eq!(status, StatusCode::BAD_REQUEST, "{:?}", body);
+                    prop_assert_eq!(before, after);
+                }
+                Ok(())
+            })?;
+        }
+    }
 }

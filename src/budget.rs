@@ -90,6 +90,16 @@ impl Held {
         }
         ok
     }
+
+    /// Gives back `n` of the reserved bytes (at most all of them), for a body that
+    /// freed part of what it kept.
+    pub fn shrink(&mut self, n: u64) {
+        let n = n.min(self.bytes);
+        if n > 0 {
+            self.budget.inner.held.fetch_sub(n, Ordering::Relaxed);
+            self.bytes -= n;
+        }
+    }
 }
 
 impl Drop for Held {
@@ -121,6 +131,20 @@ mod tests {
         drop(a);
         assert_eq!(budget.held(), 40);
         drop(b);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn shrinking_gives_back_at_most_what_is_reserved() {
+        let budget = Budget::new(100);
+        let mut a = budget.hold();
+        assert!(a.grow(60));
+        a.shrink(20);
+        assert_eq!(budget.held(), 40);
+        a.shrink(1000);
+        assert_eq!(budget.held(), 0);
+        assert!(a.grow(10));
+        drop(a);
         assert_eq!(budget.held(), 0);
     }
 

@@ -303,14 +303,8 @@ pub fn default_config_files() -> Vec<PathBuf> {
     file::default_paths(std::env::var_os("HOME").map(PathBuf::from).as_deref())
 }
 
-/// Rewrites Go-style `-name` and `-name=value` into `--name…` for every long flag name
-/// (and alias) this program knows. Short flags (`-v`, `-vv`, `-h`, `-l`, `-m`) and
-/// everything after a bare `--` are left alone.
-pub fn normalize_args<I, T>(args: I) -> Vec<OsString>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString>,
-{
+/// Every long flag name and alias this program knows, with `help` and `version`.
+fn long_names() -> Vec<String> {
     let cmd = Cli::command();
     let mut longs: Vec<String> = vec!["help".into(), "version".into()];
     for arg in cmd.get_arguments() {
@@ -322,6 +316,18 @@ where
                 .map(str::to_owned),
         );
     }
+    longs
+}
+
+/// Rewrites Go-style `-name` and `-name=value` into `--name…` for every long flag name
+/// (and alias) this program knows. Short flags (`-v`, `-vv`, `-h`, `-l`, `-m`) and
+/// everything after a bare `--` are left alone.
+pub fn normalize_args<I, T>(args: I) -> Vec<OsString>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let longs = long_names();
     let mut out = Vec::new();
     let mut passthrough = false;
     for arg in args {
@@ -462,18 +468,7 @@ mod tests {
 
     /// Every long flag name and alias the program knows, as `normalize_args` must.
     fn known_longs() -> Vec<String> {
-        let cmd = Cli::command();
-        let mut longs: Vec<String> = vec!["help".into(), "version".into()];
-        for arg in cmd.get_arguments() {
-            longs.extend(arg.get_long().map(str::to_owned));
-            longs.extend(
-                arg.get_all_aliases()
-                    .into_iter()
-                    .flatten()
-                    .map(str::to_owned),
-            );
-        }
-        longs
+        long_names()
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -98,7 +99,9 @@ fn banner(
     rate: u32,
 ) {
     let url = format!("http://{proxy}{admin}");
-    println!(
+    // Write errors are ignored: a closed stdout (`| head -1`) must not stop the demo.
+    let _ = writeln!(
+        std::io::stdout().lock(),
         "trafficmirror demo: proxy on http://{proxy} -> main http://{main}\n  \
          mirrors, both comparing their answers with main's:\n    \
          stable     http://{stable}  (answers like main)\n    \

@@ -6,7 +6,8 @@
 //! (by section name) or to the RFC they follow.
 //!
 //! # Layout
-//! - `cli`: raw flags (clap, `TRAFFICMIRROR_*` env vars, Go-style `-flag`).
+//! - `cli`: raw flags (clap, `TRAFFICMIRROR_*` env vars, Go-style `-flag`), the YAML
+//!   config file (`cli::file`) and the subcommands (`demo`, `completions`, `man`).
 //! - `config`: validated [`Config`] built from the flags; start-up errors.
 //! - `units`: duration (`1` = a minute, `500ms`) and size (`10MiB`) parsing.
 //! - `server`: binds, accepts, serves HTTP/1 + h2c connections, routes, drains.
@@ -18,10 +19,13 @@
 //! - `body`: body types and helpers for the proxy's own answers.
 //! - `mirror`: one `Mirror` per target: bounded queue, delivery, health (`mirror::health`);
 //!   options and mirror lines (`mirror::options`); which requests a mirror gets
-//!   (`mirror::select`); comparing its answers with main's (`mirror::compare`).
+//!   (`mirror::select`); ordered replay (`mirror::ordered`); comparing its answers with
+//!   main's (`mirror::compare` decides, `mirror::shadow` captures, `mirror::comparison`
+//!   and `mirror::mismatches` keep the results).
 //! - `sources`: the `--state-file` and `--targets-file` (mirror lines on disk).
 //! - `registry`: the set of mirrors; removes mirrors that failed for too long.
 //! - `admin`: the `/targets` endpoint; `auth`: its Basic authentication.
+//! - `observe`: the status page a browser gets at the admin path (`observe::page`).
 //! - `target_url`: URL validation, normalisation and path-prefix joining.
 //! - `metrics`: per-mirror counters; `observe::metrics`: the Prometheus scrape (requests
 //!   by status class, latency histograms, the per-mirror counters, the byte budget).
@@ -30,6 +34,7 @@
 //! - `client`: keep-alive connection pools to main and mirrors, one per worker;
 //!   `tls`: TLS settings for https targets.
 //! - `workers`: thread-per-core worker runtimes that own the connections.
+//! - `demo`: `trafficmirror demo`, the product with demo backends in one process.
 //!
 //! # Request flow
 //! 1. `server` accepts a connection and hands it to the least loaded of the `workers`;
@@ -39,7 +44,8 @@
 //!    the way, within `--max-body-size` and the byte budget.
 //! 3. Once the body is complete each mirror is *offered* an `Arc` of the copy: a
 //!    non-blocking permit + health check, then a background task delivers it.
-//! 4. main's response is streamed back as it arrives.
+//! 4. main's response is streamed back as it arrives; for comparing mirrors a copy of
+//!    its start is kept aside, and each comparing copy compares once both are complete.
 
 #![forbid(unsafe_code)]
 

@@ -76,8 +76,13 @@ impl Registry {
     }
 
     /// Takes out of the set every mirror that failed for longer than `--fail-after`,
-    /// as they report it. Runs until the registry is dropped; call once.
-    pub async fn prune_expired(&self) {
+    /// as they report it, and awaits `on_removed` after each removal (the state file is
+    /// saved there). Runs until the registry is dropped; call once.
+    pub async fn prune_expired<F, Fut>(&self, mut on_removed: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let receiver = self
             .inner
             .expired
@@ -93,7 +98,10 @@ impl Registry {
             let (Some(inner), Some(mirror)) = (registry.upgrade(), mirror.upgrade()) else {
                 continue;
             };
-            Registry { inner }.remove_mirror(&mirror);
+            let removed = Registry { inner }.remove_mirror(&mirror);
+            if removed {
+                on_removed().await;
+            }
         }
     }
 
@@ -247,9 +255,10 @@ impl Registry {
             .cloned()
     }
 
-    /// Removes this very mirror (not a re-added one with the same URL).
-    fn remove_mirror(&self, mirror: &Arc<Mirror>) {
-        self.retain(|m| !Arc::ptr_eq(&m.mirror, mirror));
+    /// Removes this very mirror (not a re-added one with the same URL); true when it
+    /// was still in the set.
+    fn remove_mirror(&self, mirror: &Arc<Mirror>) -> bool {
+        !self.retain(|m| !Arc::ptr_eq(&m.mirror, mirror)).is_empty()
     }
 
     /// Keeps the mirrors for which `keep` is true; closes and returns the others.

@@ -179,13 +179,19 @@ pub async fn run(
         metrics,
     );
     let pruning = tokio::spawn({
-        let registry = proxy.registry().clone();
-        async move { registry.prune_expired().await }
+        let (registry, admin) = (proxy.registry().clone(), admin.clone());
+        async move {
+            // A mirror that expired is gone from the saved set too, or a restart
+            // would bring it back.
+            let on_removed = || admin.save_after_change();
+            registry.prune_expired(on_removed).await;
+        }
     });
     let token = CancellationToken::new();
     if let Some((path, _)) = &proxy.config().targets_file {
         let registry = proxy.registry().clone();
         let shown = path.display().to_string();
+        let admin = admin.clone();
         tokio::spawn(targets_file::watch(
             path.clone(),
             TARGETS_FILE_POLL,
@@ -193,6 +199,10 @@ pub async fn run(
                 let change = registry.reconcile_file(&lines);
                 if !change.is_empty() {
                     info!(file = %shown, added = ?change.added, updated = ?change.updated, removed = ?change.removed, "targets file applied");
+                    // A URL the file took over from the admin endpoint leaves the state
+                    // file.
+                    let admin = admin.clone();
+                    tokio::spawn(async move { admin.save_after_change().await });
                 }
             },
             token.clone(),

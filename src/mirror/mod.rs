@@ -33,8 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::budget::{Budget, Held};
 use crate::client::{self, Pool};
-use crate::metrics::{Counters, Snapshot};
-use crate::observe::metrics::Latency;
+use crate::metrics::{Counters, Latency, Snapshot};
 use crate::target_url::TargetUrl;
 use compare::{Answer, Rules, Verdict};
 use comparison::{CompareSnapshot, CompareStats};

@@ -24,7 +24,8 @@ pub struct MainAnswer {
     pub answer: Answer,
     /// From the request's arrival to the end of main's answer.
     pub latency: Duration,
-    /// The kept bytes in the budget, until the last copy has compared.
+    /// The kept bytes' share of the budget, given back when the last comparing copy is
+    /// done with this answer (not when main's answer ends).
     _held: Held,
 }
 
@@ -57,13 +58,17 @@ impl BodyCapture {
         let after = capture.held_bytes();
         if after > before && !self.held.grow((after - before) as u64) {
             self.capture = None;
+        } else if after < before {
+            // Past the limit only a digest is kept: the bytes are free again.
+            self.held.shrink((before - after) as u64);
         }
     }
 
-    /// The captured body and its bytes in the budget, or `None` when the budget ran out.
+    /// The captured body with its share of the budget (keep it as long as the body),
+    /// or `None` when the budget ran out.
     pub fn finish(self) -> Option<(CapturedBody, Held)> {
         let held = self.held;
-        self.capture.map(|c| (c.finish(), held))
+        self.capture.map(|capture| (capture.finish(), held))
     }
 }
 
@@ -109,12 +114,11 @@ impl MainCapture {
             headers: self.headers,
             body,
         };
-        let main = MainAnswer {
+        self.tx.send_replace(Some(std::sync::Arc::new(MainAnswer {
             answer,
             latency,
             _held: held,
-        };
-        self.tx.send_replace(Some(std::sync::Arc::new(main)));
+        })));
     }
 }
 

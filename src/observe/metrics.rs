@@ -19,15 +19,15 @@ use std::time::Duration;
 
 use http::StatusCode;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Unit;
 
 use crate::budget::Budget;
+use crate::metrics::Latency;
 use crate::mirror::health::State;
 use crate::registry::Registry;
 
@@ -38,38 +38,11 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 /// Every metric name starts with this and `_`.
 const PREFIX: &str = "trafficmirror";
 
-/// Upper bounds, in seconds, of the latency histograms' buckets: the Prometheus client
-/// defaults (5 ms to 10 s), plus 1 ms and 2.5 ms for targets on the same network and
-/// 30 s for mirror requests that run into the default 20 s `--mirror-timeout`.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
 /// The `class` label values, indexed by [`class_index`].
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// `{class="2xx"}`.
 type ClassLabel = [(&'static str, &'static str); 1];
-
-/// A latency histogram in seconds, with [`LATENCY_BUCKETS`]. Cloning is shallow.
-#[derive(Debug, Clone)]
-pub struct Latency(Histogram);
-
-impl Default for Latency {
-    fn default() -> Self {
-        Self(Histogram::new(LATENCY_BUCKETS))
-    }
-}
-
-impl Latency {
-    pub fn observe(&self, elapsed: Duration) {
-        self.0.observe(elapsed.as_secs_f64());
-    }
-
-    fn encode(&self, encoder: MetricEncoder) -> fmt::Result {
-        self.0.encode(encoder)
-    }
-}
 
 /// Requests proxied: how many by the status class of the answer the client got, and
 /// how long until that answer's head was ready. Owned by the proxy, recorded once per
@@ -141,7 +114,7 @@ impl Metrics {
             "request_duration",
             "Time from a proxied request's arrival until the head of its answer was ready",
             Unit::Seconds,
-            main.duration.0.clone(),
+            main.duration.histogram(),
         );
         registry.register_collector(Box::new(Live { mirrors, budget }));
         Self {
@@ -286,8 +259,8 @@ impl Live {
         let mut family = encoder.encode_descriptor(
             "mirror_comparisons",
             "Answers of comparing mirrors compared with main's, by result: matched, \
-             mismatched_status, mismatched_headers, mismatched_body (a mismatch counts \
-             under each part that differed), not_compared (main's answer never completed).",
+             mismatched, not_compared (main's answer never completed, or did not fit the \
+             budget).",
             None,
             MetricType::Counter,
         )?;
@@ -295,12 +268,28 @@ impl Live {
             let Some(c) = &status.compare else { continue };
             for (result, value) in [
                 ("matched", c.matched),
-                ("mismatched_status", c.mismatches.status),
-                ("mismatched_headers", c.mismatches.headers),
-                ("mismatched_body", c.mismatches.body),
+                ("mismatched", c.mismatched),
                 ("not_compared", c.not_compared),
             ] {
                 let labels = [("mirror", status.url.as_str()), ("result", result)];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "mirror_mismatches",
+            "Mismatched answers of comparing mirrors by the part that differed (status, \
+             headers, body); one answer counts under each part that differed.",
+            None,
+            MetricType::Counter,
+        )?;
+        for status in &statuses {
+            let Some(c) = &status.compare else { continue };
+            for (part, value) in [
+                ("status", c.mismatches.status),
+                ("headers", c.mismatches.headers),
+                ("body", c.mismatches.body),
+            ] {
+                let labels = [("mirror", status.url.as_str()), ("part", part)];
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
@@ -450,15 +439,15 @@ mod tests {
         mirrors.add_lines(&lines, Source::Admin);
         let text = metrics.encode().unwrap();
         let lines = samples(&text);
-        for result in [
-            "matched",
-            "mismatched_status",
-            "mismatched_headers",
-            "mismatched_body",
-            "not_compared",
-        ] {
+        for result in ["matched", "mismatched", "not_compared"] {
             let line = format!(
                 "trafficmirror_mirror_comparisons_total{{mirror=\"http://shadow:2\",result=\"{result}\"}} 0"
+            );
+            assert!(lines.contains(&line.as_str()), "{line} in {text}");
+        }
+        for part in ["status", "headers", "body"] {
+            let line = format!(
+                "trafficmirror_mirror_mismatches_total{{mirror=\"http://shadow:2\",part=\"{part}\"}} 0"
             );
             assert!(lines.contains(&line.as_str()), "{line} in {text}");
         }

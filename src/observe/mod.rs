@@ -1,5 +1,8 @@
 //! What the proxy shows about itself beyond the admin listing: the Prometheus scrape
-//! ([`metrics`]). The counters it reads are owned where they are counted (the proxy,
-//! each mirror, the byte budget); this folder only records timings and exports.
+//! ([`metrics`]) and the status page served at the admin path to browsers ([`page`]).
+//! The counters they read are owned where they are counted (the proxy, each mirror,
+//! the byte budget); the page uses the same JSON and `PUT`/`DELETE` as curl users, so
+//! there is no second API. Routing and authentication stay in `admin`.
 
 pub mod metrics;
+pub mod page;

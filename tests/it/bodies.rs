@@ -191,13 +191,6 @@ async fn hung_mirror() -> String {
     url
 }
 
-async fn buffered_bytes(proxy: &TestProxy) -> u64 {
-    let resp = get(&proxy.admin_url("/status")).await;
-    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
-    let json: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
-    json["buffered_bytes"].as_u64().unwrap()
-}
-
 #[tokio::test]
 async fn the_byte_budget_drops_copies_a_hung_mirror_would_pin() {
     let main = MockBackend::start(Reply::ok("main")).await;
@@ -225,7 +218,7 @@ async fn the_byte_budget_drops_copies_a_hung_mirror_would_pin() {
         )
         .await;
         assert_eq!(resp.status, StatusCode::OK, "request {i}");
-        assert!(buffered_bytes(&proxy).await <= 8 << 20);
+        assert!(proxy.buffered_bytes().await <= 8 << 20);
     }
     assert_eq!(main.count(), 40);
     let hung_json = proxy.mirror_json(&hung).await.unwrap();
@@ -325,7 +318,7 @@ async fn stalled_clients_never_hold_more_than_the_budget() {
     let mut peak = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
     while tokio::time::Instant::now() < deadline {
-        let held = buffered_bytes(&proxy).await;
+        let held = proxy.buffered_bytes().await;
         peak = peak.max(held);
         assert!(held <= 4 << 20, "held {held} bytes");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -335,7 +328,7 @@ async fn stalled_clients_never_hold_more_than_the_budget() {
         answer_then_close(&mut s, WAIT).await;
     }
     eventually("nothing is held once the clients are gone", || async {
-        buffered_bytes(&proxy).await == 0
+        proxy.buffered_bytes().await == 0
     })
     .await;
     mirror

@@ -3,6 +3,7 @@
 mod admin;
 mod bodies;
 mod cli;
+mod compare;
 mod demo;
 mod faults;
 mod framing;
@@ -10,6 +11,8 @@ mod health;
 mod limits;
 mod metrics;
 mod mirror;
+mod options;
+mod page;
 mod protocol;
 mod proxy;
 mod shutdown;

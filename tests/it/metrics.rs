@@ -195,9 +195,7 @@ fn assert_agrees_with_listing(scrape: &Scrape, listing: &[serde_json::Value]) {
         }
         for (result, expected) in [
             ("matched", &compare["matched"]),
-            ("mismatched_status", &compare["mismatches"]["status"]),
-            ("mismatched_headers", &compare["mismatches"]["headers"]),
-            ("mismatched_body", &compare["mismatches"]["body"]),
+            ("mismatched", &compare["mismatched"]),
             ("not_compared", &compare["not_compared"]),
         ] {
             let got = scrape.value(comparisons, &[("mirror", url), ("result", result)]);
@@ -205,6 +203,16 @@ fn assert_agrees_with_listing(scrape: &Scrape, listing: &[serde_json::Value]) {
                 .as_u64()
                 .unwrap_or_else(|| panic!("{result}: {compare}"));
             assert_eq!(got, expected as f64, "{url} {result}");
+        }
+        for part in ["status", "headers", "body"] {
+            let got = scrape.value(
+                "trafficmirror_mirror_mismatches_total",
+                &[("mirror", url), ("part", part)],
+            );
+            let expected = compare["mismatches"][part]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{part}: {compare}"));
+            assert_eq!(got, expected as f64, "{url} {part}");
         }
     }
 }
@@ -516,11 +524,18 @@ async fn comparisons_are_counted_by_result() {
             &[("mirror", mirror.url().as_str()), ("result", result)],
         )
     };
+    let part = |mirror: &MockBackend, part| {
+        scrape.value(
+            "trafficmirror_mirror_mismatches_total",
+            &[("mirror", mirror.url().as_str()), ("part", part)],
+        )
+    };
     assert_eq!(result(&alike, "matched"), 3.0);
-    assert_eq!(result(&alike, "mismatched_body"), 0.0);
+    assert_eq!(result(&alike, "mismatched"), 0.0);
     assert_eq!(result(&differs, "matched"), 0.0);
-    assert_eq!(result(&differs, "mismatched_body"), 3.0);
-    assert_eq!(result(&differs, "mismatched_status"), 0.0);
+    assert_eq!(result(&differs, "mismatched"), 3.0);
+    assert_eq!(part(&differs, "body"), 3.0);
+    assert_eq!(part(&differs, "status"), 0.0);
     assert_eq!(
         scrape.types.get("trafficmirror_mirror_comparisons_total"),
         Some(&"counter".to_owned())

@@ -117,6 +117,14 @@ impl TestProxy {
         serde_json::from_slice(&resp.body).expect("JSON listing")
     }
 
+    /// Bytes held for mirrors right now (`GET <admin>/status`).
+    pub async fn buffered_bytes(&self) -> u64 {
+        let resp = get(&self.admin_url("/status")).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+        let status: serde_json::Value = serde_json::from_slice(&resp.body).expect("JSON");
+        status["buffered_bytes"].as_u64().expect("buffered_bytes")
+    }
+
     /// The JSON entry of one mirror, if listed.
     pub async fn mirror_json(&self, url: &str) -> Option<serde_json::Value> {
         self.mirrors_json()

@@ -1,0 +1,187 @@
+//! The status page: one self-contained HTML document (`page.html`, embedded at build
+//! time) answered to a browser's `GET <admin path>`.
+//!
+//! The document is a constant: the server writes no data into it. Its script reads
+//! `GET <admin path>?format=json`, `<admin path>/status` and `<admin path>/mismatches`
+//! every two seconds and adds or removes mirrors with `PUT`/`DELETE <admin path>`, all on
+//! the page's own origin, so the browser re-sends the Basic credentials it used to open
+//! the page. Whether a request wants the page is [`wanted`]; routing and authentication
+//! are the admin endpoint's.
+//!
+//! # Content Security Policy
+//! The policy allows nothing from anywhere (`default-src 'none'`) except the page's own
+//! inline `<style>` and `<script>` (`'unsafe-inline'`), `fetch` to its own origin, and
+//! `data:` images. `'unsafe-inline'` rather than a nonce or a hash: the document is the
+//! same bytes for every response and no server data is ever templated into it, and the
+//! script inserts every string with `textContent`/`setAttribute` (never as markup or a
+//! URL), so there is no injection point a nonce would close. A nonce would need a
+//! secure random source per response, and a hash would have to be updated by hand at
+//! every edit of the page. Framing is refused (`frame-ancestors 'none'`, so nobody can
+//! overlay the Remove buttons), as are `<base>` and form posts anywhere.
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+
+use crate::body::{self, BoxBody};
+
+/// The page, as served.
+pub const HTML: &str = include_str!("page.html");
+
+/// The `Content-Security-Policy` sent with the page (see the module docs).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+/// Whether `req` asks for HTML: one of its `Accept` media ranges is `text/html` with a
+/// non-zero quality (RFC 9110 §12.5.1). `*/*` alone (curl) does not count. The caller
+/// checks the method and that JSON was not asked for, which wins.
+pub fn wanted<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|value| accepts_html(value.as_bytes()))
+}
+
+/// Whether one `Accept` header value lists `text/html` with a quality above zero.
+fn accepts_html(value: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    value.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim();
+        media.eq_ignore_ascii_case("text/html") && !parts.any(is_zero_quality)
+    })
+}
+
+/// `q=0`, `q=0.0`, `q=0.000` (RFC 9110 §12.4.2).
+fn is_zero_quality(param: &str) -> bool {
+    let Some((name, value)) = param.split_once('=') else {
+        return false;
+    };
+    if !name.trim().eq_ignore_ascii_case("q") {
+        return false;
+    }
+    let value = value.trim();
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    whole == "0" && fraction.bytes().all(|b| b == b'0')
+}
+
+/// The page, with headers that keep it fresh and contained.
+pub fn response() -> Response<BoxBody> {
+    let mut response = Response::new(body::full(HTML));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    let fixed: [(HeaderName, &'static str); 7] = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        // The same URL answers text, JSON or this page depending on Accept.
+        (header::VARY, "Accept"),
+    ];
+    for (name, value) in fixed {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn with_accept(values: &[&str]) -> Request<()> {
+        let mut builder = Request::get("/targets");
+        for v in values {
+            builder = builder.header(header::ACCEPT, *v);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn browsers_want_the_page_and_curl_does_not() {
+        let chrome = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,\
+                      image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7";
+        let firefox = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert!(wanted(&with_accept(&[chrome])));
+        assert!(wanted(&with_accept(&[firefox])));
+        assert!(wanted(&with_accept(&["TEXT/HTML"])));
+        assert!(wanted(&with_accept(&[
+            "application/json",
+            "text/html; q=0.5"
+        ])));
+        assert!(!wanted(&with_accept(&["*/*"])));
+        assert!(!wanted(&with_accept(&[])));
+        assert!(!wanted(&with_accept(&["text/plain"])));
+        assert!(!wanted(&with_accept(&["text/*"])));
+        assert!(!wanted(&with_accept(&["text/htmlx"])));
+    }
+
+    #[test]
+    fn zero_quality_refuses_html() {
+        assert!(!accepts_html(b"text/html;q=0"));
+        assert!(!accepts_html(b"text/html; Q=0.000, */*"));
+        assert!(accepts_html(b"text/html;q=0.001"));
+        assert!(accepts_html(b"text/html;level=1"));
+        assert!(!accepts_html(b"\xfftext/html"));
+    }
+
+    #[test]
+    fn page_is_self_contained() {
+        // No external scripts, styles, fonts or images: nothing is loaded by URL.
+        let lower = HTML.to_ascii_lowercase();
+        let style = lower
+            .split_once("<style>")
+            .and_then(|(_, rest)| rest.split_once("</style>"))
+            .map(|(style, _)| style)
+            .expect("the page has one style block");
+        assert!(!style.contains("url(") && !style.contains("@import"));
+        for banned in [
+            "<script src",
+            "<link",
+            "<img",
+            "<iframe",
+            "innerhtml",
+            "outerhtml",
+            "insertadjacenthtml",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(!lower.contains(banned), "page contains {banned:?}");
+        }
+        assert!(HTML.starts_with("<!doctype html>"));
+    }
+
+    #[test]
+    fn response_carries_type_policy_and_no_store() {
+        let response = response();
+        let h = response.headers();
+        assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+        let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.starts_with("default-src 'none';"));
+        assert!(csp.contains("connect-src 'self'"));
+        assert!(csp.contains("frame-ancestors 'none'"));
+    }
+
+    proptest! {
+        #[test]
+        fn any_accept_value_is_judged_without_panic(value in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = accepts_html(&value);
+        }
+
+        #[test]
+        fn html_among_other_ranges_is_found(
+            before in proptest::collection::vec("[a-z]{1,8}/[a-z*]{1,8}(;q=0\\.[1-9])?", 0..4),
+            after in proptest::collection::vec("[a-z]{1,8}/[a-z*]{1,8}", 0..4),
+        ) {
+            let mut ranges = before.clone();
+            ranges.push("text/html".to_owned());
+            ranges.extend(after);
+            prop_assert!(accepts_html(ranges.join(", ").as_bytes()));
+        }
+    }
+}
