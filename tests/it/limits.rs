@@ -290,9 +290,17 @@ async fn copies_lost_to_our_own_fd_exhaustion_are_dropped_and_leave_health_alone
         ],
     )
     .await;
-    // Warm-up: main's connection stays in the pool, the mirror's is closed.
+    // Warm-up: main's connection stays in the pool, the mirror's is closed. Wait until
+    // the proxy has closed its side too: a descriptor freed later would let the copies
+    // below connect after all.
     assert_eq!(get(&bin.url("/warm-up")).await.status, StatusCode::OK);
     mirror.next().await;
+    let port = mirror.addr.port();
+    eventually(
+        "the proxy closed its connection to the mirror",
+        || async move { sockets_to(port) == 0 },
+    )
+    .await;
     // Take every descriptor the process has left: the first connection is accepted
     // first, the last ones wait in the backlog.
     let mut first = TcpStream::connect(&bin.addr).await.unwrap();
@@ -325,4 +333,31 @@ async fn copies_lost_to_our_own_fd_exhaustion_are_dropped_and_leave_health_alone
     assert_eq!((&m["sent"], &m["succeeded"]), (&7.into(), &1.into()), "{m}");
     assert_eq!((&m["failed"], &m["dropped"]), (&0.into(), &6.into()), "{m}");
     bin.terminate_within(Duration::from_secs(5)).await;
+}
+
+/// Sockets on this host connected to `port` that still hold a descriptor on our side
+/// of the connection (established, or closed by the peer and not yet by us), from
+/// /proc/net/tcp{,6}.
+fn sockets_to(port: u16) -> usize {
+    let port = format!("{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .map(|line| {
+                    line.split_whitespace()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|fields| {
+            let remote_port = fields.get(2).and_then(|r| r.rsplit(':').next());
+            let state = fields.get(3).map(String::as_str);
+            remote_port == Some(port.as_str()) && matches!(state, Some("01" | "08"))
+        })
+        .count()
 }

@@ -394,11 +394,15 @@ impl Binary {
             self.stderr_log = Some((text, reader));
         }
         let text = self.stderr_log.as_ref().unwrap().0.clone();
-        eventually(what, || {
-            let holds = check(&text.lock().unwrap());
-            async move { holds }
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !check(&text.lock().unwrap()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}; stderr so far:\n{}",
+                text.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
