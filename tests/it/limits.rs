@@ -291,15 +291,15 @@ async fn copies_lost_to_our_own_fd_exhaustion_are_dropped_and_leave_health_alone
     )
     .await;
     // Warm-up: main's connection stays in the pool, the mirror's is closed. Wait until
-    // the proxy has closed its side too: a descriptor freed later would let the copies
-    // below connect after all.
+    // the proxy has closed its side of that one and of the client's connection: a
+    // descriptor freed later would let the copies below connect after all.
     assert_eq!(get(&bin.url("/warm-up")).await.status, StatusCode::OK);
     mirror.next().await;
     let port = mirror.addr.port();
-    eventually(
-        "the proxy closed its connection to the mirror",
-        || async move { sockets_to(port) == 0 },
-    )
+    let proxy_port: u16 = bin.addr.rsplit(':').next().unwrap().parse().unwrap();
+    eventually("the proxy closed its warm-up connections", || async move {
+        sockets(Side::Remote, port) == 0 && sockets(Side::Local, proxy_port) == 0
+    })
     .await;
     // Take every descriptor the process has left: the first connection is accepted
     // first, the last ones wait in the backlog.
@@ -335,11 +335,21 @@ async fn copies_lost_to_our_own_fd_exhaustion_are_dropped_and_leave_health_alone
     bin.terminate_within(Duration::from_secs(5)).await;
 }
 
-/// Sockets on this host connected to `port` that still hold a descriptor on our side
-/// of the connection (established, or closed by the peer and not yet by us), from
-/// /proc/net/tcp{,6}.
-fn sockets_to(port: u16) -> usize {
+/// Which end of a connection a port is matched against.
+#[derive(Clone, Copy)]
+enum Side {
+    Local,
+    Remote,
+}
+
+/// Sockets on this host whose `side` port is `port` and that still hold a descriptor
+/// (established, or closed by the peer and not yet by us), from /proc/net/tcp{,6}.
+fn sockets(side: Side, port: u16) -> usize {
     let port = format!("{port:04X}");
+    let column = match side {
+        Side::Local => 1,
+        Side::Remote => 2,
+    };
     ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|path| std::fs::read_to_string(path).ok())
@@ -355,9 +365,9 @@ fn sockets_to(port: u16) -> usize {
                 .collect::<Vec<_>>()
         })
         .filter(|fields| {
-            let remote_port = fields.get(2).and_then(|r| r.rsplit(':').next());
+            let at = fields.get(column).and_then(|r| r.rsplit(':').next());
             let state = fields.get(3).map(String::as_str);
-            remote_port == Some(port.as_str()) && matches!(state, Some("01" | "08"))
+            at == Some(port.as_str()) && matches!(state, Some("01" | "08"))
         })
         .count()
 }
