@@ -9,21 +9,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::support::*;
-
-/// Sends raw bytes and reads until the server closes (bounded by `WAIT`).
-async fn raw(addr: &str, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .expect("server closes the connection")
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// A main that answers every request head with `Content-Length: 1` *and* a chunked
 /// body `abc`.

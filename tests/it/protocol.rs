@@ -15,18 +15,6 @@ use tokio::sync::mpsc;
 
 use crate::support::*;
 
-/// Sends raw bytes and reads until the server closes (bounded by `WAIT`).
-async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .expect("server closes the connection")
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// A main that accepts upgrades, greets, then echoes every read as `echo:<bytes>`.
 /// Sends the upgrade request's headers on `seen`.
 async fn upgrade_main(seen: mpsc::UnboundedSender<http::HeaderMap>) -> String {

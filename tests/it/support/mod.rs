@@ -685,6 +685,19 @@ pub async fn get(url: &str) -> Answer {
     send(Method::GET, url, &[], Bytes::new()).await
 }
 
+/// Sends raw bytes to `addr` and reads until the server closes (bounded by `WAIT`).
+pub async fn raw(addr: impl tokio::net::ToSocketAddrs, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("server closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Reads from `s` until `needle` has arrived; panics on close or after [`WAIT`].
 pub async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
     use tokio::io::AsyncReadExt;
