@@ -1,4 +1,4 @@
-//! SPEC §3: the admin endpoint.
+//! README "The admin endpoint": the admin endpoint.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -187,7 +187,7 @@ async fn json_listing_has_every_field() {
 #[tokio::test]
 async fn other_methods_get_405_with_allow() {
     let proxy = TestProxy::start(&[]).await;
-    // SPEC §3: GET, PUT and DELETE only; HEAD is "any other method" too.
+    // README "The admin endpoint": GET, PUT and DELETE only; HEAD is "any other method" too.
     for method in [Method::POST, Method::PATCH, Method::OPTIONS, Method::HEAD] {
         let resp = send(method.clone(), &proxy.admin_url(""), &[], Bytes::new()).await;
         assert_eq!(resp.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");

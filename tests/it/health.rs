@@ -1,4 +1,4 @@
-//! SPEC §5 "Health": failing, retrying, recovery and removal, end to end with tiny
+//! README "Health": failing, retrying, recovery and removal, end to end with tiny
 //! `--retry-after` and `--fail-after`.
 
 use std::time::Duration;

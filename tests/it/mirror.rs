@@ -1,4 +1,4 @@
-//! SPEC §5: what mirrors receive, and that they cannot hurt the main path.
+//! README "How requests are handled": what mirrors receive, and that they cannot hurt the main path.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

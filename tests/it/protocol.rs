@@ -1,4 +1,5 @@
-//! Issue 5: upgrades, CONNECT, Host control, loops, slow or hostile clients, smuggling.
+//! Protocol handling (README "How requests are handled", "Security"): upgrades,
+//! CONNECT, Host control, loops, slow or hostile clients, smuggling.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};

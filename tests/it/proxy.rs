@@ -1,4 +1,4 @@
-//! SPEC §4: forwarding to main.
+//! README "How requests are handled": forwarding to main.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! SPEC §6, run against the real binary: SIGTERM/SIGINT drain and exit 0.
+//! README "Shutdown", run against the real binary: SIGTERM/SIGINT drain and exit 0.
 
 use std::time::{Duration, Instant};
 

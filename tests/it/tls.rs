@@ -1,4 +1,4 @@
-//! Issue 5: https:// targets with a private CA, failures without it, and
+//! README "How requests are handled": https:// targets with a private CA, failures without it, and
 //! `--insecure-skip-verify`.
 
 use std::path::PathBuf;
