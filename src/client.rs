@@ -301,25 +301,35 @@ where
     /// connection the pool may open is busy.
     async fn checkout(&self) -> Checkout<B> {
         loop {
-            // Registered before looking, so a connection returned in between wakes us.
+            // The common case first, without registering as a waiter.
+            if let Some(found) = self.take_or_make_room() {
+                return found;
+            }
+            // Counted and registered, then looked again: a connection returned after the
+            // look sees the count (through the idle list's lock) and wakes us.
+            let _waiting = Waiting::count(&self.inner.waiting);
             let returned = self.inner.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some((sender, idle)) = self.inner.checkout() {
-                return Checkout::Idle(sender, idle);
+            if let Some(found) = self.take_or_make_room() {
+                return found;
             }
-            let connections = self.inner.connections.clone();
-            if let Ok(permit) = connections.clone().try_acquire_owned() {
-                return Checkout::New(permit);
-            }
-            let _waiting = Waiting::count(&self.inner.waiting);
             tokio::select! {
                 () = returned => {}
-                permit = connections.acquire_owned() => {
+                permit = self.inner.connections.clone().acquire_owned() => {
                     return Checkout::New(permit.expect("the semaphore is never closed"));
                 }
             }
         }
+    }
+
+    /// An idle connection, else room for a new one if the bound allows, without waiting.
+    fn take_or_make_room(&self) -> Option<Checkout<B>> {
+        if let Some((sender, idle)) = self.inner.checkout() {
+            return Some(Checkout::Idle(sender, idle));
+        }
+        let permit = self.inner.connections.clone().try_acquire_owned().ok()?;
+        Some(Checkout::New(permit))
     }
 
     /// Room for a new connection, waiting for one to close when the bound is reached.
@@ -432,7 +442,10 @@ impl<B: Send + 'static> Inner<B> {
         };
         // Dropped outside the lock: that closes its connection.
         drop(evicted);
-        self.returned.notify_one();
+        // Only a waiting request needs waking (the common case has none).
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.returned.notify_one();
+        }
     }
 }
 

@@ -229,6 +229,14 @@ mod tests {
         Some(Event::Changed { from, to })
     }
 
+    /// Records `n` failed copies at `t` (below five: the mirror stays alive).
+    fn fail(h: &mut Health, n: u32, t: Instant) {
+        for _ in 0..n {
+            let (ticket, _) = h.admit(t);
+            h.record(ticket.unwrap(), false, t, &policy(false));
+        }
+    }
+
     /// Drives an alive mirror to failing with five failures at `t`.
     fn fail_five(h: &mut Health, t: Instant) {
         for i in 0..FAILURES_BEFORE_FAILING {
@@ -261,10 +269,7 @@ mod tests {
     fn a_success_resets_the_count() {
         let t = Instant::now();
         let mut h = Health::new();
-        for _ in 0..4 {
-            let (ticket, _) = h.admit(t);
-            h.record(ticket.unwrap(), false, t, &policy(false));
-        }
+        fail(&mut h, 4, t);
         let (ticket, _) = h.admit(t);
         assert_eq!(h.record(ticket.unwrap(), true, t, &policy(false)), None);
         for _ in 0..4 {
@@ -390,10 +395,7 @@ mod tests {
         let t = Instant::now();
         let mut h = Health::new();
         // Alive: four failures, an abandoned copy, then one more failure is the fifth.
-        for _ in 0..4 {
-            let (ticket, _) = h.admit(t);
-            h.record(ticket.unwrap(), false, t, &policy(false));
-        }
+        fail(&mut h, 4, t);
         let (ticket, _) = h.admit(t);
         h.abandon(ticket.unwrap());
         assert_eq!(h.state(), State::Alive);

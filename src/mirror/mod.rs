@@ -382,7 +382,6 @@ impl Mirror {
         }
         let timeout = self.shared.settings.timeout;
         let sent = self.send(&job.request, &job.plan);
-        let mut answer = None;
         let started = Instant::now();
         let result = tokio::time::timeout(timeout, sent).await;
         if let Ok(Err(err)) = &result {
@@ -395,23 +394,23 @@ impl Mirror {
                 return None;
             }
         }
-        self.latency.observe(started.elapsed());
-        let success = match result {
+        let finished = Instant::now();
+        self.latency.observe(finished - started);
+        let (success, answer) = match result {
             Ok(Ok((status, captured))) => {
-                answer = captured;
                 if status.is_server_error() {
                     debug!(mirror = %self.url, %status, "mirror answered with a server error");
                 }
-                !status.is_server_error()
+                (!status.is_server_error(), captured)
             }
             Ok(Err(err)) => {
                 let error = client::error_chain(&*err);
                 debug!(mirror = %self.url, %error, "mirror request failed");
-                false
+                (false, None)
             }
             Err(_) => {
                 debug!(mirror = %self.url, ?timeout, "mirror request timed out");
-                false
+                (false, None)
             }
         };
         let counter = if success {
@@ -423,7 +422,7 @@ impl Mirror {
         let policy = self.policy(&job.plan);
         let event = self
             .lock_health()
-            .record(job.ticket, success, Instant::now(), &policy);
+            .record(job.ticket, success, finished, &policy);
         if let Some(event) = event {
             self.log_event(event);
         }

@@ -170,21 +170,25 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let started = std::time::Instant::now();
-        let response = self.answer(req, peer).await;
+        let started = tokio::time::Instant::now();
+        let response = self.answer(req, peer, started).await;
         self.main_stats()
             .record(response.status(), started.elapsed());
         response
     }
 
     /// [`Proxy::forward`] without the counting.
-    async fn answer<B>(&self, mut req: Request<B>, peer: &Peer) -> Response<BoxBody>
+    async fn answer<B>(
+        &self,
+        mut req: Request<B>,
+        peer: &Peer,
+        started: tokio::time::Instant,
+    ) -> Response<BoxBody>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         let config = self.config();
-        let started = tokio::time::Instant::now();
         if req.method() == Method::CONNECT {
             return error_response(
                 StatusCode::NOT_IMPLEMENTED,

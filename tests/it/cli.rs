@@ -2,7 +2,7 @@
 //! environment variables, the config file, help, completions and the man page, JSON
 //! logs, and one-line start-up errors.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -162,38 +162,6 @@ async fn environment_variables_configure_and_flags_win() {
 /// Runs the binary to completion with `args` in a fresh sandbox (bounded).
 fn run(args: &[&str]) -> (Option<i32>, String, String, Duration) {
     run_in(&Sandbox::new(), args, &[])
-}
-
-/// Runs the binary to completion in `sandbox` with `args` and `env` (bounded).
-fn run_in(
-    sandbox: &Sandbox,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (Option<i32>, String, String, Duration) {
-    let started = Instant::now();
-    let mut child = sandbox
-        .command()
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = started + WAIT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        started.elapsed(),
-    )
 }
 
 #[test]

@@ -680,31 +680,10 @@ fn corrupt_state_file_stops_the_start_naming_it() {
         "http://127.0.0.1:1 percent=5\nhttp://127.0.0.1:2 percent=x\n",
     )
     .unwrap();
-    let sandbox = Sandbox::new();
-    let started = Instant::now();
-    let mut child = sandbox
-        .command()
-        .args(["--listen", "127.0.0.1:0", "--state-file"])
-        .arg(&state)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > WAIT {
-            let _ = child.kill();
-            panic!("did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let took = started.elapsed();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.code().is_some_and(|c| c != 0),
-        "{:?}",
-        out.status
-    );
+    let state_arg = state.to_str().unwrap();
+    let args = ["--listen", "127.0.0.1:0", "--state-file", state_arg];
+    let (code, _, stderr, took) = run_in(&Sandbox::new(), &args, &[]);
+    assert!(code.is_some_and(|c| c != 0), "{code:?}");
     assert!(took < Duration::from_secs(1), "took {took:?}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains(state.to_str().unwrap()), "{stderr}");

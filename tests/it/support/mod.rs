@@ -406,6 +406,39 @@ impl Binary {
     }
 }
 
+/// Runs the binary to completion in `sandbox` with `args` and `env` (bounded by
+/// [`WAIT`]); returns the exit code, stdout, stderr and how long it ran.
+pub fn run_in(
+    sandbox: &Sandbox,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String, Duration) {
+    let started = std::time::Instant::now();
+    let mut child = sandbox
+        .command()
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = started + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
 // ===== mock backends =====
 
 /// One request as a backend received it.
