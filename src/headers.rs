@@ -24,21 +24,32 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// fixed list above and every `Proxy-*` header. `TE: trailers` is kept, because it
 /// announces that the client understands trailers end to end (RFC 9110 §10.1.4).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names, no hashing. Most messages carry none of these or only
-    // `Connection`, so only what is present is looked up and removed.
+    // One pass over the names, no hashing (a `match` on the name compiles to a length
+    // switch and one compare). Most messages carry none of these or only `Connection`,
+    // so only what is present is looked up and removed.
     let mut present = [false; HOP_BY_HOP.len()];
     let mut proxy = false;
     for k in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
-            present[i] = true;
-        }
-        proxy |= k.as_str().starts_with("proxy-");
+        let i = match k.as_str() {
+            "connection" => 0,
+            "keep-alive" => 1,
+            "te" => 2,
+            "trailer" => 3,
+            "transfer-encoding" => 4,
+            "upgrade" => 5,
+            name => {
+                proxy |= name.starts_with("proxy-");
+                continue;
+            }
+        };
+        present[i] = true;
     }
     if !proxy && !present.contains(&true) {
         return;
     }
-    let te = headers
-        .get(header::TE)
+    let te = present[2]
+        .then(|| headers.get(header::TE))
+        .flatten()
         .filter(|_| {
             headers
                 .get_all(header::TE)
@@ -50,7 +61,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // `close` and `upgrade` need no parsing); collected first, removal needs `&mut`.
     // Split as bytes: a non-ASCII byte elsewhere in the value must not hide the names.
     let mut listed: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
+    let connection = present[0].then(|| headers.get_all(header::CONNECTION));
+    for value in connection.into_iter().flatten() {
         for token in value.as_bytes().split(|&b| b == b',') {
             let token = token.trim_ascii();
             let known = token.is_empty()

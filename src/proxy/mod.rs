@@ -203,6 +203,8 @@ impl Proxy {
             let authority = parts.uri.authority()?;
             HeaderValue::from_str(authority.as_str()).ok()
         });
+        // Room for what is added below (X-Forwarded-*, Via, Host): one growth, not several.
+        parts.headers.reserve(5);
         let looped = headers::via_contains(&parts.headers, &self.inner.via_token);
         headers::strip_hop_by_hop(&mut parts.headers);
         // `Host` becomes each target's authority, set per target below.
@@ -269,13 +271,21 @@ impl Proxy {
             skip_all(&mirrors, &selected);
             self.streamed(body)
         } else {
+            let mut headers = parts.headers.clone();
+            // A slot each copy fills with its mirror's authority in place, so that the
+            // per-copy clone of this map never grows (a reallocation per copy).
+            let host_slot = !headers.contains_key(header::HOST);
+            if host_slot {
+                headers.insert(header::HOST, HeaderValue::from_static(""));
+            }
             let offer = Offer {
                 mirrors,
                 selected,
                 orders,
                 method: parts.method.clone(),
                 path_and_query: parts.uri.path_and_query().cloned(),
-                headers: parts.headers.clone(),
+                headers,
+                host_slot,
                 main_answer,
             };
             let held = self.budget().hold();

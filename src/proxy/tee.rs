@@ -87,6 +87,8 @@ pub struct Offer {
     pub method: Method,
     pub path_and_query: Option<PathAndQuery>,
     pub headers: HeaderMap,
+    /// `headers` holds an empty `Host` for each copy to fill (see [`MirrorRequest`]).
+    pub host_slot: bool,
     /// Main's answer, for comparing mirrors.
     pub main_answer: Option<MainAnswerRx>,
 }
@@ -98,6 +100,7 @@ impl Offer {
             method: self.method,
             path_and_query: self.path_and_query,
             headers: self.headers,
+            host_slot: self.host_slot,
             body,
             _held: held,
             main_answer: self.main_answer,
