@@ -169,6 +169,12 @@ impl Users {
         Ok((users, warning))
     }
 
+    /// [`Users::parse`] for the fuzz targets (its error type stays private).
+    #[cfg(any(fuzzing, test))]
+    pub(crate) fn parse_text(text: &str) -> bool {
+        Self::parse(text).is_ok()
+    }
+
     fn parse(text: &str) -> Result<Self, ParseError> {
         let mut entries = Vec::new();
         for (i, line) in text.lines().enumerate() {

@@ -35,6 +35,7 @@
 //!   `tls`: TLS settings for https targets.
 //! - `workers`: thread-per-core worker runtimes that own the connections.
 //! - `demo`: `trafficmirror demo`, the product with demo backends in one process.
+//! - `fuzz` (only with `--cfg fuzzing`): entry points for the `cargo fuzz` targets.
 //!
 //! # Request flow
 //! 1. `server` accepts a connection and hands it to the least loaded of the `workers`;
@@ -57,6 +58,8 @@ pub mod cli;
 mod client;
 pub mod config;
 mod demo;
+#[cfg(any(fuzzing, test))]
+pub mod fuzz;
 mod headers;
 mod idle;
 mod metrics;
