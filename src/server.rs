@@ -208,7 +208,9 @@ pub async fn run(
             token.clone(),
         ));
     }
-    let handlers = Handlers { proxy, admin };
+    // Shared: each request clones the `Arc` (the admin side holds strings and several
+    // `Arc`s that a deep clone per request would copy).
+    let handlers = Arc::new(Handlers { proxy, admin });
     let connections = TaskTracker::new();
     let builder = Arc::new(connection_builder(handlers.proxy.config()));
     let workers = {
@@ -385,7 +387,7 @@ async fn serve_connection(
     stream: std::net::TcpStream,
     peer: SocketAddr,
     role: Role,
-    handlers: Handlers,
+    handlers: Arc<Handlers>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     token: CancellationToken,
     _held_until_closed: (LoadGuard, TaskTrackerToken),
@@ -451,8 +453,7 @@ async fn serve_connection(
     }
 }
 
-/// What a routed request goes to. Cloning is shallow.
-#[derive(Clone)]
+/// What a routed request goes to.
 struct Handlers {
     proxy: Proxy,
     admin: Admin,
