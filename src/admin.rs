@@ -465,7 +465,12 @@ mod tests {
         let config = Config::from_cli(&cli).unwrap();
         let budget = Budget::new(1 << 20);
         let registry = Registry::new(config.mirror.clone(), budget.clone());
-        let metrics = Metrics::new(&MainStats::default(), registry.clone(), budget.clone());
+        let metrics = Metrics::new(
+            &MainStats::default(),
+            registry.clone(),
+            budget.clone(),
+            None,
+        );
         Admin::new(registry, budget, &config, metrics)
     }
 

@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Version};
@@ -167,10 +168,16 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let shutdown_timeout = config.shutdown_timeout;
     let proxy = Proxy::new(config);
+    let targets_file_valid = proxy
+        .config()
+        .targets_file
+        .as_ref()
+        .map(|_| Arc::new(AtomicBool::new(true)));
     let metrics = Metrics::new(
         proxy.main_stats(),
         proxy.registry().clone(),
         proxy.budget().clone(),
+        targets_file_valid.clone(),
     );
     let admin = Admin::new(
         proxy.registry().clone(),
@@ -188,7 +195,7 @@ pub async fn run(
         }
     });
     let token = CancellationToken::new();
-    if let Some((path, _)) = &proxy.config().targets_file {
+    if let (Some((path, _)), Some(valid)) = (&proxy.config().targets_file, targets_file_valid) {
         let registry = proxy.registry().clone();
         let shown = path.display().to_string();
         let admin = admin.clone();
@@ -205,6 +212,7 @@ pub async fn run(
                     tokio::spawn(async move { admin.save_after_change().await });
                 }
             },
+            valid,
             token.clone(),
         ));
     }

@@ -15,6 +15,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -102,7 +103,15 @@ impl fmt::Debug for Metrics {
 impl Metrics {
     /// The scrape of `main` (recorded by the proxy), the mirrors in `mirrors` and the
     /// byte budget, all read at scrape time.
-    pub fn new(main: &MainStats, mirrors: Registry, budget: Budget) -> Self {
+    ///
+    /// `targets_file` is whether the `--targets-file` as last read is in force (when
+    /// there is one).
+    pub fn new(
+        main: &MainStats,
+        mirrors: Registry,
+        budget: Budget,
+        targets_file: Option<Arc<AtomicBool>>,
+    ) -> Self {
         let mut registry = prometheus_client::registry::Registry::with_prefix(PREFIX);
         registry.register(
             "requests",
@@ -116,7 +125,11 @@ impl Metrics {
             Unit::Seconds,
             main.duration.histogram(),
         );
-        registry.register_collector(Box::new(Live { mirrors, budget }));
+        registry.register_collector(Box::new(Live {
+            mirrors,
+            budget,
+            targets_file,
+        }));
         Self {
             registry: Arc::new(registry),
         }
@@ -137,6 +150,7 @@ impl Metrics {
 struct Live {
     mirrors: Registry,
     budget: Budget,
+    targets_file: Option<Arc<AtomicBool>>,
 }
 
 impl fmt::Debug for Live {
@@ -173,6 +187,17 @@ impl Collector for Live {
             let metric = ConstGauge::new(value);
             let descriptor =
                 encoder.encode_descriptor(name, help, Some(&Unit::Bytes), metric.metric_type())?;
+            metric.encode(descriptor)?;
+        }
+        if let Some(valid) = &self.targets_file {
+            let metric = ConstGauge::new(i64::from(valid.load(Ordering::Relaxed)));
+            let descriptor = encoder.encode_descriptor(
+                "targets_file_valid",
+                "1 when the --targets-file as last read is in force; 0 when its last \
+                 version was rejected or it cannot be read (the previous mirrors stay).",
+                None,
+                metric.metric_type(),
+            )?;
             metric.encode(descriptor)?;
         }
         Ok(())
@@ -339,7 +364,7 @@ mod tests {
     #[tokio::test]
     async fn every_class_is_exported_from_the_start_and_counts_its_answers() {
         let main = MainStats::default();
-        let metrics = Metrics::new(&main, registry(), Budget::new(1024));
+        let metrics = Metrics::new(&main, registry(), Budget::new(1024), None);
         let text = metrics.encode().unwrap();
         for class in CLASSES {
             let line = format!("trafficmirror_requests_total{{class=\"{class}\"}} 0");
@@ -369,7 +394,7 @@ mod tests {
     #[tokio::test]
     async fn budget_gauges_read_the_budget_at_scrape_time() {
         let budget = Budget::new(1000);
-        let metrics = Metrics::new(&MainStats::default(), registry(), budget.clone());
+        let metrics = Metrics::new(&MainStats::default(), registry(), budget.clone(), None);
         let mut held = budget.hold();
         assert!(held.grow(300));
         let text = metrics.encode().unwrap();
@@ -384,7 +409,7 @@ mod tests {
     #[tokio::test]
     async fn a_mirror_is_in_the_scrape_while_it_is_in_the_set() {
         let mirrors = registry();
-        let metrics = Metrics::new(&MainStats::default(), mirrors.clone(), Budget::new(1));
+        let metrics = Metrics::new(&MainStats::default(), mirrors.clone(), Budget::new(1), None);
         let text = metrics.encode().unwrap();
         assert!(
             !text.contains("trafficmirror_mirror_"),
@@ -433,7 +458,7 @@ mod tests {
     #[tokio::test]
     async fn only_comparing_mirrors_have_comparison_series() {
         let mirrors = registry();
-        let metrics = Metrics::new(&MainStats::default(), mirrors.clone(), Budget::new(1));
+        let metrics = Metrics::new(&MainStats::default(), mirrors.clone(), Budget::new(1), None);
         let lines = ["http://plain:1", "http://shadow:2 compare=true"]
             .map(|l| MirrorLine::parse(l).unwrap());
         mirrors.add_lines(&lines, Source::Admin);

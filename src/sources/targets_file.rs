@@ -21,6 +21,8 @@
 //! caller's job: this module only reports the new set.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
@@ -66,11 +68,13 @@ fn read(path: &Path) -> Result<String, FileError> {
 /// Follows the targets file until `stop` is cancelled (see the module doc). The first
 /// successful read is reported at once, so the caller can start the watch without
 /// loading the file first; after that `on_change` is called only with a set that
-/// differs from the last one reported.
+/// differs from the last one reported. `valid` tells whether the file as last read is
+/// in force (false while it is rejected or unreadable), for the metrics.
 pub async fn watch(
     path: PathBuf,
     interval: Duration,
     mut on_change: impl FnMut(Vec<MirrorLine>) + Send + 'static,
+    valid: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
     let mut watcher = Watcher::new(path);
@@ -89,6 +93,7 @@ pub async fn watch(
         if let Some(lines) = watcher.observe(result) {
             on_change(lines);
         }
+        valid.store(watcher.valid, Ordering::Relaxed);
     }
 }
 
@@ -102,6 +107,8 @@ struct Watcher {
     reported: Option<Vec<MirrorLine>>,
     /// The read error last logged, so a lasting error is logged once.
     read_error: Option<String>,
+    /// The file as last read is in force: it was read and accepted.
+    valid: bool,
 }
 
 impl Watcher {
@@ -111,6 +118,7 @@ impl Watcher {
             last_text: None,
             reported: None,
             read_error: None,
+            valid: true,
         }
     }
 
@@ -126,6 +134,7 @@ impl Watcher {
                 }
                 // Read again in full once it is back, even if unchanged.
                 self.last_text = None;
+                self.valid = false;
                 return None;
             }
         };
@@ -137,6 +146,7 @@ impl Watcher {
         }
         let parsed = parse(&text);
         self.last_text = Some(text);
+        self.valid = parsed.is_ok();
         match parsed {
             Ok(lines) if self.reported.as_ref() == Some(&lines) => None,
             Ok(lines) => {
@@ -259,19 +269,25 @@ mod tests {
         assert_eq!(urls(&a), ["http://a:1"]);
         // A comment changes the text, not the set.
         assert_eq!(w.observe(ok("# hi\nhttp://a:1\n")), None);
+        assert!(w.valid);
         // A bad file is rejected; the previous set stays (nothing reported).
         assert_eq!(w.observe(ok("http://a:1\nhttp://b:1 percent=x\n")), None);
+        assert!(!w.valid);
         assert_eq!(w.observe(ok("http://a:1\nhttp://b:1 percent=x\n")), None);
+        assert!(!w.valid, "still the rejected version");
         // Fixing it back to the same set reports nothing; a new set is reported.
         assert_eq!(w.observe(ok("http://a:1\n")), None);
+        assert!(w.valid);
         let b = w.observe(ok("http://a:1\nhttp://b:1 percent=5\n")).unwrap();
         assert_eq!(urls(&b), ["http://a:1", "http://b:1 percent=5"]);
         // Missing: nothing reported, logged once; back with the same set: nothing.
         assert_eq!(w.observe(missing()), None);
         assert!(w.read_error.is_some());
+        assert!(!w.valid);
         assert_eq!(w.observe(missing()), None);
         assert_eq!(w.observe(ok("http://a:1\nhttp://b:1 percent=5\n")), None);
         assert!(w.read_error.is_none());
+        assert!(w.valid);
         // Emptied on purpose: reported as the empty set.
         assert_eq!(w.observe(ok("# none\n")), Some(vec![]));
     }
@@ -286,6 +302,7 @@ mod tests {
             move |lines| {
                 let _ = tx.send(urls(&lines));
             },
+            Arc::new(AtomicBool::new(true)),
             stop.clone(),
         ));
         (rx, stop)
@@ -369,6 +386,7 @@ mod tests {
             dir.path().join("targets"),
             POLL,
             |_| {},
+            Arc::new(AtomicBool::new(true)),
             stop.clone(),
         ));
         stop.cancel();

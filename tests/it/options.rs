@@ -711,6 +711,18 @@ async fn listing_until(
     }
 }
 
+/// `trafficmirror_targets_file_valid` from the scrape.
+async fn targets_file_valid(proxy: &TestProxy) -> bool {
+    let resp = send(Method::GET, &proxy.admin_url("/metrics"), &[], Bytes::new()).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let text = resp.text();
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("trafficmirror_targets_file_valid "))
+        .unwrap_or_else(|| panic!("no targets_file_valid in {text}"));
+    value == "1"
+}
+
 #[tokio::test]
 async fn targets_file_is_followed_and_owns_its_mirrors() {
     let main = MockBackend::start(Reply::ok("main")).await;
@@ -758,13 +770,21 @@ async fn targets_file_is_followed_and_owns_its_mirrors() {
     let before = proxy.mirrors_json().await;
     assert_eq!(before.len(), 2, "a refused PUT added nothing");
 
-    // A bad line rejects the whole file: the previous set stays. There is no event for
-    // "the file was read and refused", so this waits out three polls.
+    // A bad line rejects the whole file: the previous set stays, and the metrics say
+    // the file on disk is not in force.
+    assert!(targets_file_valid(&proxy).await);
     replace_file(
         &file,
         "http://127.0.0.1:3\nhttp://127.0.0.1:1 percent=oops\n",
     );
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while targets_file_valid(&proxy).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bad file was never rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let urls = |l: &[Value]| -> Vec<Value> { l.iter().map(|m| m["url"].clone()).collect() };
     assert_eq!(urls(&proxy.mirrors_json().await), urls(&before));
     assert_eq!(
@@ -775,6 +795,7 @@ async fn targets_file_is_followed_and_owns_its_mirrors() {
     replace_file(&file, "# empty again\n");
     let listing = listing_until(&proxy, "the file's mirror removed", |l| l.len() == 1).await;
     assert_eq!(listing[0]["url"], "http://127.0.0.1:9");
+    assert!(targets_file_valid(&proxy).await);
     proxy.stop().await;
 }
 
