@@ -166,6 +166,19 @@ mod tests {
         h
     }
 
+    /// Ties the `match` in [`strip_hop_by_hop`] to the table: each fixed name alone is
+    /// removed, and nothing else is.
+    #[test]
+    fn each_fixed_name_alone_is_removed() {
+        for name in &HOP_BY_HOP {
+            let value = if *name == header::TE { "gzip" } else { "x" };
+            let mut h = map(&[(name.as_str(), value), ("x-kept", "1")]);
+            strip_hop_by_hop(&mut h);
+            let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            assert_eq!(left, ["x-kept"], "{name}");
+        }
+    }
+
     #[test]
     fn strips_fixed_and_connection_listed_headers() {
         let mut h = map(&[

@@ -35,7 +35,7 @@
 //!   `tls`: TLS settings for https targets.
 //! - `workers`: thread-per-core worker runtimes that own the connections.
 //! - `demo`: `trafficmirror demo`, the product with demo backends in one process.
-//! - `fuzz` (only with `--cfg fuzzing`): entry points for the `cargo fuzz` targets.
+//! - `fuzz` (with `--cfg fuzzing`, and in tests): entry points for the `cargo fuzz` targets.
 //!
 //! # Request flow
 //! 1. `server` accepts a connection and hands it to the least loaded of the `workers`;

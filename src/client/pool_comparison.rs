@@ -130,7 +130,8 @@ async fn with_cache(target: &TargetUrl, host: String, per_task: usize) -> Option
     Some(opened.load(Ordering::Relaxed))
 }
 
-/// The process's user + system CPU time in clock ticks (`/proc/self/stat`).
+/// The process's user + system CPU time in clock ticks (`/proc/self/stat`; a tick is
+/// 10 ms, `USER_HZ` = 100 on Linux).
 fn cpu_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let fields: Vec<&str> = stat
@@ -177,7 +178,7 @@ fn pool_compare() {
     #[allow(clippy::cast_precision_loss)]
     let (rate, cpu_us) = (
         done as f64 / elapsed,
-        (cpu_ticks() - cpu) as f64 * 10_000.0 / done as f64,
+        cpu_ticks().saturating_sub(cpu) as f64 * 10_000.0 / done as f64,
     );
     println!(
         "\npool-compare variant={variant} requests={done} seconds={elapsed:.2} req_per_s={rate:.0} cpu_us_per_req={cpu_us:.1} connections_opened={}",

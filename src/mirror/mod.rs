@@ -328,7 +328,7 @@ impl Mirror {
         }
         let mirror = self.clone();
         // Boxed: the copy's future is ~2 KB; unboxed, spawning moves it several times
-        // (~1.4k instructions per copy in memcpy under callgrind, bench/README.md).
+        // (~1.8k instructions per copy in memcpy under callgrind, bench/README.md).
         self.shared.tracker.spawn(Box::pin(async move {
             if mirror.deliver(job).await == Some(Event::Remove) {
                 let _ = mirror.shared.expired.send(Arc::downgrade(&mirror));

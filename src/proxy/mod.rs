@@ -204,7 +204,7 @@ impl Proxy {
             HeaderValue::from_str(authority.as_str()).ok()
         });
         // Room for what is added below (X-Forwarded-*, Via, Host): one growth, not several.
-        parts.headers.reserve(5);
+        let _ = parts.headers.try_reserve(5); // only fails past http's size limit
         let looped = headers::via_contains(&parts.headers, &self.inner.via_token);
         headers::strip_hop_by_hop(&mut parts.headers);
         // `Host` becomes each target's authority, set per target below.

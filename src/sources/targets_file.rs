@@ -90,10 +90,12 @@ pub async fn watch(
         let Ok(result) = tokio::task::spawn_blocking(move || read(&path)).await else {
             continue;
         };
-        if let Some(lines) = watcher.observe(result) {
+        let report = watcher.observe(result);
+        // Before the change is applied: whoever sees the new set sees the gauge too.
+        valid.store(watcher.valid, Ordering::Relaxed);
+        if let Some(lines) = report {
             on_change(lines);
         }
-        valid.store(watcher.valid, Ordering::Relaxed);
     }
 }
 

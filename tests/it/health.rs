@@ -61,11 +61,12 @@ async fn mirror_goes_failing_retrying_and_alive_again() {
         }
     };
     assert_eq!(trial.uri.path(), "/probe");
-    eventually("failed trial recorded", || async {
-        state(&proxy, &mirror.url()).await["failed"] == 6
+    // The counter is bumped just before the health update: wait for both.
+    eventually("failed trial recorded, mirror failing again", || async {
+        let m = state(&proxy, &mirror.url()).await;
+        m["failed"] == 6 && m["state"] == "failing"
     })
     .await;
-    assert_eq!(state(&proxy, &mirror.url()).await["state"], "failing");
 
     // The mirror recovers; the next trial succeeds and it is alive.
     mirror.set_reply(Reply::ok("fine"));

@@ -141,6 +141,51 @@ async fn preserve_host_sends_the_client_host_to_main_and_mirrors() {
 }
 
 #[tokio::test]
+async fn preserve_host_without_a_client_host_gives_each_target_its_own_authority() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let mirror = MockBackend::start(Reply::ok("m")).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--preserve-host"]).await;
+    proxy.add_mirrors(&[&mirror.url()]).await;
+    // HTTP/1.0 may come without Host; HTTP/1.1 to main and the mirror needs one.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
+    let text = read_until(&mut s, "ok").await;
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    let main_host = main.addr.to_string();
+    let mirror_host = mirror.addr.to_string();
+    assert_eq!(main.next().await.header("host"), Some(main_host.as_str()));
+    assert_eq!(
+        mirror.next().await.header("host"),
+        Some(mirror_host.as_str())
+    );
+}
+
+#[tokio::test]
+async fn the_host_option_wins_over_preserve_host_for_its_mirror_only() {
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let plain = MockBackend::start(Reply::ok("a")).await;
+    let rewritten = MockBackend::start(Reply::ok("b")).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--preserve-host"]).await;
+    proxy.add_mirrors(&[&plain.url()]).await;
+    let query = format!("?url={}&host=shadow.example", rewritten.url());
+    let resp = send(Method::PUT, &proxy.admin_url(&query), &[], Bytes::new()).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    send(
+        Method::GET,
+        &proxy.url("/"),
+        &[("host", "shop.example")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(main.next().await.header("host"), Some("shop.example"));
+    assert_eq!(plain.next().await.header("host"), Some("shop.example"));
+    assert_eq!(
+        rewritten.next().await.header("host"),
+        Some("shadow.example")
+    );
+}
+
+#[tokio::test]
 async fn two_instances_mirroring_to_each_other_stay_bounded() {
     let main = MockBackend::start(Reply::ok("ok")).await;
     let a = TestProxy::start(&["--main", &main.url()]).await;
