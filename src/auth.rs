@@ -171,8 +171,8 @@ impl Users {
 
     /// [`Users::parse`] for the fuzz targets (its error type stays private).
     #[cfg(any(fuzzing, test))]
-    pub(crate) fn parse_text(text: &str) -> bool {
-        Self::parse(text).is_ok()
+    pub(crate) fn parse_text(text: &str) -> Option<Self> {
+        Self::parse(text).ok()
     }
 
     fn parse(text: &str) -> Result<Self, ParseError> {

@@ -5,6 +5,11 @@
 
 use std::path::Path;
 
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::mirror::compare::{self, Answer, CapturedBody, Rules, Verdict};
 use crate::mirror::options::{MirrorLine, MirrorOptions};
 use crate::target_url::TargetUrl;
 
@@ -58,6 +63,71 @@ pub fn password_file(text: &str) {
     let _ = crate::auth::Users::parse_text(text);
 }
 
+/// What peers send.
+///
+/// Two answer bodies (the input split at its first NUL byte; without one, the input
+/// twice) compared as JSON answers, with no rule and with an ignore rule: never a
+/// panic, and a body always matches itself.
+pub fn compare_bodies(data: &[u8]) {
+    let (a, b) = data
+        .iter()
+        .position(|&x| x == 0)
+        .map_or((data, data), |i| (&data[..i], &data[i + 1..]));
+    let answer = |body: &[u8]| {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Answer {
+            status: StatusCode::OK,
+            headers,
+            body: CapturedBody::Whole(Bytes::copy_from_slice(body)),
+        }
+    };
+    let ignoring = Rules::new(&[], &["/items/*/id".to_owned()]).expect("a valid rule");
+    for rules in [Rules::default(), ignoring] {
+        let _ = compare::compare(&rules, &answer(a), &answer(b));
+        let same = compare::compare(&rules, &answer(a), &answer(a));
+        assert_eq!(
+            same,
+            Verdict::Match,
+            "{:?} differs from itself",
+            String::from_utf8_lossy(a)
+        );
+    }
+}
+
+/// An `Authorization` header value checked against a password file.
+pub fn basic_auth(data: &[u8]) {
+    let users = crate::auth::Users::parse_text("alice:secret\n").expect("a valid file");
+    let _ = users.check(Some(data));
+    assert_eq!(users.check(Some(b"Basic YWxpY2U6c2VjcmV0")), Some("alice"));
+}
+
+/// Request headers (`name: value` lines) through the forwarding rewrite: hop-by-hop
+/// removal, the `Via` loop check and `X-Forwarded-*`. Never a panic, and no
+/// `Connection` header is left.
+pub fn forwarding_headers(text: &str) {
+    let mut headers = HeaderMap::new();
+    for line in text.lines() {
+        if let Some((name, value)) = line.split_once(':') {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.trim().as_bytes()),
+                HeaderValue::from_str(value.trim()),
+            ) {
+                headers.append(name, value);
+            }
+        }
+    }
+    let _ = crate::headers::via_contains(&headers, "trafficmirror-1");
+    let host = headers.get(header::HOST).cloned();
+    crate::headers::strip_hop_by_hop(&mut headers);
+    assert!(!headers.contains_key(header::CONNECTION));
+    let client = crate::headers::client_ip(std::net::Ipv6Addr::LOCALHOST.into());
+    crate::headers::set_forwarded(&mut headers, &client, host.as_ref());
+}
+
 /// A YAML config file (`--config`).
 pub fn config_file(text: &str) {
     let _ = crate::cli::file::FileSettings::parse(Path::new("fuzz.yaml"), text);
@@ -100,5 +170,19 @@ mod tests {
         super::config_file("listen: 127.0.0.1:0\nmirror: [http://127.0.0.1:9]\n");
         super::config_file(":\n  - [");
         super::go_style_args("trafficmirror\0-main=http://x\0-l\0:8080\0--\0-x");
+        for data in [
+            &b"{\"a\":1}\0{\"a\": 1.0}"[..],
+            b"{\"items\":[{\"id\":1}]}",
+            b"\xff\0",
+            b"",
+        ] {
+            super::compare_bodies(data);
+        }
+        for data in [&b"Basic YWxpY2U6d3Jvbmc="[..], b"Basic !!", b"basic", b""] {
+            super::basic_auth(data);
+        }
+        super::forwarding_headers(
+            "connection: close, x-a\nx-a: 1\nvia: 1.1 trafficmirror-1\nhost: h\nte: trailers",
+        );
     }
 }
