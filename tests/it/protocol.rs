@@ -123,19 +123,24 @@ async fn connect_is_refused() {
     main.assert_nothing_within(Duration::from_millis(100)).await;
 }
 
+/// A GET of `/` carrying `Host: host`.
+async fn get_with_host(proxy: &TestProxy, host: &str) {
+    send(
+        Method::GET,
+        &proxy.url("/"),
+        &[("host", host)],
+        Bytes::new(),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn preserve_host_sends_the_client_host_to_main_and_mirrors() {
     let main = MockBackend::start(Reply::ok("ok")).await;
     let mirror = MockBackend::start(Reply::ok("m")).await;
     let proxy = TestProxy::start(&["--main", &main.url(), "--preserve-host"]).await;
     proxy.add_mirrors(&[&mirror.url()]).await;
-    send(
-        Method::GET,
-        &proxy.url("/"),
-        &[("host", "shop.example")],
-        Bytes::new(),
-    )
-    .await;
+    get_with_host(&proxy, "shop.example").await;
     assert_eq!(main.next().await.header("host"), Some("shop.example"));
     assert_eq!(mirror.next().await.header("host"), Some("shop.example"));
 }
@@ -170,13 +175,7 @@ async fn the_host_option_wins_over_preserve_host_for_its_mirror_only() {
     let query = format!("?url={}&host=shadow.example", rewritten.url());
     let resp = send(Method::PUT, &proxy.admin_url(&query), &[], Bytes::new()).await;
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
-    send(
-        Method::GET,
-        &proxy.url("/"),
-        &[("host", "shop.example")],
-        Bytes::new(),
-    )
-    .await;
+    get_with_host(&proxy, "shop.example").await;
     assert_eq!(main.next().await.header("host"), Some("shop.example"));
     assert_eq!(plain.next().await.header("host"), Some("shop.example"));
     assert_eq!(
