@@ -387,8 +387,8 @@ impl Mirror {
             order.wait_turn().await;
         }
         let timeout = self.shared.settings.timeout;
-        let sent = self.send(&job.request, &job.plan);
         let started = Instant::now();
+        let sent = self.send(&job.request, &job.plan, started);
         let result = tokio::time::timeout(timeout, sent).await;
         if let Ok(Err(err)) = &result {
             if client::is_fd_exhaustion(&**err) {
@@ -482,10 +482,12 @@ impl Mirror {
 
     /// Sends one copy and reads its answer: thrown away, or captured when it is to be
     /// compared with main's.
+    /// `started` is when the copy set off, for the captured answer's latency.
     async fn send(
         &self,
         request: &MirrorRequest,
         plan: &Plan,
+        started: Instant,
     ) -> Result<
         (
             http::StatusCode,
@@ -493,7 +495,6 @@ impl Mirror {
         ),
         crate::body::BoxError,
     > {
-        let started = Instant::now();
         let mut req = Request::new(Full::new(request.body.clone()));
         *req.method_mut() = request.method.clone();
         *req.uri_mut() = self.url.request_target(request.path_and_query.as_ref());

@@ -198,7 +198,9 @@ impl Proxy {
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        // `Host` becomes each target's authority, set per target below. (The server
+        // answered 400 to a request with more than one.)
+        let host = parts.headers.remove(header::HOST).or_else(|| {
             // HTTP/2 carries the host in `:authority`, which hyper puts in the URI.
             let authority = parts.uri.authority()?;
             HeaderValue::from_str(authority.as_str()).ok()
@@ -207,8 +209,6 @@ impl Proxy {
         let _ = parts.headers.try_reserve(5); // only fails past http's size limit
         let looped = headers::via_contains(&parts.headers, &self.inner.via_token);
         headers::strip_hop_by_hop(&mut parts.headers);
-        // `Host` becomes each target's authority, set per target below.
-        parts.headers.remove(header::HOST);
         headers::set_forwarded(&mut parts.headers, &peer.ip_header, host.as_ref());
         headers::append_via(&mut parts.headers, self.via_entry(parts.version));
         if config.preserve_host {

@@ -22,7 +22,7 @@ struct Sample {
 
 /// A parsed scrape.
 #[derive(Debug)]
-struct Scrape {
+pub(crate) struct Scrape {
     samples: Vec<Sample>,
     /// `# TYPE` lines: family name → type.
     types: HashMap<String, String>,
@@ -75,7 +75,7 @@ impl Scrape {
     }
 
     /// Like `get`, but the sample must exist.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.get(name, labels)
             .unwrap_or_else(|| panic!("no {name}{labels:?} in:\n{}", self.text))
     }
@@ -144,7 +144,7 @@ async fn scrape_with(url: &str, headers: &[(&str, &str)]) -> Scrape {
 }
 
 /// `<admin path>/metrics` on the proxy's admin address.
-async fn scrape(proxy: &TestProxy) -> Scrape {
+pub(crate) async fn scrape(proxy: &TestProxy) -> Scrape {
     scrape_with(&proxy.admin_url("/metrics"), &[]).await
 }
 

@@ -713,14 +713,10 @@ async fn listing_until(
 
 /// `trafficmirror_targets_file_valid` from the scrape.
 async fn targets_file_valid(proxy: &TestProxy) -> bool {
-    let resp = send(Method::GET, &proxy.admin_url("/metrics"), &[], Bytes::new()).await;
-    assert_eq!(resp.status, StatusCode::OK);
-    let text = resp.text();
-    let value = text
-        .lines()
-        .find_map(|l| l.strip_prefix("trafficmirror_targets_file_valid "))
-        .unwrap_or_else(|| panic!("no targets_file_valid in {text}"));
-    value == "1"
+    crate::metrics::scrape(proxy)
+        .await
+        .value("trafficmirror_targets_file_valid", &[])
+        == 1.0
 }
 
 #[tokio::test]
