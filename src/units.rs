@@ -118,6 +118,19 @@ mod tests {
         }
     }
 
+    /// Every spelling of `ms` parses back to it.
+    fn check_duration_spellings(ms: u64) -> Result<(), TestCaseError> {
+        for spelling in duration_spellings(ms) {
+            prop_assert_eq!(
+                parse_duration(&spelling),
+                Ok(Duration::from_millis(ms)),
+                "spelling {:?}",
+                spelling
+            );
+        }
+        Ok(())
+    }
+
     /// Every way a user may spell `ms` milliseconds: bare minutes (whole and quarter
     /// minutes, exact in binary floating point), each single unit that divides it,
     /// humantime's long unit names, compounds with and without spaces, and what
@@ -218,27 +231,13 @@ mod tests {
             // Up to ten years, in whole milliseconds; and small values more often.
             ms in prop_oneof![0u64..100_000, 0u64..315_360_000_000],
         ) {
-            for spelling in duration_spellings(ms) {
-                prop_assert_eq!(
-                    parse_duration(&spelling),
-                    Ok(Duration::from_millis(ms)),
-                    "spelling {:?}",
-                    spelling
-                );
-            }
+            check_duration_spellings(ms)?;
         }
 
         #[test]
         fn quarter_minutes_scale_to_whole_units(quarters in 0u64..1_000_000) {
             let ms = quarters * 15_000;
-            for spelling in duration_spellings(ms) {
-                prop_assert_eq!(
-                    parse_duration(&spelling),
-                    Ok(Duration::from_millis(ms)),
-                    "spelling {:?}",
-                    spelling
-                );
-            }
+            check_duration_spellings(ms)?;
         }
 
         #[test]

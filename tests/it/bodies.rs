@@ -104,11 +104,7 @@ async fn main_gets_the_first_chunk_before_the_client_sends_the_rest() {
     tx.send_data(Bytes::from_static(b"second")).await.unwrap();
     drop(tx);
     assert_eq!(next_seen(&mut seen).await, Seen::Complete(12));
-    let resp = tokio::time::timeout(WAIT, pending)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let resp = answer_of(pending).await;
     assert_eq!(resp.status(), StatusCode::OK);
     // The mirror gets the whole body once it is complete.
     assert_eq!(mirror.next().await.body, "first-second");
@@ -132,11 +128,7 @@ async fn a_body_past_max_body_size_reaches_main_byte_exact_and_is_skipped() {
         tx.send_data(Bytes::from(chunk)).await.unwrap();
     }
     drop(tx);
-    let resp = tokio::time::timeout(WAIT, pending)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let resp = answer_of(pending).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(main.next().await.body, Bytes::from(sent));
     mirror
@@ -327,10 +319,9 @@ async fn stalled_clients_never_hold_more_than_the_budget() {
     for mut s in streams {
         answer_then_close(&mut s, WAIT).await;
     }
-    eventually("nothing is held once the clients are gone", || async {
-        proxy.buffered_bytes().await == 0
-    })
-    .await;
+    proxy
+        .budget_drained("nothing is held once the clients are gone")
+        .await;
     mirror
         .assert_nothing_within(Duration::from_millis(100))
         .await;

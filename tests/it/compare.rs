@@ -588,10 +588,7 @@ async fn captured_answers_give_their_bytes_back_to_the_budget() {
     }
     let s = stats(&proxy, &mirror.url()).await;
     assert_eq!(counts(&s), (5, 5, 0), "{s}");
-    eventually("the budget is back to zero", || async {
-        proxy.buffered_bytes().await == 0
-    })
-    .await;
+    proxy.budget_drained("the budget is back to zero").await;
 }
 
 #[tokio::test]
@@ -642,10 +639,7 @@ async fn main_answer_kept_for_a_slow_comparing_mirror_counts_against_the_budget(
     );
     let s = settled(&proxy, &mirror.url(), 1).await;
     assert_eq!(counts(&s), (1, 1, 0), "{s}");
-    eventually("the budget is back to zero", || async {
-        proxy.buffered_bytes().await == 0
-    })
-    .await;
+    proxy.budget_drained("the budget is back to zero").await;
 }
 
 #[tokio::test]
@@ -675,10 +669,7 @@ async fn a_mirror_answer_waiting_for_main_counts_against_the_budget() {
     assert_eq!(resp.body.len(), 64 * 1024);
     let s = settled(&proxy, &mirror.url(), 1).await;
     assert_eq!(counts(&s), (1, 1, 0), "{s}");
-    eventually("the budget is back to zero", || async {
-        proxy.buffered_bytes().await == 0
-    })
-    .await;
+    proxy.budget_drained("the budget is back to zero").await;
 }
 
 #[tokio::test]

@@ -20,6 +20,13 @@ use crate::support::{Answer, MockBackend, Reply, TestProxy, closed_addr, send};
 const BROWSER_ACCEPT: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,\
      image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7";
 
+/// `GET <admin path>` as a browser asks for it, with `extra` headers.
+async fn get_page(proxy: &TestProxy, extra: &[(&str, &str)]) -> Answer {
+    let mut headers = vec![("accept", BROWSER_ACCEPT)];
+    headers.extend_from_slice(extra);
+    send(Method::GET, &proxy.admin_url(""), &headers, Bytes::new()).await
+}
+
 /// Longest wait for the page to show something: two refreshes of 2 s and a slow,
 /// shared CI machine.
 const PAGE_WAIT: Duration = Duration::from_secs(15);
@@ -60,13 +67,7 @@ async fn admin(proxy: &TestProxy, method: Method, query: &str) -> Answer {
 #[tokio::test]
 async fn browser_get_answers_the_page_with_its_headers() {
     let proxy = TestProxy::start(&[]).await;
-    let resp = send(
-        Method::GET,
-        &proxy.admin_url(""),
-        &[("accept", BROWSER_ACCEPT)],
-        Bytes::new(),
-    )
-    .await;
+    let resp = get_page(&proxy, &[]).await;
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(resp.headers["content-type"], "text/html; charset=utf-8");
     assert_eq!(resp.headers["cache-control"], "no-store");
@@ -113,23 +114,11 @@ async fn curl_and_scripts_keep_the_text_and_json_listing() {
 async fn page_needs_the_admin_password() {
     let users = users_file();
     let proxy = TestProxy::start(&["--password", users.path().to_str().unwrap()]).await;
-    let resp = send(
-        Method::GET,
-        &proxy.admin_url(""),
-        &[("accept", BROWSER_ACCEPT)],
-        Bytes::new(),
-    )
-    .await;
+    let resp = get_page(&proxy, &[]).await;
     assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
     assert!(!resp.text().contains("<html"));
     let auth = basic(&format!("{USER}:{PASSWORD}"));
-    let resp = send(
-        Method::GET,
-        &proxy.admin_url(""),
-        &[("accept", BROWSER_ACCEPT), ("authorization", &auth)],
-        Bytes::new(),
-    )
-    .await;
+    let resp = get_page(&proxy, &[("authorization", &auth)]).await;
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(resp.headers["content-type"], "text/html; charset=utf-8");
     proxy.stop().await;

@@ -125,6 +125,11 @@ impl TestProxy {
         status["buffered_bytes"].as_u64().expect("buffered_bytes")
     }
 
+    /// Waits (bounded) until no byte is held for mirrors any more.
+    pub async fn budget_drained(&self, what: &str) {
+        eventually(what, || async { self.buffered_bytes().await == 0 }).await;
+    }
+
     /// The JSON entry of one mirror, if listed.
     pub async fn mirror_json(&self, url: &str) -> Option<serde_json::Value> {
         self.mirrors_json()
@@ -749,6 +754,15 @@ pub async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
         out.extend_from_slice(&buf[..n]);
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What a request sent on a spawned task got back, within [`WAIT`].
+pub async fn answer_of<T, E: std::fmt::Debug>(pending: tokio::task::JoinHandle<Result<T, E>>) -> T {
+    tokio::time::timeout(WAIT, pending)
+        .await
+        .expect("an answer within WAIT")
+        .expect("the request task ended")
+        .expect("the request got an answer")
 }
 
 /// Polls `check` until it returns true; panics after [`WAIT`].
