@@ -145,6 +145,40 @@ async fn a_different_json_value_is_a_body_mismatch_listed_with_its_pointer() {
     assert!(humantime_like(time), "{time}");
 }
 
+#[tokio::test]
+async fn mismatches_outlive_turning_compare_off_and_a_mirror_that_never_compared_has_none() {
+    let (main, mirror, proxy) =
+        setup(json_reply(r#"{"v":1}"#), json_reply(r#"{"v":2}"#), "", &[]).await;
+    let plain = MockBackend::start(json_reply(r#"{"v":3}"#)).await;
+    proxy.add_mirrors(&[&plain.url()]).await;
+    get(&proxy.url("/before")).await;
+    let s = settled(&proxy, &mirror.url(), 1).await;
+    assert_eq!(counts(&s), (1, 0, 1), "{s}");
+    assert!(mismatches(&proxy, &plain.url()).await.is_empty());
+    // The same mirror with its options replaced: it no longer compares, and keeps what
+    // it recorded while it did.
+    let resp = send(
+        Method::PUT,
+        &proxy.admin_url(&format!("?url={}&compare=false", mirror.url())),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    get(&proxy.url("/after")).await;
+    assert_eq!(main.next().await.uri.path(), "/before");
+    assert_eq!(main.next().await.uri.path(), "/after");
+    assert_eq!(mirror.next().await.uri.path(), "/before");
+    assert_eq!(mirror.next().await.uri.path(), "/after");
+    let records = mismatches(&proxy, &mirror.url()).await;
+    let paths: Vec<&str> = records
+        .iter()
+        .map(|r| r["path_and_query"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/before"]);
+    assert!(stats(&proxy, &mirror.url()).await.is_null());
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 fn humantime_like(t: &str) -> bool {
     t.len() == 24 && t.ends_with('Z') && t.as_bytes()[10] == b'T' && t.as_bytes()[19] == b'.'
