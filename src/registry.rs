@@ -112,8 +112,9 @@ impl Registry {
 
     /// Applies an admin `PUT`: adds the URLs not present yet; for those present, replaces
     /// their options when `options` is given and leaves them alone otherwise (counters
-    /// and health are kept either way). All or nothing: a file mirror among them is an
-    /// error and nothing changes.
+    /// and health are kept either way). A `--mirror` mirror stays one: persistent, and
+    /// not saved in the state file (the flag defines it again at the next start). All or
+    /// nothing: a file mirror among them is an error and nothing changes.
     ///
     /// # Errors
     /// One of the URLs belongs to the targets file.
@@ -129,20 +130,20 @@ impl Registry {
         }
         let mut change = Change::default();
         for url in urls {
-            let plan = || {
+            let plan = |source| {
                 let options = options.cloned().unwrap_or_default();
-                Arc::new(Plan::new(options, Source::Admin))
+                Arc::new(Plan::new(options, source))
             };
             match list.iter_mut().find(|m| m.mirror.url() == url) {
                 Some(member) if options.is_some() => {
-                    member.plan = plan();
+                    member.plan = plan(member.plan.source);
                     change.updated.push(url.clone());
                 }
                 Some(_) => {} // present, no options: no change and no error
                 None => {
                     list.push(Member {
                         mirror: Mirror::spawn(url.clone(), &self.inner.shared),
-                        plan: plan(),
+                        plan: plan(Source::Admin),
                     });
                     change.added.push(url.clone());
                 }
@@ -154,12 +155,15 @@ impl Registry {
         Ok(change)
     }
 
-    /// Adds mirrors that are not present yet, from `--mirror` or the state file.
-    pub fn add_lines(&self, lines: &[MirrorLine], source: Source) {
+    /// Adds mirrors that are not present yet, from `--mirror` or the state file; returns
+    /// the URLs left out because they were present already.
+    pub fn add_lines(&self, lines: &[MirrorLine], source: Source) -> Vec<TargetUrl> {
         let mut guard = self.write();
         let mut list: Vec<Member> = guard.as_ref().clone();
+        let mut present = Vec::new();
         for line in lines {
             if list.iter().any(|m| m.mirror.url() == &line.url) {
+                present.push(line.url.clone());
                 continue;
             }
             list.push(Member {
@@ -168,6 +172,7 @@ impl Registry {
             });
         }
         *guard = Arc::new(list);
+        present
     }
 
     /// Makes the file mirrors exactly `lines`: adds the new ones, replaces the options of

@@ -93,7 +93,10 @@ impl Proxy {
         let budget = Budget::new(config.max_buffered_bytes);
         let registry = Registry::new(config.mirror.clone(), budget.clone());
         registry.add_lines(&config.mirrors, Source::Flag);
-        registry.add_lines(&config.restored, Source::Admin);
+        for url in registry.add_lines(&config.restored, Source::Admin) {
+            // The flag defines this mirror; its line in the state file is left out.
+            warn!(mirror = %url, "state file entry ignored: --mirror gives this mirror");
+        }
         if let Some((_, lines)) = &config.targets_file {
             registry.reconcile_file(lines);
         }

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -668,6 +668,70 @@ async fn state_file_survives_a_kill_with_options() {
     assert_eq!(urls_and_options(&after), before);
     assert!(after.iter().all(|m| m["source"] == "admin"), "{after:?}");
     assert_eq!(dir.names(), ["state.txt"], "no temporary file left");
+    bin.terminate_within(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_flag_mirror_given_options_stays_a_persistent_flag_mirror_and_is_not_saved() {
+    let dir = TempDir::new("flag-options");
+    let state = dir.path("state.txt");
+    let state_arg = state.to_str().unwrap();
+    let flag = "http://127.0.0.1:1";
+    let bin = Binary::start(&["--state-file", state_arg, "--mirror", flag]).await;
+    let resp = send(
+        Method::PUT,
+        &bin.url(&format!(
+            "/targets?url={flag}&percent=10&url=http://127.0.0.1:2"
+        )),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    let listing = binary_listing(&bin).await;
+    let entry = |url: &str| listing.iter().find(|m| m["url"] == url).unwrap().clone();
+    let flagged = entry(flag);
+    assert_eq!(flagged["source"], "flag", "{flagged}");
+    assert_eq!(flagged["persistent"], true, "{flagged}");
+    assert_eq!(flagged["options"]["percent"], 10.0, "{flagged}");
+    assert_eq!(entry("http://127.0.0.1:2")["source"], "admin");
+    // Only the admin mirror is saved: the flag defines the other at the next start.
+    let saved = std::fs::read_to_string(&state).unwrap();
+    let lines: Vec<&str> = saved.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines, ["http://127.0.0.1:2 percent=10"], "{saved}");
+    bin.terminate_within(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_state_file_entry_for_a_flag_mirror_is_left_out_and_logged() {
+    let dir = TempDir::new("flag-and-state");
+    let state = dir.path("state.txt");
+    std::fs::write(&state, "http://127.0.0.1:1 percent=5\nhttp://127.0.0.1:2\n").unwrap();
+    let state_arg = state.to_str().unwrap();
+    let mut bin =
+        Binary::start(&["--state-file", state_arg, "--mirror", "http://127.0.0.1:1"]).await;
+    bin.wait_for_stderr("the ignored entry is logged", |err| {
+        err.contains("state file entry ignored") && err.contains("http://127.0.0.1:1")
+    })
+    .await;
+    let listing = binary_listing(&bin).await;
+    let summary: Vec<(Value, Value, Value)> = listing
+        .iter()
+        .map(|m| {
+            (
+                m["url"].clone(),
+                m["source"].clone(),
+                m["options"]["percent"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (json!("http://127.0.0.1:1"), json!("flag"), json!(100.0)),
+            (json!("http://127.0.0.1:2"), json!("admin"), json!(100.0)),
+        ]
+    );
     bin.terminate_within(WAIT).await;
 }
 
