@@ -170,8 +170,12 @@ impl Admin {
     }
 
     fn page(&self, path: &str) -> Option<Page> {
-        match path.strip_prefix(self.path.as_str()) {
+        // `--targets /admin/` serves `/admin/` as given (the Go tool's path) and, as
+        // the status page asks for them, `/admin` and the sub-paths below `/admin`.
+        let base = self.path.trim_end_matches('/');
+        match path.strip_prefix(base) {
             Some("") => Some(Page::Targets),
+            Some("/") if self.path.len() > base.len() => Some(Page::Targets),
             Some("/status") => Some(Page::Status),
             Some("/mismatches") => Some(Page::Mismatches),
             Some("/metrics") => Some(Page::Metrics),
@@ -461,7 +465,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn admin() -> Admin {
-        let cli = crate::cli::Cli::try_parse_args(["tm"]).unwrap();
+        admin_with(&[])
+    }
+
+    /// An admin endpoint configured by these flags.
+    fn admin_with(flags: &[&str]) -> Admin {
+        let cli =
+            crate::cli::Cli::try_parse_args(std::iter::once("tm").chain(flags.iter().copied()))
+                .unwrap();
         let config = Config::from_cli(&cli).unwrap();
         let budget = Budget::new(1 << 20);
         let registry = Registry::new(config.mirror.clone(), budget.clone());
@@ -472,6 +483,34 @@ mod tests {
             None,
         );
         Admin::new(registry, budget, &config, metrics)
+    }
+
+    #[test]
+    fn an_admin_path_with_a_trailing_slash_serves_it_and_the_sub_paths_below_it() {
+        let admin_at = |path: &str| admin_with(&["--targets", path]);
+        let slash = admin_at("/admin/mirrors/");
+        for path in [
+            "/admin/mirrors/",
+            "/admin/mirrors",
+            "/admin/mirrors/status",
+            "/admin/mirrors/metrics",
+            "/admin/mirrors/mismatches",
+        ] {
+            assert!(slash.serves(path), "{path}");
+        }
+        for path in [
+            "/admin/mirrors//metrics",
+            "/admin/mirrorsx",
+            "/admin/mirrors/x",
+            "/admin",
+        ] {
+            assert!(!slash.serves(path), "{path}");
+        }
+        // Without the slash, `/admin/mirrors/` stays main's.
+        let plain = admin_at("/admin/mirrors");
+        assert!(plain.serves("/admin/mirrors"));
+        assert!(plain.serves("/admin/mirrors/metrics"));
+        assert!(!plain.serves("/admin/mirrors/"));
     }
 
     async fn call(admin: &Admin, method: Method, query: &str) -> (StatusCode, Bytes) {
