@@ -6,12 +6,13 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that apply to one connection only (RFC 9110 §7.6.1) plus the legacy ones
-/// proxies also drop. `Proxy-*` is matched by prefix in [`strip_hop_by_hop`].
-static HOP_BY_HOP: [HeaderName; 6] = [
+/// proxies also drop. `Proxy-*` is matched by prefix in [`strip_hop_by_hop`]. `Trailer`
+/// is not one of them: it names the trailer fields that follow a chunked body, end to
+/// end (RFC 9110 §6.6.2), and hyper sends only the trailers it names.
+static HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -21,8 +22,9 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Removes hop-by-hop headers: those named in `Connection` (RFC 9110 §7.6.1), the
-/// fixed list above and every `Proxy-*` header. `TE: trailers` is kept, because it
-/// announces that the client understands trailers end to end (RFC 9110 §10.1.4).
+/// fixed list above and every `Proxy-*` header. A `TE` that lists `trailers` becomes
+/// `TE: trailers`: that member says the client understands trailers end to end (RFC 9110
+/// §10.1.4); the transfer codings beside it are for this connection only.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names, no hashing (a `match` on the name compiles to a length
     // switch and one compare). Most messages carry none of these or only `Connection`,
@@ -34,9 +36,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             "connection" => 0,
             "keep-alive" => 1,
             "te" => 2,
-            "trailer" => 3,
-            "transfer-encoding" => 4,
-            "upgrade" => 5,
+            "transfer-encoding" => 3,
+            "upgrade" => 4,
             name => {
                 proxy |= name.starts_with("proxy-");
                 continue;
@@ -47,16 +48,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !proxy && !present.contains(&true) {
         return;
     }
-    let te = present[2]
-        .then(|| headers.get(header::TE))
-        .flatten()
-        .filter(|_| {
-            headers
-                .get_all(header::TE)
-                .iter()
-                .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-        })
-        .cloned();
+    let te_trailers = present[2] && te_lists_trailers(headers);
     // Names listed in `Connection` beyond the fixed ones (the usual `keep-alive`,
     // `close` and `upgrade` need no parsing); collected first, removal needs `&mut`.
     // Split as bytes: a non-ASCII byte elsewhere in the value must not hide the names.
@@ -91,9 +83,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    if let Some(te) = te {
-        headers.insert(header::TE, te);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// Whether a `TE` header lists the `trailers` member (`TE: gzip, trailers`; members may
+/// carry parameters, `trailers` takes none).
+fn te_lists_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|member| member.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    })
 }
 
 /// The client address as a header value (computed once per connection).
@@ -189,14 +191,15 @@ mod tests {
             ("proxy-connection", "keep-alive"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
-            ("trailer", "x-sum"),
             ("te", "gzip"),
             ("content-type", "text/plain"),
+            ("trailer", "x-sum"),
             ("x-end-to-end", "kept"),
         ]);
         strip_hop_by_hop(&mut h);
-        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left, ["content-type", "x-end-to-end"]);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "trailer", "x-end-to-end"]);
     }
 
     #[test]
@@ -228,6 +231,26 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn te_is_reduced_to_trailers_when_it_lists_that_member() {
+        for (te, kept) in [
+            ("trailers", Some("trailers")),
+            ("gzip, trailers", Some("trailers")),
+            ("Trailers ,deflate;q=0.5", Some("trailers")),
+            ("gzip", None),
+            ("trailers;q=1", None),
+        ] {
+            let mut h = map(&[("te", te), ("accept", "*/*")]);
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.get("te").map(|v| v.to_str().unwrap()), kept, "{te}");
+        }
+        // In two header lines too.
+        let mut h = map(&[("te", "gzip"), ("te", "trailers")]);
+        strip_hop_by_hop(&mut h);
+        let te: Vec<&HeaderValue> = h.get_all("te").iter().collect();
+        assert_eq!(te, ["trailers"]);
     }
 
     #[test]
@@ -376,7 +399,6 @@ mod tests {
             "connection",
             "keep-alive",
             "te",
-            "trailer",
             "transfer-encoding",
             "upgrade",
         ];
@@ -396,13 +418,15 @@ mod tests {
             strip_hop_by_hop(&mut output);
             let before = as_multimap(&input);
             let after = as_multimap(&output);
-            let te: Vec<&HeaderValue> = input.get_all(header::TE).iter().collect();
-            let te_trailers =
-                !te.is_empty() && te.iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+            let te_trailers = input.get_all(header::TE).iter().any(|v| {
+                v.as_bytes()
+                    .split(|b| *b == b',')
+                    .any(|m| m.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+            });
             for (name, values) in &before {
                 if name == "te" && te_trailers {
                     // `TE: trailers` is end to end (RFC 9110 §10.1.4).
-                    prop_assert_eq!(after.get(name), Some(&vec![values[0].clone()]));
+                    prop_assert_eq!(after.get(name), Some(&vec![b"trailers".to_vec()]));
                 } else if is_hop_by_hop(&input, name) {
                     prop_assert!(!after.contains_key(name), "{} kept from {:?}", name, input);
                 } else {

@@ -3,7 +3,6 @@
 //! leave while main is still answering. Main and mirrors here are raw TCP servers that
 //! write hand-made HTTP bytes, so the faults are exact.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,40 +14,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 
 use crate::support::*;
-
-/// A server on 127.0.0.1:0 that hands every accepted connection to `script`.
-async fn raw_server<F, Fut>(script: F) -> SocketAddr
-where
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(script(stream));
-        }
-    });
-    addr
-}
-
-/// Reads a request head (up to the blank line); returns it, with whatever body bytes
-/// came along. Empty when the peer closed first.
-async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return Vec::new(),
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    head
-}
 
 /// How a connection is cut.
 #[derive(Debug, Clone, Copy)]

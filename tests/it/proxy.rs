@@ -339,3 +339,40 @@ async fn http10_request_without_host_gets_mains_authority_with_preserve_host() {
     assert_eq!(got.header("host"), Some(main.addr.to_string().as_str()));
     assert_eq!(got.uri.path(), "/old");
 }
+
+#[tokio::test]
+async fn trailers_from_main_reach_a_client_that_accepts_them() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let main = raw_server(move |mut stream| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let head = read_head(&mut stream).await;
+            let _ = seen_tx.send(String::from_utf8_lossy(&head).to_lowercase());
+            let answer = b"HTTP/1.1 200 OK\r\nTrailer: X-Checksum\r\n\
+                Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Checksum: 42\r\n\r\n";
+            let _ = stream.write_all(answer).await;
+            // Open until the proxy is done with the connection.
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&["--main", &format!("http://{main}")]).await;
+    let answer = raw(
+        proxy.addr,
+        b"GET /t HTTP/1.1\r\nHost: x\r\nTE: gzip, trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .to_lowercase();
+    let head = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // Only the `trailers` member goes on: the codings are for the client's connection.
+    assert!(head.contains("\r\nte: trailers\r\n"), "{head}");
+    assert!(answer.contains("\r\ntrailer: x-checksum\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n"),
+        "{answer}"
+    );
+}

@@ -756,6 +756,37 @@ pub async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A server on 127.0.0.1:0 that hands every accepted connection to `script`.
+pub async fn raw_server<F, Fut>(script: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(script(stream));
+        }
+    });
+    addr
+}
+
+/// Reads a request head (up to the blank line); returns it, with whatever body bytes
+/// came along. Empty when the peer closed first.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return Vec::new(),
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    head
+}
+
 /// What a request sent on a spawned task got back, within [`WAIT`].
 pub async fn answer_of<T, E: std::fmt::Debug>(pending: tokio::task::JoinHandle<Result<T, E>>) -> T {
     tokio::time::timeout(WAIT, pending)
