@@ -56,6 +56,12 @@ impl TargetUrl {
             "https" => Scheme::HTTPS,
             _ => return Err(UrlError::BadScheme(owned())),
         };
+        // The WHATWG parser `url` follows reads `http:///x`, `http:/x` and `http:x` as
+        // `http://x`; an operator who typed those did not give a host.
+        let written_authority = raw.trim().split_once("://").map(|(_, rest)| rest);
+        if written_authority.is_none_or(|rest| rest.starts_with(['/', '\\'])) {
+            return Err(UrlError::NoHost(owned()));
+        }
         let host = match url.host_str() {
             Some(h) if !h.is_empty() => h,
             _ => return Err(UrlError::NoHost(owned())),
@@ -172,7 +178,7 @@ mod tests {
     #[test]
     fn rejects_what_the_spec_forbids() {
         type Check = fn(&UrlError) -> bool;
-        let cases: [(&str, Check); 8] = [
+        let cases: [(&str, Check); 11] = [
             ("firstmirror:8080", |e| matches!(e, UrlError::BadScheme(_))),
             ("/just/a/path", |e| matches!(e, UrlError::NotAbsolute(_))),
             ("ftp://host", |e| matches!(e, UrlError::BadScheme(_))),
@@ -187,12 +193,18 @@ mod tests {
             ("http://", |e| {
                 matches!(e, UrlError::NoHost(_) | UrlError::NotAbsolute(_))
             }),
+            // What the WHATWG parser would read as `http://x`.
+            ("http:///x", |e| matches!(e, UrlError::NoHost(_))),
+            ("http:/x", |e| matches!(e, UrlError::NoHost(_))),
+            ("http:x", |e| matches!(e, UrlError::NoHost(_))),
         ];
         for (input, check) in cases {
             let err = TargetUrl::parse(input).unwrap_err();
             assert!(check(&err), "{input}: {err}");
             assert!(err.to_string().contains(input), "{input}: {err}");
         }
+        let err = TargetUrl::parse(r"https:\\x").unwrap_err();
+        assert!(matches!(err, UrlError::NoHost(_)), "{err}");
     }
 
     #[test]
