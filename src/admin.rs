@@ -429,17 +429,22 @@ impl Params {
     }
 }
 
+/// JSON is asked for by `?format=json`, or by an `Accept` that lists `application/json`
+/// with a quality above zero and not below that of `text/plain`, the other answer
+/// (RFC 9110 §12.5.1).
 fn wants_json<B>(req: &Request<B>) -> bool {
     let by_query = req.uri().query().is_some_and(|q| {
         url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "format" && v == "json")
     });
-    let by_accept = req
-        .headers()
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/json"));
-    by_query || by_accept
+    let accept = req.headers().get_all(header::ACCEPT);
+    let quality = |media| {
+        accept
+            .iter()
+            .map(|v| page::quality(v.as_bytes(), media))
+            .fold(0.0, f32::max)
+    };
+    let json = quality("application/json");
+    by_query || (json > 0.0 && json >= quality("text/plain"))
 }
 
 /// The current set, as text (one normalised URL per line) or JSON.
@@ -483,6 +488,27 @@ mod tests {
             None,
         );
         Admin::new(registry, budget, &config, metrics)
+    }
+
+    #[test]
+    fn json_is_chosen_by_query_or_by_an_accept_that_prefers_it() {
+        let asks = |uri: &str, accept: &[&str]| {
+            let mut req = Request::get(uri);
+            for a in accept {
+                req = req.header(header::ACCEPT, *a);
+            }
+            wants_json(&req.body(()).unwrap())
+        };
+        assert!(asks("/targets?format=json", &[]));
+        assert!(asks("/targets?format=json", &["text/plain"]));
+        assert!(asks("/targets", &["application/json"]));
+        assert!(asks("/targets", &["text/plain;q=0.5, application/json"]));
+        assert!(asks("/targets", &["text/html", "application/json"]));
+        assert!(asks("/targets", &["application/json, */*"]));
+        assert!(!asks("/targets", &["text/plain, application/json;q=0.5"]));
+        assert!(!asks("/targets", &["application/json;q=0"]));
+        assert!(!asks("/targets", &["*/*"]));
+        assert!(!asks("/targets", &[]));
     }
 
     #[test]

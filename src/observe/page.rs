@@ -44,27 +44,41 @@ pub fn wanted<B>(req: &Request<B>) -> bool {
 
 /// Whether one `Accept` header value lists `text/html` with a quality above zero.
 fn accepts_html(value: &[u8]) -> bool {
-    let Ok(value) = std::str::from_utf8(value) else {
-        return false;
-    };
-    value.split(',').any(|range| {
-        let mut parts = range.split(';');
-        let media = parts.next().unwrap_or("").trim();
-        media.eq_ignore_ascii_case("text/html") && !parts.any(is_zero_quality)
-    })
+    quality(value, "text/html") > 0.0
 }
 
-/// `q=0`, `q=0.0`, `q=0.000` (RFC 9110 §12.4.2).
-fn is_zero_quality(param: &str) -> bool {
-    let Some((name, value)) = param.split_once('=') else {
-        return false;
+/// The quality one `Accept` header value gives `media` by name: the highest `q` of the
+/// ranges naming it (RFC 9110 §12.4.2; 1 without `q`), 0 when none does. Wildcards do
+/// not count: `*/*` alone (curl) asks for nothing in particular.
+pub fn quality(value: &[u8], media: &str) -> f32 {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return 0.0;
     };
+    value
+        .split(',')
+        .filter_map(|range| {
+            let mut parts = range.split(';');
+            let named = parts.next().unwrap_or("").trim();
+            named
+                .eq_ignore_ascii_case(media)
+                .then(|| parts.find_map(q_value).unwrap_or(1.0))
+        })
+        .fold(0.0, f32::max)
+}
+
+/// The value of a `q` parameter, within 0–1; `None` for any other parameter. A `q` that
+/// does not parse counts as 1, as if absent.
+fn q_value(param: &str) -> Option<f32> {
+    let (name, value) = param.split_once('=')?;
     if !name.trim().eq_ignore_ascii_case("q") {
-        return false;
+        return None;
     }
-    let value = value.trim();
-    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
-    whole == "0" && fraction.bytes().all(|b| b == b'0')
+    Some(
+        value
+            .trim()
+            .parse::<f32>()
+            .map_or(1.0, |q| q.clamp(0.0, 1.0)),
+    )
 }
 
 /// The page, with headers that keep it fresh and contained.
@@ -118,6 +132,32 @@ mod tests {
         assert!(!wanted(&with_accept(&["text/plain"])));
         assert!(!wanted(&with_accept(&["text/*"])));
         assert!(!wanted(&with_accept(&["text/htmlx"])));
+    }
+
+    #[test]
+    fn quality_is_the_highest_q_of_the_ranges_naming_the_type() {
+        assert_eq!(quality(b"application/json", "application/json"), 1.0);
+        assert_eq!(
+            quality(b"text/plain, application/json;q=0.5", "application/json"),
+            0.5
+        );
+        assert_eq!(
+            quality(
+                b"Application/JSON; charset=utf-8; q=0.7",
+                "application/json"
+            ),
+            0.7
+        );
+        assert_eq!(
+            quality(
+                b"application/json;q=0, application/json;q=0.2",
+                "application/json"
+            ),
+            0.2
+        );
+        assert_eq!(quality(b"*/*", "application/json"), 0.0);
+        assert_eq!(quality(b"application/json;q=x", "application/json"), 1.0);
+        assert_eq!(quality(b"\xffapplication/json", "application/json"), 0.0);
     }
 
     #[test]
