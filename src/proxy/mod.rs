@@ -411,7 +411,10 @@ impl Proxy {
 }
 
 /// The protocol a request asks to switch to, when it is an HTTP/1.1 upgrade request
-/// (`Connection: upgrade` plus `Upgrade: …`).
+/// (`Connection: upgrade` plus `Upgrade: …`). An offer of `h2c` alone is not one: it
+/// concerns the client's connection to this proxy, which answers in HTTP/1.1 as a server
+/// ignoring the offer does (RFC 9113 §3.1 deprecates it), so the request goes on, and is
+/// mirrored, as an ordinary one without its `Upgrade` header.
 fn upgrade_protocol(headers: &http::HeaderMap) -> Option<HeaderValue> {
     let wants = headers
         .get_all(header::CONNECTION)
@@ -422,6 +425,12 @@ fn upgrade_protocol(headers: &http::HeaderMap) -> Option<HeaderValue> {
     wants
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
+        .filter(|protocol| {
+            !protocol
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"h2c")
+        })
 }
 
 /// Copies bytes both ways between the upgraded client and main connections.

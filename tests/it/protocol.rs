@@ -111,6 +111,31 @@ async fn websocket_upgrade_is_tunnelled_both_ways_and_not_mirrored() {
 }
 
 #[tokio::test]
+async fn an_h2c_upgrade_offer_is_an_ordinary_request_and_is_mirrored() {
+    let main = MockBackend::start(Reply::ok("main")).await;
+    let mirror = MockBackend::start(Reply::ok("m")).await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    proxy.add_mirrors(&[&mirror.url()]).await;
+    // What `curl --http2 http://…` sends.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /offer HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = read_until(&mut s, "\r\n\r\nmain").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("main"), "{answer}");
+    for got in [main.next().await, mirror.next().await] {
+        assert_eq!(got.uri.path(), "/offer");
+        for gone in ["upgrade", "http2-settings", "connection"] {
+            assert!(got.header(gone).is_none(), "{gone}: {:?}", got.headers);
+        }
+    }
+}
+
+#[tokio::test]
 async fn connect_is_refused() {
     let main = MockBackend::start(Reply::ok("ok")).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
