@@ -376,3 +376,48 @@ async fn trailers_from_main_reach_a_client_that_accepts_them() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn trailers_from_the_client_reach_main() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let main = raw_server(move |mut stream| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let mut got = read_head(&mut stream).await;
+            let mut buf = [0u8; 1024];
+            // Up to the blank line that ends the trailer section.
+            while !String::from_utf8_lossy(&got).contains("\r\n0\r\n")
+                || !got.ends_with(b"\r\n\r\n")
+            {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = seen_tx.send(String::from_utf8_lossy(&got).to_lowercase());
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&["--main", &format!("http://{main}")]).await;
+    let answer = raw(
+        proxy.addr,
+        b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\
+          Connection: close\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 7\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let at_main = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(at_main.contains("\r\ntrailer: x-sum\r\n"), "{at_main}");
+    assert!(
+        at_main.ends_with("3\r\nabc\r\n0\r\nx-sum: 7\r\n\r\n"),
+        "{at_main}"
+    );
+}
