@@ -340,16 +340,30 @@ async fn http10_request_without_host_gets_mains_authority_with_preserve_host() {
     assert_eq!(got.uri.path(), "/old");
 }
 
-#[tokio::test]
-async fn trailers_from_main_reach_a_client_that_accepts_them() {
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+/// A raw main that answers `answer` and reports what it received, lower-cased: the head
+/// and, for a chunked body, the body up to the end of its trailer section.
+async fn recording_raw_main(
+    answer: &'static [u8],
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
     let main = raw_server(move |mut stream| {
         let seen_tx = seen_tx.clone();
         async move {
-            let head = read_head(&mut stream).await;
-            let _ = seen_tx.send(String::from_utf8_lossy(&head).to_lowercase());
-            let answer = b"HTTP/1.1 200 OK\r\nTrailer: X-Checksum\r\n\
-                Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Checksum: 42\r\n\r\n";
+            let mut got = read_head(&mut stream).await;
+            let chunked = String::from_utf8_lossy(&got)
+                .to_lowercase()
+                .contains("transfer-encoding: chunked");
+            let mut buf = [0u8; 1024];
+            while chunked
+                && !(String::from_utf8_lossy(&got).contains("\r\n0\r\n")
+                    && got.ends_with(b"\r\n\r\n"))
+            {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = seen_tx.send(String::from_utf8_lossy(&got).to_lowercase());
             let _ = stream.write_all(answer).await;
             // Open until the proxy is done with the connection.
             let mut rest = Vec::new();
@@ -357,17 +371,32 @@ async fn trailers_from_main_reach_a_client_that_accepts_them() {
         }
     })
     .await;
-    let proxy = TestProxy::start(&["--main", &format!("http://{main}")]).await;
+    (format!("http://{main}"), seen)
+}
+
+/// What main received, within [`WAIT`].
+async fn received(seen: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .expect("main got the request in time")
+        .expect("main is running")
+}
+
+#[tokio::test]
+async fn trailers_from_main_reach_a_client_that_accepts_them() {
+    let (main, mut seen) = recording_raw_main(
+        b"HTTP/1.1 200 OK\r\nTrailer: X-Checksum\r\n\
+          Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Checksum: 42\r\n\r\n",
+    )
+    .await;
+    let proxy = TestProxy::start(&["--main", &main]).await;
     let answer = raw(
         proxy.addr,
         b"GET /t HTTP/1.1\r\nHost: x\r\nTE: gzip, trailers\r\nConnection: close\r\n\r\n",
     )
     .await
     .to_lowercase();
-    let head = tokio::time::timeout(WAIT, seen.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let head = received(&mut seen).await;
     // Only the `trailers` member goes on: the codings are for the client's connection.
     assert!(head.contains("\r\nte: trailers\r\n"), "{head}");
     assert!(answer.contains("\r\ntrailer: x-checksum\r\n"), "{answer}");
@@ -379,31 +408,9 @@ async fn trailers_from_main_reach_a_client_that_accepts_them() {
 
 #[tokio::test]
 async fn trailers_from_the_client_reach_main() {
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let main = raw_server(move |mut stream| {
-        let seen_tx = seen_tx.clone();
-        async move {
-            let mut got = read_head(&mut stream).await;
-            let mut buf = [0u8; 1024];
-            // Up to the blank line that ends the trailer section.
-            while !String::from_utf8_lossy(&got).contains("\r\n0\r\n")
-                || !got.ends_with(b"\r\n\r\n")
-            {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = seen_tx.send(String::from_utf8_lossy(&got).to_lowercase());
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                .await;
-            let mut rest = Vec::new();
-            let _ = stream.read_to_end(&mut rest).await;
-        }
-    })
-    .await;
-    let proxy = TestProxy::start(&["--main", &format!("http://{main}")]).await;
+    let (main, mut seen) =
+        recording_raw_main(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = TestProxy::start(&["--main", &main]).await;
     let answer = raw(
         proxy.addr,
         b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\
@@ -411,10 +418,7 @@ async fn trailers_from_the_client_reach_main() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let at_main = tokio::time::timeout(WAIT, seen.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let at_main = received(&mut seen).await;
     assert!(at_main.contains("\r\ntrailer: x-sum\r\n"), "{at_main}");
     assert!(
         at_main.ends_with("3\r\nabc\r\n0\r\nx-sum: 7\r\n\r\n"),
