@@ -39,14 +39,9 @@ async fn setup(
 
 /// Adds `url` as a comparing mirror with the extra `options`.
 async fn put_comparing(proxy: &TestProxy, url: &str, options: &str) {
-    let resp = send(
-        Method::PUT,
-        &proxy.admin_url(&format!("?url={url}&compare=true{options}")),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    proxy
+        .put_ok(&format!("url={url}&compare=true{options}"))
+        .await;
 }
 
 /// The listing's `compare` object of the mirror at `url`.
@@ -157,14 +152,9 @@ async fn mismatches_outlive_turning_compare_off_and_a_mirror_that_never_compared
     assert!(mismatches(&proxy, &plain.url()).await.is_empty());
     // The same mirror with its options replaced: it no longer compares, and keeps what
     // it recorded while it did.
-    let resp = send(
-        Method::PUT,
-        &proxy.admin_url(&format!("?url={}&compare=false", mirror.url())),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    proxy
+        .put_ok(&format!("url={}&compare=false", mirror.url()))
+        .await;
     get(&proxy.url("/after")).await;
     assert_eq!(main.next().await.uri.path(), "/before");
     assert_eq!(main.next().await.uri.path(), "/after");

@@ -496,14 +496,9 @@ async fn comparisons_are_counted_by_result() {
     let differs = MockBackend::start(Reply::ok("different")).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
     for mirror in [&alike, &differs] {
-        let resp = send(
-            Method::PUT,
-            &proxy.admin_url(&format!("?url={}&compare=true", mirror.url())),
-            &[],
-            Bytes::new(),
-        )
-        .await;
-        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+        proxy
+            .put_ok(&format!("url={}&compare=true", mirror.url()))
+            .await;
     }
     for _ in 0..3 {
         assert_eq!(get(&proxy.url("/")).await.text(), "same");

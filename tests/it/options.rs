@@ -26,23 +26,6 @@ use crate::support::*;
 
 // ===== helpers =====
 
-/// `PUT` on the admin endpoint with this query string (without `?`).
-async fn put(proxy: &TestProxy, query: &str) -> Answer {
-    send(
-        Method::PUT,
-        &proxy.admin_url(&format!("?{query}")),
-        &[],
-        Bytes::new(),
-    )
-    .await
-}
-
-/// `PUT` that must succeed.
-async fn put_ok(proxy: &TestProxy, query: &str) {
-    let resp = put(proxy, query).await;
-    assert_eq!(resp.status, StatusCode::OK, "PUT ?{query}: {}", resp.text());
-}
-
 /// The text listing.
 async fn text_listing(proxy: &TestProxy) -> String {
     get(&proxy.admin_url("")).await.text()
@@ -137,7 +120,9 @@ async fn percent_50_mirrors_about_half_and_counts_the_rest_as_filtered() {
     let main = MockBackend::start(Reply::ok("main")).await;
     let mirror = MockBackend::start(Reply::ok("m")).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    put_ok(&proxy, &format!("url={}&percent=50", mirror.url())).await;
+    proxy
+        .put_ok(&format!("url={}&percent=50", mirror.url()))
+        .await;
     let http = client();
     for i in 0..400 {
         let req = Request::get(proxy.url(&format!("/r/{i}")))
@@ -161,7 +146,9 @@ async fn percent_50_mirrors_about_half_and_counts_the_rest_as_filtered() {
 
     let before = proxy.mirrors_json().await;
     for bad in ["0", "101", "-5", "abc", "NaN", "inf"] {
-        let resp = put(&proxy, &format!("url={}&percent={bad}", mirror.url())).await;
+        let resp = proxy
+            .put(&format!("url={}&percent={bad}", mirror.url()))
+            .await;
         assert_eq!(resp.status, StatusCode::BAD_REQUEST, "percent={bad}");
         assert!(
             resp.text().contains("percent") && resp.text().contains(bad),
@@ -191,11 +178,12 @@ async fn sticky_run(users: &[String]) -> BTreeMap<String, usize> {
     let main = MockBackend::start(Reply::ok("main")).await;
     let mirror = MockBackend::start(Reply::ok("m")).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    put_ok(
-        &proxy,
-        &format!("url={}&sample_by=header:X-User&percent=50", mirror.url()),
-    )
-    .await;
+    proxy
+        .put_ok(&format!(
+            "url={}&sample_by=header:X-User&percent=50",
+            mirror.url()
+        ))
+        .await;
     for round in 0..5 {
         for user in users {
             let path = format!("/u/{round}");
@@ -243,7 +231,7 @@ async fn rate_limits_copies_and_filters_the_rest() {
     let main = MockBackend::start(Reply::ok("main")).await;
     let mirror = MockBackend::start(Reply::ok("m")).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    put_ok(&proxy, &format!("url={}&rate=5", mirror.url())).await;
+    proxy.put_ok(&format!("url={}&rate=5", mirror.url())).await;
     let started = Instant::now();
     for i in 0..50 {
         let resp = get(&proxy.url(&format!("/r/{i}"))).await;
@@ -269,8 +257,10 @@ async fn method_and_path_filters() {
     let gets = MockBackend::start(Reply::ok("gets")).await;
     let api = MockBackend::start(Reply::ok("api")).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    put_ok(&proxy, &format!("url={}&method=GET", gets.url())).await;
-    put_ok(&proxy, &format!("url={}&path=/api", api.url())).await;
+    proxy
+        .put_ok(&format!("url={}&method=GET", gets.url()))
+        .await;
+    proxy.put_ok(&format!("url={}&path=/api", api.url())).await;
 
     let resp = send(Method::POST, &proxy.url("/api/x"), &[], "body").await;
     assert_eq!(resp.status, StatusCode::OK);
@@ -303,15 +293,13 @@ async fn header_rewrites_apply_to_that_mirror_only() {
     let shadow = MockBackend::start(Reply::ok("shadow")).await;
     let plain = MockBackend::start(Reply::ok("plain")).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    put_ok(
-        &proxy,
-        &format!(
+    proxy
+        .put_ok(&format!(
             "url={}&set_header=X-Shadow:1&remove_header=Authorization&host=shadow.example",
             shadow.url()
-        ),
-    )
-    .await;
-    put_ok(&proxy, &format!("url={}", plain.url())).await;
+        ))
+        .await;
+    proxy.put_ok(&format!("url={}", plain.url())).await;
     let sent = [("authorization", "Bearer t"), ("x-shadow", "0")];
     let resp = send(Method::GET, &proxy.url("/h"), &sent, "").await;
     assert_eq!(resp.body, "main");
@@ -342,7 +330,7 @@ async fn put_with_options_replaces_them_and_keeps_counters() {
     let main = MockBackend::start(Reply::ok("main")).await;
     let mirror = MockBackend::start(Reply::ok("m")).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    put_ok(&proxy, &format!("url={}", mirror.url())).await;
+    proxy.put_ok(&format!("url={}", mirror.url())).await;
     for _ in 0..3 {
         get(&proxy.url("/c")).await;
     }
@@ -352,11 +340,12 @@ async fn put_with_options_replaces_them_and_keeps_counters() {
     assert_eq!(entry["options"]["percent"], 100.0);
     assert_eq!(entry["options"]["method"], serde_json::json!([]));
 
-    put_ok(
-        &proxy,
-        &format!("url={}&percent=25&method=GET&method=HEAD", mirror.url()),
-    )
-    .await;
+    proxy
+        .put_ok(&format!(
+            "url={}&percent=25&method=GET&method=HEAD",
+            mirror.url()
+        ))
+        .await;
     let entry = proxy.mirror_json(&mirror.url()).await.unwrap();
     assert_eq!(counter(&entry, "sent"), 3, "counters kept: {entry}");
     assert_eq!(entry["options"]["percent"], 25.0);
@@ -366,7 +355,7 @@ async fn put_with_options_replaces_them_and_keeps_counters() {
     );
 
     // Without options: nothing changes.
-    put_ok(&proxy, &format!("url={}", mirror.url())).await;
+    proxy.put_ok(&format!("url={}", mirror.url())).await;
     let again = proxy.mirror_json(&mirror.url()).await.unwrap();
     assert_eq!(again, entry);
     assert_eq!(proxy.mirrors_json().await.len(), 1);
@@ -377,7 +366,7 @@ async fn put_with_options_replaces_them_and_keeps_counters() {
 async fn every_bad_option_is_refused_by_name_and_nothing_applies() {
     let main = MockBackend::start(Reply::ok("main")).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    put_ok(&proxy, "url=http://127.0.0.1:1&percent=10").await;
+    proxy.put_ok("url=http://127.0.0.1:1&percent=10").await;
     let before = proxy.mirrors_json().await;
     // (query after url, text the 400 body must contain)
     let cases = [
@@ -410,7 +399,7 @@ async fn every_bad_option_is_refused_by_name_and_nothing_applies() {
     for (query, named) in cases {
         for url in ["http://127.0.0.1:1", "http://127.0.0.1:2"] {
             // The good option first: the bad one must still refuse the whole request.
-            let resp = put(&proxy, &format!("url={url}&path=/ok&{query}")).await;
+            let resp = proxy.put(&format!("url={url}&path=/ok&{query}")).await;
             assert_eq!(
                 resp.status,
                 StatusCode::BAD_REQUEST,
@@ -537,7 +526,9 @@ async fn ordered_mirror_gets_b_after_answering_a_when_main_answered_a_first() {
     let main = MockBackend::start(Reply::ok("main")).await;
     let slow = Recorder::start(Duration::from_millis(200), None).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    put_ok(&proxy, &format!("url={}&ordered=true", slow.url())).await;
+    proxy
+        .put_ok(&format!("url={}&ordered=true", slow.url()))
+        .await;
     let resp = get(&proxy.url("/a")).await;
     assert_eq!(resp.body, "main");
     let resp = get(&proxy.url("/b")).await;
@@ -559,7 +550,7 @@ async fn unordered_mirror_gets_b_while_a_is_in_flight() {
     let main = MockBackend::start(Reply::ok("main")).await;
     let slow = Recorder::start(Duration::from_millis(200), None).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    put_ok(&proxy, &format!("url={}", slow.url())).await;
+    proxy.put_ok(&format!("url={}", slow.url())).await;
     get(&proxy.url("/a")).await;
     get(&proxy.url("/b")).await;
     let seen = slow.wait_for(2).await;
@@ -575,7 +566,9 @@ async fn ordered_mirror_lets_requests_that_overlapped_at_main_overlap() {
     let main = Recorder::start(Duration::ZERO, Some(2)).await;
     let mirror = Recorder::start(Duration::ZERO, Some(2)).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    put_ok(&proxy, &format!("url={}&ordered=true", mirror.url())).await;
+    proxy
+        .put_ok(&format!("url={}&ordered=true", mirror.url()))
+        .await;
     let (url_a, url_b) = (proxy.url("/a"), proxy.url("/b"));
     let (a, b) = tokio::join!(get(&url_a), get(&url_b));
     assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
@@ -676,13 +669,16 @@ async fn a_flag_mirror_given_options_stays_a_persistent_flag_mirror_and_is_not_s
     let dir = TempDir::new("flag-options");
     let state = dir.path("state.txt");
     let state_arg = state.to_str().unwrap();
-    let flag = "http://127.0.0.1:1";
-    let bin = Binary::start(&["--state-file", state_arg, "--mirror", flag]).await;
+    // Never contacted: no request goes through the proxy.
+    let nowhere = closed_addr().await;
+    let (flag, other) = (
+        format!("http://{nowhere}/flag"),
+        format!("http://{nowhere}/admin"),
+    );
+    let bin = Binary::start(&["--state-file", state_arg, "--mirror", &flag]).await;
     let resp = send(
         Method::PUT,
-        &bin.url(&format!(
-            "/targets?url={flag}&percent=10&url=http://127.0.0.1:2"
-        )),
+        &bin.url(&format!("/targets?url={flag}&percent=10&url={other}")),
         &[],
         Bytes::new(),
     )
@@ -690,15 +686,15 @@ async fn a_flag_mirror_given_options_stays_a_persistent_flag_mirror_and_is_not_s
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
     let listing = binary_listing(&bin).await;
     let entry = |url: &str| listing.iter().find(|m| m["url"] == url).unwrap().clone();
-    let flagged = entry(flag);
+    let flagged = entry(&flag);
     assert_eq!(flagged["source"], "flag", "{flagged}");
     assert_eq!(flagged["persistent"], true, "{flagged}");
     assert_eq!(flagged["options"]["percent"], 10.0, "{flagged}");
-    assert_eq!(entry("http://127.0.0.1:2")["source"], "admin");
+    assert_eq!(entry(&other)["source"], "admin");
     // Only the admin mirror is saved: the flag defines the other at the next start.
     let saved = std::fs::read_to_string(&state).unwrap();
     let lines: Vec<&str> = saved.lines().filter(|l| !l.starts_with('#')).collect();
-    assert_eq!(lines, ["http://127.0.0.1:2 percent=10"], "{saved}");
+    assert_eq!(lines, [format!("{other} percent=10")], "{saved}");
     bin.terminate_within(WAIT).await;
 }
 
@@ -706,12 +702,17 @@ async fn a_flag_mirror_given_options_stays_a_persistent_flag_mirror_and_is_not_s
 async fn a_state_file_entry_for_a_flag_mirror_is_left_out_and_logged() {
     let dir = TempDir::new("flag-and-state");
     let state = dir.path("state.txt");
-    std::fs::write(&state, "http://127.0.0.1:1 percent=5\nhttp://127.0.0.1:2\n").unwrap();
+    // Never contacted: no request goes through the proxy.
+    let nowhere = closed_addr().await;
+    let (flag, other) = (
+        format!("http://{nowhere}/flag"),
+        format!("http://{nowhere}/admin"),
+    );
+    std::fs::write(&state, format!("{flag} percent=5\n{other}\n")).unwrap();
     let state_arg = state.to_str().unwrap();
-    let mut bin =
-        Binary::start(&["--state-file", state_arg, "--mirror", "http://127.0.0.1:1"]).await;
+    let mut bin = Binary::start(&["--state-file", state_arg, "--mirror", &flag]).await;
     bin.wait_for_stderr("the ignored entry is logged", |err| {
-        err.contains("state file entry ignored") && err.contains("http://127.0.0.1:1")
+        err.contains("state file entry ignored") && err.contains(flag.as_str())
     })
     .await;
     let listing = binary_listing(&bin).await;
@@ -728,8 +729,8 @@ async fn a_state_file_entry_for_a_flag_mirror_is_left_out_and_logged() {
     assert_eq!(
         summary,
         [
-            (json!("http://127.0.0.1:1"), json!("flag"), json!(100.0)),
-            (json!("http://127.0.0.1:2"), json!("admin"), json!(100.0)),
+            (json!(flag), json!("flag"), json!(100.0)),
+            (json!(other), json!("admin"), json!(100.0)),
         ]
     );
     bin.terminate_within(WAIT).await;
@@ -791,7 +792,7 @@ async fn targets_file_is_followed_and_owns_its_mirrors() {
     let shown = file.display().to_string();
     replace_file(&file, "# none yet\n");
     let proxy = TestProxy::start(&["--main", &main.url(), "--targets-file", &shown]).await;
-    put_ok(&proxy, "url=http://127.0.0.1:9").await;
+    proxy.put_ok("url=http://127.0.0.1:9").await;
     assert_eq!(proxy.mirrors_json().await.len(), 1);
 
     replace_file(&file, "# one\nhttp://127.0.0.1:1 method=GET\n");
@@ -907,8 +908,10 @@ async fn a_mirror_removed_by_fail_after_leaves_the_state_file() {
         "300ms",
     ])
     .await;
-    put_ok(&proxy, "url=http://127.0.0.1:1&persistent=true").await;
-    put_ok(&proxy, &format!("url={}&percent=100", failing.url())).await;
+    proxy.put_ok("url=http://127.0.0.1:1&persistent=true").await;
+    proxy
+        .put_ok(&format!("url={}&percent=100", failing.url()))
+        .await;
     let saved = std::fs::read_to_string(&state).unwrap();
     assert!(saved.contains(&failing.url()), "{saved}");
     // Keep traffic going until fail-after takes it out of the set.
@@ -961,11 +964,12 @@ async fn sticky_share_by_cookie_and_at_random_without_it() {
     let main = MockBackend::start(Reply::ok("main")).await;
     let mirror = MockBackend::start(Reply::ok("m")).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    put_ok(
-        &proxy,
-        &format!("url={}&sample_by=cookie:sid&percent=50", mirror.url()),
-    )
-    .await;
+    proxy
+        .put_ok(&format!(
+            "url={}&sample_by=cookie:sid&percent=50",
+            mirror.url()
+        ))
+        .await;
     // Published: "user-42" in, "a" out at 50 %; other cookies do not matter.
     for cookie in ["theme=dark; sid=user-42", "sid=a; theme=dark"] {
         for _ in 0..5 {

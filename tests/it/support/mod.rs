@@ -110,6 +110,23 @@ impl TestProxy {
         assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
     }
 
+    /// `PUT` on the admin endpoint with this query string (without `?`).
+    pub async fn put(&self, query: &str) -> Answer {
+        send(
+            Method::PUT,
+            &self.admin_url(&format!("?{query}")),
+            &[],
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// A `PUT` that must succeed.
+    pub async fn put_ok(&self, query: &str) {
+        let resp = self.put(query).await;
+        assert_eq!(resp.status, StatusCode::OK, "PUT ?{query}: {}", resp.text());
+    }
+
     /// The JSON listing.
     pub async fn mirrors_json(&self) -> Vec<serde_json::Value> {
         let resp = get(&self.admin_url("?format=json")).await;
