@@ -436,15 +436,8 @@ fn wants_json<B>(req: &Request<B>) -> bool {
     let by_query = req.uri().query().is_some_and(|q| {
         url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "format" && v == "json")
     });
-    let accept = req.headers().get_all(header::ACCEPT);
-    let quality = |media| {
-        accept
-            .iter()
-            .map(|v| page::quality(v.as_bytes(), media))
-            .fold(0.0, f32::max)
-    };
-    let json = quality("application/json");
-    by_query || (json > 0.0 && json >= quality("text/plain"))
+    let json = page::accept_quality(req, "application/json");
+    by_query || (json > 0.0 && json >= page::accept_quality(req, "text/plain"))
 }
 
 /// The current set, as text (one normalised URL per line) or JSON.

@@ -36,21 +36,22 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsaf
 /// non-zero quality (RFC 9110 §12.5.1). `*/*` alone (curl) does not count. The caller
 /// checks the method and that JSON was not asked for, which wins.
 pub fn wanted<B>(req: &Request<B>) -> bool {
+    accept_quality(req, "text/html") > 0.0
+}
+
+/// The quality `req`'s `Accept` headers give `media` by name (see [`quality`]).
+pub fn accept_quality<B>(req: &Request<B>, media: &str) -> f32 {
     req.headers()
         .get_all(header::ACCEPT)
         .iter()
-        .any(|value| accepts_html(value.as_bytes()))
-}
-
-/// Whether one `Accept` header value lists `text/html` with a quality above zero.
-fn accepts_html(value: &[u8]) -> bool {
-    quality(value, "text/html") > 0.0
+        .map(|value| quality(value.as_bytes(), media))
+        .fold(0.0, f32::max)
 }
 
 /// The quality one `Accept` header value gives `media` by name: the highest `q` of the
 /// ranges naming it (RFC 9110 §12.4.2; 1 without `q`), 0 when none does. Wildcards do
 /// not count: `*/*` alone (curl) asks for nothing in particular.
-pub fn quality(value: &[u8], media: &str) -> f32 {
+fn quality(value: &[u8], media: &str) -> f32 {
     let Ok(value) = std::str::from_utf8(value) else {
         return 0.0;
     };
@@ -132,6 +133,11 @@ mod tests {
         assert!(!wanted(&with_accept(&["text/plain"])));
         assert!(!wanted(&with_accept(&["text/*"])));
         assert!(!wanted(&with_accept(&["text/htmlx"])));
+    }
+
+    /// Whether one `Accept` header value asks for the page.
+    fn accepts_html(value: &[u8]) -> bool {
+        quality(value, "text/html") > 0.0
     }
 
     #[test]
