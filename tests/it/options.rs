@@ -676,14 +676,8 @@ async fn a_flag_mirror_given_options_stays_a_persistent_flag_mirror_and_is_not_s
         format!("http://{nowhere}/admin"),
     );
     let bin = Binary::start(&["--state-file", state_arg, "--mirror", &flag]).await;
-    let resp = send(
-        Method::PUT,
-        &bin.url(&format!("/targets?url={flag}&percent=10&url={other}")),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    bin.put_ok(&format!("url={flag}&percent=10&url={other}"))
+        .await;
     let listing = binary_listing(&bin).await;
     let entry = |url: &str| listing.iter().find(|m| m["url"] == url).unwrap().clone();
     let flagged = entry(&flag);

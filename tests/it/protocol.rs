@@ -254,14 +254,7 @@ async fn a_loop_is_logged_once_and_counted_every_time() {
     let main = MockBackend::start(Reply::ok("ok")).await;
     let bin = Binary::start(&["--main", &main.url()]).await;
     let itself = format!("http://{}", bin.addr);
-    let put = send(
-        Method::PUT,
-        &bin.url(&format!("/targets?url={itself}")),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(put.status, StatusCode::OK);
+    bin.put_ok(&format!("url={itself}")).await;
     for _ in 0..3 {
         assert_eq!(get(&bin.url("/again")).await.status, StatusCode::OK);
     }

@@ -325,6 +325,13 @@ impl Binary {
         self.child.id().expect("still running")
     }
 
+    /// A `PUT /targets?{query}` on the binary's listener that must succeed.
+    pub async fn put_ok(&self, query: &str) {
+        let url = self.url(&format!("/targets?{query}"));
+        let resp = send(Method::PUT, &url, &[], Bytes::new()).await;
+        assert_eq!(resp.status, StatusCode::OK, "PUT ?{query}: {}", resp.text());
+    }
+
     /// Names of the process's threads (Linux: from /proc).
     pub fn thread_names(&self) -> Vec<String> {
         let pid = self.child.id().expect("still running");
