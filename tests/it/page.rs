@@ -1,8 +1,9 @@
 //! The status page: what curl, scripts and browsers get at the admin path, and the page
 //! itself driven in headless Chromium through chromedriver (WebDriver, `fantoccini`).
 //!
-//! The browser test needs Debian's `chromium` and `chromium-driver`; without
-//! `chromedriver` it fails with a message saying so (`.ci/run` installs them).
+//! The browser test needs Debian's `chromium` and `chromium-driver`; without them it
+//! says in one line that it did not run (`.ci/run` installs them and makes their
+//! absence a failure: `support::external`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,6 +15,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use http::{Method, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 
+use crate::support::external;
 use crate::support::{Answer, MockBackend, Reply, TestProxy, closed_addr, send};
 
 /// What a browser sends (Chromium's navigation `Accept`).
@@ -136,14 +138,15 @@ struct Chromedriver {
 }
 
 impl Chromedriver {
-    /// Starts chromedriver and waits (bounded) until it accepts connections.
-    async fn start() -> Chromedriver {
-        let Some(driver) = find_program("chromedriver") else {
-            panic!(
-                "chromedriver is not installed: the status page test needs a real browser. \
-                 Install Chromium and its driver: apt-get install -y chromium chromium-driver"
-            );
-        };
+    /// Starts chromedriver and waits (bounded) until it accepts connections; `None`
+    /// (after one line saying so) when Chromium or chromedriver is not installed.
+    async fn start(test: &str) -> Option<Chromedriver> {
+        let driver = external::require(
+            test,
+            &["chromium", "chromedriver"],
+            "apt-get install -y chromium chromium-driver",
+        )?
+        .pop()?;
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -177,7 +180,7 @@ impl Chromedriver {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        driver
+        Some(driver)
     }
 
     /// A new headless Chromium session.
@@ -196,7 +199,7 @@ impl Chromedriver {
                 format!("--user-data-dir={}", self.profile.path().display()),
             ],
         });
-        if let Some(chromium) = find_program("chromium") {
+        if let Some(chromium) = external::find_program("chromium") {
             options["binary"] = chromium.display().to_string().into();
         }
         let mut caps = serde_json::Map::new();
@@ -224,14 +227,6 @@ impl Drop for Chromedriver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn find_program(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
 }
 
 /// Polls `check` until it gives a value; panics naming `what` after [`PAGE_WAIT`].
@@ -294,7 +289,9 @@ fn screenshot_path() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_in_a_real_browser() {
-    let driver = Chromedriver::start().await;
+    let Some(driver) = Chromedriver::start("status_page_in_a_real_browser").await else {
+        return;
+    };
     let page = driver.browser().await;
     let scenario = tokio::time::timeout(SCENARIO_LIMIT, scenario(&page)).await;
     let _ = page.close().await;
