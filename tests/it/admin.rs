@@ -1,4 +1,4 @@
-//! README "The admin endpoint": the admin endpoint.
+//! docs/shadowing.md, "The admin endpoint": the admin endpoint.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -187,7 +187,7 @@ async fn json_listing_has_every_field() {
 #[tokio::test]
 async fn other_methods_get_405_with_allow() {
     let proxy = TestProxy::start(&[]).await;
-    // README "The admin endpoint": GET, PUT and DELETE only; HEAD is "any other method" too.
+    // docs/shadowing.md, "The admin endpoint": GET, PUT, DELETE only; HEAD is an "other method".
     for method in [Method::POST, Method::PATCH, Method::OPTIONS, Method::HEAD] {
         let resp = send(method.clone(), &proxy.admin_url(""), &[], Bytes::new()).await;
         assert_eq!(resp.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");

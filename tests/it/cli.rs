@@ -1,6 +1,6 @@
-//! The command line and the seed README, against the real binary: Go-style flags,
-//! environment variables, the config file, help, completions and the man page, JSON
-//! logs, and one-line start-up errors.
+//! The command line and the Go tool's commands (docs/go-tool.md), against the real binary:
+//! Go-style flags, environment variables, the config file, help, completions and the man
+//! page, JSON logs, and one-line start-up errors.
 
 use std::time::Duration;
 
