@@ -177,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_what_the_spec_forbids() {
+    fn rejects_urls_the_docs_refuse() {
         type Check = fn(&UrlError) -> bool;
         let cases: [(&str, Check); 11] = [
             ("firstmirror:8080", |e| matches!(e, UrlError::BadScheme(_))),

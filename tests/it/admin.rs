@@ -27,7 +27,7 @@ async fn list(proxy: &TestProxy) -> String {
 }
 
 #[tokio::test]
-async fn seed_readme_flow_add_list_remove() {
+async fn quick_start_flow_add_list_remove() {
     let proxy = TestProxy::start(&["-targets-address=localhost:1234"]).await;
     assert_eq!(list(&proxy).await, "");
     let resp = put(&proxy, "?url=http://firstmirror:8080").await;

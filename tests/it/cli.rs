@@ -26,7 +26,7 @@ fn temp_file(name: &str, content: &str) -> std::path::PathBuf {
 }
 
 #[tokio::test]
-async fn seed_readme_commands_work_with_go_style_flags() {
+async fn go_tool_commands_work_with_go_style_flags() {
     let users = temp_file("users.txt", "user:password\n");
     let bin = Binary::start_with(
         &[
