@@ -1,4 +1,4 @@
-//! The admin endpoint (README, "The admin endpoint"): list, add and remove mirrors.
+//! The admin endpoint (docs/shadowing.md, "The admin endpoint"): list, add and remove mirrors.
 //!
 //! `GET` lists (text, or JSON with `Accept: application/json` or `?format=json`); `PUT`
 //! adds and `DELETE` removes the `url` parameters from the query string and an

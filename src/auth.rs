@@ -1,4 +1,5 @@
-//! HTTP Basic authentication for the admin endpoint (README, "The admin endpoint"; `--password FILE`).
+//! HTTP Basic authentication for the admin endpoint (docs/shadowing.md, "The admin
+//! endpoint"; `--password FILE`).
 //!
 //! The file holds one `user:password` per line, where the password is plain text or a
 //! bcrypt hash as written by `htpasswd -B` (`$2y$…`); blank lines and lines starting

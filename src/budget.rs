@@ -1,8 +1,9 @@
-//! The byte budget for request bodies held for mirrors (`--max-buffered-bytes`, README
-//! "Memory"). Every body collected for mirroring reserves its bytes here *as they are
-//! collected*, not once it is complete, and gives them back when the last copy of it is
-//! done. A body shared by several mirrors is one reservation. A reservation that would
-//! pass the limit fails at once: the caller abandons that copy and counts it.
+//! The byte budget for request bodies held for mirrors (`--max-buffered-bytes`;
+//! docs/operations.md, "Request bodies and memory"). Every body collected for mirroring
+//! reserves its bytes here *as they are collected*, not once it is complete, and gives
+//! them back when the last copy of it is done. A body shared by several mirrors is one
+//! reservation. A reservation that would pass the limit fails at once: the caller
+//! abandons that copy and counts it.
 //!
 //! This module only counts; it never waits. Nothing here is on a lock: one atomic add
 //! per collected chunk.

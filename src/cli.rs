@@ -402,7 +402,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_spec() {
+    fn defaults_match_the_flags_reference() {
         let cli = Cli::try_parse_args(["tm"]).unwrap();
         assert_eq!(cli.listen, ":8080");
         assert_eq!(cli.main, "http://localhost:8888");
@@ -472,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn the_specified_long_flags_are_known() {
+    fn the_documented_long_flags_are_known() {
         let longs = known_longs();
         for name in [
             "listen",

@@ -1,5 +1,6 @@
-//! Header rewriting for forwarded requests and responses (README, "How requests are handled"): hop-by-hop removal,
-//! `X-Forwarded-*`, and the `Via` entry used for loop detection (README, "Via").
+//! Header rewriting for forwarded requests and responses (docs/shadowing.md, "How requests
+//! are handled"): hop-by-hop removal, `X-Forwarded-*`, and the `Via` entry used for loop
+//! detection (docs/shadowing.md, "Loops and `Via`").
 
 use std::net::IpAddr;
 

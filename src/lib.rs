@@ -2,8 +2,8 @@
 //! streams main's answer back, while replaying a copy of each request to a run-time set
 //! of mirror targets. Mirroring never slows down, changes or breaks the main exchange.
 //!
-//! The behaviour is documented for users in README.md; code comments point there
-//! (by section name) or to the RFC they follow.
+//! The behaviour is documented for users in README.md and docs/; code comments point there
+//! (by file and section name) or to the RFC they follow.
 //!
 //! # Layout
 //! - `cli`: raw flags (clap, `TRAFFICMIRROR_*` env vars, Go-style `-flag`), the YAML

@@ -1,4 +1,4 @@
-//! Per-mirror counters (the JSON listing, README "The admin endpoint", and the
+//! Per-mirror counters (the JSON listing, docs/shadowing.md, "The admin endpoint", and the
 //! Prometheus scrape, [`crate::observe::metrics`]). Relaxed atomics: each counter is
 //! independent and only ever read for reporting.
 

@@ -2,8 +2,8 @@
 //! accept loops (errors logged at most once a second), HTTP/1.0, HTTP/1.1 and h2c on
 //! every connection, the `Host` checks every request passes first, routing between the
 //! admin endpoint and the proxy, and the graceful drain on shutdown with its closing
-//! report (README, "Shutdown" and "Limits"). What a request does once routed belongs to
-//! [`crate::proxy`] and [`crate::admin`].
+//! report (docs/operations.md, "Shutdown"; docs/security.md, "Limits"). What a request does
+//! once routed belongs to [`crate::proxy`] and [`crate::admin`].
 
 use std::convert::Infallible;
 use std::future::Future;

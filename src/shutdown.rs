@@ -1,4 +1,4 @@
-//! The shutdown signal (README, "Shutdown"): SIGINT or SIGTERM.
+//! The shutdown signal (docs/operations.md, "Shutdown"): SIGINT or SIGTERM.
 //!
 //! Handlers are installed by [`Signals::install`] before the listeners are announced,
 //! so a signal sent right after start-up is never lost to the default action.

@@ -1,4 +1,4 @@
-//! Target URLs: the main target and every mirror (README, "The admin endpoint": URLs
+//! Target URLs: the main target and every mirror (docs/shadowing.md, "The admin endpoint": URLs
 //! are compared after normalising; a path prefix is joined to each request path).
 //!
 //! A [`TargetUrl`] is validated once, when it enters the program (a flag or an admin
@@ -28,8 +28,9 @@ pub enum UrlError {
 
 /// A validated, normalised `http://` or `https://` target with an optional path prefix.
 ///
-/// Normalisation (README, "The admin endpoint"): scheme and host lower-cased, default port dropped, trailing
-/// `/` dropped. Two targets are equal when their normalised forms are.
+/// Normalisation (docs/shadowing.md, "The admin endpoint"): scheme and host lower-cased,
+/// default port dropped, trailing `/` dropped. Two targets are equal when their
+/// normalised forms are.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TargetUrl {
     /// The normalised form, shown in listings and used for comparison.
@@ -176,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_what_the_spec_forbids() {
+    fn rejects_urls_the_docs_refuse() {
         type Check = fn(&UrlError) -> bool;
         let cases: [(&str, Check); 11] = [
             ("firstmirror:8080", |e| matches!(e, UrlError::BadScheme(_))),

@@ -1,4 +1,4 @@
-//! Parsing of the duration and size values that flags take (README, "Flags").
+//! Parsing of the duration and size values that flags take (docs/flags.md, "Flags").
 //!
 //! Durations accept a bare number, meaning minutes (the Go tool's `-retry-after 1`), or a
 //! number with a unit (`500ms`, `30s`, `2m`, `1h`, and anything `humantime` reads, such as

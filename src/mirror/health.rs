@@ -1,5 +1,5 @@
-//! The per-mirror health state machine (README, "Health"), as plain code with time passed
-//! in so every transition is unit-tested without sockets or sleeps.
+//! The per-mirror health state machine (docs/shadowing.md, "Health"), as plain code with
+//! time passed in so every transition is unit-tested without sockets or sleeps.
 //!
 //! ```text
 //!   alive --5 consecutive failures--> failing --retry-after elapsed, one trial--> retrying
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 /// Consecutive failures after which an alive mirror becomes failing.
 pub const FAILURES_BEFORE_FAILING: u32 = 5;
 
-/// A mirror's health, named as in the README and the JSON listing.
+/// A mirror's health, named as in docs/shadowing.md ("Health") and the JSON listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {

@@ -1,13 +1,13 @@
-//! Mirroring (README, "How requests are handled" and "Health"): one [`Mirror`] per
+//! Mirroring (docs/shadowing.md, "How requests are handled" and "Health"): one [`Mirror`] per
 //! target, each with its own bounded queue, connection pool, counters and health.
 //!
 //! The request path calls [`Mirror::offer`], which never waits: it takes a queue permit
 //! (`--max-queued-requests` counts copies waiting *and* in flight), asks the health state
 //! machine, and hands the admitted copy to `Mirror::enqueue`, which delivers it in the
-//! background. Today every copy starts at once on its own task (concurrent mode). An
-//! ordered mode (replay in main's happens-before order, as the Go tool did) only has to
-//! change `enqueue`: put the job on a per-mirror FIFO served by one worker. The permit,
-//! health check, counters and delivery around it stay as they are.
+//! background. Every copy starts at once on its own task. A copy for an ordered mirror
+//! (`ordered=true`: main's happens-before order, as the Go tool kept it; see [`ordered`])
+//! first waits on that task, holding its queue permit, until the copies it follows are
+//! done; the permit, health check, counters and delivery are the same for both.
 
 pub mod compare;
 pub mod comparison;
@@ -203,7 +203,7 @@ pub struct Mirror {
     shared: Arc<Shared>,
 }
 
-/// The JSON listing entry of one mirror (README, "The admin endpoint").
+/// The JSON listing entry of one mirror (docs/shadowing.md, "The admin endpoint").
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
     pub url: String,
@@ -320,8 +320,8 @@ impl Mirror {
         }
     }
 
-    /// Starts delivering an admitted copy (concurrent mode). False when the mirror is
-    /// closed; the job (and its permit) is then dropped.
+    /// Starts delivering an admitted copy on its own task (where an ordered copy waits its
+    /// turn). False when the mirror is closed; the job (and its permit) is then dropped.
     fn enqueue(self: &Arc<Self>, job: Job) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return false;

@@ -1,7 +1,7 @@
-//! Ordered replay (`ordered=true`, README "Mirror options"): when request B arrived after
-//! main's answer to request A was complete, the copy of B reaches the mirror only after
-//! the mirror answered the copy of A. Requests that overlapped at main may overlap at the
-//! mirror, as they did at main.
+//! Ordered replay (`ordered=true`; docs/mirror-options.md, "Ordered replay"): when
+//! request B arrived after main's answer to request A was complete, the copy of B reaches
+//! the mirror only after the mirror answered the copy of A. Requests that overlapped at
+//! main may overlap at the mirror, as they did at main.
 //!
 //! Every request selected for an ordered mirror gets an id on arrival and two halves:
 //! the main half says when main's answer is complete (or will never be), the mirror half

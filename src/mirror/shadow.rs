@@ -1,4 +1,4 @@
-//! The I/O half of comparing answers (README, "Comparing answers"): main's answer is
+//! The I/O half of comparing answers (docs/comparing.md, "Bodies"): main's answer is
 //! captured as it streams to the client, a comparing mirror's answer as the copy reads
 //! it, and the pure [`super::compare`] decides. The client never waits: main's body goes
 //! to the client frame by frame and only a copy of its first `--max-compare-size` bytes

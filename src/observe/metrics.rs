@@ -1,4 +1,4 @@
-//! The Prometheus scrape (README, "Metrics"), registered with `prometheus-client` and
+//! The Prometheus scrape (docs/operations.md, "Metrics"), registered with `prometheus-client` and
 //! written in the classic Prometheus text format, version 0.0.4.
 //!
 //! Two kinds of figures:

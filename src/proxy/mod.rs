@@ -1,5 +1,5 @@
 //! The proxy: forwarding to main and handing each request's copy to the mirrors
-//! (README, "How requests are handled"). [`Proxy`] owns what forwarding needs: the
+//! (docs/shadowing.md, "How requests are handled"). [`Proxy`] owns what forwarding needs: the
 //! configuration, the keep-alive pools to main, the mirror set, the byte budget for
 //! mirrored bodies, and this process's `Via` token.
 //!
@@ -73,7 +73,7 @@ struct Inner {
     registry: Registry,
     /// Bytes of request bodies held for mirrors (`--max-buffered-bytes`).
     budget: Budget,
-    /// This process's `Via` pseudonym (README, "Via").
+    /// This process's `Via` pseudonym (docs/shadowing.md, "Loops and `Via`").
     via_token: String,
     /// Ready-made `Via` entries for HTTP/1.0, 1.1 and 2.
     via_entries: [HeaderValue; 3],
@@ -261,7 +261,7 @@ impl Proxy {
             self.streamed(body)
         } else if looped || upgrade.is_some() {
             if looped && self.first_loop() {
-                // This instance already handled this request once (README, "Via").
+                // Already handled by this instance (docs/shadowing.md, "Loops and `Via`").
                 warn!(
                     path = parts.uri.path(),
                     "request already carries this proxy's Via entry (a mirror points back here): \

@@ -1,8 +1,8 @@
 //! The request body on its way to main: streamed as it arrives, watched for a stalled
 //! client (`--body-read-timeout`), and — when mirrors want the request — copied aside
-//! as it passes, into one buffer that every mirror copy then shares (README, "Request
-//! bodies"). linkerd2-proxy's `ReplayBody` is the model of a body read once and kept for
-//! a second use.
+//! as it passes, into one buffer that every mirror copy then shares (docs/operations.md,
+//! "Request bodies and memory"). linkerd2-proxy's `ReplayBody` is the model of a body
+//! read once and kept for a second use.
 //!
 //! Main never waits for the copy: each frame goes to main as soon as it is read. The
 //! copy is handed to the mirrors when the body is complete. It is abandoned, and main's

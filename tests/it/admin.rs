@@ -1,4 +1,4 @@
-//! README "The admin endpoint": the admin endpoint.
+//! docs/shadowing.md, "The admin endpoint": the admin endpoint.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -27,7 +27,7 @@ async fn list(proxy: &TestProxy) -> String {
 }
 
 #[tokio::test]
-async fn seed_readme_flow_add_list_remove() {
+async fn quick_start_flow_add_list_remove() {
     let proxy = TestProxy::start(&["-targets-address=localhost:1234"]).await;
     assert_eq!(list(&proxy).await, "");
     let resp = put(&proxy, "?url=http://firstmirror:8080").await;
@@ -187,7 +187,7 @@ async fn json_listing_has_every_field() {
 #[tokio::test]
 async fn other_methods_get_405_with_allow() {
     let proxy = TestProxy::start(&[]).await;
-    // README "The admin endpoint": GET, PUT and DELETE only; HEAD is "any other method" too.
+    // docs/shadowing.md, "The admin endpoint": GET, PUT, DELETE only; HEAD is an "other method".
     for method in [Method::POST, Method::PATCH, Method::OPTIONS, Method::HEAD] {
         let resp = send(method.clone(), &proxy.admin_url(""), &[], Bytes::new()).await;
         assert_eq!(resp.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");

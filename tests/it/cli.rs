@@ -1,6 +1,6 @@
-//! The command line and the seed README, against the real binary: Go-style flags,
-//! environment variables, the config file, help, completions and the man page, JSON
-//! logs, and one-line start-up errors.
+//! The command line and the Go tool's commands (docs/go-tool.md), against the real binary:
+//! Go-style flags, environment variables, the config file, help, completions and the man
+//! page, JSON logs, and one-line start-up errors.
 
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ fn temp_file(name: &str, content: &str) -> std::path::PathBuf {
 }
 
 #[tokio::test]
-async fn seed_readme_commands_work_with_go_style_flags() {
+async fn go_tool_commands_work_with_go_style_flags() {
     let users = temp_file("users.txt", "user:password\n");
     let bin = Binary::start_with(
         &[

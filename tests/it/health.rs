@@ -1,4 +1,4 @@
-//! README "Health": failing, retrying, recovery and removal, end to end with tiny
+//! docs/shadowing.md, "Health": failing, retrying, recovery and removal, end to end with tiny
 //! `--retry-after` and `--fail-after`.
 
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! README "How requests are handled": what mirrors receive, and that they cannot hurt the main path.
+//! docs/shadowing.md, "How requests are handled": what mirrors receive, and that they
+//! cannot hurt the main path.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

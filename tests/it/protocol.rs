@@ -1,5 +1,5 @@
-//! Protocol handling (README "How requests are handled", "Security"): upgrades,
-//! CONNECT, Host control, loops, slow or hostile clients, smuggling.
+//! Protocol handling (docs/shadowing.md, "How requests are handled"; docs/security.md,
+//! "Security"): upgrades, CONNECT, Host control, loops, slow or hostile clients, smuggling.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! README "How requests are handled": forwarding to main.
+//! docs/shadowing.md, "How requests are handled": forwarding to main.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

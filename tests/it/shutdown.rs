@@ -1,4 +1,4 @@
-//! README "Shutdown", run against the real binary: SIGTERM/SIGINT drain and exit 0.
+//! docs/operations.md, "Shutdown", run against the real binary: SIGTERM/SIGINT drain and exit 0.
 
 use std::time::{Duration, Instant};
 

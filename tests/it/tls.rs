@@ -1,5 +1,5 @@
-//! README "How requests are handled": https:// targets with a private CA, failures without it, and
-//! `--insecure-skip-verify`.
+//! docs/shadowing.md, "How requests are handled": https:// targets with a private CA,
+//! failures without it, and `--insecure-skip-verify`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
