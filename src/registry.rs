@@ -317,3 +317,150 @@ impl Registry {
         self.inner.shared.outstanding.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn registry() -> Registry {
+        let settings = Settings {
+            retry_after: Duration::from_secs(60),
+            fail_after: Duration::from_secs(1800),
+            max_queued: 8,
+            timeout: Duration::from_secs(20),
+            tls: crate::tls::client_config(None, false).expect("default TLS settings"),
+            pools: 1,
+            max_connections: 4,
+            max_compare_size: 1024,
+        };
+        Registry::new(settings, Budget::new(1 << 20))
+    }
+
+    fn url(s: &str) -> TargetUrl {
+        TargetUrl::parse(s).expect("a valid target URL")
+    }
+
+    fn line(s: &str) -> MirrorLine {
+        MirrorLine::parse(s).expect("a valid mirror line")
+    }
+
+    fn urls(registry: &Registry) -> Vec<String> {
+        registry
+            .snapshot()
+            .iter()
+            .map(|m| m.mirror.url().to_string())
+            .collect()
+    }
+
+    fn options(s: &str) -> MirrorOptions {
+        line(&format!("http://x {s}")).options
+    }
+
+    #[test]
+    fn put_adds_in_order_and_a_present_url_without_options_changes_nothing() {
+        let registry = registry();
+        let change = registry
+            .put(&[url("http://b"), url("http://a")], None)
+            .unwrap();
+        assert_eq!(change.added.len(), 2);
+        let again = registry.put(&[url("http://b")], None).unwrap();
+        assert!(again.is_empty(), "{again:?}");
+        assert_eq!(urls(&registry), ["http://b", "http://a"]);
+    }
+
+    #[test]
+    fn put_with_options_replaces_them_and_keeps_the_mirror() {
+        let registry = registry();
+        registry.put(&[url("http://a")], None).unwrap();
+        let before = registry.find(&url("http://a")).unwrap();
+        let change = registry
+            .put(&[url("http://a")], Some(&options("percent=5")))
+            .unwrap();
+        assert_eq!(change.updated, [url("http://a")]);
+        let after = registry.find(&url("http://a")).unwrap();
+        assert!(Arc::ptr_eq(&before.mirror, &after.mirror), "same counters");
+        assert_eq!(after.plan.options, options("percent=5"));
+        assert_eq!(after.plan.source, Source::Admin);
+    }
+
+    #[test]
+    fn delete_removes_only_what_is_present() {
+        let registry = registry();
+        registry
+            .put(&[url("http://a"), url("http://b")], None)
+            .unwrap();
+        let removed = registry
+            .delete(&[url("http://a"), url("http://absent")])
+            .unwrap();
+        assert_eq!(removed, [url("http://a")]);
+        assert_eq!(urls(&registry), ["http://b"]);
+    }
+
+    #[test]
+    fn file_mirrors_refuse_admin_changes_all_or_nothing() {
+        let registry = registry();
+        registry.reconcile_file(&[line("http://f")]);
+        let put = registry.put(&[url("http://new"), url("http://f")], None);
+        assert!(put.is_err());
+        assert!(registry.delete(&[url("http://f")]).is_err());
+        assert_eq!(urls(&registry), ["http://f"], "nothing applied");
+    }
+
+    #[test]
+    fn reconcile_file_adds_updates_and_removes_only_file_mirrors() {
+        let registry = registry();
+        registry.put(&[url("http://admin")], None).unwrap();
+        registry.reconcile_file(&[line("http://f1"), line("http://f2")]);
+        let kept = registry.find(&url("http://f1")).unwrap();
+        let change = registry.reconcile_file(&[line("http://f1 percent=50"), line("http://f3")]);
+        assert_eq!(change.updated, [url("http://f1")]);
+        assert_eq!(change.added, [url("http://f3")]);
+        assert_eq!(change.removed, [url("http://f2")]);
+        assert_eq!(urls(&registry), ["http://admin", "http://f1", "http://f3"]);
+        let f1 = registry.find(&url("http://f1")).unwrap();
+        assert!(
+            Arc::ptr_eq(&kept.mirror, &f1.mirror),
+            "f1 keeps its counters"
+        );
+        let unchanged = registry.reconcile_file(&[line("http://f1 percent=50"), line("http://f3")]);
+        assert!(unchanged.is_empty(), "{unchanged:?}");
+    }
+
+    #[test]
+    fn admin_lines_are_what_the_state_file_keeps() {
+        let registry = registry();
+        registry.add_lines(&[line("http://flag")], Source::Flag);
+        registry.reconcile_file(&[line("http://file")]);
+        registry
+            .put(&[url("http://admin")], Some(&options("percent=5")))
+            .unwrap();
+        let lines: Vec<String> = registry
+            .admin_lines()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(lines, ["http://admin percent=5"]);
+    }
+
+    #[test]
+    fn add_lines_leaves_present_urls_out() {
+        let registry = registry();
+        registry.put(&[url("http://a")], None).unwrap();
+        let present = registry.add_lines(&[line("http://a"), line("http://b")], Source::Admin);
+        assert_eq!(present, [url("http://a")]);
+        assert_eq!(urls(&registry), ["http://a", "http://b"]);
+    }
+
+    #[tokio::test]
+    async fn close_then_drained_resolves_with_nothing_queued() {
+        let registry = registry();
+        registry.put(&[url("http://a")], None).unwrap();
+        registry.close();
+        tokio::time::timeout(Duration::from_secs(5), registry.drained())
+            .await
+            .expect("no delivery in flight: drained at once");
+        assert_eq!(registry.outstanding(), 0);
+    }
+}
