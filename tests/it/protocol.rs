@@ -276,17 +276,11 @@ async fn a_loop_is_logged_once_and_counted_every_time() {
 async fn client_sending_headers_too_slowly_is_cut_off() {
     let main = MockBackend::start(Reply::ok("ok")).await;
     let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "200ms"]).await;
-    let started = Instant::now();
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // never finished
     let mut out = Vec::new();
-    let closed = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
     assert!(closed.is_ok(), "connection closed by the proxy");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(main.count(), 0);
 }
 
@@ -299,13 +293,11 @@ async fn idle_keep_alive_connection_is_closed() {
         .await
         .unwrap();
     read_until(&mut s, "ok").await;
-    let started = Instant::now();
     let mut rest = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest))
         .await
         .expect("idle connection closed")
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(2));
 }
 
 #[tokio::test]
@@ -571,13 +563,12 @@ async fn http2_peer_that_never_acknowledges_is_closed_soon_after_the_idle_timeou
         .unwrap();
     let mut frames = Vec::new();
     // Well below hyper's 20 s keep-alive ping timeout.
-    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut frames))
+    tokio::time::timeout(Duration::from_millis(2500), s.read_to_end(&mut frames))
         .await
         .expect("the proxy closes the connection")
         .unwrap();
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(500), "{took:?}");
-    assert!(took < Duration::from_millis(2500), "{took:?}");
     // The proxy said goodbye first: a GOAWAY frame (type 7) was among what it sent.
     assert!(goaway_sent(&frames), "{frames:?}");
 }

@@ -1,6 +1,6 @@
 //! docs/operations.md, "Shutdown", run against the real binary: SIGTERM/SIGINT drain and exit 0.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -33,12 +33,10 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_0() {
 #[tokio::test]
 async fn sigint_without_traffic_exits_0_promptly() {
     let bin = Binary::start(&["-v"]).await;
-    let started = Instant::now();
     bin.signal("INT");
-    let (code, stderr) = bin.wait(WAIT).await;
+    let (code, stderr) = bin.wait(Duration::from_secs(2)).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("SIGINT"), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(2));
 }
 
 #[tokio::test]

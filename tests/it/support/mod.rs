@@ -368,15 +368,9 @@ impl Binary {
 
     /// Sends SIGTERM and checks that the process exits 0 within `limit`; returns stderr.
     pub async fn terminate_within(self, limit: Duration) -> String {
-        let started = std::time::Instant::now();
         self.signal("TERM");
-        let (code, stderr) = self.wait(WAIT).await;
+        let (code, stderr) = self.wait(limit).await;
         assert_eq!(code, Some(0), "{stderr}");
-        let took = started.elapsed();
-        assert!(
-            took < limit,
-            "exit took {took:?}, limit {limit:?}: {stderr}"
-        );
         stderr
     }
 
