@@ -212,9 +212,9 @@ pub struct Status {
     pub persistent: bool,
     pub failing_since: Option<String>,
     pub options: MirrorOptions,
+    /// The counters, `queued` (copies waiting or in flight) included.
     #[serde(flatten)]
     pub counters: Snapshot,
-    pub queued: usize,
     /// Comparison results, for a mirror with `compare=true` (else null).
     pub compare: Option<CompareSnapshot>,
 }
@@ -252,11 +252,6 @@ impl Mirror {
     /// Time of each request to this mirror, whatever its outcome.
     pub fn latency(&self) -> &Latency {
         &self.latency
-    }
-
-    /// Copies waiting or in flight right now.
-    pub fn queued(&self) -> usize {
-        self.shared.settings.max_queued - self.permits.available_permits()
     }
 
     /// Counts a copy that was not sent by rule (too large, upgrade, loop, a body the
@@ -313,19 +308,20 @@ impl Mirror {
                 shared: self.shared.clone(),
             },
         };
-        if self.enqueue(job) {
-            Counters::incr(&self.counters.sent);
-        } else {
+        if !self.enqueue(job) {
             Counters::incr(&self.counters.dropped);
         }
     }
 
-    /// Starts delivering an admitted copy (concurrent mode). False when the mirror is
-    /// closed; the job (and its permit) is then dropped.
+    /// Starts delivering an admitted copy (concurrent mode) and counts it `sent`. False
+    /// when the mirror is closed; the job (and its permit) is then dropped.
     fn enqueue(self: &Arc<Self>, job: Job) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
+        // Counted before the task exists: on another worker thread it may finish (and
+        // count its outcome) before `spawn` returns.
+        self.counters.enter_queue();
         let mirror = self.clone();
         // Boxed: the copy's future is ~2 KB; unboxed, spawning moves it several times
         // (~1.8k instructions per copy in memcpy under callgrind, bench/README.md).
@@ -362,7 +358,6 @@ impl Mirror {
                 .failing_since()
                 .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             counters: self.counters.snapshot(),
-            queued: self.queued(),
             compare: plan.compare.as_ref().map(|_| self.comparison.snapshot()),
         }
     }
@@ -395,7 +390,7 @@ impl Mirror {
                 // Our own limit, not the mirror's fault: dropped, health untouched.
                 let error = client::error_chain(&**err);
                 debug!(mirror = %self.url, %error, "mirror copy dropped: out of file descriptors");
-                Counters::incr(&self.counters.dropped);
+                self.counters.leave_queue(&self.counters.dropped);
                 self.lock_health().abandon(job.ticket);
                 return None;
             }
@@ -424,7 +419,7 @@ impl Mirror {
         } else {
             &self.counters.failed
         };
-        Counters::incr(counter);
+        self.counters.leave_queue(counter);
         let policy = self.policy(&job.plan);
         let event = self
             .lock_health()

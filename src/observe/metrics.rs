@@ -246,7 +246,7 @@ impl Live {
         )?;
         for status in &statuses {
             let labels = [("mirror", status.url.as_str())];
-            ConstGauge::new(status.queued as u64).encode(family.encode_family(&labels)?)?;
+            ConstGauge::new(status.counters.queued).encode(family.encode_family(&labels)?)?;
         }
 
         let mut family = encoder.encode_descriptor(
