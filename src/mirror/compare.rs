@@ -13,7 +13,9 @@
 //! 2. each header of [`Rules::headers`], in the order given, as the ordered list of its
 //!    values, byte for byte;
 //! 3. the body: structurally when both bodies parse as JSON, otherwise byte for byte; when
-//!    either body passed the capture limit, by length and xxh3-128 digest only.
+//!    either body passed the capture limit, by length and xxh3-128 digest only. Bodies
+//!    are compared as given: undoing a `Content-Encoding` first is the caller's
+//!    ([`super::shadow::for_compare`]).
 //!
 //! JSON equality: object key order, whitespace and number spelling do not matter
 //! (`1`, `1.0` and `1e0` are equal). Two integers (numbers written without `.`, `e` or

@@ -11,6 +11,7 @@
 
 pub mod compare;
 pub mod comparison;
+pub mod decode;
 pub mod health;
 pub mod mismatches;
 pub mod options;
@@ -42,7 +43,7 @@ use mismatches::{Mismatches, Record};
 use options::MirrorOptions;
 use ordered::{MainHalf, MirrorHalf, Order};
 use select::RateLimiter;
-use shadow::{BodyCapture, MainAnswerRx};
+use shadow::{BodyCapture, ForCompare, MainAnswerRx};
 
 /// One request as every mirror receives it. Built once per request and shared by all
 /// copies through an `Arc`; the body is a single `Bytes`, never a copy per mirror.
@@ -451,7 +452,42 @@ impl Mirror {
             self.comparison.not_compared();
             return;
         };
-        let verdict = compare::compare(rules, &main.answer, &mirror);
+        // Compressed bodies are compared decoded (README, "Comparing answers"). Main's is
+        // decoded here, on this copy's task, never while it streams to the client.
+        let limit = self.shared.settings.max_compare_size;
+        let budget = &self.shared.budget;
+        let mut mirror = mirror;
+        let _mirror_decoded =
+            match shadow::for_compare(&mirror.headers, &mirror.body, limit, budget) {
+                ForCompare::AsCaptured => None,
+                ForCompare::Decoded(body, held) => {
+                    mirror.body = body;
+                    Some(held)
+                }
+                ForCompare::OverBudget => {
+                    self.comparison.not_compared();
+                    return;
+                }
+            };
+        let main_decoded;
+        let main_answer =
+            match shadow::for_compare(&main.answer.headers, &main.answer.body, limit, budget) {
+                ForCompare::AsCaptured => &main.answer,
+                ForCompare::Decoded(body, held) => {
+                    let answer = Answer {
+                        status: main.answer.status,
+                        headers: main.answer.headers.clone(),
+                        body,
+                    };
+                    main_decoded = (answer, held);
+                    &main_decoded.0
+                }
+                ForCompare::OverBudget => {
+                    self.comparison.not_compared();
+                    return;
+                }
+            };
+        let verdict = compare::compare(rules, main_answer, &mirror);
         self.comparison
             .record(&verdict, main.latency, mirror_latency);
         if let Verdict::Mismatch(mismatch) = verdict {

@@ -857,7 +857,11 @@ pub(crate) mod tests {
     fn a_header_set_twice_is_refused_naming_it() {
         for second in ["X-Shadow:2", "x-shadow:1", "X-SHADOW: 1"] {
             let err = parse(&[("set_header", "X-Shadow:1"), ("set_header", second)]).unwrap_err();
-            assert_eq!(err, OptionsError::RepeatedHeader("x-shadow".into()), "{second}");
+            assert_eq!(
+                err,
+                OptionsError::RepeatedHeader("x-shadow".into()),
+                "{second}"
+            );
             assert_eq!(
                 err.to_string(),
                 "set_header given more than once for header x-shadow: set each header once"

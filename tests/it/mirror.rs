@@ -359,7 +359,10 @@ async fn listing_and_scrape_never_count_a_copy_twice_under_load() {
         value.unwrap_or_else(|| panic!("{start} in {text}"))
     };
     let copies = |outcome: &str| {
-        format!("trafficmirror_mirror_copies_total{{mirror=\"{}\",outcome=\"{outcome}\"}}", mirror.url())
+        format!(
+            "trafficmirror_mirror_copies_total{{mirror=\"{}\",outcome=\"{outcome}\"}}",
+            mirror.url()
+        )
     };
     let (mut readings, mut busy) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -381,7 +384,10 @@ async fn listing_and_scrape_never_count_a_copy_twice_under_load() {
     for t in load {
         t.await.unwrap();
     }
-    assert!(busy > 0, "no reading saw a copy in flight ({readings} readings)");
+    assert!(
+        busy > 0,
+        "no reading saw a copy in flight ({readings} readings)"
+    );
     let total = (CLIENTS * REQUESTS) as u64;
     eventually("every copy finished", || async {
         let m = proxy.mirror_json(&mirror.url()).await.unwrap();
