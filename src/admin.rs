@@ -44,6 +44,8 @@ pub enum AdminError {
     InvalidUrl(#[from] UrlError),
     #[error("invalid option: {0}")]
     InvalidOption(#[from] OptionsError),
+    #[error("DELETE takes only url: option {0} is not accepted")]
+    DeleteOption(String),
     #[error("{url} comes from the targets file {file}: change it there")]
     Conflict { url: String, file: String },
     #[error("{0} is not a mirror")]
@@ -69,9 +71,10 @@ pub enum AdminError {
 impl AdminError {
     fn into_response(self) -> Response<BoxBody> {
         let status = match self {
-            Self::MissingUrl | Self::InvalidUrl(_) | Self::InvalidOption(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::MissingUrl
+            | Self::InvalidUrl(_)
+            | Self::InvalidOption(_)
+            | Self::DeleteOption(_) => StatusCode::BAD_REQUEST,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::NotAMirror(_) => StatusCode::NOT_FOUND,
             Self::StateFile(_) | Self::Metrics => StatusCode::INTERNAL_SERVER_ERROR,
@@ -273,6 +276,11 @@ impl Admin {
         let params = Params::read(req).await?;
         if params.urls.is_empty() {
             return Err(AdminError::MissingUrl);
+        }
+        // Options on DELETE would be silently ignored: refuse them, so a caller who
+        // meant something by them learns it did not happen.
+        if let (false, Some((key, _))) = (put, params.options.first()) {
+            return Err(AdminError::DeleteOption(key.clone()));
         }
         // Validate everything first: a bad URL or option applies nothing.
         let urls = params

@@ -1,9 +1,14 @@
 //! Per-mirror counters (the JSON listing, docs/shadowing.md, "The admin endpoint", and the
-//! Prometheus scrape, [`crate::observe::metrics`]). Relaxed atomics: each counter is
-//! independent and only ever read for reporting.
+//! Prometheus scrape, [`crate::observe::metrics`]). Atomics read only for reporting;
+//! the four that describe a copy's way through the queue (`sent`, `queued`,
+//! `succeeded`, `failed`) are written and read in an order that keeps every reading
+//! consistent (see [`Counters::snapshot`]), the others are independent and relaxed.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
@@ -12,9 +17,14 @@ use prometheus_client::metrics::histogram::Histogram;
 /// Counters for one mirror. `sent` counts copies handed to the mirror's queue; every
 /// one of them ends as exactly one of `succeeded` or `failed` (or is still queued), or
 /// as `dropped` when this process had no file descriptor left to connect with.
+///
+/// `sent`, `queued`, `succeeded` and `failed` change only through
+/// [`Counters::enter_queue`] and [`Counters::leave_queue`].
 #[derive(Debug, Default)]
 pub struct Counters {
-    pub sent: AtomicU64,
+    sent: AtomicU64,
+    /// Copies counted in `sent` whose outcome is not counted yet (waiting or in flight).
+    queued: AtomicU64,
     pub succeeded: AtomicU64,
     pub failed: AtomicU64,
     /// Not sent: queue full, mirror failing or retrying, shutting down, or out of file
@@ -26,7 +36,8 @@ pub struct Counters {
     pub filtered: AtomicU64,
 }
 
-/// A plain copy of [`Counters`] for reporting.
+/// A plain copy of [`Counters`] for reporting. Every snapshot, also one taken while
+/// copies come and go, has `succeeded + failed + queued <= sent`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Snapshot {
     pub sent: u64,
@@ -35,21 +46,53 @@ pub struct Snapshot {
     pub dropped: u64,
     pub skipped: u64,
     pub filtered: u64,
+    pub queued: u64,
 }
 
 impl Counters {
+    /// Counts one of the independent outcomes (`dropped`, `skipped`, `filtered`).
     pub fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// A copy enters the queue: `sent`, then `queued`. Call it before the copy can
+    /// reach [`Counters::leave_queue`] (before its task is spawned).
+    pub fn enter_queue(&self) {
+        self.sent.fetch_add(1, Relaxed);
+        // Release: a reader that sees this copy in `queued` sees it in `sent` too.
+        self.queued.fetch_add(1, Release);
+    }
+
+    /// A copy leaves the queue with its outcome (`succeeded`, `failed`, or `dropped`
+    /// when no file descriptor was left): out of `queued` first, then into the outcome,
+    /// so that no reading counts it in both.
+    pub fn leave_queue(&self, outcome: &AtomicU64) {
+        self.queued.fetch_sub(1, Relaxed);
+        // Release: a reader that sees this outcome sees the copy out of `queued`.
+        outcome.fetch_add(1, Release);
+    }
+
+    /// Reads the counters so that `succeeded + failed + queued <= sent` in every
+    /// snapshot, equal when no copy is between two steps.
+    ///
+    /// The order is the writers' in reverse: the outcomes first, then `queued`, then
+    /// `sent`, each an acquire load. A copy counted in an outcome was out of `queued`
+    /// before (so it is not read there again) and in `sent` before that; a copy read
+    /// in `queued` was in `sent` before. Read in another order, a copy finishing
+    /// between two loads could be counted twice (in `queued`, then in `succeeded`).
     pub fn snapshot(&self) -> Snapshot {
+        let succeeded = self.succeeded.load(Acquire);
+        let failed = self.failed.load(Acquire);
+        let queued = self.queued.load(Acquire);
+        let sent = self.sent.load(Acquire);
         Snapshot {
-            sent: self.sent.load(Relaxed),
-            succeeded: self.succeeded.load(Relaxed),
-            failed: self.failed.load(Relaxed),
+            sent,
+            succeeded,
+            failed,
             dropped: self.dropped.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
             filtered: self.filtered.load(Relaxed),
+            queued,
         }
     }
 }

@@ -314,7 +314,7 @@ fn mirror_summary(statuses: &[Status]) -> String {
             let c = &m.counters;
             format!(
                 "{} sent={} delivered={} failed={} dropped={} undelivered={}",
-                m.url, c.sent, c.succeeded, c.failed, c.dropped, m.queued
+                m.url, c.sent, c.succeeded, c.failed, c.dropped, c.queued
             )
         })
         .collect::<Vec<_>>()

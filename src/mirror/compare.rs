@@ -13,12 +13,15 @@
 //! 2. each header of [`Rules::headers`], in the order given, as the ordered list of its
 //!    values, byte for byte;
 //! 3. the body: structurally when both bodies parse as JSON, otherwise byte for byte; when
-//!    either body passed the capture limit, by length and xxh3-128 digest only.
+//!    either body passed the capture limit, by length and xxh3-128 digest only. Bodies
+//!    are compared as given: undoing a `Content-Encoding` first is the caller's
+//!    ([`super::shadow::for_compare`]).
 //!
 //! JSON equality: object key order, whitespace and number spelling do not matter
-//! (`1`, `1.0` and `1e0` are equal). Two integers are compared exactly; as soon as either
-//! side is written as a float both are compared as `f64`, equal within a few units in the
-//! last place (see [`FLOAT_ULPS`]). Duplicate object keys keep the last value (as
+//! (`1`, `1.0` and `1e0` are equal). Two integers (numbers written without `.`, `e` or
+//! `E`) are compared exactly as written, at any size; as soon as either side is written
+//! as a float both are compared as `f64`, equal within a few units in the last place
+//! (see [`FLOAT_ULPS`]). Duplicate object keys keep the last value (as
 //! `serde_json` does). The first difference is searched depth first, object keys in byte
 //! order, array elements by index, so it is the same on every run.
 
@@ -590,28 +593,38 @@ fn scalars_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Integers exactly; as `f64` when either is a float (`1` equals `1.0` and `1e0`), within
-/// [`FLOAT_ULPS`].
+/// Integers exactly as written, at any size (serde_json's `arbitrary_precision` keeps
+/// each number's text); as `f64` when either is a float (`1` equals `1.0` and `1e0`),
+/// within [`FLOAT_ULPS`]. A number beyond the range of `f64` (`1e400`) equals only the
+/// same text.
 fn numbers_equal(a: &Number, b: &Number) -> bool {
-    if a.is_f64() || b.is_f64() {
-        return match (a.as_f64(), b.as_f64()) {
-            (Some(x), Some(y)) => floats_close(x, y),
-            _ => false,
-        };
+    let (x, y) = (a.as_str(), b.as_str());
+    if x == y {
+        return true;
     }
-    let int = |n: &Number| {
-        n.as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from))
-    };
-    int(a) == int(b)
+    if let (Some(i), Some(j)) = (integer(x), integer(y)) {
+        return i == j;
+    }
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => floats_close(x, y),
+        _ => false,
+    }
 }
 
-/// Floats this many representable values apart or closer are equal. serde_json's
-/// default float parser (without its `float_roundtrip` feature) may round a long number
-/// one or two units in the last place away from the nearest `f64`, and differently for
-/// two spellings of the same number (`183124099570949616` and `183124099570949616.0`);
-/// a relative difference of about 1e-15 is no finding for shadow testing.
+/// An integer as JSON writes it (`-`, then digits without a leading zero): whether it is
+/// negative, and its digits; `-0` is `0`. `None` for a float.
+fn integer(text: &str) -> Option<(bool, &str)> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, text),
+    };
+    let is_integer = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    is_integer.then_some((negative && digits != "0", digits))
+}
+
+/// Floats this many representable values apart or closer are equal: a relative
+/// difference of about 1e-15 (what a float printed with one digit less, or rounded
+/// differently by another JSON library, shows) is no finding for shadow testing.
 pub const FLOAT_ULPS: u64 = 4;
 
 fn floats_close(x: f64, y: f64) -> bool {
@@ -808,6 +821,48 @@ mod tests {
             body_only(at("", Some("18446744073709551615"), Some("-1")))
         );
         assert_eq!(compare(&r, &json("-0"), &json("0.0")), Verdict::Match);
+        assert_eq!(compare(&r, &json("[-0]"), &json("[0]")), Verdict::Match);
+        // Beyond 64 bits, where f64 (and u64) would round them together.
+        assert_eq!(
+            compare(
+                &r,
+                &json(r#"{"n":18446744073709551616}"#),
+                &json(r#"{"n":18446744073709555000}"#)
+            ),
+            body_only(at(
+                "/n",
+                Some("18446744073709551616"),
+                Some("18446744073709555000")
+            ))
+        );
+        let huge = "9".repeat(400);
+        assert_eq!(
+            compare(
+                &r,
+                &json(&format!("[{huge},1]")),
+                &json(&format!("[{huge}, 1]"))
+            ),
+            Verdict::Match
+        );
+        assert_eq!(
+            compare(&r, &json(&format!("-{huge}")), &json(&huge)),
+            body_only(at("", Some(&format!("-{huge}")[..200]), Some(&huge[..200])))
+        );
+        // Written as a float on either side: compared as f64, spelling apart.
+        assert_eq!(
+            compare(
+                &r,
+                &json("18446744073709551616"),
+                &json("1.8446744073709551616e19")
+            ),
+            Verdict::Match
+        );
+        // Beyond f64: only the same text is equal.
+        assert_eq!(
+            compare(&r, &json("[1e400,1]"), &json("[1e400,2]")),
+            body_only(at("/1", Some("1"), Some("2")))
+        );
+        assert!(mismatch(compare(&r, &json("1e400"), &json("2e400"))).body);
         // Floats: a long number spelled two ways (which serde_json may round one unit
         // apart) is equal; a difference in the 15th digit is not.
         assert_eq!(

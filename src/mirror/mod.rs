@@ -11,6 +11,7 @@
 
 pub mod compare;
 pub mod comparison;
+pub mod decode;
 pub mod health;
 pub mod mismatches;
 pub mod options;
@@ -42,7 +43,7 @@ use mismatches::{Mismatches, Record};
 use options::MirrorOptions;
 use ordered::{MainHalf, MirrorHalf, Order};
 use select::RateLimiter;
-use shadow::{BodyCapture, MainAnswerRx};
+use shadow::{BodyCapture, ForCompare, MainAnswerRx};
 
 /// One request as every mirror receives it. Built once per request and shared by all
 /// copies through an `Arc`; the body is a single `Bytes`, never a copy per mirror.
@@ -212,9 +213,9 @@ pub struct Status {
     pub persistent: bool,
     pub failing_since: Option<String>,
     pub options: MirrorOptions,
+    /// The counters, `queued` (copies waiting or in flight) included.
     #[serde(flatten)]
     pub counters: Snapshot,
-    pub queued: usize,
     /// Comparison results, for a mirror with `compare=true` (else null).
     pub compare: Option<CompareSnapshot>,
 }
@@ -252,11 +253,6 @@ impl Mirror {
     /// Time of each request to this mirror, whatever its outcome.
     pub fn latency(&self) -> &Latency {
         &self.latency
-    }
-
-    /// Copies waiting or in flight right now.
-    pub fn queued(&self) -> usize {
-        self.shared.settings.max_queued - self.permits.available_permits()
     }
 
     /// Counts a copy that was not sent by rule (too large, upgrade, loop, a body the
@@ -313,19 +309,21 @@ impl Mirror {
                 shared: self.shared.clone(),
             },
         };
-        if self.enqueue(job) {
-            Counters::incr(&self.counters.sent);
-        } else {
+        if !self.enqueue(job) {
             Counters::incr(&self.counters.dropped);
         }
     }
 
     /// Starts delivering an admitted copy on its own task (where an ordered copy waits its
-    /// turn). False when the mirror is closed; the job (and its permit) is then dropped.
+    /// turn) and counts it `sent`. False when the mirror is closed; the job (and its
+    /// permit) is then dropped.
     fn enqueue(self: &Arc<Self>, job: Job) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
+        // Counted before the task exists: on another worker thread it may finish (and
+        // count its outcome) before `spawn` returns.
+        self.counters.enter_queue();
         let mirror = self.clone();
         // Boxed: the copy's future is ~2 KB; unboxed, spawning moves it several times
         // (~1.8k instructions per copy in memcpy under callgrind, bench/README.md).
@@ -362,7 +360,6 @@ impl Mirror {
                 .failing_since()
                 .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             counters: self.counters.snapshot(),
-            queued: self.queued(),
             compare: plan.compare.as_ref().map(|_| self.comparison.snapshot()),
         }
     }
@@ -395,7 +392,7 @@ impl Mirror {
                 // Our own limit, not the mirror's fault: dropped, health untouched.
                 let error = client::error_chain(&**err);
                 debug!(mirror = %self.url, %error, "mirror copy dropped: out of file descriptors");
-                Counters::incr(&self.counters.dropped);
+                self.counters.leave_queue(&self.counters.dropped);
                 self.lock_health().abandon(job.ticket);
                 return None;
             }
@@ -424,7 +421,7 @@ impl Mirror {
         } else {
             &self.counters.failed
         };
-        Counters::incr(counter);
+        self.counters.leave_queue(counter);
         let policy = self.policy(&job.plan);
         let event = self
             .lock_health()
@@ -456,7 +453,42 @@ impl Mirror {
             self.comparison.not_compared();
             return;
         };
-        let verdict = compare::compare(rules, &main.answer, &mirror);
+        // Compressed bodies are compared decoded (README, "Comparing answers"). Main's is
+        // decoded here, on this copy's task, never while it streams to the client.
+        let limit = self.shared.settings.max_compare_size;
+        let budget = &self.shared.budget;
+        let mut mirror = mirror;
+        let _mirror_decoded =
+            match shadow::for_compare(&mirror.headers, &mirror.body, limit, budget) {
+                ForCompare::AsCaptured => None,
+                ForCompare::Decoded(body, held) => {
+                    mirror.body = body;
+                    Some(held)
+                }
+                ForCompare::OverBudget => {
+                    self.comparison.not_compared();
+                    return;
+                }
+            };
+        let main_decoded;
+        let main_answer =
+            match shadow::for_compare(&main.answer.headers, &main.answer.body, limit, budget) {
+                ForCompare::AsCaptured => &main.answer,
+                ForCompare::Decoded(body, held) => {
+                    let answer = Answer {
+                        status: main.answer.status,
+                        headers: main.answer.headers.clone(),
+                        body,
+                    };
+                    main_decoded = (answer, held);
+                    &main_decoded.0
+                }
+                ForCompare::OverBudget => {
+                    self.comparison.not_compared();
+                    return;
+                }
+            };
+        let verdict = compare::compare(rules, main_answer, &mirror);
         self.comparison
             .record(&verdict, main.latency, mirror_latency);
         if let Verdict::Mismatch(mismatch) = verdict {

@@ -69,6 +69,9 @@ pub enum OptionsError {
     },
     #[error("option {0} given more than once")]
     Repeated(&'static str),
+    /// Two `set_header` for one header name (compared case-insensitively).
+    #[error("set_header given more than once for header {0}: set each header once")]
+    RepeatedHeader(String),
 }
 
 /// Why a mirror line was refused.
@@ -116,8 +119,8 @@ pub struct MirrorOptions {
     pub methods: Vec<Method>,
     /// Only request paths starting with one of these (each starts with `/`; empty: all).
     pub paths: Vec<String>,
-    /// Set on this mirror's copies. The first entry of a name replaces what the request
-    /// carries; a later entry of the same name adds a second field line.
+    /// Set on this mirror's copies, replacing what the request carries; at most one
+    /// entry per name.
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     /// Dropped from this mirror's copies (before `set_headers` are applied).
     pub remove_headers: Vec<HeaderName>,
@@ -340,7 +343,12 @@ impl MirrorOptions {
                 // Surrounding whitespace is not part of a field value (RFC 9110 §5.5).
                 let v = HeaderValue::from_str(v.trim_matches([' ', '\t']))
                     .map_err(|_| invalid(key, value, "not a valid header value"))?;
-                push_unique(&mut self.set_headers, (name, v));
+                // A second value would either replace the first or add a field line,
+                // and neither is what every writer of two values means: refuse it.
+                if self.set_headers.iter().any(|(n, _)| *n == name) {
+                    return Err(OptionsError::RepeatedHeader(name.as_str().to_owned()));
+                }
+                self.set_headers.push((name, v));
             }
             "remove_header" => {
                 let name = parse_header_name(key, value)?;
@@ -423,13 +431,8 @@ impl MirrorOptions {
         for name in &self.remove_headers {
             headers.remove(name);
         }
-        for (i, (name, value)) in self.set_headers.iter().enumerate() {
-            let first_of_name = !self.set_headers[..i].iter().any(|(n, _)| n == name);
-            if first_of_name {
-                headers.insert(name.clone(), value.clone());
-            } else {
-                headers.append(name.clone(), value.clone());
-            }
+        for (name, value) in &self.set_headers {
+            headers.insert(name.clone(), value.clone());
         }
         if let Some(host) = &self.host {
             headers.insert(header::HOST, host.clone());
@@ -851,6 +854,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_header_set_twice_is_refused_naming_it() {
+        for second in ["X-Shadow:2", "x-shadow:1", "X-SHADOW: 1"] {
+            let err = parse(&[("set_header", "X-Shadow:1"), ("set_header", second)]).unwrap_err();
+            assert_eq!(
+                err,
+                OptionsError::RepeatedHeader("x-shadow".into()),
+                "{second}"
+            );
+            assert_eq!(
+                err.to_string(),
+                "set_header given more than once for header x-shadow: set each header once"
+            );
+        }
+        // The text form (mirror lines: --mirror, the targets and state files) too.
+        let err = MirrorLine::parse("http://m:1 set_header=A:1 set_header=a:2").unwrap_err();
+        assert_eq!(
+            err,
+            MirrorLineError::Options(OptionsError::RepeatedHeader("a".into()))
+        );
+        // Different headers are fine.
+        let options = parse(&[("set_header", "A:1"), ("set_header", "B:1")]).unwrap();
+        assert_eq!(options.set_headers.len(), 2);
+    }
+
+    #[test]
     fn text_form_percent_encodes_unsafe_characters() {
         let options = parse(&[
             ("set_header", "X-Note:a b%c#d"),
@@ -890,7 +918,6 @@ pub(crate) mod tests {
             ("remove_header", "X-Shadow"),
             ("set_header", "X-Shadow:1"),
             ("set_header", "X-Multi:a"),
-            ("set_header", "X-Multi:b"),
             ("host", "shadow:81"),
         ])
         .unwrap();
@@ -904,7 +931,7 @@ pub(crate) mod tests {
         assert!(headers.get(header::AUTHORIZATION).is_none());
         assert_eq!(headers["x-shadow"], "1");
         let multi: Vec<_> = headers.get_all("x-multi").iter().collect();
-        assert_eq!(multi, ["a", "b"]);
+        assert_eq!(multi, ["a"]);
         assert_eq!(headers[header::HOST], "shadow:81");
         assert_eq!(headers[header::ACCEPT], "*/*");
 
@@ -1010,6 +1037,17 @@ pub(crate) mod tests {
         out
     }
 
+    /// The first value of each header name.
+    fn unique_names(list: Vec<(HeaderName, HeaderValue)>) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        for (name, value) in list {
+            if !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, value));
+            }
+        }
+        out
+    }
+
     fn percent() -> impl Strategy<Value = f64> {
         prop_oneof![
             Just(100.0),
@@ -1059,7 +1097,7 @@ pub(crate) mod tests {
                 rate,
                 methods: unique(methods),
                 paths: unique(paths),
-                set_headers: unique(set_headers),
+                set_headers: unique_names(set_headers),
                 remove_headers: unique(remove_headers),
                 host: host.map(|h| HeaderValue::from_str(&h).unwrap()),
                 compare,

@@ -6,7 +6,9 @@
 //!
 //! Kept bytes on both sides count against the `--max-buffered-bytes` budget; a capture
 //! that does not fit is abandoned and that copy counted `not_compared`, so a hung
-//! comparing mirror cannot pin more memory than the budget.
+//! comparing mirror cannot pin more memory than the budget. So do the decoded bytes of
+//! a compressed body ([`for_compare`]), which the comparing copy makes on its own task
+//! when it compares: never while main's answer streams to the client.
 
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::compare::{Answer, Capture, CapturedBody};
+use super::decode::{self, Coding, Decoded};
 use crate::budget::{Budget, Held};
 
 /// Main's complete answer, as the comparing copies see it.
@@ -131,5 +134,52 @@ pub async fn main_answer(
     match waited {
         Ok(Ok(answer)) => answer.clone(),
         _ => None,
+    }
+}
+
+/// A captured body made ready for comparison.
+#[derive(Debug)]
+pub enum ForCompare {
+    /// Compare it as captured: no coding that is decoded, only a digest kept, or bytes
+    /// that do not decode as their `Content-Encoding` says.
+    AsCaptured,
+    /// Compare this instead: the decoded body, with the decoded bytes' share of the
+    /// budget (keep it as long as the body); or, when the decoded body would pass the
+    /// limit, the captured bytes' length and digest.
+    Decoded(CapturedBody, Held),
+    /// The decoded bytes did not fit the budget.
+    OverBudget,
+}
+
+/// Undoes the `Content-Encoding` of a captured body (`gzip`, `deflate`, `br`, see
+/// [`decode`]) into at most `limit` decoded bytes (`--max-compare-size`), reserved in
+/// `budget` as they are made.
+pub fn for_compare(
+    headers: &HeaderMap,
+    body: &CapturedBody,
+    limit: usize,
+    budget: &Budget,
+) -> ForCompare {
+    let (Some(coding), CapturedBody::Whole(encoded)) = (Coding::of(headers), body) else {
+        return ForCompare::AsCaptured;
+    };
+    if encoded.is_empty() {
+        // A HEAD or a 304 announces the coding of a body it does not send.
+        return ForCompare::AsCaptured;
+    }
+    let mut held = budget.hold();
+    let decoded = decode::decode(coding, encoded, limit, &mut |n| held.grow(n as u64));
+    match decoded {
+        Decoded::Whole(bytes) => ForCompare::Decoded(CapturedBody::Whole(Bytes::from(bytes)), held),
+        // As for a body captured past the limit (README, "Comparing answers").
+        Decoded::TooLarge => ForCompare::Decoded(
+            CapturedBody::Digest {
+                len: body.len(),
+                digest: body.digest(),
+            },
+            budget.hold(),
+        ),
+        Decoded::Invalid => ForCompare::AsCaptured,
+        Decoded::OverBudget => ForCompare::OverBudget,
     }
 }

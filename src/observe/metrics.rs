@@ -246,7 +246,7 @@ impl Live {
         )?;
         for status in &statuses {
             let labels = [("mirror", status.url.as_str())];
-            ConstGauge::new(status.queued as u64).encode(family.encode_family(&labels)?)?;
+            ConstGauge::new(status.counters.queued).encode(family.encode_family(&labels)?)?;
         }
 
         let mut family = encoder.encode_descriptor(
@@ -453,6 +453,53 @@ mod tests {
         mirrors.delete(&[line.url]).unwrap();
         let text = metrics.encode().unwrap();
         assert!(!text.contains("shadow.example"), "{text}");
+    }
+
+    /// Series (histograms apart) and histograms in a scrape.
+    fn count_series(text: &str) -> (usize, usize) {
+        let lines = samples(text);
+        let histograms = lines.iter().filter(|l| l.contains("_count")).count();
+        let series = lines
+            .iter()
+            .filter(|l| !["_bucket", "_sum", "_count"].iter().any(|h| l.contains(h)))
+            .count();
+        (series, histograms)
+    }
+
+    #[tokio::test]
+    async fn series_counts_are_the_ones_the_docs_give() {
+        // docs/operations.md, "Metrics": "... stays fixed: A series and one histogram,
+        // plus B series and one histogram per mirror, and C more per comparing mirror."
+        let readme = include_str!("../../docs/operations.md");
+        let words: Vec<&str> = readme.split_whitespace().collect();
+        let start = words
+            .windows(2)
+            .position(|w| w == ["stays", "fixed:"])
+            .expect("the series sentence in docs/operations.md");
+        let numbers: Vec<usize> = words[start..]
+            .iter()
+            .take(20)
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [base, per_mirror, per_comparing] = numbers[..] else {
+            panic!("three numbers in the series sentence: {numbers:?}");
+        };
+
+        let mirrors = registry();
+        let metrics = Metrics::new(&MainStats::default(), mirrors.clone(), Budget::new(1), None);
+        assert_eq!(count_series(&metrics.encode().unwrap()), (base, 1));
+        let plain = MirrorLine::parse("http://plain:1").unwrap();
+        mirrors.add_lines(&[plain], Source::Admin);
+        assert_eq!(
+            count_series(&metrics.encode().unwrap()),
+            (base + per_mirror, 2)
+        );
+        let comparing = MirrorLine::parse("http://shadow:2 compare=true").unwrap();
+        mirrors.add_lines(&[comparing], Source::Admin);
+        assert_eq!(
+            count_series(&metrics.encode().unwrap()),
+            (base + 2 * per_mirror + per_comparing, 3)
+        );
     }
 
     #[tokio::test]

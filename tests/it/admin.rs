@@ -111,6 +111,40 @@ async fn put_with_invalid_url_applies_nothing() {
 }
 
 #[tokio::test]
+async fn delete_with_an_option_is_400_naming_it_and_removes_nothing() {
+    let proxy = TestProxy::start(&[]).await;
+    put(&proxy, "?url=http://keep:1").await;
+    for (query, option) in [
+        ("?url=http://keep:1&persistent=true", "persistent"),
+        ("?percent=5&url=http://keep:1", "percent"),
+        ("?url=http://keep:1&bogus", "bogus"),
+    ] {
+        let resp = delete(&proxy, query).await;
+        assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(
+            resp.text(),
+            format!("DELETE takes only url: option {option} is not accepted\n")
+        );
+    }
+    // From a form body too.
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let resp = send(
+        Method::DELETE,
+        &proxy.admin_url(""),
+        &form,
+        "url=http://keep:1&compare=true",
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST);
+    assert!(resp.text().contains("compare"), "{}", resp.text());
+    assert_eq!(list(&proxy).await, "http://keep:1\n");
+    // `format` chooses the answer's form; it is no option.
+    let resp = delete(&proxy, "?url=http://keep:1&format=json").await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    assert_eq!(list(&proxy).await, "");
+}
+
+#[tokio::test]
 async fn form_body_parameters_are_accepted() {
     let proxy = TestProxy::start(&[]).await;
     let form = [("content-type", "application/x-www-form-urlencoded")];

@@ -749,3 +749,134 @@ async fn a_client_leaving_before_main_s_answer_ends_leaves_the_copy_not_compared
     assert_eq!(counts(&s), (0, 0, 0), "{s}");
     main.abort();
 }
+
+fn gzip(data: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    Bytes::from(e.finish().unwrap())
+}
+
+/// `{"a":1,"b":[true,null]}` compressed by `brotli -c` (the brotli 1.0.9 tool).
+const BR_JSON: &[u8] = &[
+    0x0f, 0x0b, 0x80, 0x7b, 0x22, 0x61, 0x22, 0x3a, 0x31, 0x2c, 0x22, 0x62, 0x22, 0x3a, 0x5b, 0x74,
+    0x72, 0x75, 0x65, 0x2c, 0x6e, 0x75, 0x6c, 0x6c, 0x5d, 0x7d, 0x03,
+];
+
+fn encoded_json(coding: &'static str, body: Bytes) -> Reply {
+    Reply::With(
+        StatusCode::OK,
+        vec![JSON, ("content-encoding", coding)],
+        body,
+    )
+}
+
+#[tokio::test]
+async fn gzip_answers_are_compared_decoded() {
+    let (main, mirror, proxy) = setup(
+        encoded_json("gzip", gzip(br#"{"a":1,"b":[true,null],"c":"x"}"#)),
+        encoded_json("gzip", gzip(br#"{"c":"x","b":[true,null],"a":1}"#)),
+        "",
+        &[],
+    )
+    .await;
+    let resp = get(&proxy.url("/z")).await;
+    assert_eq!(resp.headers["content-encoding"], "gzip");
+    let s = settled(&proxy, &mirror.url(), 1).await;
+    assert_eq!(counts(&s), (1, 1, 0), "{s}");
+
+    // A difference is found where it is in the JSON, not at a byte of the gzip stream.
+    mirror.set_reply(encoded_json(
+        "gzip",
+        gzip(br#"{"c":"y","b":[true,null],"a":1}"#),
+    ));
+    get(&proxy.url("/z")).await;
+    let s = settled(&proxy, &mirror.url(), 2).await;
+    assert_eq!(counts(&s), (2, 1, 1), "{s}");
+    assert_eq!(
+        mismatches(&proxy, &mirror.url()).await[0]["difference"],
+        json!({"kind": "json_pointer", "pointer": "/c", "main": "\"x\"", "mirror": "\"y\""})
+    );
+
+    // Non-JSON bodies: the offset counts decoded bytes.
+    main.set_reply(encoded_json("gzip", gzip(b"hello world")));
+    mirror.set_reply(encoded_json("gzip", gzip(b"hello World")));
+    get(&proxy.url("/text")).await;
+    settled(&proxy, &mirror.url(), 3).await;
+    assert_eq!(
+        mismatches(&proxy, &mirror.url()).await[0]["difference"],
+        json!({"kind": "byte_offset", "offset": 6})
+    );
+}
+
+#[tokio::test]
+async fn an_encoded_and_an_identity_answer_compare_by_body_and_by_header_only_if_named() {
+    let identity = || json_reply(r#"{"b":[true,null],"a":1}"#);
+    let (main, mirror, proxy) = setup(
+        encoded_json("gzip", gzip(br#"{"a":1,"b":[true,null]}"#)),
+        identity(),
+        "",
+        &[],
+    )
+    .await;
+    get(&proxy.url("/x")).await;
+    let s = settled(&proxy, &mirror.url(), 1).await;
+    assert_eq!(counts(&s), (1, 1, 0), "{s}");
+
+    // br, and the encoding compared when Content-Encoding is a compared header.
+    main.set_reply(encoded_json("br", Bytes::from_static(BR_JSON)));
+    put_comparing(
+        &proxy,
+        &mirror.url(),
+        "&compare_header=Content-Type&compare_header=Content-Encoding",
+    )
+    .await;
+    get(&proxy.url("/x")).await;
+    let s = settled(&proxy, &mirror.url(), 2).await;
+    assert_eq!(counts(&s), (2, 1, 1), "{s}");
+    assert_eq!(
+        s["mismatches"],
+        json!({"status": 0, "headers": 1, "body": 0})
+    );
+    assert_eq!(
+        mismatches(&proxy, &mirror.url()).await[0]["difference"],
+        json!({"kind": "header", "name": "content-encoding", "main": "br", "mirror": null})
+    );
+    mirror.set_reply(encoded_json("br", Bytes::from_static(BR_JSON)));
+    get(&proxy.url("/x")).await;
+    let s = settled(&proxy, &mirror.url(), 3).await;
+    assert_eq!(counts(&s), (3, 2, 1), "{s}");
+}
+
+#[tokio::test]
+async fn a_compressed_answer_that_decodes_past_max_compare_size_is_compared_by_digest() {
+    // 64 MiB of zeros in about 64 KiB of gzip (64 members of 1 MiB), against a 1 MiB
+    // limit and a 4 MiB budget: decoding stops at the limit, and the gzip bytes are
+    // compared by length and digest.
+    let bomb = Bytes::from(gzip(&vec![0; 1 << 20]).repeat(64));
+    let (_main, mirror, proxy) = setup(
+        encoded_json("gzip", bomb.clone()),
+        encoded_json("gzip", bomb.clone()),
+        "",
+        &["--max-compare-size", "1MiB", "--max-buffered-bytes", "4MiB"],
+    )
+    .await;
+    let resp = get(&proxy.url("/bomb")).await;
+    assert_eq!(resp.body, bomb);
+    let s = settled(&proxy, &mirror.url(), 1).await;
+    assert_eq!(counts(&s), (1, 1, 0), "{s}");
+    assert_eq!(s["not_compared"], 0, "{s}");
+
+    let mut other = bomb.to_vec();
+    other.truncate(other.len() - gzip(&vec![0; 1 << 20]).len());
+    let other_len = other.len();
+    mirror.set_reply(encoded_json("gzip", Bytes::from(other)));
+    get(&proxy.url("/bomb")).await;
+    let s = settled(&proxy, &mirror.url(), 2).await;
+    assert_eq!(counts(&s), (2, 1, 1), "{s}");
+    assert_eq!(
+        mismatches(&proxy, &mirror.url()).await[0]["difference"],
+        json!({"kind": "digest", "main_len": bomb.len(), "mirror_len": other_len})
+    );
+    proxy.budget_drained("comparison memory given back").await;
+}

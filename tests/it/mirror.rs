@@ -328,3 +328,73 @@ async fn queue_bound_counts_in_flight_copies_at_the_mirror() {
     );
     assert_eq!(m["succeeded"], m["sent"], "{m}");
 }
+
+/// `succeeded + failed + queued <= sent` in every listing and every scrape taken while
+/// copies come and go, and equality once they are done (README, "The admin endpoint").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_and_scrape_never_count_a_copy_twice_under_load() {
+    let main = MockBackend::start(Reply::ok("main")).await;
+    let mirror = MockBackend::start(Reply::ok("m")).await;
+    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    // Comparing: a copy stays in its task a little longer after its outcome.
+    proxy
+        .put_ok(&format!("url={}&compare=true", mirror.url()))
+        .await;
+    const CLIENTS: usize = 8;
+    const REQUESTS: usize = 150;
+    let load: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let url = proxy.url(&format!("/load/{c}"));
+            tokio::spawn(async move {
+                for _ in 0..REQUESTS {
+                    assert_eq!(get(&url).await.status, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    let scrape_url = proxy.admin_url("/metrics");
+    // The value of the one sample line that starts with `start`.
+    let sample = |text: &str, start: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(start));
+        let value = line.and_then(|l| l.rsplit(' ').next()?.parse().ok());
+        value.unwrap_or_else(|| panic!("{start} in {text}"))
+    };
+    let copies = |outcome: &str| {
+        format!(
+            "trafficmirror_mirror_copies_total{{mirror=\"{}\",outcome=\"{outcome}\"}}",
+            mirror.url()
+        )
+    };
+    let (mut readings, mut busy) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !load.iter().all(|t| t.is_finished()) && Instant::now() < deadline {
+        let m = proxy.mirror_json(&mirror.url()).await.unwrap();
+        let n = |k: &str| m[k].as_u64().unwrap();
+        let (sent, done, queued) = (n("sent"), n("succeeded") + n("failed"), n("queued"));
+        assert!(done + queued <= sent, "listing reading {readings}: {m}");
+        busy += usize::from(queued > 0);
+        let text = get(&scrape_url).await.text();
+        let (sent, queued) = (
+            sample(&text, &copies("sent")),
+            sample(&text, "trafficmirror_mirror_queued{"),
+        );
+        let done = sample(&text, &copies("succeeded")) + sample(&text, &copies("failed"));
+        assert!(done + queued <= sent, "scrape reading {readings}: {text}");
+        readings += 1;
+    }
+    for t in load {
+        t.await.unwrap();
+    }
+    assert!(
+        busy > 0,
+        "no reading saw a copy in flight ({readings} readings)"
+    );
+    let total = (CLIENTS * REQUESTS) as u64;
+    eventually("every copy finished", || async {
+        let m = proxy.mirror_json(&mirror.url()).await.unwrap();
+        m["queued"] == 0 && m["succeeded"] == total
+    })
+    .await;
+    let m = proxy.mirror_json(&mirror.url()).await.unwrap();
+    assert_eq!(m["sent"], total, "{m}");
+}

@@ -394,6 +394,10 @@ async fn every_bad_option_is_refused_by_name_and_nothing_applies() {
         ("ordered=sometimes", "sometimes"),
         ("persistent=2", "persistent"),
         ("percent=5&percent=6", "percent"),
+        (
+            "set_header=X-A:1&set_header=x-a:2",
+            "set_header given more than once for header x-a",
+        ),
         ("bogus=1", "bogus"),
     ];
     for (query, named) in cases {
