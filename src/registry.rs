@@ -116,13 +116,19 @@ impl Registry {
     /// not saved in the state file (the flag defines it again at the next start). All or
     /// nothing: a file mirror among them is an error and nothing changes.
     ///
+    /// A change is applied only if `accept` agrees with the admin mirrors it would
+    /// leave (what the state file would then hold); `Ok(None)` when it does not, and
+    /// nothing changed. `accept` is asked only about a real change, under the set's
+    /// lock, so no other change slips in between.
+    ///
     /// # Errors
     /// One of the URLs belongs to the targets file.
     pub fn put(
         &self,
         urls: &[TargetUrl],
         options: Option<&MirrorOptions>,
-    ) -> Result<Change, Conflict> {
+        accept: impl FnOnce(&[MirrorLine]) -> bool,
+    ) -> Result<Option<Change>, Conflict> {
         let mut guard = self.write();
         let mut list: Vec<Member> = guard.as_ref().clone();
         if let Some(url) = urls.iter().find(|u| is_file_mirror(&list, u)) {
@@ -150,9 +156,12 @@ impl Registry {
             }
         }
         if !change.is_empty() {
+            if !accept(&admin_lines_of(&list)) {
+                return Ok(None);
+            }
             *guard = Arc::new(list);
         }
-        Ok(change)
+        Ok(Some(change))
     }
 
     /// Adds mirrors that are not present yet, from `--mirror` or the state file; returns
@@ -242,14 +251,7 @@ impl Registry {
 
     /// The mirrors added through the admin endpoint, as the state file keeps them.
     pub fn admin_lines(&self) -> Vec<MirrorLine> {
-        self.snapshot()
-            .iter()
-            .filter(|m| m.plan.source == Source::Admin)
-            .map(|m| MirrorLine {
-                url: m.mirror.url().clone(),
-                options: m.plan.options.clone(),
-            })
-            .collect()
+        admin_lines_of(&self.snapshot())
     }
 
     /// The member for `url`, if present.
@@ -316,4 +318,15 @@ impl Registry {
     pub fn outstanding(&self) -> usize {
         self.inner.shared.outstanding.load(Ordering::Relaxed)
     }
+}
+
+/// The admin mirrors of `list`, as the state file keeps them.
+fn admin_lines_of(list: &[Member]) -> Vec<MirrorLine> {
+    list.iter()
+        .filter(|m| m.plan.source == Source::Admin)
+        .map(|m| MirrorLine {
+            url: m.mirror.url().clone(),
+            options: m.plan.options.clone(),
+        })
+        .collect()
 }

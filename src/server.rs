@@ -178,6 +178,7 @@ pub async fn run(
         proxy.registry().clone(),
         proxy.budget().clone(),
         targets_file_valid.clone(),
+        proxy.config().state_file.clone(),
     );
     let admin = Admin::new(
         proxy.registry().clone(),
@@ -195,6 +196,14 @@ pub async fn run(
         }
     });
     let token = CancellationToken::new();
+    if let Some(state) = proxy.config().state_file.clone() {
+        let registry = proxy.registry().clone();
+        tokio::spawn(state.keep_saving(
+            proxy.config().state_file_retry,
+            move || registry.admin_lines(),
+            token.clone(),
+        ));
+    }
     if let (Some((path, _)), Some(valid)) = (&proxy.config().targets_file, targets_file_valid) {
         let registry = proxy.registry().clone();
         let shown = path.display().to_string();
