@@ -138,8 +138,10 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// How often the targets file is read for changes (they apply within twice this).
-const TARGETS_FILE_POLL: Duration = Duration::from_secs(1);
+/// How often the targets file is read for changes. A change applies once it has
+/// settled (`targets_file::SETTLE`), within `SETTLE` + twice this: 1 s, inside the
+/// 2 s the README promises.
+const TARGETS_FILE_POLL: Duration = Duration::from_millis(250);
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -122,8 +122,12 @@ fn strip_comment(raw: &str) -> &str {
 /// Reads a small text file, refusing one larger than `limit` bytes (a targets file
 /// pointed at a device or a huge file must not eat memory).
 fn read_limited(path: &Path, limit: u64) -> io::Result<String> {
+    read_file_limited(std::fs::File::open(path)?, limit)
+}
+
+/// [`read_limited`] of a file already open.
+fn read_file_limited(file: std::fs::File, limit: u64) -> io::Result<String> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
     file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {

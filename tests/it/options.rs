@@ -1164,6 +1164,72 @@ async fn targets_file_follows_a_configmap_symlink_swap() {
 }
 
 #[tokio::test]
+async fn a_targets_file_rewritten_in_place_is_never_applied_half_written() {
+    let main = MockBackend::start(Reply::ok("main")).await;
+    let dir = TempDir::new("in-place");
+    let file = dir.path("targets");
+    // Never contacted: no request goes through the proxy.
+    let first =
+        "http://127.0.0.1:19001 percent=50\nhttp://127.0.0.1:19002\nhttp://127.0.0.1:19003\n";
+    let last = format!("{first}http://127.0.0.1:19004\n");
+    std::fs::write(&file, first).unwrap();
+    let shown = file.display().to_string();
+    let proxy = TestProxy::start(&["--main", &main.url(), "--targets-file", &shown]).await;
+    let urls = |l: &[Value]| -> Vec<String> {
+        l.iter()
+            .map(|m| m["url"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let expected = [
+        "http://127.0.0.1:19001",
+        "http://127.0.0.1:19002",
+        "http://127.0.0.1:19003",
+    ];
+    assert_eq!(urls(&proxy.mirrors_json().await), expected);
+
+    // Rewritten in place every 100 ms for 4 s, as `cat > file` does but slower: emptied,
+    // then written up to a cut-off address (`http://127.0.0.1:19`), then the rest. The
+    // last round writes a fourth mirror.
+    let writer = std::thread::spawn({
+        let (file, first, last) = (file.clone(), first.to_owned(), last.clone());
+        move || {
+            use std::io::Write as _;
+            let cut = first.len() - 4;
+            let rounds = 40;
+            for round in 1..=rounds {
+                let text = if round == rounds { &last } else { &first };
+                let mut f = std::fs::File::create(&file).unwrap();
+                std::thread::sleep(Duration::from_millis(30));
+                f.write_all(&text.as_bytes()[..cut]).unwrap();
+                std::thread::sleep(Duration::from_millis(30));
+                f.write_all(&text.as_bytes()[cut..]).unwrap();
+                drop(f);
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            Instant::now()
+        }
+    });
+    let mut polls = 0;
+    while !writer.is_finished() {
+        let listing = proxy.mirrors_json().await;
+        assert_eq!(urls(&listing), expected, "after {polls} polls");
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let written = writer.join().unwrap();
+    assert!(polls > 100, "{polls}");
+    // The last version, left alone, is applied within the 2 s the README promises.
+    listing_until(&proxy, "the last version", |l| l.len() == 4).await;
+    let took = written.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "applied {took:?} after the last write"
+    );
+    assert!(targets_file_valid(&proxy).await);
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn a_mirror_removed_by_fail_after_leaves_the_state_file() {
     let main = MockBackend::start(Reply::ok("main")).await;
     let failing = MockBackend::start(Reply::status(503)).await;
