@@ -4,9 +4,10 @@
 //! adds and `DELETE` removes the `url` parameters from the query string and an
 //! `application/x-www-form-urlencoded` body. Every URL is validated before anything is
 //! applied. Authentication, when configured, comes first. `GET <path>/status` answers
-//! the proxy-wide figures (bytes held for mirrors); `GET <path>/metrics` the Prometheus
-//! scrape ([`crate::observe::metrics`]), also at `/metrics` when the admin endpoint has
-//! its own listener (`--targets-address`).
+//! the proxy-wide figures (bytes held for mirrors, whether the state file is saved);
+//! `GET <path>/metrics` the Prometheus scrape ([`crate::observe::metrics`]), also at
+//! `/metrics` when the admin endpoint has its own listener (`--targets-address`).
+//! Saving the state file after a change is [`StateFile`]'s job.
 //! A browser's `GET` (`Accept` with `text/html`, JSON not asked for) gets the status
 //! page of `observe::page` instead of the listing.
 
