@@ -4,14 +4,14 @@
 //! adds and `DELETE` removes the `url` parameters from the query string and an
 //! `application/x-www-form-urlencoded` body. Every URL is validated before anything is
 //! applied. Authentication, when configured, comes first. `GET <path>/status` answers
-//! the proxy-wide figures (bytes held for mirrors); `GET <path>/metrics` the Prometheus
-//! scrape ([`crate::observe::metrics`]), also at `/metrics` when the admin endpoint has
-//! its own listener (`--targets-address`).
+//! the proxy-wide figures (bytes held for mirrors, whether the state file is saved);
+//! `GET <path>/metrics` the Prometheus scrape ([`crate::observe::metrics`]), also at
+//! `/metrics` when the admin endpoint has its own listener (`--targets-address`).
+//! Saving the state file after a change is [`StateFile`]'s job.
 //! A browser's `GET` (`Accept` with `text/html`, JSON not asked for) gets the status
 //! page of `observe::page` instead of the listing.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,7 +19,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::auth::{Denied, Users};
 use crate::body::{self, BoxBody, BoxError};
@@ -29,7 +29,8 @@ use crate::mirror::options::{MirrorOptions, OptionsError};
 use crate::observe::metrics::{self, Metrics};
 use crate::observe::page;
 use crate::registry::{Conflict, Registry};
-use crate::sources::state_file;
+use crate::sources::MAX_FILE_BYTES;
+use crate::sources::state_file::{self, StateFile};
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Largest form body accepted on PUT/DELETE.
@@ -50,8 +51,13 @@ pub enum AdminError {
     Conflict { url: String, file: String },
     #[error("{0} is not a mirror")]
     NotAMirror(String),
-    #[error("the change is applied but the state file could not be written: {0}")]
+    #[error(
+        "the change is applied but the state file could not be written: {0} \
+         (the save is retried at the next change and every few seconds)"
+    )]
     StateFile(String),
+    #[error("the state file would grow past its limit of {MAX_FILE_BYTES} bytes: nothing applied")]
+    StateFileFull,
     #[error("authentication required")]
     Unauthorized,
     #[error("too many failed logins from this address: retry in {0} s")]
@@ -82,7 +88,7 @@ impl AdminError {
             Self::LockedOut(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed | Self::OnlyGet => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::BadBody => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadBody | Self::StateFileFull => StatusCode::PAYLOAD_TOO_LARGE,
         };
         let mut response = body::text(status, format!("{self}\n"));
         let headers = response.headers_mut();
@@ -126,12 +132,6 @@ pub struct Admin {
     own_listener: bool,
 }
 
-/// `--state-file` and the turn its saves take.
-struct StateFile {
-    path: PathBuf,
-    turn: tokio::sync::Mutex<()>,
-}
-
 /// What an admin request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Page {
@@ -152,12 +152,7 @@ impl Admin {
             registry,
             users: config.users.clone(),
             budget,
-            state_file: config.state_file.clone().map(|path| {
-                Arc::new(StateFile {
-                    path,
-                    turn: tokio::sync::Mutex::new(()),
-                })
-            }),
+            state_file: config.state_file.clone(),
             targets_file: config
                 .targets_file
                 .as_ref()
@@ -248,6 +243,7 @@ impl Admin {
         let body = serde_json::json!({
             "buffered_bytes": self.budget.held(),
             "max_buffered_bytes": self.budget.limit(),
+            "state_file_saved": self.state_file.as_ref().map(|state| state.saved()),
         });
         json_response(body.to_string())
     }
@@ -300,18 +296,23 @@ impl Admin {
                 let pairs = params.options.iter().map(|(k, v)| (k.as_str(), v.as_str()));
                 Some(MirrorOptions::parse_pairs(pairs)?)
             };
-            let change = registry.put(&urls, options.as_ref()).map_err(conflict)?;
+            // What the state file would hold must stay loadable at the next start.
+            let fits = |lines: &[_]| self.state_file.is_none() || state_file::fits(lines);
+            let change = registry
+                .put(&urls, options.as_ref(), fits)
+                .map_err(conflict)?
+                .ok_or(AdminError::StateFileFull)?;
             if !change.is_empty() {
                 let options = options.map(|o| o.to_string()).unwrap_or_default();
                 info!(user = who, client = %peer, added = ?change.added, updated = ?change.updated, %options, "mirrors added or changed");
-                self.save_state().await?;
             }
+            self.save_state(!change.is_empty()).await?;
         } else {
             let removed = registry.delete(&urls).map_err(conflict)?;
             if !removed.is_empty() {
                 info!(user = who, client = %peer, ?removed, "mirrors removed");
-                self.save_state().await?;
             }
+            self.save_state(!removed.is_empty()).await?;
         }
         Ok(listing(registry, json))
     }
@@ -320,30 +321,23 @@ impl Admin {
     /// by `--fail-after`, or taken over by the targets file). A failure is logged by the
     /// save; there is no client to tell.
     pub async fn save_after_change(&self) {
-        let _ = self.save_state().await;
+        let _ = self.save_state(true).await;
     }
 
-    /// Writes the admin mirrors to `--state-file`, one save at a time, each with the
-    /// set as it is when its turn comes (so the last save has the latest set).
-    async fn save_state(&self) -> Result<(), AdminError> {
+    /// Writes the admin mirrors to `--state-file` after a change (`changed`), or when
+    /// an earlier save failed: a request that changes nothing still repairs the file,
+    /// and is told (`500`) while it cannot be written.
+    async fn save_state(&self, changed: bool) -> Result<(), AdminError> {
         let Some(state) = &self.state_file else {
             return Ok(());
         };
-        let _turn = state.turn.lock().await;
-        let lines = self.registry.admin_lines();
-        let path = state.path.clone();
-        let saved = tokio::task::spawn_blocking(move || state_file::save(&path, &lines)).await;
-        match saved {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => {
-                error!(file = %state.path.display(), error = %err, "cannot write the state file");
-                Err(AdminError::StateFile(format!(
-                    "{}: {err}",
-                    state.path.display()
-                )))
-            }
-            Err(err) => Err(AdminError::StateFile(err.to_string())),
+        if changed {
+            state.changed();
         }
+        state
+            .save(|| self.registry.admin_lines())
+            .await
+            .map_err(|err| AdminError::StateFile(err.to_string()))
     }
 
     /// The Prometheus scrape.
@@ -486,6 +480,7 @@ mod tests {
             &MainStats::default(),
             registry.clone(),
             budget.clone(),
+            None,
             None,
         );
         Admin::new(registry, budget, &config, metrics)

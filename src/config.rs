@@ -3,12 +3,14 @@
 //! [`ConfigError`], before anything is bound or spawned.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{PasswordFileError, Users};
 use crate::cli::Cli;
 use crate::mirror;
 use crate::mirror::options::{MirrorLine, MirrorLineError};
+use crate::sources::state_file::StateFile;
 use crate::target_url::{TargetUrl, UrlError};
 
 /// A start-up error. Display is the whole one-line message.
@@ -29,6 +31,14 @@ pub enum ConfigError {
     MirrorLine(#[from] MirrorLineError),
     #[error(transparent)]
     File(#[from] crate::sources::FileError),
+}
+
+impl ConfigError {
+    /// The values are fine but the system refused them: the state file is locked by
+    /// another instance.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::File(crate::sources::FileError::InUse { .. }))
+    }
 }
 
 /// `--mirror` values: a mirror line with options (it has spaces), or plain URLs that
@@ -104,9 +114,12 @@ pub struct Config {
     pub users: Option<Users>,
     /// Mirrors from `--mirror`, persistent.
     pub mirrors: Vec<MirrorLine>,
-    /// `--state-file`, and the mirrors it held at start.
-    pub state_file: Option<PathBuf>,
+    /// `--state-file` (opened and locked), and the mirrors it held at start.
+    pub state_file: Option<Arc<StateFile>>,
     pub restored: Vec<MirrorLine>,
+    /// How often a state file whose last save failed is written again (not a flag;
+    /// tests shorten it).
+    pub state_file_retry: Duration,
     /// `--targets-file`, and its mirrors at start.
     pub targets_file: Option<(PathBuf, Vec<MirrorLine>)>,
     pub mirror: mirror::Settings,
@@ -130,6 +143,10 @@ pub struct Config {
     /// Things worth a warning at start-up that are not errors.
     pub warnings: Vec<String>,
 }
+
+/// How often an unsaved state file is retried: a change whose save failed is on disk
+/// within this once the disk takes writes again.
+const STATE_FILE_RETRY: Duration = Duration::from_secs(5);
 
 /// hyper cannot read a request head into a smaller buffer than this.
 const MIN_HEADER_SIZE: u64 = 8 * 1024;
@@ -160,9 +177,12 @@ impl Config {
             source,
         })?;
         let mirrors = mirror_lines(&cli.mirror)?;
-        let restored = match &cli.state_file {
-            Some(path) => crate::sources::state_file::load(path)?,
-            None => Vec::new(),
+        let (state_file, restored) = match &cli.state_file {
+            Some(path) => {
+                let (file, lines) = StateFile::open(path)?;
+                (Some(Arc::new(file)), lines)
+            }
+            None => (None, Vec::new()),
         };
         let targets_file = match &cli.targets_file {
             Some(path) => Some((path.clone(), crate::sources::targets_file::load(path)?)),
@@ -221,8 +241,9 @@ impl Config {
             admin_address,
             users,
             mirrors,
-            state_file: cli.state_file.clone(),
+            state_file,
             restored,
+            state_file_retry: STATE_FILE_RETRY,
             targets_file,
             mirror: mirror::Settings {
                 retry_after: cli.retry_after,

@@ -1,7 +1,8 @@
 //! The `trafficmirror` binary: parse flags (and the config file), bind, announce, serve
 //! until a signal; or print shell completions or the man page.
 //! Every start-up error is one line on stderr and exit status 2 (bad flags, values or
-//! config file) or 1 (the system refused: port in use, no runtime).
+//! config file) or 1 (the system refused: port in use, state file locked by another
+//! instance, no runtime).
 
 #![forbid(unsafe_code)]
 
@@ -39,6 +40,8 @@ fn main() -> ExitCode {
     }
     let config = match Config::from_cli(&cli) {
         Ok(config) => config,
+        // Like a port in use: the system refused, the value is fine.
+        Err(err) if err.is_refusal() => return fail(1, &err),
         Err(err) => return fail(2, &with_file_key(&err, file.as_ref())),
     };
     for warning in &config.warnings {

@@ -116,13 +116,19 @@ impl Registry {
     /// not saved in the state file (the flag defines it again at the next start). All or
     /// nothing: a file mirror among them is an error and nothing changes.
     ///
+    /// A change is applied only if `accept` agrees with the admin mirrors it would
+    /// leave (what the state file would then hold); `Ok(None)` when it does not, and
+    /// nothing changed. `accept` is asked only about a real change, under the set's
+    /// lock, so no other change slips in between.
+    ///
     /// # Errors
     /// One of the URLs belongs to the targets file.
     pub fn put(
         &self,
         urls: &[TargetUrl],
         options: Option<&MirrorOptions>,
-    ) -> Result<Change, Conflict> {
+        accept: impl FnOnce(&[MirrorLine]) -> bool,
+    ) -> Result<Option<Change>, Conflict> {
         let mut guard = self.write();
         let mut list: Vec<Member> = guard.as_ref().clone();
         if let Some(url) = urls.iter().find(|u| is_file_mirror(&list, u)) {
@@ -150,9 +156,12 @@ impl Registry {
             }
         }
         if !change.is_empty() {
+            if !accept(&admin_lines_of(&list)) {
+                return Ok(None);
+            }
             *guard = Arc::new(list);
         }
-        Ok(change)
+        Ok(Some(change))
     }
 
     /// Adds mirrors that are not present yet, from `--mirror` or the state file; returns
@@ -242,14 +251,7 @@ impl Registry {
 
     /// The mirrors added through the admin endpoint, as the state file keeps them.
     pub fn admin_lines(&self) -> Vec<MirrorLine> {
-        self.snapshot()
-            .iter()
-            .filter(|m| m.plan.source == Source::Admin)
-            .map(|m| MirrorLine {
-                url: m.mirror.url().clone(),
-                options: m.plan.options.clone(),
-            })
-            .collect()
+        admin_lines_of(&self.snapshot())
     }
 
     /// The member for `url`, if present.
@@ -318,6 +320,17 @@ impl Registry {
     }
 }
 
+/// The admin mirrors of `list`, as the state file keeps them.
+fn admin_lines_of(list: &[Member]) -> Vec<MirrorLine> {
+    list.iter()
+        .filter(|m| m.plan.source == Source::Admin)
+        .map(|m| MirrorLine {
+            url: m.mirror.url().clone(),
+            options: m.plan.options.clone(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -358,14 +371,26 @@ mod tests {
         line(&format!("http://x {s}")).options
     }
 
+    impl Registry {
+        /// `put` with every change accepted.
+        fn put_all(
+            &self,
+            urls: &[TargetUrl],
+            options: Option<&MirrorOptions>,
+        ) -> Result<Change, Conflict> {
+            self.put(urls, options, |_| true)
+                .map(|change| change.expect("accepted"))
+        }
+    }
+
     #[test]
     fn put_adds_in_order_and_a_present_url_without_options_changes_nothing() {
         let registry = registry();
         let change = registry
-            .put(&[url("http://b"), url("http://a")], None)
+            .put_all(&[url("http://b"), url("http://a")], None)
             .unwrap();
         assert_eq!(change.added.len(), 2);
-        let again = registry.put(&[url("http://b")], None).unwrap();
+        let again = registry.put_all(&[url("http://b")], None).unwrap();
         assert!(again.is_empty(), "{again:?}");
         assert_eq!(urls(&registry), ["http://b", "http://a"]);
     }
@@ -373,10 +398,10 @@ mod tests {
     #[test]
     fn put_with_options_replaces_them_and_keeps_the_mirror() {
         let registry = registry();
-        registry.put(&[url("http://a")], None).unwrap();
+        registry.put_all(&[url("http://a")], None).unwrap();
         let before = registry.find(&url("http://a")).unwrap();
         let change = registry
-            .put(&[url("http://a")], Some(&options("percent=5")))
+            .put_all(&[url("http://a")], Some(&options("percent=5")))
             .unwrap();
         assert_eq!(change.updated, [url("http://a")]);
         let after = registry.find(&url("http://a")).unwrap();
@@ -386,10 +411,24 @@ mod tests {
     }
 
     #[test]
+    fn put_refused_by_accept_changes_nothing() {
+        let registry = registry();
+        registry.put_all(&[url("http://a")], None).unwrap();
+        let refused = registry
+            .put(&[url("http://b")], None, |lines| {
+                assert_eq!(lines.len(), 2, "asked about the set the change would leave");
+                false
+            })
+            .unwrap();
+        assert!(refused.is_none());
+        assert_eq!(urls(&registry), ["http://a"]);
+    }
+
+    #[test]
     fn delete_removes_only_what_is_present() {
         let registry = registry();
         registry
-            .put(&[url("http://a"), url("http://b")], None)
+            .put_all(&[url("http://a"), url("http://b")], None)
             .unwrap();
         let removed = registry
             .delete(&[url("http://a"), url("http://absent")])
@@ -402,7 +441,7 @@ mod tests {
     fn file_mirrors_refuse_admin_changes_all_or_nothing() {
         let registry = registry();
         registry.reconcile_file(&[line("http://f")]);
-        let put = registry.put(&[url("http://new"), url("http://f")], None);
+        let put = registry.put_all(&[url("http://new"), url("http://f")], None);
         assert!(put.is_err());
         assert!(registry.delete(&[url("http://f")]).is_err());
         assert_eq!(urls(&registry), ["http://f"], "nothing applied");
@@ -411,7 +450,7 @@ mod tests {
     #[test]
     fn reconcile_file_adds_updates_and_removes_only_file_mirrors() {
         let registry = registry();
-        registry.put(&[url("http://admin")], None).unwrap();
+        registry.put_all(&[url("http://admin")], None).unwrap();
         registry.reconcile_file(&[line("http://f1"), line("http://f2")]);
         let kept = registry.find(&url("http://f1")).unwrap();
         let change = registry.reconcile_file(&[line("http://f1 percent=50"), line("http://f3")]);
@@ -434,7 +473,7 @@ mod tests {
         registry.add_lines(&[line("http://flag")], Source::Flag);
         registry.reconcile_file(&[line("http://file")]);
         registry
-            .put(&[url("http://admin")], Some(&options("percent=5")))
+            .put_all(&[url("http://admin")], Some(&options("percent=5")))
             .unwrap();
         let lines: Vec<String> = registry
             .admin_lines()
@@ -447,7 +486,7 @@ mod tests {
     #[test]
     fn add_lines_leaves_present_urls_out() {
         let registry = registry();
-        registry.put(&[url("http://a")], None).unwrap();
+        registry.put_all(&[url("http://a")], None).unwrap();
         let present = registry.add_lines(&[line("http://a"), line("http://b")], Source::Admin);
         assert_eq!(present, [url("http://a")]);
         assert_eq!(urls(&registry), ["http://a", "http://b"]);
@@ -456,7 +495,7 @@ mod tests {
     #[tokio::test]
     async fn close_then_drained_resolves_with_nothing_queued() {
         let registry = registry();
-        registry.put(&[url("http://a")], None).unwrap();
+        registry.put_all(&[url("http://a")], None).unwrap();
         registry.close();
         tokio::time::timeout(Duration::from_secs(5), registry.drained())
             .await

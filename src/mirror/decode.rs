@@ -1,5 +1,5 @@
-//! Undoing a captured body's `Content-Encoding` before it is compared (README,
-//! "Comparing answers"), as pure functions over bytes.
+//! Undoing a captured body's `Content-Encoding` before it is compared
+//! (docs/comparing.md, "What is compared"), as pure functions over bytes.
 //!
 //! This module owns which codings are decoded — `gzip` (and `x-gzip`), `deflate` and
 //! `br` (RFC 9110 §8.4.1) — and decoding within a limit of decoded bytes. It does not

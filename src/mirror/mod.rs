@@ -453,8 +453,8 @@ impl Mirror {
             self.comparison.not_compared();
             return;
         };
-        // Compressed bodies are compared decoded (README, "Comparing answers"). Main's is
-        // decoded here, on this copy's task, never while it streams to the client.
+        // Compressed bodies are compared decoded (docs/comparing.md, "What is compared").
+        // Main's is decoded here, on this copy's task, never while it streams to the client.
         let limit = self.shared.settings.max_compare_size;
         let budget = &self.shared.budget;
         let mut mirror = mirror;

@@ -171,7 +171,7 @@ pub fn for_compare(
     let decoded = decode::decode(coding, encoded, limit, &mut |n| held.grow(n as u64));
     match decoded {
         Decoded::Whole(bytes) => ForCompare::Decoded(CapturedBody::Whole(Bytes::from(bytes)), held),
-        // As for a body captured past the limit (README, "Comparing answers").
+        // As for a body captured past the limit (docs/comparing.md, "Bodies").
         Decoded::TooLarge => ForCompare::Decoded(
             CapturedBody::Digest {
                 len: body.len(),

@@ -31,6 +31,7 @@ use crate::budget::Budget;
 use crate::metrics::Latency;
 use crate::mirror::health::State;
 use crate::registry::Registry;
+use crate::sources::state_file::StateFile;
 
 /// The scrape's `Content-Type`: the classic Prometheus text format, which every
 /// Prometheus version scrapes.
@@ -105,12 +106,13 @@ impl Metrics {
     /// byte budget, all read at scrape time.
     ///
     /// `targets_file` is whether the `--targets-file` as last read is in force (when
-    /// there is one).
+    /// there is one); `state_file` the `--state-file`, whose saved state is read.
     pub fn new(
         main: &MainStats,
         mirrors: Registry,
         budget: Budget,
         targets_file: Option<Arc<AtomicBool>>,
+        state_file: Option<Arc<StateFile>>,
     ) -> Self {
         let mut registry = prometheus_client::registry::Registry::with_prefix(PREFIX);
         registry.register(
@@ -129,6 +131,7 @@ impl Metrics {
             mirrors,
             budget,
             targets_file,
+            state_file,
         }));
         Self {
             registry: Arc::new(registry),
@@ -151,6 +154,7 @@ struct Live {
     mirrors: Registry,
     budget: Budget,
     targets_file: Option<Arc<AtomicBool>>,
+    state_file: Option<Arc<StateFile>>,
 }
 
 impl fmt::Debug for Live {
@@ -195,6 +199,17 @@ impl Collector for Live {
                 "targets_file_valid",
                 "1 when the --targets-file as last read is in force; 0 when its last \
                  version was rejected or it cannot be read (the previous mirrors stay).",
+                None,
+                metric.metric_type(),
+            )?;
+            metric.encode(descriptor)?;
+        }
+        if let Some(state) = &self.state_file {
+            let metric = ConstGauge::new(i64::from(state.saved()));
+            let descriptor = encoder.encode_descriptor(
+                "state_file_saved",
+                "1 when the --state-file holds the mirrors as they are; 0 from a change \
+                 until it is written (a failed save is retried).",
                 None,
                 metric.metric_type(),
             )?;
@@ -364,7 +379,7 @@ mod tests {
     #[tokio::test]
     async fn every_class_is_exported_from_the_start_and_counts_its_answers() {
         let main = MainStats::default();
-        let metrics = Metrics::new(&main, registry(), Budget::new(1024), None);
+        let metrics = Metrics::new(&main, registry(), Budget::new(1024), None, None);
         let text = metrics.encode().unwrap();
         for class in CLASSES {
             let line = format!("trafficmirror_requests_total{{class=\"{class}\"}} 0");
@@ -394,7 +409,13 @@ mod tests {
     #[tokio::test]
     async fn budget_gauges_read_the_budget_at_scrape_time() {
         let budget = Budget::new(1000);
-        let metrics = Metrics::new(&MainStats::default(), registry(), budget.clone(), None);
+        let metrics = Metrics::new(
+            &MainStats::default(),
+            registry(),
+            budget.clone(),
+            None,
+            None,
+        );
         let mut held = budget.hold();
         assert!(held.grow(300));
         let text = metrics.encode().unwrap();
@@ -409,7 +430,13 @@ mod tests {
     #[tokio::test]
     async fn a_mirror_is_in_the_scrape_while_it_is_in_the_set() {
         let mirrors = registry();
-        let metrics = Metrics::new(&MainStats::default(), mirrors.clone(), Budget::new(1), None);
+        let metrics = Metrics::new(
+            &MainStats::default(),
+            mirrors.clone(),
+            Budget::new(1),
+            None,
+            None,
+        );
         let text = metrics.encode().unwrap();
         assert!(
             !text.contains("trafficmirror_mirror_"),
@@ -486,7 +513,13 @@ mod tests {
         };
 
         let mirrors = registry();
-        let metrics = Metrics::new(&MainStats::default(), mirrors.clone(), Budget::new(1), None);
+        let metrics = Metrics::new(
+            &MainStats::default(),
+            mirrors.clone(),
+            Budget::new(1),
+            None,
+            None,
+        );
         assert_eq!(count_series(&metrics.encode().unwrap()), (base, 1));
         let plain = MirrorLine::parse("http://plain:1").unwrap();
         mirrors.add_lines(&[plain], Source::Admin);
@@ -505,7 +538,13 @@ mod tests {
     #[tokio::test]
     async fn only_comparing_mirrors_have_comparison_series() {
         let mirrors = registry();
-        let metrics = Metrics::new(&MainStats::default(), mirrors.clone(), Budget::new(1), None);
+        let metrics = Metrics::new(
+            &MainStats::default(),
+            mirrors.clone(),
+            Budget::new(1),
+            None,
+            None,
+        );
         let lines = ["http://plain:1", "http://shadow:2 compare=true"]
             .map(|l| MirrorLine::parse(l).unwrap());
         mirrors.add_lines(&lines, Source::Admin);

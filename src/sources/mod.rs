@@ -1,5 +1,6 @@
 //! Files that hold mirror lines: the `--state-file` (mirrors added through the admin
-//! endpoint, saved on every change, restored at start) and the `--targets-file`
+//! endpoint, saved on every change, restored at start, locked against a second
+//! instance) and the `--targets-file`
 //! (mirrors declared by the operator, followed while the program runs).
 //!
 //! Both hold one [`MirrorLine`] per line, with `#` comments and blank lines ignored,
@@ -46,6 +47,33 @@ pub enum FileError {
         kind: &'static str,
         path: PathBuf,
         source: BadLine,
+    },
+    #[error("{kind} {}: the directory {} {reason}", path.display(), dir.display())]
+    NoDirectory {
+        kind: &'static str,
+        path: PathBuf,
+        dir: PathBuf,
+        reason: &'static str,
+    },
+    #[error("cannot lock {kind} {} (lock file {}): {source}", path.display(), lock.display())]
+    Lock {
+        kind: &'static str,
+        path: PathBuf,
+        lock: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "{kind} {} is in use by another trafficmirror instance{} holding the lock file {}: \
+         give each instance its own file",
+        path.display(),
+        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+        lock.display()
+    )]
+    InUse {
+        kind: &'static str,
+        path: PathBuf,
+        lock: PathBuf,
+        pid: Option<u32>,
     },
 }
 
@@ -94,8 +122,12 @@ fn strip_comment(raw: &str) -> &str {
 /// Reads a small text file, refusing one larger than `limit` bytes (a targets file
 /// pointed at a device or a huge file must not eat memory).
 fn read_limited(path: &Path, limit: u64) -> io::Result<String> {
+    read_file_limited(std::fs::File::open(path)?, limit)
+}
+
+/// [`read_limited`] of a file already open.
+fn read_file_limited(file: std::fs::File, limit: u64) -> io::Result<String> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
     file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
@@ -107,7 +139,8 @@ fn read_limited(path: &Path, limit: u64) -> io::Result<String> {
     String::from_utf8(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
-/// Largest state or targets file read (1 MiB: thousands of mirror lines).
+/// Largest state or targets file read, and largest state file written (1 MiB: thousands
+/// of mirror lines), so that a saved state file always loads at the next start.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 #[cfg(test)]

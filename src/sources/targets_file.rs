@@ -8,6 +8,15 @@
 //! line number; an unreadable or missing file is logged once per change of state. In
 //! both cases the previous set stays.
 //!
+//! # Why a version must settle first
+//! A file rewritten in place (`echo … > file`, `cat > file`, editors that truncate then
+//! write) is empty, then partly written, for a moment. Read then, it would remove every
+//! mirror (counters, health and queue lost) or add one at a cut-off address. So a read
+//! (its content and modification time, or its error) is acted on only once [`SETTLE`]
+//! has passed without either changing: a writer that rewrites the file every 100 ms
+//! never gets a half-written version applied, and the set follows within
+//! `SETTLE + 2 × interval` of the last write.
+//!
 //! # Why polling the content, not file-system events
 //! Kubernetes updates a mounted ConfigMap by writing a new timestamped directory and
 //! atomically swapping the `..data` symlink the visible file points through. inotify
@@ -23,16 +32,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{BadLine, FileError, MAX_FILE_BYTES, parse_lines, read_limited};
+use super::{BadLine, FileError, MAX_FILE_BYTES, parse_lines, read_file_limited, read_limited};
 use crate::mirror::options::MirrorLine;
 
 const KIND: &str = "targets file";
+
+/// How long a read of the file must stay the same before it is acted on (see the
+/// module doc).
+pub const SETTLE: Duration = Duration::from_millis(500);
 
 /// Parses the text of a targets file: one mirror line per line, `#` comments (whole
 /// line or after whitespace), blank lines ignored.
@@ -65,10 +78,33 @@ fn read(path: &Path) -> Result<String, FileError> {
     })
 }
 
+/// One read of the file as [`watch`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    text: String,
+    /// The modification time of the file read (through the open file, so of the same
+    /// file as the text): a rewrite with the same content still changes it.
+    modified: Option<SystemTime>,
+}
+
+fn read_version(path: &Path) -> Result<Version, FileError> {
+    let read = || {
+        let file = std::fs::File::open(path)?;
+        let modified = file.metadata()?.modified().ok();
+        let text = read_file_limited(file, MAX_FILE_BYTES)?;
+        Ok(Version { text, modified })
+    };
+    read().map_err(|source| FileError::Read {
+        kind: KIND,
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Follows the targets file until `stop` is cancelled (see the module doc). The first
-/// successful read is reported at once, so the caller can start the watch without
-/// loading the file first; after that `on_change` is called only with a set that
-/// differs from the last one reported. `valid` tells whether the file as last read is
+/// settled read is reported, so the caller can start the watch without loading the
+/// file first; after that `on_change` is called only with a set that differs from the
+/// last one reported. `valid` tells whether the file as last read is
 /// in force (false while it is rejected or unreadable), for the metrics.
 pub async fn watch(
     path: PathBuf,
@@ -77,7 +113,7 @@ pub async fn watch(
     valid: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let mut watcher = Watcher::new(path);
+    let mut watcher = Watcher::new(path, SETTLE);
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -87,10 +123,10 @@ pub async fn watch(
         }
         let path = watcher.path.clone();
         // The read is blocking file I/O: keep it off the async worker.
-        let Ok(result) = tokio::task::spawn_blocking(move || read(&path)).await else {
+        let Ok(result) = tokio::task::spawn_blocking(move || read_version(&path)).await else {
             continue;
         };
-        let report = watcher.observe(result);
+        let report = watcher.observe(result, Instant::now());
         // Before the change is applied: whoever sees the new set sees the gauge too.
         valid.store(watcher.valid, Ordering::Relaxed);
         if let Some(lines) = report {
@@ -99,11 +135,21 @@ pub async fn watch(
     }
 }
 
+/// What one read saw: the file, or the error.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    File(Version),
+    Error(String),
+}
+
 /// The state of a watch between two reads, and the decisions taken on each read.
 #[derive(Debug)]
 struct Watcher {
     path: PathBuf,
-    /// The text last read, to skip parsing an unchanged file.
+    settle: Duration,
+    /// What the reads have seen, unchanged, since when.
+    pending: Option<(Seen, Instant)>,
+    /// The text last acted on, to skip parsing an unchanged file.
     last_text: Option<String>,
     /// The set last reported; `None` before the first report.
     reported: Option<Vec<MirrorLine>>,
@@ -114,9 +160,11 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn new(path: PathBuf) -> Self {
+    fn new(path: PathBuf, settle: Duration) -> Self {
         Self {
             path,
+            settle,
+            pending: None,
             last_text: None,
             reported: None,
             read_error: None,
@@ -124,12 +172,37 @@ impl Watcher {
         }
     }
 
-    /// Takes one read's result; returns the set to report, if any. Logs rejections.
-    fn observe(&mut self, read: Result<String, FileError>) -> Option<Vec<MirrorLine>> {
-        let text = match read {
-            Ok(text) => text,
-            Err(err) => {
-                let shown = err.to_string();
+    /// Takes one read's result, made at `now`; returns the set to report, if any. A
+    /// read is acted on only when the reads have seen the same for `settle`. Logs
+    /// rejections.
+    fn observe(
+        &mut self,
+        read: Result<Version, FileError>,
+        now: Instant,
+    ) -> Option<Vec<MirrorLine>> {
+        let seen = match read {
+            Ok(version) => Seen::File(version),
+            Err(err) => Seen::Error(err.to_string()),
+        };
+        match &self.pending {
+            Some((last, since)) if *last == seen => {
+                if now.saturating_duration_since(*since) < self.settle {
+                    return None;
+                }
+            }
+            _ => {
+                self.pending = Some((seen, now));
+                return None;
+            }
+        }
+        self.act(seen)
+    }
+
+    /// Acts on a settled read.
+    fn act(&mut self, seen: Seen) -> Option<Vec<MirrorLine>> {
+        let text = match seen {
+            Seen::File(version) => version.text,
+            Seen::Error(shown) => {
                 if self.read_error.as_deref() != Some(shown.as_str()) {
                     warn!(error = %shown, "targets file unreadable; keeping the current mirrors");
                     self.read_error = Some(shown);
@@ -249,11 +322,15 @@ mod tests {
         assert_eq!(urls(&load(&path).unwrap()), ["http://a:1"]);
     }
 
-    fn ok(text: &str) -> Result<String, FileError> {
-        Ok(text.to_owned())
+    /// A read of `text`, modified at `at` seconds.
+    fn at(text: &str, at: u64) -> Result<Version, FileError> {
+        Ok(Version {
+            text: text.to_owned(),
+            modified: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(at)),
+        })
     }
 
-    fn missing() -> Result<String, FileError> {
+    fn missing() -> Result<Version, FileError> {
         Err(FileError::Read {
             kind: KIND,
             path: PathBuf::from("targets"),
@@ -261,37 +338,121 @@ mod tests {
         })
     }
 
+    /// A watcher and a clock for it.
+    struct Clocked {
+        w: Watcher,
+        now: Instant,
+    }
+
+    impl Clocked {
+        fn new() -> Self {
+            Self {
+                w: Watcher::new(PathBuf::from("targets"), SETTLE),
+                now: Instant::now(),
+            }
+        }
+
+        /// One read, `after` the previous one.
+        fn read(
+            &mut self,
+            after: Duration,
+            read: Result<Version, FileError>,
+        ) -> Option<Vec<MirrorLine>> {
+            self.now += after;
+            self.w.observe(read, self.now)
+        }
+
+        /// The same read twice, `SETTLE` apart: what a file left alone gives.
+        fn settled(
+            &mut self,
+            read: impl Fn() -> Result<Version, FileError>,
+        ) -> Option<Vec<MirrorLine>> {
+            assert_eq!(
+                self.read(Duration::from_millis(1), read()),
+                None,
+                "acted before settling"
+            );
+            self.read(SETTLE, read())
+        }
+    }
+
     #[test]
     fn watcher_reports_only_new_valid_sets() {
-        let mut w = Watcher::new(PathBuf::from("targets"));
+        let mut c = Clocked::new();
         // The first good read is reported, even when empty.
-        assert_eq!(w.observe(ok("")), Some(vec![]));
-        assert_eq!(w.observe(ok("")), None);
-        let a = w.observe(ok("http://a:1\n")).unwrap();
+        assert_eq!(c.settled(|| at("", 1)), Some(vec![]));
+        assert_eq!(c.settled(|| at("", 1)), None);
+        let a = c.settled(|| at("http://a:1\n", 2)).unwrap();
         assert_eq!(urls(&a), ["http://a:1"]);
         // A comment changes the text, not the set.
-        assert_eq!(w.observe(ok("# hi\nhttp://a:1\n")), None);
-        assert!(w.valid);
+        assert_eq!(c.settled(|| at("# hi\nhttp://a:1\n", 3)), None);
+        assert!(c.w.valid);
         // A bad file is rejected; the previous set stays (nothing reported).
-        assert_eq!(w.observe(ok("http://a:1\nhttp://b:1 percent=x\n")), None);
-        assert!(!w.valid);
-        assert_eq!(w.observe(ok("http://a:1\nhttp://b:1 percent=x\n")), None);
-        assert!(!w.valid, "still the rejected version");
+        assert_eq!(
+            c.settled(|| at("http://a:1\nhttp://b:1 percent=x\n", 4)),
+            None
+        );
+        assert!(!c.w.valid);
+        assert_eq!(
+            c.settled(|| at("http://a:1\nhttp://b:1 percent=x\n", 4)),
+            None
+        );
+        assert!(!c.w.valid, "still the rejected version");
         // Fixing it back to the same set reports nothing; a new set is reported.
-        assert_eq!(w.observe(ok("http://a:1\n")), None);
-        assert!(w.valid);
-        let b = w.observe(ok("http://a:1\nhttp://b:1 percent=5\n")).unwrap();
+        assert_eq!(c.settled(|| at("http://a:1\n", 5)), None);
+        assert!(c.w.valid);
+        let b = c
+            .settled(|| at("http://a:1\nhttp://b:1 percent=5\n", 6))
+            .unwrap();
         assert_eq!(urls(&b), ["http://a:1", "http://b:1 percent=5"]);
         // Missing: nothing reported, logged once; back with the same set: nothing.
-        assert_eq!(w.observe(missing()), None);
-        assert!(w.read_error.is_some());
-        assert!(!w.valid);
-        assert_eq!(w.observe(missing()), None);
-        assert_eq!(w.observe(ok("http://a:1\nhttp://b:1 percent=5\n")), None);
-        assert!(w.read_error.is_none());
-        assert!(w.valid);
+        assert_eq!(c.settled(missing), None);
+        assert!(c.w.read_error.is_some());
+        assert!(!c.w.valid);
+        assert_eq!(c.settled(missing), None);
+        assert_eq!(
+            c.settled(|| at("http://a:1\nhttp://b:1 percent=5\n", 6)),
+            None
+        );
+        assert!(c.w.read_error.is_none());
+        assert!(c.w.valid);
         // Emptied on purpose: reported as the empty set.
-        assert_eq!(w.observe(ok("# none\n")), Some(vec![]));
+        assert_eq!(c.settled(|| at("# none\n", 7)), Some(vec![]));
+    }
+
+    #[test]
+    fn a_version_is_acted_on_only_once_unchanged_for_the_settle_time() {
+        let ms = Duration::from_millis;
+        let mut c = Clocked::new();
+        let full = "http://127.0.0.1:19001\nhttp://127.0.0.1:19002\n";
+        assert_eq!(c.settled(|| at(full, 1)).unwrap().len(), 2);
+        // Rewritten in place every 100 ms, read every 50 ms: empty, cut off, whole, each
+        // with a new modification time. Nothing is acted on, however long it goes on.
+        let cut = "http://127.0.0.1:19001\nhttp://127.0.0.1:190";
+        let mut mtime = 10;
+        for _ in 0..40 {
+            for text in ["", cut, full] {
+                mtime += 1;
+                assert_eq!(c.read(ms(50), at(text, mtime)), None, "{text:?}");
+            }
+            assert_eq!(c.read(ms(50), at(full, mtime)), None);
+        }
+        assert!(c.w.valid);
+        // The same content rewritten (a new modification time) starts the wait again.
+        let new = "http://127.0.0.1:19003\n";
+        assert_eq!(c.read(ms(50), at(new, 100)), None);
+        assert_eq!(c.read(SETTLE - ms(100), at(new, 101)), None);
+        assert_eq!(c.read(SETTLE - ms(100), at(new, 101)), None);
+        assert_eq!(c.read(ms(100), at(new, 101)).unwrap().len(), 1);
+        // A file missing for a moment (deleted, then written again) is not acted on:
+        // no warning, the gauge stays.
+        assert_eq!(c.read(ms(50), missing()), None);
+        assert_eq!(c.read(SETTLE - ms(100), missing()), None);
+        assert!(c.w.valid && c.w.read_error.is_none());
+        assert_eq!(c.read(ms(50), at(new, 102)), None);
+        // Missing for longer is.
+        assert_eq!(c.settled(missing), None);
+        assert!(!c.w.valid);
     }
 
     /// Starts a watch whose reports arrive on the returned channel.
@@ -339,9 +500,9 @@ mod tests {
         fs::write(&path, "http://a:1\nhttp://b:2 method=\n").unwrap();
         // Let the watch see the bad file (several polls) before fixing it; whatever the
         // timing, the next report must be the fixed file, never the bad one.
-        tokio::time::sleep(POLL * 4).await;
+        tokio::time::sleep(SETTLE + POLL * 2).await;
         fs::remove_file(&path).unwrap();
-        tokio::time::sleep(POLL * 4).await;
+        tokio::time::sleep(SETTLE + POLL * 2).await;
         fs::write(&path, "http://c:3\n").unwrap();
         assert_eq!(next(&mut rx).await, ["http://c:3"]);
         assert!(rx.try_recv().is_err());

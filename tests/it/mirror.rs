@@ -330,7 +330,7 @@ async fn queue_bound_counts_in_flight_copies_at_the_mirror() {
 }
 
 /// `succeeded + failed + queued <= sent` in every listing and every scrape taken while
-/// copies come and go, and equality once they are done (README, "The admin endpoint").
+/// copies come and go, and equality once they are done (docs/shadowing.md, "The admin endpoint").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_and_scrape_never_count_a_copy_twice_under_load() {
     let main = MockBackend::start(Reply::ok("main")).await;

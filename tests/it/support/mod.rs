@@ -46,10 +46,17 @@ impl TestProxy {
     /// name). `--listen` is always 127.0.0.1:0; when `--targets-address` is among the
     /// flags it is replaced by 127.0.0.1:0 too.
     pub async fn start(args: &[&str]) -> TestProxy {
+        Self::start_tuned(args, |_| {}).await
+    }
+
+    /// [`TestProxy::start`], with `tune` changing the configuration first (settings
+    /// that are not flags, such as short retry intervals).
+    pub async fn start_tuned(args: &[&str], tune: impl FnOnce(&mut Config)) -> TestProxy {
         let mut argv = vec!["trafficmirror"];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_args(argv).expect("test flags parse");
-        let config = Config::from_cli(&cli).expect("test flags are valid");
+        let mut config = Config::from_cli(&cli).expect("test flags are valid");
+        tune(&mut config);
         let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = main.local_addr().unwrap();
         let admin = match config.admin_address {
