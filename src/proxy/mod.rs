@@ -239,6 +239,9 @@ impl Proxy {
             }
         }
         let timeout = config.body_read_timeout;
+        // An HTTP/2 body ends with END_STREAM, which hyper does not tell apart from a
+        // reset (see `tee`).
+        let h2 = parts.version == Version::HTTP_2;
         // Ordered mirrors learn when main's answer is complete (see `mirror::ordered`).
         let mut main_halves = Vec::new();
         let mut orders = Vec::new();
@@ -258,7 +261,7 @@ impl Proxy {
             (None, None)
         };
         let upstream_body = if selected.is_empty() {
-            self.streamed(body)
+            self.streamed(body, h2)
         } else if looped || upgrade.is_some() {
             if looped && self.first_loop() {
                 // This instance already handled this request once (README, "Via").
@@ -269,10 +272,10 @@ impl Proxy {
                 );
             }
             skip_all(&mirrors, &selected);
-            self.streamed(body)
+            self.streamed(body, h2)
         } else if body.size_hint().lower() > config.max_body_size {
             skip_all(&mirrors, &selected);
-            self.streamed(body)
+            self.streamed(body, h2)
         } else {
             let mut headers = parts.headers.clone();
             // A slot each copy fills with its mirror's authority in place, so that the
@@ -300,6 +303,7 @@ impl Proxy {
                 body::boxed(RequestBody::teed(
                     body,
                     timeout,
+                    h2,
                     offer,
                     held,
                     config.max_body_size,
@@ -386,6 +390,10 @@ impl Proxy {
                     debug!(client = %peer.addr, error = %cause, "malformed or broken request body");
                     error_response(StatusCode::BAD_REQUEST, "failed to read the request body")
                 }
+                Some(unfinished @ ClientBodyError::Unfinished { .. }) => {
+                    debug!(client = %peer.addr, error = %unfinished, "request body not finished");
+                    error_response(StatusCode::BAD_REQUEST, "the request body did not end")
+                }
                 None => {
                     if let Some(held_back) = self.inner.main_unreachable_log.admit() {
                         warn!(main = %config.main, error = %client::error_chain(&err), held_back, "main target unreachable");
@@ -396,8 +404,9 @@ impl Proxy {
         }
     }
 
-    /// A body streamed to main with the stall timeout, and no copy.
-    fn streamed<B>(&self, body: B) -> BoxBody
+    /// A body streamed to main with the stall timeout, and no copy. `h2`: an HTTP/2
+    /// request's body.
+    fn streamed<B>(&self, body: B, h2: bool) -> BoxBody
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -405,7 +414,11 @@ impl Proxy {
         if body.is_end_stream() {
             body::boxed(body)
         } else {
-            body::boxed(RequestBody::streamed(body, self.config().body_read_timeout))
+            body::boxed(RequestBody::streamed(
+                body,
+                self.config().body_read_timeout,
+                h2,
+            ))
         }
     }
 }
