@@ -193,6 +193,11 @@ impl Proxy {
     {
         let config = self.config();
         if req.method() == Method::CONNECT {
+            // Answered here and never mirrored, yet counted once per mirror as every
+            // proxied request is (README, "The admin endpoint"): like an upgrade.
+            let mirrors = self.registry().snapshot();
+            let selected = select(&mirrors, req.method(), req.uri().path(), req.headers());
+            skip_all(&mirrors, &selected);
             return error_response(
                 StatusCode::NOT_IMPLEMENTED,
                 "CONNECT is not supported: trafficmirror is a reverse proxy",
@@ -227,17 +232,7 @@ impl Proxy {
         }
 
         let mirrors = self.registry().snapshot();
-        let mut selected = Selection::default();
-        for (index, member) in mirrors.iter().enumerate() {
-            if member
-                .plan
-                .selects(&parts.method, parts.uri.path(), &parts.headers)
-            {
-                selected.add(index);
-            } else {
-                member.mirror.filter();
-            }
-        }
+        let selected = select(&mirrors, &parts.method, parts.uri.path(), &parts.headers);
         let timeout = config.body_read_timeout;
         // An HTTP/2 body ends with END_STREAM, which hyper does not tell apart from a
         // reset (see `tee`).
@@ -461,6 +456,19 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
         Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
         Err(err) => debug!(error = %err, "upgraded connection ended with an error"),
     }
+}
+
+/// The mirrors whose options select this request; the others count it `filtered`.
+fn select(mirrors: &Mirrors, method: &Method, path: &str, headers: &http::HeaderMap) -> Selection {
+    let mut selected = Selection::default();
+    for (index, member) in mirrors.iter().enumerate() {
+        if member.plan.selects(method, path, headers) {
+            selected.add(index);
+        } else {
+            member.mirror.filter();
+        }
+    }
+    selected
 }
 
 fn skip_all(mirrors: &Mirrors, selected: &Selection) {
