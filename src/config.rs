@@ -217,6 +217,13 @@ impl Config {
                 message: "must be greater than 0".to_owned(),
             });
         }
+        if cli.mirror_timeout.is_zero() {
+            // Would fail every copy (or some, at random) and make healthy mirrors failing.
+            return Err(ConfigError::Invalid {
+                flag: "mirror-timeout",
+                message: "must be greater than 0".to_owned(),
+            });
+        }
         if cli.max_header_size < MIN_HEADER_SIZE {
             return Err(ConfigError::Invalid {
                 flag: "max-header-size",
@@ -323,6 +330,15 @@ mod tests {
             .to_string();
         assert!(err.contains("--header-read-timeout"), "{err}");
         assert!(config(&["--header-read-timeout", "1ms"]).is_ok());
+    }
+
+    #[test]
+    fn zero_mirror_timeout_is_refused() {
+        for zero in ["0", "0s", "0ms"] {
+            let err = config(&["--mirror-timeout", zero]).unwrap_err().to_string();
+            assert!(err.contains("--mirror-timeout"), "{zero}: {err}");
+        }
+        assert!(config(&["--mirror-timeout", "1ms"]).is_ok());
     }
 
     #[test]

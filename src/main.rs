@@ -9,6 +9,8 @@
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
 use trafficmirror::cli::{self, AppliedFile, Cli, Command, LogFormat, StartError};
@@ -57,7 +59,17 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(err) => return fail(1, &format!("cannot start the async runtime: {err}")),
     };
-    runtime.block_on(serve(config))
+    let shutdown_timeout = config.shutdown_timeout;
+    let signalled = Arc::new(OnceLock::new());
+    let code = runtime.block_on(serve(config, signalled.clone()));
+    // Dropping the runtime would wait, without limit, for its blocking tasks (a read of
+    // the targets file on a hung mount, say): they get what is left of the shutdown's
+    // deadline and are abandoned after it (docs/operations.md, "Shutdown").
+    let left = signalled.get().map_or(Duration::ZERO, |at: &Instant| {
+        (*at + shutdown_timeout).saturating_duration_since(Instant::now())
+    });
+    runtime.shutdown_timeout(left);
+    code
 }
 
 /// `trafficmirror demo`: everything in one process until Ctrl-C.
@@ -83,7 +95,8 @@ fn demo(cli: &Cli, listen: &str, rate: u32) -> ExitCode {
     })
 }
 
-async fn serve(config: Config) -> ExitCode {
+/// Serves until a signal; `signalled` receives the moment it came.
+async fn serve(config: Config, signalled: Arc<OnceLock<Instant>>) -> ExitCode {
     let signals = match Signals::install() {
         Ok(s) => s,
         Err(err) => return fail(1, &format!("cannot install signal handlers: {err}")),
@@ -93,7 +106,11 @@ async fn serve(config: Config) -> ExitCode {
         Err(err) => return fail(1, &err),
     };
     announce(&config, &listeners);
-    match trafficmirror::run(config, listeners, signals.recv()).await {
+    let shutdown = async move {
+        signals.recv().await;
+        let _ = signalled.set(Instant::now());
+    };
+    match trafficmirror::run(config, listeners, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(1, &format!("cannot start the worker threads: {err}")),
     }

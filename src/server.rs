@@ -278,20 +278,23 @@ pub async fn run(
     }
 
     shutdown.await;
+    // One deadline for every part of the shutdown, counted from the signal: a supervisor
+    // whose grace period is `--shutdown-timeout` must not have to kill us.
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
     info!(timeout = ?shutdown_timeout, "shutting down: draining requests and mirror copies");
     token.cancel();
     accepting.close();
-    accepting.wait().await;
     connections.close();
     let registry = handlers.proxy.registry().clone();
     let drain = async {
+        accepting.wait().await;
         connections.wait().await;
         registry.close();
         registry.drained().await;
     };
     // One line at the default level whatever happens, so that after a deploy an operator
     // can tell whether shadow traffic was lost.
-    match tokio::time::timeout(shutdown_timeout, drain).await {
+    match tokio::time::timeout_at(deadline, drain).await {
         Ok(()) => warn!(
             undelivered = 0,
             mirrors = ?mirror_summary(&registry.statuses()),
@@ -305,12 +308,26 @@ pub async fn run(
         ),
     }
     pruning.abort();
-    // The accept loops, which held the other references, have ended.
+    // The accept loops, which held the other references, have ended (unless the deadline
+    // cut their wait short: dropping the last handle stops the workers then).
     if let Ok(workers) = Arc::try_unwrap(workers) {
-        workers.stop().await;
+        // A worker sees the stop between two tasks' polls; one busy in synchronous work
+        // (a large comparison) sees it only when that is done. The wait is bounded: the
+        // process exits without it, and in a test the thread ends on its own later.
+        let stop_by = deadline.max(tokio::time::Instant::now() + WORKER_STOP_GRACE);
+        if tokio::time::timeout_at(stop_by, workers.stop())
+            .await
+            .is_err()
+        {
+            debug!("a worker thread did not stop in time: left behind");
+        }
     }
     Ok(())
 }
+
+/// How long stopping the worker threads may take past the shutdown deadline: they
+/// normally stop within a millisecond.
+const WORKER_STOP_GRACE: Duration = Duration::from_millis(50);
 
 /// Each mirror's copies for the shutdown line: `URL sent=N delivered=N failed=N
 /// dropped=N undelivered=N`, comma-separated; `none` without mirrors. `delivered` is

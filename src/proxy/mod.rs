@@ -193,6 +193,11 @@ impl Proxy {
     {
         let config = self.config();
         if req.method() == Method::CONNECT {
+            // Answered here and never mirrored, yet counted once per mirror as every
+            // proxied request is (docs/shadowing.md, "The admin endpoint"): like an upgrade.
+            let mirrors = self.registry().snapshot();
+            let selected = select(&mirrors, req.method(), req.uri().path(), req.headers());
+            skip_all(&mirrors, &selected);
             return error_response(
                 StatusCode::NOT_IMPLEMENTED,
                 "CONNECT is not supported: trafficmirror is a reverse proxy",
@@ -227,18 +232,11 @@ impl Proxy {
         }
 
         let mirrors = self.registry().snapshot();
-        let mut selected = Selection::default();
-        for (index, member) in mirrors.iter().enumerate() {
-            if member
-                .plan
-                .selects(&parts.method, parts.uri.path(), &parts.headers)
-            {
-                selected.add(index);
-            } else {
-                member.mirror.filter();
-            }
-        }
+        let selected = select(&mirrors, &parts.method, parts.uri.path(), &parts.headers);
         let timeout = config.body_read_timeout;
+        // An HTTP/2 body ends with END_STREAM, which hyper does not tell apart from a
+        // reset (see `tee`).
+        let h2 = parts.version == Version::HTTP_2;
         // Ordered mirrors learn when main's answer is complete (see `mirror::ordered`).
         let mut main_halves = Vec::new();
         let mut orders = Vec::new();
@@ -258,7 +256,7 @@ impl Proxy {
             (None, None)
         };
         let upstream_body = if selected.is_empty() {
-            self.streamed(body)
+            self.streamed(body, h2)
         } else if looped || upgrade.is_some() {
             if looped && self.first_loop() {
                 // Already handled by this instance (docs/shadowing.md, "Loops and `Via`").
@@ -269,10 +267,10 @@ impl Proxy {
                 );
             }
             skip_all(&mirrors, &selected);
-            self.streamed(body)
+            self.streamed(body, h2)
         } else if body.size_hint().lower() > config.max_body_size {
             skip_all(&mirrors, &selected);
-            self.streamed(body)
+            self.streamed(body, h2)
         } else {
             let mut headers = parts.headers.clone();
             // A slot each copy fills with its mirror's authority in place, so that the
@@ -300,6 +298,7 @@ impl Proxy {
                 body::boxed(RequestBody::teed(
                     body,
                     timeout,
+                    h2,
                     offer,
                     held,
                     config.max_body_size,
@@ -386,6 +385,10 @@ impl Proxy {
                     debug!(client = %peer.addr, error = %cause, "malformed or broken request body");
                     error_response(StatusCode::BAD_REQUEST, "failed to read the request body")
                 }
+                Some(unfinished @ ClientBodyError::Unfinished { .. }) => {
+                    debug!(client = %peer.addr, error = %unfinished, "request body not finished");
+                    error_response(StatusCode::BAD_REQUEST, "the request body did not end")
+                }
                 None => {
                     if let Some(held_back) = self.inner.main_unreachable_log.admit() {
                         warn!(main = %config.main, error = %client::error_chain(&err), held_back, "main target unreachable");
@@ -396,8 +399,9 @@ impl Proxy {
         }
     }
 
-    /// A body streamed to main with the stall timeout, and no copy.
-    fn streamed<B>(&self, body: B) -> BoxBody
+    /// A body streamed to main with the stall timeout, and no copy. `h2`: an HTTP/2
+    /// request's body.
+    fn streamed<B>(&self, body: B, h2: bool) -> BoxBody
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -405,7 +409,11 @@ impl Proxy {
         if body.is_end_stream() {
             body::boxed(body)
         } else {
-            body::boxed(RequestBody::streamed(body, self.config().body_read_timeout))
+            body::boxed(RequestBody::streamed(
+                body,
+                self.config().body_read_timeout,
+                h2,
+            ))
         }
     }
 }
@@ -448,6 +456,19 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
         Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
         Err(err) => debug!(error = %err, "upgraded connection ended with an error"),
     }
+}
+
+/// The mirrors whose options select this request; the others count it `filtered`.
+fn select(mirrors: &Mirrors, method: &Method, path: &str, headers: &http::HeaderMap) -> Selection {
+    let mut selected = Selection::default();
+    for (index, member) in mirrors.iter().enumerate() {
+        if member.plan.selects(method, path, headers) {
+            selected.add(index);
+        } else {
+            member.mirror.filter();
+        }
+    }
+    selected
 }
 
 fn skip_all(mirrors: &Mirrors, selected: &Selection) {

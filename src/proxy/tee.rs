@@ -10,6 +10,14 @@
 //! or when its bytes would pass `--max-buffered-bytes` (counted `dropped`); a body the
 //! client does not finish is not mirrored (`skipped`).
 //!
+//! A body has ended only when its framing says so (docs/operations.md, "Request bodies
+//! and memory"): a length other than its `Content-Length` is unfinished, and so is an HTTP/2 stream that did
+//! not end with `END_STREAM`. hyper reads a client's `RST_STREAM(NO_ERROR)` as a clean
+//! end of body (RFC 9113 §8.1 lets a server stop reading that way, hence hyper's
+//! choice), so the end is checked here: only a stream that received `END_STREAM` says
+//! `is_end_stream` once read to its end. An unfinished body is an error to main, whose
+//! request is then aborted instead of ending short.
+//!
 //! When main stops reading early (main unreachable, an early answer, `--main-timeout`),
 //! the rest of the body is read in the background for the mirrors, under the same
 //! limits: a request is mirrored whatever main does.
@@ -46,6 +54,12 @@ pub enum ClientBodyError {
     Timeout(Duration),
     #[error("cannot read the request body")]
     Read(#[source] BoxError),
+    #[error("the request body ended after {received} bytes without its end ({expected})")]
+    Unfinished {
+        received: u64,
+        /// What a finished body would have had: its length, or `END_STREAM`.
+        expected: &'static str,
+    },
 }
 
 /// Which members of a mirror list a request goes to. No allocation for the first 64.
@@ -175,6 +189,12 @@ where
     copy: Option<Copy>,
     /// The body ended or failed: nothing more to collect or finish.
     done: bool,
+    /// Bytes read so far.
+    received: u64,
+    /// The length the body announced (`Content-Length`), if any.
+    declared: Option<u64>,
+    /// An HTTP/2 stream: its end must be `END_STREAM`, not a reset (module doc).
+    h2: bool,
 }
 
 impl<B> RequestBody<B>
@@ -182,25 +202,36 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    /// Streams `inner` to main with a stall timeout, and nothing else.
-    pub fn streamed(inner: B, timeout: Duration) -> Self {
+    /// Streams `inner` to main with a stall timeout, and nothing else. `h2`: `inner` is
+    /// an HTTP/2 request stream.
+    pub fn streamed(inner: B, timeout: Duration, h2: bool) -> Self {
         Self {
+            declared: inner.size_hint().exact(),
             inner: Some(inner),
             timeout,
             sleep: None,
             copy: None,
             done: false,
+            received: 0,
+            h2,
         }
     }
 
     /// Streams `inner` to main and collects a copy for `offer`'s mirrors, up to
     /// `limit` bytes and within the budget `held` draws from.
-    pub fn teed(inner: B, timeout: Duration, offer: Offer, held: Held, limit: u64) -> Self {
+    pub fn teed(
+        inner: B,
+        timeout: Duration,
+        h2: bool,
+        offer: Offer,
+        held: Held,
+        limit: u64,
+    ) -> Self {
         let hint = inner.size_hint().lower().min(limit);
         let capacity = usize::try_from(hint)
             .unwrap_or(usize::MAX)
             .min(INITIAL_COPY_CAPACITY);
-        let mut body = Self::streamed(inner, timeout);
+        let mut body = Self::streamed(inner, timeout, h2);
         body.copy = Some(Copy {
             offer,
             buf: BytesMut::with_capacity(capacity),
@@ -223,6 +254,19 @@ where
         if let Some(copy) = self.copy.take() {
             copy.finish();
         }
+    }
+
+    /// Why a body that has just returned its last frame did not really end, if so.
+    fn unfinished(&self) -> Option<ClientBodyError> {
+        let expected = match self.declared {
+            Some(length) if length != self.received => "content-length",
+            _ if self.h2 && !self.inner.as_ref().is_none_or(Body::is_end_stream) => "END_STREAM",
+            _ => return None,
+        };
+        Some(ClientBodyError::Unfinished {
+            received: self.received,
+            expected,
+        })
     }
 
     /// Checks the stall timer after the inner body returned `Pending`.
@@ -261,10 +305,17 @@ where
                     Poll::Ready(Some(Err(err)))
                 }
             },
-            Poll::Ready(None) => {
-                this.complete();
-                Poll::Ready(None)
-            }
+            Poll::Ready(None) => match this.unfinished() {
+                None => {
+                    this.complete();
+                    Poll::Ready(None)
+                }
+                Some(err) => {
+                    this.fail();
+                    this.inner = None;
+                    Poll::Ready(Some(Err(err)))
+                }
+            },
             Poll::Ready(Some(Err(err))) => {
                 this.fail();
                 this.inner = None;
@@ -275,7 +326,10 @@ where
                     sleep.as_mut().reset(Instant::now() + this.timeout);
                 }
                 match frame.data_ref() {
-                    Some(data) => Copy::push(&mut this.copy, data),
+                    Some(data) => {
+                        this.received += data.len() as u64;
+                        Copy::push(&mut this.copy, data);
+                    }
                     // Trailers end the body.
                     None => this.complete(),
                 }
@@ -322,6 +376,9 @@ where
             sleep: None,
             copy: self.copy.take(),
             done: false,
+            received: self.received,
+            declared: self.declared,
+            h2: self.h2,
         };
         self.done = true;
         runtime.spawn(drain(rest));
@@ -375,15 +432,90 @@ mod tests {
 
     #[tokio::test]
     async fn streamed_body_passes_every_byte() {
-        let body = RequestBody::streamed(chunks(&["ab", "cd"]), Duration::from_secs(1));
+        let body = RequestBody::streamed(chunks(&["ab", "cd"]), Duration::from_secs(1), false);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abcd");
+    }
+
+    /// A body of `chunks` that announces `length` and says `end_stream` once empty: an
+    /// HTTP/2 stream ended by `END_STREAM` (true) or by a reset hyper reads as an end.
+    struct Framed {
+        chunks: Chunks,
+        length: Option<u64>,
+        end_stream: bool,
+    }
+
+    impl Body for Framed {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Pin::new(&mut self.chunks).poll_frame(cx)
+        }
+        fn is_end_stream(&self) -> bool {
+            self.end_stream && self.chunks.0.is_empty()
+        }
+        fn size_hint(&self) -> SizeHint {
+            self.length
+                .map_or_else(SizeHint::default, SizeHint::with_exact)
+        }
+    }
+
+    async fn read_all(body: Framed, h2: bool) -> Result<Bytes, ClientBodyError> {
+        let body = RequestBody::streamed(body, Duration::from_secs(1), h2);
+        body.collect().await.map(|c| c.to_bytes())
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_its_content_length_is_an_error() {
+        let framed = |length| Framed {
+            chunks: chunks(&["0123456789"]),
+            length: Some(length),
+            end_stream: false,
+        };
+        let err = read_all(framed(100), false).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientBodyError::Unfinished {
+                    received: 10,
+                    expected: "content-length"
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(read_all(framed(10), false).await.unwrap(), "0123456789");
+    }
+
+    #[tokio::test]
+    async fn an_http2_body_ends_only_with_end_stream() {
+        let framed = |end_stream| Framed {
+            chunks: chunks(&["ab", "cd"]),
+            length: None,
+            end_stream,
+        };
+        let err = read_all(framed(false), true).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientBodyError::Unfinished {
+                    received: 4,
+                    expected: "END_STREAM"
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(read_all(framed(true), true).await.unwrap(), "abcd");
+        // HTTP/1.1 chunked bodies do not say `is_end_stream` at their end.
+        assert_eq!(read_all(framed(false), false).await.unwrap(), "abcd");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_client_gets_a_timeout_error() {
         let (mut tx, rx) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
         tx.send_data(Bytes::from_static(b"half")).await.unwrap();
-        let mut body = RequestBody::streamed(rx, Duration::from_millis(200));
+        let mut body = RequestBody::streamed(rx, Duration::from_millis(200), false);
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "half");
         let started = Instant::now();

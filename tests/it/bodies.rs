@@ -32,6 +32,11 @@ enum Seen {
 
 /// A main that reports, frame by frame, how each request body arrives, then answers 200.
 async fn probe_main() -> (String, mpsc::UnboundedReceiver<Seen>) {
+    probe_main_answering(false).await
+}
+
+/// [`probe_main`]; with `early`, it answers 200 at once and reads the body afterwards.
+async fn probe_main_answering(early: bool) -> (String, mpsc::UnboundedReceiver<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::unbounded_channel();
@@ -43,25 +48,32 @@ async fn probe_main() -> (String, mpsc::UnboundedReceiver<Seen>) {
                     let tx = tx.clone();
                     async move {
                         let mut body = req.into_body();
-                        let mut total = 0;
-                        loop {
-                            match body.frame().await {
-                                Some(Ok(frame)) => {
-                                    let n = frame.data_ref().map_or(0, Bytes::len);
-                                    if total == 0 && n > 0 {
-                                        let _ = tx.send(Seen::First(n));
+                        let read = async move {
+                            let mut total = 0;
+                            loop {
+                                match body.frame().await {
+                                    Some(Ok(frame)) => {
+                                        let n = frame.data_ref().map_or(0, Bytes::len);
+                                        if total == 0 && n > 0 {
+                                            let _ = tx.send(Seen::First(n));
+                                        }
+                                        total += n;
                                     }
-                                    total += n;
-                                }
-                                Some(Err(_)) => {
-                                    let _ = tx.send(Seen::Broken(total));
-                                    break;
-                                }
-                                None => {
-                                    let _ = tx.send(Seen::Complete(total));
-                                    break;
+                                    Some(Err(_)) => {
+                                        let _ = tx.send(Seen::Broken(total));
+                                        break;
+                                    }
+                                    None => {
+                                        let _ = tx.send(Seen::Complete(total));
+                                        break;
+                                    }
                                 }
                             }
+                        };
+                        if early {
+                            tokio::spawn(read);
+                        } else {
+                            read.await;
                         }
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                     }
@@ -325,4 +337,76 @@ async fn stalled_clients_never_hold_more_than_the_budget() {
     mirror
         .assert_nothing_within(Duration::from_millis(100))
         .await;
+}
+
+/// An HTTP/2 `POST` of 10 bytes (declaring `content_length` if given) whose stream the
+/// client resets with `RST_STREAM(NO_ERROR)` before `END_STREAM`, once main has the
+/// bytes: a body that never ended, though hyper reads such a reset as a clean end.
+async fn h2_post_then_reset(
+    addr: std::net::SocketAddr,
+    content_length: Option<&str>,
+    seen: &mut mpsc::UnboundedReceiver<Seen>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let mut req = Request::post(format!("http://{addr}/reset"))
+        .body(())
+        .unwrap();
+    if let Some(length) = content_length {
+        req.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, length.parse().unwrap());
+    }
+    let (_response, mut stream) = client.send_request(req, false).unwrap();
+    stream
+        .send_data(Bytes::from_static(b"0123456789"), false)
+        .unwrap();
+    assert_eq!(next_seen(seen).await, Seen::First(10));
+    stream.send_reset(h2::Reason::NO_ERROR);
+}
+
+/// Six resets mid-body: main's request is aborted each time, the mirror gets nothing,
+/// every copy is counted `skipped`, and the mirror stays `alive`. With `early_answer`,
+/// main answers before reading the body, so the proxy's answer is complete (and the
+/// client's stream half-closed on our side) before the reset.
+async fn h2_resets_mid_body(content_length: Option<&str>, early_answer: bool) {
+    let (main, mut seen) = probe_main_answering(early_answer).await;
+    let mirror = MockBackend::start(Reply::ok("m")).await;
+    let proxy = TestProxy::start(&["--main", &main, "--mirror-timeout", "200ms"]).await;
+    proxy.add_mirrors(&[&mirror.url()]).await;
+    for i in 1..=6 {
+        h2_post_then_reset(proxy.addr, content_length, &mut seen).await;
+        // Never a complete-looking 10-byte body at main.
+        assert_eq!(next_seen(&mut seen).await, Seen::Broken(10), "request {i}");
+        eventually("the copy is counted as skipped", || async {
+            proxy.mirror_json(&mirror.url()).await.unwrap()["skipped"] == i
+        })
+        .await;
+    }
+    mirror
+        .assert_nothing_within(Duration::from_millis(300))
+        .await;
+    let m = proxy.mirror_json(&mirror.url()).await.unwrap();
+    assert_eq!(
+        (&m["sent"], &m["failed"], &m["skipped"], &m["state"]),
+        (&0.into(), &0.into(), &6.into(), &"alive".into()),
+        "{m}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_h2_reset_mid_body_without_content_length_is_not_mirrored_and_aborts_main() {
+    h2_resets_mid_body(None, false).await;
+}
+
+#[tokio::test]
+async fn an_h2_reset_mid_body_with_content_length_is_not_mirrored_and_aborts_main() {
+    h2_resets_mid_body(Some("100"), false).await;
+}
+
+#[tokio::test]
+async fn an_h2_reset_mid_body_after_main_answered_is_not_mirrored_and_aborts_main() {
+    h2_resets_mid_body(None, true).await;
 }

@@ -201,6 +201,36 @@ fn bad_input_exits_non_zero_with_one_clear_line() {
 }
 
 #[test]
+fn a_zero_mirror_timeout_is_refused_from_flag_environment_and_config_file() {
+    let refused = |sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)], file: bool| {
+        let (status, _, stderr, took) = run_in(sandbox, args, env);
+        assert_eq!(status, Some(2), "{args:?} {env:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.starts_with("trafficmirror: invalid value for --mirror-timeout"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.contains("trafficmirror.yaml"), file, "{stderr}");
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    };
+    for zero in ["0", "0s", "0ms"] {
+        refused(&Sandbox::new(), &["--mirror-timeout", zero], &[], false);
+        refused(
+            &Sandbox::new(),
+            &[],
+            &[("TRAFFICMIRROR_MIRROR_TIMEOUT", zero)],
+            false,
+        );
+        let sandbox = Sandbox::new();
+        sandbox.write(
+            "work/trafficmirror.yaml",
+            &format!("mirror-timeout: {zero}\n"),
+        );
+        refused(&sandbox, &[], &[], true);
+    }
+}
+
+#[test]
 fn help_and_version() {
     for flag in ["-h", "--help", "-help"] {
         let (status, stdout, _, _) = run(&[flag]);

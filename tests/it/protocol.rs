@@ -136,9 +136,15 @@ async fn an_h2c_upgrade_offer_is_an_ordinary_request_and_is_mirrored() {
 }
 
 #[tokio::test]
-async fn connect_is_refused() {
+async fn connect_is_refused_and_counted_once_per_mirror() {
     let main = MockBackend::start(Reply::ok("ok")).await;
+    let mirror = MockBackend::start(Reply::ok("m")).await;
+    let gets = MockBackend::start(Reply::ok("m")).await;
     let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    proxy.put_ok(&format!("url={}", mirror.url())).await;
+    proxy
+        .put_ok(&format!("url={}&method=GET", gets.url()))
+        .await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
         .await
@@ -146,6 +152,15 @@ async fn connect_is_refused() {
     let text = read_until(&mut s, "\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 501"), "{text}");
     main.assert_nothing_within(Duration::from_millis(100)).await;
+    mirror.assert_nothing_within(Duration::from_millis(1)).await;
+    // Once per mirror, by the usual order: the options first, then the rules.
+    let counts = |m: serde_json::Value| {
+        ["sent", "dropped", "skipped", "filtered"].map(|k| m[k].as_u64().unwrap())
+    };
+    let m = proxy.mirror_json(&mirror.url()).await.unwrap();
+    assert_eq!(counts(m), [0, 0, 1, 0]);
+    let m = proxy.mirror_json(&gets.url()).await.unwrap();
+    assert_eq!(counts(m), [0, 0, 0, 1]);
 }
 
 /// A GET of `/` carrying `Host: host`.

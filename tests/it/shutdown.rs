@@ -162,3 +162,125 @@ async fn a_clean_shutdown_reports_each_mirrors_copies_at_the_default_level() {
         "{line}"
     );
 }
+
+/// How long after `--shutdown-timeout` the process may still be running.
+const EXIT_MARGIN: Duration = Duration::from_millis(150);
+
+/// A mirror that accepts connections and never answers; says when a copy reached it.
+async fn hung_mirror() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let hung = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", hung.local_addr().unwrap());
+    let (seen_tx, seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s);
+            let _ = seen_tx.send(());
+        }
+    });
+    (url, seen_rx)
+}
+
+#[tokio::test]
+async fn exit_comes_within_the_shutdown_timeout_with_a_hung_mirror_and_silent_clients() {
+    use tokio::io::AsyncWriteExt;
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let (hung, mut seen) = hung_mirror().await;
+    let timeout = Duration::from_millis(500);
+    let bin = Binary::start(&[
+        "--main",
+        &main.url(),
+        "--mirror",
+        &hung,
+        "--mirror-timeout",
+        "30s",
+        "--shutdown-timeout",
+        "500ms",
+    ])
+    .await;
+    // Clients that never speak, stop mid-head, or open HTTP/2 and then never read (so
+    // they never acknowledge the PING sent with the GOAWAY).
+    let fds = bin.open_fds();
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(tokio::net::TcpStream::connect(&bin.addr).await.unwrap());
+    }
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(&bin.addr).await.unwrap();
+        s.write_all(b"GET /half HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        silent.push(s);
+    }
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(&bin.addr).await.unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        silent.push(s);
+    }
+    eventually("the proxy holds the 12 connections", || async {
+        bin.open_fds() >= fds + 12
+    })
+    .await;
+    for i in 0..5 {
+        send(Method::POST, &bin.url(&format!("/c{i}")), &[], "copy").await;
+    }
+    tokio::time::timeout(WAIT, seen.recv()).await.unwrap(); // copies are in flight
+    let (code, took, stderr) = bin.terminate_by(timeout + EXIT_MARGIN).await;
+    eprintln!("exit {took:?} after SIGTERM");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("shutdown timeout reached"),
+        "took {took:?}: {stderr}"
+    );
+    drop(silent);
+}
+
+/// The names of the kernel functions the process's threads are blocked in.
+fn blocked_in(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("wchan")).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_file_read_that_never_returns_does_not_hold_the_exit() {
+    let sandbox = Sandbox::new();
+    let targets = sandbox.write("work/targets.txt", "http://127.0.0.1:1\n");
+    let bin = Binary::start_in(
+        sandbox,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--targets-file",
+            targets.to_str().unwrap(),
+            "--shutdown-timeout",
+            "300ms",
+        ],
+        &[],
+    )
+    .await;
+    // A targets file on a hung mount: here a FIFO nobody writes, whose open blocks the
+    // next poll's read (on a blocking-pool thread) for ever.
+    std::fs::remove_file(&targets).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&targets)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let pid = bin.pid();
+    eventually("the targets file read is blocked in open()", || async {
+        blocked_in(pid).iter().any(|w| w == "wait_for_partner")
+    })
+    .await;
+    let (code, took, stderr) = bin
+        .terminate_by(Duration::from_millis(300) + EXIT_MARGIN)
+        .await;
+    eprintln!("exit {took:?} after SIGTERM");
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -381,6 +381,29 @@ impl Binary {
         stderr
     }
 
+    /// Sends SIGTERM and polls for the exit until `limit` has passed since the signal;
+    /// panics if the process is still running then. Returns the exit code, how long the
+    /// exit took, and stderr.
+    pub async fn terminate_by(mut self, limit: Duration) -> (Option<i32>, Duration, String) {
+        self.signal("TERM");
+        let signalled = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            let waited = signalled.elapsed();
+            assert!(
+                waited <= limit,
+                "still running {waited:?} after SIGTERM (limit {limit:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let took = signalled.elapsed();
+        let (code, stderr) = self.wait(WAIT).await;
+        assert_eq!(code, status.code());
+        (code, took, stderr)
+    }
+
     /// Waits (bounded) for the exit; returns the status code and stderr.
     pub async fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
         let status = tokio::time::timeout(limit, self.child.wait())
