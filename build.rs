@@ -2,10 +2,10 @@
 //! (README, "Install"): the commit the binary was built from and the build date, handed
 //! to the compiler as `TRAFFICMIRROR_BUILD_COMMIT` and `TRAFFICMIRROR_BUILD_DATE`.
 //!
-//! The commit is, in this order: `TRAFFICMIRROR_BUILD_COMMIT` from the environment (the
-//! container build, which has no `.git`, gets it as a build argument); the short hash
-//! of `HEAD` when this crate is the top of a git work tree; the commit `cargo package`
-//! recorded in `.cargo_vcs_info.json` (a crate from crates.io); `unknown` otherwise.
+//! The commit is `TRAFFICMIRROR_BUILD_COMMIT` from the environment when set (the
+//! container build, which has no `.git`, gets it as a build argument), else the short
+//! hash of `HEAD` when this crate is the top of a git work tree, else `unknown` (a
+//! crate from crates.io).
 //! The date is `SOURCE_DATE_EPOCH` when set (reproducible builds), else today, in UTC.
 //!
 //! The script reruns only when `HEAD` (or the branch it points at) moves or one of those
@@ -26,7 +26,6 @@ fn main() {
         .filter(|c| !c.is_empty());
     let commit = from_env
         .or_else(|| git_commit(&manifest_dir))
-        .or_else(|| packaged_commit(&manifest_dir))
         .filter(|c| plausible(c))
         .unwrap_or_else(|| "unknown".to_owned());
     // Without a watched file cargo would rerun the script whenever any file of the
@@ -98,18 +97,6 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
     let text = String::from_utf8(out.stdout).ok()?;
     let text = text.trim();
     (out.status.success() && !text.is_empty()).then(|| text.to_owned())
-}
-
-/// The commit `cargo package` recorded, shortened like `git_commit`'s:
-/// `{"git": {"sha1": "<40 hex digits>", ...}, ...}`.
-fn packaged_commit(dir: &Path) -> Option<String> {
-    let info = std::fs::read_to_string(dir.join(".cargo_vcs_info.json")).ok()?;
-    let after = &info[info.find("\"sha1\"")? + "\"sha1\"".len()..];
-    let value = after.trim_start().strip_prefix(':')?.trim_start();
-    let hash = value.strip_prefix('"')?.get(..40)?;
-    hash.bytes()
-        .all(|b| b.is_ascii_hexdigit())
-        .then(|| hash[..12].to_owned())
 }
 
 /// `YYYY-MM-DD` of a Unix time, UTC (the proleptic Gregorian calendar; Howard Hinnant's
