@@ -28,8 +28,8 @@ fn main() {
         .or_else(|| git_commit(&manifest_dir))
         .filter(|c| plausible(c))
         .unwrap_or_else(|| "unknown".to_owned());
-    // Without a watched file cargo would rerun the script whenever any file of the
-    // package changes; this one never changes.
+    // Outside git nothing else is watched, and without any watched file cargo reruns
+    // the script (and so rebuilds the crate) whenever any file of the package changes.
     println!("cargo:rerun-if-changed=build.rs");
 
     let epoch = std::env::var("SOURCE_DATE_EPOCH")
