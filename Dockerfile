@@ -15,8 +15,13 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
+# What `trafficmirror --version` names (build.rs): the build context has no .git, so the
+# commit comes as a build argument (the release workflow passes it); the build date is
+# SOURCE_DATE_EPOCH's when given, else today.
+ARG TRAFFICMIRROR_BUILD_COMMIT=unknown
+ARG SOURCE_DATE_EPOCH
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 # The cache mounts keep downloaded crates and compiled dependencies between builds
 # (BuildKit); the binary is copied out because the target mount is not in the layer.

@@ -28,7 +28,7 @@ use crate::units::{parse_duration, parse_size};
 #[derive(Debug, Parser)]
 #[command(
     name = "trafficmirror",
-    version,
+    version = crate::observe::build_info::LINE,
     about,
     max_term_width = 100,
     disable_help_subcommand = true,

@@ -25,7 +25,8 @@
 //! - `sources`: the `--state-file` and `--targets-file` (mirror lines on disk).
 //! - `registry`: the set of mirrors; removes mirrors that failed for too long.
 //! - `admin`: the `/targets` endpoint; `auth`: its Basic authentication.
-//! - `observe`: the status page a browser gets at the admin path (`observe::page`).
+//! - `observe`: the status page a browser gets at the admin path (`observe::page`);
+//!   which build this is (`build_info`: version, commit, date, from `build.rs`).
 //! - `target_url`: URL validation, normalisation and path-prefix joining.
 //! - `metrics`: per-mirror counters; `observe::metrics`: the Prometheus scrape (requests
 //!   by status class, latency histograms, the per-mirror counters, the byte budget).
@@ -78,4 +79,5 @@ mod workers;
 
 pub use config::Config;
 pub use demo::demo;
+pub use observe::build_info;
 pub use server::{BindError, Listeners, run};

@@ -24,9 +24,10 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Unit;
 
+use super::build_info;
 use crate::budget::Budget;
 use crate::metrics::Latency;
 use crate::mirror::health::State;
@@ -45,6 +46,9 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// `{class="2xx"}`.
 type ClassLabel = [(&'static str, &'static str); 1];
+
+/// `{version="0.1.0",commit="…",build_date="…"}`.
+type BuildLabels = [(&'static str, &'static str); 3];
 
 /// Requests proxied: how many by the status class of the answer the client got, and
 /// how long until that answer's head was ready. Owned by the proxy, recorded once per
@@ -126,6 +130,21 @@ impl Metrics {
             "Time from a proxied request's arrival until the head of its answer was ready",
             Unit::Seconds,
             main.duration.histogram(),
+        );
+        // The usual `_info` pattern: one series whose labels carry the values, always 1.
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&[
+                ("version", build_info::VERSION),
+                ("commit", build_info::COMMIT),
+                ("build_date", build_info::DATE),
+            ])
+            .set(1);
+        registry.register(
+            "build_info",
+            "The running build: its version, the commit it was built from and the build \
+             date, as --version prints them; always 1",
+            build,
         );
         registry.register_collector(Box::new(Live {
             mirrors,

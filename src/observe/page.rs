@@ -1,7 +1,8 @@
 //! The status page: one self-contained HTML document (`page.html`, embedded at build
 //! time) answered to a browser's `GET <admin path>`.
 //!
-//! The document is a constant: the server writes no data into it. Its script reads
+//! The document is a constant: the server writes no data into it beyond the build it
+//! names in its footer ([`build_info`], fixed at compile time). Its script reads
 //! `GET <admin path>?format=json`, `<admin path>/status` and `<admin path>/mismatches`
 //! every two seconds and adds or removes mirrors with `PUT`/`DELETE <admin path>`, all on
 //! the page's own origin, so the browser re-sends the Basic credentials it used to open
@@ -12,20 +13,33 @@
 //! The policy allows nothing from anywhere (`default-src 'none'`) except the page's own
 //! inline `<style>` and `<script>` (`'unsafe-inline'`), `fetch` to its own origin, and
 //! `data:` images. `'unsafe-inline'` rather than a nonce or a hash: the document is the
-//! same bytes for every response and no server data is ever templated into it, and the
+//! same bytes for every response and no run-time data is ever templated into it, and the
 //! script inserts every string with `textContent`/`setAttribute` (never as markup or a
 //! URL), so there is no injection point a nonce would close. A nonce would need a
 //! secure random source per response, and a hash would have to be updated by hand at
 //! every edit of the page. Framing is refused (`frame-ancestors 'none'`, so nobody can
 //! overlay the Remove buttons), as are `<base>` and form posts anywhere.
 
+use std::sync::LazyLock;
+
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 
+use super::build_info;
 use crate::body::{self, BoxBody};
 
-/// The page, as served.
-pub const HTML: &str = include_str!("page.html");
+/// The page, as served: `page.html` with this build in its footer.
+pub static HTML: LazyLock<String> =
+    LazyLock::new(|| include_str!("page.html").replace("{{build}}", &escape(build_info::LINE)));
+
+/// `text` safe as HTML element content. The build line is letters, digits and
+/// punctuation that `build.rs` checked; this keeps it so whatever it holds.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
 
 /// The `Content-Security-Policy` sent with the page (see the module docs).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
@@ -84,7 +98,7 @@ fn q_value(param: &str) -> Option<f32> {
 
 /// The page, with headers that keep it fresh and contained.
 pub fn response() -> Response<BoxBody> {
-    let mut response = Response::new(body::full(HTML));
+    let mut response = Response::new(body::full(HTML.as_str()));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     let fixed: [(HeaderName, &'static str); 7] = [

@@ -250,6 +250,51 @@ fn help_and_version() {
     assert!(stdout.starts_with("trafficmirror "), "{stdout}");
 }
 
+/// `--version` names the version, the commit (that of the checkout the test runs in, so
+/// a commit since the last build shows up) and the build date.
+#[test]
+fn version_names_the_commit_and_the_build_date() {
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--show-toplevel", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
+    let commit = match head.as_deref().and_then(|out| out.split_once('\n')) {
+        Some((top, hash))
+            if std::fs::canonicalize(top).ok()
+                == std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).ok() =>
+        {
+            hash.trim().to_owned()
+        }
+        // Not a git checkout of its own (an unpacked crate): the build says so.
+        _ => "unknown".to_owned(),
+    };
+    for flag in ["--version", "-V", "-version"] {
+        let (status, stdout, stderr, _) = run(&[flag]);
+        assert_eq!(status, Some(0), "{flag}: {stderr}");
+        let line = stdout.strip_suffix('\n').unwrap_or(&stdout);
+        let (head, date) = line
+            .split_once(", built ")
+            .unwrap_or_else(|| panic!("{flag}: no build date in {stdout:?}"));
+        assert_eq!(
+            head,
+            format!(
+                "trafficmirror {} (commit {commit}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            "{flag}"
+        );
+        let date = date.strip_suffix(')').expect("closing parenthesis");
+        let parts: Vec<u32> = date.split('-').filter_map(|p| p.parse().ok()).collect();
+        assert!(
+            date.len() == 10 && matches!(parts[..], [year, 1..=12, 1..=31] if year >= 2020),
+            "{flag}: build date {date:?} is not YYYY-MM-DD"
+        );
+    }
+}
+
 #[tokio::test]
 async fn banner_shows_admin_endpoint_and_three_curl_commands() {
     let bin = Binary::start(&["--targets", "admin"]).await;

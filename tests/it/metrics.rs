@@ -299,7 +299,18 @@ async fn scrape_agrees_with_the_json_listing() {
         "the default --max-buffered-bytes"
     );
 
+    // The build, as `--version` prints it (tests/it/cli.rs checks that against git).
+    use trafficmirror::build_info;
+    let build = [
+        ("version", build_info::VERSION),
+        ("commit", build_info::COMMIT),
+        ("build_date", build_info::DATE),
+    ];
+    assert_eq!(scrape.value("trafficmirror_build_info", &build), 1.0);
+    assert_eq!(build_info::VERSION, env!("CARGO_PKG_VERSION"));
+
     for (family, kind) in [
+        ("trafficmirror_build_info", "gauge"),
         ("trafficmirror_requests_total", "counter"),
         ("trafficmirror_request_duration_seconds", "histogram"),
         ("trafficmirror_mirror_copies_total", "counter"),

@@ -334,6 +334,23 @@ async fn scenario(page: &Client) {
     })
     .await;
     assert_eq!(listed, [healthy.url(), dead.clone()]);
+    // The footer names the build, as --version does.
+    let build = page
+        .find(Locator::Id("build"))
+        .await
+        .expect("the build in the footer")
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        build,
+        format!(
+            "trafficmirror {} (commit {}, built {})",
+            env!("CARGO_PKG_VERSION"),
+            trafficmirror::build_info::COMMIT,
+            trafficmirror::build_info::DATE
+        )
+    );
     for url in [healthy.url(), dead.clone()] {
         assert_eq!(cell(page, &url, "state").await.as_deref(), Some("alive"));
         assert_eq!(cell(page, &url, "sent").await.as_deref(), Some("0"));
