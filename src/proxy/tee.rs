@@ -11,8 +11,8 @@
 //! client does not finish is not mirrored (`skipped`).
 //!
 //! A body has ended only when its framing says so (docs/operations.md, "Request bodies
-//! and memory"): a length other than its `Content-Length` is unfinished, and so is an HTTP/2 stream that did
-//! not end with `END_STREAM`. hyper reads a client's `RST_STREAM(NO_ERROR)` as a clean
+//! and memory"): a length other than its `Content-Length` is unfinished, and so is an
+//! HTTP/2 stream that did not end with `END_STREAM`. hyper reads a client's `RST_STREAM(NO_ERROR)` as a clean
 //! end of body (RFC 9113 §8.1 lets a server stop reading that way, hence hyper's
 //! choice), so the end is checked here: only a stream that received `END_STREAM` says
 //! `is_end_stream` once read to its end. An unfinished body is an error to main, whose
