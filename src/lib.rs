@@ -62,7 +62,6 @@ mod demo;
 pub mod fuzz;
 mod headers;
 mod idle;
-mod metrics;
 mod mirror;
 mod observe;
 mod proxy;

@@ -17,8 +17,8 @@ use http::{HeaderMap, StatusCode};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::compare::{Answer, Capture, CapturedBody};
 use super::decode::{self, Coding, Decoded};
+use super::verdict::{Answer, Capture, CapturedBody};
 use crate::budget::{Budget, Held};
 
 /// Main's complete answer, as the comparing copies see it.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use super::compare::Verdict;
+use super::verdict::Verdict;
 
 /// Latencies above this are recorded as this (keeps each histogram's memory bounded).
 pub const MAX_LATENCY: Duration = Duration::from_secs(3600);
@@ -175,7 +175,7 @@ fn quantiles(histogram: &Mutex<Histogram<u64>>) -> Quantiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mirror::compare::{Difference, Mismatch};
+    use crate::mirror::compare::verdict::{Difference, Mismatch};
 
     fn mismatch(status: bool, headers: bool, body: bool) -> Verdict {
         Verdict::Mismatch(Mismatch {

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
 
-use super::compare::{Difference, Mismatch, cut_in_place};
+use super::verdict::{Difference, Mismatch, cut_in_place};
 
 /// How many mismatches each comparing mirror keeps (the newest).
 pub const RECENT_MISMATCHES: usize = 50;
@@ -131,7 +131,7 @@ fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mirror::compare::MAX_VALUE_CHARS;
+    use crate::mirror::compare::verdict::MAX_VALUE_CHARS;
 
     fn record(n: u16) -> Record {
         Record::new(
@@ -185,7 +185,7 @@ mod tests {
         let Difference::JsonPointer { pointer, main, .. } = got.difference else {
             panic!("difference changed kind");
         };
-        assert_eq!(pointer.len(), super::super::compare::MAX_POINTER_CHARS);
+        assert_eq!(pointer.len(), super::super::verdict::MAX_POINTER_CHARS);
         assert_eq!(main.map(|m| m.len()), Some(MAX_VALUE_CHARS));
     }
 

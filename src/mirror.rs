@@ -9,15 +9,19 @@
 //! first waits on that task, holding its queue permit, until the copies it follows are
 //! done; the permit, health check, counters and delivery are the same for both.
 
-pub mod compare;
-pub mod comparison;
-pub mod decode;
+pub mod compare {
+    pub mod capture;
+    pub mod decode;
+    pub mod mismatches;
+    pub mod stats;
+    pub mod verdict;
+    pub use verdict::{Answer, Rules, Verdict, compare};
+}
+pub mod counters;
 pub mod health;
-pub mod mismatches;
 pub mod options;
 pub mod ordered;
 pub mod select;
-pub mod shadow;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -34,16 +38,16 @@ use tracing::{debug, info, warn};
 
 use crate::budget::{Budget, Held};
 use crate::client::{self, Pool};
-use crate::metrics::{Counters, Latency, Snapshot};
 use crate::target_url::TargetUrl;
+use compare::capture::{self, BodyCapture, ForCompare, MainAnswerRx};
+use compare::mismatches::{Mismatches, Record};
+use compare::stats::{CompareSnapshot, CompareStats};
 use compare::{Answer, Rules, Verdict};
-use comparison::{CompareSnapshot, CompareStats};
+use counters::{Counters, Latency, Snapshot};
 use health::{Event, Health, Policy, State, Ticket};
-use mismatches::{Mismatches, Record};
 use options::MirrorOptions;
 use ordered::{MainHalf, MirrorHalf, Order};
 use select::RateLimiter;
-use shadow::{BodyCapture, ForCompare, MainAnswerRx};
 
 /// One request as every mirror receives it. Built once per request and shared by all
 /// copies through an `Arc`; the body is a single `Bytes`, never a copy per mirror.
@@ -449,7 +453,7 @@ impl Mirror {
             return;
         };
         // Main's answer may still be streaming; wait for it as long as a copy may take.
-        let Some(main) = shadow::main_answer(main, self.shared.settings.timeout).await else {
+        let Some(main) = capture::main_answer(main, self.shared.settings.timeout).await else {
             self.comparison.not_compared();
             return;
         };
@@ -459,7 +463,7 @@ impl Mirror {
         let budget = &self.shared.budget;
         let mut mirror = mirror;
         let _mirror_decoded =
-            match shadow::for_compare(&mirror.headers, &mirror.body, limit, budget) {
+            match capture::for_compare(&mirror.headers, &mirror.body, limit, budget) {
                 ForCompare::AsCaptured => None,
                 ForCompare::Decoded(body, held) => {
                     mirror.body = body;
@@ -472,7 +476,7 @@ impl Mirror {
             };
         let main_decoded;
         let main_answer =
-            match shadow::for_compare(&main.answer.headers, &main.answer.body, limit, budget) {
+            match capture::for_compare(&main.answer.headers, &main.answer.body, limit, budget) {
                 ForCompare::AsCaptured => &main.answer,
                 ForCompare::Decoded(body, held) => {
                     let answer = Answer {
