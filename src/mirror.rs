@@ -9,14 +9,7 @@
 //! first waits on that task, holding its queue permit, until the copies it follows are
 //! done; the permit, health check, counters and delivery are the same for both.
 
-pub mod compare {
-    pub mod capture;
-    pub mod decode;
-    pub mod mismatches;
-    pub mod stats;
-    pub mod verdict;
-    pub use verdict::{Answer, Rules, Verdict, compare};
-}
+pub mod compare;
 pub mod counters;
 pub mod health;
 pub mod options;

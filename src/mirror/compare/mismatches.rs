@@ -1,14 +1,14 @@
 //! The latest mismatches of one comparing mirror, for `GET <admin path>/mismatches?url=U`.
 //!
 //! This module owns the bounded list and the JSON shape of one record. It does not
-//! decide what is a mismatch ([`super::compare`]) nor serve HTTP.
+//! decide what is a mismatch ([`super::verdict`]) nor serve HTTP.
 //!
 //! Memory is bounded per mirror: at most [`RECENT_MISMATCHES`] records, and every string
 //! of a record is cut when it is pushed: the method to [`MAX_METHOD_CHARS`], the path
 //! and query to [`MAX_PATH_CHARS`], a JSON pointer to
-//! [`super::compare::MAX_POINTER_CHARS`], a header name to
-//! [`super::compare::MAX_HEADER_NAME_CHARS`] and each value to
-//! [`super::compare::MAX_VALUE_CHARS`] characters. At 4 bytes per character at worst
+//! [`super::verdict::MAX_POINTER_CHARS`], a header name to
+//! [`super::verdict::MAX_HEADER_NAME_CHARS`] and each value to
+//! [`super::verdict::MAX_VALUE_CHARS`] characters. At 4 bytes per character at worst
 //! that is under 10.5 KiB per record, so under 530 KiB per mirror whatever the traffic
 //! (typically a few KiB in all).
 

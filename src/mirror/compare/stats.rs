@@ -1,7 +1,7 @@
 //! Running totals of one comparing mirror's comparisons, for the JSON listing.
 //!
 //! This module owns the counters and the latency histograms of compared requests and
-//! their snapshot. It does not compare ([`super::compare`]), keep the mismatches
+//! their snapshot. It does not compare ([`super::verdict`]), keep the mismatches
 //! themselves ([`super::mismatches`]) or export Prometheus metrics.
 //!
 //! Memory: two `hdrhistogram` histograms (3 significant figures) that grow with the

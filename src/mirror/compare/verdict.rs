@@ -1,12 +1,12 @@
-//! Comparing a mirror's answer with main's answer to the same request (shadow testing),
-//! as pure functions over plain values.
+//! The verdict on a mirror's answer against main's answer to the same request (shadow
+//! testing): a match, or the first difference, as pure functions over plain values.
 //!
 //! This module owns the comparison rules ([`Rules`]: which headers, which JSON locations
 //! to ignore), the incremental capture of a body for comparison ([`Capture`]), and the
 //! verdict ([`compare`]). It does not read bodies from the network, keep statistics or
 //! remember mismatches: the caller feeds [`Capture`] as the bytes stream past and hands
 //! the results to [`compare`], then records the [`Verdict`] elsewhere
-//! ([`super::comparison`], [`super::mismatches`]).
+//! ([`super::stats`], [`super::mismatches`]).
 //!
 //! What is compared, in this order (the first difference found is the one reported):
 //! 1. the status code;
@@ -15,7 +15,7 @@
 //! 3. the body: structurally when both bodies parse as JSON, otherwise byte for byte; when
 //!    either body passed the capture limit, by length and xxh3-128 digest only. Bodies
 //!    are compared as given: undoing a `Content-Encoding` first is the caller's
-//!    ([`super::shadow::for_compare`]).
+//!    ([`super::capture::for_compare`]).
 //!
 //! JSON equality: object key order, whitespace and number spelling do not matter
 //! (`1`, `1.0` and `1e0` are equal). Two integers (numbers written without `.`, `e` or
