@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-pub use file::{AppliedFile, FileError};
+pub use file::{AppliedFile, ConfigFileError};
 
 use crate::units::{parse_duration, parse_size};
 
@@ -294,7 +294,7 @@ pub enum StartError {
     Flags(#[from] clap::Error),
     /// The config file cannot be read or is invalid.
     #[error(transparent)]
-    File(#[from] FileError),
+    File(#[from] ConfigFileError),
 }
 
 /// Where the config file is looked for when `--config` is not given, in order:
@@ -656,7 +656,7 @@ mod tests {
         let err = Cli::try_parse_with_config(["tm", "--config", missing.to_str().unwrap()], &[])
             .unwrap_err();
         assert!(
-            matches!(&err, StartError::File(FileError::Read { path, .. }) if *path == missing),
+            matches!(&err, StartError::File(ConfigFileError::Read { path, .. }) if *path == missing),
             "{err}"
         );
         std::fs::remove_dir_all(dir).unwrap();
@@ -678,7 +678,7 @@ mod tests {
         );
         assert!(matches!(
             Cli::try_parse_with_config(["tm"], &defaults),
-            Err(StartError::File(FileError::Yaml { .. }))
+            Err(StartError::File(ConfigFileError::Yaml { .. }))
         ));
         std::fs::remove_dir_all(dir).unwrap();
     }

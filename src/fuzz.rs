@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::mirror::compare::{self, Answer, CapturedBody, Rules, Verdict};
+use crate::mirror::compare::verdict::CapturedBody;
+use crate::mirror::compare::{self, Answer, Rules, Verdict};
 use crate::mirror::options::{MirrorLine, MirrorOptions};
 use crate::target_url::TargetUrl;
 

@@ -6,8 +6,9 @@
 //! (by file and section name) or to the RFC they follow.
 //!
 //! # Layout
-//! - `cli`: raw flags (clap, `TRAFFICMIRROR_*` env vars, Go-style `-flag`), the YAML
-//!   config file (`cli::file`) and the subcommands (`demo`, `completions`, `man`).
+//! A module with parts is `x.rs` and the parts are in `x/` (`mirror.rs`, `mirror/`).
+//! - `cli`: raw flags (clap, `TRAFFICMIRROR_*` env vars, Go-style `-flag`) and the
+//!   subcommands (`demo`, `completions`, `man`); `cli::file`: the YAML config file.
 //! - `config`: validated [`Config`] built from the flags; start-up errors.
 //! - `units`: duration (`1` = a minute, `500ms`) and size (`10MiB`) parsing.
 //! - `server`: binds, accepts, serves HTTP/1 + h2c connections, routes, drains.
@@ -17,22 +18,27 @@
 //! - `budget`: the byte budget for bodies held for mirrors (`--max-buffered-bytes`).
 //! - `headers`: hop-by-hop removal, `X-Forwarded-*`, `Via`.
 //! - `body`: body types and helpers for the proxy's own answers.
-//! - `mirror`: one `Mirror` per target: bounded queue, delivery, health (`mirror::health`);
-//!   options and mirror lines (`mirror::options`); which requests a mirror gets
-//!   (`mirror::select`); ordered replay (`mirror::ordered`); comparing its answers with
-//!   main's (`mirror::compare` decides, `mirror::shadow` captures, `mirror::comparison`
-//!   and `mirror::mismatches` keep the results).
-//! - `sources`: the `--state-file` and `--targets-file` (mirror lines on disk).
+//! - `mirror`: one `Mirror` per target: bounded queue and delivery. Its parts:
+//!   `mirror::health` (the health state machine), `mirror::options` (options and mirror
+//!   lines), `mirror::select` (which requests a mirror gets), `mirror::ordered` (ordered
+//!   replay), `mirror::counters` (per-mirror counters, for the JSON listing and the
+//!   scrape) and `mirror::compare`, comparing its answers with main's:
+//!   `compare::verdict` decides whether two answers match, `compare::capture` keeps them
+//!   aside within the byte budget, `compare::decode` undoes a `Content-Encoding`,
+//!   `compare::stats` and `compare::mismatches` keep the results.
+//! - `sources`: mirror lines on disk: `sources::state_file` (`--state-file`) and
+//!   `sources::targets_file` (`--targets-file`).
 //! - `registry`: the set of mirrors; removes mirrors that failed for too long.
 //! - `admin`: the `/targets` endpoint; `auth`: its Basic authentication.
-//! - `observe`: the status page a browser gets at the admin path (`observe::page`);
-//!   which build this is (`build_info`: version, commit, date, from `build.rs`).
+//! - `observe`: what the proxy shows about itself: `observe::metrics`, the Prometheus
+//!   scrape (requests by status class, latency histograms, the per-mirror counters, the
+//!   byte budget), and `observe::page`, the status page a browser gets at the admin path;
+//!   `observe::build_info`, which build this is (version, commit, date, from `build.rs`).
 //! - `target_url`: URL validation, normalisation and path-prefix joining.
-//! - `metrics`: per-mirror counters; `observe::metrics`: the Prometheus scrape (requests
-//!   by status class, latency histograms, the per-mirror counters, the byte budget).
 //! - `shutdown`: SIGINT/SIGTERM. `ratelimit`: at most one log line per second for
 //!   per-request and accept errors.
-//! - `client`: keep-alive connection pools to main and mirrors, one per worker;
+//! - `client`: keep-alive connection pools to main and mirrors, one per worker
+//!   (`client::pool_comparison`, test-only: the load harness of `bench/pool-compare`);
 //!   `tls`: TLS settings for https targets.
 //! - `workers`: thread-per-core worker runtimes that own the connections.
 //! - `demo`: `trafficmirror demo`, the product with demo backends in one process.
@@ -47,7 +53,8 @@
 //! 3. Once the body is complete each mirror is *offered* an `Arc` of the copy: a
 //!    non-blocking permit + health check, then a background task delivers it.
 //! 4. main's response is streamed back as it arrives; for comparing mirrors a copy of
-//!    its start is kept aside, and each comparing copy compares once both are complete.
+//!    its start is kept aside (`mirror::compare::capture`), and each comparing copy
+//!    compares once both are complete (`mirror::compare::verdict`).
 
 #![forbid(unsafe_code)]
 
@@ -63,7 +70,6 @@ mod demo;
 pub mod fuzz;
 mod headers;
 mod idle;
-mod metrics;
 mod mirror;
 mod observe;
 mod proxy;

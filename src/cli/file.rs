@@ -38,7 +38,7 @@ const NOT_KEYS: [&str; 3] = ["help", "version", "config"];
 /// A config file that cannot be used. Display is the whole one-line message, naming
 /// the file and, where there is one, the key.
 #[derive(Debug, thiserror::Error)]
-pub enum FileError {
+pub enum ConfigFileError {
     #[error("cannot read config file {}: {source}", .path.display())]
     Read {
         path: PathBuf,
@@ -123,7 +123,7 @@ impl FileSettings {
     /// # Errors
     /// The file cannot be read, is too large, is not UTF-8 or not a YAML mapping of
     /// scalars and lists.
-    pub fn read(path: &Path) -> Result<Self, FileError> {
+    pub fn read(path: &Path) -> Result<Self, ConfigFileError> {
         Self::parse(path, &read_text(path)?)
     }
 
@@ -132,11 +132,11 @@ impl FileSettings {
     /// # Errors
     /// As [`FileSettings::read`] for the first file that exists: a broken file is not
     /// skipped in favour of the next one.
-    pub fn find(paths: &[PathBuf]) -> Result<Option<Self>, FileError> {
+    pub fn find(paths: &[PathBuf]) -> Result<Option<Self>, ConfigFileError> {
         for path in paths {
             match read_text(path) {
                 Ok(text) => return Self::parse(path, &text).map(Some),
-                Err(FileError::Read { source, .. })
+                Err(ConfigFileError::Read { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => return Err(err),
             }
@@ -150,12 +150,12 @@ impl FileSettings {
     /// # Errors
     /// Not YAML, more than one document, not a mapping, a key that is not a string, a
     /// key without a value, or a value that is neither a scalar nor a list of scalars.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, FileError> {
-        let shape = |message: String| FileError::Shape {
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigFileError> {
+        let shape = |message: String| ConfigFileError::Shape {
             path: path.to_owned(),
             message,
         };
-        let docs = YamlLoader::load_from_str(text).map_err(|err| FileError::Yaml {
+        let docs = YamlLoader::load_from_str(text).map_err(|err| ConfigFileError::Yaml {
             path: path.to_owned(),
             message: err.to_string(),
         })?;
@@ -184,7 +184,7 @@ impl FileSettings {
             let Some(key) = scalar(key) else {
                 return Err(shape("every key must be a flag name".to_owned()));
             };
-            let bad = |message: &str| FileError::BadValue {
+            let bad = |message: &str| ConfigFileError::BadValue {
                 path: path.to_owned(),
                 key: key.clone(),
                 message: message.to_owned(),
@@ -218,8 +218,8 @@ impl FileSettings {
     }
 }
 
-fn read_text(path: &Path) -> Result<String, FileError> {
-    let read_err = |source| FileError::Read {
+fn read_text(path: &Path) -> Result<String, ConfigFileError> {
+    let read_err = |source| ConfigFileError::Read {
         path: path.to_owned(),
         source,
     };
@@ -230,7 +230,7 @@ fn read_text(path: &Path) -> Result<String, FileError> {
         .read_to_string(&mut text)
         .map_err(read_err)?;
     if text.len() as u64 > MAX_FILE_SIZE {
-        return Err(FileError::TooLarge {
+        return Err(ConfigFileError::TooLarge {
             path: path.to_owned(),
         });
     }
@@ -262,7 +262,7 @@ pub fn merge(
     cmd: &clap::Command,
     matches: &ArgMatches,
     settings: &FileSettings,
-) -> Result<(Vec<OsString>, AppliedFile), FileError> {
+) -> Result<(Vec<OsString>, AppliedFile), ConfigFileError> {
     let mut words = Vec::new();
     let mut applied = AppliedFile {
         path: settings.path.clone(),
@@ -271,7 +271,7 @@ pub fn merge(
     };
     let mut seen: Vec<(&str, &str)> = Vec::new(); // (arg id, key)
     for entry in &settings.entries {
-        let bad = |message: String| FileError::BadValue {
+        let bad = |message: String| ConfigFileError::BadValue {
             path: settings.path.clone(),
             key: entry.key.clone(),
             message,
@@ -280,7 +280,7 @@ pub fn merge(
             if entry.key.eq_ignore_ascii_case("config") {
                 bad("a config file cannot name another one".to_owned())
             } else {
-                FileError::UnknownKey {
+                ConfigFileError::UnknownKey {
                     path: settings.path.clone(),
                     key: entry.key.clone(),
                 }
@@ -379,7 +379,7 @@ mod tests {
     use clap::{CommandFactory, Parser};
     use proptest::prelude::*;
 
-    fn parse(text: &str) -> Result<FileSettings, FileError> {
+    fn parse(text: &str) -> Result<FileSettings, ConfigFileError> {
         FileSettings::parse(Path::new("tm.yaml"), text)
     }
 
@@ -393,7 +393,7 @@ mod tests {
     }
 
     /// Parses `args`, merges `yaml` and parses again, as the binary does.
-    fn merged(args: &[&str], yaml: &str) -> Result<(Cli, AppliedFile), FileError> {
+    fn merged(args: &[&str], yaml: &str) -> Result<(Cli, AppliedFile), ConfigFileError> {
         let argv = crate::cli::normalize_args(std::iter::once("tm").chain(args.iter().copied()));
         let mut cmd = Cli::command();
         let matches = cmd.try_get_matches_from_mut(&argv).unwrap();

@@ -11,7 +11,7 @@
 //!   and a removed mirror leaves the scrape with the mirror), and the byte budget.
 //!
 //! This module neither serves HTTP (the admin endpoint does) nor counts copies (each
-//! [`crate::mirror::Mirror`] does, in [`crate::metrics::Counters`]).
+//! [`crate::mirror::Mirror`] does, in [`crate::mirror::counters::Counters`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use prometheus_client::registry::Unit;
 
 use super::build_info;
 use crate::budget::Budget;
-use crate::metrics::Latency;
+use crate::mirror::counters::Latency;
 use crate::mirror::health::State;
 use crate::registry::Registry;
 use crate::sources::state_file::StateFile;

@@ -36,8 +36,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::BoxError;
 use crate::budget::Held;
+use crate::mirror::compare::capture::MainAnswerRx;
 use crate::mirror::ordered::MirrorHalf;
-use crate::mirror::shadow::MainAnswerRx;
 use crate::mirror::{Member, MirrorRequest};
 use crate::registry::Mirrors;
 

@@ -3,8 +3,8 @@
 //!
 //! This module owns which codings are decoded — `gzip` (and `x-gzip`), `deflate` and
 //! `br` (RFC 9110 §8.4.1) — and decoding within a limit of decoded bytes. It does not
-//! capture bodies ([`super::compare::Capture`]), hold them in the byte budget
-//! ([`super::shadow`]) or compare them.
+//! capture bodies ([`super::verdict::Capture`]), hold them in the byte budget
+//! ([`super::capture`]) or compare them.
 //!
 //! A decompression bomb costs no more than the limit: the decoder is read a chunk at a
 //! time and given up as soon as its output would pass the limit, and the output's

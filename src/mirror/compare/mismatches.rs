@@ -1,14 +1,14 @@
 //! The latest mismatches of one comparing mirror, for `GET <admin path>/mismatches?url=U`.
 //!
 //! This module owns the bounded list and the JSON shape of one record. It does not
-//! decide what is a mismatch ([`super::compare`]) nor serve HTTP.
+//! decide what is a mismatch ([`super::verdict`]) nor serve HTTP.
 //!
 //! Memory is bounded per mirror: at most [`RECENT_MISMATCHES`] records, and every string
 //! of a record is cut when it is pushed: the method to [`MAX_METHOD_CHARS`], the path
 //! and query to [`MAX_PATH_CHARS`], a JSON pointer to
-//! [`super::compare::MAX_POINTER_CHARS`], a header name to
-//! [`super::compare::MAX_HEADER_NAME_CHARS`] and each value to
-//! [`super::compare::MAX_VALUE_CHARS`] characters. At 4 bytes per character at worst
+//! [`super::verdict::MAX_POINTER_CHARS`], a header name to
+//! [`super::verdict::MAX_HEADER_NAME_CHARS`] and each value to
+//! [`super::verdict::MAX_VALUE_CHARS`] characters. At 4 bytes per character at worst
 //! that is under 10.5 KiB per record, so under 530 KiB per mirror whatever the traffic
 //! (typically a few KiB in all).
 
@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
 
-use super::compare::{Difference, Mismatch, cut_in_place};
+use super::verdict::{Difference, Mismatch, cut_in_place};
 
 /// How many mismatches each comparing mirror keeps (the newest).
 pub const RECENT_MISMATCHES: usize = 50;
@@ -131,7 +131,7 @@ fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mirror::compare::MAX_VALUE_CHARS;
+    use crate::mirror::compare::verdict::MAX_VALUE_CHARS;
 
     fn record(n: u16) -> Record {
         Record::new(
@@ -185,7 +185,7 @@ mod tests {
         let Difference::JsonPointer { pointer, main, .. } = got.difference else {
             panic!("difference changed kind");
         };
-        assert_eq!(pointer.len(), super::super::compare::MAX_POINTER_CHARS);
+        assert_eq!(pointer.len(), super::super::verdict::MAX_POINTER_CHARS);
         assert_eq!(main.map(|m| m.len()), Some(MAX_VALUE_CHARS));
     }
 

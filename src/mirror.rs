@@ -10,14 +10,11 @@
 //! done; the permit, health check, counters and delivery are the same for both.
 
 pub mod compare;
-pub mod comparison;
-pub mod decode;
+pub mod counters;
 pub mod health;
-pub mod mismatches;
 pub mod options;
 pub mod ordered;
 pub mod select;
-pub mod shadow;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -34,16 +31,34 @@ use tracing::{debug, info, warn};
 
 use crate::budget::{Budget, Held};
 use crate::client::{self, Pool};
-use crate::metrics::{Counters, Latency, Snapshot};
 use crate::target_url::TargetUrl;
+use compare::capture::{self, BodyCapture, ForCompare, MainAnswerRx};
+use compare::mismatches::{Mismatches, Record};
+use compare::stats::{CompareSnapshot, CompareStats};
 use compare::{Answer, Rules, Verdict};
-use comparison::{CompareSnapshot, CompareStats};
+use counters::{Counters, Latency, Snapshot};
 use health::{Event, Health, Policy, State, Ticket};
-use mismatches::{Mismatches, Record};
 use options::MirrorOptions;
 use ordered::{MainHalf, MirrorHalf, Order};
 use select::RateLimiter;
-use shadow::{BodyCapture, ForCompare, MainAnswerRx};
+
+/// What one copy got back from its mirror ([`Mirror::send`]).
+struct Reply {
+    status: http::StatusCode,
+    /// The answer kept aside for comparing with main's: `None` when this copy is not
+    /// compared or its capture did not fit in the byte budget.
+    captured: Option<CapturedAnswer>,
+}
+
+/// A mirror's answer kept aside for comparing with main's.
+struct CapturedAnswer {
+    /// Status, headers and the captured start (and digest) of the body.
+    answer: Answer,
+    /// From the copy setting off to the end of the mirror's answer.
+    latency: Duration,
+    /// The kept bytes' share of the byte budget, given back when this is dropped.
+    held: Held,
+}
 
 /// One request as every mirror receives it. Built once per request and shared by all
 /// copies through an `Arc`; the body is a single `Bytes`, never a copy per mirror.
@@ -400,7 +415,7 @@ impl Mirror {
         let finished = Instant::now();
         self.latency.observe(finished - started);
         let (success, answer) = match result {
-            Ok(Ok((status, captured))) => {
+            Ok(Ok(Reply { status, captured })) => {
                 if status.is_server_error() {
                     debug!(mirror = %self.url, %status, "mirror answered with a server error");
                 }
@@ -441,15 +456,20 @@ impl Mirror {
         rules: &Rules,
         request: &MirrorRequest,
         main: MainAnswerRx,
-        mirror: Option<(Answer, std::time::Duration, Held)>,
+        mirror: Option<CapturedAnswer>,
     ) {
         // `_held` keeps the mirror's kept bytes in the budget until the comparison is over.
-        let Some((mirror, mirror_latency, _held)) = mirror else {
+        let Some(CapturedAnswer {
+            answer: mirror,
+            latency: mirror_latency,
+            held: _held,
+        }) = mirror
+        else {
             self.comparison.not_compared();
             return;
         };
         // Main's answer may still be streaming; wait for it as long as a copy may take.
-        let Some(main) = shadow::main_answer(main, self.shared.settings.timeout).await else {
+        let Some(main) = capture::main_answer(main, self.shared.settings.timeout).await else {
             self.comparison.not_compared();
             return;
         };
@@ -459,7 +479,7 @@ impl Mirror {
         let budget = &self.shared.budget;
         let mut mirror = mirror;
         let _mirror_decoded =
-            match shadow::for_compare(&mirror.headers, &mirror.body, limit, budget) {
+            match capture::for_compare(&mirror.headers, &mirror.body, limit, budget) {
                 ForCompare::AsCaptured => None,
                 ForCompare::Decoded(body, held) => {
                     mirror.body = body;
@@ -472,7 +492,7 @@ impl Mirror {
             };
         let main_decoded;
         let main_answer =
-            match shadow::for_compare(&main.answer.headers, &main.answer.body, limit, budget) {
+            match capture::for_compare(&main.answer.headers, &main.answer.body, limit, budget) {
                 ForCompare::AsCaptured => &main.answer,
                 ForCompare::Decoded(body, held) => {
                     let answer = Answer {
@@ -520,13 +540,7 @@ impl Mirror {
         request: &MirrorRequest,
         plan: &Plan,
         started: Instant,
-    ) -> Result<
-        (
-            http::StatusCode,
-            Option<(Answer, std::time::Duration, Held)>,
-        ),
-        crate::body::BoxError,
-    > {
+    ) -> Result<Reply, crate::body::BoxError> {
         let mut req = Request::new(Full::new(request.body.clone()));
         *req.method_mut() = request.method.clone();
         *req.uri_mut() = self.url.request_target(request.path_and_query.as_ref());
@@ -558,15 +572,18 @@ impl Mirror {
                 capture.push(data);
             }
         }
-        let answer = capture.and_then(BodyCapture::finish).map(|(body, held)| {
-            let answer = Answer {
-                status,
-                headers: parts.headers,
-                body,
-            };
-            (answer, started.elapsed(), held)
-        });
-        Ok((status, answer))
+        let captured = capture
+            .and_then(BodyCapture::finish)
+            .map(|(body, held)| CapturedAnswer {
+                answer: Answer {
+                    status,
+                    headers: parts.headers,
+                    body,
+                },
+                latency: started.elapsed(),
+                held,
+            });
+        Ok(Reply { status, captured })
     }
 
     fn log_event(&self, event: Event) {

@@ -1,7 +1,7 @@
 //! Running totals of one comparing mirror's comparisons, for the JSON listing.
 //!
 //! This module owns the counters and the latency histograms of compared requests and
-//! their snapshot. It does not compare ([`super::compare`]), keep the mismatches
+//! their snapshot. It does not compare ([`super::verdict`]), keep the mismatches
 //! themselves ([`super::mismatches`]) or export Prometheus metrics.
 //!
 //! Memory: two `hdrhistogram` histograms (3 significant figures) that grow with the
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use super::compare::Verdict;
+use super::verdict::Verdict;
 
 /// Latencies above this are recorded as this (keeps each histogram's memory bounded).
 pub const MAX_LATENCY: Duration = Duration::from_secs(3600);
@@ -175,7 +175,7 @@ fn quantiles(histogram: &Mutex<Histogram<u64>>) -> Quantiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mirror::compare::{Difference, Mismatch};
+    use crate::mirror::compare::verdict::{Difference, Mismatch};
 
     fn mismatch(status: bool, headers: bool, body: bool) -> Verdict {
         Verdict::Mismatch(Mismatch {

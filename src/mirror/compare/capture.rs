@@ -1,6 +1,6 @@
 //! The I/O half of comparing answers (docs/comparing.md, "Bodies"): main's answer is
 //! captured as it streams to the client, a comparing mirror's answer as the copy reads
-//! it, and the pure [`super::compare`] decides. The client never waits: main's body goes
+//! it, and the pure [`super::verdict`] decides. The client never waits: main's body goes
 //! to the client frame by frame and only a copy of its first `--max-compare-size` bytes
 //! (plus a digest of the whole) is kept aside.
 //!
@@ -17,8 +17,8 @@ use http::{HeaderMap, StatusCode};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::compare::{Answer, Capture, CapturedBody};
 use super::decode::{self, Coding, Decoded};
+use super::verdict::{Answer, Capture, CapturedBody};
 use crate::budget::{Budget, Held};
 
 /// Main's complete answer, as the comparing copies see it.

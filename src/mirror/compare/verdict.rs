@@ -1,0 +1,1519 @@
+//! The verdict on a mirror's answer against main's answer to the same request (shadow
+//! testing): a match, or the first difference, as pure functions over plain values.
+//!
+//! This module owns the comparison rules ([`Rules`]: which headers, which JSON locations
+//! to ignore), the incremental capture of a body for comparison ([`Capture`]), and the
+//! verdict ([`compare`]). It does not read bodies from the network, keep statistics or
+//! remember mismatches: the caller feeds [`Capture`] as the bytes stream past and hands
+//! the results to [`compare`], then records the [`Verdict`] elsewhere
+//! ([`super::stats`], [`super::mismatches`]).
+//!
+//! What is compared, in this order (the first difference found is the one reported):
+//! 1. the status code;
+//! 2. each header of [`Rules::headers`], in the order given, as the ordered list of its
+//!    values, byte for byte;
+//! 3. the body: structurally when both bodies parse as JSON, otherwise byte for byte; when
+//!    either body passed the capture limit, by length and xxh3-128 digest only. Bodies
+//!    are compared as given: undoing a `Content-Encoding` first is the caller's
+//!    ([`super::capture::for_compare`]).
+//!
+//! JSON equality: object key order, whitespace and number spelling do not matter
+//! (`1`, `1.0` and `1e0` are equal). Two integers (numbers written without `.`, `e` or
+//! `E`) are compared exactly as written, at any size; as soon as either side is written
+//! as a float both are compared as `f64`, equal within a few units in the last place
+//! (see [`FLOAT_ULPS`]). Duplicate object keys keep the last value (as
+//! `serde_json` does). The first difference is searched depth first, object keys in byte
+//! order, array elements by index, so it is the same on every run.
+
+use std::fmt;
+use std::io;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, StatusCode, header};
+use serde_json::{Map, Number, Value};
+use xxhash_rust::xxh3::{Xxh3Default, xxh3_128};
+
+/// Longest JSON value or header value kept in a [`Difference`], in characters.
+pub const MAX_VALUE_CHARS: usize = 200;
+
+/// Longest JSON pointer kept in a [`Difference`], in characters. A pointer cut here may
+/// end inside an escape; it is for reading, not for resolving.
+pub const MAX_POINTER_CHARS: usize = 1000;
+
+/// Longest header name kept in a [`Difference`], in characters.
+pub const MAX_HEADER_NAME_CHARS: usize = 200;
+
+/// A bad `ignore=` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// Neither a valid header name nor a JSON pointer.
+    #[error("ignore={0}: not a header name, nor a JSON pointer (a JSON pointer starts with `/`)")]
+    InvalidIgnore(String),
+    /// A JSON pointer with a `~` not followed by `0` or `1` (RFC 6901 §3).
+    #[error("ignore={0}: bad JSON pointer: `~` must be followed by `0` (for ~) or `1` (for /)")]
+    InvalidPointer(String),
+}
+
+/// What one comparing mirror compares. Built once from the mirror's options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// Compared headers, without duplicates and without the ignored ones.
+    headers: Vec<HeaderName>,
+    /// JSON locations whose values are not compared.
+    ignored: Vec<Pattern>,
+}
+
+/// One segment of an ignored JSON pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// `*`: any object key or array index.
+    Any,
+    /// An object key, or an array index written in decimal.
+    Literal(String),
+}
+
+/// An ignored JSON pointer, already unescaped. Never empty: it starts with `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pattern(Vec<Segment>);
+
+impl Rules {
+    /// Builds the rules of one mirror.
+    ///
+    /// `compare_headers` empty means `Content-Type` alone; naming headers replaces that
+    /// default. Each `ignore` value is a header name (case-insensitive, removed from the
+    /// compared headers) or, when it starts with `/`, a JSON pointer (RFC 6901, with the
+    /// `~0` and `~1` escapes) in which a segment `*` matches any object key or array
+    /// index: values at matching locations are not compared, nor is their presence.
+    /// A literal key `*` cannot be named.
+    ///
+    /// # Errors
+    /// A value that is neither a valid header name nor a well-formed JSON pointer.
+    pub fn new(compare_headers: &[HeaderName], ignore: &[String]) -> Result<Self, RuleError> {
+        let mut ignored_headers = Vec::new();
+        let mut ignored = Vec::new();
+        for value in ignore {
+            if value.starts_with('/') {
+                ignored.push(Pattern::parse(value)?);
+            } else {
+                let name = HeaderName::from_bytes(value.as_bytes())
+                    .map_err(|_| RuleError::InvalidIgnore(value.clone()))?;
+                ignored_headers.push(name);
+            }
+        }
+        let default = [header::CONTENT_TYPE];
+        let wanted = if compare_headers.is_empty() {
+            &default[..]
+        } else {
+            compare_headers
+        };
+        let mut headers: Vec<HeaderName> = Vec::with_capacity(wanted.len());
+        for name in wanted {
+            if !headers.contains(name) && !ignored_headers.contains(name) {
+                headers.push(name.clone());
+            }
+        }
+        Ok(Self { headers, ignored })
+    }
+
+    /// The headers compared, in comparison order.
+    #[cfg(test)]
+    pub fn headers(&self) -> &[HeaderName] {
+        &self.headers
+    }
+
+    /// The indices of the patterns still alive below a child reached by `step` at
+    /// `depth` (the child's own depth is `depth + 1`), or `None` when the child itself
+    /// is ignored.
+    fn descend(&self, alive: &[usize], depth: usize, step: Step<'_>) -> Option<Vec<usize>> {
+        let mut next = Vec::new();
+        for &i in alive {
+            let Pattern(segments) = &self.ignored[i];
+            if segments.get(depth).is_some_and(|s| s.matches(step)) {
+                if segments.len() == depth + 1 {
+                    return None;
+                }
+                next.push(i);
+            }
+        }
+        Some(next)
+    }
+}
+
+impl Default for Rules {
+    /// Compares `Content-Type` and ignores nothing.
+    fn default() -> Self {
+        Self {
+            headers: vec![header::CONTENT_TYPE],
+            ignored: Vec::new(),
+        }
+    }
+}
+
+impl Pattern {
+    /// Parses a JSON pointer that starts with `/` (RFC 6901 §3).
+    fn parse(value: &str) -> Result<Self, RuleError> {
+        let bad = || RuleError::InvalidPointer(value.to_owned());
+        let mut segments = Vec::new();
+        // The leading `/` makes the first split piece empty.
+        for raw in value.split('/').skip(1) {
+            if raw == "*" {
+                segments.push(Segment::Any);
+                continue;
+            }
+            let mut key = String::with_capacity(raw.len());
+            let mut chars = raw.chars();
+            while let Some(c) = chars.next() {
+                if c == '~' {
+                    match chars.next() {
+                        Some('0') => key.push('~'),
+                        Some('1') => key.push('/'),
+                        _ => return Err(bad()),
+                    }
+                } else {
+                    key.push(c);
+                }
+            }
+            segments.push(Segment::Literal(key));
+        }
+        Ok(Self(segments))
+    }
+}
+
+impl Segment {
+    fn matches(&self, step: Step<'_>) -> bool {
+        match (self, step) {
+            (Segment::Any, _) => true,
+            (Segment::Literal(s), Step::Key(k)) => s == k,
+            // RFC 6901 §4: an array index is decimal without leading zeros.
+            (Segment::Literal(s), Step::Index(i)) => {
+                !s.is_empty()
+                    && s.bytes().all(|b| b.is_ascii_digit())
+                    && (s == "0" || !s.starts_with('0'))
+                    && s.parse::<usize>() == Ok(i)
+            }
+        }
+    }
+}
+
+/// A body collected for comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapturedBody {
+    /// The whole body (at most the capture limit).
+    Whole(Bytes),
+    /// A body longer than the capture limit: only its length and xxh3-128 digest.
+    Digest { len: u64, digest: u128 },
+}
+
+impl CapturedBody {
+    /// The body's length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            CapturedBody::Whole(b) => b.len() as u64,
+            CapturedBody::Digest { len, .. } => *len,
+        }
+    }
+
+    /// The xxh3-128 digest of the body (computed for a [`CapturedBody::Whole`]).
+    pub fn digest(&self) -> u128 {
+        match self {
+            CapturedBody::Whole(b) => xxh3_128(b),
+            CapturedBody::Digest { digest, .. } => *digest,
+        }
+    }
+}
+
+/// Collects a body as it streams past: the bytes while they fit in `limit`, then only
+/// the length and an xxh3-128 digest of every byte.
+///
+/// The kept bytes never exceed `limit` (nor does their allocation); once the body passes
+/// `limit` they are freed and [`Capture::held_bytes`] drops to 0. The digest is the same
+/// as hashing the whole body at once, whatever the chunking.
+pub struct Capture {
+    limit: usize,
+    state: CaptureState,
+}
+
+enum CaptureState {
+    Keeping(Vec<u8>),
+    // Boxed: the hasher carries a few hundred bytes of buffer.
+    Hashing { len: u64, hasher: Box<Xxh3Default> },
+}
+
+impl Capture {
+    /// A capture that keeps up to `limit` bytes (`--max-compare-size`).
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            state: CaptureState::Keeping(Vec::new()),
+        }
+    }
+
+    /// Adds the next chunk of the body.
+    pub fn push(&mut self, chunk: &[u8]) {
+        match &mut self.state {
+            CaptureState::Keeping(kept) => {
+                let needed = kept.len() + chunk.len();
+                if needed <= self.limit {
+                    if needed > kept.capacity() {
+                        // Grow geometrically but never past the limit, so the allocation
+                        // is bounded by the limit too.
+                        let target = needed.max(kept.capacity().saturating_mul(2));
+                        kept.reserve_exact(target.min(self.limit) - kept.len());
+                    }
+                    kept.extend_from_slice(chunk);
+                } else {
+                    // Hashing starts only now: small bodies, the common case, never pay
+                    // for it. The digest is the same as if every byte had been hashed.
+                    let mut hasher = Box::new(Xxh3Default::new());
+                    hasher.update(kept);
+                    hasher.update(chunk);
+                    self.state = CaptureState::Hashing {
+                        len: needed as u64,
+                        hasher,
+                    };
+                }
+            }
+            CaptureState::Hashing { len, hasher } => {
+                hasher.update(chunk);
+                *len += chunk.len() as u64;
+            }
+        }
+    }
+
+    /// Bytes of body memory this capture holds now (the kept bytes' allocation), for
+    /// memory accounting. At most the limit; 0 once the body passed it.
+    pub fn held_bytes(&self) -> usize {
+        match &self.state {
+            CaptureState::Keeping(kept) => kept.capacity(),
+            CaptureState::Hashing { .. } => 0,
+        }
+    }
+
+    /// The body seen: whole if it fit in the limit, else its length and digest.
+    pub fn finish(self) -> CapturedBody {
+        match self.state {
+            CaptureState::Keeping(kept) => CapturedBody::Whole(Bytes::from(kept)),
+            CaptureState::Hashing { len, hasher } => CapturedBody::Digest {
+                len,
+                digest: hasher.digest128(),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for Capture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Capture");
+        d.field("limit", &self.limit);
+        match &self.state {
+            CaptureState::Keeping(kept) => d.field("kept", &kept.len()),
+            CaptureState::Hashing { len, .. } => d.field("hashed", len),
+        };
+        d.finish()
+    }
+}
+
+/// One side's answer, as compared.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: CapturedBody,
+}
+
+/// The result of one comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Match,
+    Mismatch(Mismatch),
+}
+
+/// Which parts differ, and the first difference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub status: bool,
+    pub headers: bool,
+    pub body: bool,
+    /// The first difference, in the order status, headers, body.
+    pub difference: Difference,
+}
+
+/// The first thing that differs between main's and the mirror's answer. Serialised with
+/// a `kind` tag: `{"kind":"json_pointer","pointer":"/a/b","main":"1","mirror":"2"}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Difference {
+    Status {
+        main: u16,
+        mirror: u16,
+    },
+    /// A compared header; its values joined by `, ` (non-UTF-8 bytes replaced), cut to
+    /// [`MAX_VALUE_CHARS`]; `None` (JSON `null`) when that side does not send it.
+    Header {
+        name: String,
+        main: Option<String>,
+        mirror: Option<String>,
+    },
+    /// Both bodies are JSON and differ at `pointer` (RFC 6901; `""` is the whole
+    /// document). Each value is compact JSON text cut to [`MAX_VALUE_CHARS`], or `None`
+    /// (JSON `null`, unlike a JSON null value, which reads `"null"`) when that side has
+    /// nothing at `pointer`.
+    JsonPointer {
+        pointer: String,
+        main: Option<String>,
+        mirror: Option<String>,
+    },
+    /// Bodies compared byte for byte: the first differing byte, or the shorter length
+    /// when one body is a prefix of the other.
+    ByteOffset {
+        offset: u64,
+    },
+    /// A body passed the capture limit and the lengths or digests differ.
+    Digest {
+        main_len: u64,
+        mirror_len: u64,
+    },
+}
+
+impl Difference {
+    /// Cuts every string to its documented bound (a no-op on what [`compare`] made).
+    pub(crate) fn bound(&mut self) {
+        match self {
+            Difference::Header { name, main, mirror } => {
+                cut_in_place(name, MAX_HEADER_NAME_CHARS);
+                main.iter_mut()
+                    .chain(mirror.iter_mut())
+                    .for_each(|v| cut_in_place(v, MAX_VALUE_CHARS));
+            }
+            Difference::JsonPointer {
+                pointer,
+                main,
+                mirror,
+            } => {
+                cut_in_place(pointer, MAX_POINTER_CHARS);
+                main.iter_mut()
+                    .chain(mirror.iter_mut())
+                    .for_each(|v| cut_in_place(v, MAX_VALUE_CHARS));
+            }
+            Difference::Status { .. }
+            | Difference::ByteOffset { .. }
+            | Difference::Digest { .. } => {}
+        }
+    }
+}
+
+/// Compares the mirror's answer with main's under `rules`.
+pub fn compare(rules: &Rules, main: &Answer, mirror: &Answer) -> Verdict {
+    let status = (main.status != mirror.status).then(|| Difference::Status {
+        main: main.status.as_u16(),
+        mirror: mirror.status.as_u16(),
+    });
+    let headers = header_difference(rules, &main.headers, &mirror.headers);
+    let body = body_difference(rules, &main.body, &mirror.body);
+    let flags = (status.is_some(), headers.is_some(), body.is_some());
+    match status.or(headers).or(body) {
+        None => Verdict::Match,
+        Some(difference) => Verdict::Mismatch(Mismatch {
+            status: flags.0,
+            headers: flags.1,
+            body: flags.2,
+            difference,
+        }),
+    }
+}
+
+fn header_difference(rules: &Rules, main: &HeaderMap, mirror: &HeaderMap) -> Option<Difference> {
+    rules.headers.iter().find_map(|name| {
+        let (a, b) = (main.get_all(name), mirror.get_all(name));
+        // HeaderValue equality is byte equality; repeated headers compare as a list.
+        (!a.iter().eq(b.iter())).then(|| Difference::Header {
+            name: cut(name.as_str(), MAX_HEADER_NAME_CHARS).to_owned(),
+            main: header_text(a),
+            mirror: header_text(b),
+        })
+    })
+}
+
+fn header_text(values: header::GetAll<'_, http::HeaderValue>) -> Option<String> {
+    let mut text: Option<String> = None;
+    for value in values {
+        let t = text.get_or_insert_with(String::new);
+        if !t.is_empty() {
+            t.push_str(", ");
+        }
+        t.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        if t.chars().nth(MAX_VALUE_CHARS).is_some() {
+            break;
+        }
+    }
+    text.map(|t| cut(&t, MAX_VALUE_CHARS).to_owned())
+}
+
+fn body_difference(
+    rules: &Rules,
+    main: &CapturedBody,
+    mirror: &CapturedBody,
+) -> Option<Difference> {
+    let (CapturedBody::Whole(a), CapturedBody::Whole(b)) = (main, mirror) else {
+        let (main_len, mirror_len) = (main.len(), mirror.len());
+        return (main_len != mirror_len || main.digest() != mirror.digest()).then_some(
+            Difference::Digest {
+                main_len,
+                mirror_len,
+            },
+        );
+    };
+    // Identical bytes are equal whether JSON or not (and covers both empty).
+    if a == b {
+        return None;
+    }
+    if let (Ok(x), Ok(y)) = (
+        serde_json::from_slice::<Value>(a),
+        serde_json::from_slice::<Value>(b),
+    ) {
+        // serde_json refuses nesting deeper than 128, so this recursion is bounded.
+        let mut path = Vec::new();
+        let alive: Vec<usize> = (0..rules.ignored.len()).collect();
+        return json_difference(rules, &x, &y, &mut path, &alive).map(|found| {
+            Difference::JsonPointer {
+                pointer: pointer_text(&found.path),
+                main: found.main.map(value_text),
+                mirror: found.mirror.map(value_text),
+            }
+        });
+    }
+    let offset = a
+        .iter()
+        .zip(b.iter())
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    Some(Difference::ByteOffset {
+        offset: offset as u64,
+    })
+}
+
+/// One step from a JSON value to a child.
+#[derive(Debug, Clone, Copy)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+struct Found<'a> {
+    path: Vec<Step<'a>>,
+    main: Option<&'a Value>,
+    mirror: Option<&'a Value>,
+}
+
+/// The first difference below `main`/`mirror` (at `path`), skipping ignored locations.
+/// `alive` holds the ignore patterns whose first `path.len()` segments match `path`.
+fn json_difference<'a>(
+    rules: &Rules,
+    main: &'a Value,
+    mirror: &'a Value,
+    path: &mut Vec<Step<'a>>,
+    alive: &[usize],
+) -> Option<Found<'a>> {
+    match (main, mirror) {
+        (Value::Object(a), Value::Object(b)) => {
+            for key in sorted_keys(a, b) {
+                let step = Step::Key(key);
+                let Some(next) = rules.descend(alive, path.len(), step) else {
+                    continue;
+                };
+                let found = child_difference(rules, a.get(key), b.get(key), path, step, &next);
+                if found.is_some() {
+                    return found;
+                }
+            }
+            None
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for i in 0..a.len().max(b.len()) {
+                let step = Step::Index(i);
+                let Some(next) = rules.descend(alive, path.len(), step) else {
+                    continue;
+                };
+                let found = child_difference(rules, a.get(i), b.get(i), path, step, &next);
+                if found.is_some() {
+                    return found;
+                }
+            }
+            None
+        }
+        _ if scalars_equal(main, mirror) => None,
+        _ => Some(Found {
+            path: path.clone(),
+            main: Some(main),
+            mirror: Some(mirror),
+        }),
+    }
+}
+
+fn child_difference<'a>(
+    rules: &Rules,
+    main: Option<&'a Value>,
+    mirror: Option<&'a Value>,
+    path: &mut Vec<Step<'a>>,
+    step: Step<'a>,
+    alive: &[usize],
+) -> Option<Found<'a>> {
+    path.push(step);
+    let found = match (main, mirror) {
+        (Some(x), Some(y)) => json_difference(rules, x, y, path, alive),
+        _ => Some(Found {
+            path: path.clone(),
+            main,
+            mirror,
+        }),
+    };
+    path.pop();
+    found
+}
+
+/// The union of both objects' keys, in byte order.
+fn sorted_keys<'a>(a: &'a Map<String, Value>, b: &'a Map<String, Value>) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = a
+        .keys()
+        .chain(b.keys().filter(|k| !a.contains_key(*k)))
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// Equality of two values that are not both objects or both arrays.
+fn scalars_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => numbers_equal(x, y),
+        (Value::Null, Value::Null) => true,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::String(x), Value::String(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Integers exactly as written, at any size (serde_json's `arbitrary_precision` keeps
+/// each number's text); as `f64` when either is a float (`1` equals `1.0` and `1e0`),
+/// within [`FLOAT_ULPS`]. A number beyond the range of `f64` (`1e400`) equals only the
+/// same text.
+fn numbers_equal(a: &Number, b: &Number) -> bool {
+    let (x, y) = (a.as_str(), b.as_str());
+    if x == y {
+        return true;
+    }
+    if let (Some(i), Some(j)) = (integer(x), integer(y)) {
+        return i == j;
+    }
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => floats_close(x, y),
+        _ => false,
+    }
+}
+
+/// An integer as JSON writes it (`-`, then digits without a leading zero): whether it is
+/// negative, and its digits; `-0` is `0`. `None` for a float.
+fn integer(text: &str) -> Option<(bool, &str)> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, text),
+    };
+    let is_integer = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    is_integer.then_some((negative && digits != "0", digits))
+}
+
+/// Floats this many representable values apart or closer are equal: a relative
+/// difference of about 1e-15 (what a float printed with one digit less, or rounded
+/// differently by another JSON library, shows) is no finding for shadow testing.
+pub const FLOAT_ULPS: u64 = 4;
+
+fn floats_close(x: f64, y: f64) -> bool {
+    if x == y {
+        return true; // also 0.0 and -0.0
+    }
+    if x.is_sign_negative() != y.is_sign_negative() {
+        return false;
+    }
+    // For finite floats of one sign the bit patterns are ordered like the values.
+    x.to_bits().abs_diff(y.to_bits()) <= FLOAT_ULPS
+}
+
+/// A JSON pointer (RFC 6901 §3) for `path`, cut to [`MAX_POINTER_CHARS`].
+fn pointer_text(path: &[Step<'_>]) -> String {
+    let mut text = String::new();
+    for step in path {
+        text.push('/');
+        match step {
+            Step::Key(k) => {
+                for c in k.chars() {
+                    match c {
+                        '~' => text.push_str("~0"),
+                        '/' => text.push_str("~1"),
+                        c => text.push(c),
+                    }
+                }
+            }
+            Step::Index(i) => text.push_str(&i.to_string()),
+        }
+        if text.len() > MAX_POINTER_CHARS * 4 {
+            break;
+        }
+    }
+    cut_in_place(&mut text, MAX_POINTER_CHARS);
+    text
+}
+
+/// Compact JSON text of `value`, cut to [`MAX_VALUE_CHARS`]. Stops serialising once
+/// enough is written, so a huge value costs no more than a small one.
+fn value_text(value: &Value) -> String {
+    let mut out = Bounded {
+        buf: Vec::new(),
+        // A char is at most 4 bytes in UTF-8.
+        max: MAX_VALUE_CHARS * 4,
+    };
+    // An error only means the bound was reached; what was written so far is kept.
+    let _ = serde_json::to_writer(&mut out, value);
+    let text = match std::str::from_utf8(&out.buf) {
+        Ok(s) => s,
+        // Cut inside a character: keep the valid prefix.
+        Err(e) => std::str::from_utf8(&out.buf[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    cut(text, MAX_VALUE_CHARS).to_owned()
+}
+
+/// A writer that keeps at most `max` bytes and then fails.
+struct Bounded {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl io::Write for Bounded {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = self.max - self.buf.len();
+        if room == 0 {
+            return Err(io::Error::other("bound reached"));
+        }
+        let n = room.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The first `max_chars` characters of `s` (all of it if shorter).
+pub(crate) fn cut(s: &str, max_chars: usize) -> &str {
+    match s.char_indices().nth(max_chars) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
+/// Cuts `s` to `max_chars` characters, releasing the memory beyond them.
+pub(crate) fn cut_in_place(s: &mut String, max_chars: usize) {
+    if let Some((end, _)) = s.char_indices().nth(max_chars) {
+        s.truncate(end);
+        s.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rules(headers: &[&str], ignore: &[&str]) -> Rules {
+        let headers: Vec<HeaderName> = headers
+            .iter()
+            .map(|h| HeaderName::from_bytes(h.as_bytes()).unwrap())
+            .collect();
+        let ignore: Vec<String> = ignore.iter().map(|s| s.to_string()).collect();
+        Rules::new(&headers, &ignore).unwrap()
+    }
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: map,
+            body: CapturedBody::Whole(Bytes::copy_from_slice(body)),
+        }
+    }
+
+    fn json(body: &str) -> Answer {
+        answer(
+            200,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
+    fn mismatch(verdict: Verdict) -> Mismatch {
+        match verdict {
+            Verdict::Mismatch(m) => m,
+            Verdict::Match => panic!("expected a mismatch"),
+        }
+    }
+
+    fn body_only(difference: Difference) -> Verdict {
+        Verdict::Mismatch(Mismatch {
+            status: false,
+            headers: false,
+            body: true,
+            difference,
+        })
+    }
+
+    fn at(pointer: &str, main: Option<&str>, mirror: Option<&str>) -> Difference {
+        Difference::JsonPointer {
+            pointer: pointer.to_owned(),
+            main: main.map(str::to_owned),
+            mirror: mirror.map(str::to_owned),
+        }
+    }
+
+    fn digest_of(body: &[u8], limit: usize) -> CapturedBody {
+        let mut capture = Capture::new(limit);
+        capture.push(body);
+        capture.finish()
+    }
+
+    #[test]
+    fn same_json_in_another_key_order_and_spacing_matches() {
+        let main = json(r#"{"a":{"b":1,"c":[1,2,{"x":"y"}]},"d":null,"e":true}"#);
+        let mirror = json(
+            "{ \"e\" : true,\n \"d\": null, \"a\": {\"c\": [ 1, 2, {\"x\": \"y\"} ],\t\"b\": 1} }",
+        );
+        assert_eq!(compare(&Rules::default(), &main, &mirror), Verdict::Match);
+    }
+
+    #[test]
+    fn number_spellings_are_equal_and_integers_exact() {
+        let r = Rules::default();
+        for spelling in ["1", "1.0", "1e0", "10e-1", "0.1e1"] {
+            let mirror = json(&format!(r#"{{"n":{spelling}}}"#));
+            assert_eq!(
+                compare(&r, &json(r#"{"n":1}"#), &mirror),
+                Verdict::Match,
+                "{spelling}"
+            );
+        }
+        // Two integers are compared exactly, even where f64 would round them together.
+        let v = compare(
+            &r,
+            &json(r#"{"n":9007199254740993}"#),
+            &json(r#"{"n":9007199254740992}"#),
+        );
+        assert_eq!(
+            v,
+            body_only(at("/n", Some("9007199254740993"), Some("9007199254740992")))
+        );
+        assert_eq!(
+            compare(&r, &json("18446744073709551615"), &json("-1")),
+            body_only(at("", Some("18446744073709551615"), Some("-1")))
+        );
+        assert_eq!(compare(&r, &json("-0"), &json("0.0")), Verdict::Match);
+        assert_eq!(compare(&r, &json("[-0]"), &json("[0]")), Verdict::Match);
+        // Beyond 64 bits, where f64 (and u64) would round them together.
+        assert_eq!(
+            compare(
+                &r,
+                &json(r#"{"n":18446744073709551616}"#),
+                &json(r#"{"n":18446744073709555000}"#)
+            ),
+            body_only(at(
+                "/n",
+                Some("18446744073709551616"),
+                Some("18446744073709555000")
+            ))
+        );
+        let huge = "9".repeat(400);
+        assert_eq!(
+            compare(
+                &r,
+                &json(&format!("[{huge},1]")),
+                &json(&format!("[{huge}, 1]"))
+            ),
+            Verdict::Match
+        );
+        assert_eq!(
+            compare(&r, &json(&format!("-{huge}")), &json(&huge)),
+            body_only(at("", Some(&format!("-{huge}")[..200]), Some(&huge[..200])))
+        );
+        // Written as a float on either side: compared as f64, spelling apart.
+        assert_eq!(
+            compare(
+                &r,
+                &json("18446744073709551616"),
+                &json("1.8446744073709551616e19")
+            ),
+            Verdict::Match
+        );
+        // Beyond f64: only the same text is equal.
+        assert_eq!(
+            compare(&r, &json("[1e400,1]"), &json("[1e400,2]")),
+            body_only(at("/1", Some("1"), Some("2")))
+        );
+        assert!(mismatch(compare(&r, &json("1e400"), &json("2e400"))).body);
+        // Floats: a long number spelled two ways (which serde_json may round one unit
+        // apart) is equal; a difference in the 15th digit is not.
+        assert_eq!(
+            compare(
+                &r,
+                &json("183124099570949616"),
+                &json("183124099570949616.0")
+            ),
+            Verdict::Match
+        );
+        assert_eq!(
+            compare(&r, &json("1.0"), &json("1.00000000000001")),
+            body_only(at("", Some("1.0"), Some("1.00000000000001")))
+        );
+        assert_eq!(
+            compare(&r, &json("-1.5"), &json("1.5")),
+            body_only(at("", Some("-1.5"), Some("1.5")))
+        );
+    }
+
+    #[test]
+    fn different_value_at_a_b_names_the_pointer_and_both_values() {
+        let main = json(r#"{"a":{"b":"old","c":1},"z":1}"#);
+        let mirror = json(r#"{"z":2,"a":{"c":1,"b":{"new":[1]}}}"#);
+        // Depth first, keys in order: /a/b comes before /z.
+        assert_eq!(
+            compare(&Rules::default(), &main, &mirror),
+            body_only(at("/a/b", Some(r#""old""#), Some(r#"{"new":[1]}"#)))
+        );
+    }
+
+    #[test]
+    fn a_key_on_one_side_only_reads_none_on_the_other() {
+        let r = Rules::default();
+        assert_eq!(
+            compare(&r, &json(r#"{"a":1}"#), &json(r#"{"a":1,"b":null}"#)),
+            body_only(at("/b", None, Some("null")))
+        );
+        assert_eq!(
+            compare(&r, &json("[1,2,3]"), &json("[1,2]")),
+            body_only(at("/2", Some("3"), None))
+        );
+        assert_eq!(
+            compare(&r, &json("[1]"), &json(r#"{"0":1}"#)),
+            body_only(at("", Some("[1]"), Some(r#"{"0":1}"#)))
+        );
+    }
+
+    #[test]
+    fn pointer_escapes_tilde_and_slash() {
+        let v = compare(
+            &Rules::default(),
+            &json(r#"{"a/b":{"c~d":1}}"#),
+            &json(r#"{"a/b":{"c~d":2}}"#),
+        );
+        assert_eq!(v, body_only(at("/a~1b/c~0d", Some("1"), Some("2"))));
+        let r = rules(&[], &["/a~1b/c~0d"]);
+        assert_eq!(
+            compare(
+                &r,
+                &json(r#"{"a/b":{"c~d":1}}"#),
+                &json(r#"{"a/b":{"c~d":2}}"#)
+            ),
+            Verdict::Match
+        );
+    }
+
+    #[test]
+    fn ignored_pointers_are_not_compared() {
+        let r = rules(&[], &["/meta/ts", "/items/*/id"]);
+        let main = json(r#"{"meta":{"ts":1,"v":1},"items":[{"id":1,"n":"a"},{"id":2,"n":"b"}]}"#);
+        let mirror = json(r#"{"meta":{"ts":9,"v":1},"items":[{"id":7,"n":"a"},{"n":"b"}]}"#);
+        assert_eq!(compare(&r, &main, &mirror), Verdict::Match);
+        // Without the ignores the same bodies differ, first at /items/0/id.
+        assert_eq!(
+            compare(&Rules::default(), &main, &mirror),
+            body_only(at("/items/0/id", Some("1"), Some("7")))
+        );
+        // What is not ignored is still compared.
+        let mirror = json(r#"{"meta":{"ts":9,"v":2},"items":[{"id":7,"n":"a"},{"n":"b"}]}"#);
+        assert_eq!(
+            compare(&r, &main, &mirror),
+            body_only(at("/meta/v", Some("1"), Some("2")))
+        );
+        let mirror = json(r#"{"meta":{"ts":9,"v":1},"items":[{"id":7,"n":"a"},{"n":"c"}]}"#);
+        assert_eq!(
+            compare(&r, &main, &mirror),
+            body_only(at("/items/1/n", Some(r#""b""#), Some(r#""c""#)))
+        );
+    }
+
+    #[test]
+    fn wildcard_matches_object_keys_and_literal_indices_match_arrays() {
+        let r = rules(&[], &["/*/id"]);
+        assert_eq!(
+            compare(
+                &r,
+                &json(r#"{"x":{"id":1},"y":{"id":2}}"#),
+                &json(r#"{"x":{"id":3},"y":{}}"#)
+            ),
+            Verdict::Match
+        );
+        let r = rules(&[], &["/1"]);
+        assert_eq!(
+            compare(&r, &json("[0,1,2]"), &json("[0,5,2]")),
+            Verdict::Match
+        );
+        // RFC 6901: no leading zeros in an index, so /01 names no element.
+        let r = rules(&[], &["/01"]);
+        assert_eq!(
+            compare(&r, &json("[0,1]"), &json("[0,5]")),
+            body_only(at("/1", Some("1"), Some("5")))
+        );
+        // An ignored subtree: everything below /meta.
+        let r = rules(&[], &["/meta"]);
+        assert_eq!(
+            compare(
+                &r,
+                &json(r#"{"meta":{"a":[1]},"v":1}"#),
+                &json(r#"{"meta":3,"v":1}"#)
+            ),
+            Verdict::Match
+        );
+    }
+
+    #[test]
+    fn different_status_is_a_status_mismatch_reported_first() {
+        let main = answer(200, &[("content-type", "text/plain")], b"ok");
+        let mirror = answer(500, &[("content-type", "text/html")], b"oops");
+        assert_eq!(
+            compare(&Rules::default(), &main, &mirror),
+            Verdict::Mismatch(Mismatch {
+                status: true,
+                headers: true,
+                body: true,
+                difference: Difference::Status {
+                    main: 200,
+                    mirror: 500
+                },
+            })
+        );
+        let mirror = answer(404, &[("content-type", "text/plain")], b"ok");
+        let m = mismatch(compare(&Rules::default(), &main, &mirror));
+        assert_eq!((m.status, m.headers, m.body), (true, false, false));
+    }
+
+    #[test]
+    fn compare_header_difference_is_a_headers_mismatch() {
+        let r = rules(&["X-Version"], &[]);
+        let main = answer(200, &[("x-version", "1"), ("content-type", "a")], b"");
+        let mirror = answer(200, &[("x-version", "2"), ("content-type", "b")], b"");
+        assert_eq!(
+            compare(&r, &main, &mirror),
+            Verdict::Mismatch(Mismatch {
+                status: false,
+                headers: true,
+                body: false,
+                difference: Difference::Header {
+                    name: "x-version".into(),
+                    main: Some("1".into()),
+                    mirror: Some("2".into()),
+                },
+            })
+        );
+        // Naming headers replaces the default: Content-Type is then not compared.
+        let mirror = answer(200, &[("x-version", "1"), ("content-type", "b")], b"");
+        assert_eq!(compare(&r, &main, &mirror), Verdict::Match);
+        // A header sent by one side only.
+        let mirror = answer(200, &[("content-type", "a")], b"");
+        let m = mismatch(compare(&r, &main, &mirror));
+        assert_eq!(
+            m.difference,
+            Difference::Header {
+                name: "x-version".into(),
+                main: Some("1".into()),
+                mirror: None
+            }
+        );
+    }
+
+    #[test]
+    fn content_type_is_compared_by_default_unless_ignored() {
+        let main = answer(200, &[("content-type", "application/json")], b"{}");
+        let mirror = answer(200, &[("content-type", "text/plain")], b"{}");
+        let m = mismatch(compare(&Rules::default(), &main, &mirror));
+        assert_eq!(
+            m.difference,
+            Difference::Header {
+                name: "content-type".into(),
+                main: Some("application/json".into()),
+                mirror: Some("text/plain".into()),
+            }
+        );
+        for ignore in ["Content-Type", "content-type", "CONTENT-TYPE"] {
+            assert_eq!(
+                compare(&rules(&[], &[ignore]), &main, &mirror),
+                Verdict::Match,
+                "{ignore}"
+            );
+        }
+        assert!(rules(&[], &["Content-Type"]).headers().is_empty());
+    }
+
+    #[test]
+    fn repeated_headers_compare_as_an_ordered_list() {
+        let r = rules(&["Vary"], &[]);
+        let main = answer(200, &[("vary", "a"), ("vary", "b")], b"");
+        let same = answer(200, &[("vary", "a"), ("vary", "b")], b"");
+        let swapped = answer(200, &[("vary", "b"), ("vary", "a")], b"");
+        let fewer = answer(200, &[("vary", "a")], b"");
+        assert_eq!(compare(&r, &main, &same), Verdict::Match);
+        let m = mismatch(compare(&r, &main, &swapped));
+        assert_eq!(
+            m.difference,
+            Difference::Header {
+                name: "vary".into(),
+                main: Some("a, b".into()),
+                mirror: Some("b, a".into())
+            }
+        );
+        assert!(mismatch(compare(&r, &main, &fewer)).headers);
+    }
+
+    #[test]
+    fn non_json_bodies_compare_byte_for_byte() {
+        let r = Rules::default();
+        let text = |b: &[u8]| answer(200, &[], b);
+        assert_eq!(
+            compare(&r, &text(b"hello"), &text(b"hello")),
+            Verdict::Match
+        );
+        assert_eq!(
+            compare(&r, &text(b"hello world"), &text(b"hello World")),
+            body_only(Difference::ByteOffset { offset: 6 })
+        );
+        // One is a prefix of the other: the shorter length.
+        assert_eq!(
+            compare(&r, &text(b"hello"), &text(b"hello world")),
+            body_only(Difference::ByteOffset { offset: 5 })
+        );
+        // JSON on one side only: bytes, and whitespace counts.
+        assert_eq!(
+            compare(&r, &text(b"{\"a\":1}"), &text(b"{\"a\": 1")),
+            body_only(Difference::ByteOffset { offset: 5 })
+        );
+        assert_eq!(
+            compare(&r, &text(b"\xff\xfe"), &text(b"\xff\xff")),
+            body_only(Difference::ByteOffset { offset: 1 })
+        );
+    }
+
+    #[test]
+    fn empty_bodies_are_equal() {
+        let r = Rules::default();
+        assert_eq!(
+            compare(&r, &answer(304, &[], b""), &answer(304, &[], b"")),
+            Verdict::Match
+        );
+        assert_eq!(
+            compare(&r, &answer(200, &[], b""), &answer(200, &[], b"{}")),
+            body_only(Difference::ByteOffset { offset: 0 })
+        );
+    }
+
+    #[test]
+    fn bodies_over_the_limit_compare_by_digest() {
+        let r = Rules::default();
+        let big = vec![b'x'; 100];
+        let with = |body: CapturedBody| Answer {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body,
+        };
+        let over = digest_of(&big, 10);
+        assert!(matches!(over, CapturedBody::Digest { len: 100, .. }));
+        assert_eq!(
+            compare(&r, &with(over.clone()), &with(digest_of(&big, 10))),
+            Verdict::Match
+        );
+        // One side under its limit, the other over: the digests still agree.
+        assert_eq!(
+            compare(&r, &with(over.clone()), &with(digest_of(&big, 1000))),
+            Verdict::Match
+        );
+
+        let mut other = big.clone();
+        other[50] = b'y';
+        assert_eq!(
+            compare(&r, &with(over.clone()), &with(digest_of(&other, 10))),
+            body_only(Difference::Digest {
+                main_len: 100,
+                mirror_len: 100
+            })
+        );
+        assert_eq!(
+            compare(&r, &with(over), &with(digest_of(&big[..99], 10))),
+            body_only(Difference::Digest {
+                main_len: 100,
+                mirror_len: 99
+            })
+        );
+        // Above the limit JSON is not parsed: equal JSON spelled differently differs.
+        assert!(
+            mismatch(compare(
+                &r,
+                &with(digest_of(b"{\"a\":1}", 3)),
+                &with(digest_of(b"{\"a\": 1}", 3))
+            ))
+            .body
+        );
+    }
+
+    #[test]
+    fn capture_keeps_up_to_the_limit_then_only_a_digest() {
+        let mut c = Capture::new(8);
+        c.push(b"1234");
+        c.push(b"5678");
+        assert_eq!(c.held_bytes(), 8);
+        assert_eq!(
+            c.finish(),
+            CapturedBody::Whole(Bytes::from_static(b"12345678"))
+        );
+
+        let mut c = Capture::new(8);
+        c.push(b"1234");
+        c.push(b"56789");
+        assert_eq!(c.held_bytes(), 0);
+        c.push(b"0");
+        assert_eq!(
+            c.finish(),
+            CapturedBody::Digest {
+                len: 10,
+                digest: xxh3_128(b"1234567890")
+            }
+        );
+        assert_eq!(Capture::new(0).finish(), CapturedBody::Whole(Bytes::new()));
+    }
+
+    #[test]
+    fn values_are_cut_to_200_chars_on_a_char_boundary() {
+        let long = "é".repeat(300);
+        let main = json(&format!(r#"{{"s":"{long}"}}"#));
+        let mirror = json(r#"{"s":"short"}"#);
+        let m = mismatch(compare(&Rules::default(), &main, &mirror));
+        let Difference::JsonPointer {
+            main: Some(text), ..
+        } = m.difference
+        else {
+            panic!("expected a JSON pointer difference: {m:?}");
+        };
+        assert_eq!(text.chars().count(), MAX_VALUE_CHARS);
+        assert_eq!(text, format!("\"{}", "é".repeat(199)));
+
+        // Four-byte characters and a huge value: still 200 characters.
+        let emoji = "🦀".repeat(100_000);
+        let main = json(&format!(r#"["{emoji}"]"#));
+        let m = mismatch(compare(&Rules::default(), &main, &json("[1]")));
+        let Difference::JsonPointer {
+            main: Some(text), ..
+        } = m.difference
+        else {
+            panic!("expected a JSON pointer difference: {m:?}");
+        };
+        assert_eq!(text, format!("\"{}", "🦀".repeat(199)));
+
+        assert_eq!(cut("aéb", 2), "aé");
+        assert_eq!(cut("ab", 5), "ab");
+        let mut s = "🦀🦀🦀".to_owned();
+        cut_in_place(&mut s, 1);
+        assert_eq!(s, "🦀");
+    }
+
+    #[test]
+    fn header_values_are_cut_to_200_chars() {
+        let r = rules(&["x-long"], &[]);
+        let long = "v".repeat(500);
+        let main = answer(200, &[("x-long", &long)], b"");
+        let m = mismatch(compare(&r, &main, &answer(200, &[], b"")));
+        let Difference::Header {
+            main: Some(text),
+            mirror: None,
+            ..
+        } = m.difference
+        else {
+            panic!("expected a header difference: {m:?}");
+        };
+        assert_eq!(text, "v".repeat(MAX_VALUE_CHARS));
+    }
+
+    #[test]
+    fn bad_ignore_values_are_refused_naming_them() {
+        for (value, expected) in [
+            ("", RuleError::InvalidIgnore(String::new())),
+            ("Bad Header", RuleError::InvalidIgnore("Bad Header".into())),
+            ("/a~2b", RuleError::InvalidPointer("/a~2b".into())),
+            ("/a~", RuleError::InvalidPointer("/a~".into())),
+        ] {
+            let err = Rules::new(&[], &[value.to_owned()]).unwrap_err();
+            assert_eq!(err, expected);
+            assert!(
+                err.to_string().contains(&format!("ignore={value}")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn differences_serialise_with_a_kind_tag() {
+        let cases = [
+            (
+                Difference::Status {
+                    main: 200,
+                    mirror: 500,
+                },
+                r#"{"kind":"status","main":200,"mirror":500}"#,
+            ),
+            (
+                Difference::Header {
+                    name: "x-v".into(),
+                    main: Some("1".into()),
+                    mirror: None,
+                },
+                r#"{"kind":"header","name":"x-v","main":"1","mirror":null}"#,
+            ),
+            (
+                at("/a", Some("null"), None),
+                r#"{"kind":"json_pointer","pointer":"/a","main":"null","mirror":null}"#,
+            ),
+            (
+                Difference::ByteOffset { offset: 3 },
+                r#"{"kind":"byte_offset","offset":3}"#,
+            ),
+            (
+                Difference::Digest {
+                    main_len: 1,
+                    mirror_len: 2,
+                },
+                r#"{"kind":"digest","main_len":1,"mirror_len":2}"#,
+            ),
+        ];
+        for (difference, expected) in cases {
+            assert_eq!(serde_json::to_string(&difference).unwrap(), expected);
+        }
+    }
+
+    // === property tests ===
+
+    /// Random JSON values: every kind of scalar, nested arrays and objects whose keys
+    /// need escaping in a pointer.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[a-z~/é🦀\"\\\\ ]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c~/é*]{0,3}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Writes `value` as JSON with object keys shuffled, random whitespace, integers
+    /// sometimes spelled as floats and strings sometimes as `\u` escapes.
+    fn render(value: &Value, rng: &mut fastrand::Rng, out: &mut String) {
+        const SPACE: [&str; 5] = ["", " ", "\n", "\t", "\r\n  "];
+        let space = |rng: &mut fastrand::Rng, out: &mut String| {
+            out.push_str(SPACE[rng.usize(..SPACE.len())])
+        };
+        space(rng, out);
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                rng.shuffle(&mut entries);
+                out.push('{');
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    render_string(k, rng, out);
+                    space(rng, out);
+                    out.push(':');
+                    render(v, rng, out);
+                }
+                space(rng, out);
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    render(v, rng, out);
+                }
+                space(rng, out);
+                out.push(']');
+            }
+            Value::String(s) => render_string(s, rng, out),
+            Value::Number(n) if !n.is_f64() => {
+                out.push_str(&n.to_string());
+                out.push_str(["", ".0", "e0", ".00E+0"][rng.usize(..4)]);
+            }
+            other => out.push_str(&other.to_string()),
+        }
+        space(rng, out);
+    }
+
+    fn render_string(s: &str, rng: &mut fastrand::Rng, out: &mut String) {
+        if rng.bool() {
+            out.push_str(&serde_json::to_string(s).unwrap());
+            return;
+        }
+        out.push('"');
+        for unit in s.encode_utf16() {
+            out.push_str(&format!("\\u{unit:04x}"));
+        }
+        out.push('"');
+    }
+
+    /// Every location of a value that is not a non-empty container, with its pointer.
+    fn leaves(value: &Value, pointer: String, out: &mut Vec<String>) {
+        let escape = |k: &str| k.replace('~', "~0").replace('/', "~1");
+        match value {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, v) in m {
+                    leaves(v, format!("{pointer}/{}", escape(k)), out);
+                }
+            }
+            Value::Array(a) if !a.is_empty() => {
+                for (i, v) in a.iter().enumerate() {
+                    leaves(v, format!("{pointer}/{i}"), out);
+                }
+            }
+            _ => out.push(pointer),
+        }
+    }
+
+    fn body_answer(body: CapturedBody) -> Answer {
+        Answer {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body,
+        }
+    }
+
+    fn whole(text: String) -> Answer {
+        body_answer(CapturedBody::Whole(Bytes::from(text)))
+    }
+
+    proptest! {
+        #[test]
+        fn reordered_and_respaced_json_matches(value in json_value(), seed: u64) {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut shuffled = String::new();
+            render(&value, &mut rng, &mut shuffled);
+            let r = Rules::default();
+            let pretty = whole(serde_json::to_string_pretty(&value).unwrap());
+            let compact = whole(serde_json::to_string(&value).unwrap());
+            prop_assert_eq!(compare(&r, &pretty, &whole(shuffled.clone())), Verdict::Match, "{}", shuffled);
+            prop_assert_eq!(compare(&r, &whole(shuffled), &compact), Verdict::Match);
+        }
+
+        #[test]
+        fn changing_one_leaf_mismatches_at_that_leaf(value in json_value(), pick: prop::sample::Index) {
+            let mut paths = Vec::new();
+            leaves(&value, String::new(), &mut paths);
+            let pointer = pick.get(&paths).clone();
+            let main_text = serde_json::to_string(&value).unwrap();
+            // What compare sees of the old leaf: its text parsed back, which may round
+            // a float differently from the generated one.
+            let reparsed: Value = serde_json::from_str(&main_text).unwrap();
+            let old = reparsed.pointer(&pointer).unwrap().clone();
+            let mut changed = value.clone();
+            let leaf = changed.pointer_mut(&pointer).unwrap();
+            *leaf = if leaf.is_null() { Value::Bool(true) } else { Value::Null };
+            let new = leaf.clone();
+            let verdict = compare(
+                &Rules::default(),
+                &whole(main_text.clone()),
+                &whole(serde_json::to_string_pretty(&changed).unwrap()),
+            );
+            prop_assert_eq!(verdict, body_only(Difference::JsonPointer {
+                pointer: cut(&pointer, MAX_POINTER_CHARS).to_owned(),
+                main: Some(value_text(&old)),
+                mirror: Some(value_text(&new)),
+            }));
+            // Ignoring that exact location makes them match again.
+            if !pointer.is_empty() {
+                let r = Rules::new(&[], &[pointer]).unwrap();
+                let verdict = compare(
+                    &r,
+                    &whole(serde_json::to_string(&value).unwrap()),
+                    &whole(serde_json::to_string(&changed).unwrap()),
+                );
+                prop_assert_eq!(verdict, Verdict::Match);
+            }
+        }
+
+        #[test]
+        fn capture_is_the_same_for_any_chunking(
+            body in prop::collection::vec(any::<u8>(), 0..3000),
+            limit in 0usize..3200,
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunked = Capture::new(limit);
+            let mut start = 0;
+            for end in points.into_iter().chain([body.len()]) {
+                chunked.push(&body[start..end]);
+                prop_assert!(chunked.held_bytes() <= limit);
+                start = end;
+            }
+            let result = chunked.finish();
+            prop_assert_eq!(&result, &digest_of(&body, limit));
+            prop_assert_eq!(result.len(), body.len() as u64);
+            prop_assert_eq!(result.digest(), xxh3_128(&body));
+            prop_assert_eq!(matches!(result, CapturedBody::Whole(_)), body.len() <= limit);
+        }
+
+        #[test]
+        fn compare_never_panics_and_is_reflexive_and_symmetric(
+            a in body_bytes(),
+            b in body_bytes(),
+            limit in 0usize..64,
+            ignore in prop::collection::vec("/[a-c*~01/]{0,6}|[A-Za-z-]{1,8}", 0..4),
+        ) {
+            let Ok(r) = Rules::new(&[], &ignore) else { return Ok(()) };
+            let a = body_answer(digest_of(&a, limit));
+            let b = body_answer(digest_of(&b, limit));
+            let ab = compare(&r, &a, &b);
+            let ba = compare(&r, &b, &a);
+            prop_assert_eq!(ab == Verdict::Match, ba == Verdict::Match);
+            prop_assert_eq!(compare(&r, &a, &a), Verdict::Match);
+        }
+    }
+
+    /// Arbitrary bytes, or text close enough to JSON to parse now and then.
+    fn body_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..80),
+            "[\\[\\]{}\":,0-9a-c .eE+-]{0,40}".prop_map(String::into_bytes),
+            json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+        ]
+    }
+}
