@@ -499,6 +499,8 @@ mod tests {
             "max-body-size",
             "main-timeout",
             "shutdown-timeout",
+            "tls-cert",
+            "tls-key",
             "verbose",
             "help",
             "version",
