@@ -1,10 +1,11 @@
 //! Listeners and connections: binding (with a listen backlog of at least 1024), the
 //! accept loops (errors logged at most once a second), HTTP/1.0, HTTP/1.1 and h2c on
 //! every connection, or TLS with ALPN `h2` and `http/1.1` on the main listener with
-//! `--tls-cert` (docs/security.md, "TLS on the listener"), the `Host` checks every request passes first, routing between the
-//! admin endpoint and the proxy, and the graceful drain on shutdown with its closing
-//! report (docs/operations.md, "Shutdown"; docs/security.md, "Limits"). What a request does
-//! once routed belongs to [`crate::proxy`] and [`crate::admin`].
+//! `--tls-cert` (docs/security.md, "TLS on the listener"), the `Host` checks every
+//! request passes first, routing between the admin endpoint and the proxy, and the
+//! graceful drain on shutdown with its closing report (docs/operations.md, "Shutdown";
+//! docs/security.md, "Limits"). What a request does once routed belongs to
+//! [`crate::proxy`] and [`crate::admin`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -437,7 +438,8 @@ async fn serve_connection(
     };
     let Some(tls) = tls else {
         let io = TokioIo::new(stream);
-        return serve_http(io, peer, false, role, handlers, &builder, close, activity).await;
+        let client = Peer::new(peer, false);
+        return serve_http(io, client, role, handlers, &builder, close, activity).await;
     };
     // The idle watch closes a connection that has sent no request head within
     // --header-read-timeout, so a handshake cannot hold the socket longer either.
@@ -453,7 +455,8 @@ async fn serve_connection(
     match handshake {
         Ok(stream) => {
             let io = TokioIo::new(stream);
-            serve_http(io, peer, true, role, handlers, &builder, close, activity).await;
+            let client = Peer::new(peer, true);
+            serve_http(io, client, role, handlers, &builder, close, activity).await;
         }
         Err(err) => handshake_failed(&handlers, peer, &err),
     }
@@ -469,11 +472,9 @@ fn handshake_failed(handlers: &Handlers, peer: SocketAddr, err: &dyn std::fmt::D
 /// Serves HTTP/1 or HTTP/2 on an accepted connection (cleartext or after the TLS
 /// handshake: hyper-util tells them apart by the HTTP/2 preface, which a client that
 /// negotiated `h2` sends first) until it ends or `close` is cancelled.
-#[allow(clippy::too_many_arguments)]
 async fn serve_http<I>(
     io: I,
-    peer: SocketAddr,
-    https: bool,
+    client: Peer,
     role: Role,
     handlers: Arc<Handlers>,
     builder: &auto::Builder<TokioExecutor>,
@@ -482,7 +483,7 @@ async fn serve_http<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let client = Peer::new(peer, https);
+    let peer = client.addr;
     let watched = activity.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let handlers = handlers.clone();
