@@ -157,6 +157,15 @@ pub struct Cli {
     #[arg(long, env = "TRAFFICMIRROR_INSECURE_SKIP_VERIFY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub insecure_skip_verify: bool,
 
+    /// PEM certificate chain (leaf first) for TLS on the listener; needs --tls-key.
+    /// Re-read when it changes.
+    #[arg(long, env = "TRAFFICMIRROR_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert; needs --tls-cert. Re-read when it changes.
+    #[arg(long, env = "TRAFFICMIRROR_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
     /// Connections open at once to one target (main, and each mirror), split between the
     /// worker threads; a request that finds none free waits for one.
     #[arg(long, env = "TRAFFICMIRROR_MAX_CONNECTIONS_PER_TARGET", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
@@ -490,6 +499,8 @@ mod tests {
             "max-body-size",
             "main-timeout",
             "shutdown-timeout",
+            "tls-cert",
+            "tls-key",
             "verbose",
             "help",
             "version",

@@ -12,6 +12,7 @@ use crate::mirror;
 use crate::mirror::options::{MirrorLine, MirrorLineError};
 use crate::sources::state_file::StateFile;
 use crate::target_url::{TargetUrl, UrlError};
+use crate::tls::listener::ListenerTls;
 
 /// A start-up error. Display is the whole one-line message.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,8 @@ pub enum ConfigError {
     PasswordFile(#[from] PasswordFileError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    ListenerTls(#[from] crate::tls::listener::CertError),
     #[error("invalid value for --mirror: {0}")]
     MirrorLine(#[from] MirrorLineError),
     #[error(transparent)]
@@ -125,6 +128,9 @@ pub struct Config {
     pub mirror: mirror::Settings,
     /// TLS settings for https:// targets, main and mirrors alike.
     pub tls: std::sync::Arc<rustls::ClientConfig>,
+    /// `--tls-cert` and `--tls-key`: the listener speaks TLS (the admin endpoint too,
+    /// unless it has its own address).
+    pub listener_tls: Option<ListenerTls>,
     pub max_body_size: u64,
     /// `--max-buffered-bytes`: all request bodies held for mirrors at once.
     pub max_buffered_bytes: u64,
@@ -235,6 +241,8 @@ impl Config {
             usize::from,
         );
         let tls = crate::tls::client_config(cli.ca_cert.as_deref(), cli.insecure_skip_verify)?;
+        let listener_tls =
+            ListenerTls::from_flags(cli.tls_cert.as_deref(), cli.tls_key.as_deref())?;
         if cli.insecure_skip_verify {
             warnings.push(
                 "--insecure-skip-verify: certificates of https:// targets are not verified"
@@ -263,6 +271,7 @@ impl Config {
                 max_compare_size: usize::try_from(cli.max_compare_size).unwrap_or(usize::MAX),
             },
             tls,
+            listener_tls,
             max_body_size: cli.max_body_size,
             max_buffered_bytes: cli.max_buffered_bytes,
             body_read_timeout: cli.body_read_timeout,

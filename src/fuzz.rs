@@ -126,7 +126,7 @@ pub fn forwarding_headers(text: &str) {
     crate::headers::strip_hop_by_hop(&mut headers);
     assert!(!headers.contains_key(header::CONNECTION));
     let client = crate::headers::client_ip(std::net::Ipv6Addr::LOCALHOST.into());
-    crate::headers::set_forwarded(&mut headers, &client, host.as_ref());
+    crate::headers::set_forwarded(&mut headers, &client, host.as_ref(), false);
 }
 
 /// A YAML config file (`--config`).

@@ -106,12 +106,17 @@ pub fn client_ip(client: IpAddr) -> HeaderValue {
 }
 
 /// Sets the `X-Forwarded-*` headers for a request received from `client` (see
-/// [`client_ip`]).
+/// [`client_ip`]), over TLS when `https`.
 ///
 /// `X-Forwarded-For` gets the client address appended to any list already
 /// present; `X-Forwarded-Host` and `X-Forwarded-Proto` are set, replacing what the client
 /// sent (a client must not be able to claim `https` or another host to main).
-pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option<&HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: &HeaderValue,
+    host: Option<&HeaderValue>,
+    https: bool,
+) {
     match headers.entry(X_FORWARDED_FOR) {
         header::Entry::Vacant(e) => {
             e.insert(client.clone());
@@ -132,7 +137,8 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option
         Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if https { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
 
 /// Whether any `Via` entry names `token` as its `received-by` (RFC 9110 §7.6.3).
@@ -270,6 +276,7 @@ mod tests {
             &mut h,
             &client_ip("127.0.0.1".parse().unwrap()),
             Some(&host),
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "example.com");
@@ -281,10 +288,16 @@ mod tests {
             &mut h,
             &client_ip("::ffff:127.0.0.2".parse().unwrap()),
             None,
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "127.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(h.get("x-forwarded-host").is_none());
+
+        // Over TLS, whatever the client claims.
+        let mut h = map(&[("x-forwarded-proto", "http")]);
+        set_forwarded(&mut h, &client_ip("127.0.0.1".parse().unwrap()), None, true);
+        assert_eq!(h["x-forwarded-proto"], "https");
     }
 
     #[test]

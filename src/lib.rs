@@ -11,7 +11,8 @@
 //!   subcommands (`demo`, `completions`, `man`); `cli::file`: the YAML config file.
 //! - `config`: validated [`Config`] built from the flags; start-up errors.
 //! - `units`: duration (`1` = a minute, `500ms`) and size (`10MiB`) parsing.
-//! - `server`: binds, accepts, serves HTTP/1 + h2c connections, routes, drains.
+//! - `server`: binds, accepts, serves HTTP/1 + h2c connections (or TLS with ALPN),
+//!   routes, drains.
 //! - `idle`: closes idle client connections where hyper does not.
 //! - `proxy`: owns the proxy's state; forwards to main and offers copies to mirrors;
 //!   `proxy::tee` streams a request body to main while copying it for the mirrors.
@@ -39,7 +40,8 @@
 //!   per-request and accept errors.
 //! - `client`: keep-alive connection pools to main and mirrors, one per worker
 //!   (`client::pool_comparison`, test-only: the load harness of `bench/pool-compare`);
-//!   `tls`: TLS settings for https targets.
+//!   `tls`: TLS settings for https targets; `tls::listener`: TLS on the listener and
+//!   its certificate files, followed as they are renewed.
 //! - `workers`: thread-per-core worker runtimes that own the connections.
 //! - `demo`: `trafficmirror demo`, the product with demo backends in one process.
 //! - `fuzz` (with `--cfg fuzzing`, and in tests): entry points for the `cargo fuzz` targets.

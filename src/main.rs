@@ -145,11 +145,13 @@ fn announce(config: &Config, listeners: &Listeners) {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let tls = config.listener_tls.is_some();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "trafficmirror: listening on {} -> main {}",
+        "trafficmirror: listening on {}{} -> main {}",
         shown(&main),
+        if tls { " (https)" } else { "" },
         config.main
     );
     let Some(first) = admin.first() else { return };
@@ -159,7 +161,13 @@ fn announce(config: &Config, listeners: &Listeners) {
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
         ip => ip.to_string(),
     };
-    let url = format!("http://{host}:{}{}", first.port(), config.admin_path);
+    // The admin endpoint shares the main listener's TLS, unless it has its own address.
+    let scheme = if tls && listeners.admin.is_empty() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{host}:{}{}", first.port(), config.admin_path);
     let auth = if config.users.is_some() {
         "-u USER:PASSWORD "
     } else {
@@ -203,6 +211,7 @@ fn with_file_key(err: &ConfigError, file: Option<&AppliedFile>) -> String {
         ConfigError::Invalid { flag, .. } | ConfigError::Url { flag, .. } => Some(*flag),
         ConfigError::PasswordFile(_) => Some("password"),
         ConfigError::Tls(_) => Some("ca-cert"),
+        ConfigError::ListenerTls(err) => Some(err.flag()),
         ConfigError::MirrorLine(_) => Some("mirror"),
         // Names the state or targets file itself.
         ConfigError::File(_) => None,

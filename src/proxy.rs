@@ -49,13 +49,16 @@ const MAIN_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip_header: HeaderValue,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr, https: bool) -> Self {
         Self {
             addr,
             ip_header: headers::client_ip(addr.ip()),
+            https,
         }
     }
 }
@@ -217,7 +220,12 @@ impl Proxy {
         let _ = parts.headers.try_reserve(5); // only fails past http's size limit
         let looped = headers::via_contains(&parts.headers, &self.inner.via_token);
         headers::strip_hop_by_hop(&mut parts.headers);
-        headers::set_forwarded(&mut parts.headers, &peer.ip_header, host.as_ref());
+        headers::set_forwarded(
+            &mut parts.headers,
+            &peer.ip_header,
+            host.as_ref(),
+            peer.https,
+        );
         headers::append_via(&mut parts.headers, self.via_entry(parts.version));
         if config.preserve_host {
             if let Some(host) = &host {

@@ -1,9 +1,11 @@
 //! Listeners and connections: binding (with a listen backlog of at least 1024), the
 //! accept loops (errors logged at most once a second), HTTP/1.0, HTTP/1.1 and h2c on
-//! every connection, the `Host` checks every request passes first, routing between the
-//! admin endpoint and the proxy, and the graceful drain on shutdown with its closing
-//! report (docs/operations.md, "Shutdown"; docs/security.md, "Limits"). What a request does
-//! once routed belongs to [`crate::proxy`] and [`crate::admin`].
+//! every connection, or TLS with ALPN `h2` and `http/1.1` on the main listener with
+//! `--tls-cert` (docs/security.md, "TLS on the listener"), the `Host` checks every
+//! request passes first, routing between the admin endpoint and the proxy, and the
+//! graceful drain on shutdown with its closing report (docs/operations.md, "Shutdown";
+//! docs/security.md, "Limits"). What a request does once routed belongs to
+//! [`crate::proxy`] and [`crate::admin`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,6 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -143,6 +146,14 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// 2 s docs/operations.md promises ("State file and targets file").
 const TARGETS_FILE_POLL: Duration = Duration::from_millis(250);
 
+/// How often the listener's certificate and key files are read for changes (a renewal
+/// applies within twice this).
+const CERT_FILES_POLL: Duration = Duration::from_secs(1);
+
+/// How often a failed TLS handshake may be logged: a scanner or a client speaking plain
+/// HTTP to the TLS port fails at connection rate.
+const HANDSHAKE_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -227,9 +238,19 @@ pub async fn run(
             token.clone(),
         ));
     }
+    let tls = proxy.config().listener_tls.clone().map(|tls| {
+        let acceptor = TlsAcceptor::from(tls.config.clone());
+        tokio::spawn(tls.follow(CERT_FILES_POLL, token.clone()));
+        acceptor
+    });
     // Shared: each request clones the `Arc` (the admin side holds strings and several
     // `Arc`s that a deep clone per request would copy).
-    let handlers = Arc::new(Handlers { proxy, admin });
+    let handlers = Arc::new(Handlers {
+        proxy,
+        admin,
+        tls,
+        handshake_errors: LogLimiter::new(HANDSHAKE_ERROR_LOG_INTERVAL),
+    });
     let connections = TaskTracker::new();
     let builder = Arc::new(connection_builder(handlers.proxy.config()));
     let workers = {
@@ -436,11 +457,64 @@ async fn serve_connection(
         }
     };
     let _ = stream.set_nodelay(true);
-    let client = Peer::new(peer);
     // Cancelled at shutdown (from the parent), when the connection is idle too long (see
     // `Activity`), or when it ends (which stops the watch).
     let close = token.child_token();
+    let _stop_watch = close.clone().drop_guard();
     let activity = Activity::watch(close.clone(), handlers.proxy.config().header_read_timeout);
+    // The admin-only listener keeps its own address and stays cleartext.
+    let tls = match role {
+        Role::Proxy { .. } => handlers.tls.clone(),
+        Role::Admin => None,
+    };
+    let Some(tls) = tls else {
+        let io = TokioIo::new(stream);
+        let client = Peer::new(peer, false);
+        return serve_http(io, client, role, handlers, &builder, close, activity).await;
+    };
+    // The idle watch closes a connection that has sent no request head within
+    // --header-read-timeout, so a handshake cannot hold the socket longer either.
+    let handshake = tokio::select! {
+        handshake = tls.accept(stream) => handshake,
+        () = close.cancelled() => {
+            if !token.is_cancelled() {
+                handshake_failed(&handlers, peer, &"no handshake within --header-read-timeout");
+            }
+            return;
+        }
+    };
+    match handshake {
+        Ok(stream) => {
+            let io = TokioIo::new(stream);
+            let client = Peer::new(peer, true);
+            serve_http(io, client, role, handlers, &builder, close, activity).await;
+        }
+        Err(err) => handshake_failed(&handlers, peer, &err),
+    }
+}
+
+/// Logs a failed TLS handshake, at most once per [`HANDSHAKE_ERROR_LOG_INTERVAL`].
+fn handshake_failed(handlers: &Handlers, peer: SocketAddr, err: &dyn std::fmt::Display) {
+    if let Some(held_back) = handlers.handshake_errors.admit() {
+        warn!(client = %peer, error = %err, held_back, "TLS handshake failed");
+    }
+}
+
+/// Serves HTTP/1 or HTTP/2 on an accepted connection (cleartext or after the TLS
+/// handshake: hyper-util tells them apart by the HTTP/2 preface, which a client that
+/// negotiated `h2` sends first) until it ends or `close` is cancelled.
+async fn serve_http<I>(
+    io: I,
+    client: Peer,
+    role: Role,
+    handlers: Arc<Handlers>,
+    builder: &auto::Builder<TokioExecutor>,
+    close: CancellationToken,
+    activity: Arc<Activity>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let peer = client.addr;
     let watched = activity.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let handlers = handlers.clone();
@@ -461,7 +535,7 @@ async fn serve_connection(
             })
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -493,6 +567,9 @@ async fn serve_connection(
 struct Handlers {
     proxy: Proxy,
     admin: Admin,
+    /// `--tls-cert`: the main listener's connections start with a TLS handshake.
+    tls: Option<TlsAcceptor>,
+    handshake_errors: LogLimiter,
 }
 
 impl Handlers {

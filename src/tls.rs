@@ -1,6 +1,9 @@
 //! TLS for `https://` targets (main and mirrors): rustls with the webpki root
 //! certificates, plus an optional private CA (`--ca-cert`), or no verification at all
 //! (`--insecure-skip-verify`, for staging mirrors; it logs a warning at start-up).
+//! [`listener`]: TLS on the listener (`--tls-cert`, `--tls-key`).
+
+pub mod listener;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -18,3 +18,4 @@ mod proxy;
 mod shutdown;
 mod support;
 mod tls;
+mod tls_listener;
