@@ -13,6 +13,7 @@
 //! - `server`: binds, accepts, serves HTTP/1 + h2c connections, routes, drains.
 //! - `idle`: closes idle client connections where hyper does not.
 //! - `proxy`: owns the proxy's state; forwards to main and offers copies to mirrors;
+//!   `proxy::offer` picks the mirrors a request goes to and the head its copies carry;
 //!   `proxy::tee` streams a request body to main while copying it for the mirrors.
 //! - `budget`: the byte budget for bodies held for mirrors (`--max-buffered-bytes`).
 //! - `headers`: hop-by-hop removal, `X-Forwarded-*`, `Via`.

@@ -11,6 +11,7 @@
 //! Upgrade requests (WebSocket and others, RFC 9110 §7.8) are tunnelled to main both
 //! ways and never mirrored: a copy cannot take part in the conversation.
 
+mod offer;
 mod tee;
 
 use std::hash::BuildHasher;
@@ -36,9 +37,10 @@ use crate::mirror::ordered::MainHalf;
 use crate::mirror::shadow::MainCapture;
 use crate::observe::metrics::MainStats;
 use crate::ratelimit::LogLimiter;
-use crate::registry::{Mirrors, Registry};
+use crate::registry::Registry;
 use crate::workers;
-use tee::{ClientBodyError, Offer, RequestBody, Selection};
+use offer::{Offer, select, skip_all};
+use tee::{ClientBodyError, RequestBody};
 
 /// How often a per-request error towards main may be logged.
 const MAIN_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -455,25 +457,6 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
         Err(err) => debug!(error = %err, "upgraded connection ended with an error"),
-    }
-}
-
-/// The mirrors whose options select this request; the others count it `filtered`.
-fn select(mirrors: &Mirrors, method: &Method, path: &str, headers: &http::HeaderMap) -> Selection {
-    let mut selected = Selection::default();
-    for (index, member) in mirrors.iter().enumerate() {
-        if member.plan.selects(method, path, headers) {
-            selected.add(index);
-        } else {
-            member.mirror.filter();
-        }
-    }
-    selected
-}
-
-fn skip_all(mirrors: &Mirrors, selected: &Selection) {
-    for (_, member) in selected.iter(mirrors) {
-        member.mirror.skip();
     }
 }
 
