@@ -11,6 +11,7 @@
 //! Upgrade requests (WebSocket and others, RFC 9110 §7.8) are tunnelled to main both
 //! ways and never mirrored: a copy cannot take part in the conversation.
 
+mod error;
 mod offer;
 mod tee;
 
@@ -39,6 +40,7 @@ use crate::observe::metrics::MainStats;
 use crate::ratelimit::LogLimiter;
 use crate::registry::Registry;
 use crate::workers;
+use error::MainError;
 use offer::{Offer, select, skip_all};
 use tee::{ClientBodyError, RequestBody};
 
@@ -200,10 +202,7 @@ impl Proxy {
             let mirrors = self.registry().snapshot();
             let selected = select(&mirrors, req.method(), req.uri().path(), req.headers());
             skip_all(&mirrors, &selected);
-            return error_response(
-                StatusCode::NOT_IMPLEMENTED,
-                "CONNECT is not supported: trafficmirror is a reverse proxy",
-            );
+            return MainError::Connect.answer();
         }
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -321,18 +320,10 @@ impl Proxy {
         let upstream = Request::from_parts(parts, upstream_body);
         let pending = self.main_pool().send(upstream);
         let result = match config.main_timeout {
-            None => pending.await,
+            None => pending.await.map_err(MainError::from_exchange),
             Some(limit) => match tokio::time::timeout(limit, pending).await {
-                Ok(result) => result,
-                Err(_) => {
-                    if let Some(held_back) = self.inner.main_timeout_log.admit() {
-                        warn!(main = %config.main, timeout = ?limit, held_back, "main did not answer in time");
-                    }
-                    return error_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "main target did not answer within --main-timeout",
-                    );
-                }
+                Ok(result) => result.map_err(MainError::from_exchange),
+                Err(_) => Err(MainError::Timeout(limit)),
             },
         };
         match result {
@@ -375,29 +366,41 @@ impl Proxy {
                     Response::from_parts(parts, body::boxed(body))
                 }
             }
-            Err(err) => match client_body_error(&err) {
-                Some(ClientBodyError::Timeout(limit)) => {
-                    debug!(client = %peer.addr, timeout = ?limit, "request body stalled");
-                    error_response(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "the request body did not arrive within --body-read-timeout",
-                    )
+            Err(err) => {
+                self.log_main_error(&err, peer);
+                err.answer()
+            }
+        }
+    }
+
+    /// Logs why the proxy answers itself: main's failures at `warn`, at most one line
+    /// per second each; a client's failing body at `debug`.
+    fn log_main_error(&self, err: &MainError, peer: &Peer) {
+        let main = &self.config().main;
+        match err {
+            MainError::Connect => {}
+            MainError::Timeout(limit) => {
+                if let Some(held_back) = self.inner.main_timeout_log.admit() {
+                    warn!(main = %main, timeout = ?limit, held_back, "main did not answer in time");
                 }
-                Some(ClientBodyError::Read(cause)) => {
+            }
+            MainError::Unreachable(err) => {
+                if let Some(held_back) = self.inner.main_unreachable_log.admit() {
+                    warn!(main = %main, error = %client::error_chain(err), held_back, "main target unreachable");
+                }
+            }
+            MainError::BodyStalled(limit) => {
+                debug!(client = %peer.addr, timeout = ?limit, "request body stalled");
+            }
+            MainError::BodyBroken(err) => {
+                if let Some(cause) = MainError::body_cause(err) {
                     debug!(client = %peer.addr, error = %cause, "malformed or broken request body");
-                    error_response(StatusCode::BAD_REQUEST, "failed to read the request body")
                 }
-                Some(unfinished @ ClientBodyError::Unfinished { .. }) => {
-                    debug!(client = %peer.addr, error = %unfinished, "request body not finished");
-                    error_response(StatusCode::BAD_REQUEST, "the request body did not end")
-                }
-                None => {
-                    if let Some(held_back) = self.inner.main_unreachable_log.admit() {
-                        warn!(main = %config.main, error = %client::error_chain(&err), held_back, "main target unreachable");
-                    }
-                    error_response(StatusCode::BAD_GATEWAY, "main target unreachable")
-                }
-            },
+            }
+            &MainError::BodyUnfinished { received, expected } => {
+                let unfinished = ClientBodyError::Unfinished { received, expected };
+                debug!(client = %peer.addr, error = %unfinished, "request body not finished");
+            }
         }
     }
 
@@ -523,23 +526,4 @@ impl<B: Body<Data = Bytes> + Unpin> Body for OnEnd<B> {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
     }
-}
-
-/// The client's body failure behind a failed request to main, if that is what it was.
-fn client_body_error<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a ClientBodyError> {
-    let mut source = Some(err);
-    while let Some(cause) = source {
-        if let Some(found) = cause.downcast_ref::<ClientBodyError>() {
-            return Some(found);
-        }
-        source = cause.source();
-    }
-    None
-}
-
-/// A plain-text error answer from the proxy itself.
-pub fn error_response(status: StatusCode, message: &str) -> Response<BoxBody> {
-    body::text(status, format!("{message}\n"))
 }

@@ -1,0 +1,121 @@
+//! The mirrors' offer of a request: which mirrors of the set its copy goes to
+//! ([`Selection`], chosen by [`select`] from each mirror's options), and the head every
+//! copy carries ([`Offer`]), handed to those mirrors once the body is complete
+//! ([`super::tee`] collects it).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method};
+
+use crate::budget::Held;
+use crate::mirror::ordered::MirrorHalf;
+use crate::mirror::shadow::MainAnswerRx;
+use crate::mirror::{Member, MirrorRequest};
+use crate::registry::Mirrors;
+
+/// Which members of a mirror list a request goes to. No allocation for the first 64.
+#[derive(Debug, Default)]
+pub struct Selection {
+    mask: u64,
+    more: Vec<usize>,
+}
+
+impl Selection {
+    pub fn add(&mut self, index: usize) {
+        match u32::try_from(index) {
+            Ok(i) if i < 64 => self.mask |= 1 << i,
+            _ => self.more.push(index),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mask == 0 && self.more.is_empty()
+    }
+
+    /// The selected members of `mirrors`, in order.
+    pub fn iter<'a>(&'a self, mirrors: &'a Mirrors) -> impl Iterator<Item = (usize, &'a Member)> {
+        mirrors
+            .iter()
+            .enumerate()
+            .take(64)
+            .filter(|(i, _)| self.mask & (1 << i) != 0)
+            .chain(self.more.iter().filter_map(|&i| Some((i, mirrors.get(i)?))))
+    }
+}
+
+/// The request head as every mirror copy carries it, and the mirrors that want it.
+pub struct Offer {
+    pub mirrors: Mirrors,
+    pub selected: Selection,
+    /// For ordered mirrors (by index): the copies each must follow.
+    pub orders: Vec<(usize, MirrorHalf)>,
+    pub method: Method,
+    pub path_and_query: Option<PathAndQuery>,
+    pub headers: HeaderMap,
+    /// `headers` holds an empty `Host` for each copy to fill (see [`MirrorRequest`]).
+    pub host_slot: bool,
+    /// Main's answer, for comparing mirrors.
+    pub main_answer: Option<MainAnswerRx>,
+}
+
+impl Offer {
+    /// Hands the finished copy to every selected mirror (never waits).
+    pub fn deliver(mut self, body: Bytes, held: Held) {
+        let request = Arc::new(MirrorRequest {
+            method: self.method,
+            path_and_query: self.path_and_query,
+            headers: self.headers,
+            host_slot: self.host_slot,
+            body,
+            _held: held,
+            main_answer: self.main_answer,
+        });
+        for (index, member) in self.selected.iter(&self.mirrors) {
+            let order = self
+                .orders
+                .iter()
+                .position(|(i, _)| *i == index)
+                .map(|at| self.orders.swap_remove(at).1);
+            member.mirror.offer(&request, &member.plan, order);
+        }
+    }
+
+    pub fn skip(&self) {
+        for (_, member) in self.selected.iter(&self.mirrors) {
+            member.mirror.skip();
+        }
+    }
+
+    pub fn drop_copies(&self) {
+        for (_, member) in self.selected.iter(&self.mirrors) {
+            member.mirror.drop_copy();
+        }
+    }
+}
+
+/// The mirrors whose options select this request; the others count it `filtered`.
+pub fn select(
+    mirrors: &Mirrors,
+    method: &Method,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> Selection {
+    let mut selected = Selection::default();
+    for (index, member) in mirrors.iter().enumerate() {
+        if member.plan.selects(method, path, headers) {
+            selected.add(index);
+        } else {
+            member.mirror.filter();
+        }
+    }
+    selected
+}
+
+/// Counts the request `skipped` by every selected mirror: it will not be mirrored.
+pub fn skip_all(mirrors: &Mirrors, selected: &Selection) {
+    for (_, member) in selected.iter(mirrors) {
+        member.mirror.skip();
+    }
+}
