@@ -25,6 +25,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
@@ -39,9 +40,10 @@ use crate::mirror::shadow::MainCapture;
 use crate::observe::metrics::MainStats;
 use crate::ratelimit::LogLimiter;
 use crate::registry::Registry;
+use crate::target_url::TargetUrl;
 use crate::workers;
 use error::MainError;
-use offer::{Offer, select, skip_all};
+use offer::{Fate, Followers, Offer, fate, select, skip_all};
 use tee::{ClientBodyError, RequestBody};
 
 /// How often a per-request error towards main may be logged.
@@ -184,7 +186,7 @@ impl Proxy {
         response
     }
 
-    /// [`Proxy::forward`] without the counting.
+    /// [`Proxy::forward`] without the counting: the request's steps, in order.
     async fn answer<B>(
         &self,
         mut req: Request<B>,
@@ -195,18 +197,44 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let config = self.config();
         if req.method() == Method::CONNECT {
-            // Answered here and never mirrored, yet counted once per mirror as every
-            // proxied request is (docs/shadowing.md, "The admin endpoint"): like an upgrade.
-            let mirrors = self.registry().snapshot();
-            let selected = select(&mirrors, req.method(), req.uri().path(), req.headers());
-            skip_all(&mirrors, &selected);
+            self.count_unmirrored(&req);
             return MainError::Connect.answer();
         }
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let looped = self.rewrite_head(&mut parts, peer, upgrade);
+        let (body, followers) = self.offer_copy(&parts, body, looped, client_upgrade.is_some());
+        main_head(&mut parts, &self.config().main, self.config().preserve_host);
+        match self.send_to_main(Request::from_parts(parts, body)).await {
+            Ok(response) => self.build_answer(response, client_upgrade, followers, started),
+            Err(err) => {
+                self.log_main_error(&err, peer);
+                err.answer()
+            }
+        }
+    }
+
+    /// Counts a request answered here and never mirrored once per mirror, as every
+    /// proxied request is (docs/shadowing.md, "The admin endpoint"): like an upgrade.
+    fn count_unmirrored<B>(&self, req: &Request<B>) {
+        let mirrors = self.registry().snapshot();
+        let selected = select(&mirrors, req.method(), req.uri().path(), req.headers());
+        skip_all(&mirrors, &selected);
+    }
+
+    /// Rewrites a request's head once, for main and every mirror alike: `Host` leaves
+    /// (each target gets its own, see [`main_head`] and the offer's host slot), hop-by-hop
+    /// headers go, `X-Forwarded-*` and this proxy's `Via` entry come; an upgrade request
+    /// keeps asking for `upgrade`. True when the request already carried this proxy's
+    /// `Via` entry: a loop.
+    fn rewrite_head(
+        &self,
+        parts: &mut http::request::Parts,
+        peer: &Peer,
+        upgrade: Option<HeaderValue>,
+    ) -> bool {
         // `Host` becomes each target's authority, set per target below. (The server
         // answered 400 to a request with more than one.)
         let host = parts.headers.remove(header::HOST).or_else(|| {
@@ -220,45 +248,47 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::set_forwarded(&mut parts.headers, &peer.ip_header, host.as_ref());
         headers::append_via(&mut parts.headers, self.via_entry(parts.version));
-        if config.preserve_host {
-            if let Some(host) = &host {
-                parts.headers.insert(header::HOST, host.clone());
+        if self.config().preserve_host {
+            if let Some(host) = host {
+                parts.headers.insert(header::HOST, host);
             }
         }
-        if let Some(protocol) = &upgrade {
+        if let Some(protocol) = upgrade {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, protocol.clone());
+            parts.headers.insert(header::UPGRADE, protocol);
         }
+        looped
+    }
 
-        let mirrors = self.registry().snapshot();
-        let selected = select(&mirrors, &parts.method, parts.uri.path(), &parts.headers);
-        let timeout = config.body_read_timeout;
+    /// Plans the mirrors' copy of a request whose head is rewritten: picks the mirrors
+    /// that want it, and either skips them all (a loop, an upgrade, a body announced
+    /// over `--max-body-size`) or offers them the copy once its body is complete. Returns
+    /// the body to send to main (copied on its way when offered) and what main's answer
+    /// owes the mirrors.
+    fn offer_copy<B>(
+        &self,
+        parts: &http::request::Parts,
+        body: B,
+        looped: bool,
+        upgrade: bool,
+    ) -> (BoxBody, Followers)
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         // An HTTP/2 body ends with END_STREAM, which hyper does not tell apart from a
         // reset (see `tee`).
         let h2 = parts.version == Version::HTTP_2;
-        // Ordered mirrors learn when main's answer is complete (see `mirror::ordered`).
-        let mut main_halves = Vec::new();
-        let mut orders = Vec::new();
-        let mut comparing = false;
-        for (index, member) in selected.iter(&mirrors) {
-            if member.plan.options.ordered {
-                let (main_half, mirror_half) = member.mirror.arrive();
-                main_halves.push(main_half);
-                orders.push((index, mirror_half));
-            }
-            comparing |= member.plan.compare.is_some();
+        let mirrors = self.registry().snapshot();
+        let selected = select(&mirrors, &parts.method, parts.uri.path(), &parts.headers);
+        if selected.is_empty() {
+            return (self.streamed(body, h2), Followers::default());
         }
-        let (main_answer_tx, main_answer) = if comparing && !looped && upgrade.is_none() {
-            let (tx, rx) = tokio::sync::watch::channel(None);
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let upstream_body = if selected.is_empty() {
-            self.streamed(body, h2)
-        } else if looped || upgrade.is_some() {
+        let (followers, awaiting) = Followers::of(&mirrors, &selected, looped || upgrade);
+        let lower = body.size_hint().lower();
+        if fate(looped, upgrade, lower, self.config().max_body_size) == Fate::Skip {
             if looped && self.first_loop() {
                 // Already handled by this instance (docs/shadowing.md, "Loops and `Via`").
                 warn!(
@@ -268,108 +298,89 @@ impl Proxy {
                 );
             }
             skip_all(&mirrors, &selected);
-            self.streamed(body, h2)
-        } else if body.size_hint().lower() > config.max_body_size {
-            skip_all(&mirrors, &selected);
-            self.streamed(body, h2)
-        } else {
-            let mut headers = parts.headers.clone();
-            // A slot each copy fills with its mirror's authority in place, so that the
-            // per-copy clone of this map never grows (a reallocation per copy).
-            let host_slot = !headers.contains_key(header::HOST);
-            if host_slot {
-                headers.insert(header::HOST, HeaderValue::from_static(""));
-            }
-            let offer = Offer {
-                mirrors,
-                selected,
-                orders,
-                method: parts.method.clone(),
-                path_and_query: parts.uri.path_and_query().cloned(),
-                headers,
-                host_slot,
-                main_answer,
-            };
-            let held = self.budget().hold();
-            if body.is_end_stream() {
-                // Nothing to collect (a GET): the copy goes out at once.
-                offer.deliver(Bytes::new(), held);
-                body::boxed(body)
-            } else {
-                body::boxed(RequestBody::teed(
-                    body,
-                    timeout,
-                    h2,
-                    offer,
-                    held,
-                    config.max_body_size,
-                ))
-            }
-        };
-
-        let main = &config.main;
-        parts.uri = main.request_target(parts.uri.path_and_query());
-        // With --preserve-host the client's `Host` stays, but an HTTP/1.0 client may have
-        // sent none, and HTTP/1.1 to main requires one.
-        if !config.preserve_host || !parts.headers.contains_key(header::HOST) {
-            parts
-                .headers
-                .insert(header::HOST, main.host_header().clone());
+            return (self.streamed(body, h2), followers);
         }
-        parts.version = Version::HTTP_11;
-        let upstream = Request::from_parts(parts, upstream_body);
-        let pending = self.main_pool().send(upstream);
-        let result = match config.main_timeout {
+        let offer = Offer::new(mirrors, selected, awaiting, parts);
+        (self.teed(body, h2, offer), followers)
+    }
+
+    /// A body streamed to main while a copy is collected for `offer`, or the copy sent
+    /// at once when there is no body to collect (a GET).
+    fn teed<B>(&self, body: B, h2: bool, offer: Offer) -> BoxBody
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let held = self.budget().hold();
+        if body.is_end_stream() {
+            offer.deliver(Bytes::new(), held);
+            return body::boxed(body);
+        }
+        let config = self.config();
+        body::boxed(RequestBody::teed(
+            body,
+            config.body_read_timeout,
+            h2,
+            offer,
+            held,
+            config.max_body_size,
+        ))
+    }
+
+    /// Sends a request to main within `--main-timeout`.
+    async fn send_to_main(
+        &self,
+        request: Request<BoxBody>,
+    ) -> Result<Response<client::Pooled<BoxBody>>, MainError> {
+        let pending = self.main_pool().send(request);
+        match self.config().main_timeout {
             None => pending.await.map_err(MainError::from_exchange),
             Some(limit) => match tokio::time::timeout(limit, pending).await {
                 Ok(result) => result.map_err(MainError::from_exchange),
                 Err(_) => Err(MainError::Timeout(limit)),
             },
+        }
+    }
+
+    /// Main's answer as the client gets it: its head rewritten (and a switch of
+    /// protocols tunnelled both ways), its body streamed, captured for comparing mirrors
+    /// and reported at its end to ordered ones.
+    fn build_answer<R>(
+        &self,
+        mut response: Response<R>,
+        client_upgrade: Option<OnUpgrade>,
+        followers: Followers,
+        started: tokio::time::Instant,
+    ) -> Response<BoxBody>
+    where
+        R: Body<Data = Bytes> + Send + Unpin + 'static,
+        R::Error: Into<BoxError>,
+    {
+        let switched = match client_upgrade {
+            Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let upstream = hyper::upgrade::on(&mut response);
+                tokio::spawn(tunnel(client, upstream));
+                response.headers().get(header::UPGRADE).cloned()
+            }
+            _ => None,
         };
-        match result {
-            Ok(mut response) => {
-                let tunnel = match (client_upgrade, &upgrade) {
-                    (Some(client), Some(_))
-                        if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
-                    {
-                        let upstream = hyper::upgrade::on(&mut response);
-                        tokio::spawn(tunnel(client, upstream));
-                        response.headers().get(header::UPGRADE).cloned()
-                    }
-                    _ => None,
-                };
-                let (mut parts, body) = response.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers);
-                if let Some(protocol) = tunnel {
-                    parts
-                        .headers
-                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                    parts.headers.insert(header::UPGRADE, protocol);
-                }
-                // Our connection to the client has its own version; hyper picks the wire
-                // version from this field, so a main speaking HTTP/1.0 must not leak through.
-                parts.version = Version::HTTP_11;
-                let capture = main_answer_tx.map(|tx| {
-                    MainCapture::new(
-                        parts.status,
-                        parts.headers.clone(),
-                        started,
-                        tx,
-                        config.mirror.max_compare_size,
-                        self.budget(),
-                    )
-                });
-                if main_halves.is_empty() && capture.is_none() {
-                    Response::from_parts(parts, body::boxed(body))
-                } else {
-                    let body = OnEnd::new(body, main_halves, capture);
-                    Response::from_parts(parts, body::boxed(body))
-                }
-            }
-            Err(err) => {
-                self.log_main_error(&err, peer);
-                err.answer()
-            }
+        let (mut parts, body) = response.into_parts();
+        answer_head(&mut parts, switched);
+        let capture = followers.answer_tx.map(|tx| {
+            MainCapture::new(
+                parts.status,
+                parts.headers.clone(),
+                started,
+                tx,
+                self.config().mirror.max_compare_size,
+                self.budget(),
+            )
+        });
+        if followers.halves.is_empty() && capture.is_none() {
+            Response::from_parts(parts, body::boxed(body))
+        } else {
+            let body = OnEnd::new(body, followers.halves, capture);
+            Response::from_parts(parts, body::boxed(body))
         }
     }
 
@@ -444,6 +455,35 @@ fn upgrade_protocol(headers: &http::HeaderMap) -> Option<HeaderValue> {
                 .trim_ascii()
                 .eq_ignore_ascii_case(b"h2c")
         })
+}
+
+/// Points a rewritten request head at main: main's URL (its path prefix joined), its
+/// `Host` unless `--preserve-host` kept the client's, HTTP/1.1.
+fn main_head(parts: &mut http::request::Parts, main: &TargetUrl, preserve_host: bool) {
+    parts.uri = main.request_target(parts.uri.path_and_query());
+    // With --preserve-host the client's `Host` stays, but an HTTP/1.0 client may have
+    // sent none, and HTTP/1.1 to main requires one.
+    if !preserve_host || !parts.headers.contains_key(header::HOST) {
+        parts
+            .headers
+            .insert(header::HOST, main.host_header().clone());
+    }
+    parts.version = Version::HTTP_11;
+}
+
+/// Rewrites main's answer head for the client: hop-by-hop headers go, except the
+/// `upgrade` of a switch of protocols to `switched`.
+fn answer_head(parts: &mut http::response::Parts, switched: Option<HeaderValue>) {
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = switched {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
+    // Our connection to the client has its own version; hyper picks the wire version
+    // from this field, so a main speaking HTTP/1.0 must not leak through.
+    parts.version = Version::HTTP_11;
 }
 
 /// Copies bytes both ways between the upgraded client and main connections.

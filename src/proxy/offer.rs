@@ -6,12 +6,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method};
 
 use crate::budget::Held;
-use crate::mirror::ordered::MirrorHalf;
-use crate::mirror::shadow::MainAnswerRx;
+use crate::mirror::ordered::{MainHalf, MirrorHalf};
+use crate::mirror::shadow::{MainAnswerRx, MainAnswerTx};
 use crate::mirror::{Member, MirrorRequest};
 use crate::registry::Mirrors;
 
@@ -61,6 +62,33 @@ pub struct Offer {
 }
 
 impl Offer {
+    /// The offer of a request whose head is rewritten (`parts`) to the `selected`
+    /// members of `mirrors`, each copy waiting as `awaiting` says.
+    pub fn new(
+        mirrors: Mirrors,
+        selected: Selection,
+        awaiting: Awaiting,
+        parts: &http::request::Parts,
+    ) -> Self {
+        let mut headers = parts.headers.clone();
+        // A slot each copy fills with its mirror's authority in place, so that the
+        // per-copy clone of this map never grows (a reallocation per copy).
+        let host_slot = !headers.contains_key(header::HOST);
+        if host_slot {
+            headers.insert(header::HOST, HeaderValue::from_static(""));
+        }
+        Offer {
+            mirrors,
+            selected,
+            orders: awaiting.orders,
+            method: parts.method.clone(),
+            path_and_query: parts.uri.path_and_query().cloned(),
+            headers,
+            host_slot,
+            main_answer: awaiting.main_answer,
+        }
+    }
+
     /// Hands the finished copy to every selected mirror (never waits).
     pub fn deliver(mut self, body: Bytes, held: Held) {
         let request = Arc::new(MirrorRequest {
@@ -117,5 +145,72 @@ pub fn select(
 pub fn skip_all(mirrors: &Mirrors, selected: &Selection) {
     for (_, member) in selected.iter(mirrors) {
         member.mirror.skip();
+    }
+}
+
+/// What becomes of the copy of a request some mirror selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Not mirrored, counted `skipped`: a loop (the request carries this proxy's `Via`),
+    /// an upgrade (a copy cannot take part in the conversation), or a body announced
+    /// larger than `--max-body-size`.
+    Skip,
+    /// Offered to the selected mirrors once the body is complete.
+    Offer,
+}
+
+/// The fate of a selected request's copy, from whether it `looped`, is an `upgrade`,
+/// and the least length its body announces (`body_lower`).
+pub fn fate(looped: bool, upgrade: bool, body_lower: u64, max_body_size: u64) -> Fate {
+    if looped || upgrade || body_lower > max_body_size {
+        Fate::Skip
+    } else {
+        Fate::Offer
+    }
+}
+
+/// What main's answer owes the mirrors that selected its request: ordered mirrors
+/// learn when it is complete (see `mirror::ordered`), comparing ones get it.
+#[derive(Default)]
+pub struct Followers {
+    pub halves: Vec<MainHalf>,
+    /// Main's answer for comparing mirrors, once complete.
+    pub answer_tx: Option<MainAnswerTx>,
+}
+
+/// The mirrors' side of [`Followers`], travelling with the [`Offer`].
+pub struct Awaiting {
+    /// For ordered mirrors (by index): the copies each must follow.
+    pub orders: Vec<(usize, MirrorHalf)>,
+    pub main_answer: Option<MainAnswerRx>,
+}
+
+impl Followers {
+    /// Registers the request's arrival with each selected ordered mirror, and opens the
+    /// channel of main's answer when a selected mirror compares and the request is not
+    /// `unmirrored` (a loop or an upgrade).
+    pub fn of(mirrors: &Mirrors, selected: &Selection, unmirrored: bool) -> (Self, Awaiting) {
+        let mut halves = Vec::new();
+        let mut orders = Vec::new();
+        let mut comparing = false;
+        for (index, member) in selected.iter(mirrors) {
+            if member.plan.options.ordered {
+                let (main_half, mirror_half) = member.mirror.arrive();
+                halves.push(main_half);
+                orders.push((index, mirror_half));
+            }
+            comparing |= member.plan.compare.is_some();
+        }
+        let (answer_tx, main_answer) = if comparing && !unmirrored {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let awaiting = Awaiting {
+            orders,
+            main_answer,
+        };
+        (Self { halves, answer_tx }, awaiting)
     }
 }
