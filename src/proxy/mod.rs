@@ -457,7 +457,7 @@ fn upgrade_protocol(headers: &http::HeaderMap) -> Option<HeaderValue> {
         })
 }
 
-/// Points a rewritten request head at main: main's URL (its path prefix joined), its
+/// Points a rewritten request head at main: its path under main's prefix, main's
 /// `Host` unless `--preserve-host` kept the client's, HTTP/1.1.
 fn main_head(parts: &mut http::request::Parts, main: &TargetUrl, preserve_host: bool) {
     parts.uri = main.request_target(parts.uri.path_and_query());
@@ -565,5 +565,248 @@ impl<B: Body<Data = Bytes> + Unpin> Body for OnEnd<B> {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use crate::metrics::Snapshot;
+    use http_body_util::{BodyExt, Empty, Full};
+
+    /// A proxy to main at `http://main.test:8080/base`, with `args` added.
+    fn proxy(args: &[&str]) -> Proxy {
+        let mut all = vec!["trafficmirror", "--main", "http://main.test:8080/base"];
+        all.extend_from_slice(args);
+        Proxy::new(Config::from_cli(&Cli::try_parse_args(all).unwrap()).unwrap())
+    }
+
+    fn peer() -> Peer {
+        Peer::new("10.1.2.3:4567".parse().unwrap())
+    }
+
+    fn head(req: http::request::Builder) -> http::request::Parts {
+        req.body(()).unwrap().into_parts().0
+    }
+
+    /// The counters of each mirror, in the set's order.
+    fn counters(proxy: &Proxy) -> Vec<Snapshot> {
+        let mirrors = proxy.registry().snapshot();
+        mirrors
+            .iter()
+            .map(|m| m.mirror.status(&m.plan).counters)
+            .collect()
+    }
+
+    #[test]
+    fn the_head_loses_host_and_hop_by_hop_and_gains_forwarded_and_via() {
+        let proxy = proxy(&[]);
+        let mut parts = head(
+            Request::get("/x?y=1")
+                .header(header::HOST, "client.example")
+                .header(header::CONNECTION, "keep-alive, x-private")
+                .header("x-private", "1")
+                .header("x-kept", "2"),
+        );
+        assert!(!proxy.rewrite_head(&mut parts, &peer(), None));
+        let h = &parts.headers;
+        assert!(!h.contains_key(header::HOST));
+        assert!(!h.contains_key(header::CONNECTION));
+        assert!(!h.contains_key("x-private"));
+        assert_eq!(h["x-kept"], "2");
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-host"], "client.example");
+        let via = format!("1.1 {}", proxy.inner.via_token);
+        assert_eq!(h[header::VIA], via.as_str());
+    }
+
+    #[test]
+    fn an_http2_request_forwards_its_authority_as_host() {
+        let proxy = proxy(&[]);
+        let mut parts = head(Request::get("http://client.example:8443/x").version(Version::HTTP_2));
+        proxy.rewrite_head(&mut parts, &peer(), None);
+        assert_eq!(parts.headers["x-forwarded-host"], "client.example:8443");
+        let via = format!("2 {}", proxy.inner.via_token);
+        assert_eq!(parts.headers[header::VIA], via.as_str());
+    }
+
+    #[test]
+    fn a_request_carrying_this_proxys_via_is_a_loop() {
+        let proxy = proxy(&[]);
+        let via = format!("1.1 other, 1.1 {}", proxy.inner.via_token);
+        let mut parts = head(Request::get("/").header(header::VIA, via));
+        assert!(proxy.rewrite_head(&mut parts, &peer(), None));
+        let mut parts = head(Request::get("/").header(header::VIA, "1.1 trafficmirror-0"));
+        assert!(!proxy.rewrite_head(&mut parts, &peer(), None));
+    }
+
+    #[test]
+    fn preserve_host_keeps_the_clients_host_and_an_upgrade_keeps_asking() {
+        let proxy = proxy(&["--preserve-host"]);
+        let mut parts = head(
+            Request::get("/chat")
+                .header(header::HOST, "client.example")
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, "websocket"),
+        );
+        let upgrade = upgrade_protocol(&parts.headers);
+        assert_eq!(upgrade.as_ref().unwrap(), "websocket");
+        proxy.rewrite_head(&mut parts, &peer(), upgrade);
+        assert_eq!(parts.headers[header::HOST], "client.example");
+        assert_eq!(parts.headers[header::CONNECTION], "upgrade");
+        assert_eq!(parts.headers[header::UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn an_h2c_offer_alone_is_no_upgrade() {
+        let h2c = head(
+            Request::get("/")
+                .header(header::CONNECTION, "Upgrade, HTTP2-Settings")
+                .header(header::UPGRADE, " h2c "),
+        );
+        assert_eq!(upgrade_protocol(&h2c.headers), None);
+        let without_connection = head(Request::get("/").header(header::UPGRADE, "websocket"));
+        assert_eq!(upgrade_protocol(&without_connection.headers), None);
+    }
+
+    #[test]
+    fn the_head_to_main_has_mains_url_host_and_http_1_1() {
+        let main = TargetUrl::parse("http://main.test:8080/base").unwrap();
+        let mut parts = head(Request::get("/x?y=1").version(Version::HTTP_2));
+        main_head(&mut parts, &main, false);
+        assert_eq!(parts.uri, "/base/x?y=1");
+        assert_eq!(parts.headers[header::HOST], "main.test:8080");
+        assert_eq!(parts.version, Version::HTTP_11);
+
+        // --preserve-host keeps a client's Host, and gives main's to a request without.
+        let mut kept = head(Request::get("/").header(header::HOST, "client.example"));
+        main_head(&mut kept, &main, true);
+        assert_eq!(kept.headers[header::HOST], "client.example");
+        let mut none = head(Request::get("/").version(Version::HTTP_10));
+        main_head(&mut none, &main, true);
+        assert_eq!(none.headers[header::HOST], "main.test:8080");
+    }
+
+    #[test]
+    fn mains_answer_head_loses_hop_by_hop_except_a_switch_of_protocols() {
+        let response = Response::builder()
+            .version(Version::HTTP_10)
+            .header(header::CONNECTION, "close")
+            .header("keep-alive", "timeout=5")
+            .header("x-kept", "1")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = response.into_parts();
+        answer_head(&mut parts, None);
+        assert_eq!(parts.version, Version::HTTP_11);
+        assert!(!parts.headers.contains_key(header::CONNECTION));
+        assert!(!parts.headers.contains_key("keep-alive"));
+        assert_eq!(parts.headers["x-kept"], "1");
+
+        let switched = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = switched.into_parts();
+        answer_head(&mut parts, Some(HeaderValue::from_static("websocket")));
+        assert_eq!(parts.headers[header::CONNECTION], "upgrade");
+        assert_eq!(parts.headers[header::UPGRADE], "websocket");
+    }
+
+    #[tokio::test]
+    async fn a_selected_request_is_offered_and_the_others_filtered() {
+        let proxy = proxy(&[
+            "--mirror",
+            "http://m1:1",
+            "--mirror",
+            "http://m2:2 method=POST",
+        ]);
+        let parts = head(Request::get("/x"));
+        let (body, followers) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), false, false);
+        assert!(body.is_end_stream());
+        assert!(followers.halves.is_empty() && followers.answer_tx.is_none());
+        let [m1, m2] = &counters(&proxy)[..] else {
+            panic!()
+        };
+        assert_eq!((m1.sent, m1.skipped, m1.filtered), (1, 0, 0));
+        assert_eq!((m2.sent, m2.skipped, m2.filtered), (0, 0, 1));
+    }
+
+    #[tokio::test]
+    async fn loops_upgrades_and_bodies_over_the_limit_are_skipped() {
+        let proxy = proxy(&["--mirror", "http://m1:1", "--max-body-size", "4"]);
+        let parts = head(Request::post("/x"));
+        let small = || Full::new(Bytes::from_static(b"1234"));
+        let large = Full::new(Bytes::from_static(b"12345"));
+        let (body, _) = proxy.offer_copy(&parts, small(), true, false);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "1234");
+        proxy.offer_copy(&parts, small(), false, true);
+        let (body, _) = proxy.offer_copy(&parts, large, false, false);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "12345");
+        assert_eq!(counters(&proxy)[0].skipped, 3);
+        assert_eq!(counters(&proxy)[0].sent, 0);
+        // At the limit the copy is collected on the way, and offered at the body's end.
+        let (body, _) = proxy.offer_copy(&parts, small(), false, false);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "1234");
+        assert_eq!(counters(&proxy)[0].sent, 1);
+    }
+
+    #[tokio::test]
+    async fn ordered_and_comparing_mirrors_follow_mains_answer() {
+        let proxy = proxy(&["--mirror", "http://m1:1 ordered=true compare=true"]);
+        let parts = head(Request::get("/x"));
+        let (_, followers) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), false, false);
+        assert_eq!(followers.halves.len(), 1);
+        assert!(followers.answer_tx.is_some());
+        // A loop is not compared, but takes its place in the order.
+        let (_, looped) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), true, false);
+        assert_eq!(looped.halves.len(), 1);
+        assert!(looped.answer_tx.is_none());
+    }
+
+    #[tokio::test]
+    async fn mains_answer_is_captured_for_comparing_mirrors_as_it_streams() {
+        let proxy = proxy(&[]);
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let followers = Followers {
+            halves: Vec::new(),
+            answer_tx: Some(tx),
+        };
+        let response = Response::builder()
+            .status(StatusCode::CREATED)
+            .body(Full::new(Bytes::from_static(b"made")))
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let answer = proxy.build_answer(response, None, followers, started);
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        assert!(rx.borrow().is_none(), "captured before the client read it");
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "made");
+        let main = rx
+            .borrow()
+            .clone()
+            .expect("main's answer published at its end");
+        assert_eq!(main.answer.status, StatusCode::CREATED);
+        assert_eq!(main.answer.body.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_connect_request_is_counted_skipped_by_the_mirrors_it_selects() {
+        let proxy = proxy(&[
+            "--mirror",
+            "http://m1:1",
+            "--mirror",
+            "http://m2:2 method=GET",
+        ]);
+        let req = Request::connect("other.example:443").body(()).unwrap();
+        proxy.count_unmirrored(&req);
+        let [m1, m2] = &counters(&proxy)[..] else {
+            panic!()
+        };
+        assert_eq!((m1.skipped, m1.filtered), (1, 0));
+        assert_eq!((m2.skipped, m2.filtered), (0, 1));
     }
 }

@@ -214,3 +214,99 @@ impl Followers {
         (Self { halves, answer_tx }, awaiting)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::Budget;
+    use crate::cli::Cli;
+    use crate::config::Config;
+    use crate::mirror::Source;
+    use crate::mirror::options::MirrorLine;
+    use crate::registry::Registry;
+
+    /// The mirror set of `lines`.
+    fn mirrors(lines: &[&str]) -> Mirrors {
+        let cli = Cli::try_parse_args(["trafficmirror"]).unwrap();
+        let registry = Registry::new(Config::from_cli(&cli).unwrap().mirror, Budget::new(1024));
+        let lines: Vec<_> = lines
+            .iter()
+            .map(|l| MirrorLine::parse(l).unwrap())
+            .collect();
+        registry.add_lines(&lines, Source::Admin);
+        registry.snapshot()
+    }
+
+    #[test]
+    fn a_selection_lists_its_members_in_order_past_the_first_64() {
+        let urls: Vec<String> = (0..70).map(|i| format!("http://m{i}:1")).collect();
+        let lines: Vec<&str> = urls.iter().map(String::as_str).collect();
+        let mirrors = mirrors(&lines);
+        let mut selected = Selection::default();
+        assert!(selected.is_empty());
+        for index in [66, 1, 63, 69, 0, 200] {
+            selected.add(index);
+        }
+        assert!(!selected.is_empty());
+        let picked: Vec<usize> = selected.iter(&mirrors).map(|(i, _)| i).collect();
+        // Past the first 64 in the order added; an index past the list is left out.
+        assert_eq!(picked, [0, 1, 63, 66, 69]);
+        let (_, member) = selected.iter(&mirrors).nth(3).unwrap();
+        assert_eq!(member.mirror.url().as_str(), "http://m66:1");
+    }
+
+    #[test]
+    fn select_takes_the_mirrors_whose_options_want_the_request() {
+        let mirrors = mirrors(&[
+            "http://a:1 method=POST",
+            "http://b:1 path=/api",
+            "http://c:1",
+        ]);
+        let headers = HeaderMap::new();
+        let picked = |method: Method, path: &str| -> Vec<usize> {
+            let selected = select(&mirrors, &method, path, &headers);
+            selected.iter(&mirrors).map(|(i, _)| i).collect()
+        };
+        assert_eq!(picked(Method::GET, "/"), [2]);
+        assert_eq!(picked(Method::POST, "/api/x"), [0, 1, 2]);
+        let status = mirrors[0].mirror.status(&mirrors[0].plan);
+        assert_eq!(status.counters.filtered, 1);
+    }
+
+    #[test]
+    fn loops_upgrades_and_bodies_announced_too_large_are_skipped() {
+        assert_eq!(fate(false, false, 10, 10), Fate::Offer);
+        assert_eq!(fate(false, false, 11, 10), Fate::Skip);
+        assert_eq!(fate(true, false, 0, 10), Fate::Skip);
+        assert_eq!(fate(false, true, 0, 10), Fate::Skip);
+    }
+
+    #[test]
+    fn an_offer_without_host_leaves_a_slot_for_each_copys() {
+        let mirrors = mirrors(&["http://a:1"]);
+        let awaiting = || Awaiting {
+            orders: Vec::new(),
+            main_answer: None,
+        };
+        let (parts, ()) = http::Request::put("/x?y=1")
+            .header("x-kept", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let offer = Offer::new(mirrors.clone(), Selection::default(), awaiting(), &parts);
+        assert!(offer.host_slot);
+        assert_eq!(offer.headers[header::HOST], "");
+        assert_eq!(offer.headers["x-kept"], "1");
+        assert_eq!(offer.method, Method::PUT);
+        assert_eq!(offer.path_and_query.unwrap(), "/x?y=1");
+
+        let (parts, ()) = http::Request::get("/")
+            .header(header::HOST, "kept.example")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let offer = Offer::new(mirrors, Selection::default(), awaiting(), &parts);
+        assert!(!offer.host_slot);
+        assert_eq!(offer.headers[header::HOST], "kept.example");
+    }
+}
