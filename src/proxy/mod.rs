@@ -3,10 +3,13 @@
 //! configuration, the keep-alive pools to main, the mirror set, the byte budget for
 //! mirrored bodies, and this process's `Via` token.
 //!
-//! Request flow: rewrite headers once → pick the mirrors that want a copy → send to
-//! main with the body streamed as it arrives; a copy of it is collected on the way
-//! ([`tee`]) and offered to those mirrors once complete → stream main's response back
-//! as it arrives.
+//! Request flow, one step each in [`Proxy::answer`]: rewrite the head once
+//! ([`Proxy::rewrite_head`]) → pick the mirrors that want a copy and plan their offer
+//! ([`Proxy::offer_copy`], [`offer`]) → send to main with the body streamed as it
+//! arrives ([`Proxy::send_to_main`]); a copy of it is collected on the way ([`tee`])
+//! and offered to those mirrors once complete → stream main's response back as it
+//! arrives ([`Proxy::build_answer`]), or the proxy's own answer when main cannot give
+//! one ([`MainError`]).
 //!
 //! Upgrade requests (WebSocket and others, RFC 9110 §7.8) are tunnelled to main both
 //! ways and never mirrored: a copy cannot take part in the conversation.

@@ -39,8 +39,9 @@ use crate::budget::Held;
 /// announced.
 const INITIAL_COPY_CAPACITY: usize = 64 * 1024;
 
-/// Why the client's side of a request body failed. `forward` finds it in the error
-/// chain of main's request to answer `408` or `400` instead of `502`.
+/// Why the client's side of a request body failed. [`super::MainError::from_exchange`]
+/// finds it in the error chain of main's request, to answer `408` or `400` instead of
+/// `502`.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBodyError {
     #[error("the client sent nothing of its request body for {0:?}")]
