@@ -225,7 +225,10 @@ mod tests {
     fn h2c_normalises_like_http_with_port_80_by_default() {
         assert_eq!(norm("h2c://grpc:50051"), "h2c://grpc:50051");
         assert_eq!(norm("H2C://GRPC:80/"), "h2c://grpc");
-        assert_eq!(norm("h2c://Svc.Example:8080/api/"), "h2c://svc.example:8080/api");
+        assert_eq!(
+            norm("h2c://Svc.Example:8080/api/"),
+            "h2c://svc.example:8080/api"
+        );
         assert_eq!(norm("h2c://[::1]:9000"), "h2c://[::1]:9000");
         let t = TargetUrl::parse("h2c://grpc:50051/p").unwrap();
         assert_eq!(t.transport(), Transport::H2c);
