@@ -183,7 +183,7 @@ enum Attempt<B: Send + 'static> {
 /// A stream reserved on an HTTP/2 connection: the sender to use, and the reservation,
 /// given back when dropped (the answer was read, or dropped, or the request failed).
 pub struct H2Stream<B: Send + 'static> {
-    sender: http2::SendRequest<B>,
+    sender: http2::SendRequest<h2::H2Body<B>>,
     guard: StreamGuard<B>,
 }
 
@@ -372,11 +372,11 @@ where
             };
             let (mut sender, idle) = match stream {
                 Err(h1) => h1,
+                // Boxed, so that the HTTP/1.1 path's future (moved on every spawn) does
+                // not grow by the HTTP/2 exchange's state.
                 Ok((stream, idle, pooled)) => {
-                    match self
-                        .exchange_h2(stream, request, idle, pooled, may_resend)
-                        .await
-                    {
+                    let exchange = self.exchange_h2(stream, request, idle, pooled, may_resend);
+                    match Box::pin(exchange).await {
                         Attempt::Done(result) => return result,
                         Attempt::Again(again, resend) => {
                             (request, may_resend) = (again, resend);
@@ -439,17 +439,17 @@ where
             let returned = self.inner.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            match self.take_or_make_room() {
+            // While a new HTTP/2 connection has yet to say how many streams it takes,
+            // no other is opened (see `h2`): only a wake-up is waited for.
+            let may_open = match self.take_or_make_room() {
                 Ok(found) => return found,
-                Err(Wait::Full) => tokio::select! {
-                    () = returned => {}
-                    permit = self.inner.connections.clone().acquire_owned() => {
-                        return Checkout::New(permit.expect("the semaphore is never closed"));
-                    }
-                },
-                // A new HTTP/2 connection will say how many streams it takes: no other
-                // is opened meanwhile (see `h2`).
-                Err(Wait::Warming) => returned.await,
+                Err(wait) => matches!(wait, Wait::Full),
+            };
+            tokio::select! {
+                () = returned => {}
+                permit = self.inner.connections.clone().acquire_owned(), if may_open => {
+                    return Checkout::New(permit.expect("the semaphore is never closed"));
+                }
             }
             woken = true;
         }
@@ -481,7 +481,7 @@ where
             _ => None,
         };
         self.h2_form(&mut request);
-        match sender.try_send_request(request).await {
+        match sender.try_send_request(request.map(h2::H2Body)).await {
             Ok(response) => {
                 guard.state.answered();
                 let slot = Some(Slot::H2(guard));
@@ -490,7 +490,7 @@ where
             Err(mut err) => match (err.take_message(), resend) {
                 // The connection closed before the request went out: nothing reached the
                 // target, another connection takes it.
-                (Some(unsent), _) if pooled => Attempt::Again(unsent, may_resend),
+                (Some(unsent), _) if pooled => Attempt::Again(unsent.map(|b| b.0), may_resend),
                 (None, Some(again)) if closed_without_answer(err.error()) => {
                     debug!(error = %err.error(), "idle HTTP/2 connection closed by the target: request sent again");
                     Attempt::Again(again, false)
@@ -676,6 +676,8 @@ impl<B> Inner<B> {
 
     /// The most recently used idle connection that is still open, and how long it
     /// has been idle.
+    // Inlined as it was before the pool learnt HTTP/2 (bench/instructions).
+    #[inline(always)]
     fn checkout(&self) -> Option<(SendRequest<B>, Duration)> {
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
@@ -785,6 +787,7 @@ enum Slot<B: Send + 'static> {
 }
 
 impl<B: Send + 'static> Pooled<B> {
+    #[inline(always)]
     fn release(&mut self) {
         match self.slot.take() {
             Some(Slot::H1(sender, pool)) => pool.put(sender),

@@ -49,8 +49,34 @@ pub(super) struct Conns<B> {
 }
 
 struct Conn<B> {
-    sender: SendRequest<B>,
+    sender: SendRequest<H2Body<B>>,
     state: Arc<State>,
+}
+
+/// A request body on its way to an HTTP/2 connection. A type of its own so that hyper's
+/// request dispatch is compiled separately for HTTP/2 and HTTP/1.1: shared, its hot
+/// functions were no longer inlined into the HTTP/1.1 path, which then cost ~1 % more
+/// instructions per request (bench/instructions).
+pub(super) struct H2Body<B>(pub B);
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for H2Body<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0.size_hint()
+    }
 }
 
 /// Called when a connection's stream limit becomes known or the connection ends, so
@@ -146,7 +172,7 @@ pub(super) enum Take<B> {
 /// A stream reserved on a connection: the sender to use, the shared state, and how long
 /// the connection had been idle when `Some`.
 pub(super) struct Reserved<B> {
-    pub sender: SendRequest<B>,
+    pub sender: SendRequest<H2Body<B>>,
     pub state: Arc<State>,
     pub idle: Option<Duration>,
 }
@@ -206,7 +232,7 @@ impl<B> Conns<B> {
     }
 
     /// Adds a new connection whose first stream is already reserved.
-    fn add(&self, sender: SendRequest<B>, state: Arc<State>) {
+    fn add(&self, sender: SendRequest<H2Body<B>>, state: Arc<State>) {
         self.lock().push(Conn { sender, state });
     }
 
@@ -258,7 +284,7 @@ where
         io: T,
         permit: OwnedSemaphorePermit,
         wake: Wake,
-    ) -> Result<(SendRequest<B>, Arc<State>), hyper::Error>
+    ) -> Result<(SendRequest<H2Body<B>>, Arc<State>), hyper::Error>
     where
         T: Read + Write + Unpin + Send + 'static,
     {
@@ -281,7 +307,7 @@ where
 
 /// Runs a connection to its end, publishing the server's stream limit as it changes.
 async fn drive<T, B>(
-    mut connection: Connection<T, B, TokioExecutor>,
+    mut connection: Connection<T, H2Body<B>, TokioExecutor>,
     state: Arc<State>,
     permit: OwnedSemaphorePermit,
 ) where
