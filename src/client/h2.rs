@@ -486,6 +486,21 @@ mod tests {
     }
 
     #[test]
+    fn no_stream_while_a_connection_is_being_opened_means_wait() {
+        let conns = Conns::<http_body_util::Empty<bytes::Bytes>>::new();
+        assert!(matches!(conns.take(), Take::Full));
+        let woken = AtomicUsize::new(0);
+        let wake = || {
+            woken.fetch_add(1, Ordering::SeqCst);
+        };
+        let connecting = Connecting::count(&conns, &wake);
+        assert!(matches!(conns.take(), Take::Warming));
+        drop(connecting);
+        assert_eq!(woken.load(Ordering::SeqCst), 1, "a waiter looks again");
+        assert!(matches!(conns.take(), Take::Full));
+    }
+
+    #[test]
     fn a_preface_without_a_limit_or_not_settings_ends_without_one() {
         let mut preface = Preface::default();
         assert_eq!(preface.feed(&settings(&[(0x4, 65535)])), Some(None));

@@ -41,6 +41,8 @@ struct Setup {
     delay: Duration,
     /// Ends each connection gracefully after this many answers.
     answers_per_connection: Option<usize>,
+    /// How long a new connection waits before the server's first frame (its SETTINGS).
+    preface_delay: Duration,
     tls: Option<TlsAcceptor>,
 }
 
@@ -51,6 +53,7 @@ impl Setup {
             max_streams: None,
             delay: Duration::ZERO,
             answers_per_connection: None,
+            preface_delay: Duration::ZERO,
             tls: None,
         }
     }
@@ -127,6 +130,7 @@ impl Backend {
                         },
                     };
                     let io = TokioIo::new(io);
+                    tokio::time::sleep(setup.preface_delay).await;
                     match setup.speaks {
                         Speaks::H2 => {
                             let mut builder =
@@ -474,8 +478,11 @@ async fn streams_are_multiplexed_on_one_connection() {
 
 #[tokio::test]
 async fn a_burst_to_a_fresh_target_shares_one_connection() {
+    // Requests that arrive before the server has said how many streams it takes wait
+    // for that rather than open connections of their own.
     let main = Backend::start(Setup {
         delay: Duration::from_millis(50),
+        preface_delay: Duration::from_millis(200),
         ..Setup::h2()
     })
     .await;
