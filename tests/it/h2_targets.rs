@@ -471,9 +471,10 @@ async fn streams_are_multiplexed_on_one_connection() {
     .await;
     concurrent_gets(&proxy, 20).await;
     assert_eq!(main.accepted(), 1);
-    // More than one request was in progress at the backend at once, over that connection.
+    // The requests were in progress at the backend together, over that connection
+    // (they all arrive within a few milliseconds; each takes 200).
     let together = main.max_in_flight.load(Ordering::SeqCst);
-    assert!(together > 1, "{together} at once");
+    assert!(together >= 10, "{together} at once");
 }
 
 #[tokio::test]
