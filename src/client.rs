@@ -182,7 +182,7 @@ enum Attempt<B: Send + 'static> {
 
 /// A stream reserved on an HTTP/2 connection: the sender to use, and the reservation,
 /// given back when dropped (the answer was read, or dropped, or the request failed).
-pub struct H2Stream<B: Send + 'static> {
+struct H2Stream<B: Send + 'static> {
     sender: http2::SendRequest<h2::H2Body<B>>,
     guard: StreamGuard<B>,
 }
@@ -201,9 +201,7 @@ impl<B: Send + 'static> Drop for StreamGuard<B> {
             conns.close_idle(Duration::ZERO);
         }
         // Only a waiting request needs waking (the common case has none).
-        if waiting {
-            self.pool.returned.notify_one();
-        }
+        self.pool.wake_waiter();
     }
 }
 
@@ -490,7 +488,9 @@ where
             Err(mut err) => match (err.take_message(), resend) {
                 // The connection closed before the request went out: nothing reached the
                 // target, another connection takes it.
-                (Some(unsent), _) if pooled => Attempt::Again(unsent.map(|b| b.0), may_resend),
+                (Some(unsent), _) if pooled => {
+                    Attempt::Again(h1_form(unsent.map(|b| b.0)), may_resend)
+                }
                 (None, Some(again)) if closed_without_answer(err.error()) => {
                     debug!(error = %err.error(), "idle HTTP/2 connection closed by the target: request sent again");
                     Attempt::Again(again, false)
@@ -728,6 +728,23 @@ impl<B: Send + 'static> Inner<B> {
             self.returned.notify_one();
         }
     }
+}
+
+/// Undoes [`Pool::h2_form`] for a request that went unsent, in case the next connection
+/// (to an `https://` target) speaks HTTP/1.1: `Host` from the URI's authority, an
+/// origin-form URI.
+fn h1_form<B>(mut request: Request<B>) -> Request<B> {
+    if let Some(host) = request
+        .uri()
+        .authority()
+        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    let pq = request.uri().path_and_query().cloned();
+    *request.uri_mut() = pq.map_or_else(|| Uri::from_static("/"), Uri::from);
+    *request.version_mut() = Version::HTTP_11;
+    request
 }
 
 /// A copy of a safe request without a body (GET, HEAD, OPTIONS, TRACE: RFC 9110
@@ -1231,6 +1248,30 @@ mod tests {
         pool.close();
         let first_closed = tokio::time::timeout(WAIT, closed.recv()).await.unwrap();
         assert_eq!(first_closed, Some(0));
+    }
+
+    #[test]
+    fn an_unsent_h2_request_goes_back_to_what_send_takes() {
+        let url = TargetUrl::parse("h2c://target:50051/prefix").unwrap();
+        let pool: Pool<Empty<Bytes>> = Pool::new(&url, &tls(), LIMIT);
+        let mut request = Request::get("/prefix/a?b=c")
+            .header(header::HOST, "client.example:8443")
+            .header("x-kept", "1")
+            .body(Empty::new())
+            .unwrap();
+        pool.h2_form(&mut request);
+        assert_eq!(request.uri(), "http://client.example:8443/prefix/a?b=c");
+        assert!(request.headers().get(header::HOST).is_none());
+        assert_eq!(request.version(), Version::HTTP_2);
+        let again = h1_form(request);
+        assert_eq!(again.uri(), "/prefix/a?b=c");
+        assert_eq!(again.headers()[header::HOST], "client.example:8443");
+        assert_eq!(again.headers()["x-kept"], "1");
+        assert_eq!(again.version(), Version::HTTP_11);
+        // Without a usable Host the target's authority is used.
+        let mut bare = Request::get("/x").body(Empty::<Bytes>::new()).unwrap();
+        pool.h2_form(&mut bare);
+        assert_eq!(bare.uri(), "http://target:50051/x");
     }
 
     #[test]
