@@ -263,6 +263,23 @@ impl Live {
             }
         }
 
+        // Read at scrape time from the mirror's pools: nothing is counted per request.
+        let mut family = encoder.encode_descriptor(
+            "mirror_protocol",
+            "1 for the protocol each mirror is spoken to in: http/1.1, h2c, or h2 or \
+             http/1.1 as an https:// mirror's server picked (none before its first \
+             connection).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for status in &statuses {
+            let Some(protocol) = status.protocol else {
+                continue;
+            };
+            let labels = [("mirror", status.url.as_str()), ("protocol", protocol)];
+            ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
+        }
+
         let mut family = encoder.encode_descriptor(
             "mirror_request_duration",
             "Time of each mirror request, from sending it until its answer was read or \

@@ -349,6 +349,14 @@ async fn h2c_mirrors_receive_copies_and_count_them() {
         assert_eq!(listed["protocol"], "h2c", "{listed}");
         assert_eq!(listed["failed"], 0, "{listed}");
     }
+    let scrape = get(&proxy.admin_url("/metrics")).await.text();
+    for mirror in [&flagged, &added] {
+        let series = format!(
+            "trafficmirror_mirror_protocol{{mirror=\"{}\",protocol=\"h2c\"}} 1",
+            mirror.url("h2c")
+        );
+        assert!(scrape.contains(&series), "{series} not in {scrape}");
+    }
 }
 
 fn urlencode(s: &str) -> String {
