@@ -252,6 +252,7 @@ impl Live {
         encode_copies(encoder, &statuses)?;
         encode_queued(encoder, &statuses)?;
         encode_states(encoder, &statuses)?;
+        encode_protocols(encoder, &statuses)?;
         encode_durations(encoder, &mirrors, &statuses)?;
         if statuses.iter().all(|s| s.compare.is_none()) {
             return Ok(());
@@ -300,6 +301,27 @@ fn encode_queued(encoder: &mut DescriptorEncoder, statuses: &[Status]) -> fmt::R
     for status in statuses {
         let labels = [("mirror", status.url.as_str())];
         ConstGauge::new(status.counters.queued).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// `mirror_protocol`: 1 for the protocol each mirror is spoken to in. Read at scrape
+/// time from the mirror's pools: nothing is counted per request.
+fn encode_protocols(encoder: &mut DescriptorEncoder, statuses: &[Status]) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "mirror_protocol",
+        "1 for the protocol each mirror is spoken to in: http/1.1, h2c, or h2 or \
+         http/1.1 as an https:// mirror's server picked (none before its first \
+         connection).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for status in statuses {
+        let Some(protocol) = status.protocol else {
+            continue;
+        };
+        let labels = [("mirror", status.url.as_str()), ("protocol", protocol)];
+        ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }

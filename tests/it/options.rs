@@ -861,11 +861,16 @@ async fn a_failed_state_file_save_is_retried_on_a_timer() {
     assert_eq!(state_file_saved(&proxy).await, (json!(false), 0.0));
     // No further request: the timer writes it once it can.
     std::fs::remove_dir_all(&state).unwrap();
-    eventually("the file written by the retry", || async {
-        state.is_file() && saved_urls(&state) == [b]
-    })
+    // The file is written before the flag is set: wait for both.
+    eventually(
+        "the file written by the retry, and shown as saved",
+        || async {
+            state.is_file()
+                && saved_urls(&state) == [b]
+                && state_file_saved(&proxy).await == (json!(true), 1.0)
+        },
+    )
     .await;
-    assert_eq!(state_file_saved(&proxy).await, (json!(true), 1.0));
     proxy.stop().await;
 }
 
