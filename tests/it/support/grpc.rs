@@ -231,6 +231,19 @@ pub struct GrpcBackend {
 struct Shared {
     calls: mpsc::UnboundedSender<GrpcCall>,
     gate: Option<Arc<Semaphore>>,
+    twist: Twist,
+}
+
+/// How a backend's `Echo` answers differ from the plain echo (for comparing answers).
+#[derive(Debug, Clone, Default)]
+pub enum Twist {
+    /// The plain echo.
+    #[default]
+    None,
+    /// The reply's text has this appended.
+    Text(&'static str),
+    /// The call fails with this status (and the request's text as its message).
+    Status(Code),
 }
 
 impl GrpcBackend {
@@ -245,13 +258,23 @@ impl GrpcBackend {
         Self::start(Some(Arc::new(Semaphore::new(0)))).await
     }
 
+    /// [`GrpcBackend::start_h2c`] whose `Echo` answers with `twist`.
+    pub async fn start_h2c_twisted(twist: Twist) -> GrpcBackend {
+        Self::start_with(None, twist).await
+    }
+
     async fn start(gate: Option<Arc<Semaphore>>) -> GrpcBackend {
+        Self::start_with(gate, Twist::None).await
+    }
+
+    async fn start_with(gate: Option<Arc<Semaphore>>, twist: Twist) -> GrpcBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Shared {
             calls: tx,
             gate: gate.clone(),
+            twist,
         };
         let task = tokio::spawn(async move {
             loop {
@@ -449,13 +472,19 @@ async fn dispatch(shared: Shared, req: Request<Recording>) -> http::Response<ton
         ECHO => {
             let mut grpc =
                 tonic::server::Grpc::new(ProstCodec::<EchoReply, EchoRequest>::default());
-            let echo = Handler(|req: tonic::Request<EchoRequest>| async move {
-                let req = req.into_inner();
-                tokio::time::sleep(Duration::from_millis(req.delay_ms)).await;
-                Ok(tonic::Response::new(EchoReply {
-                    text: req.text,
-                    index: 0,
-                }))
+            let twist = shared.twist.clone();
+            let echo = Handler(move |req: tonic::Request<EchoRequest>| {
+                let twist = twist.clone();
+                async move {
+                    let req = req.into_inner();
+                    tokio::time::sleep(Duration::from_millis(req.delay_ms)).await;
+                    let text = match twist {
+                        Twist::None => req.text,
+                        Twist::Text(extra) => req.text + extra,
+                        Twist::Status(code) => return Err(Status::new(code, req.text)),
+                    };
+                    Ok(tonic::Response::new(EchoReply { text, index: 0 }))
+                }
             });
             grpc.unary(echo, req).await
         }
