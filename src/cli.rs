@@ -128,6 +128,11 @@ pub struct Cli {
     #[arg(long, env = "TRAFFICMIRROR_MAX_COMPARE_SIZE", default_value = "1MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_compare_size: u64,
 
+    /// A protobuf FileDescriptorSet (`protoc --descriptor_set_out`, `buf build -o`): the
+    /// gRPC answers of the services it describes are compared message by message as JSON.
+    #[arg(long, env = "TRAFFICMIRROR_GRPC_DESCRIPTORS", value_name = "FILE")]
+    pub grpc_descriptors: Option<PathBuf>,
+
     /// Main must send its response head within this time, else 504 (`off` = no limit).
     #[arg(long, env = "TRAFFICMIRROR_MAIN_TIMEOUT", default_value = "off", value_parser = parse_optional_duration, value_name = "DUR")]
     pub main_timeout: OptionalDuration,

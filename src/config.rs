@@ -34,6 +34,8 @@ pub enum ConfigError {
     MirrorLine(#[from] MirrorLineError),
     #[error(transparent)]
     File(#[from] crate::sources::FileError),
+    #[error(transparent)]
+    GrpcDescriptors(#[from] mirror::compare::grpc::DescriptorsError),
 }
 
 impl ConfigError {
@@ -269,6 +271,10 @@ impl Config {
                 pools: threads,
                 max_connections: cli.max_connections_per_target as usize,
                 max_compare_size: usize::try_from(cli.max_compare_size).unwrap_or(usize::MAX),
+                grpc_descriptors: match &cli.grpc_descriptors {
+                    Some(path) => Some(Arc::new(mirror::compare::grpc::Descriptors::load(path)?)),
+                    None => None,
+                },
             },
             tls,
             listener_tls,

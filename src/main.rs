@@ -213,6 +213,7 @@ fn with_file_key(err: &ConfigError, file: Option<&AppliedFile>) -> String {
         ConfigError::Tls(_) => Some("ca-cert"),
         ConfigError::ListenerTls(err) => Some(err.flag()),
         ConfigError::MirrorLine(_) => Some("mirror"),
+        ConfigError::GrpcDescriptors(_) => Some("grpc-descriptors"),
         // Names the state or targets file itself.
         ConfigError::File(_) => None,
     };

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 use crate::budget::{Budget, Held};
 use crate::client::{self, Pool};
 use crate::target_url::TargetUrl;
-use compare::capture::{self, BodyCapture, ForCompare, MainAnswerRx};
+use compare::capture::{self, BodyCapture, Captured, ForCompare, MainAnswerRx};
 use compare::mismatches::{Mismatches, Record};
 use compare::stats::{CompareSnapshot, CompareStats};
 use compare::{Answer, Rules, Verdict};
@@ -96,6 +96,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// `--max-compare-size`: bytes of each answer kept for a comparison.
     pub max_compare_size: usize,
+    /// `--grpc-descriptors`: the services whose answers' messages are compared as JSON.
+    pub grpc_descriptors: Option<Arc<compare::grpc::Descriptors>>,
 }
 
 /// What every mirror needs from the rest of the program.
@@ -503,6 +505,7 @@ impl Mirror {
                         status: main.answer.status,
                         headers: main.answer.headers.clone(),
                         body,
+                        trailers: main.answer.trailers.clone(),
                     };
                     main_decoded = (answer, held);
                     &main_decoded.0
@@ -512,14 +515,17 @@ impl Mirror {
                     return;
                 }
             };
-        let verdict = compare::compare(rules, main_answer, &mirror);
+        let path = request
+            .path_and_query
+            .as_ref()
+            .map_or("/", PathAndQuery::as_str);
+        // The called method's output type, for gRPC messages compared as JSON.
+        let output = (self.shared.settings.grpc_descriptors.as_ref())
+            .and_then(|descriptors| descriptors.output(path));
+        let verdict = compare::compare(rules, output.as_ref(), main_answer, &mirror);
         self.comparison
             .record(&verdict, main.latency, mirror_latency);
         if let Verdict::Mismatch(mismatch) = verdict {
-            let path = request
-                .path_and_query
-                .as_ref()
-                .map_or("/", PathAndQuery::as_str);
             self.mismatches.push(Record::new(
                 std::time::SystemTime::now(),
                 &request.method,
@@ -572,21 +578,26 @@ impl Mirror {
         // Read the answer to its end, so the connection is reused.
         while let Some(frame) = body.frame().await {
             let frame = frame?;
-            if let (Some(capture), Some(data)) = (capture.as_mut(), frame.data_ref()) {
-                capture.push(data);
+            if let Some(capture) = capture.as_mut() {
+                capture.push_frame(&frame);
             }
         }
-        let captured = capture
-            .and_then(BodyCapture::finish)
-            .map(|(body, held)| CapturedAnswer {
+        let captured = capture.and_then(BodyCapture::finish).map(
+            |Captured {
+                 body,
+                 trailers,
+                 held,
+             }| CapturedAnswer {
                 answer: Answer {
                     status,
                     headers: parts.headers,
                     body,
+                    trailers,
                 },
                 latency: started.elapsed(),
                 held,
-            });
+            },
+        );
         Ok(Reply { status, captured })
     }
 

@@ -558,9 +558,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for OnEnd<B> {
         if let (std::task::Poll::Ready(Some(Ok(frame))), Some(capture)) =
             (&polled, self.capture.as_mut())
         {
-            if let Some(data) = frame.data_ref() {
-                capture.push(data);
-            }
+            capture.push_frame(frame);
         }
         match &polled {
             std::task::Poll::Ready(None) => self.report(),

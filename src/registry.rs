@@ -347,6 +347,7 @@ mod tests {
             pools: 1,
             max_connections: 4,
             max_compare_size: 1024,
+            grpc_descriptors: None,
         };
         Registry::new(settings, Budget::new(1 << 20))
     }

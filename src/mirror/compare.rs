@@ -7,6 +7,8 @@
 //!   of the mirror's as the copy reads it, held in the byte budget, and made ready to
 //!   compare (decoded) on the comparing copy's own task.
 //! - [`decode`]: undoing a body's `Content-Encoding` within a limit of decoded bytes.
+//! - [`grpc`]: what is particular to gRPC answers: their status, their messages, and
+//!   the `--grpc-descriptors` set that decodes messages to JSON.
 //! - [`stats`]: the counters and latency histograms of one mirror's comparisons.
 //! - [`mismatches`]: the latest mismatches of one mirror, for the admin endpoint.
 //!
@@ -16,6 +18,7 @@
 
 pub mod capture;
 pub mod decode;
+pub mod grpc;
 pub mod mismatches;
 pub mod stats;
 pub mod verdict;

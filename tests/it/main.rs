@@ -7,6 +7,8 @@ mod compare;
 mod demo;
 mod faults;
 mod framing;
+mod grpc;
+mod grpc_compare;
 mod h2_targets;
 mod health;
 mod limits;

@@ -17,6 +17,15 @@
 //!    are compared as given: undoing a `Content-Encoding` first is the caller's
 //!    ([`super::capture::for_compare`]).
 //!
+//! gRPC answers (both `Content-Type: application/grpc…`, see [`super::grpc`]) are
+//! compared as gRPC: after the status code, `grpc-status` (from the trailers, or the
+//! headers of a Trailers-Only answer; absent is a value of its own), then, when both
+//! failed with the same status, `grpc-message` (percent-decoded; absent is empty) —
+//! both count as the status —; the compared headers as above; then the messages one by
+//! one: as JSON under the same rules when the method's output type is known
+//! ([`compare`]) and both decode, otherwise byte for byte. Compressed messages are
+//! compared plain: making them so is the caller's, as for a `Content-Encoding`.
+//!
 //! JSON equality: object key order, whitespace and number spelling do not matter
 //! (`1`, `1.0` and `1e0` are equal). Two integers (numbers written without `.`, `e` or
 //! `E`) are compared exactly as written, at any size; as soon as either side is written
@@ -30,8 +39,11 @@ use std::io;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode, header};
+use prost_reflect::MessageDescriptor;
 use serde_json::{Map, Number, Value};
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_128};
+
+use super::grpc;
 
 /// Longest JSON value or header value kept in a [`Difference`], in characters.
 pub const MAX_VALUE_CHARS: usize = 200;
@@ -319,6 +331,9 @@ pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: CapturedBody,
+    /// The trailers that ended the body (empty when none): where a gRPC answer puts
+    /// its status.
+    pub trailers: HeaderMap,
 }
 
 /// The result of one comparison.
@@ -373,6 +388,38 @@ pub enum Difference {
         main_len: u64,
         mirror_len: u64,
     },
+    /// gRPC answers with different `grpc-status` values (as sent, cut to
+    /// [`MAX_VALUE_CHARS`]); `None` (JSON `null`) when that side sends none.
+    GrpcStatus {
+        main: Option<String>,
+        mirror: Option<String>,
+    },
+    /// gRPC answers that both failed with the same status, with different
+    /// `grpc-message` texts (percent-decoded, non-UTF-8 bytes replaced, cut to
+    /// [`MAX_VALUE_CHARS`]; `""` when absent).
+    GrpcMessage {
+        main: String,
+        mirror: String,
+    },
+    /// gRPC messages compared as JSON (`--grpc-descriptors`): message `index` (from 0)
+    /// differs at `pointer` within it, as [`Difference::JsonPointer`] reads.
+    MessageJsonPointer {
+        index: u64,
+        pointer: String,
+        main: Option<String>,
+        mirror: Option<String>,
+    },
+    /// gRPC messages compared byte for byte: message `index` (from 0) differs at
+    /// `offset` within it (the shorter length when one is a prefix of the other).
+    MessageByteOffset {
+        index: u64,
+        offset: u64,
+    },
+    /// gRPC answers with different numbers of messages, all those both sent equal.
+    MessageCount {
+        main: u64,
+        mirror: u64,
+    },
 }
 
 impl Difference {
@@ -389,27 +436,62 @@ impl Difference {
                 pointer,
                 main,
                 mirror,
+            }
+            | Difference::MessageJsonPointer {
+                pointer,
+                main,
+                mirror,
+                ..
             } => {
                 cut_in_place(pointer, MAX_POINTER_CHARS);
                 main.iter_mut()
                     .chain(mirror.iter_mut())
                     .for_each(|v| cut_in_place(v, MAX_VALUE_CHARS));
             }
+            Difference::GrpcStatus { main, mirror } => {
+                main.iter_mut()
+                    .chain(mirror.iter_mut())
+                    .for_each(|v| cut_in_place(v, MAX_VALUE_CHARS));
+            }
+            Difference::GrpcMessage { main, mirror } => {
+                cut_in_place(main, MAX_VALUE_CHARS);
+                cut_in_place(mirror, MAX_VALUE_CHARS);
+            }
             Difference::Status { .. }
             | Difference::ByteOffset { .. }
-            | Difference::Digest { .. } => {}
+            | Difference::Digest { .. }
+            | Difference::MessageByteOffset { .. }
+            | Difference::MessageCount { .. } => {}
         }
     }
 }
 
-/// Compares the mirror's answer with main's under `rules`.
-pub fn compare(rules: &Rules, main: &Answer, mirror: &Answer) -> Verdict {
-    let status = (main.status != mirror.status).then(|| Difference::Status {
-        main: main.status.as_u16(),
-        mirror: mirror.status.as_u16(),
-    });
+/// Compares the mirror's answer with main's under `rules`. For gRPC answers, messages
+/// of the type `grpc_output` (the called method's output, when `--grpc-descriptors`
+/// describes it) are compared as JSON, other messages byte for byte.
+pub fn compare(
+    rules: &Rules,
+    grpc_output: Option<&MessageDescriptor>,
+    main: &Answer,
+    mirror: &Answer,
+) -> Verdict {
+    let grpc = grpc::is_grpc(&main.headers) && grpc::is_grpc(&mirror.headers);
+    let status = if main.status != mirror.status {
+        Some(Difference::Status {
+            main: main.status.as_u16(),
+            mirror: mirror.status.as_u16(),
+        })
+    } else if grpc {
+        grpc_status_difference(main, mirror)
+    } else {
+        None
+    };
     let headers = header_difference(rules, &main.headers, &mirror.headers);
-    let body = body_difference(rules, &main.body, &mirror.body);
+    let body = if grpc {
+        grpc_body_difference(rules, grpc_output, &main.body, &mirror.body)
+    } else {
+        body_difference(rules, &main.body, &mirror.body)
+    };
     let flags = (status.is_some(), headers.is_some(), body.is_some());
     match status.or(headers).or(body) {
         None => Verdict::Match,
@@ -454,41 +536,159 @@ fn body_difference(
     main: &CapturedBody,
     mirror: &CapturedBody,
 ) -> Option<Difference> {
-    let (CapturedBody::Whole(a), CapturedBody::Whole(b)) = (main, mirror) else {
-        let (main_len, mirror_len) = (main.len(), mirror.len());
-        return (main_len != mirror_len || main.digest() != mirror.digest()).then_some(
-            Difference::Digest {
-                main_len,
-                mirror_len,
-            },
-        );
+    let (a, b) = match whole_bodies(main, mirror) {
+        Ok(Some(pair)) => pair,
+        Ok(None) => return None,
+        Err(difference) => return Some(difference),
     };
-    // Identical bytes are equal whether JSON or not (and covers both empty).
-    if a == b {
-        return None;
-    }
     if let (Ok(x), Ok(y)) = (
         serde_json::from_slice::<Value>(a),
         serde_json::from_slice::<Value>(b),
     ) {
-        // serde_json refuses nesting deeper than 128, so this recursion is bounded.
-        let mut path = Vec::new();
-        let alive: Vec<usize> = (0..rules.ignored.len()).collect();
-        return json_difference(rules, &x, &y, &mut path, &alive).map(|found| {
+        return value_difference(rules, &x, &y).map(|(pointer, main, mirror)| {
             Difference::JsonPointer {
-                pointer: pointer_text(&found.path),
-                main: found.main.map(value_text),
-                mirror: found.mirror.map(value_text),
+                pointer,
+                main,
+                mirror,
             }
         });
     }
+    Some(Difference::ByteOffset {
+        offset: first_difference(a, b),
+    })
+}
+
+/// Two whole bodies that differ, or the verdict without looking inside: `Ok(None)`
+/// when the bytes are the same (JSON or not, both empty included), the digest
+/// difference when either passed the capture limit.
+fn whole_bodies<'a>(
+    main: &'a CapturedBody,
+    mirror: &'a CapturedBody,
+) -> Result<Option<(&'a Bytes, &'a Bytes)>, Difference> {
+    let (CapturedBody::Whole(a), CapturedBody::Whole(b)) = (main, mirror) else {
+        let (main_len, mirror_len) = (main.len(), mirror.len());
+        if main_len != mirror_len || main.digest() != mirror.digest() {
+            return Err(Difference::Digest {
+                main_len,
+                mirror_len,
+            });
+        }
+        return Ok(None);
+    };
+    Ok((a != b).then_some((a, b)))
+}
+
+/// The first differing byte, or the shorter length when one is a prefix of the other.
+fn first_difference(a: &[u8], b: &[u8]) -> u64 {
     let offset = a
         .iter()
         .zip(b.iter())
         .position(|(x, y)| x != y)
         .unwrap_or(a.len().min(b.len()));
-    Some(Difference::ByteOffset {
-        offset: offset as u64,
+    offset as u64
+}
+
+/// The first difference between two JSON documents outside the ignored locations: its
+/// pointer and both values, as [`Difference::JsonPointer`] holds them.
+fn value_difference(
+    rules: &Rules,
+    x: &Value,
+    y: &Value,
+) -> Option<(String, Option<String>, Option<String>)> {
+    // serde_json refuses nesting deeper than 128 (and protobuf decoding 100), so this
+    // recursion is bounded.
+    let mut path = Vec::new();
+    let alive: Vec<usize> = (0..rules.ignored.len()).collect();
+    json_difference(rules, x, y, &mut path, &alive).map(|found| {
+        (
+            pointer_text(&found.path),
+            found.main.map(value_text),
+            found.mirror.map(value_text),
+        )
+    })
+}
+
+/// `grpc-status`, then `grpc-message` when both failed alike.
+fn grpc_status_difference(main: &Answer, mirror: &Answer) -> Option<Difference> {
+    let field = |answer: &'_ Answer, name| {
+        grpc::status_field(&answer.headers, &answer.trailers, name).cloned()
+    };
+    let (a, b) = (field(main, "grpc-status"), field(mirror, "grpc-status"));
+    if a != b {
+        let text = |v: Option<http::HeaderValue>| {
+            v.map(|v| cut(&String::from_utf8_lossy(v.as_bytes()), MAX_VALUE_CHARS).to_owned())
+        };
+        return Some(Difference::GrpcStatus {
+            main: text(a),
+            mirror: text(b),
+        });
+    }
+    // Both succeeded (`0`): any message is not an error's and is not compared.
+    if a.as_ref().is_some_and(|v| v.as_bytes() == b"0") {
+        return None;
+    }
+    let (a, b) = (
+        grpc::status_message(field(main, "grpc-message").as_ref()),
+        grpc::status_message(field(mirror, "grpc-message").as_ref()),
+    );
+    let text = |v: &[u8]| cut(&String::from_utf8_lossy(v), MAX_VALUE_CHARS).to_owned();
+    (a != b).then(|| Difference::GrpcMessage {
+        main: text(&a),
+        mirror: text(&b),
+    })
+}
+
+/// The first difference between the messages of two gRPC bodies. Bodies that are not
+/// well-formed messages are compared byte for byte as a whole.
+fn grpc_body_difference(
+    rules: &Rules,
+    output: Option<&MessageDescriptor>,
+    main: &CapturedBody,
+    mirror: &CapturedBody,
+) -> Option<Difference> {
+    let (a, b) = match whole_bodies(main, mirror) {
+        Ok(Some(pair)) => pair,
+        Ok(None) => return None,
+        Err(difference) => return Some(difference),
+    };
+    let (Some(x), Some(y)) = (grpc::frames(a), grpc::frames(b)) else {
+        return Some(Difference::ByteOffset {
+            offset: first_difference(a, b),
+        });
+    };
+    for (index, (x, y)) in x.iter().zip(y.iter()).enumerate() {
+        let index = index as u64;
+        if x == y {
+            continue;
+        }
+        // A message still compressed (an encoding that is not decoded) is compared
+        // as sent.
+        if let (Some(output), false, false) = (output, x.compressed, y.compressed) {
+            if let (Some(x), Some(y)) = (
+                grpc::to_json(output, x.message),
+                grpc::to_json(output, y.message),
+            ) {
+                match value_difference(rules, &x, &y) {
+                    None => continue,
+                    Some((pointer, main, mirror)) => {
+                        return Some(Difference::MessageJsonPointer {
+                            index,
+                            pointer,
+                            main,
+                            mirror,
+                        });
+                    }
+                }
+            }
+        }
+        return Some(Difference::MessageByteOffset {
+            index,
+            offset: first_difference(x.message, y.message),
+        });
+    }
+    (x.len() != y.len()).then_some(Difference::MessageCount {
+        main: x.len() as u64,
+        mirror: y.len() as u64,
     })
 }
 
@@ -724,6 +924,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// [`super::compare`] of answers that are not gRPC, or without descriptors.
+    fn compare(rules: &Rules, main: &Answer, mirror: &Answer) -> Verdict {
+        super::compare(rules, None, main, mirror)
+    }
+
     fn rules(headers: &[&str], ignore: &[&str]) -> Rules {
         let headers: Vec<HeaderName> = headers
             .iter()
@@ -745,6 +950,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             headers: map,
             body: CapturedBody::Whole(Bytes::copy_from_slice(body)),
+            trailers: HeaderMap::new(),
         }
     }
 
@@ -1135,6 +1341,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body,
+            trailers: HeaderMap::new(),
         };
         let over = digest_of(&big, 10);
         assert!(matches!(over, CapturedBody::Digest { len: 100, .. }));
@@ -1302,10 +1509,384 @@ mod tests {
                 },
                 r#"{"kind":"digest","main_len":1,"mirror_len":2}"#,
             ),
+            (
+                Difference::GrpcStatus {
+                    main: Some("0".into()),
+                    mirror: None,
+                },
+                r#"{"kind":"grpc_status","main":"0","mirror":null}"#,
+            ),
+            (
+                Difference::GrpcMessage {
+                    main: "a".into(),
+                    mirror: "".into(),
+                },
+                r#"{"kind":"grpc_message","main":"a","mirror":""}"#,
+            ),
+            (
+                Difference::MessageJsonPointer {
+                    index: 2,
+                    pointer: "/message".into(),
+                    main: Some("\"a\"".into()),
+                    mirror: None,
+                },
+                r#"{"kind":"message_json_pointer","index":2,"pointer":"/message","main":"\"a\"","mirror":null}"#,
+            ),
+            (
+                Difference::MessageByteOffset {
+                    index: 1,
+                    offset: 4,
+                },
+                r#"{"kind":"message_byte_offset","index":1,"offset":4}"#,
+            ),
+            (
+                Difference::MessageCount { main: 1, mirror: 3 },
+                r#"{"kind":"message_count","main":1,"mirror":3}"#,
+            ),
         ];
         for (difference, expected) in cases {
             assert_eq!(serde_json::to_string(&difference).unwrap(), expected);
         }
+    }
+
+    // === gRPC answers ===
+
+    use super::super::grpc::Descriptors;
+    use super::super::grpc::tests::{body as grpc_body, echo_set, gzip, reply};
+
+    /// A gRPC answer (HTTP 200, `application/grpc`, `headers` added) with these messages
+    /// and trailers.
+    fn grpc(headers: &[(&str, &str)], messages: &[&[u8]], trailers: &[(&str, &str)]) -> Answer {
+        let mut all = vec![("content-type", "application/grpc")];
+        all.extend_from_slice(headers);
+        let framed: Vec<(bool, &[u8])> = messages.iter().map(|m| (false, *m)).collect();
+        let mut a = answer(200, &all, &grpc_body(&framed));
+        for (name, value) in trailers {
+            a.trailers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        a
+    }
+
+    /// A unary answer with `grpc-status: 0` in its trailers.
+    fn ok(messages: &[&[u8]]) -> Answer {
+        grpc(&[], messages, &[("grpc-status", "0")])
+    }
+
+    fn status_only(difference: Difference) -> Verdict {
+        Verdict::Mismatch(Mismatch {
+            status: true,
+            headers: false,
+            body: false,
+            difference,
+        })
+    }
+
+    fn grpc_status(main: Option<&str>, mirror: Option<&str>) -> Difference {
+        Difference::GrpcStatus {
+            main: main.map(str::to_owned),
+            mirror: mirror.map(str::to_owned),
+        }
+    }
+
+    /// The output type of `/echo.Echo/Say` in the test descriptor set.
+    fn echo_output() -> MessageDescriptor {
+        Descriptors::decode(&echo_set())
+            .unwrap()
+            .output("/echo.Echo/Say")
+            .unwrap()
+    }
+
+    #[test]
+    fn grpc_status_from_the_trailers_is_the_status_compared() {
+        let r = Rules::default();
+        assert_eq!(compare(&r, &ok(&[b"m"]), &ok(&[b"m"])), Verdict::Match);
+        let failed = grpc(&[], &[], &[("grpc-status", "5"), ("grpc-message", "gone")]);
+        assert_eq!(
+            compare(&r, &ok(&[]), &failed),
+            status_only(grpc_status(Some("0"), Some("5")))
+        );
+        // Counted as the status; the messages are still compared and counted as the body.
+        let m = mismatch(compare(&r, &ok(&[b"m"]), &failed));
+        assert_eq!((m.status, m.headers, m.body), (true, false, true));
+        assert_eq!(m.difference, grpc_status(Some("0"), Some("5")));
+        // A different HTTP status comes first.
+        let mut teapot = failed.clone();
+        teapot.status = StatusCode::IM_A_TEAPOT;
+        assert_eq!(
+            mismatch(compare(&r, &ok(&[]), &teapot)).difference,
+            Difference::Status {
+                main: 200,
+                mirror: 418
+            }
+        );
+    }
+
+    #[test]
+    fn a_trailers_only_status_is_read_from_the_headers() {
+        let r = Rules::default();
+        // Trailers-Only: the status in the one header block, no body, no trailers.
+        let only = |status: &str| grpc(&[("grpc-status", status)], &[], &[]);
+        let trailing = |status: &str| grpc(&[], &[], &[("grpc-status", status)]);
+        assert_eq!(compare(&r, &only("14"), &trailing("14")), Verdict::Match);
+        assert_eq!(
+            compare(&r, &only("14"), &trailing("4")),
+            status_only(grpc_status(Some("14"), Some("4")))
+        );
+        // The trailers win over a (stray) header.
+        let both = grpc(&[("grpc-status", "0")], &[], &[("grpc-status", "14")]);
+        assert_eq!(compare(&r, &both, &only("14")), Verdict::Match);
+        // Absent is a value of its own: not even 2 (UNKNOWN), which a client reads it as.
+        let none = grpc(&[], &[], &[]);
+        assert_eq!(compare(&r, &none, &none.clone()), Verdict::Match);
+        assert_eq!(
+            compare(&r, &none, &only("2")),
+            status_only(grpc_status(None, Some("2")))
+        );
+    }
+
+    #[test]
+    fn grpc_message_is_compared_when_both_failed() {
+        let r = Rules::default();
+        let failed =
+            |message: &str| grpc(&[], &[], &[("grpc-status", "5"), ("grpc-message", message)]);
+        assert_eq!(
+            compare(&r, &failed("user 7 not found"), &failed("user 7 gone")),
+            status_only(Difference::GrpcMessage {
+                main: "user 7 not found".into(),
+                mirror: "user 7 gone".into()
+            })
+        );
+        // Percent-decoded before comparing: the same text encoded two ways matches.
+        assert_eq!(
+            compare(&r, &failed("not%20found%3A%207"), &failed("not found: 7")),
+            Verdict::Match
+        );
+        assert_eq!(
+            compare(&r, &failed("caf%C3%A9"), &failed("bar")),
+            status_only(Difference::GrpcMessage {
+                main: "café".into(),
+                mirror: "bar".into()
+            })
+        );
+        // Absent reads as empty.
+        let bare = grpc(&[], &[], &[("grpc-status", "5")]);
+        assert_eq!(compare(&r, &bare, &failed("")), Verdict::Match);
+        // Both succeeded: a message is not compared.
+        let said = grpc(&[], &[], &[("grpc-status", "0"), ("grpc-message", "fine")]);
+        assert_eq!(compare(&r, &said, &ok(&[])), Verdict::Match);
+    }
+
+    #[test]
+    fn grpc_messages_compare_one_by_one_naming_the_index_and_offset() {
+        let r = Rules::default();
+        let main = ok(&[b"first", b"second", b"third"]);
+        assert_eq!(compare(&r, &main, &main.clone()), Verdict::Match);
+        assert_eq!(
+            compare(&r, &main, &ok(&[b"first", b"secant", b"thirty"])),
+            body_only(Difference::MessageByteOffset {
+                index: 1,
+                offset: 3
+            })
+        );
+        // One a prefix of the other: the shorter length.
+        assert_eq!(
+            compare(&r, &main, &ok(&[b"first", b"second", b"thir"])),
+            body_only(Difference::MessageByteOffset {
+                index: 2,
+                offset: 4
+            })
+        );
+        assert_eq!(
+            compare(&r, &main, &ok(&[b"first"])),
+            body_only(Difference::MessageCount { main: 3, mirror: 1 })
+        );
+        // Not well-formed messages: the whole bodies byte for byte.
+        let mut cut = ok(&[b"first"]);
+        cut.body = CapturedBody::Whole(Bytes::from_static(b"\x00\x00\x00\x00\x09first"));
+        assert_eq!(
+            compare(&r, &ok(&[b"first"]), &cut),
+            body_only(Difference::ByteOffset { offset: 4 })
+        );
+        // Over the capture limit: length and digest, the status still from the trailers.
+        let mut big = ok(&[b"first"]);
+        big.body = digest_of(&grpc_body(&[(false, b"first")]), 3);
+        assert_eq!(compare(&r, &big, &big.clone()), Verdict::Match);
+        let mut other = grpc(&[], &[], &[("grpc-status", "13")]);
+        other.body = digest_of(&grpc_body(&[(false, b"firsT")]), 3);
+        let m = mismatch(compare(&r, &big, &other));
+        assert_eq!((m.status, m.body), (true, true));
+        assert_eq!(m.difference, grpc_status(Some("0"), Some("13")));
+    }
+
+    #[test]
+    fn answers_not_both_grpc_compare_as_http() {
+        let r = Rules::default();
+        let plain = answer(
+            200,
+            &[("content-type", "text/plain")],
+            b"\x00\x00\x00\x00\x01m",
+        );
+        let m = mismatch(compare(&r, &ok(&[b"m"]), &plain));
+        assert!(matches!(m.difference, Difference::Header { .. }), "{m:?}");
+        assert!(!m.status && !m.body);
+        // gRPC-Web keeps its trailers in the body: compared as HTTP.
+        let web = |body: &[u8]| answer(200, &[("content-type", "application/grpc-web")], body);
+        assert_eq!(
+            compare(
+                &r,
+                &web(b"\x00\x00\x00\x00\x01a"),
+                &web(b"\x00\x00\x00\x00\x01b")
+            ),
+            body_only(Difference::ByteOffset { offset: 5 })
+        );
+    }
+
+    #[test]
+    fn with_descriptors_messages_compare_as_json_with_the_ignored_pointers() {
+        let output = echo_output();
+        let r = Rules::default();
+        let main = ok(&[&reply("hello", 1, &[]), &reply("bye", 2, &[("a", 7)])]);
+        let mirror = ok(&[&reply("hello", 1, &[]), &reply("ciao", 2, &[("a", 8)])]);
+        assert_eq!(
+            super::compare(&r, Some(&output), &main, &mirror),
+            body_only(Difference::MessageJsonPointer {
+                index: 1,
+                pointer: "/items/0/at".into(),
+                main: Some("7".into()),
+                mirror: Some("8".into()),
+            })
+        );
+        let ignoring = rules(&[], &["/items/*/at"]);
+        assert_eq!(
+            super::compare(&ignoring, Some(&output), &main, &mirror),
+            body_only(Difference::MessageJsonPointer {
+                index: 1,
+                pointer: "/message".into(),
+                main: Some(r#""bye""#.into()),
+                mirror: Some(r#""ciao""#.into()),
+            })
+        );
+        let ignoring = rules(&[], &["/items/*/at", "/message"]);
+        assert_eq!(
+            super::compare(&ignoring, Some(&output), &main, &mirror),
+            Verdict::Match
+        );
+        // Without descriptors (or for a method they do not describe): bytes. The
+        // first byte of "bye" and "ciao" is the second of the message, after the
+        // field's tag: their lengths differ already.
+        assert_eq!(
+            compare(&ignoring, &main, &mirror),
+            body_only(Difference::MessageByteOffset {
+                index: 1,
+                offset: 1
+            })
+        );
+        // 64-bit integers compare exactly.
+        let far = |id| ok(&[&reply("x", id, &[])]);
+        assert_eq!(
+            super::compare(&r, Some(&output), &far(i64::MAX), &far(i64::MAX - 1)),
+            body_only(Difference::MessageJsonPointer {
+                index: 0,
+                pointer: "/id".into(),
+                main: Some(i64::MAX.to_string()),
+                mirror: Some((i64::MAX - 1).to_string()),
+            })
+        );
+        // Different bytes, same message: a field the descriptors do not know (number
+        // 15), or a default value sent explicitly, is no difference.
+        let mut extra = reply("hello", 1, &[]);
+        extra.extend_from_slice(&[0x78, 0x01]); // field 15, varint 1
+        assert_eq!(
+            super::compare(
+                &r,
+                Some(&output),
+                &ok(&[&reply("hello", 1, &[])]),
+                &ok(&[&extra])
+            ),
+            Verdict::Match
+        );
+        let explicit_default = [&[0x0a, 0x00][..], &reply("", 1, &[])].concat(); // message = ""
+        assert_eq!(
+            super::compare(
+                &r,
+                Some(&output),
+                &ok(&[&reply("", 1, &[])]),
+                &ok(&[&explicit_default])
+            ),
+            Verdict::Match
+        );
+        // Bytes that are not a message of that type: compared as bytes.
+        assert_eq!(
+            super::compare(
+                &r,
+                Some(&output),
+                &ok(&[&reply("hello", 1, &[])]),
+                &ok(&[b"\xff\xff"])
+            ),
+            body_only(Difference::MessageByteOffset {
+                index: 0,
+                offset: 0
+            })
+        );
+    }
+
+    #[test]
+    fn compressed_messages_compare_plain() {
+        use super::super::capture::{ForCompare, for_compare};
+        let budget = crate::budget::Budget::new(1 << 20);
+        // What the mirror copy does before comparing: compressed messages made plain.
+        let prepared = |mut a: Answer| {
+            if let ForCompare::Decoded(body, _held) =
+                for_compare(&a.headers, &a.body, 4096, &budget)
+            {
+                a.body = body;
+            }
+            a
+        };
+        let gzipped = |messages: &[&[u8]]| {
+            let packed: Vec<Vec<u8>> = messages.iter().map(|m| gzip(m)).collect();
+            let framed: Vec<(bool, &[u8])> = packed.iter().map(|m| (true, &m[..])).collect();
+            let mut a = grpc(&[("grpc-encoding", "gzip")], &[], &[("grpc-status", "0")]);
+            a.body = CapturedBody::Whole(Bytes::from(grpc_body(&framed)));
+            prepared(a)
+        };
+        let r = Rules::default();
+        let first = reply("hello", 1, &[]);
+        let second = reply("hello", 2, &[]);
+        assert_eq!(
+            compare(&r, &gzipped(&[&first]), &prepared(ok(&[&first]))),
+            Verdict::Match
+        );
+        assert_eq!(
+            super::compare(
+                &r,
+                Some(&echo_output()),
+                &gzipped(&[&first, &first]),
+                &gzipped(&[&first, &second])
+            ),
+            body_only(Difference::MessageJsonPointer {
+                index: 1,
+                pointer: "/id".into(),
+                main: Some("1".into()),
+                mirror: Some("2".into()),
+            })
+        );
+        // Not prepared (an encoding that is not decoded): compared as sent.
+        let mut snappy = grpc(&[("grpc-encoding", "snappy")], &[], &[("grpc-status", "0")]);
+        snappy.body = CapturedBody::Whole(Bytes::from(grpc_body(&[(true, b"abc")])));
+        let snappy = prepared(snappy);
+        assert_eq!(compare(&r, &snappy, &snappy.clone()), Verdict::Match);
+        assert_eq!(
+            compare(&r, &snappy, &prepared(ok(&[b"abc"]))),
+            body_only(Difference::MessageByteOffset {
+                index: 0,
+                offset: 3
+            })
+        );
+        assert_eq!(budget.held(), 0);
     }
 
     // === property tests ===
@@ -1413,6 +1994,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body,
+            trailers: HeaderMap::new(),
         }
     }
 
@@ -1505,6 +2087,36 @@ mod tests {
             let ba = compare(&r, &b, &a);
             prop_assert_eq!(ab == Verdict::Match, ba == Verdict::Match);
             prop_assert_eq!(compare(&r, &a, &a), Verdict::Match);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn grpc_compare_never_panics_and_is_reflexive_and_symmetric(
+            a in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..12), 0..4),
+            b in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..12), 0..4),
+            status in prop::sample::select(vec![None, Some("0"), Some("5")]),
+            cut in 0usize..8,
+            typed: bool,
+        ) {
+            let output = typed.then(echo_output);
+            let answer = |messages: &[Vec<u8>]| {
+                let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+                let trailers: Vec<(&str, &str)> =
+                    status.iter().map(|s| ("grpc-status", *s)).collect();
+                let mut a = grpc(&[], &messages, &trailers);
+                // Now and then a body cut short.
+                if let CapturedBody::Whole(body) = &a.body {
+                    a.body = CapturedBody::Whole(body.slice(..body.len().saturating_sub(cut % 3)));
+                }
+                a
+            };
+            let (a, b) = (answer(&a), answer(&b));
+            let r = Rules::default();
+            let ab = super::compare(&r, output.as_ref(), &a, &b);
+            let ba = super::compare(&r, output.as_ref(), &b, &a);
+            prop_assert_eq!(ab == Verdict::Match, ba == Verdict::Match);
+            prop_assert_eq!(super::compare(&r, output.as_ref(), &a, &a), Verdict::Match);
         }
     }
 
