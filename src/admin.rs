@@ -24,7 +24,6 @@ use tracing::info;
 use crate::auth::{Denied, Users};
 use crate::body::{self, BoxBody, BoxError};
 use crate::budget::Budget;
-use crate::config::Config;
 use crate::mirror::options::{MirrorOptions, OptionsError};
 use crate::observe::metrics::{self, Metrics};
 use crate::observe::page;
@@ -115,6 +114,18 @@ impl AdminError {
     }
 }
 
+/// What the admin endpoint needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The admin path with its leading `/`, e.g. `/targets`.
+    pub path: String,
+    /// `--password`: the users allowed in, else everyone.
+    pub users: Option<Users>,
+    /// True with `--targets-address`: the listener is the admin endpoint's alone, so
+    /// `/metrics` is served there too (on the main listener that path is main's).
+    pub own_listener: bool,
+}
+
 /// The admin endpoint's handler. Cloning is shallow.
 #[derive(Clone)]
 pub struct Admin {
@@ -146,19 +157,25 @@ enum Page {
 }
 
 impl Admin {
-    pub fn new(registry: Registry, budget: Budget, config: &Config, metrics: Metrics) -> Self {
+    /// The endpoint for `settings`, changing `registry`. `state_file` is saved after
+    /// each change; `targets_file` is named in the answer to a change it forbids.
+    pub fn new(
+        settings: Settings,
+        registry: Registry,
+        budget: Budget,
+        metrics: Metrics,
+        state_file: Option<Arc<StateFile>>,
+        targets_file: Option<&std::path::Path>,
+    ) -> Self {
         Self {
-            path: config.admin_path.clone(),
+            path: settings.path,
             registry,
-            users: config.users.clone(),
+            users: settings.users,
             budget,
-            state_file: config.state_file.clone(),
-            targets_file: config
-                .targets_file
-                .as_ref()
-                .map(|(path, _)| path.display().to_string()),
+            state_file,
+            targets_file: targets_file.map(|path| path.display().to_string()),
             metrics,
-            own_listener: config.admin_address.is_some(),
+            own_listener: settings.own_listener,
         }
     }
 
@@ -473,9 +490,9 @@ mod tests {
         let cli =
             crate::cli::Cli::try_parse_args(std::iter::once("tm").chain(flags.iter().copied()))
                 .unwrap();
-        let config = Config::from_cli(&cli).unwrap();
+        let config = crate::config::Config::from_cli(&cli).unwrap();
         let budget = Budget::new(1 << 20);
-        let registry = Registry::new(config.mirror.clone(), budget.clone());
+        let registry = Registry::new(config.proxy.mirror.clone(), budget.clone());
         let metrics = Metrics::new(
             &MainStats::default(),
             registry.clone(),
@@ -483,7 +500,15 @@ mod tests {
             None,
             None,
         );
-        Admin::new(registry, budget, &config, metrics)
+        let targets_file = config.initial.targets_file.as_ref();
+        Admin::new(
+            config.admin,
+            registry,
+            budget,
+            metrics,
+            config.initial.state_file.clone(),
+            targets_file.map(|(path, _)| path.as_path()),
+        )
     }
 
     #[test]

@@ -61,6 +61,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod app;
 mod auth;
 mod body;
 mod budget;
@@ -85,7 +86,8 @@ mod tls;
 mod units;
 mod workers;
 
+pub use app::run;
 pub use config::Config;
 pub use demo::demo;
 pub use observe::build_info;
-pub use server::{BindError, Listeners, run};
+pub use server::{BindError, Listeners};

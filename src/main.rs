@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(err) => return fail(1, &format!("cannot start the async runtime: {err}")),
     };
-    let shutdown_timeout = config.shutdown_timeout;
+    let shutdown_timeout = config.listener.shutdown_timeout;
     let signalled = Arc::new(OnceLock::new());
     let code = runtime.block_on(serve(config, signalled.clone()));
     // Dropping the runtime would wait, without limit, for its blocking tasks (a read of
@@ -101,7 +101,7 @@ async fn serve(config: Config, signalled: Arc<OnceLock<Instant>>) -> ExitCode {
         Ok(s) => s,
         Err(err) => return fail(1, &format!("cannot install signal handlers: {err}")),
     };
-    let listeners = match Listeners::bind(&config).await {
+    let listeners = match Listeners::bind(&config.listener).await {
         Ok(l) => l,
         Err(err) => return fail(1, &err),
     };
@@ -145,14 +145,14 @@ fn announce(config: &Config, listeners: &Listeners) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let tls = config.listener_tls.is_some();
+    let tls = config.listener.tls.is_some();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
         "trafficmirror: listening on {}{} -> main {}",
         shown(&main),
         if tls { " (https)" } else { "" },
-        config.main
+        config.proxy.main
     );
     let Some(first) = admin.first() else { return };
     // A wildcard address is reachable locally as loopback.
@@ -167,8 +167,8 @@ fn announce(config: &Config, listeners: &Listeners) {
     } else {
         "http"
     };
-    let url = format!("{scheme}://{host}:{}{}", first.port(), config.admin_path);
-    let auth = if config.users.is_some() {
+    let url = format!("{scheme}://{host}:{}{}", first.port(), config.admin.path);
+    let auth = if config.admin.users.is_some() {
         "-u USER:PASSWORD "
     } else {
         ""

@@ -1,6 +1,6 @@
 //! The proxy: forwarding to main and handing each request's copy to the mirrors
-//! (docs/shadowing.md, "How requests are handled"). [`Proxy`] owns what forwarding needs: the
-//! configuration, the keep-alive pools to main, the mirror set, the byte budget for
+//! (docs/shadowing.md, "How requests are handled"). [`Proxy`] owns what forwarding needs: its
+//! settings, the keep-alive pools to main, the mirror set, the byte budget for
 //! mirrored bodies, and this process's `Via` token.
 //!
 //! Request flow: rewrite headers once → pick the mirrors that want a copy → send to
@@ -29,14 +29,14 @@ use tracing::{debug, warn};
 use crate::body::{self, BoxBody, BoxError};
 use crate::budget::Budget;
 use crate::client::{self, Pool};
-use crate::config::Config;
 use crate::headers;
-use crate::mirror::Source;
+use crate::mirror;
 use crate::mirror::compare::capture::MainCapture;
 use crate::mirror::ordered::MainHalf;
 use crate::observe::metrics::MainStats;
 use crate::ratelimit::LogLimiter;
 use crate::registry::{Mirrors, Registry};
+use crate::target_url::TargetUrl;
 use crate::workers;
 use tee::{ClientBodyError, Offer, RequestBody, Selection};
 
@@ -69,8 +69,27 @@ pub struct Proxy {
     inner: Arc<Inner>,
 }
 
+/// What the proxy needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--main`.
+    pub main: TargetUrl,
+    /// `--preserve-host`: main and mirrors get the client's `Host`.
+    pub preserve_host: bool,
+    /// `--main-timeout`: longest wait for main's response head.
+    pub main_timeout: Option<Duration>,
+    /// `--body-read-timeout`: longest wait for the next piece of a request body.
+    pub body_read_timeout: Duration,
+    /// `--max-body-size`: larger bodies are proxied to main but not mirrored.
+    pub max_body_size: u64,
+    /// The mirrors' settings: main's answer is kept for a comparison up to their
+    /// `max_compare_size`, and main's connection pools follow their TLS settings, pool
+    /// count and per-target limit.
+    pub mirror: mirror::Settings,
+}
+
 struct Inner {
-    config: Config,
+    config: Settings,
     /// One pool per worker thread (see [`workers::pick`]).
     main_pools: Box<[Pool<BoxBody>]>,
     registry: Registry,
@@ -91,18 +110,9 @@ struct Inner {
 }
 
 impl Proxy {
-    /// The proxy for `config`, with the `--mirror` mirrors in its set.
-    pub fn new(config: Config) -> Self {
-        let budget = Budget::new(config.max_buffered_bytes);
-        let registry = Registry::new(config.mirror.clone(), budget.clone());
-        registry.add_lines(&config.mirrors, Source::Flag);
-        for url in registry.add_lines(&config.restored, Source::Admin) {
-            // The flag defines this mirror; its line in the state file is left out.
-            warn!(mirror = %url, "state file entry ignored: --mirror gives this mirror");
-        }
-        if let Some((_, lines)) = &config.targets_file {
-            registry.reconcile_file(lines);
-        }
+    /// The proxy for `config`, offering copies to the mirrors in `registry`; request
+    /// bodies held for them count against `budget`.
+    pub fn new(config: Settings, registry: Registry, budget: Budget) -> Self {
         let via_token = format!(
             "trafficmirror-{:016x}",
             std::collections::hash_map::RandomState::new()
@@ -111,11 +121,13 @@ impl Proxy {
         let entry =
             |v: &str| HeaderValue::from_str(&format!("{v} {via_token}")).expect("token is ASCII");
         let via_entries = [entry("1.0"), entry("1.1"), entry("2")];
+        // Main's connections are made as the mirrors' are: same TLS settings, one pool
+        // per worker thread, the same per-target limit.
         let main_pools = client::per_worker(
             &config.main,
-            &config.tls,
-            config.threads,
-            config.max_connections_per_target,
+            &config.mirror.tls,
+            config.mirror.pools,
+            config.mirror.max_connections,
         );
         Self {
             inner: Arc::new(Inner {
@@ -133,7 +145,8 @@ impl Proxy {
         }
     }
 
-    pub fn config(&self) -> &Config {
+    /// This proxy's own settings.
+    fn config(&self) -> &Settings {
         &self.inner.config
     }
 

@@ -1,0 +1,186 @@
+//! The application: every part of a running trafficmirror, built once at start-up
+//! from the [`Config`], each part given only the settings it uses. [`App::start`]
+//! builds the byte budget, the mirror registry (seeded from `--mirror`, the restored
+//! state file and the targets file), the proxy, the metrics, the admin endpoint, and
+//! starts the background tasks: pruning expired mirrors, saving the state file,
+//! watching the targets file and following the listener's certificate files.
+//! [`crate::server`] then serves it.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::Admin;
+use crate::budget::Budget;
+use crate::config::{Config, Initial};
+use crate::mirror::Source;
+use crate::observe::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::registry::Registry;
+use crate::server::{self, Listeners};
+use crate::sources::targets_file;
+use crate::tls::listener::ListenerTls;
+
+/// How often the targets file is read for changes. A change applies once it has
+/// settled (`targets_file::SETTLE`), within `SETTLE` + twice this: 1 s, inside the
+/// 2 s docs/operations.md promises ("State file and targets file").
+const TARGETS_FILE_POLL: Duration = Duration::from_millis(250);
+
+/// How often the listener's certificate and key files are read for changes (a renewal
+/// applies within twice this).
+const CERT_FILES_POLL: Duration = Duration::from_secs(1);
+
+/// Serves `config` on `listeners` until `shutdown` resolves, then drains (see
+/// [`server::run`]).
+///
+/// # Errors
+/// The worker threads cannot be started (nothing has been served then).
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    server::run(App::start(config), listeners, shutdown).await
+}
+
+/// The running parts, as the server takes them.
+pub(crate) struct App {
+    pub listener: server::Settings,
+    pub proxy: Proxy,
+    pub admin: Admin,
+    /// `--tls-cert`: the main listener's handshakes, with the certificate followed.
+    pub tls: Option<TlsAcceptor>,
+    /// The mirrors, drained at shutdown.
+    pub registry: Registry,
+    /// Cancelled when shutdown begins: stops the state saver, the file watcher and the
+    /// certificate follower, and the server's accept loops and connections.
+    pub token: CancellationToken,
+    /// Removes mirrors that failed for too long; runs until the drain is over.
+    pub background: JoinHandle<()>,
+}
+
+impl App {
+    /// Builds every part and starts the background tasks (in the caller's runtime).
+    pub fn start(config: Config) -> Self {
+        let Config {
+            listener,
+            proxy,
+            admin,
+            max_buffered_bytes,
+            initial,
+            warnings: _,
+        } = config;
+        let budget = Budget::new(max_buffered_bytes);
+        let registry = Registry::new(proxy.mirror.clone(), budget.clone());
+        seed(&registry, &initial);
+        let proxy = Proxy::new(proxy, registry.clone(), budget.clone());
+        let targets_file_valid = initial
+            .targets_file
+            .as_ref()
+            .map(|_| Arc::new(AtomicBool::new(true)));
+        let metrics = Metrics::new(
+            proxy.main_stats(),
+            registry.clone(),
+            budget.clone(),
+            targets_file_valid.clone(),
+            initial.state_file.clone(),
+        );
+        let targets_file = initial.targets_file.map(|(path, _)| path);
+        let admin = Admin::new(
+            admin,
+            registry.clone(),
+            budget,
+            metrics,
+            initial.state_file.clone(),
+            targets_file.as_deref(),
+        );
+        let background = prune(&registry, &admin);
+        let token = CancellationToken::new();
+        if let Some(state) = initial.state_file {
+            let registry = registry.clone();
+            tokio::spawn(state.keep_saving(
+                initial.state_file_retry,
+                move || registry.admin_lines(),
+                token.clone(),
+            ));
+        }
+        if let (Some(path), Some(valid)) = (targets_file, targets_file_valid) {
+            watch_targets_file(path, valid, &registry, &admin, &token);
+        }
+        let tls = listener.tls.clone().map(|tls| follow(tls, &token));
+        Self {
+            listener,
+            proxy,
+            admin,
+            tls,
+            registry,
+            token,
+            background,
+        }
+    }
+}
+
+/// Puts the mirrors of `--mirror`, the state file and the targets file in `registry`.
+fn seed(registry: &Registry, initial: &Initial) {
+    registry.add_lines(&initial.mirrors, Source::Flag);
+    for url in registry.add_lines(&initial.restored, Source::Admin) {
+        // The flag defines this mirror; its line in the state file is left out.
+        warn!(mirror = %url, "state file entry ignored: --mirror gives this mirror");
+    }
+    if let Some((_, lines)) = &initial.targets_file {
+        registry.reconcile_file(lines);
+    }
+}
+
+/// Removes mirrors that failed for longer than `--fail-after`.
+fn prune(registry: &Registry, admin: &Admin) -> JoinHandle<()> {
+    let (registry, admin) = (registry.clone(), admin.clone());
+    tokio::spawn(async move {
+        // A mirror that expired is gone from the saved set too, or a restart would
+        // bring it back.
+        let on_removed = || admin.save_after_change();
+        registry.prune_expired(on_removed).await;
+    })
+}
+
+/// Applies the targets file's changes to `registry` as they come, until `token`.
+fn watch_targets_file(
+    path: PathBuf,
+    valid: Arc<AtomicBool>,
+    registry: &Registry,
+    admin: &Admin,
+    token: &CancellationToken,
+) {
+    let (registry, admin) = (registry.clone(), admin.clone());
+    let shown = path.display().to_string();
+    tokio::spawn(targets_file::watch(
+        path,
+        TARGETS_FILE_POLL,
+        move |lines| {
+            let change = registry.reconcile_file(&lines);
+            if !change.is_empty() {
+                info!(file = %shown, added = ?change.added, updated = ?change.updated, removed = ?change.removed, "targets file applied");
+                // A URL the file took over from the admin endpoint leaves the state file.
+                let admin = admin.clone();
+                tokio::spawn(async move { admin.save_after_change().await });
+            }
+        },
+        valid,
+        token.clone(),
+    ));
+}
+
+/// The listener's TLS handshakes, with the certificate and key files followed as they
+/// are renewed, until `token`.
+fn follow(tls: ListenerTls, token: &CancellationToken) -> TlsAcceptor {
+    let acceptor = TlsAcceptor::from(tls.config.clone());
+    tokio::spawn(tls.follow(CERT_FILES_POLL, token.clone()));
+    acceptor
+}
