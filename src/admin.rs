@@ -12,7 +12,6 @@
 //! page of `observe::page` instead of the listing.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -29,7 +28,7 @@ use crate::observe::metrics::{self, Metrics};
 use crate::observe::page;
 use crate::registry::{Conflict, Registry};
 use crate::sources::MAX_FILE_BYTES;
-use crate::sources::state_file::{self, StateFile};
+use crate::sources::state_file::{self, Saver};
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Largest form body accepted on PUT/DELETE.
@@ -134,7 +133,8 @@ pub struct Admin {
     registry: Registry,
     users: Option<Users>,
     budget: Budget,
-    state_file: Option<Arc<StateFile>>,
+    /// `--state-file`, saved after each change.
+    state_file: Option<Saver>,
     /// `--targets-file`, named in `409` answers.
     targets_file: Option<String>,
     metrics: Metrics,
@@ -164,7 +164,7 @@ impl Admin {
         registry: Registry,
         budget: Budget,
         metrics: Metrics,
-        state_file: Option<Arc<StateFile>>,
+        state_file: Option<Saver>,
         targets_file: Option<&std::path::Path>,
     ) -> Self {
         Self {
@@ -302,43 +302,62 @@ impl Admin {
             .map(|u| TargetUrl::parse(u))
             .collect::<Result<Vec<_>, _>>()?;
         let who = user.as_deref().unwrap_or("-");
-        let conflict = |c: Conflict| AdminError::Conflict {
-            url: c.0,
-            file: self.targets_file.clone().unwrap_or_default(),
-        };
         if put {
-            let options = if params.options.is_empty() {
-                None
-            } else {
-                let pairs = params.options.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-                Some(MirrorOptions::parse_pairs(pairs)?)
-            };
-            // What the state file would hold must stay loadable at the next start.
-            let fits = |lines: &[_]| self.state_file.is_none() || state_file::fits(lines);
-            let change = registry
-                .put(&urls, options.as_ref(), fits)
-                .map_err(conflict)?
-                .ok_or(AdminError::StateFileFull)?;
-            if !change.is_empty() {
-                let options = options.map(|o| o.to_string()).unwrap_or_default();
-                info!(user = who, client = %peer, added = ?change.added, updated = ?change.updated, %options, "mirrors added or changed");
-            }
-            self.save_state(!change.is_empty()).await?;
+            self.put(&urls, &params.options, who, peer).await?;
         } else {
-            let removed = registry.delete(&urls).map_err(conflict)?;
-            if !removed.is_empty() {
-                info!(user = who, client = %peer, ?removed, "mirrors removed");
-            }
-            self.save_state(!removed.is_empty()).await?;
+            self.delete(&urls, who, peer).await?;
         }
         Ok(listing(registry, json))
     }
 
-    /// Saves `--state-file` after a change that no admin request made (a mirror removed
-    /// by `--fail-after`, or taken over by the targets file). A failure is logged by the
-    /// save; there is no client to tell.
-    pub async fn save_after_change(&self) {
-        let _ = self.save_state(true).await;
+    /// `PUT`: adds `urls` (or changes their options) and saves the state file.
+    async fn put(
+        &self,
+        urls: &[TargetUrl],
+        options: &[(String, String)],
+        who: &str,
+        peer: SocketAddr,
+    ) -> Result<(), AdminError> {
+        let options = if options.is_empty() {
+            None
+        } else {
+            let pairs = options.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            Some(MirrorOptions::parse_pairs(pairs)?)
+        };
+        // What the state file would hold must stay loadable at the next start.
+        let fits = |lines: &[_]| self.state_file.is_none() || state_file::fits(lines);
+        let change = self
+            .registry
+            .put(urls, options.as_ref(), fits)
+            .map_err(|c| self.conflict(c))?
+            .ok_or(AdminError::StateFileFull)?;
+        if !change.is_empty() {
+            let options = options.map(|o| o.to_string()).unwrap_or_default();
+            info!(user = who, client = %peer, added = ?change.added, updated = ?change.updated, %options, "mirrors added or changed");
+        }
+        self.save_state(!change.is_empty()).await
+    }
+
+    /// `DELETE`: removes `urls` and saves the state file.
+    async fn delete(
+        &self,
+        urls: &[TargetUrl],
+        who: &str,
+        peer: SocketAddr,
+    ) -> Result<(), AdminError> {
+        let removed = self.registry.delete(urls).map_err(|c| self.conflict(c))?;
+        if !removed.is_empty() {
+            info!(user = who, client = %peer, ?removed, "mirrors removed");
+        }
+        self.save_state(!removed.is_empty()).await
+    }
+
+    /// A URL the targets file owns.
+    fn conflict(&self, Conflict(url): Conflict) -> AdminError {
+        AdminError::Conflict {
+            url,
+            file: self.targets_file.clone().unwrap_or_default(),
+        }
     }
 
     /// Writes the admin mirrors to `--state-file` after a change (`changed`), or when
@@ -348,11 +367,8 @@ impl Admin {
         let Some(state) = &self.state_file else {
             return Ok(());
         };
-        if changed {
-            state.changed();
-        }
         state
-            .save(|| self.registry.admin_lines())
+            .save(changed)
             .await
             .map_err(|err| AdminError::StateFile(err.to_string()))
     }
@@ -501,12 +517,13 @@ mod tests {
             None,
         );
         let targets_file = config.initial.targets_file.as_ref();
+        let saver = (config.initial.state_file.clone()).map(|f| Saver::new(f, registry.clone()));
         Admin::new(
             config.admin,
             registry,
             budget,
             metrics,
-            config.initial.state_file.clone(),
+            saver,
             targets_file.map(|(path, _)| path.as_path()),
         )
     }

@@ -25,6 +25,7 @@ use crate::observe::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::registry::Registry;
 use crate::server::{self, Listeners};
+use crate::sources::state_file::Saver;
 use crate::sources::targets_file;
 use crate::tls::listener::ListenerTls;
 
@@ -93,26 +94,22 @@ impl App {
             initial.state_file.clone(),
         );
         let targets_file = initial.targets_file.map(|(path, _)| path);
+        let saver = (initial.state_file).map(|file| Saver::new(file, registry.clone()));
         let admin = Admin::new(
             admin,
             registry.clone(),
             budget,
             metrics,
-            initial.state_file.clone(),
+            saver.clone(),
             targets_file.as_deref(),
         );
-        let background = prune(&registry, &admin);
+        let background = prune(&registry, saver.clone());
         let token = CancellationToken::new();
-        if let Some(state) = initial.state_file {
-            let registry = registry.clone();
-            tokio::spawn(state.keep_saving(
-                initial.state_file_retry,
-                move || registry.admin_lines(),
-                token.clone(),
-            ));
+        if let Some(saver) = saver.clone() {
+            tokio::spawn(saver.keep_saving(initial.state_file_retry, token.clone()));
         }
         if let (Some(path), Some(valid)) = (targets_file, targets_file_valid) {
-            watch_targets_file(path, valid, &registry, &admin, &token);
+            watch_targets_file(path, valid, &registry, saver, &token);
         }
         let tls = listener.tls.clone().map(|tls| follow(tls, &token));
         Self {
@@ -140,14 +137,21 @@ fn seed(registry: &Registry, initial: &Initial) {
 }
 
 /// Removes mirrors that failed for longer than `--fail-after`.
-fn prune(registry: &Registry, admin: &Admin) -> JoinHandle<()> {
-    let (registry, admin) = (registry.clone(), admin.clone());
+fn prune(registry: &Registry, saver: Option<Saver>) -> JoinHandle<()> {
+    let registry = registry.clone();
     tokio::spawn(async move {
         // A mirror that expired is gone from the saved set too, or a restart would
         // bring it back.
-        let on_removed = || admin.save_after_change();
+        let on_removed = || save_after_change(saver.clone());
         registry.prune_expired(on_removed).await;
     })
+}
+
+/// Saves the state file, if there is one, after a change no admin request made.
+async fn save_after_change(saver: Option<Saver>) {
+    if let Some(saver) = saver {
+        saver.save_after_change().await;
+    }
 }
 
 /// Applies the targets file's changes to `registry` as they come, until `token`.
@@ -155,10 +159,10 @@ fn watch_targets_file(
     path: PathBuf,
     valid: Arc<AtomicBool>,
     registry: &Registry,
-    admin: &Admin,
+    saver: Option<Saver>,
     token: &CancellationToken,
 ) {
-    let (registry, admin) = (registry.clone(), admin.clone());
+    let registry = registry.clone();
     let shown = path.display().to_string();
     tokio::spawn(targets_file::watch(
         path,
@@ -168,8 +172,7 @@ fn watch_targets_file(
             if !change.is_empty() {
                 info!(file = %shown, added = ?change.added, updated = ?change.updated, removed = ?change.removed, "targets file applied");
                 // A URL the file took over from the admin endpoint leaves the state file.
-                let admin = admin.clone();
-                tokio::spawn(async move { admin.save_after_change().await });
+                tokio::spawn(save_after_change(saver.clone()));
             }
         },
         valid,
