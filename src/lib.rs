@@ -9,10 +9,18 @@
 //! A module with parts is `x.rs` and the parts are in `x/` (`mirror.rs`, `mirror/`).
 //! - `cli`: raw flags (clap, `TRAFFICMIRROR_*` env vars, Go-style `-flag`) and the
 //!   subcommands (`demo`, `completions`, `man`); `cli::file`: the YAML config file.
-//! - `config`: validated [`Config`] built from the flags; start-up errors.
+//! - `config`: validated [`Config`] built from the flags, split by the part that uses
+//!   it (`server::Settings`, `proxy::Settings` with the mirrors' `mirror::Settings`,
+//!   `admin::Settings`, and `config::Initial`: the mirrors and files loaded at start);
+//!   start-up errors.
+//! - `app`: start-up wiring: builds the byte budget, the mirror registry (seeded from
+//!   `--mirror`, the state file and the targets file), the proxy, the metrics and the
+//!   admin endpoint, hands each its settings, starts the background tasks (pruning
+//!   expired mirrors, saving the state file, watching the targets file, following the
+//!   listener's certificate), then [`run`] hands it all to `server`.
 //! - `units`: duration (`1` = a minute, `500ms`) and size (`10MiB`) parsing.
-//! - `server`: binds, accepts, serves HTTP/1 + h2c connections (or TLS with ALPN),
-//!   routes, drains.
+//! - `server`: binds (`server::ListenAddr`), accepts, serves HTTP/1 + h2c connections
+//!   (or TLS with ALPN), routes, drains.
 //! - `idle`: closes idle client connections where hyper does not.
 //! - `proxy`: owns the proxy's state; forwards to main and offers copies to mirrors;
 //!   `proxy::tee` streams a request body to main while copying it for the mirrors.
@@ -45,6 +53,11 @@
 //! - `workers`: thread-per-core worker runtimes that own the connections.
 //! - `demo`: `trafficmirror demo`, the product with demo backends in one process.
 //! - `fuzz` (with `--cfg fuzzing`, and in tests): entry points for the `cargo fuzz` targets.
+//!
+//! # Start-up
+//! `main` parses the flags into a [`Config`], binds the [`Listeners`] and calls [`run`]:
+//! `app` builds the parts from the configuration, `server` serves them until shutdown
+//! and then drains.
 //!
 //! # Request flow
 //! 1. `server` accepts a connection and hands it to the least loaded of the `workers`;
