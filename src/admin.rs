@@ -7,7 +7,7 @@
 //! the proxy-wide figures (bytes held for mirrors, whether the state file is saved);
 //! `GET <path>/metrics` the Prometheus scrape ([`crate::observe::metrics`]), also at
 //! `/metrics` when the admin endpoint has its own listener (`--targets-address`).
-//! Saving the state file after a change is [`StateFile`]'s job.
+//! Saving the state file after a change is [`Saver`]'s job.
 //! A browser's `GET` (`Accept` with `text/html`, JSON not asked for) gets the status
 //! page of `observe::page` instead of the listing.
 
