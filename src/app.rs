@@ -64,7 +64,7 @@ pub(crate) struct App {
     /// certificate follower, and the server's accept loops and connections.
     pub token: CancellationToken,
     /// Removes mirrors that failed for too long; runs until the drain is over.
-    pub background: JoinHandle<()>,
+    pub pruning: JoinHandle<()>,
 }
 
 impl App {
@@ -94,7 +94,9 @@ impl App {
             initial.state_file.clone(),
         );
         let targets_file = initial.targets_file.map(|(path, _)| path);
-        let saver = (initial.state_file).map(|file| Saver::new(file, registry.clone()));
+        let saver = initial
+            .state_file
+            .map(|file| Saver::new(file, registry.clone()));
         let admin = Admin::new(
             admin,
             registry.clone(),
@@ -103,7 +105,7 @@ impl App {
             saver.clone(),
             targets_file.as_deref(),
         );
-        let background = prune(&registry, saver.clone());
+        let pruning = prune(&registry, saver.clone());
         let token = CancellationToken::new();
         if let Some(saver) = saver.clone() {
             tokio::spawn(saver.keep_saving(initial.state_file_retry, token.clone()));
@@ -119,7 +121,7 @@ impl App {
             tls,
             registry,
             token,
-            background,
+            pruning,
         }
     }
 }

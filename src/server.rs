@@ -238,7 +238,7 @@ pub(crate) async fn run(
         tls,
         registry,
         token,
-        background,
+        pruning,
     } = app;
     // Shared: each request clones the `Arc` (the admin side holds strings and several
     // `Arc`s that a deep clone per request would copy).
@@ -266,7 +266,7 @@ pub(crate) async fn run(
     accepting.close();
     connections.close();
     drain(deadline, &accepting, &connections, &registry).await;
-    background.abort();
+    pruning.abort();
     stop_workers(workers, deadline).await;
     Ok(())
 }
