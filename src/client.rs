@@ -1,5 +1,7 @@
-//! Outbound HTTP/1.1 to one target (main or a mirror): keep-alive connections kept in
-//! one pool per worker thread.
+//! Outbound requests to one target (main or a mirror): keep-alive connections kept in
+//! one pool per worker thread. `http://` targets get HTTP/1.1, `h2c://` targets HTTP/2,
+//! `https://` targets what the server picks by ALPN; HTTP/2 connections and their
+//! streams are in [`h2`], and everything below about HTTP/1.1 is the `http://` path.
 //!
 //! Built on hyper's connection API rather than hyper-util's `legacy::Client`, which is
 //! made for many origins shared by many threads: per request it hashes an (scheme,
@@ -29,24 +31,28 @@
 //! former but leaves both headers in place), and its connection is not reused.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, header};
+use http::uri::Authority;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http2;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use tracing::debug;
 
 use crate::body::BoxError;
-use crate::target_url::TargetUrl;
+use crate::target_url::{TargetUrl, Transport};
+
+mod h2;
 
 /// How long an idle pooled connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -107,7 +113,13 @@ pub struct Pool<B> {
 struct Inner<B> {
     /// `scheme://authority`, what the connector dials.
     origin: Uri,
+    transport: Transport,
     connector: HttpsConnector<HttpConnector>,
+    /// HTTP/2 connections, for `h2c://` and `https://` targets.
+    h2: Option<h2::Conns<B>>,
+    /// What the last connection to an `https://` target speaks: [`NEGOTIATED_H1`],
+    /// [`NEGOTIATED_H2`] or 0 before the first.
+    negotiated: AtomicU8,
     /// Idle connections, the most recently used last; at most `max_idle`.
     idle: Mutex<Vec<Idle<B>>>,
     /// One permit per open connection (being opened, busy or idle), held by the task
@@ -134,12 +146,63 @@ impl<B> Drop for Inner<B> {
     }
 }
 
+/// What a request that found no connection waits for.
+enum Wait {
+    /// A connection to come back or close (then it opens one).
+    Full,
+    /// A new HTTP/2 connection's stream limit to become known.
+    Warming,
+}
+
+const NEGOTIATED_H1: u8 = 1;
+const NEGOTIATED_H2: u8 = 2;
+
 /// Where a request's connection comes from.
-enum Checkout<B> {
+enum Checkout<B: Send + 'static> {
     /// An idle connection, and how long it was idle.
     Idle(SendRequest<B>, Duration),
+    /// A free stream on an HTTP/2 connection, and how long that was idle if it was.
+    Stream(H2Stream<B>, Option<Duration>),
     /// Room for a new connection.
     New(OwnedSemaphorePermit),
+}
+
+/// A connection just opened, with the HTTP/2 one's first stream reserved.
+enum Connected<B: Send + 'static> {
+    H1(SendRequest<B>),
+    H2(H2Stream<B>),
+}
+
+/// One try of an HTTP/2 exchange: done, or to be tried again with this request (and
+/// whether it may still be sent once more after that).
+enum Attempt<B: Send + 'static> {
+    Done(Result<Response<Pooled<B>>, Error>),
+    Again(Request<B>, bool),
+}
+
+/// A stream reserved on an HTTP/2 connection: the sender to use, and the reservation,
+/// given back when dropped (the answer was read, or dropped, or the request failed).
+struct H2Stream<B: Send + 'static> {
+    sender: http2::SendRequest<h2::H2Body<B>>,
+    guard: StreamGuard<B>,
+}
+
+struct StreamGuard<B: Send + 'static> {
+    state: Arc<h2::State>,
+    pool: Arc<Inner<B>>,
+}
+
+impl<B: Send + 'static> Drop for StreamGuard<B> {
+    fn drop(&mut self) {
+        let Some(conns) = &self.pool.h2 else { return };
+        let last = conns.release(&self.state);
+        let waiting = self.pool.waiting.load(Ordering::Acquire) > 0;
+        if last && !waiting && self.pool.closed.load(Ordering::Acquire) {
+            conns.close_idle(Duration::ZERO);
+        }
+        // Only a waiting request needs waking (the common case has none).
+        self.pool.wake_waiter();
+    }
 }
 
 struct Idle<B> {
@@ -162,16 +225,22 @@ pub fn per_worker<B>(
         .collect()
 }
 
-/// Connections to http:// and https:// targets, `TCP_NODELAY` set.
-fn connector(tls: &Arc<rustls::ClientConfig>) -> HttpsConnector<HttpConnector> {
+/// Connections to a target, `TCP_NODELAY` set. TLS to an `https://` target offers ALPN
+/// `h2` and `http/1.1` (RFC 7301); without ALPN the server speaks HTTP/1.1.
+fn connector(
+    tls: &Arc<rustls::ClientConfig>,
+    transport: Transport,
+) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false); // the TLS layer handles https://
-    HttpsConnectorBuilder::new()
+    let builder = HttpsConnectorBuilder::new()
         .with_tls_config(rustls::ClientConfig::clone(tls))
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http)
+        .https_or_http();
+    match transport {
+        Transport::Https => builder.enable_all_versions().wrap_connector(http),
+        Transport::Http | Transport::H2c => builder.enable_http1().wrap_connector(http),
+    }
 }
 
 /// Worker `index`'s part of `total` connections: an even split, the remainder to the
@@ -200,11 +269,16 @@ impl<B> Pool<B> {
         stale_after: Duration,
     ) -> Self {
         let max_connections = max_connections.clamp(1, Semaphore::MAX_PERMITS);
-        let connector = connector(tls);
+        let transport = target.transport();
+        let connector = connector(tls, transport);
+        let h2 = (transport != Transport::Http).then(h2::Conns::new);
         Self {
             inner: Arc::new(Inner {
                 origin: target.origin(),
+                transport,
                 connector,
+                h2,
+                negotiated: AtomicU8::new(0),
                 idle: Mutex::new(Vec::new()),
                 connections: Arc::new(Semaphore::new(max_connections)),
                 max_idle: max_connections,
@@ -228,6 +302,23 @@ impl<B> Pool<B> {
         self.inner.closed.store(true, Ordering::Release);
         let idle = std::mem::take(&mut *self.inner.lock());
         drop(idle);
+        if let Some(conns) = &self.inner.h2 {
+            conns.close_idle(Duration::ZERO);
+        }
+    }
+
+    /// The protocol spoken to the target: `http/1.1`, `h2c`, or for `https://` what the
+    /// server picked on the latest connection (`h2` or `http/1.1`), `None` before one.
+    pub fn protocol(&self) -> Option<&'static str> {
+        match self.inner.transport {
+            Transport::Http => Some("http/1.1"),
+            Transport::H2c => Some("h2c"),
+            Transport::Https => match self.inner.negotiated.load(Ordering::Relaxed) {
+                NEGOTIATED_H1 => Some("http/1.1"),
+                NEGOTIATED_H2 => Some("h2"),
+                _ => None,
+            },
+        }
     }
 }
 
@@ -249,11 +340,12 @@ impl Drop for Waiting<'_> {
 
 impl<B> Pool<B>
 where
-    B: Body + Default + Send + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
     /// Sends `request` (origin-form URI, `Host` set) on an idle connection or a new one.
+    /// To an HTTP/2 target it goes with `Host` as its `:authority` (RFC 9113 §8.3.1).
     ///
     /// # Errors
     /// The target cannot be reached, or the exchange failed.
@@ -266,11 +358,30 @@ where
             } else {
                 Checkout::New(self.room().await)
             };
-            let (mut sender, idle) = match checkout {
-                Checkout::Idle(sender, idle) => (sender, Some(idle)),
+            let stream = match checkout {
+                Checkout::Idle(sender, idle) => Err((sender, Some(idle))),
+                Checkout::Stream(stream, idle) => Ok((stream, idle, true)),
                 // Boxed: connecting holds the TLS state, which would otherwise make this
                 // future (and every future awaiting it) ~2.4 KB larger, moved on every spawn.
-                Checkout::New(permit) => (Box::pin(self.connect(permit)).await?, None),
+                Checkout::New(permit) => match Box::pin(self.connect(permit)).await? {
+                    Connected::H1(sender) => Err((sender, None)),
+                    Connected::H2(stream) => Ok((stream, None, false)),
+                },
+            };
+            let (mut sender, idle) = match stream {
+                Err(h1) => h1,
+                // Boxed, so that the HTTP/1.1 path's future (moved on every spawn) does
+                // not grow by the HTTP/2 exchange's state.
+                Ok((stream, idle, pooled)) => {
+                    let exchange = self.exchange_h2(stream, request, idle, pooled, may_resend);
+                    match Box::pin(exchange).await {
+                        Attempt::Done(result) => return result,
+                        Attempt::Again(again, resend) => {
+                            (request, may_resend) = (again, resend);
+                            continue;
+                        }
+                    }
+                }
             };
             // A target closes a connection idle for its keep-alive timeout whenever it
             // likes; a request written at that moment fails without a (complete) answer.
@@ -289,7 +400,8 @@ where
                     // §6.3) it is not trusted with another request.
                     let conflicting = remove_conflicting_length(response.headers_mut());
                     let reuse = response.status() != StatusCode::SWITCHING_PROTOCOLS;
-                    let slot = (reuse && !conflicting).then(|| (sender, self.inner.clone()));
+                    let slot =
+                        (reuse && !conflicting).then(|| Slot::H1(sender, self.inner.clone()));
                     return Ok(response.map(|body| Pooled { body, slot }));
                 }
                 Err(mut err) => match (err.take_message(), resend) {
@@ -310,9 +422,13 @@ where
     /// An idle connection, else room for a new one; waits for either when every
     /// connection the pool may open is busy.
     async fn checkout(&self) -> Checkout<B> {
+        let mut woken = false;
         loop {
             // The common case first, without registering as a waiter.
-            if let Some(found) = self.take_or_make_room() {
+            if let Ok(found) = self.take_or_make_room() {
+                if woken {
+                    self.pass_on(&found);
+                }
                 return found;
             }
             // Counted and registered, then looked again: a connection returned after the
@@ -321,25 +437,130 @@ where
             let returned = self.inner.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some(found) = self.take_or_make_room() {
-                return found;
-            }
+            // While a new HTTP/2 connection has yet to say how many streams it takes,
+            // no other is opened (see `h2`): only a wake-up is waited for.
+            let may_open = match self.take_or_make_room() {
+                Ok(found) => return found,
+                Err(wait) => matches!(wait, Wait::Full),
+            };
             tokio::select! {
                 () = returned => {}
-                permit = self.inner.connections.clone().acquire_owned() => {
+                permit = self.inner.connections.clone().acquire_owned(), if may_open => {
                     return Checkout::New(permit.expect("the semaphore is never closed"));
                 }
             }
+            woken = true;
         }
     }
 
-    /// An idle connection, else room for a new one if the bound allows, without waiting.
-    fn take_or_make_room(&self) -> Option<Checkout<B>> {
-        if let Some((sender, idle)) = self.inner.checkout() {
-            return Some(Checkout::Idle(sender, idle));
+    /// One wake-up may free many HTTP/2 streams (a connection's limit became known): a
+    /// woken request that got one wakes the next waiter to look too.
+    fn pass_on(&self, found: &Checkout<B>) {
+        if matches!(found, Checkout::Stream(..)) && self.inner.waiting.load(Ordering::Acquire) > 0 {
+            self.inner.returned.notify_one();
         }
-        let permit = self.inner.connections.clone().try_acquire_owned().ok()?;
-        Some(Checkout::New(permit))
+    }
+
+    /// One try of `request` on an HTTP/2 stream: `idle` is how long its connection was
+    /// idle, `pooled` whether the connection was open before this request.
+    async fn exchange_h2(
+        &self,
+        stream: H2Stream<B>,
+        mut request: Request<B>,
+        idle: Option<Duration>,
+        pooled: bool,
+        may_resend: bool,
+    ) -> Attempt<B> {
+        let H2Stream { mut sender, guard } = stream;
+        // As for HTTP/1.1 above: a safe request on a connection idle for a while is kept
+        // to go once more if the target closed that connection under it.
+        let resend = match idle {
+            Some(idle) if may_resend && idle >= self.inner.stale_after => replica(&request),
+            _ => None,
+        };
+        self.h2_form(&mut request);
+        match sender.try_send_request(request.map(h2::H2Body)).await {
+            Ok(response) => {
+                guard.state.answered();
+                let slot = Some(Slot::H2(guard));
+                Attempt::Done(Ok(response.map(|body| Pooled { body, slot })))
+            }
+            Err(mut err) => match (err.take_message(), resend) {
+                // The connection closed before the request went out: nothing reached the
+                // target, another connection takes it.
+                (Some(unsent), _) if pooled => {
+                    Attempt::Again(h1_form(unsent.map(|b| b.0)), may_resend)
+                }
+                (None, Some(again)) if closed_without_answer(err.error()) => {
+                    debug!(error = %err.error(), "idle HTTP/2 connection closed by the target: request sent again");
+                    Attempt::Again(again, false)
+                }
+                _ => Attempt::Done(Err(err.into_error().into())),
+            },
+        }
+    }
+
+    /// Rewrites a request for HTTP/2: the URI becomes absolute with `Host` (as the
+    /// proxy set it: the target's, the client's with `--preserve-host`, or the `host`
+    /// option's) as its authority, which hyper sends as `:authority`, and the headers
+    /// HTTP/2 has no place for go (RFC 9113 §8.2.2; an upgrade cannot happen here).
+    fn h2_form(&self, request: &mut Request<B>) {
+        let headers = request.headers_mut();
+        let authority = headers
+            .remove(header::HOST)
+            .and_then(|host| Authority::try_from(host.as_bytes()).ok());
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+        *request.version_mut() = Version::HTTP_2;
+        let uri = request.uri();
+        let authority = match (authority, uri.authority()) {
+            (Some(authority), _) => authority,
+            // Sent once already: the URI carries it.
+            (None, Some(_)) => return,
+            (None, None) => self.inner.origin.authority().cloned().unwrap_or_else(|| {
+                Authority::from_static("localhost") // the origin always has one
+            }),
+        };
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        parts.scheme = self.inner.origin.scheme().cloned();
+        parts.authority = Some(authority);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        // Scheme, authority and path each valid: the parts make a URI.
+        *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    }
+
+    /// A free HTTP/2 stream or an idle connection, else room for a new one if the bound
+    /// allows, without waiting; else what to wait for.
+    fn take_or_make_room(&self) -> Result<Checkout<B>, Wait> {
+        let mut warming = false;
+        if let Some(conns) = &self.inner.h2 {
+            match conns.take() {
+                h2::Take::Stream(reserved) => {
+                    let stream = H2Stream {
+                        sender: reserved.sender,
+                        guard: StreamGuard {
+                            state: reserved.state,
+                            pool: self.inner.clone(),
+                        },
+                    };
+                    return Ok(Checkout::Stream(stream, reserved.idle));
+                }
+                h2::Take::Warming => warming = true,
+                h2::Take::Full => {}
+            }
+        }
+        if let Some((sender, idle)) = self.inner.checkout() {
+            return Ok(Checkout::Idle(sender, idle));
+        }
+        if warming {
+            return Err(Wait::Warming);
+        }
+        match self.inner.connections.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Checkout::New(permit)),
+            Err(_) => Err(Wait::Full),
+        }
     }
 
     /// Room for a new connection, waiting for one to close when the bound is reached.
@@ -353,7 +574,20 @@ where
     }
 
     /// Opens a connection; `permit` is held until it closes.
-    async fn connect(&self, permit: OwnedSemaphorePermit) -> Result<SendRequest<B>, Error> {
+    async fn connect(&self, permit: OwnedSemaphorePermit) -> Result<Connected<B>, Error> {
+        // Counted before the first await, so a request on this thread that comes next
+        // sees it: an HTTP/2 connection is expected (h2c://, or an https:// target that
+        // picked h2 before).
+        let wake = || self.inner.wake_waiter();
+        let expect_h2 = match self.inner.transport {
+            Transport::Http => false,
+            Transport::H2c => true,
+            Transport::Https => self.inner.negotiated.load(Ordering::Relaxed) == NEGOTIATED_H2,
+        };
+        let _connecting = match (&self.inner.h2, expect_h2) {
+            (Some(conns), true) => Some(h2::Connecting::count(conns, &wake)),
+            _ => None,
+        };
         let mut connector = self.inner.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -362,6 +596,31 @@ where
             .call(self.inner.origin.clone())
             .await
             .map_err(Error::Connect)?;
+        let h2 = match self.inner.transport {
+            Transport::Http => false,
+            Transport::H2c => true,
+            Transport::Https => {
+                let h2 = io.connected().is_negotiated_h2();
+                let negotiated = if h2 { NEGOTIATED_H2 } else { NEGOTIATED_H1 };
+                self.inner.negotiated.store(negotiated, Ordering::Relaxed);
+                h2
+            }
+        };
+        if let (true, Some(conns)) = (h2, &self.inner.h2) {
+            let pool = Arc::downgrade(&self.inner);
+            let wake = Box::new(move || {
+                if let Some(pool) = pool.upgrade() {
+                    pool.wake_waiter();
+                }
+            });
+            let (sender, state) = conns.handshake(io, permit, wake).await?;
+            self.start_reaper();
+            let guard = StreamGuard {
+                state,
+                pool: self.inner.clone(),
+            };
+            return Ok(Connected::H2(H2Stream { sender, guard }));
+        }
         let (sender, connection) = http1::handshake(io).await?;
         tokio::spawn(async move {
             let _open = permit;
@@ -370,7 +629,7 @@ where
             }
         });
         self.start_reaper();
-        Ok(sender)
+        Ok(Connected::H1(sender))
     }
 
     /// Closes connections idle for longer than the idle timeout; runs on the pool's
@@ -394,12 +653,22 @@ where
                 let limit = pool.idle_timeout;
                 pool.lock()
                     .retain(|idle| idle.since.elapsed() < limit && !idle.sender.is_closed());
+                if let Some(conns) = &pool.h2 {
+                    conns.close_idle(limit);
+                }
             }
         });
     }
 }
 
 impl<B> Inner<B> {
+    /// Wakes one request waiting for a connection or stream, if any waits.
+    fn wake_waiter(&self) {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.returned.notify_one();
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle<B>>> {
         // Only pushes and pops happen under this lock; poisoning would be a bug.
         self.idle.lock().expect("connection pool lock poisoned")
@@ -407,6 +676,8 @@ impl<B> Inner<B> {
 
     /// The most recently used idle connection that is still open, and how long it
     /// has been idle.
+    // Inlined as it was before the pool learnt HTTP/2 (bench/instructions).
+    #[inline(always)]
     fn checkout(&self) -> Option<(SendRequest<B>, Duration)> {
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
@@ -459,6 +730,23 @@ impl<B: Send + 'static> Inner<B> {
     }
 }
 
+/// Undoes [`Pool::h2_form`] for a request that went unsent, in case the next connection
+/// (to an `https://` target) speaks HTTP/1.1: `Host` from the URI's authority, an
+/// origin-form URI.
+fn h1_form<B>(mut request: Request<B>) -> Request<B> {
+    if let Some(host) = request
+        .uri()
+        .authority()
+        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    let pq = request.uri().path_and_query().cloned();
+    *request.uri_mut() = pq.map_or_else(|| Uri::from_static("/"), Uri::from);
+    *request.version_mut() = Version::HTTP_11;
+    request
+}
+
 /// A copy of a safe request without a body (GET, HEAD, OPTIONS, TRACE: RFC 9110
 /// §9.2.1), to send again; `None` for any other.
 fn replica<B: Body + Default>(request: &Request<B>) -> Option<Request<B>> {
@@ -502,16 +790,26 @@ fn closed_without_answer(err: &hyper::Error) -> bool {
 }
 
 /// A response body from a pooled connection: the connection goes back to its pool when
-/// the body has been read to the end (and is closed if the body is dropped before).
+/// the body has been read to the end (and is closed if the body is dropped before). An
+/// HTTP/2 stream is given back either way (a dropped one is reset, its connection goes on).
 pub struct Pooled<B: Send + 'static> {
     body: Incoming,
-    slot: Option<(SendRequest<B>, Arc<Inner<B>>)>,
+    slot: Option<Slot<B>>,
+}
+
+/// What a response body gives back at its end.
+enum Slot<B: Send + 'static> {
+    H1(SendRequest<B>, Arc<Inner<B>>),
+    H2(StreamGuard<B>),
 }
 
 impl<B: Send + 'static> Pooled<B> {
+    #[inline(always)]
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.slot.take() {
-            pool.put(sender);
+        match self.slot.take() {
+            Some(Slot::H1(sender, pool)) => pool.put(sender),
+            Some(Slot::H2(stream)) => drop(stream),
+            None => {}
         }
     }
 }
@@ -852,6 +1150,128 @@ mod tests {
         let opened = accepted.load(Ordering::SeqCst);
         assert!(opened <= 2, "{opened} connections opened");
         assert!(pool.inner.lock().len() <= 2);
+    }
+
+    /// An HTTP/2-only target (prior knowledge) answering `200 ok` after `delay`; reports
+    /// each connection's index when it closes, and counts accepted connections.
+    async fn h2_target(
+        delay: Duration,
+    ) -> (
+        TargetUrl,
+        tokio::sync::mpsc::UnboundedReceiver<usize>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = TargetUrl::parse(&format!("h2c://{}", listener.local_addr().unwrap())).unwrap();
+        let (closed, rx) = tokio::sync::mpsc::unbounded_channel();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            for index in 0.. {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let closed = closed.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                    let _ = closed.send(index);
+                });
+            }
+        });
+        (url, rx, accepted)
+    }
+
+    #[tokio::test]
+    async fn an_idle_h2_connection_is_closed_after_the_idle_timeout() {
+        let (url, mut closed, accepted) = h2_target(Duration::ZERO).await;
+        let pool =
+            Pool::with_timeouts(&url, &tls(), LIMIT, Duration::from_millis(200), STALE_AFTER);
+        for _ in 0..3 {
+            assert_eq!(get(&pool, &url).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let first_closed = tokio::time::timeout(WAIT, closed.recv()).await.unwrap();
+        assert_eq!(first_closed, Some(0));
+        assert_eq!(pool.inner.h2.as_ref().unwrap().len(), 0);
+        assert_eq!(get(&pool, &url).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        drop(pool);
+        let next_closed = tokio::time::timeout(WAIT, closed.recv()).await.unwrap();
+        assert_eq!(
+            next_closed,
+            Some(1),
+            "dropping the pool closes its connections"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_h2_connection_in_use_is_not_closed_and_its_streams_are_counted() {
+        let (url, mut closed, accepted) = h2_target(Duration::from_millis(300)).await;
+        let pool = Arc::new(Pool::with_timeouts(
+            &url,
+            &tls(),
+            LIMIT,
+            Duration::from_millis(100),
+            STALE_AFTER,
+        ));
+        let mut all = tokio::task::JoinSet::new();
+        for _ in 0..5 {
+            let (pool, url) = (pool.clone(), url.clone());
+            all.spawn(async move { get(&pool, &url).await });
+        }
+        // Longer than the idle timeout, but the streams are in flight.
+        let bodies = tokio::time::timeout(WAIT, all.join_all()).await.unwrap();
+        assert!(bodies.iter().all(|b| b == "ok"));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let conns = pool.inner.h2.as_ref().unwrap();
+        assert!(conns.len() <= 1);
+        // Every stream was given back: the connection then goes idle and closes.
+        let first_closed = tokio::time::timeout(WAIT, closed.recv()).await.unwrap();
+        assert_eq!(first_closed, Some(0));
+    }
+
+    #[tokio::test]
+    async fn close_ends_idle_h2_connections_at_once() {
+        let (url, mut closed, _) = h2_target(Duration::ZERO).await;
+        let pool = Pool::new(&url, &tls(), LIMIT);
+        assert_eq!(get(&pool, &url).await, "ok");
+        assert_eq!(pool.protocol(), Some("h2c"));
+        pool.close();
+        let first_closed = tokio::time::timeout(WAIT, closed.recv()).await.unwrap();
+        assert_eq!(first_closed, Some(0));
+    }
+
+    #[test]
+    fn an_unsent_h2_request_goes_back_to_what_send_takes() {
+        let url = TargetUrl::parse("h2c://target:50051/prefix").unwrap();
+        let pool: Pool<Empty<Bytes>> = Pool::new(&url, &tls(), LIMIT);
+        let mut request = Request::get("/prefix/a?b=c")
+            .header(header::HOST, "client.example:8443")
+            .header("x-kept", "1")
+            .body(Empty::new())
+            .unwrap();
+        pool.h2_form(&mut request);
+        assert_eq!(request.uri(), "http://client.example:8443/prefix/a?b=c");
+        assert!(request.headers().get(header::HOST).is_none());
+        assert_eq!(request.version(), Version::HTTP_2);
+        let again = h1_form(request);
+        assert_eq!(again.uri(), "/prefix/a?b=c");
+        assert_eq!(again.headers()[header::HOST], "client.example:8443");
+        assert_eq!(again.headers()["x-kept"], "1");
+        assert_eq!(again.version(), Version::HTTP_11);
+        // Without a usable Host the target's authority is used.
+        let mut bare = Request::get("/x").body(Empty::<Bytes>::new()).unwrap();
+        pool.h2_form(&mut bare);
+        assert_eq!(bare.uri(), "http://target:50051/x");
     }
 
     #[test]

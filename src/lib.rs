@@ -22,8 +22,12 @@
 //! - `server`: binds (`server::ListenAddr`), accepts, serves HTTP/1 + h2c connections
 //!   (or TLS with ALPN), routes, drains.
 //! - `idle`: closes idle client connections where hyper does not.
-//! - `proxy`: owns the proxy's state; forwards to main and offers copies to mirrors;
-//!   `proxy::tee` streams a request body to main while copying it for the mirrors.
+//! - `proxy`: owns the proxy's state; answers each request in named steps (rewrite the
+//!   head, offer the copy, send to main, build the answer); `proxy::offer`: which
+//!   mirrors a request's copy goes to, the head it carries and what main's answer owes
+//!   them; `proxy::tee` streams a request body to main while copying it for the
+//!   mirrors; `proxy::error`: `MainError`, the proxy's own answers (`400`, `408`, `501`,
+//!   `502`, `504`).
 //! - `budget`: the byte budget for bodies held for mirrors (`--max-buffered-bytes`).
 //! - `headers`: hop-by-hop removal, `X-Forwarded-*`, `Via`.
 //! - `body`: body types and helpers for the proxy's own answers.
@@ -35,7 +39,8 @@
 //!   `compare::verdict` decides whether two answers match, `compare::capture` keeps them
 //!   aside within the byte budget, `compare::decode` undoes a `Content-Encoding`,
 //!   `compare::stats` and `compare::mismatches` keep the results.
-//! - `sources`: mirror lines on disk: `sources::state_file` (`--state-file`) and
+//! - `sources`: mirror lines on disk: `sources::state_file` (`--state-file`, and its
+//!   `Saver`, which writes the registry's admin mirrors after each change) and
 //!   `sources::targets_file` (`--targets-file`).
 //! - `registry`: the set of mirrors; removes mirrors that failed for too long.
 //! - `admin`: the `/targets` endpoint; `auth`: its Basic authentication.
@@ -62,14 +67,19 @@
 //! # Request flow
 //! 1. `server` accepts a connection and hands it to the least loaded of the `workers`;
 //!    on that thread each request is routed to `admin` or `proxy`.
-//! 2. `proxy` rewrites the headers once and sends the request to main, its body streamed
-//!    as it arrives; when mirrors want the request a copy of the body is collected on
-//!    the way, within `--max-body-size` and the byte budget.
-//! 3. Once the body is complete each mirror is *offered* an `Arc` of the copy: a
-//!    non-blocking permit + health check, then a background task delivers it.
-//! 4. main's response is streamed back as it arrives; for comparing mirrors a copy of
-//!    its start is kept aside (`mirror::compare::capture`), and each comparing copy
-//!    compares once both are complete (`mirror::compare::verdict`).
+//! 2. `proxy` rewrites the head once (`Proxy::rewrite_head`), picks the mirrors whose
+//!    options want the request (`Proxy::offer_copy`) and sends it to main
+//!    (`Proxy::send_to_main`), its body streamed as it arrives; when mirrors want the
+//!    request a copy of the body is collected on the way (`proxy::tee`), within
+//!    `--max-body-size` and the byte budget.
+//! 3. Once the body is complete each mirror is *offered* an `Arc` of the copy
+//!    (`proxy::offer`): a non-blocking permit + health check, then a background task
+//!    delivers it.
+//! 4. main's response is streamed back as it arrives (`Proxy::build_answer`); for
+//!    comparing mirrors a copy of its start is kept aside
+//!    (`mirror::compare::capture`), and each comparing copy compares once both are
+//!    complete (`mirror::compare::verdict`). When main cannot answer, a `MainError`
+//!    says why and is the client's answer.
 
 #![forbid(unsafe_code)]
 

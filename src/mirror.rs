@@ -223,6 +223,9 @@ pub struct Mirror {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
     pub url: String,
+    /// What the mirror is spoken to in: `http/1.1`, `h2c`, or for `https://` what its
+    /// server picked (`h2` or `http/1.1`), null before the first connection.
+    pub protocol: Option<&'static str>,
     pub source: Source,
     pub state: State,
     pub persistent: bool,
@@ -367,6 +370,7 @@ impl Mirror {
         let health = self.lock_health();
         Status {
             url: self.url.to_string(),
+            protocol: self.pools.iter().find_map(Pool::protocol),
             source: plan.source,
             state: health.state(),
             persistent: plan.persistent(),

@@ -3,14 +3,19 @@
 //! settings, the keep-alive pools to main, the mirror set, the byte budget for
 //! mirrored bodies, and this process's `Via` token.
 //!
-//! Request flow: rewrite headers once → pick the mirrors that want a copy → send to
-//! main with the body streamed as it arrives; a copy of it is collected on the way
-//! ([`tee`]) and offered to those mirrors once complete → stream main's response back
-//! as it arrives.
+//! Request flow, one step each in [`Proxy::answer`]: rewrite the head once
+//! ([`Proxy::rewrite_head`]) → pick the mirrors that want a copy and plan their offer
+//! ([`Proxy::offer_copy`], [`offer`]) → send to main with the body streamed as it
+//! arrives ([`Proxy::send_to_main`]); a copy of it is collected on the way ([`tee`])
+//! and offered to those mirrors once complete → stream main's response back as it
+//! arrives ([`Proxy::build_answer`]), or the proxy's own answer when main cannot give
+//! one ([`MainError`]).
 //!
 //! Upgrade requests (WebSocket and others, RFC 9110 §7.8) are tunnelled to main both
 //! ways and never mirrored: a copy cannot take part in the conversation.
 
+mod error;
+mod offer;
 mod tee;
 
 use std::hash::BuildHasher;
@@ -23,6 +28,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
@@ -35,10 +41,12 @@ use crate::mirror::compare::capture::MainCapture;
 use crate::mirror::ordered::MainHalf;
 use crate::observe::metrics::MainStats;
 use crate::ratelimit::LogLimiter;
-use crate::registry::{Mirrors, Registry};
+use crate::registry::Registry;
 use crate::target_url::TargetUrl;
 use crate::workers;
-use tee::{ClientBodyError, Offer, RequestBody, Selection};
+use error::MainError;
+use offer::{Fate, Followers, Offer, fate, select, skip_all};
+use tee::{ClientBodyError, RequestBody};
 
 /// How often a per-request error towards main may be logged.
 const MAIN_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -89,7 +97,7 @@ pub struct Settings {
 }
 
 struct Inner {
-    config: Settings,
+    settings: Settings,
     /// One pool per worker thread (see [`workers::pick`]).
     main_pools: Box<[Pool<BoxBody>]>,
     registry: Registry,
@@ -110,9 +118,9 @@ struct Inner {
 }
 
 impl Proxy {
-    /// The proxy for `config`, offering copies to the mirrors in `registry`; request
+    /// The proxy for `settings`, offering copies to the mirrors in `registry`; request
     /// bodies held for them count against `budget`.
-    pub fn new(config: Settings, registry: Registry, budget: Budget) -> Self {
+    pub fn new(settings: Settings, registry: Registry, budget: Budget) -> Self {
         let via_token = format!(
             "trafficmirror-{:016x}",
             std::collections::hash_map::RandomState::new()
@@ -124,15 +132,15 @@ impl Proxy {
         // Main's connections are made as the mirrors' are: same TLS settings, one pool
         // per worker thread, the same per-target limit.
         let main_pools = client::per_worker(
-            &config.main,
-            &config.mirror.tls,
-            config.mirror.pools,
-            config.mirror.max_connections,
+            &settings.main,
+            &settings.mirror.tls,
+            settings.mirror.pools,
+            settings.mirror.max_connections,
         );
         Self {
             inner: Arc::new(Inner {
                 main_pools,
-                config,
+                settings,
                 registry,
                 budget,
                 via_token,
@@ -145,9 +153,8 @@ impl Proxy {
         }
     }
 
-    /// This proxy's own settings.
-    fn config(&self) -> &Settings {
-        &self.inner.config
+    fn settings(&self) -> &Settings {
+        &self.inner.settings
     }
 
     pub fn registry(&self) -> &Registry {
@@ -196,7 +203,7 @@ impl Proxy {
         response
     }
 
-    /// [`Proxy::forward`] without the counting.
+    /// [`Proxy::forward`] without the counting: the request's steps, in order.
     async fn answer<B>(
         &self,
         mut req: Request<B>,
@@ -207,21 +214,48 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let config = self.config();
         if req.method() == Method::CONNECT {
-            // Answered here and never mirrored, yet counted once per mirror as every
-            // proxied request is (docs/shadowing.md, "The admin endpoint"): like an upgrade.
-            let mirrors = self.registry().snapshot();
-            let selected = select(&mirrors, req.method(), req.uri().path(), req.headers());
-            skip_all(&mirrors, &selected);
-            return error_response(
-                StatusCode::NOT_IMPLEMENTED,
-                "CONNECT is not supported: trafficmirror is a reverse proxy",
-            );
+            self.count_unmirrored(&req);
+            return MainError::Connect.answer();
         }
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let looped = self.rewrite_head(&mut parts, peer, upgrade);
+        let (body, followers) = self.offer_copy(&parts, body, looped, client_upgrade.is_some());
+        main_head(
+            &mut parts,
+            &self.settings().main,
+            self.settings().preserve_host,
+        );
+        match self.send_to_main(Request::from_parts(parts, body)).await {
+            Ok(response) => self.build_answer(response, client_upgrade, followers, started),
+            Err(err) => {
+                self.log_main_error(&err, peer);
+                err.answer()
+            }
+        }
+    }
+
+    /// Counts a request answered here and never mirrored once per mirror, as every
+    /// proxied request is (docs/shadowing.md, "The admin endpoint"): like an upgrade.
+    fn count_unmirrored<B>(&self, req: &Request<B>) {
+        let mirrors = self.registry().snapshot();
+        let selected = select(&mirrors, req.method(), req.uri().path(), req.headers());
+        skip_all(&mirrors, &selected);
+    }
+
+    /// Rewrites a request's head once, for main and every mirror alike: `Host` leaves
+    /// (each target gets its own, see [`main_head`] and the offer's host slot), hop-by-hop
+    /// headers go, `X-Forwarded-*` and this proxy's `Via` entry come; an upgrade request
+    /// keeps asking for `upgrade`. True when the request already carried this proxy's
+    /// `Via` entry: a loop.
+    fn rewrite_head(
+        &self,
+        parts: &mut http::request::Parts,
+        peer: &Peer,
+        upgrade: Option<HeaderValue>,
+    ) -> bool {
         // `Host` becomes each target's authority, set per target below. (The server
         // answered 400 to a request with more than one.)
         let host = parts.headers.remove(header::HOST).or_else(|| {
@@ -240,45 +274,47 @@ impl Proxy {
             peer.https,
         );
         headers::append_via(&mut parts.headers, self.via_entry(parts.version));
-        if config.preserve_host {
-            if let Some(host) = &host {
-                parts.headers.insert(header::HOST, host.clone());
+        if self.settings().preserve_host {
+            if let Some(host) = host {
+                parts.headers.insert(header::HOST, host);
             }
         }
-        if let Some(protocol) = &upgrade {
+        if let Some(protocol) = upgrade {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, protocol.clone());
+            parts.headers.insert(header::UPGRADE, protocol);
         }
+        looped
+    }
 
-        let mirrors = self.registry().snapshot();
-        let selected = select(&mirrors, &parts.method, parts.uri.path(), &parts.headers);
-        let timeout = config.body_read_timeout;
+    /// Plans the mirrors' copy of a request whose head is rewritten: picks the mirrors
+    /// that want it, and either skips them all (a loop, an upgrade, a body announced
+    /// over `--max-body-size`) or offers them the copy once its body is complete. Returns
+    /// the body to send to main (copied on its way when offered) and what main's answer
+    /// owes the mirrors.
+    fn offer_copy<B>(
+        &self,
+        parts: &http::request::Parts,
+        body: B,
+        looped: bool,
+        upgrade: bool,
+    ) -> (BoxBody, Followers)
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         // An HTTP/2 body ends with END_STREAM, which hyper does not tell apart from a
         // reset (see `tee`).
         let h2 = parts.version == Version::HTTP_2;
-        // Ordered mirrors learn when main's answer is complete (see `mirror::ordered`).
-        let mut main_halves = Vec::new();
-        let mut orders = Vec::new();
-        let mut comparing = false;
-        for (index, member) in selected.iter(&mirrors) {
-            if member.plan.options.ordered {
-                let (main_half, mirror_half) = member.mirror.arrive();
-                main_halves.push(main_half);
-                orders.push((index, mirror_half));
-            }
-            comparing |= member.plan.compare.is_some();
+        let mirrors = self.registry().snapshot();
+        let selected = select(&mirrors, &parts.method, parts.uri.path(), &parts.headers);
+        if selected.is_empty() {
+            return (self.streamed(body, h2), Followers::default());
         }
-        let (main_answer_tx, main_answer) = if comparing && !looped && upgrade.is_none() {
-            let (tx, rx) = tokio::sync::watch::channel(None);
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let upstream_body = if selected.is_empty() {
-            self.streamed(body, h2)
-        } else if looped || upgrade.is_some() {
+        let (followers, awaiting) = Followers::of(&mirrors, &selected, looped || upgrade);
+        let lower = body.size_hint().lower();
+        if fate(looped, upgrade, lower, self.settings().max_body_size) == Fate::Skip {
             if looped && self.first_loop() {
                 // Already handled by this instance (docs/shadowing.md, "Loops and `Via`").
                 warn!(
@@ -288,135 +324,120 @@ impl Proxy {
                 );
             }
             skip_all(&mirrors, &selected);
-            self.streamed(body, h2)
-        } else if body.size_hint().lower() > config.max_body_size {
-            skip_all(&mirrors, &selected);
-            self.streamed(body, h2)
-        } else {
-            let mut headers = parts.headers.clone();
-            // A slot each copy fills with its mirror's authority in place, so that the
-            // per-copy clone of this map never grows (a reallocation per copy).
-            let host_slot = !headers.contains_key(header::HOST);
-            if host_slot {
-                headers.insert(header::HOST, HeaderValue::from_static(""));
-            }
-            let offer = Offer {
-                mirrors,
-                selected,
-                orders,
-                method: parts.method.clone(),
-                path_and_query: parts.uri.path_and_query().cloned(),
-                headers,
-                host_slot,
-                main_answer,
-            };
-            let held = self.budget().hold();
-            if body.is_end_stream() {
-                // Nothing to collect (a GET): the copy goes out at once.
-                offer.deliver(Bytes::new(), held);
-                body::boxed(body)
-            } else {
-                body::boxed(RequestBody::teed(
-                    body,
-                    timeout,
-                    h2,
-                    offer,
-                    held,
-                    config.max_body_size,
-                ))
-            }
-        };
-
-        let main = &config.main;
-        parts.uri = main.request_target(parts.uri.path_and_query());
-        // With --preserve-host the client's `Host` stays, but an HTTP/1.0 client may have
-        // sent none, and HTTP/1.1 to main requires one.
-        if !config.preserve_host || !parts.headers.contains_key(header::HOST) {
-            parts
-                .headers
-                .insert(header::HOST, main.host_header().clone());
+            return (self.streamed(body, h2), followers);
         }
-        parts.version = Version::HTTP_11;
-        let upstream = Request::from_parts(parts, upstream_body);
-        let pending = self.main_pool().send(upstream);
-        let result = match config.main_timeout {
-            None => pending.await,
+        let offer = Offer::new(mirrors, selected, awaiting, parts);
+        (self.teed(body, h2, offer), followers)
+    }
+
+    /// A body streamed to main while a copy is collected for `offer`, or the copy sent
+    /// at once when there is no body to collect (a GET).
+    fn teed<B>(&self, body: B, h2: bool, offer: Offer) -> BoxBody
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let held = self.budget().hold();
+        if body.is_end_stream() {
+            offer.deliver(Bytes::new(), held);
+            return body::boxed(body);
+        }
+        let settings = self.settings();
+        body::boxed(RequestBody::teed(
+            body,
+            settings.body_read_timeout,
+            h2,
+            offer,
+            held,
+            settings.max_body_size,
+        ))
+    }
+
+    /// Sends a request to main within `--main-timeout`.
+    async fn send_to_main(
+        &self,
+        request: Request<BoxBody>,
+    ) -> Result<Response<client::Pooled<BoxBody>>, MainError> {
+        let pending = self.main_pool().send(request);
+        match self.settings().main_timeout {
+            None => pending.await.map_err(MainError::from_exchange),
             Some(limit) => match tokio::time::timeout(limit, pending).await {
-                Ok(result) => result,
-                Err(_) => {
-                    if let Some(held_back) = self.inner.main_timeout_log.admit() {
-                        warn!(main = %config.main, timeout = ?limit, held_back, "main did not answer in time");
-                    }
-                    return error_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "main target did not answer within --main-timeout",
-                    );
-                }
+                Ok(result) => result.map_err(MainError::from_exchange),
+                Err(_) => Err(MainError::Timeout(limit)),
             },
+        }
+    }
+
+    /// Main's answer as the client gets it: its head rewritten (and a switch of
+    /// protocols tunnelled both ways), its body streamed, captured for comparing mirrors
+    /// and reported at its end to ordered ones.
+    fn build_answer<R>(
+        &self,
+        mut response: Response<R>,
+        client_upgrade: Option<OnUpgrade>,
+        followers: Followers,
+        started: tokio::time::Instant,
+    ) -> Response<BoxBody>
+    where
+        R: Body<Data = Bytes> + Send + Unpin + 'static,
+        R::Error: Into<BoxError>,
+    {
+        let switched = match client_upgrade {
+            Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let upstream = hyper::upgrade::on(&mut response);
+                tokio::spawn(tunnel(client, upstream));
+                response.headers().get(header::UPGRADE).cloned()
+            }
+            _ => None,
         };
-        match result {
-            Ok(mut response) => {
-                let tunnel = match (client_upgrade, &upgrade) {
-                    (Some(client), Some(_))
-                        if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
-                    {
-                        let upstream = hyper::upgrade::on(&mut response);
-                        tokio::spawn(tunnel(client, upstream));
-                        response.headers().get(header::UPGRADE).cloned()
-                    }
-                    _ => None,
-                };
-                let (mut parts, body) = response.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers);
-                if let Some(protocol) = tunnel {
-                    parts
-                        .headers
-                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                    parts.headers.insert(header::UPGRADE, protocol);
-                }
-                // Our connection to the client has its own version; hyper picks the wire
-                // version from this field, so a main speaking HTTP/1.0 must not leak through.
-                parts.version = Version::HTTP_11;
-                let capture = main_answer_tx.map(|tx| {
-                    MainCapture::new(
-                        parts.status,
-                        parts.headers.clone(),
-                        started,
-                        tx,
-                        config.mirror.max_compare_size,
-                        self.budget(),
-                    )
-                });
-                if main_halves.is_empty() && capture.is_none() {
-                    Response::from_parts(parts, body::boxed(body))
-                } else {
-                    let body = OnEnd::new(body, main_halves, capture);
-                    Response::from_parts(parts, body::boxed(body))
+        let (mut parts, body) = response.into_parts();
+        answer_head(&mut parts, switched);
+        let capture = followers.answer_tx.map(|tx| {
+            MainCapture::new(
+                parts.status,
+                parts.headers.clone(),
+                started,
+                tx,
+                self.settings().mirror.max_compare_size,
+                self.budget(),
+            )
+        });
+        if followers.halves.is_empty() && capture.is_none() {
+            Response::from_parts(parts, body::boxed(body))
+        } else {
+            let body = OnEnd::new(body, followers.halves, capture);
+            Response::from_parts(parts, body::boxed(body))
+        }
+    }
+
+    /// Logs why the proxy answers itself: main's failures at `warn`, at most one line
+    /// per second each; a client's failing body at `debug`.
+    fn log_main_error(&self, err: &MainError, peer: &Peer) {
+        let main = &self.settings().main;
+        match err {
+            MainError::Connect => {}
+            MainError::Timeout(limit) => {
+                if let Some(held_back) = self.inner.main_timeout_log.admit() {
+                    warn!(main = %main, timeout = ?limit, held_back, "main did not answer in time");
                 }
             }
-            Err(err) => match client_body_error(&err) {
-                Some(ClientBodyError::Timeout(limit)) => {
-                    debug!(client = %peer.addr, timeout = ?limit, "request body stalled");
-                    error_response(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "the request body did not arrive within --body-read-timeout",
-                    )
+            MainError::Unreachable(err) => {
+                if let Some(held_back) = self.inner.main_unreachable_log.admit() {
+                    warn!(main = %main, error = %client::error_chain(err), held_back, "main target unreachable");
                 }
-                Some(ClientBodyError::Read(cause)) => {
+            }
+            MainError::BodyStalled(limit) => {
+                debug!(client = %peer.addr, timeout = ?limit, "request body stalled");
+            }
+            MainError::BodyBroken(err) => {
+                if let Some(cause) = MainError::body_cause(err) {
                     debug!(client = %peer.addr, error = %cause, "malformed or broken request body");
-                    error_response(StatusCode::BAD_REQUEST, "failed to read the request body")
                 }
-                Some(unfinished @ ClientBodyError::Unfinished { .. }) => {
-                    debug!(client = %peer.addr, error = %unfinished, "request body not finished");
-                    error_response(StatusCode::BAD_REQUEST, "the request body did not end")
-                }
-                None => {
-                    if let Some(held_back) = self.inner.main_unreachable_log.admit() {
-                        warn!(main = %config.main, error = %client::error_chain(&err), held_back, "main target unreachable");
-                    }
-                    error_response(StatusCode::BAD_GATEWAY, "main target unreachable")
-                }
-            },
+            }
+            &MainError::BodyUnfinished { received, expected } => {
+                let unfinished = ClientBodyError::Unfinished { received, expected };
+                debug!(client = %peer.addr, error = %unfinished, "request body not finished");
+            }
         }
     }
 
@@ -432,7 +453,7 @@ impl Proxy {
         } else {
             body::boxed(RequestBody::streamed(
                 body,
-                self.config().body_read_timeout,
+                self.settings().body_read_timeout,
                 h2,
             ))
         }
@@ -462,6 +483,35 @@ fn upgrade_protocol(headers: &http::HeaderMap) -> Option<HeaderValue> {
         })
 }
 
+/// Points a rewritten request head at main: its path under main's prefix, main's
+/// `Host` unless `--preserve-host` kept the client's, HTTP/1.1.
+fn main_head(parts: &mut http::request::Parts, main: &TargetUrl, preserve_host: bool) {
+    parts.uri = main.request_target(parts.uri.path_and_query());
+    // With --preserve-host the client's `Host` stays, but an HTTP/1.0 client may have
+    // sent none, and HTTP/1.1 to main requires one.
+    if !preserve_host || !parts.headers.contains_key(header::HOST) {
+        parts
+            .headers
+            .insert(header::HOST, main.host_header().clone());
+    }
+    parts.version = Version::HTTP_11;
+}
+
+/// Rewrites main's answer head for the client: hop-by-hop headers go, except the
+/// `upgrade` of a switch of protocols to `switched`.
+fn answer_head(parts: &mut http::response::Parts, switched: Option<HeaderValue>) {
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = switched {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
+    // Our connection to the client has its own version; hyper picks the wire version
+    // from this field, so a main speaking HTTP/1.0 must not leak through.
+    parts.version = Version::HTTP_11;
+}
+
 /// Copies bytes both ways between the upgraded client and main connections.
 async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
@@ -476,25 +526,6 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
         Err(err) => debug!(error = %err, "upgraded connection ended with an error"),
-    }
-}
-
-/// The mirrors whose options select this request; the others count it `filtered`.
-fn select(mirrors: &Mirrors, method: &Method, path: &str, headers: &http::HeaderMap) -> Selection {
-    let mut selected = Selection::default();
-    for (index, member) in mirrors.iter().enumerate() {
-        if member.plan.selects(method, path, headers) {
-            selected.add(index);
-        } else {
-            member.mirror.filter();
-        }
-    }
-    selected
-}
-
-fn skip_all(mirrors: &Mirrors, selected: &Selection) {
-    for (_, member) in selected.iter(mirrors) {
-        member.mirror.skip();
     }
 }
 
@@ -563,21 +594,250 @@ impl<B: Body<Data = Bytes> + Unpin> Body for OnEnd<B> {
     }
 }
 
-/// The client's body failure behind a failed request to main, if that is what it was.
-fn client_body_error<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a ClientBodyError> {
-    let mut source = Some(err);
-    while let Some(cause) = source {
-        if let Some(found) = cause.downcast_ref::<ClientBodyError>() {
-            return Some(found);
-        }
-        source = cause.source();
-    }
-    None
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use crate::mirror::counters::Snapshot;
+    use http_body_util::{BodyExt, Empty, Full};
 
-/// A plain-text error answer from the proxy itself.
-pub fn error_response(status: StatusCode, message: &str) -> Response<BoxBody> {
-    body::text(status, format!("{message}\n"))
+    /// A proxy to main at `http://main.test:8080/base`, with `args` added (its
+    /// `--mirror` mirrors in the set).
+    fn proxy(args: &[&str]) -> Proxy {
+        let mut all = vec!["trafficmirror", "--main", "http://main.test:8080/base"];
+        all.extend_from_slice(args);
+        let config = crate::Config::from_cli(&Cli::try_parse_args(all).unwrap()).unwrap();
+        let budget = Budget::new(config.max_buffered_bytes);
+        let registry = Registry::new(config.proxy.mirror.clone(), budget.clone());
+        registry.add_lines(&config.initial.mirrors, crate::mirror::Source::Flag);
+        Proxy::new(config.proxy, registry, budget)
+    }
+
+    fn peer() -> Peer {
+        Peer::new("10.1.2.3:4567".parse().unwrap(), false)
+    }
+
+    fn head(req: http::request::Builder) -> http::request::Parts {
+        req.body(()).unwrap().into_parts().0
+    }
+
+    /// The counters of each mirror, in the set's order.
+    fn counters(proxy: &Proxy) -> Vec<Snapshot> {
+        let mirrors = proxy.registry().snapshot();
+        mirrors
+            .iter()
+            .map(|m| m.mirror.status(&m.plan).counters)
+            .collect()
+    }
+
+    #[test]
+    fn the_head_loses_host_and_hop_by_hop_and_gains_forwarded_and_via() {
+        let proxy = proxy(&[]);
+        let mut parts = head(
+            Request::get("/x?y=1")
+                .header(header::HOST, "client.example")
+                .header(header::CONNECTION, "keep-alive, x-private")
+                .header("x-private", "1")
+                .header("x-kept", "2"),
+        );
+        assert!(!proxy.rewrite_head(&mut parts, &peer(), None));
+        let h = &parts.headers;
+        assert!(!h.contains_key(header::HOST));
+        assert!(!h.contains_key(header::CONNECTION));
+        assert!(!h.contains_key("x-private"));
+        assert_eq!(h["x-kept"], "2");
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-host"], "client.example");
+        let via = format!("1.1 {}", proxy.inner.via_token);
+        assert_eq!(h[header::VIA], via.as_str());
+    }
+
+    #[test]
+    fn an_http2_request_forwards_its_authority_as_host() {
+        let proxy = proxy(&[]);
+        let mut parts = head(Request::get("http://client.example:8443/x").version(Version::HTTP_2));
+        proxy.rewrite_head(&mut parts, &peer(), None);
+        assert_eq!(parts.headers["x-forwarded-host"], "client.example:8443");
+        let via = format!("2 {}", proxy.inner.via_token);
+        assert_eq!(parts.headers[header::VIA], via.as_str());
+    }
+
+    #[test]
+    fn a_request_carrying_this_proxys_via_is_a_loop() {
+        let proxy = proxy(&[]);
+        let via = format!("1.1 other, 1.1 {}", proxy.inner.via_token);
+        let mut parts = head(Request::get("/").header(header::VIA, via));
+        assert!(proxy.rewrite_head(&mut parts, &peer(), None));
+        let mut parts = head(Request::get("/").header(header::VIA, "1.1 trafficmirror-0"));
+        assert!(!proxy.rewrite_head(&mut parts, &peer(), None));
+    }
+
+    #[test]
+    fn preserve_host_keeps_the_clients_host_and_an_upgrade_keeps_asking() {
+        let proxy = proxy(&["--preserve-host"]);
+        let mut parts = head(
+            Request::get("/chat")
+                .header(header::HOST, "client.example")
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, "websocket"),
+        );
+        let upgrade = upgrade_protocol(&parts.headers);
+        assert_eq!(upgrade.as_ref().unwrap(), "websocket");
+        proxy.rewrite_head(&mut parts, &peer(), upgrade);
+        assert_eq!(parts.headers[header::HOST], "client.example");
+        assert_eq!(parts.headers[header::CONNECTION], "upgrade");
+        assert_eq!(parts.headers[header::UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn an_h2c_offer_alone_is_no_upgrade() {
+        let h2c = head(
+            Request::get("/")
+                .header(header::CONNECTION, "Upgrade, HTTP2-Settings")
+                .header(header::UPGRADE, " h2c "),
+        );
+        assert_eq!(upgrade_protocol(&h2c.headers), None);
+        let without_connection = head(Request::get("/").header(header::UPGRADE, "websocket"));
+        assert_eq!(upgrade_protocol(&without_connection.headers), None);
+    }
+
+    #[test]
+    fn the_head_to_main_has_mains_url_host_and_http_1_1() {
+        let main = TargetUrl::parse("http://main.test:8080/base").unwrap();
+        let mut parts = head(Request::get("/x?y=1").version(Version::HTTP_2));
+        main_head(&mut parts, &main, false);
+        assert_eq!(parts.uri, "/base/x?y=1");
+        assert_eq!(parts.headers[header::HOST], "main.test:8080");
+        assert_eq!(parts.version, Version::HTTP_11);
+
+        // --preserve-host keeps a client's Host, and gives main's to a request without.
+        let mut kept = head(Request::get("/").header(header::HOST, "client.example"));
+        main_head(&mut kept, &main, true);
+        assert_eq!(kept.headers[header::HOST], "client.example");
+        let mut none = head(Request::get("/").version(Version::HTTP_10));
+        main_head(&mut none, &main, true);
+        assert_eq!(none.headers[header::HOST], "main.test:8080");
+    }
+
+    #[test]
+    fn mains_answer_head_loses_hop_by_hop_except_a_switch_of_protocols() {
+        let response = Response::builder()
+            .version(Version::HTTP_10)
+            .header(header::CONNECTION, "close")
+            .header("keep-alive", "timeout=5")
+            .header("x-kept", "1")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = response.into_parts();
+        answer_head(&mut parts, None);
+        assert_eq!(parts.version, Version::HTTP_11);
+        assert!(!parts.headers.contains_key(header::CONNECTION));
+        assert!(!parts.headers.contains_key("keep-alive"));
+        assert_eq!(parts.headers["x-kept"], "1");
+
+        let switched = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = switched.into_parts();
+        answer_head(&mut parts, Some(HeaderValue::from_static("websocket")));
+        assert_eq!(parts.headers[header::CONNECTION], "upgrade");
+        assert_eq!(parts.headers[header::UPGRADE], "websocket");
+    }
+
+    #[tokio::test]
+    async fn a_selected_request_is_offered_and_the_others_filtered() {
+        let proxy = proxy(&[
+            "--mirror",
+            "http://m1:1",
+            "--mirror",
+            "http://m2:2 method=POST",
+        ]);
+        let parts = head(Request::get("/x"));
+        let (body, followers) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), false, false);
+        assert!(body.is_end_stream());
+        assert!(followers.halves.is_empty() && followers.answer_tx.is_none());
+        let [m1, m2] = &counters(&proxy)[..] else {
+            panic!()
+        };
+        assert_eq!((m1.sent, m1.skipped, m1.filtered), (1, 0, 0));
+        assert_eq!((m2.sent, m2.skipped, m2.filtered), (0, 0, 1));
+    }
+
+    #[tokio::test]
+    async fn loops_upgrades_and_bodies_over_the_limit_are_skipped() {
+        let proxy = proxy(&["--mirror", "http://m1:1", "--max-body-size", "4"]);
+        let parts = head(Request::post("/x"));
+        let small = || Full::new(Bytes::from_static(b"1234"));
+        let large = Full::new(Bytes::from_static(b"12345"));
+        let (body, _) = proxy.offer_copy(&parts, small(), true, false);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "1234");
+        proxy.offer_copy(&parts, small(), false, true);
+        let (body, _) = proxy.offer_copy(&parts, large, false, false);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "12345");
+        assert_eq!(counters(&proxy)[0].skipped, 3);
+        assert_eq!(counters(&proxy)[0].sent, 0);
+        // At the limit the copy is collected on the way, and offered at the body's end.
+        let (body, _) = proxy.offer_copy(&parts, small(), false, false);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "1234");
+        assert_eq!(counters(&proxy)[0].sent, 1);
+    }
+
+    #[tokio::test]
+    async fn ordered_and_comparing_mirrors_follow_mains_answer() {
+        let proxy = proxy(&["--mirror", "http://m1:1 ordered=true compare=true"]);
+        let parts = head(Request::get("/x"));
+        let (_, followers) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), false, false);
+        assert_eq!(followers.halves.len(), 1);
+        assert!(followers.answer_tx.is_some());
+        // A loop is not compared, but takes its place in the order.
+        let (_, looped) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), true, false);
+        assert_eq!(looped.halves.len(), 1);
+        assert!(looped.answer_tx.is_none());
+    }
+
+    #[tokio::test]
+    async fn mains_answer_is_captured_for_comparing_mirrors_as_it_streams() {
+        let proxy = proxy(&[]);
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let followers = Followers {
+            halves: Vec::new(),
+            answer_tx: Some(tx),
+        };
+        let response = Response::builder()
+            .status(StatusCode::CREATED)
+            .body(Full::new(Bytes::from_static(b"made")))
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let answer = proxy.build_answer(response, None, followers, started);
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        assert!(rx.borrow().is_none(), "captured before the client read it");
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "made");
+        let main = rx
+            .borrow()
+            .clone()
+            .expect("main's answer published at its end");
+        assert_eq!(main.answer.status, StatusCode::CREATED);
+        assert_eq!(main.answer.body.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_connect_request_is_counted_skipped_by_the_mirrors_it_selects() {
+        let proxy = proxy(&[
+            "--mirror",
+            "http://m1:1",
+            "--mirror",
+            "http://m2:2 method=GET",
+        ]);
+        let req = Request::connect("other.example:443").body(()).unwrap();
+        proxy.count_unmirrored(&req);
+        let [m1, m2] = &counters(&proxy)[..] else {
+            panic!()
+        };
+        assert_eq!((m1.skipped, m1.filtered), (1, 0));
+        assert_eq!((m2.skipped, m2.filtered), (0, 1));
+    }
 }

@@ -14,7 +14,7 @@ use http::{HeaderValue, Uri};
 pub enum UrlError {
     #[error("{0:?} is not an absolute URL")]
     NotAbsolute(String),
-    #[error("{0:?}: scheme must be http:// or https://")]
+    #[error("{0:?}: scheme must be http://, https:// or h2c://")]
     BadScheme(String),
     #[error("{0:?} has no host")]
     NoHost(String),
@@ -26,15 +26,29 @@ pub enum UrlError {
     HasUserInfo(String),
 }
 
-/// A validated, normalised `http://` or `https://` target with an optional path prefix.
+/// How a target is spoken to (docs/shadowing.md, "Target URLs").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// `http://`: HTTP/1.1 over TCP.
+    Http,
+    /// `https://`: TLS offering ALPN `h2` and `http/1.1`, speaking the server's pick.
+    Https,
+    /// `h2c://`: HTTP/2 over TCP with prior knowledge (RFC 9113 §3.3).
+    H2c,
+}
+
+/// A validated, normalised `http://`, `https://` or `h2c://` target with an optional
+/// path prefix.
 ///
 /// Normalisation (docs/shadowing.md, "The admin endpoint"): scheme and host lower-cased,
-/// default port dropped, trailing `/` dropped. Two targets are equal when their
-/// normalised forms are.
+/// default port dropped (80 for `h2c://`, as for `http://`), trailing `/` dropped. Two
+/// targets are equal when their normalised forms are.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TargetUrl {
     /// The normalised form, shown in listings and used for comparison.
     normalized: String,
+    transport: Transport,
+    /// What a connection is dialled with: `http` for `h2c://` too (plain TCP).
     scheme: Scheme,
     authority: Authority,
     /// `authority` as a ready `Host` header value.
@@ -47,19 +61,33 @@ impl TargetUrl {
     /// Parses and validates a target URL.
     ///
     /// # Errors
-    /// Any value that is not an absolute `http://` or `https://` URL with a host, or that carries a
-    /// query, fragment or user info.
+    /// Any value that is not an absolute `http://`, `https://` or `h2c://` URL with a host,
+    /// or that carries a query, fragment or user info.
     pub fn parse(raw: &str) -> Result<Self, UrlError> {
         let owned = || raw.to_owned();
-        let url = url::Url::parse(raw.trim()).map_err(|_| UrlError::NotAbsolute(owned()))?;
-        let scheme = match url.scheme() {
-            "http" => Scheme::HTTP,
-            "https" => Scheme::HTTPS,
+        let trimmed = raw.trim();
+        // `h2c` is no special scheme to the WHATWG parser (its host would keep its case
+        // and `:80` would stay): it is read as the `http://` URL it is on the wire.
+        let h2c = trimmed
+            .get(..4)
+            .is_some_and(|s| s.eq_ignore_ascii_case("h2c:"));
+        let as_http;
+        let parsed = if h2c {
+            as_http = format!("http:{}", &trimmed[4..]);
+            url::Url::parse(&as_http)
+        } else {
+            url::Url::parse(trimmed)
+        };
+        let url = parsed.map_err(|_| UrlError::NotAbsolute(owned()))?;
+        let (transport, scheme) = match url.scheme() {
+            "http" if h2c => (Transport::H2c, Scheme::HTTP),
+            "http" => (Transport::Http, Scheme::HTTP),
+            "https" => (Transport::Https, Scheme::HTTPS),
             _ => return Err(UrlError::BadScheme(owned())),
         };
         // The WHATWG parser `url` follows reads `http:///x`, `http:/x` and `http:x` as
         // `http://x`; an operator who typed those did not give a host.
-        let written_authority = raw.trim().split_once("://").map(|(_, rest)| rest);
+        let written_authority = trimmed.split_once("://").map(|(_, rest)| rest);
         if written_authority.is_none_or(|rest| rest.starts_with(['/', '\\'])) {
             return Err(UrlError::NoHost(owned()));
         }
@@ -87,9 +115,14 @@ impl TargetUrl {
         let host_header =
             HeaderValue::from_str(authority.as_str()).map_err(|_| UrlError::NoHost(owned()))?;
         let prefix = url.path().trim_end_matches('/').to_owned();
-        let normalized = format!("{scheme}://{authority}{prefix}");
+        let shown = match transport {
+            Transport::H2c => "h2c",
+            Transport::Http | Transport::Https => scheme.as_str(),
+        };
+        let normalized = format!("{shown}://{authority}{prefix}");
         Ok(Self {
             normalized,
+            transport,
             scheme,
             authority,
             host_header,
@@ -102,6 +135,17 @@ impl TargetUrl {
         &self.normalized
     }
 
+    /// How this target is spoken to.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// `http` or `https`: the scheme of the absolute URI an HTTP/2 request to this
+    /// target carries (`:scheme`), `http` for `h2c://`.
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
     /// `host[:port]`, the value of the `Host` header sent to this target.
     pub fn authority(&self) -> &Authority {
         &self.authority
@@ -112,7 +156,8 @@ impl TargetUrl {
         &self.host_header
     }
 
-    /// `scheme://authority`, the address a connection to this target is opened to.
+    /// `scheme://authority`, the address a connection to this target is opened to
+    /// (`http://` for an `h2c://` target: the same TCP connection).
     pub fn origin(&self) -> Uri {
         Uri::builder()
             .scheme(self.scheme.clone())
@@ -177,6 +222,59 @@ mod tests {
     }
 
     #[test]
+    fn h2c_normalises_like_http_with_port_80_by_default() {
+        assert_eq!(norm("h2c://grpc:50051"), "h2c://grpc:50051");
+        assert_eq!(norm("H2C://GRPC:80/"), "h2c://grpc");
+        assert_eq!(
+            norm("h2c://Svc.Example:8080/api/"),
+            "h2c://svc.example:8080/api"
+        );
+        assert_eq!(norm("h2c://[::1]:9000"), "h2c://[::1]:9000");
+        let t = TargetUrl::parse("h2c://grpc:50051/p").unwrap();
+        assert_eq!(t.transport(), Transport::H2c);
+        // Dialled over plain TCP, and `:scheme` is `http` (RFC 9113 §8.3.1).
+        assert_eq!(t.origin().to_string(), "http://grpc:50051/");
+        assert_eq!(t.scheme(), &Scheme::HTTP);
+        assert_eq!(t.host_header(), "grpc:50051");
+        // Not the same target as the http:// one on the same address.
+        assert_ne!(t, TargetUrl::parse("http://grpc:50051/p").unwrap());
+        assert_eq!(
+            TargetUrl::parse("http://a").unwrap().transport(),
+            Transport::Http
+        );
+        assert_eq!(
+            TargetUrl::parse("https://a").unwrap().transport(),
+            Transport::Https
+        );
+    }
+
+    #[test]
+    fn h2c_is_refused_for_what_http_is_refused_for() {
+        type Check = fn(&UrlError) -> bool;
+        let cases: [(&str, Check); 8] = [
+            ("h2c://user:pw@host", |e| {
+                matches!(e, UrlError::HasUserInfo(_))
+            }),
+            ("h2c://user@host:50051", |e| {
+                matches!(e, UrlError::HasUserInfo(_))
+            }),
+            ("h2c://host/?q=1", |e| matches!(e, UrlError::HasQuery(_))),
+            ("h2c://host/#f", |e| matches!(e, UrlError::HasFragment(_))),
+            ("h2c:///x", |e| matches!(e, UrlError::NoHost(_))),
+            ("h2c:/x", |e| matches!(e, UrlError::NoHost(_))),
+            ("h2c:x", |e| matches!(e, UrlError::NoHost(_))),
+            ("h2://host", |e| matches!(e, UrlError::BadScheme(_))),
+        ];
+        for (input, check) in cases {
+            let err = TargetUrl::parse(input).unwrap_err();
+            assert!(check(&err), "{input}: {err}");
+            assert!(err.to_string().contains(input), "{input}: {err}");
+        }
+        let err = TargetUrl::parse("ftp://host").unwrap_err();
+        assert!(err.to_string().contains("h2c://"), "{err}");
+    }
+
+    #[test]
     fn rejects_urls_the_docs_refuse() {
         type Check = fn(&UrlError) -> bool;
         let cases: [(&str, Check); 11] = [
@@ -232,8 +330,8 @@ mod tests {
     /// the query or fragment a target must not carry.
     fn url_like() -> impl Strategy<Value = String> {
         let scheme = prop_oneof![
-            4 => prop_oneof![Just("http"), Just("https")],
-            2 => prop_oneof![Just("HTTP"), Just("HtTpS"), Just("Https")],
+            4 => prop_oneof![Just("http"), Just("https"), Just("h2c")],
+            2 => prop_oneof![Just("HTTP"), Just("HtTpS"), Just("Https"), Just("H2C")],
             1 => prop_oneof![Just("ftp"), Just("ws"), Just(""), Just("http+x")],
         ];
         let separator =
@@ -298,7 +396,7 @@ mod tests {
         let s = t.as_str();
         prop_assert_eq!(s, t.to_string());
         prop_assert!(
-            s.starts_with("http://") || s.starts_with("https://"),
+            s.starts_with("http://") || s.starts_with("https://") || s.starts_with("h2c://"),
             "{}",
             s
         );

@@ -96,7 +96,7 @@ async fn with_cache(target: &TargetUrl, host: String, per_task: usize) -> Option
     let tls = crate::tls::client_config(None, false).expect("TLS settings");
     let opened = Arc::new(AtomicUsize::new(0));
     let connect = Connect {
-        connector: super::connector(&tls),
+        connector: super::connector(&tls, target.transport()),
         opened: opened.clone(),
     };
     let cache = cache::builder()

@@ -244,6 +244,116 @@ fn valid_host_authority(authority: &Authority) -> bool {
                 .is_some_and(|p| p.parse::<u16>().is_ok()))
 }
 
+/// `percent`: above 0 and at most 100.
+fn parse_percent(key: &'static str, value: &str) -> Result<f64, OptionsError> {
+    let p = parse_number(key, value)?;
+    if !(p > 0.0 && p <= 100.0) {
+        return Err(invalid(key, value, "must be above 0 and at most 100"));
+    }
+    Ok(p)
+}
+
+/// `sample_by`: `header:NAME` or `cookie:NAME`.
+fn parse_sample_by(key: &'static str, value: &str) -> Result<SampleBy, OptionsError> {
+    let (kind, name) = value
+        .split_once(':')
+        .ok_or_else(|| invalid(key, value, "use header:NAME or cookie:NAME"))?;
+    if kind.eq_ignore_ascii_case("header") {
+        let name = parse_header_name(key, name)
+            .map_err(|_| invalid(key, value, "not a valid header name after header:"))?;
+        Ok(SampleBy::Header(name))
+    } else if kind.eq_ignore_ascii_case("cookie") {
+        let name = name.trim();
+        if !is_token(name) {
+            return Err(invalid(key, value, "not a valid cookie name after cookie:"));
+        }
+        Ok(SampleBy::Cookie(name.to_owned()))
+    } else {
+        Err(invalid(key, value, "use header:NAME or cookie:NAME"))
+    }
+}
+
+/// `rate`: copies per second, above 0.
+fn parse_rate(key: &'static str, value: &str) -> Result<f64, OptionsError> {
+    let r = parse_number(key, value)?;
+    if r <= 0.0 {
+        return Err(invalid(key, value, "must be above 0 copies per second"));
+    }
+    Ok(r)
+}
+
+/// One method of a `method` value (`value`, named in the error, may list several).
+fn parse_method(key: &'static str, value: &str, method: &str) -> Result<Method, OptionsError> {
+    let m = method.trim().to_ascii_uppercase();
+    Method::from_bytes(m.as_bytes())
+        .ok()
+        .filter(|_| !m.is_empty())
+        .ok_or_else(|| invalid(key, value, "not a method name"))
+}
+
+/// `path`: a path prefix.
+fn parse_path(key: &'static str, value: &str) -> Result<String, OptionsError> {
+    if !value.starts_with('/') {
+        return Err(invalid(key, value, "a path prefix starts with /"));
+    }
+    Ok(value.to_owned())
+}
+
+/// `set_header`: `Name:value`, for a header a mirror's options may change.
+fn parse_set_header(
+    key: &'static str,
+    value: &str,
+) -> Result<(HeaderName, HeaderValue), OptionsError> {
+    let (name, v) = value
+        .split_once(':')
+        .ok_or_else(|| invalid(key, value, "use Name:value"))?;
+    let name = parse_header_name(key, name)
+        .map_err(|_| invalid(key, value, "not a valid header name before :"))?;
+    if let Some(reason) = protected_header(&name) {
+        return Err(invalid(key, value, reason));
+    }
+    // Surrounding whitespace is not part of a field value (RFC 9110 §5.5).
+    let v = HeaderValue::from_str(v.trim_matches([' ', '\t']))
+        .map_err(|_| invalid(key, value, "not a valid header value"))?;
+    Ok((name, v))
+}
+
+/// `remove_header`: a header a mirror's options may change.
+fn parse_changeable_header(key: &'static str, value: &str) -> Result<HeaderName, OptionsError> {
+    let name = parse_header_name(key, value)?;
+    if let Some(reason) = protected_header(&name) {
+        return Err(invalid(key, value, reason));
+    }
+    Ok(name)
+}
+
+/// `host`: a `host[:port]` authority, as the `Host` value it becomes.
+fn parse_host(key: &'static str, value: &str) -> Result<HeaderValue, OptionsError> {
+    let authority = Authority::from_str(value.trim())
+        .ok()
+        .filter(valid_host_authority)
+        .ok_or_else(|| invalid(key, value, "not a host[:port] authority"))?;
+    HeaderValue::from_str(authority.as_str())
+        .map_err(|_| invalid(key, value, "not a host[:port] authority"))
+}
+
+/// `ignore`: a JSON pointer (kept as given) or a header name (lower-cased).
+fn parse_ignore(key: &'static str, value: &str) -> Result<String, OptionsError> {
+    if value.starts_with('/') {
+        if !valid_json_pointer(value) {
+            return Err(invalid(
+                key,
+                value,
+                "a JSON pointer escapes ~ as ~0 and / as ~1",
+            ));
+        }
+        return Ok(value.to_owned());
+    }
+    let name = parse_header_name(key, value)
+        .map_err(|_| invalid(key, value, "neither a header name nor a /JSON/pointer"))?;
+    Ok(name.as_str().to_owned())
+}
+
 fn push_unique<T: PartialEq>(list: &mut Vec<T>, item: T) {
     if !list.contains(&item) {
         list.push(item);
@@ -283,66 +393,17 @@ impl MirrorOptions {
     /// Applies one validated `key=value` to `self`.
     fn set(&mut self, key: &'static str, value: &str) -> Result<(), OptionsError> {
         match key {
-            "percent" => {
-                let p = parse_number(key, value)?;
-                if !(p > 0.0 && p <= 100.0) {
-                    return Err(invalid(key, value, "must be above 0 and at most 100"));
-                }
-                self.percent = p;
-            }
-            "sample_by" => {
-                let (kind, name) = value
-                    .split_once(':')
-                    .ok_or_else(|| invalid(key, value, "use header:NAME or cookie:NAME"))?;
-                self.sample_by = Some(if kind.eq_ignore_ascii_case("header") {
-                    SampleBy::Header(parse_header_name(key, name).map_err(|_| {
-                        invalid(key, value, "not a valid header name after header:")
-                    })?)
-                } else if kind.eq_ignore_ascii_case("cookie") {
-                    let name = name.trim();
-                    if !is_token(name) {
-                        return Err(invalid(key, value, "not a valid cookie name after cookie:"));
-                    }
-                    SampleBy::Cookie(name.to_owned())
-                } else {
-                    return Err(invalid(key, value, "use header:NAME or cookie:NAME"));
-                });
-            }
-            "rate" => {
-                let r = parse_number(key, value)?;
-                if r <= 0.0 {
-                    return Err(invalid(key, value, "must be above 0 copies per second"));
-                }
-                self.rate = Some(r);
-            }
+            "percent" => self.percent = parse_percent(key, value)?,
+            "sample_by" => self.sample_by = Some(parse_sample_by(key, value)?),
+            "rate" => self.rate = Some(parse_rate(key, value)?),
             "method" => {
-                for m in value.split(',') {
-                    let m = m.trim().to_ascii_uppercase();
-                    let method = Method::from_bytes(m.as_bytes())
-                        .ok()
-                        .filter(|_| !m.is_empty())
-                        .ok_or_else(|| invalid(key, value, "not a method name"))?;
-                    push_unique(&mut self.methods, method);
+                for method in value.split(',') {
+                    push_unique(&mut self.methods, parse_method(key, value, method)?);
                 }
             }
-            "path" => {
-                if !value.starts_with('/') {
-                    return Err(invalid(key, value, "a path prefix starts with /"));
-                }
-                push_unique(&mut self.paths, value.to_owned());
-            }
+            "path" => push_unique(&mut self.paths, parse_path(key, value)?),
             "set_header" => {
-                let (name, v) = value
-                    .split_once(':')
-                    .ok_or_else(|| invalid(key, value, "use Name:value"))?;
-                let name = parse_header_name(key, name)
-                    .map_err(|_| invalid(key, value, "not a valid header name before :"))?;
-                if let Some(reason) = protected_header(&name) {
-                    return Err(invalid(key, value, reason));
-                }
-                // Surrounding whitespace is not part of a field value (RFC 9110 §5.5).
-                let v = HeaderValue::from_str(v.trim_matches([' ', '\t']))
-                    .map_err(|_| invalid(key, value, "not a valid header value"))?;
+                let (name, v) = parse_set_header(key, value)?;
                 // A second value would either replace the first or add a field line,
                 // and neither is what every writer of two values means: refuse it.
                 if self.set_headers.iter().any(|(n, _)| *n == name) {
@@ -351,45 +412,17 @@ impl MirrorOptions {
                 self.set_headers.push((name, v));
             }
             "remove_header" => {
-                let name = parse_header_name(key, value)?;
-                if let Some(reason) = protected_header(&name) {
-                    return Err(invalid(key, value, reason));
-                }
-                push_unique(&mut self.remove_headers, name);
+                push_unique(
+                    &mut self.remove_headers,
+                    parse_changeable_header(key, value)?,
+                );
             }
-            "host" => {
-                let authority = Authority::from_str(value.trim())
-                    .ok()
-                    .filter(valid_host_authority)
-                    .ok_or_else(|| invalid(key, value, "not a host[:port] authority"))?;
-                let host = HeaderValue::from_str(authority.as_str())
-                    .map_err(|_| invalid(key, value, "not a host[:port] authority"))?;
-                self.host = Some(host);
-            }
+            "host" => self.host = Some(parse_host(key, value)?),
             "compare" => self.compare = parse_bool(key, value)?,
             "compare_header" => {
                 push_unique(&mut self.compare_headers, parse_header_name(key, value)?);
             }
-            "ignore" => {
-                let rule = if value.starts_with('/') {
-                    if !valid_json_pointer(value) {
-                        return Err(invalid(
-                            key,
-                            value,
-                            "a JSON pointer escapes ~ as ~0 and / as ~1",
-                        ));
-                    }
-                    value.to_owned()
-                } else {
-                    parse_header_name(key, value)
-                        .map_err(|_| {
-                            invalid(key, value, "neither a header name nor a /JSON/pointer")
-                        })?
-                        .as_str()
-                        .to_owned()
-                };
-                push_unique(&mut self.ignore, rule);
-            }
+            "ignore" => push_unique(&mut self.ignore, parse_ignore(key, value)?),
             "ordered" => self.ordered = parse_bool(key, value)?,
             "persistent" => self.persistent = parse_bool(key, value)?,
             _ => return Err(OptionsError::Unknown(key.to_owned())),

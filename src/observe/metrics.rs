@@ -31,6 +31,7 @@ use super::build_info;
 use crate::budget::Budget;
 use crate::mirror::counters::Latency;
 use crate::mirror::health::State;
+use crate::mirror::{Member, Status};
 use crate::registry::Registry;
 use crate::sources::state_file::StateFile;
 
@@ -239,121 +240,179 @@ impl Collector for Live {
 }
 
 impl Live {
+    /// The per-mirror families. A family without a sample is left out, as for an empty
+    /// family: no mirror, no per-mirror family; no comparing mirror, no comparison family.
     fn encode_mirrors(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         let mirrors = self.mirrors.snapshot();
         if mirrors.is_empty() {
-            // As for an empty family: no descriptor without a sample.
             return Ok(());
         }
         // One status per mirror, read once, so that the families of one scrape agree.
         let statuses: Vec<_> = mirrors.iter().map(|m| m.mirror.status(&m.plan)).collect();
-
-        let mut family = encoder.encode_descriptor(
-            "mirror_copies",
-            "Copies of requests per mirror, by outcome: sent (handed to the mirror's \
-             queue), succeeded, failed, dropped (queue full, mirror failing, byte budget), \
-             skipped (body too large, upgrade, loop), filtered (not selected by the \
-             mirror's options).",
-            None,
-            MetricType::Counter,
-        )?;
-        for status in &statuses {
-            let c = &status.counters;
-            for (outcome, value) in [
-                ("sent", c.sent),
-                ("succeeded", c.succeeded),
-                ("failed", c.failed),
-                ("dropped", c.dropped),
-                ("skipped", c.skipped),
-                ("filtered", c.filtered),
-            ] {
-                let labels = [("mirror", status.url.as_str()), ("outcome", outcome)];
-                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-            }
-        }
-
-        let mut family = encoder.encode_descriptor(
-            "mirror_queued",
-            "Copies waiting or in flight per mirror now (at most --max-queued-requests).",
-            None,
-            MetricType::Gauge,
-        )?;
-        for status in &statuses {
-            let labels = [("mirror", status.url.as_str())];
-            ConstGauge::new(status.counters.queued).encode(family.encode_family(&labels)?)?;
-        }
-
-        let mut family = encoder.encode_descriptor(
-            "mirror_state",
-            "Health of each mirror: 1 for its current state, 0 for the others.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for status in &statuses {
-            for (state, name) in STATES {
-                let labels = [("mirror", status.url.as_str()), ("state", name)];
-                let value = i64::from(status.state == state);
-                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-            }
-        }
-
-        let mut family = encoder.encode_descriptor(
-            "mirror_request_duration",
-            "Time of each mirror request, from sending it until its answer was read or \
-             it failed (a timeout counts as --mirror-timeout).",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-        )?;
-        for (member, status) in mirrors.iter().zip(&statuses) {
-            let labels = [("mirror", status.url.as_str())];
-            member
-                .mirror
-                .latency()
-                .encode(family.encode_family(&labels)?)?;
-        }
-
+        encode_copies(encoder, &statuses)?;
+        encode_queued(encoder, &statuses)?;
+        encode_states(encoder, &statuses)?;
+        encode_protocols(encoder, &statuses)?;
+        encode_durations(encoder, &mirrors, &statuses)?;
         if statuses.iter().all(|s| s.compare.is_none()) {
             return Ok(());
         }
-        let mut family = encoder.encode_descriptor(
-            "mirror_comparisons",
-            "Answers of comparing mirrors compared with main's, by result: matched, \
-             mismatched, not_compared (main's answer never completed, or did not fit the \
-             budget).",
-            None,
-            MetricType::Counter,
-        )?;
-        for status in &statuses {
-            let Some(c) = &status.compare else { continue };
-            for (result, value) in [
-                ("matched", c.matched),
-                ("mismatched", c.mismatched),
-                ("not_compared", c.not_compared),
-            ] {
-                let labels = [("mirror", status.url.as_str()), ("result", result)];
-                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "mirror_mismatches",
-            "Mismatched answers of comparing mirrors by the part that differed (status, \
-             headers, body); one answer counts under each part that differed.",
-            None,
-            MetricType::Counter,
-        )?;
-        for status in &statuses {
-            let Some(c) = &status.compare else { continue };
-            for (part, value) in [
-                ("status", c.mismatches.status),
-                ("headers", c.mismatches.headers),
-                ("body", c.mismatches.body),
-            ] {
-                let labels = [("mirror", status.url.as_str()), ("part", part)];
-                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
+        encode_comparisons(encoder, &statuses)?;
+        encode_mismatches(encoder, &statuses)
     }
+}
+
+/// `mirror_copies`: each mirror's copies by outcome.
+fn encode_copies(encoder: &mut DescriptorEncoder, statuses: &[Status]) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "mirror_copies",
+        "Copies of requests per mirror, by outcome: sent (handed to the mirror's \
+         queue), succeeded, failed, dropped (queue full, mirror failing, byte budget), \
+         skipped (body too large, upgrade, loop), filtered (not selected by the \
+         mirror's options).",
+        None,
+        MetricType::Counter,
+    )?;
+    for status in statuses {
+        let c = &status.counters;
+        for (outcome, value) in [
+            ("sent", c.sent),
+            ("succeeded", c.succeeded),
+            ("failed", c.failed),
+            ("dropped", c.dropped),
+            ("skipped", c.skipped),
+            ("filtered", c.filtered),
+        ] {
+            let labels = [("mirror", status.url.as_str()), ("outcome", outcome)];
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// `mirror_queued`: copies waiting or in flight per mirror.
+fn encode_queued(encoder: &mut DescriptorEncoder, statuses: &[Status]) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "mirror_queued",
+        "Copies waiting or in flight per mirror now (at most --max-queued-requests).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for status in statuses {
+        let labels = [("mirror", status.url.as_str())];
+        ConstGauge::new(status.counters.queued).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// `mirror_protocol`: 1 for the protocol each mirror is spoken to in. Read at scrape
+/// time from the mirror's pools: nothing is counted per request.
+fn encode_protocols(encoder: &mut DescriptorEncoder, statuses: &[Status]) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "mirror_protocol",
+        "1 for the protocol each mirror is spoken to in: http/1.1, h2c, or h2 or \
+         http/1.1 as an https:// mirror's server picked (none before its first \
+         connection).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for status in statuses {
+        let Some(protocol) = status.protocol else {
+            continue;
+        };
+        let labels = [("mirror", status.url.as_str()), ("protocol", protocol)];
+        ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// `mirror_state`: one gauge per mirror and health state, 1 for the current one.
+fn encode_states(encoder: &mut DescriptorEncoder, statuses: &[Status]) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "mirror_state",
+        "Health of each mirror: 1 for its current state, 0 for the others.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for status in statuses {
+        for (state, name) in STATES {
+            let labels = [("mirror", status.url.as_str()), ("state", name)];
+            let value = i64::from(status.state == state);
+            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// `mirror_request_duration`: each mirror's latency histogram (`statuses` in the order
+/// of `mirrors`).
+fn encode_durations(
+    encoder: &mut DescriptorEncoder,
+    mirrors: &[Member],
+    statuses: &[Status],
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "mirror_request_duration",
+        "Time of each mirror request, from sending it until its answer was read or \
+         it failed (a timeout counts as --mirror-timeout).",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for (member, status) in mirrors.iter().zip(statuses) {
+        let labels = [("mirror", status.url.as_str())];
+        member
+            .mirror
+            .latency()
+            .encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// `mirror_comparisons`: comparing mirrors' answers by result.
+fn encode_comparisons(encoder: &mut DescriptorEncoder, statuses: &[Status]) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "mirror_comparisons",
+        "Answers of comparing mirrors compared with main's, by result: matched, \
+         mismatched, not_compared (main's answer never completed, or did not fit the \
+         budget).",
+        None,
+        MetricType::Counter,
+    )?;
+    for status in statuses {
+        let Some(c) = &status.compare else { continue };
+        for (result, value) in [
+            ("matched", c.matched),
+            ("mismatched", c.mismatched),
+            ("not_compared", c.not_compared),
+        ] {
+            let labels = [("mirror", status.url.as_str()), ("result", result)];
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// `mirror_mismatches`: comparing mirrors' mismatched answers by the part that differed.
+fn encode_mismatches(encoder: &mut DescriptorEncoder, statuses: &[Status]) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "mirror_mismatches",
+        "Mismatched answers of comparing mirrors by the part that differed (status, \
+         headers, body); one answer counts under each part that differed.",
+        None,
+        MetricType::Counter,
+    )?;
+    for status in statuses {
+        let Some(c) = &status.compare else { continue };
+        for (part, value) in [
+            ("status", c.mismatches.status),
+            ("headers", c.mismatches.headers),
+            ("body", c.mismatches.body),
+        ] {
+            let labels = [("mirror", status.url.as_str()), ("part", part)];
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

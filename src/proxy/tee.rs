@@ -23,31 +23,25 @@
 //! limits: a request is mirrored whatever main does.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
-use http::Method;
-use http::uri::PathAndQuery;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::offer::Offer;
 use crate::body::BoxError;
 use crate::budget::Held;
-use crate::mirror::compare::capture::MainAnswerRx;
-use crate::mirror::ordered::MirrorHalf;
-use crate::mirror::{Member, MirrorRequest};
-use crate::registry::Mirrors;
 
 /// Initial capacity of a copy when the body's length is not known, or large; the
 /// buffer grows as bytes arrive, so memory follows what was received, not what was
 /// announced.
 const INITIAL_COPY_CAPACITY: usize = 64 * 1024;
 
-/// Why the client's side of a request body failed. `forward` finds it in the error
-/// chain of main's request to answer `408` or `400` instead of `502`.
+/// Why the client's side of a request body failed. [`super::MainError::from_exchange`]
+/// finds it in the error chain of main's request, to answer `408` or `400` instead of
+/// `502`.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBodyError {
     #[error("the client sent nothing of its request body for {0:?}")]
@@ -60,86 +54,6 @@ pub enum ClientBodyError {
         /// What a finished body would have had: its length, or `END_STREAM`.
         expected: &'static str,
     },
-}
-
-/// Which members of a mirror list a request goes to. No allocation for the first 64.
-#[derive(Debug, Default)]
-pub struct Selection {
-    mask: u64,
-    more: Vec<usize>,
-}
-
-impl Selection {
-    pub fn add(&mut self, index: usize) {
-        match u32::try_from(index) {
-            Ok(i) if i < 64 => self.mask |= 1 << i,
-            _ => self.more.push(index),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.mask == 0 && self.more.is_empty()
-    }
-
-    /// The selected members of `mirrors`, in order.
-    pub fn iter<'a>(&'a self, mirrors: &'a Mirrors) -> impl Iterator<Item = (usize, &'a Member)> {
-        mirrors
-            .iter()
-            .enumerate()
-            .take(64)
-            .filter(|(i, _)| self.mask & (1 << i) != 0)
-            .chain(self.more.iter().filter_map(|&i| Some((i, mirrors.get(i)?))))
-    }
-}
-
-/// The request head as every mirror copy carries it, and the mirrors that want it.
-pub struct Offer {
-    pub mirrors: Mirrors,
-    pub selected: Selection,
-    /// For ordered mirrors (by index): the copies each must follow.
-    pub orders: Vec<(usize, MirrorHalf)>,
-    pub method: Method,
-    pub path_and_query: Option<PathAndQuery>,
-    pub headers: HeaderMap,
-    /// `headers` holds an empty `Host` for each copy to fill (see [`MirrorRequest`]).
-    pub host_slot: bool,
-    /// Main's answer, for comparing mirrors.
-    pub main_answer: Option<MainAnswerRx>,
-}
-
-impl Offer {
-    /// Hands the finished copy to every selected mirror (never waits).
-    pub fn deliver(mut self, body: Bytes, held: Held) {
-        let request = Arc::new(MirrorRequest {
-            method: self.method,
-            path_and_query: self.path_and_query,
-            headers: self.headers,
-            host_slot: self.host_slot,
-            body,
-            _held: held,
-            main_answer: self.main_answer,
-        });
-        for (index, member) in self.selected.iter(&self.mirrors) {
-            let order = self
-                .orders
-                .iter()
-                .position(|(i, _)| *i == index)
-                .map(|at| self.orders.swap_remove(at).1);
-            member.mirror.offer(&request, &member.plan, order);
-        }
-    }
-
-    pub fn skip(&self) {
-        for (_, member) in self.selected.iter(&self.mirrors) {
-            member.mirror.skip();
-        }
-    }
-
-    fn drop_copies(&self) {
-        for (_, member) in self.selected.iter(&self.mirrors) {
-            member.mirror.drop_copy();
-        }
-    }
 }
 
 /// The copy being collected.

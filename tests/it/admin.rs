@@ -292,9 +292,11 @@ async fn password_protects_every_method() {
 
 #[tokio::test]
 async fn with_targets_address_main_listener_proxies_the_admin_path() {
-    let main = MockBackend::start(Reply::ok("from main")).await;
-    let proxy =
-        TestProxy::start(&["--main", &main.url(), "--targets-address", "127.0.0.1:0"]).await;
+    let (main, proxy) = TestProxy::in_front_of(
+        Reply::ok("from main"),
+        &["--targets-address", "127.0.0.1:0"],
+    )
+    .await;
     let resp = get(&proxy.url("/targets")).await;
     assert_eq!(resp.body, "from main");
     assert_eq!(main.next().await.uri.path(), "/targets");
@@ -308,8 +310,8 @@ async fn with_targets_address_main_listener_proxies_the_admin_path() {
 
 #[tokio::test]
 async fn without_targets_address_the_admin_path_is_not_proxied() {
-    let main = MockBackend::start(Reply::ok("from main")).await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--targets", "/admin/mirrors"]).await;
+    let (main, proxy) =
+        TestProxy::in_front_of(Reply::ok("from main"), &["--targets", "/admin/mirrors"]).await;
     assert_eq!(get(&proxy.url("/admin/mirrors")).await.text(), "");
     assert_eq!(get(&proxy.url("/targets")).await.text(), "from main");
     assert_eq!(main.next().await.uri.path(), "/targets");

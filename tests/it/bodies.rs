@@ -124,10 +124,12 @@ async fn main_gets_the_first_chunk_before_the_client_sends_the_rest() {
 
 #[tokio::test]
 async fn a_body_past_max_body_size_reaches_main_byte_exact_and_is_skipped() {
-    let main = MockBackend::start(Reply::ok("main")).await;
-    let mirror = MockBackend::start(Reply::ok("m")).await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--max-body-size", "64KiB"]).await;
-    proxy.add_mirrors(&[&mirror.url()]).await;
+    let (main, [mirror], proxy) = TestProxy::with_mirrors(
+        Reply::ok("main"),
+        [Reply::ok("m")],
+        &["--max-body-size", "64KiB"],
+    )
+    .await;
     // Chunked, so the size is only known once the copy passes the limit.
     let (mut tx, body) = Channel::<Bytes>::new(2);
     let req = Request::post(proxy.url("/big")).body(body).unwrap();
@@ -197,19 +199,19 @@ async fn hung_mirror() -> String {
 
 #[tokio::test]
 async fn the_byte_budget_drops_copies_a_hung_mirror_would_pin() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let healthy = MockBackend::start(Reply::ok("m")).await;
     let hung = hung_mirror().await;
-    let proxy = TestProxy::start(&[
-        "--main",
-        &main.url(),
-        "--max-buffered-bytes",
-        "8MiB",
-        "--mirror-timeout",
-        "30s",
-        "--shutdown-timeout",
-        "200ms",
-    ])
+    let (main, proxy) = TestProxy::in_front_of(
+        Reply::ok("main"),
+        &[
+            "--max-buffered-bytes",
+            "8MiB",
+            "--mirror-timeout",
+            "30s",
+            "--shutdown-timeout",
+            "200ms",
+        ],
+    )
     .await;
     proxy.add_mirrors(&[&hung, &healthy.url()]).await;
     let body = Bytes::from(vec![b'b'; 1 << 20]);

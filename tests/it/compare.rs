@@ -27,12 +27,8 @@ async fn setup(
     options: &str,
     extra: &[&str],
 ) -> (MockBackend, MockBackend, TestProxy) {
-    let main = MockBackend::start(main).await;
+    let (main, proxy) = TestProxy::in_front_of(main, extra).await;
     let mirror = MockBackend::start(mirror).await;
-    let main_url = main.url();
-    let mut args = vec!["--main", main_url.as_str()];
-    args.extend_from_slice(extra);
-    let proxy = TestProxy::start(&args).await;
     put_comparing(&proxy, &mirror.url(), options).await;
     (main, mirror, proxy)
 }
@@ -426,10 +422,9 @@ async fn the_mismatches_endpoint_requires_the_admin_password() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("users.txt");
     std::fs::write(&file, "user:password\n").unwrap();
-    let main = MockBackend::start(json_reply("{}")).await;
     let mirror = MockBackend::start(json_reply("{}")).await;
-    let proxy =
-        TestProxy::start(&["--main", &main.url(), "--password", file.to_str().unwrap()]).await;
+    let (_main, proxy) =
+        TestProxy::in_front_of(json_reply("{}"), &["--password", file.to_str().unwrap()]).await;
     // "user:password" in base64.
     let auth = "Basic dXNlcjpwYXNzd29yZA==";
     let resp = send(

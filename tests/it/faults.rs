@@ -255,10 +255,9 @@ async fn mirror_cutting_the_body(cut: Cut) -> SocketAddr {
 
 #[tokio::test]
 async fn a_mirror_cutting_the_request_body_is_counted_failed_and_main_is_unaffected() {
-    let main = MockBackend::start(Reply::ok("main ok")).await;
     let resetting = format!("http://{}", mirror_cutting_the_body(Cut::Reset).await);
     let closing = format!("http://{}", mirror_cutting_the_body(Cut::Close).await);
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("main ok"), &[]).await;
     proxy.add_mirrors(&[&resetting, &closing]).await;
     let body: Bytes = (0..4 << 20)
         .map(|i: u32| (i % 251) as u8)

@@ -139,8 +139,7 @@ async fn malformed_chunked_bodies_get_400_not_502_with_a_mirror() {
 
 #[tokio::test]
 async fn http11_request_without_host_or_with_two_gets_400() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &[]).await;
     let addr = proxy.addr.to_string();
     let cases: [(&str, &[u8]); 3] = [
         ("no Host", b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n"),

@@ -14,18 +14,12 @@ async fn state(proxy: &TestProxy, url: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn mirror_goes_failing_retrying_and_alive_again() {
-    let main = MockBackend::start(Reply::ok("main")).await;
-    let mirror = MockBackend::start(Reply::status(503)).await;
-    let proxy = TestProxy::start(&[
-        "--main",
-        &main.url(),
-        "--retry-after",
-        "300ms",
-        "--fail-after",
-        "1h",
-    ])
+    let (_main, [mirror], proxy) = TestProxy::with_mirrors(
+        Reply::ok("main"),
+        [Reply::status(503)],
+        &["--retry-after", "300ms", "--fail-after", "1h"],
+    )
     .await;
-    proxy.add_mirrors(&[&mirror.url()]).await;
 
     // Five failures, one at a time, make it failing.
     for i in 0..5 {
@@ -90,14 +84,15 @@ async fn mirror_goes_failing_retrying_and_alive_again() {
 
 #[tokio::test]
 async fn retrying_mirror_gets_exactly_one_request() {
-    let main = MockBackend::start(Reply::ok("main")).await;
-    let mirror = MockBackend::start(Reply::After(
-        Duration::from_millis(400),
-        Box::new(Reply::status(500)),
-    ))
+    let (_main, [mirror], proxy) = TestProxy::with_mirrors(
+        Reply::ok("main"),
+        [Reply::After(
+            Duration::from_millis(400),
+            Box::new(Reply::status(500)),
+        )],
+        &["--retry-after", "200ms"],
+    )
     .await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--retry-after", "200ms"]).await;
-    proxy.add_mirrors(&[&mirror.url()]).await;
     for _ in 0..5 {
         send(Method::GET, &proxy.url("/f"), &[], Bytes::new()).await;
     }
@@ -120,19 +115,19 @@ async fn retrying_mirror_gets_exactly_one_request() {
 
 #[tokio::test]
 async fn non_persistent_mirror_is_removed_after_fail_after_and_persistent_is_kept() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let dead = format!("http://{}", closed_addr().await);
     let dead_persistent = format!("http://{}", closed_addr().await);
-    let proxy = TestProxy::start(&[
-        "--main",
-        &main.url(),
-        "--retry-after",
-        "300ms",
-        "--fail-after",
-        "1s",
-        "--mirror",
-        &dead_persistent,
-    ])
+    let (_main, proxy) = TestProxy::in_front_of(
+        Reply::ok("main"),
+        &[
+            "--retry-after",
+            "300ms",
+            "--fail-after",
+            "1s",
+            "--mirror",
+            &dead_persistent,
+        ],
+    )
     .await;
     proxy.add_mirrors(&[&dead]).await;
     let started = std::time::Instant::now();

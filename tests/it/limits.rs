@@ -51,23 +51,14 @@ async fn burst(url: &str, count: usize) -> Vec<StatusCode> {
 
 #[tokio::test]
 async fn a_burst_of_copies_opens_at_most_the_bound_of_connections_to_a_mirror() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
     // Slow enough that the copies overlap: without a bound each would get a connection.
-    let mirror = MockBackend::start(Reply::After(
-        Duration::from_millis(20),
-        Box::new(Reply::ok("m")),
-    ))
+    let slow = Reply::After(Duration::from_millis(20), Box::new(Reply::ok("m")));
+    let (_main, [mirror], proxy) = TestProxy::with_mirrors(
+        Reply::ok("ok"),
+        [slow],
+        &["--max-connections-per-target", "4", "--threads", "2"],
+    )
     .await;
-    let proxy = TestProxy::start(&[
-        "--main",
-        &main.url(),
-        "--max-connections-per-target",
-        "4",
-        "--threads",
-        "2",
-    ])
-    .await;
-    proxy.add_mirrors(&[&mirror.url()]).await;
     let statuses = burst(&proxy.url(""), 100).await;
     assert!(statuses.iter().all(|s| *s == StatusCode::OK));
     eventually("all 100 copies delivered", || async {
@@ -83,19 +74,10 @@ async fn a_burst_of_copies_opens_at_most_the_bound_of_connections_to_a_mirror() 
 
 #[tokio::test]
 async fn a_burst_of_requests_opens_at_most_the_bound_of_connections_to_main() {
-    let main = MockBackend::start(Reply::After(
-        Duration::from_millis(20),
-        Box::new(Reply::ok("ok")),
-    ))
-    .await;
-    let proxy = TestProxy::start(&[
-        "--main",
-        &main.url(),
-        "--max-connections-per-target",
-        "2",
-        "--threads",
-        "2",
-    ])
+    let (main, proxy) = TestProxy::in_front_of(
+        Reply::After(Duration::from_millis(20), Box::new(Reply::ok("ok"))),
+        &["--max-connections-per-target", "2", "--threads", "2"],
+    )
     .await;
     let statuses = burst(&proxy.url(""), 40).await;
     assert!(
@@ -176,9 +158,8 @@ async fn remove_mirror(proxy: &TestProxy, mirror: &str) {
 
 #[tokio::test]
 async fn removing_a_mirror_closes_its_idle_connections() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
     let (mirror, mut events) = eof_reporting_mirror().await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &[]).await;
     proxy.add_mirrors(&[&mirror]).await;
     for _ in 0..3 {
         assert_eq!(get(&proxy.url("/a")).await.status, StatusCode::OK);
@@ -201,9 +182,8 @@ async fn removing_a_mirror_closes_its_idle_connections() {
 
 #[tokio::test]
 async fn removing_a_mirror_closes_its_idle_connections_while_a_copy_is_in_flight() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
     let (mirror, mut events) = eof_reporting_mirror().await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--threads", "1"]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &["--threads", "1"]).await;
     proxy.add_mirrors(&[&mirror]).await;
     // A copy that the mirror answers only after 4 s, on connection `slow` ...
     get(&proxy.url("/slow")).await;

@@ -219,11 +219,8 @@ fn assert_agrees_with_listing(scrape: &Scrape, listing: &[serde_json::Value]) {
 
 #[tokio::test]
 async fn scrape_agrees_with_the_json_listing() {
-    let main = MockBackend::start(Reply::ok("main")).await;
-    let m1 = MockBackend::start(Reply::ok("m1")).await;
-    let m2 = MockBackend::start(Reply::ok("m2")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    proxy.add_mirrors(&[&m1.url(), &m2.url()]).await;
+    let (_main, [m1, m2], proxy) =
+        TestProxy::with_mirrors(Reply::ok("main"), [Reply::ok("m1"), Reply::ok("m2")], &[]).await;
 
     for i in 0..7 {
         let resp = send(Method::POST, &proxy.url(&format!("/r{i}")), &[], "body").await;
@@ -331,8 +328,7 @@ async fn scrape_agrees_with_the_json_listing() {
 
 #[tokio::test]
 async fn answers_are_counted_by_the_class_the_client_got() {
-    let main = MockBackend::start(Reply::status(404)).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::status(404), &[]).await;
     for (reply, times) in [(404, 2), (302, 1), (503, 3)] {
         main.set_reply(Reply::status(reply));
         for _ in 0..times {
@@ -462,8 +458,7 @@ async fn metrics_answer_only_get() {
 
 #[tokio::test]
 async fn on_the_main_listener_plain_metrics_is_main_s_path() {
-    let main = MockBackend::start(Reply::ok("from main")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("from main"), &[]).await;
     let resp = get(&proxy.url("/metrics")).await;
     assert_eq!(resp.text(), "from main");
     assert_eq!(main.next().await.uri.path(), "/metrics");
@@ -479,9 +474,11 @@ async fn on_the_main_listener_plain_metrics_is_main_s_path() {
 
 #[tokio::test]
 async fn with_targets_address_metrics_are_at_the_root_of_the_admin_address() {
-    let main = MockBackend::start(Reply::ok("from main")).await;
-    let proxy =
-        TestProxy::start(&["--main", &main.url(), "--targets-address", "127.0.0.1:0"]).await;
+    let (main, proxy) = TestProxy::in_front_of(
+        Reply::ok("from main"),
+        &["--targets-address", "127.0.0.1:0"],
+    )
+    .await;
     assert_ne!(proxy.addr, proxy.admin_addr);
     let root = scrape_with(&format!("http://{}/metrics", proxy.admin_addr), &[]).await;
     assert!(root.get("trafficmirror_buffered_bytes", &[]).is_some());
@@ -502,10 +499,9 @@ async fn with_targets_address_metrics_are_at_the_root_of_the_admin_address() {
 
 #[tokio::test]
 async fn comparisons_are_counted_by_result() {
-    let main = MockBackend::start(Reply::ok("same")).await;
     let alike = MockBackend::start(Reply::ok("same")).await;
     let differs = MockBackend::start(Reply::ok("different")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("same"), &[]).await;
     for mirror in [&alike, &differs] {
         proxy
             .put_ok(&format!("url={}&compare=true", mirror.url()))

@@ -16,13 +16,9 @@ use crate::support::*;
 
 /// Main plus two recording mirrors, the second with a path prefix.
 async fn setup(extra: &[&str]) -> (MockBackend, MockBackend, MockBackend, TestProxy) {
-    let main = MockBackend::start(Reply::ok("main")).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("main"), extra).await;
     let m1 = MockBackend::start(Reply::ok("m1")).await;
     let m2 = MockBackend::start(Reply::ok("m2")).await;
-    let mut args = vec!["--main".to_owned(), main.url()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let proxy = TestProxy::start(&args).await;
     proxy
         .add_mirrors(&[&m1.url(), &format!("{}/shadow", m2.url())])
         .await;
@@ -251,16 +247,11 @@ async fn bad_mirrors_add_nothing_to_main_latency() {
 
 #[tokio::test]
 async fn burst_to_hung_mirror_stays_within_the_queue_bound() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let (hung, _h) = hung_mirror().await;
-    let proxy = TestProxy::start(&[
-        "--main",
-        &main.url(),
-        "--max-queued-requests",
-        "50",
-        "--mirror-timeout",
-        "60s",
-    ])
+    let (main, proxy) = TestProxy::in_front_of(
+        Reply::ok("main"),
+        &["--max-queued-requests", "50", "--mirror-timeout", "60s"],
+    )
     .await;
     proxy.add_mirrors(&[&hung]).await;
     const N: usize = 2000;
@@ -298,14 +289,15 @@ async fn burst_to_hung_mirror_stays_within_the_queue_bound() {
 
 #[tokio::test]
 async fn queue_bound_counts_in_flight_copies_at_the_mirror() {
-    let main = MockBackend::start(Reply::ok("main")).await;
-    let slow = MockBackend::start(Reply::After(
-        Duration::from_millis(300),
-        Box::new(Reply::ok("m")),
-    ))
+    let (_main, [slow], proxy) = TestProxy::with_mirrors(
+        Reply::ok("main"),
+        [Reply::After(
+            Duration::from_millis(300),
+            Box::new(Reply::ok("m")),
+        )],
+        &["--max-queued-requests", "5"],
+    )
     .await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--max-queued-requests", "5"]).await;
-    proxy.add_mirrors(&[&slow.url()]).await;
     let tasks: Vec<_> = (0..40)
         .map(|_| {
             let url = proxy.url("/q");
@@ -333,9 +325,8 @@ async fn queue_bound_counts_in_flight_copies_at_the_mirror() {
 /// copies come and go, and equality once they are done (docs/shadowing.md, "The admin endpoint").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_and_scrape_never_count_a_copy_twice_under_load() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let mirror = MockBackend::start(Reply::ok("m")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
     // Comparing: a copy stays in its task a little longer after its outcome.
     proxy
         .put_ok(&format!("url={}&compare=true", mirror.url()))

@@ -117,9 +117,8 @@ fn replace_file(path: &Path, content: &str) {
 
 #[tokio::test]
 async fn percent_50_mirrors_about_half_and_counts_the_rest_as_filtered() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let mirror = MockBackend::start(Reply::ok("m")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
     proxy
         .put_ok(&format!("url={}&percent=50", mirror.url()))
         .await;
@@ -175,9 +174,8 @@ const PUBLISHED_AT_50: [(&str, bool); 4] = [
 
 /// Sends 5 requests for each user and returns how many of each the mirror received.
 async fn sticky_run(users: &[String]) -> BTreeMap<String, usize> {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let mirror = MockBackend::start(Reply::ok("m")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
     proxy
         .put_ok(&format!(
             "url={}&sample_by=header:X-User&percent=50",
@@ -228,9 +226,8 @@ async fn sticky_share_decides_per_user_the_same_at_every_instance() {
 
 #[tokio::test]
 async fn rate_limits_copies_and_filters_the_rest() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let mirror = MockBackend::start(Reply::ok("m")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
     proxy.put_ok(&format!("url={}&rate=5", mirror.url())).await;
     let started = Instant::now();
     for i in 0..50 {
@@ -253,10 +250,9 @@ async fn rate_limits_copies_and_filters_the_rest() {
 
 #[tokio::test]
 async fn method_and_path_filters() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let gets = MockBackend::start(Reply::ok("gets")).await;
     let api = MockBackend::start(Reply::ok("api")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
     proxy
         .put_ok(&format!("url={}&method=GET", gets.url()))
         .await;
@@ -289,10 +285,9 @@ async fn method_and_path_filters() {
 
 #[tokio::test]
 async fn header_rewrites_apply_to_that_mirror_only() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let shadow = MockBackend::start(Reply::ok("shadow")).await;
     let plain = MockBackend::start(Reply::ok("plain")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
     proxy
         .put_ok(&format!(
             "url={}&set_header=X-Shadow:1&remove_header=Authorization&host=shadow.example",
@@ -327,9 +322,8 @@ async fn header_rewrites_apply_to_that_mirror_only() {
 
 #[tokio::test]
 async fn put_with_options_replaces_them_and_keeps_counters() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let mirror = MockBackend::start(Reply::ok("m")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
     proxy.put_ok(&format!("url={}", mirror.url())).await;
     for _ in 0..3 {
         get(&proxy.url("/c")).await;
@@ -364,8 +358,7 @@ async fn put_with_options_replaces_them_and_keeps_counters() {
 
 #[tokio::test]
 async fn every_bad_option_is_refused_by_name_and_nothing_applies() {
-    let main = MockBackend::start(Reply::ok("main")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
     proxy.put_ok("url=http://127.0.0.1:1&percent=10").await;
     let before = proxy.mirrors_json().await;
     // (query after url, text the 400 body must contain)
@@ -527,9 +520,8 @@ impl Drop for Recorder {
 
 #[tokio::test]
 async fn ordered_mirror_gets_b_after_answering_a_when_main_answered_a_first() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let slow = Recorder::start(Duration::from_millis(200), None).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
     proxy
         .put_ok(&format!("url={}&ordered=true", slow.url()))
         .await;
@@ -551,9 +543,8 @@ async fn ordered_mirror_gets_b_after_answering_a_when_main_answered_a_first() {
 async fn unordered_mirror_gets_b_while_a_is_in_flight() {
     // The counterpart of the ordered test: without `ordered` B does not wait, so the
     // ordered test above measures the option and not the timing of the mock.
-    let main = MockBackend::start(Reply::ok("main")).await;
     let slow = Recorder::start(Duration::from_millis(200), None).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
     proxy.put_ok(&format!("url={}", slow.url())).await;
     get(&proxy.url("/a")).await;
     get(&proxy.url("/b")).await;
@@ -593,13 +584,12 @@ async fn ordered_mirror_lets_requests_that_overlapped_at_main_overlap() {
 
 #[tokio::test]
 async fn mirror_flag_takes_a_mirror_line_and_a_comma_list() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let a = MockBackend::start(Reply::ok("a")).await;
     let b = MockBackend::start(Reply::ok("b")).await;
     let line = "http://m:1 percent=5 method=GET";
     let list = format!("{},{}", a.url(), b.url());
-    let proxy =
-        TestProxy::start(&["--main", &main.url(), "--mirror", line, "--mirror", &list]).await;
+    let (_main, proxy) =
+        TestProxy::in_front_of(Reply::ok("main"), &["--mirror", line, "--mirror", &list]).await;
     let listing = proxy.mirrors_json().await;
     let urls: Vec<&str> = listing.iter().map(|m| m["url"].as_str().unwrap()).collect();
     assert_eq!(urls, ["http://m:1", a.url().as_str(), b.url().as_str()]);
@@ -799,11 +789,10 @@ async fn delete(proxy: &TestProxy, url: &str) -> Answer {
 
 #[tokio::test]
 async fn a_failed_state_file_save_stays_owed_and_the_next_admin_request_writes_it() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let dir = TempDir::new("unsaved");
     let state = dir.path("state.txt");
     let shown = state.display().to_string();
-    let proxy = TestProxy::start(&["--main", &main.url(), "--state-file", &shown]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &["--state-file", &shown]).await;
     // Never contacted: no request goes through the proxy.
     let (a, b) = ("http://127.0.0.1:1", "http://127.0.0.1:2");
     proxy.put_ok(&format!("url={a}&url={b}")).await;
@@ -872,11 +861,16 @@ async fn a_failed_state_file_save_is_retried_on_a_timer() {
     assert_eq!(state_file_saved(&proxy).await, (json!(false), 0.0));
     // No further request: the timer writes it once it can.
     std::fs::remove_dir_all(&state).unwrap();
-    eventually("the file written by the retry", || async {
-        state.is_file() && saved_urls(&state) == [b]
-    })
+    // The file is written before the flag is set: wait for both.
+    eventually(
+        "the file written by the retry, and shown as saved",
+        || async {
+            state.is_file()
+                && saved_urls(&state) == [b]
+                && state_file_saved(&proxy).await == (json!(true), 1.0)
+        },
+    )
     .await;
-    assert_eq!(state_file_saved(&proxy).await, (json!(true), 1.0));
     proxy.stop().await;
 }
 
@@ -888,11 +882,10 @@ async fn put_form(proxy: &TestProxy, form: String) -> Answer {
 
 #[tokio::test]
 async fn an_admin_change_that_would_pass_the_state_file_limit_is_refused() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let dir = TempDir::new("full");
     let state = dir.path("state.txt");
     let shown = state.display().to_string();
-    let proxy = TestProxy::start(&["--main", &main.url(), "--state-file", &shown]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &["--state-file", &shown]).await;
     // Lines of about 60 kB each: 17 fit in the 1 MiB start-up reads, 18 do not.
     let pad = "a".repeat(60_000);
     let padded = |port: u16| format!("url=http://127.0.0.1:{port}&set_header=X-Pad:{pad}");
@@ -929,14 +922,13 @@ async fn an_admin_change_that_would_pass_the_state_file_limit_is_refused() {
 #[tokio::test]
 async fn a_state_file_given_through_a_symlink_updates_its_target() {
     use std::os::unix::fs::PermissionsExt;
-    let main = MockBackend::start(Reply::ok("main")).await;
     let dir = TempDir::new("linked");
     std::fs::create_dir(dir.path("volume")).unwrap();
     let target = dir.path("volume/state.txt");
     let link = dir.path("state.txt");
     std::os::unix::fs::symlink("volume/state.txt", &link).unwrap();
     let shown = link.display().to_string();
-    let proxy = TestProxy::start(&["--main", &main.url(), "--state-file", &shown]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &["--state-file", &shown]).await;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     proxy.put_ok("url=http://127.0.0.1:1").await;
     assert!(
@@ -1063,12 +1055,12 @@ async fn targets_file_valid(proxy: &TestProxy) -> bool {
 
 #[tokio::test]
 async fn targets_file_is_followed_and_owns_its_mirrors() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let dir = TempDir::new("targets");
     let file = dir.path("targets");
     let shown = file.display().to_string();
     replace_file(&file, "# none yet\n");
-    let proxy = TestProxy::start(&["--main", &main.url(), "--targets-file", &shown]).await;
+    let (_main, proxy) =
+        TestProxy::in_front_of(Reply::ok("main"), &["--targets-file", &shown]).await;
     proxy.put_ok("url=http://127.0.0.1:9").await;
     assert_eq!(proxy.mirrors_json().await.len(), 1);
 
@@ -1136,14 +1128,14 @@ async fn targets_file_is_followed_and_owns_its_mirrors() {
 #[tokio::test]
 async fn targets_file_follows_a_configmap_symlink_swap() {
     use std::os::unix::fs::symlink;
-    let main = MockBackend::start(Reply::ok("main")).await;
     let dir = TempDir::new("configmap");
     std::fs::create_dir(dir.path("..2026_01")).unwrap();
     std::fs::write(dir.path("..2026_01/targets"), "http://127.0.0.1:1\n").unwrap();
     symlink("..2026_01", dir.path("..data")).unwrap();
     symlink("..data/targets", dir.path("targets")).unwrap();
     let file = dir.path("targets").display().to_string();
-    let proxy = TestProxy::start(&["--main", &main.url(), "--targets-file", &file]).await;
+    let (_main, proxy) =
+        TestProxy::in_front_of(Reply::ok("main"), &["--targets-file", &file]).await;
     listing_until(&proxy, "the first version", |l| {
         l.len() == 1 && l[0]["url"] == "http://127.0.0.1:1" && l[0]["source"] == "file"
     })
@@ -1169,7 +1161,6 @@ async fn targets_file_follows_a_configmap_symlink_swap() {
 
 #[tokio::test]
 async fn a_targets_file_rewritten_in_place_is_never_applied_half_written() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let dir = TempDir::new("in-place");
     let file = dir.path("targets");
     // Never contacted: no request goes through the proxy.
@@ -1178,7 +1169,8 @@ async fn a_targets_file_rewritten_in_place_is_never_applied_half_written() {
     let last = format!("{first}http://127.0.0.1:19004\n");
     std::fs::write(&file, first).unwrap();
     let shown = file.display().to_string();
-    let proxy = TestProxy::start(&["--main", &main.url(), "--targets-file", &shown]).await;
+    let (_main, proxy) =
+        TestProxy::in_front_of(Reply::ok("main"), &["--targets-file", &shown]).await;
     let urls = |l: &[Value]| -> Vec<String> {
         l.iter()
             .map(|m| m["url"].as_str().unwrap().to_owned())
@@ -1235,21 +1227,21 @@ async fn a_targets_file_rewritten_in_place_is_never_applied_half_written() {
 
 #[tokio::test]
 async fn a_mirror_removed_by_fail_after_leaves_the_state_file() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let failing = MockBackend::start(Reply::status(503)).await;
     let dir = TempDir::new("expired");
     let state = dir.path("state.txt");
     let shown = state.display().to_string();
-    let proxy = TestProxy::start(&[
-        "--main",
-        &main.url(),
-        "--state-file",
-        &shown,
-        "--retry-after",
-        "100ms",
-        "--fail-after",
-        "300ms",
-    ])
+    let (_main, proxy) = TestProxy::in_front_of(
+        Reply::ok("main"),
+        &[
+            "--state-file",
+            &shown,
+            "--retry-after",
+            "100ms",
+            "--fail-after",
+            "300ms",
+        ],
+    )
     .await;
     proxy.put_ok("url=http://127.0.0.1:1&persistent=true").await;
     proxy
@@ -1277,8 +1269,7 @@ async fn a_mirror_removed_by_fail_after_leaves_the_state_file() {
 
 #[tokio::test]
 async fn options_in_a_form_body_apply_to_every_url_of_the_request() {
-    let main = MockBackend::start(Reply::ok("main")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
     let form = "url=http%3A%2F%2F127.0.0.1%3A1&url=http%3A%2F%2F127.0.0.1%3A2\
                 &percent=0.5&set_header=X-Note%3Aa+b&path=%2Fapi";
     let resp = send(
@@ -1304,9 +1295,8 @@ async fn options_in_a_form_body_apply_to_every_url_of_the_request() {
 
 #[tokio::test]
 async fn sticky_share_by_cookie_and_at_random_without_it() {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let mirror = MockBackend::start(Reply::ok("m")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
     proxy
         .put_ok(&format!(
             "url={}&sample_by=cookie:sid&percent=50",

@@ -300,17 +300,14 @@ async fn status_page_in_a_real_browser() {
 }
 
 async fn scenario(page: &Client) {
-    let main = MockBackend::start(Reply::ok("main")).await;
     let healthy = MockBackend::start(Reply::ok("mirror")).await;
     let dead = format!("http://{}", closed_addr().await);
     let added = MockBackend::start(Reply::ok("added")).await;
     let users = users_file();
-    let proxy = TestProxy::start(&[
-        "--main",
-        &main.url(),
-        "--password",
-        users.path().to_str().unwrap(),
-    ])
+    let (_main, proxy) = TestProxy::in_front_of(
+        Reply::ok("main"),
+        &["--password", users.path().to_str().unwrap()],
+    )
     .await;
     let put = admin(
         &proxy,

@@ -112,10 +112,8 @@ async fn websocket_upgrade_is_tunnelled_both_ways_and_not_mirrored() {
 
 #[tokio::test]
 async fn an_h2c_upgrade_offer_is_an_ordinary_request_and_is_mirrored() {
-    let main = MockBackend::start(Reply::ok("main")).await;
-    let mirror = MockBackend::start(Reply::ok("m")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    proxy.add_mirrors(&[&mirror.url()]).await;
+    let (main, [mirror], proxy) =
+        TestProxy::with_mirrors(Reply::ok("main"), [Reply::ok("m")], &[]).await;
     // What `curl --http2 http://…` sends.
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(
@@ -137,10 +135,9 @@ async fn an_h2c_upgrade_offer_is_an_ordinary_request_and_is_mirrored() {
 
 #[tokio::test]
 async fn connect_is_refused_and_counted_once_per_mirror() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
     let mirror = MockBackend::start(Reply::ok("m")).await;
     let gets = MockBackend::start(Reply::ok("m")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &[]).await;
     proxy.put_ok(&format!("url={}", mirror.url())).await;
     proxy
         .put_ok(&format!("url={}&method=GET", gets.url()))
@@ -176,10 +173,8 @@ async fn get_with_host(proxy: &TestProxy, host: &str) {
 
 #[tokio::test]
 async fn preserve_host_sends_the_client_host_to_main_and_mirrors() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let mirror = MockBackend::start(Reply::ok("m")).await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--preserve-host"]).await;
-    proxy.add_mirrors(&[&mirror.url()]).await;
+    let (main, [mirror], proxy) =
+        TestProxy::with_mirrors(Reply::ok("ok"), [Reply::ok("m")], &["--preserve-host"]).await;
     get_with_host(&proxy, "shop.example").await;
     assert_eq!(main.next().await.header("host"), Some("shop.example"));
     assert_eq!(mirror.next().await.header("host"), Some("shop.example"));
@@ -187,10 +182,8 @@ async fn preserve_host_sends_the_client_host_to_main_and_mirrors() {
 
 #[tokio::test]
 async fn preserve_host_without_a_client_host_gives_each_target_its_own_authority() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let mirror = MockBackend::start(Reply::ok("m")).await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--preserve-host"]).await;
-    proxy.add_mirrors(&[&mirror.url()]).await;
+    let (main, [mirror], proxy) =
+        TestProxy::with_mirrors(Reply::ok("ok"), [Reply::ok("m")], &["--preserve-host"]).await;
     // HTTP/1.0 may come without Host; HTTP/1.1 to main and the mirror needs one.
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
@@ -207,10 +200,9 @@ async fn preserve_host_without_a_client_host_gives_each_target_its_own_authority
 
 #[tokio::test]
 async fn the_host_option_wins_over_preserve_host_for_its_mirror_only() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
     let plain = MockBackend::start(Reply::ok("a")).await;
     let rewritten = MockBackend::start(Reply::ok("b")).await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--preserve-host"]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &["--preserve-host"]).await;
     proxy.add_mirrors(&[&plain.url()]).await;
     let query = format!("?url={}&host=shadow.example", rewritten.url());
     let resp = send(Method::PUT, &proxy.admin_url(&query), &[], Bytes::new()).await;
@@ -244,8 +236,7 @@ async fn two_instances_mirroring_to_each_other_stay_bounded() {
 
 #[tokio::test]
 async fn mirror_pointing_at_itself_does_not_amplify() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &[]).await;
     proxy
         .add_mirrors(&[&format!("http://{}", proxy.addr)])
         .await;
@@ -289,8 +280,8 @@ async fn a_loop_is_logged_once_and_counted_every_time() {
 
 #[tokio::test]
 async fn client_sending_headers_too_slowly_is_cut_off() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "200ms"]).await;
+    let (main, proxy) =
+        TestProxy::in_front_of(Reply::ok("ok"), &["--header-read-timeout", "200ms"]).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // never finished
     let mut out = Vec::new();
@@ -301,8 +292,8 @@ async fn client_sending_headers_too_slowly_is_cut_off() {
 
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "200ms"]).await;
+    let (_main, proxy) =
+        TestProxy::in_front_of(Reply::ok("ok"), &["--header-read-timeout", "200ms"]).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -317,8 +308,8 @@ async fn idle_keep_alive_connection_is_closed() {
 
 #[tokio::test]
 async fn oversized_request_head_gets_431() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--max-header-size", "8KiB"]).await;
+    let (main, proxy) =
+        TestProxy::in_front_of(Reply::ok("ok"), &["--max-header-size", "8KiB"]).await;
     let big = "a".repeat(20 * 1024);
     let text = raw(
         proxy.addr,
@@ -337,10 +328,8 @@ async fn oversized_request_head_gets_431() {
 /// a mirror.
 #[tokio::test]
 async fn request_smuggling_cannot_pass() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let mirror = MockBackend::start(Reply::ok("m")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
-    proxy.add_mirrors(&[&mirror.url()]).await;
+    let (main, [mirror], proxy) =
+        TestProxy::with_mirrors(Reply::ok("ok"), [Reply::ok("m")], &[]).await;
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
     let cases: [(&str, String, Option<&str>); 7] = [
         // CL.TE: Transfer-Encoding wins (RFC 9112 §6.1), the connection is closed after.
@@ -455,8 +444,8 @@ async fn h2_get(
 
 #[tokio::test]
 async fn idle_http2_connection_is_closed_after_the_header_read_timeout() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "300ms"]).await;
+    let (_main, proxy) =
+        TestProxy::in_front_of(Reply::ok("ok"), &["--header-read-timeout", "300ms"]).await;
     let (mut sender, closed) = h2_connection(proxy.addr).await;
     // Taken before the request: the connection is idle from its end at the earliest.
     let before_request = Instant::now();
@@ -474,8 +463,8 @@ async fn idle_http2_connection_is_closed_after_the_header_read_timeout() {
 
 #[tokio::test]
 async fn connections_without_a_request_are_closed_after_the_header_read_timeout() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "300ms"]).await;
+    let (main, proxy) =
+        TestProxy::in_front_of(Reply::ok("ok"), &["--header-read-timeout", "300ms"]).await;
     // A TCP connection that sends nothing (still in protocol detection) ...
     let opened = Instant::now();
     let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
@@ -544,12 +533,11 @@ async fn http2_response_streaming_past_the_idle_timeout_is_not_cut() {
 
 #[tokio::test]
 async fn http2_request_longer_than_the_idle_timeout_is_not_cut() {
-    let main = MockBackend::start(Reply::After(
-        Duration::from_millis(900),
-        Box::new(Reply::ok("slow")),
-    ))
+    let (main, proxy) = TestProxy::in_front_of(
+        Reply::After(Duration::from_millis(900), Box::new(Reply::ok("slow"))),
+        &["--header-read-timeout", "300ms"],
+    )
     .await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "300ms"]).await;
     let (mut sender, mut closed) = h2_connection(proxy.addr).await;
     let (status, body) = h2_get(&mut sender, &proxy.url("/slow")).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"slow"[..]));
@@ -567,8 +555,8 @@ async fn http2_request_longer_than_the_idle_timeout_is_not_cut() {
 
 #[tokio::test]
 async fn http2_peer_that_never_acknowledges_is_closed_soon_after_the_idle_timeout() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--header-read-timeout", "500ms"]).await;
+    let (_main, proxy) =
+        TestProxy::in_front_of(Reply::ok("ok"), &["--header-read-timeout", "500ms"]).await;
     let started = Instant::now();
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     // The HTTP/2 preface and an empty SETTINGS frame; then nothing, not even the ACKs

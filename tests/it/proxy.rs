@@ -15,13 +15,15 @@ use crate::support::*;
 
 #[tokio::test]
 async fn method_path_query_headers_and_body_reach_main() {
-    let main = MockBackend::start(Reply::With(
-        StatusCode::CREATED,
-        vec![("x-from-main", "yes")],
-        Bytes::from_static(b"created"),
-    ))
+    let (main, proxy) = TestProxy::in_front_of(
+        Reply::With(
+            StatusCode::CREATED,
+            vec![("x-from-main", "yes")],
+            Bytes::from_static(b"created"),
+        ),
+        &[],
+    )
     .await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
     let resp = send(
         Method::POST,
         &proxy.url("/a/b?x=1&y=two"),
@@ -54,19 +56,21 @@ async fn main_path_prefix_is_prepended() {
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_both_ways() {
-    let main = MockBackend::start(Reply::With(
-        StatusCode::OK,
-        vec![
-            ("connection", "x-resp-hop"),
-            ("x-resp-hop", "1"),
-            ("keep-alive", "timeout=5"),
-            ("proxy-authenticate", "Basic"),
-            ("x-resp-kept", "1"),
-        ],
-        Bytes::from_static(b"ok"),
-    ))
+    let (main, proxy) = TestProxy::in_front_of(
+        Reply::With(
+            StatusCode::OK,
+            vec![
+                ("connection", "x-resp-hop"),
+                ("x-resp-hop", "1"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authenticate", "Basic"),
+                ("x-resp-kept", "1"),
+            ],
+            Bytes::from_static(b"ok"),
+        ),
+        &[],
+    )
     .await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
     let resp = send(
         Method::GET,
         &proxy.url("/"),
@@ -106,8 +110,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
 
 #[tokio::test]
 async fn host_is_main_authority_and_forwarded_headers_are_set() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &[]).await;
     send(
         Method::GET,
         &proxy.url("/"),
@@ -202,12 +205,11 @@ async fn main_down_under_load_logs_one_line_per_second_not_one_per_request() {
 
 #[tokio::test]
 async fn slow_main_gives_504_with_main_timeout() {
-    let main = MockBackend::start(Reply::After(
-        Duration::from_secs(3),
-        Box::new(Reply::ok("late")),
-    ))
+    let (_main, proxy) = TestProxy::in_front_of(
+        Reply::After(Duration::from_secs(3), Box::new(Reply::ok("late"))),
+        &["--main-timeout", "200ms"],
+    )
     .await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--main-timeout", "200ms"]).await;
     let resp = tokio::time::timeout(Duration::from_secs(2), get(&proxy.url("/")))
         .await
         .expect("the 504 comes before main's answer");
@@ -222,8 +224,7 @@ async fn raw_exchange(stream: &mut TcpStream, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn http10_request_is_served_and_closed() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &[]).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let text = raw_exchange(&mut s, b"GET /old HTTP/1.0\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.0 200"), "{text}");
@@ -241,8 +242,7 @@ async fn http10_request_is_served_and_closed() {
 
 #[tokio::test]
 async fn http11_keep_alive_serves_several_requests_on_one_connection() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &[]).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     for path in ["/one", "/two", "/three"] {
         let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
@@ -254,8 +254,7 @@ async fn http11_keep_alive_serves_several_requests_on_one_connection() {
 
 #[tokio::test]
 async fn h2c_prior_knowledge_is_served() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let proxy = TestProxy::start(&["--main", &main.url()]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &[]).await;
     let h2 = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
@@ -282,11 +281,9 @@ async fn h2c_prior_knowledge_is_served() {
 
 #[tokio::test]
 async fn connections_to_main_and_mirrors_are_kept_alive_and_reused() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let mirror = MockBackend::start(Reply::ok("m")).await;
     // One worker thread, so one pool per target.
-    let proxy = TestProxy::start(&["--main", &main.url(), "--threads", "1"]).await;
-    proxy.add_mirrors(&[&mirror.url()]).await;
+    let (main, [mirror], proxy) =
+        TestProxy::with_mirrors(Reply::ok("ok"), [Reply::ok("m")], &["--threads", "1"]).await;
     for i in 1..=20 {
         assert_eq!(
             get(&proxy.url(&format!("/{i}"))).await.status,
@@ -308,13 +305,15 @@ async fn connections_to_main_and_mirrors_are_kept_alive_and_reused() {
 async fn main_answering_connection_close_gets_a_new_connection_per_request() {
     // `Connection: close` on every answer: each request needs a fresh connection, and
     // none of them may fail on a connection main has already closed.
-    let main = MockBackend::start(Reply::With(
-        StatusCode::OK,
-        vec![("connection", "close")],
-        Bytes::from_static(b"ok"),
-    ))
+    let (main, proxy) = TestProxy::in_front_of(
+        Reply::With(
+            StatusCode::OK,
+            vec![("connection", "close")],
+            Bytes::from_static(b"ok"),
+        ),
+        &["--threads", "1"],
+    )
     .await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--threads", "1"]).await;
     for i in 0..10 {
         let answer = get(&proxy.url(&format!("/{i}"))).await;
         assert_eq!(
@@ -330,8 +329,7 @@ async fn main_answering_connection_close_gets_a_new_connection_per_request() {
 
 #[tokio::test]
 async fn http10_request_without_host_gets_mains_authority_with_preserve_host() {
-    let main = MockBackend::start(Reply::ok("ok")).await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--preserve-host"]).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &["--preserve-host"]).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let text = raw_exchange(&mut s, b"GET /old HTTP/1.0\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.0 200"), "{text}");

@@ -98,10 +98,9 @@ async fn insecure_skip_verify_accepts_any_certificate() {
 async fn https_mirror_gets_copies_and_tls_errors_are_failures() {
     let pki = Pki::new("mirror");
     let other = Pki::new("other");
-    let main = MockBackend::start(Reply::ok("main")).await;
     let good = MockBackend::start_tls(Reply::ok("m"), pki.acceptor.clone()).await;
     let bad = MockBackend::start_tls(Reply::ok("m"), other.acceptor.clone()).await;
-    let proxy = TestProxy::start(&["--main", &main.url(), "--ca-cert", pki.ca()]).await;
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &["--ca-cert", pki.ca()]).await;
     proxy
         .add_mirrors(&[&good.https_url(), &bad.https_url()])
         .await;

@@ -863,3 +863,39 @@ where
     }
 }
 pub mod external;
+
+// ===== the common set-up: a main backend, the proxy in front, recording mirrors =====
+
+impl TestProxy {
+    /// A recording main backend answering `reply`, and a proxy started with
+    /// `--main <that backend>` followed by `args`.
+    pub async fn in_front_of(reply: Reply, args: &[&str]) -> (MockBackend, TestProxy) {
+        let main = MockBackend::start(reply).await;
+        let main_url = main.url();
+        let mut all = vec!["--main", main_url.as_str()];
+        all.extend_from_slice(args);
+        let proxy = TestProxy::start(&all).await;
+        (main, proxy)
+    }
+
+    /// [`TestProxy::in_front_of`], plus one recording mirror backend per reply in
+    /// `mirrors`, added (in that order) through the admin API.
+    pub async fn with_mirrors<const N: usize>(
+        reply: Reply,
+        mirrors: [Reply; N],
+        args: &[&str],
+    ) -> (MockBackend, [MockBackend; N], TestProxy) {
+        let (main, proxy) = TestProxy::in_front_of(reply, args).await;
+        let mut started = Vec::with_capacity(N);
+        for reply in mirrors {
+            started.push(MockBackend::start(reply).await);
+        }
+        let urls: Vec<String> = started.iter().map(MockBackend::url).collect();
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        proxy.add_mirrors(&urls).await;
+        let Ok(mirrors) = <[MockBackend; N]>::try_from(started) else {
+            unreachable!("one backend per reply")
+        };
+        (main, mirrors, proxy)
+    }
+}
