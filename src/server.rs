@@ -5,7 +5,7 @@
 //! request passes first, routing between the admin endpoint and the proxy, and the
 //! graceful drain on shutdown with its closing report (docs/operations.md, "Shutdown";
 //! docs/security.md, "Limits"). What a request does once routed belongs to
-//! [`crate::proxy`] and [`crate::admin`].
+//! [`crate::proxy`] and [`crate::admin`]; the parts served are built by [`crate::app`].
 
 use std::convert::Infallible;
 use std::future::Future;
