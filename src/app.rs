@@ -189,3 +189,49 @@ fn follow(tls: ListenerTls, token: &CancellationToken) -> TlsAcceptor {
     tokio::spawn(tls.follow(CERT_FILES_POLL, token.clone()));
     acceptor
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use crate::mirror::options::MirrorLine;
+
+    fn line(s: &str) -> MirrorLine {
+        MirrorLine::parse(s).expect("a valid mirror line")
+    }
+
+    #[test]
+    fn seeding_takes_the_flags_the_restored_lines_and_the_targets_file_and_the_flag_wins() {
+        let cli = Cli::try_parse_args(["trafficmirror"]).unwrap();
+        let config = Config::from_cli(&cli).unwrap();
+        let registry = Registry::new(config.proxy.mirror, Budget::new(1024));
+        let initial = Initial {
+            mirrors: vec![line("http://flag:1")],
+            // The flag's mirror again, as a state file written before the flag was
+            // given would hold it.
+            restored: vec![line("http://flag:1 percent=50"), line("http://admin:1")],
+            targets_file: Some(("targets.txt".into(), vec![line("http://file:1")])),
+            ..config.initial
+        };
+        seed(&registry, &initial);
+        let seeded: Vec<(String, Source)> = registry
+            .statuses()
+            .into_iter()
+            .map(|m| (m.url, m.source))
+            .collect();
+        assert_eq!(
+            seeded,
+            [
+                ("http://flag:1".to_owned(), Source::Flag),
+                ("http://admin:1".to_owned(), Source::Admin),
+                ("http://file:1".to_owned(), Source::File),
+            ]
+        );
+        let saved: Vec<String> = registry
+            .admin_lines()
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        assert_eq!(saved, ["http://admin:1"]);
+    }
+}
