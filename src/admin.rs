@@ -7,12 +7,11 @@
 //! the proxy-wide figures (bytes held for mirrors, whether the state file is saved);
 //! `GET <path>/metrics` the Prometheus scrape ([`crate::observe::metrics`]), also at
 //! `/metrics` when the admin endpoint has its own listener (`--targets-address`).
-//! Saving the state file after a change is [`StateFile`]'s job.
+//! Saving the state file after a change is [`Saver`]'s job.
 //! A browser's `GET` (`Accept` with `text/html`, JSON not asked for) gets the status
 //! page of `observe::page` instead of the listing.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -24,13 +23,12 @@ use tracing::info;
 use crate::auth::{Denied, Users};
 use crate::body::{self, BoxBody, BoxError};
 use crate::budget::Budget;
-use crate::config::Config;
 use crate::mirror::options::{MirrorOptions, OptionsError};
 use crate::observe::metrics::{self, Metrics};
 use crate::observe::page;
 use crate::registry::{Conflict, Registry};
 use crate::sources::MAX_FILE_BYTES;
-use crate::sources::state_file::{self, StateFile};
+use crate::sources::state_file::{self, Saver};
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Largest form body accepted on PUT/DELETE.
@@ -115,6 +113,18 @@ impl AdminError {
     }
 }
 
+/// What the admin endpoint needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The admin path with its leading `/`, e.g. `/targets`.
+    pub path: String,
+    /// `--password`: the users allowed in, else everyone.
+    pub users: Option<Users>,
+    /// True with `--targets-address`: the listener is the admin endpoint's alone, so
+    /// `/metrics` is served there too (on the main listener that path is main's).
+    pub own_listener: bool,
+}
+
 /// The admin endpoint's handler. Cloning is shallow.
 #[derive(Clone)]
 pub struct Admin {
@@ -123,7 +133,8 @@ pub struct Admin {
     registry: Registry,
     users: Option<Users>,
     budget: Budget,
-    state_file: Option<Arc<StateFile>>,
+    /// `--state-file`, saved after each change.
+    state_file: Option<Saver>,
     /// `--targets-file`, named in `409` answers.
     targets_file: Option<String>,
     metrics: Metrics,
@@ -146,19 +157,25 @@ enum Page {
 }
 
 impl Admin {
-    pub fn new(registry: Registry, budget: Budget, config: &Config, metrics: Metrics) -> Self {
+    /// The endpoint for `settings`, changing `registry`. `state_file` is saved after
+    /// each change; `targets_file` is named in the answer to a change it forbids.
+    pub fn new(
+        settings: Settings,
+        registry: Registry,
+        budget: Budget,
+        metrics: Metrics,
+        state_file: Option<Saver>,
+        targets_file: Option<&std::path::Path>,
+    ) -> Self {
         Self {
-            path: config.admin_path.clone(),
+            path: settings.path,
             registry,
-            users: config.users.clone(),
+            users: settings.users,
             budget,
-            state_file: config.state_file.clone(),
-            targets_file: config
-                .targets_file
-                .as_ref()
-                .map(|(path, _)| path.display().to_string()),
+            state_file,
+            targets_file: targets_file.map(|path| path.display().to_string()),
             metrics,
-            own_listener: config.admin_address.is_some(),
+            own_listener: settings.own_listener,
         }
     }
 
@@ -285,43 +302,62 @@ impl Admin {
             .map(|u| TargetUrl::parse(u))
             .collect::<Result<Vec<_>, _>>()?;
         let who = user.as_deref().unwrap_or("-");
-        let conflict = |c: Conflict| AdminError::Conflict {
-            url: c.0,
-            file: self.targets_file.clone().unwrap_or_default(),
-        };
         if put {
-            let options = if params.options.is_empty() {
-                None
-            } else {
-                let pairs = params.options.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-                Some(MirrorOptions::parse_pairs(pairs)?)
-            };
-            // What the state file would hold must stay loadable at the next start.
-            let fits = |lines: &[_]| self.state_file.is_none() || state_file::fits(lines);
-            let change = registry
-                .put(&urls, options.as_ref(), fits)
-                .map_err(conflict)?
-                .ok_or(AdminError::StateFileFull)?;
-            if !change.is_empty() {
-                let options = options.map(|o| o.to_string()).unwrap_or_default();
-                info!(user = who, client = %peer, added = ?change.added, updated = ?change.updated, %options, "mirrors added or changed");
-            }
-            self.save_state(!change.is_empty()).await?;
+            self.put(&urls, &params.options, who, peer).await?;
         } else {
-            let removed = registry.delete(&urls).map_err(conflict)?;
-            if !removed.is_empty() {
-                info!(user = who, client = %peer, ?removed, "mirrors removed");
-            }
-            self.save_state(!removed.is_empty()).await?;
+            self.delete(&urls, who, peer).await?;
         }
         Ok(listing(registry, json))
     }
 
-    /// Saves `--state-file` after a change that no admin request made (a mirror removed
-    /// by `--fail-after`, or taken over by the targets file). A failure is logged by the
-    /// save; there is no client to tell.
-    pub async fn save_after_change(&self) {
-        let _ = self.save_state(true).await;
+    /// `PUT`: adds `urls` (or changes their options) and saves the state file.
+    async fn put(
+        &self,
+        urls: &[TargetUrl],
+        options: &[(String, String)],
+        who: &str,
+        peer: SocketAddr,
+    ) -> Result<(), AdminError> {
+        let options = if options.is_empty() {
+            None
+        } else {
+            let pairs = options.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            Some(MirrorOptions::parse_pairs(pairs)?)
+        };
+        // What the state file would hold must stay loadable at the next start.
+        let fits = |lines: &[_]| self.state_file.is_none() || state_file::fits(lines);
+        let change = self
+            .registry
+            .put(urls, options.as_ref(), fits)
+            .map_err(|c| self.conflict(c))?
+            .ok_or(AdminError::StateFileFull)?;
+        if !change.is_empty() {
+            let options = options.map(|o| o.to_string()).unwrap_or_default();
+            info!(user = who, client = %peer, added = ?change.added, updated = ?change.updated, %options, "mirrors added or changed");
+        }
+        self.save_state(!change.is_empty()).await
+    }
+
+    /// `DELETE`: removes `urls` and saves the state file.
+    async fn delete(
+        &self,
+        urls: &[TargetUrl],
+        who: &str,
+        peer: SocketAddr,
+    ) -> Result<(), AdminError> {
+        let removed = self.registry.delete(urls).map_err(|c| self.conflict(c))?;
+        if !removed.is_empty() {
+            info!(user = who, client = %peer, ?removed, "mirrors removed");
+        }
+        self.save_state(!removed.is_empty()).await
+    }
+
+    /// A URL the targets file owns.
+    fn conflict(&self, Conflict(url): Conflict) -> AdminError {
+        AdminError::Conflict {
+            url,
+            file: self.targets_file.clone().unwrap_or_default(),
+        }
     }
 
     /// Writes the admin mirrors to `--state-file` after a change (`changed`), or when
@@ -331,11 +367,8 @@ impl Admin {
         let Some(state) = &self.state_file else {
             return Ok(());
         };
-        if changed {
-            state.changed();
-        }
         state
-            .save(|| self.registry.admin_lines())
+            .save(changed)
             .await
             .map_err(|err| AdminError::StateFile(err.to_string()))
     }
@@ -473,9 +506,9 @@ mod tests {
         let cli =
             crate::cli::Cli::try_parse_args(std::iter::once("tm").chain(flags.iter().copied()))
                 .unwrap();
-        let config = Config::from_cli(&cli).unwrap();
+        let config = crate::config::Config::from_cli(&cli).unwrap();
         let budget = Budget::new(1 << 20);
-        let registry = Registry::new(config.mirror.clone(), budget.clone());
+        let registry = Registry::new(config.proxy.mirror.clone(), budget.clone());
         let metrics = Metrics::new(
             &MainStats::default(),
             registry.clone(),
@@ -483,7 +516,16 @@ mod tests {
             None,
             None,
         );
-        Admin::new(registry, budget, &config, metrics)
+        let targets_file = config.initial.targets_file.as_ref();
+        let saver = (config.initial.state_file.clone()).map(|f| Saver::new(f, registry.clone()));
+        Admin::new(
+            config.admin,
+            registry,
+            budget,
+            metrics,
+            saver,
+            targets_file.map(|(path, _)| path.as_path()),
+        )
     }
 
     #[test]

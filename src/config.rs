@@ -1,15 +1,23 @@
 //! Validated configuration, built once from [`Cli`] (ripgrep's low-args → high-args
 //! split). Everything a user can get wrong is reported here as a one-line
 //! [`ConfigError`], before anything is bound or spawned.
+//!
+//! [`Config`] is split by the part that uses it: the listener ([`server::Settings`]),
+//! the proxy ([`proxy::Settings`], with the mirrors' [`mirror::Settings`]), the admin
+//! endpoint ([`admin::Settings`]), and the data loaded at start ([`Initial`]). The
+//! application ([`crate::app`]) hands each part its own.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admin;
 use crate::auth::{PasswordFileError, Users};
 use crate::cli::Cli;
 use crate::mirror;
 use crate::mirror::options::{MirrorLine, MirrorLineError};
+use crate::proxy;
+use crate::server::{self, ListenAddr};
 use crate::sources::state_file::StateFile;
 use crate::target_url::{TargetUrl, UrlError};
 use crate::tls::listener::ListenerTls;
@@ -62,61 +70,22 @@ fn mirror_lines(values: &[String]) -> Result<Vec<MirrorLine>, ConfigError> {
     }
     Ok(lines)
 }
-
-/// Where to listen (`--listen`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenAddr {
-    /// `:PORT`: every interface.
-    AnyHost(u16),
-    /// `HOST:PORT`, `1.2.3.4:PORT` or `[::1]:PORT`; names are resolved at bind time.
-    Host(String, u16),
-}
-
-impl ListenAddr {
-    /// Parses `:PORT`, `HOST:PORT` or `[V6]:PORT`.
-    ///
-    /// # Errors
-    /// A message naming the value when there is no port or it is not a number.
-    pub fn parse(value: &str) -> Result<Self, String> {
-        let bad = || format!("{value:?} is not :PORT, HOST:PORT or [IPv6]:PORT");
-        let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        if host.is_empty() {
-            return Ok(Self::AnyHost(port));
-        }
-        let host = match host.strip_prefix('[') {
-            // `[]` names no host, and a bracket inside would not survive Display.
-            Some(v6) => v6
-                .strip_suffix(']')
-                .filter(|h| !h.is_empty() && !h.contains(['[', ']']))
-                .ok_or_else(bad)?,
-            None if host.contains(':') => return Err(bad()),
-            None => host,
-        };
-        Ok(Self::Host(host.to_owned(), port))
-    }
-}
-
-impl std::fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::AnyHost(port) => write!(f, ":{port}"),
-            Self::Host(host, port) if host.contains(':') => write!(f, "[{host}]:{port}"),
-            Self::Host(host, port) => write!(f, "{host}:{port}"),
-        }
-    }
-}
-
-/// Everything the server needs, validated.
+/// Everything the program needs, validated, by the part that uses it.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: ListenAddr,
-    pub main: TargetUrl,
-    /// The admin path with its leading `/`, e.g. `/targets`.
-    pub admin_path: String,
-    /// When set, the admin endpoint is served only here.
-    pub admin_address: Option<ListenAddr>,
-    pub users: Option<Users>,
+    pub listener: server::Settings,
+    pub proxy: proxy::Settings,
+    pub admin: admin::Settings,
+    /// `--max-buffered-bytes`: all request bodies held for mirrors at once.
+    pub max_buffered_bytes: u64,
+    pub initial: Initial,
+    /// Things worth a warning at start-up that are not errors.
+    pub warnings: Vec<String>,
+}
+
+/// The data read at start: the mirrors to begin with, and the files that keep them.
+#[derive(Debug, Clone)]
+pub struct Initial {
     /// Mirrors from `--mirror`, persistent.
     pub mirrors: Vec<MirrorLine>,
     /// `--state-file` (opened and locked), and the mirrors it held at start.
@@ -127,29 +96,6 @@ pub struct Config {
     pub state_file_retry: Duration,
     /// `--targets-file`, and its mirrors at start.
     pub targets_file: Option<(PathBuf, Vec<MirrorLine>)>,
-    pub mirror: mirror::Settings,
-    /// TLS settings for https:// targets, main and mirrors alike.
-    pub tls: std::sync::Arc<rustls::ClientConfig>,
-    /// `--tls-cert` and `--tls-key`: the listener speaks TLS (the admin endpoint too,
-    /// unless it has its own address).
-    pub listener_tls: Option<ListenerTls>,
-    pub max_body_size: u64,
-    /// `--max-buffered-bytes`: all request bodies held for mirrors at once.
-    pub max_buffered_bytes: u64,
-    /// `--body-read-timeout`: longest wait for the next piece of a request body.
-    pub body_read_timeout: Duration,
-    pub main_timeout: Option<Duration>,
-    pub shutdown_timeout: Duration,
-    pub preserve_host: bool,
-    pub header_read_timeout: Duration,
-    pub max_header_size: usize,
-    /// Worker threads (`--threads`, else one per CPU core).
-    pub threads: usize,
-    /// `--max-connections-per-target`: connections open at once to main (and, through
-    /// `mirror`, to each mirror), across all worker threads.
-    pub max_connections_per_target: usize,
-    /// Things worth a warning at start-up that are not errors.
-    pub warnings: Vec<String>,
 }
 
 /// How often an unsaved state file is retried: a change whose save failed is on disk
@@ -160,84 +106,21 @@ const STATE_FILE_RETRY: Duration = Duration::from_secs(5);
 const MIN_HEADER_SIZE: u64 = 8 * 1024;
 
 impl Config {
-    /// Validates raw flags and reads the password file.
+    /// Validates raw flags and reads the password, state and targets files, in the
+    /// order the checks below are written (the first invalid value is the one named).
     ///
     /// # Errors
     /// The first invalid value, naming its flag.
     pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
-        let listen = ListenAddr::parse(&cli.listen).map_err(|message| ConfigError::Invalid {
-            flag: "listen",
-            message,
-        })?;
-        let admin_address = match cli.targets_address.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(addr) => {
-                Some(
-                    ListenAddr::parse(addr).map_err(|message| ConfigError::Invalid {
-                        flag: "targets-address",
-                        message,
-                    })?,
-                )
-            }
-        };
+        let (listen, admin_address) = addresses(cli)?;
         let main = TargetUrl::parse(&cli.main).map_err(|source| ConfigError::Url {
             flag: "main",
             source,
         })?;
-        let mirrors = mirror_lines(&cli.mirror)?;
-        let (state_file, restored) = match &cli.state_file {
-            Some(path) => {
-                let (file, lines) = StateFile::open(path)?;
-                (Some(Arc::new(file)), lines)
-            }
-            None => (None, Vec::new()),
-        };
-        let targets_file = match &cli.targets_file {
-            Some(path) => Some((path.clone(), crate::sources::targets_file::load(path)?)),
-            None => None,
-        };
-        let path = cli.targets.trim().trim_start_matches('/');
-        if path.is_empty() || path.contains(['?', '#', ' ']) {
-            return Err(ConfigError::Invalid {
-                flag: "targets",
-                message: format!("{:?} is not a path", cli.targets),
-            });
-        }
+        let initial = Initial::load(cli)?;
         let mut warnings = Vec::new();
-        let users = match cli.password.as_deref() {
-            None => None,
-            Some(path) => {
-                let (users, warning) = Users::load(path)?;
-                warnings.extend(warning);
-                Some(users)
-            }
-        };
-        if cli.header_read_timeout.is_zero() {
-            // Would cut every connection before its first byte.
-            return Err(ConfigError::Invalid {
-                flag: "header-read-timeout",
-                message: "must be greater than 0".to_owned(),
-            });
-        }
-        if cli.body_read_timeout.is_zero() {
-            return Err(ConfigError::Invalid {
-                flag: "body-read-timeout",
-                message: "must be greater than 0".to_owned(),
-            });
-        }
-        if cli.mirror_timeout.is_zero() {
-            // Would fail every copy (or some, at random) and make healthy mirrors failing.
-            return Err(ConfigError::Invalid {
-                flag: "mirror-timeout",
-                message: "must be greater than 0".to_owned(),
-            });
-        }
-        if cli.max_header_size < MIN_HEADER_SIZE {
-            return Err(ConfigError::Invalid {
-                flag: "max-header-size",
-                message: format!("must be at least {MIN_HEADER_SIZE} bytes"),
-            });
-        }
+        let admin = admin_settings(cli, admin_address.is_some(), &mut warnings)?;
+        check_limits(cli)?;
         let threads = cli.threads.map_or_else(
             || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             usize::from,
@@ -252,51 +135,152 @@ impl Config {
             );
         }
         Ok(Self {
-            listen,
-            main,
-            admin_path: format!("/{path}"),
-            admin_address,
-            users,
-            mirrors,
-            state_file,
-            restored,
-            state_file_retry: STATE_FILE_RETRY,
-            targets_file,
-            mirror: mirror::Settings {
-                retry_after: cli.retry_after,
-                fail_after: cli.fail_after,
-                max_queued: cli.max_queued_requests as usize,
-                timeout: cli.mirror_timeout,
-                tls: tls.clone(),
-                pools: threads,
-                max_connections: cli.max_connections_per_target as usize,
-                max_compare_size: usize::try_from(cli.max_compare_size).unwrap_or(usize::MAX),
-                grpc_descriptors: match &cli.grpc_descriptors {
-                    Some(path) => Some(Arc::new(mirror::compare::grpc::Descriptors::load(path)?)),
-                    None => None,
-                },
+            listener: server::Settings {
+                listen,
+                admin_address,
+                tls: listener_tls,
+                header_read_timeout: cli.header_read_timeout,
+                max_header_size: usize::try_from(cli.max_header_size).unwrap_or(usize::MAX),
+                threads,
+                shutdown_timeout: cli.shutdown_timeout,
             },
-            tls,
-            listener_tls,
-            max_body_size: cli.max_body_size,
+            proxy: proxy_settings(cli, main, mirror_settings(cli, tls, threads)?),
+            admin,
             max_buffered_bytes: cli.max_buffered_bytes,
-            body_read_timeout: cli.body_read_timeout,
-            main_timeout: cli.main_timeout.0,
-            shutdown_timeout: cli.shutdown_timeout,
-            preserve_host: cli.preserve_host,
-            header_read_timeout: cli.header_read_timeout,
-            max_header_size: usize::try_from(cli.max_header_size).unwrap_or(usize::MAX),
-            threads,
-            max_connections_per_target: cli.max_connections_per_target as usize,
+            initial,
             warnings,
         })
     }
 }
 
+/// `--listen`, and `--targets-address` when it names one.
+fn addresses(cli: &Cli) -> Result<(ListenAddr, Option<ListenAddr>), ConfigError> {
+    let parse = |flag, value| {
+        ListenAddr::parse(value).map_err(|message| ConfigError::Invalid { flag, message })
+    };
+    let listen = parse("listen", &cli.listen)?;
+    let admin_address = match cli.targets_address.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(addr) => Some(parse("targets-address", addr)?),
+    };
+    Ok((listen, admin_address))
+}
+
+impl Initial {
+    /// `--mirror`, and the state and targets files (the state file is locked here).
+    fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let mirrors = mirror_lines(&cli.mirror)?;
+        let (state_file, restored) = match &cli.state_file {
+            Some(path) => {
+                let (file, lines) = StateFile::open(path)?;
+                (Some(Arc::new(file)), lines)
+            }
+            None => (None, Vec::new()),
+        };
+        let targets_file = match &cli.targets_file {
+            Some(path) => Some((path.clone(), crate::sources::targets_file::load(path)?)),
+            None => None,
+        };
+        Ok(Self {
+            mirrors,
+            state_file,
+            restored,
+            state_file_retry: STATE_FILE_RETRY,
+            targets_file,
+        })
+    }
+}
+
+/// `--targets` and `--password`; `own_listener` with `--targets-address`.
+fn admin_settings(
+    cli: &Cli,
+    own_listener: bool,
+    warnings: &mut Vec<String>,
+) -> Result<admin::Settings, ConfigError> {
+    let path = cli.targets.trim().trim_start_matches('/');
+    if path.is_empty() || path.contains(['?', '#', ' ']) {
+        return Err(ConfigError::Invalid {
+            flag: "targets",
+            message: format!("{:?} is not a path", cli.targets),
+        });
+    }
+    let users = match cli.password.as_deref() {
+        None => None,
+        Some(path) => {
+            let (users, warning) = Users::load(path)?;
+            warnings.extend(warning);
+            Some(users)
+        }
+    };
+    Ok(admin::Settings {
+        path: format!("/{path}"),
+        users,
+        own_listener,
+    })
+}
+
+/// Timeouts that must not be zero, and the smallest header buffer hyper takes.
+fn check_limits(cli: &Cli) -> Result<(), ConfigError> {
+    let positive = [
+        // Would cut every connection before its first byte.
+        ("header-read-timeout", cli.header_read_timeout),
+        ("body-read-timeout", cli.body_read_timeout),
+        // Would fail every copy (or some, at random) and make healthy mirrors failing.
+        ("mirror-timeout", cli.mirror_timeout),
+    ];
+    if let Some((flag, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
+        return Err(ConfigError::Invalid {
+            flag,
+            message: "must be greater than 0".to_owned(),
+        });
+    }
+    if cli.max_header_size < MIN_HEADER_SIZE {
+        return Err(ConfigError::Invalid {
+            flag: "max-header-size",
+            message: format!("must be at least {MIN_HEADER_SIZE} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// The mirrors' settings; `threads` pools per mirror.
+/// # Errors
+/// The `--grpc-descriptors` file cannot be read or is no descriptor set.
+fn mirror_settings(
+    cli: &Cli,
+    tls: Arc<rustls::ClientConfig>,
+    threads: usize,
+) -> Result<mirror::Settings, ConfigError> {
+    let grpc_descriptors = match &cli.grpc_descriptors {
+        Some(path) => Some(Arc::new(mirror::compare::grpc::Descriptors::load(path)?)),
+        None => None,
+    };
+    Ok(mirror::Settings {
+        retry_after: cli.retry_after,
+        fail_after: cli.fail_after,
+        max_queued: cli.max_queued_requests as usize,
+        timeout: cli.mirror_timeout,
+        tls,
+        pools: threads,
+        max_connections: cli.max_connections_per_target as usize,
+        max_compare_size: usize::try_from(cli.max_compare_size).unwrap_or(usize::MAX),
+        grpc_descriptors,
+    })
+}
+
+fn proxy_settings(cli: &Cli, main: TargetUrl, mirror: mirror::Settings) -> proxy::Settings {
+    proxy::Settings {
+        main,
+        preserve_host: cli.preserve_host,
+        main_timeout: cli.main_timeout.0,
+        body_read_timeout: cli.body_read_timeout,
+        max_body_size: cli.max_body_size,
+        mirror,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
     use super::*;
 
     fn config(args: &[&str]) -> Result<Config, ConfigError> {
@@ -306,34 +290,10 @@ mod tests {
     }
 
     #[test]
-    fn listen_addresses() {
-        assert_eq!(ListenAddr::parse(":8080"), Ok(ListenAddr::AnyHost(8080)));
-        assert_eq!(
-            ListenAddr::parse("localhost:1234"),
-            Ok(ListenAddr::Host("localhost".into(), 1234))
-        );
-        assert_eq!(
-            ListenAddr::parse("[::1]:9000"),
-            Ok(ListenAddr::Host("::1".into(), 9000))
-        );
-        for bad in [
-            "8080",
-            "host:",
-            "host:99999",
-            "::1:80",
-            "[::1:80",
-            "[]:80",
-            "[[::1]:80",
-        ] {
-            assert!(ListenAddr::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn admin_path_gets_one_leading_slash() {
-        assert_eq!(config(&[]).unwrap().admin_path, "/targets");
+        assert_eq!(config(&[]).unwrap().admin.path, "/targets");
         assert_eq!(
-            config(&["--targets", "/admin/t"]).unwrap().admin_path,
+            config(&["--targets", "/admin/t"]).unwrap().admin.path,
             "/admin/t"
         );
     }
@@ -367,53 +327,11 @@ mod tests {
     #[test]
     fn empty_targets_address_means_none() {
         assert_eq!(
-            config(&["--targets-address", ""]).unwrap().admin_address,
+            config(&["--targets-address", ""])
+                .unwrap()
+                .listener
+                .admin_address,
             None
         );
-    }
-
-    /// Listen addresses as users write them, and near misses.
-    fn listen_like() -> impl Strategy<Value = String> {
-        let host = prop_oneof![
-            2 => Just(String::new()),
-            2 => "[a-z][a-z0-9.-]{0,12}",
-            1 => any::<std::net::Ipv4Addr>().prop_map(|a| a.to_string()),
-            2 => any::<std::net::Ipv6Addr>().prop_map(|a| format!("[{a}]")),
-            1 => any::<std::net::Ipv6Addr>().prop_map(|a| a.to_string()),
-            2 => "[\\[\\]:a-z0-9 ]{0,8}",
-            2 => "\\[[\\[\\]:a-f0-9]{0,6}\\]",
-        ];
-        let port = prop_oneof![
-            3 => any::<u16>().prop_map(|p| p.to_string()),
-            1 => "[0-9+-]{0,7}",
-        ];
-        (host, prop_oneof![4 => Just(":"), 1 => Just("")], port)
-            .prop_map(|(host, colon, port)| format!("{host}{colon}{port}"))
-    }
-
-    proptest! {
-        #[test]
-        fn listen_parse_never_panics(s in "\\PC*") {
-            let _ = ListenAddr::parse(&s);
-        }
-
-        #[test]
-        fn listen_display_parses_back(s in prop_oneof![listen_like(), "\\PC*"]) {
-            if let Ok(addr) = ListenAddr::parse(&s) {
-                prop_assert_eq!(ListenAddr::parse(&addr.to_string()), Ok(addr.clone()), "from {:?}", s);
-            }
-        }
-
-        #[test]
-        fn listen_values_round_trip(
-            addr in prop_oneof![
-                any::<u16>().prop_map(ListenAddr::AnyHost),
-                ("[a-z][a-z0-9.-]{0,12}", any::<u16>()).prop_map(|(h, p)| ListenAddr::Host(h, p)),
-                (any::<std::net::IpAddr>(), any::<u16>())
-                    .prop_map(|(ip, p)| ListenAddr::Host(ip.to_string(), p)),
-            ],
-        ) {
-            prop_assert_eq!(ListenAddr::parse(&addr.to_string()), Ok(addr));
-        }
     }
 }

@@ -22,9 +22,10 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::run;
 use crate::cli::Cli;
 use crate::config::Config;
-use crate::server::{Listeners, run};
+use crate::server::Listeners;
 
 /// How a demo backend answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +68,9 @@ pub async fn demo(
     ];
     let cli = Cli::try_parse_args(args).map_err(|e| e.to_string())?;
     let config = Config::from_cli(&cli).map_err(|e| e.to_string())?;
-    let listeners = Listeners::bind(&config).await.map_err(|e| e.to_string())?;
+    let listeners = Listeners::bind(&config.listener)
+        .await
+        .map_err(|e| e.to_string())?;
     let proxy = listeners
         .main
         .first()
@@ -77,7 +80,7 @@ pub async fn demo(
         ip if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], proxy.port())),
         _ => proxy,
     };
-    banner(proxy, main, stable, candidate, &config.admin_path, rate);
+    banner(proxy, main, stable, candidate, &config.admin.path, rate);
     let stop = CancellationToken::new();
     tokio::spawn(traffic(proxy, rate, stop.clone()));
     let stopping = stop.clone();

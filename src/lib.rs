@@ -9,10 +9,18 @@
 //! A module with parts is `x.rs` and the parts are in `x/` (`mirror.rs`, `mirror/`).
 //! - `cli`: raw flags (clap, `TRAFFICMIRROR_*` env vars, Go-style `-flag`) and the
 //!   subcommands (`demo`, `completions`, `man`); `cli::file`: the YAML config file.
-//! - `config`: validated [`Config`] built from the flags; start-up errors.
+//! - `config`: validated [`Config`] built from the flags, split by the part that uses
+//!   it (`server::Settings`, `proxy::Settings` with the mirrors' `mirror::Settings`,
+//!   `admin::Settings`, and `config::Initial`: the mirrors and files loaded at start);
+//!   start-up errors.
+//! - `app`: start-up wiring: builds the byte budget, the mirror registry (seeded from
+//!   `--mirror`, the state file and the targets file), the proxy, the metrics and the
+//!   admin endpoint, hands each its settings, starts the background tasks (pruning
+//!   expired mirrors, saving the state file, watching the targets file, following the
+//!   listener's certificate), then [`run`] hands it all to `server`.
 //! - `units`: duration (`1` = a minute, `500ms`) and size (`10MiB`) parsing.
-//! - `server`: binds, accepts, serves HTTP/1 + h2c connections (or TLS with ALPN),
-//!   routes, drains.
+//! - `server`: binds (`server::ListenAddr`), accepts, serves HTTP/1 + h2c connections
+//!   (or TLS with ALPN), routes, drains.
 //! - `idle`: closes idle client connections where hyper does not.
 //! - `proxy`: owns the proxy's state; answers each request in named steps (rewrite the
 //!   head, offer the copy, send to main, build the answer); `proxy::offer`: which
@@ -31,7 +39,8 @@
 //!   `compare::verdict` decides whether two answers match, `compare::capture` keeps them
 //!   aside within the byte budget, `compare::decode` undoes a `Content-Encoding`,
 //!   `compare::stats` and `compare::mismatches` keep the results.
-//! - `sources`: mirror lines on disk: `sources::state_file` (`--state-file`) and
+//! - `sources`: mirror lines on disk: `sources::state_file` (`--state-file`, and its
+//!   `Saver`, which writes the registry's admin mirrors after each change) and
 //!   `sources::targets_file` (`--targets-file`).
 //! - `registry`: the set of mirrors; removes mirrors that failed for too long.
 //! - `admin`: the `/targets` endpoint; `auth`: its Basic authentication.
@@ -49,6 +58,11 @@
 //! - `workers`: thread-per-core worker runtimes that own the connections.
 //! - `demo`: `trafficmirror demo`, the product with demo backends in one process.
 //! - `fuzz` (with `--cfg fuzzing`, and in tests): entry points for the `cargo fuzz` targets.
+//!
+//! # Start-up
+//! `main` parses the flags into a [`Config`], binds the [`Listeners`] and calls [`run`]:
+//! `app` builds the parts from the configuration, `server` serves them until shutdown
+//! and then drains.
 //!
 //! # Request flow
 //! 1. `server` accepts a connection and hands it to the least loaded of the `workers`;
@@ -70,6 +84,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod app;
 mod auth;
 mod body;
 mod budget;
@@ -94,7 +109,8 @@ mod tls;
 mod units;
 mod workers;
 
+pub use app::run;
 pub use config::Config;
 pub use demo::demo;
 pub use observe::build_info;
-pub use server::{BindError, Listeners, run};
+pub use server::{BindError, Listeners};

@@ -32,34 +32,18 @@ fn main() -> ExitCode {
         None => {}
     }
     init_tracing(cli.verbose, cli.log_format);
-    if let Some(file) = &file {
-        tracing::info!(
-            file = %file.path.display(),
-            applied = %file.applied.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>().join(","),
-            overridden = %file.overridden.join(","),
-            "config file read"
-        );
-    }
-    let config = match Config::from_cli(&cli) {
+    let config = match build(&cli, file.as_ref()) {
         Ok(config) => config,
-        // Like a port in use: the system refused, the value is fine.
-        Err(err) if err.is_refusal() => return fail(1, &err),
-        Err(err) => return fail(2, &with_file_key(&err, file.as_ref())),
+        Err(code) => return code,
     };
-    for warning in &config.warnings {
-        tracing::warn!("{warning}");
-    }
     raise_open_files_limit();
     // This runtime only accepts connections and waits for signals; the connections are
     // served by the worker threads (`--threads`, see `workers`).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(err) => return fail(1, &format!("cannot start the async runtime: {err}")),
+        Err(code) => return code,
     };
-    let shutdown_timeout = config.shutdown_timeout;
+    let shutdown_timeout = config.listener.shutdown_timeout;
     let signalled = Arc::new(OnceLock::new());
     let code = runtime.block_on(serve(config, signalled.clone()));
     // Dropping the runtime would wait, without limit, for its blocking tasks (a read of
@@ -72,16 +56,44 @@ fn main() -> ExitCode {
     code
 }
 
+/// Validates the flags (logging which config file gave some) and logs the warnings;
+/// an invalid value is one line on stderr and the exit status.
+fn build(cli: &Cli, file: Option<&AppliedFile>) -> Result<Config, ExitCode> {
+    if let Some(file) = file {
+        tracing::info!(
+            file = %file.path.display(),
+            applied = %file.applied.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>().join(","),
+            overridden = %file.overridden.join(","),
+            "config file read"
+        );
+    }
+    let config = match Config::from_cli(cli) {
+        Ok(config) => config,
+        // Like a port in use: the system refused, the value is fine.
+        Err(err) if err.is_refusal() => return Err(fail(1, &err)),
+        Err(err) => return Err(fail(2, &with_file_key(&err, file))),
+    };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(config)
+}
+
+/// The single-threaded runtime of `main` and `demo`.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| fail(1, &format!("cannot start the async runtime: {err}")))
+}
+
 /// `trafficmirror demo`: everything in one process until Ctrl-C.
 fn demo(cli: &Cli, listen: &str, rate: u32) -> ExitCode {
     // Info by default: the demo is there to be watched.
     init_tracing(cli.verbose.max(1), cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(err) => return fail(1, &format!("cannot start the async runtime: {err}")),
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let signals = match Signals::install() {
@@ -101,7 +113,7 @@ async fn serve(config: Config, signalled: Arc<OnceLock<Instant>>) -> ExitCode {
         Ok(s) => s,
         Err(err) => return fail(1, &format!("cannot install signal handlers: {err}")),
     };
-    let listeners = match Listeners::bind(&config).await {
+    let listeners = match Listeners::bind(&config.listener).await {
         Ok(l) => l,
         Err(err) => return fail(1, &err),
     };
@@ -145,14 +157,14 @@ fn announce(config: &Config, listeners: &Listeners) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let tls = config.listener_tls.is_some();
+    let tls = config.listener.tls.is_some();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
         "trafficmirror: listening on {}{} -> main {}",
         shown(&main),
         if tls { " (https)" } else { "" },
-        config.main
+        config.proxy.main
     );
     let Some(first) = admin.first() else { return };
     // A wildcard address is reachable locally as loopback.
@@ -167,8 +179,8 @@ fn announce(config: &Config, listeners: &Listeners) {
     } else {
         "http"
     };
-    let url = format!("{scheme}://{host}:{}{}", first.port(), config.admin_path);
-    let auth = if config.users.is_some() {
+    let url = format!("{scheme}://{host}:{}{}", first.port(), config.admin.path);
+    let auth = if config.admin.users.is_some() {
         "-u USER:PASSWORD "
     } else {
         ""
@@ -236,12 +248,30 @@ fn completions(shell: clap_complete::Shell) -> ExitCode {
 
 /// Prints the man page: clap_mangen's sections plus where settings come from.
 fn man_page() -> ExitCode {
-    use clap_mangen::roff::{Roff, bold, italic, roman};
     let cmd = Cli::command();
     let man = clap_mangen::Man::new(cmd.clone());
     let mut page = Vec::new();
-    let mut extra = Roff::default();
-    // clap_mangen's own list points to one page per subcommand, which is not shipped.
+    let mut extra = clap_mangen::roff::Roff::default();
+    man_subcommands(&cmd, &mut extra);
+    man_files_and_environment(&mut extra);
+    let rendered = man
+        .render_title(&mut page)
+        .and_then(|()| man.render_name_section(&mut page))
+        .and_then(|()| man.render_synopsis_section(&mut page))
+        .and_then(|()| man.render_description_section(&mut page))
+        .and_then(|()| man.render_options_section(&mut page))
+        .and_then(|()| extra.to_writer(&mut page))
+        .and_then(|()| man.render_version_section(&mut page));
+    match rendered {
+        Ok(()) => print_stdout(&page),
+        Err(err) => fail(1, &format!("cannot render the man page: {err}")),
+    }
+}
+
+/// The man page's SUBCOMMANDS section: clap_mangen's own list points to one page per
+/// subcommand, which is not shipped.
+fn man_subcommands(cmd: &clap::Command, extra: &mut clap_mangen::roff::Roff) {
+    use clap_mangen::roff::{bold, italic, roman};
     extra.control("SH", ["SUBCOMMANDS"]);
     for sub in cmd.get_subcommands() {
         let mut usage = vec![bold(format!("trafficmirror {}", sub.get_name()))];
@@ -263,6 +293,11 @@ fn man_page() -> ExitCode {
         };
         extra.text([roman(text)]);
     }
+}
+
+/// The man page's FILES and ENVIRONMENT sections: where settings come from.
+fn man_files_and_environment(extra: &mut clap_mangen::roff::Roff) {
+    use clap_mangen::roff::{bold, italic, roman};
     extra.control("SH", ["FILES"]);
     for (path, what) in [
         (
@@ -295,18 +330,6 @@ fn man_page() -> ExitCode {
         .control("TP", [])
         .text([bold("RUST_LOG")])
         .text([roman("Overrides the log filter chosen by -v.")]);
-    let rendered = man
-        .render_title(&mut page)
-        .and_then(|()| man.render_name_section(&mut page))
-        .and_then(|()| man.render_synopsis_section(&mut page))
-        .and_then(|()| man.render_description_section(&mut page))
-        .and_then(|()| man.render_options_section(&mut page))
-        .and_then(|()| extra.to_writer(&mut page))
-        .and_then(|()| man.render_version_section(&mut page));
-    match rendered {
-        Ok(()) => print_stdout(&page),
-        Err(err) => fail(1, &format!("cannot render the man page: {err}")),
-    }
 }
 
 fn print_stdout(bytes: &[u8]) -> ExitCode {

@@ -1,6 +1,6 @@
 //! The proxy: forwarding to main and handing each request's copy to the mirrors
-//! (docs/shadowing.md, "How requests are handled"). [`Proxy`] owns what forwarding needs: the
-//! configuration, the keep-alive pools to main, the mirror set, the byte budget for
+//! (docs/shadowing.md, "How requests are handled"). [`Proxy`] owns what forwarding needs: its
+//! settings, the keep-alive pools to main, the mirror set, the byte budget for
 //! mirrored bodies, and this process's `Via` token.
 //!
 //! Request flow, one step each in [`Proxy::answer`]: rewrite the head once
@@ -35,9 +35,8 @@ use tracing::{debug, warn};
 use crate::body::{self, BoxBody, BoxError};
 use crate::budget::Budget;
 use crate::client::{self, Pool};
-use crate::config::Config;
 use crate::headers;
-use crate::mirror::Source;
+use crate::mirror;
 use crate::mirror::compare::capture::MainCapture;
 use crate::mirror::ordered::MainHalf;
 use crate::observe::metrics::MainStats;
@@ -78,8 +77,27 @@ pub struct Proxy {
     inner: Arc<Inner>,
 }
 
+/// What the proxy needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--main`.
+    pub main: TargetUrl,
+    /// `--preserve-host`: main and mirrors get the client's `Host`.
+    pub preserve_host: bool,
+    /// `--main-timeout`: longest wait for main's response head.
+    pub main_timeout: Option<Duration>,
+    /// `--body-read-timeout`: longest wait for the next piece of a request body.
+    pub body_read_timeout: Duration,
+    /// `--max-body-size`: larger bodies are proxied to main but not mirrored.
+    pub max_body_size: u64,
+    /// The mirrors' settings: main's answer is kept for a comparison up to their
+    /// `max_compare_size`, and main's connection pools follow their TLS settings, pool
+    /// count and per-target limit.
+    pub mirror: mirror::Settings,
+}
+
 struct Inner {
-    config: Config,
+    settings: Settings,
     /// One pool per worker thread (see [`workers::pick`]).
     main_pools: Box<[Pool<BoxBody>]>,
     registry: Registry,
@@ -100,18 +118,9 @@ struct Inner {
 }
 
 impl Proxy {
-    /// The proxy for `config`, with the `--mirror` mirrors in its set.
-    pub fn new(config: Config) -> Self {
-        let budget = Budget::new(config.max_buffered_bytes);
-        let registry = Registry::new(config.mirror.clone(), budget.clone());
-        registry.add_lines(&config.mirrors, Source::Flag);
-        for url in registry.add_lines(&config.restored, Source::Admin) {
-            // The flag defines this mirror; its line in the state file is left out.
-            warn!(mirror = %url, "state file entry ignored: --mirror gives this mirror");
-        }
-        if let Some((_, lines)) = &config.targets_file {
-            registry.reconcile_file(lines);
-        }
+    /// The proxy for `settings`, offering copies to the mirrors in `registry`; request
+    /// bodies held for them count against `budget`.
+    pub fn new(settings: Settings, registry: Registry, budget: Budget) -> Self {
         let via_token = format!(
             "trafficmirror-{:016x}",
             std::collections::hash_map::RandomState::new()
@@ -120,16 +129,18 @@ impl Proxy {
         let entry =
             |v: &str| HeaderValue::from_str(&format!("{v} {via_token}")).expect("token is ASCII");
         let via_entries = [entry("1.0"), entry("1.1"), entry("2")];
+        // Main's connections are made as the mirrors' are: same TLS settings, one pool
+        // per worker thread, the same per-target limit.
         let main_pools = client::per_worker(
-            &config.main,
-            &config.tls,
-            config.threads,
-            config.max_connections_per_target,
+            &settings.main,
+            &settings.mirror.tls,
+            settings.mirror.pools,
+            settings.mirror.max_connections,
         );
         Self {
             inner: Arc::new(Inner {
                 main_pools,
-                config,
+                settings,
                 registry,
                 budget,
                 via_token,
@@ -142,8 +153,8 @@ impl Proxy {
         }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.inner.config
+    fn settings(&self) -> &Settings {
+        &self.inner.settings
     }
 
     pub fn registry(&self) -> &Registry {
@@ -212,7 +223,11 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let looped = self.rewrite_head(&mut parts, peer, upgrade);
         let (body, followers) = self.offer_copy(&parts, body, looped, client_upgrade.is_some());
-        main_head(&mut parts, &self.config().main, self.config().preserve_host);
+        main_head(
+            &mut parts,
+            &self.settings().main,
+            self.settings().preserve_host,
+        );
         match self.send_to_main(Request::from_parts(parts, body)).await {
             Ok(response) => self.build_answer(response, client_upgrade, followers, started),
             Err(err) => {
@@ -259,7 +274,7 @@ impl Proxy {
             peer.https,
         );
         headers::append_via(&mut parts.headers, self.via_entry(parts.version));
-        if self.config().preserve_host {
+        if self.settings().preserve_host {
             if let Some(host) = host {
                 parts.headers.insert(header::HOST, host);
             }
@@ -299,7 +314,7 @@ impl Proxy {
         }
         let (followers, awaiting) = Followers::of(&mirrors, &selected, looped || upgrade);
         let lower = body.size_hint().lower();
-        if fate(looped, upgrade, lower, self.config().max_body_size) == Fate::Skip {
+        if fate(looped, upgrade, lower, self.settings().max_body_size) == Fate::Skip {
             if looped && self.first_loop() {
                 // Already handled by this instance (docs/shadowing.md, "Loops and `Via`").
                 warn!(
@@ -327,14 +342,14 @@ impl Proxy {
             offer.deliver(Bytes::new(), held);
             return body::boxed(body);
         }
-        let config = self.config();
+        let settings = self.settings();
         body::boxed(RequestBody::teed(
             body,
-            config.body_read_timeout,
+            settings.body_read_timeout,
             h2,
             offer,
             held,
-            config.max_body_size,
+            settings.max_body_size,
         ))
     }
 
@@ -344,7 +359,7 @@ impl Proxy {
         request: Request<BoxBody>,
     ) -> Result<Response<client::Pooled<BoxBody>>, MainError> {
         let pending = self.main_pool().send(request);
-        match self.config().main_timeout {
+        match self.settings().main_timeout {
             None => pending.await.map_err(MainError::from_exchange),
             Some(limit) => match tokio::time::timeout(limit, pending).await {
                 Ok(result) => result.map_err(MainError::from_exchange),
@@ -383,7 +398,7 @@ impl Proxy {
                 parts.headers.clone(),
                 started,
                 tx,
-                self.config().mirror.max_compare_size,
+                self.settings().mirror.max_compare_size,
                 self.budget(),
             )
         });
@@ -398,7 +413,7 @@ impl Proxy {
     /// Logs why the proxy answers itself: main's failures at `warn`, at most one line
     /// per second each; a client's failing body at `debug`.
     fn log_main_error(&self, err: &MainError, peer: &Peer) {
-        let main = &self.config().main;
+        let main = &self.settings().main;
         match err {
             MainError::Connect => {}
             MainError::Timeout(limit) => {
@@ -438,7 +453,7 @@ impl Proxy {
         } else {
             body::boxed(RequestBody::streamed(
                 body,
-                self.config().body_read_timeout,
+                self.settings().body_read_timeout,
                 h2,
             ))
         }
@@ -584,11 +599,16 @@ mod tests {
     use crate::mirror::counters::Snapshot;
     use http_body_util::{BodyExt, Empty, Full};
 
-    /// A proxy to main at `http://main.test:8080/base`, with `args` added.
+    /// A proxy to main at `http://main.test:8080/base`, with `args` added (its
+    /// `--mirror` mirrors in the set).
     fn proxy(args: &[&str]) -> Proxy {
         let mut all = vec!["trafficmirror", "--main", "http://main.test:8080/base"];
         all.extend_from_slice(args);
-        Proxy::new(Config::from_cli(&Cli::try_parse_args(all).unwrap()).unwrap())
+        let config = crate::Config::from_cli(&Cli::try_parse_args(all).unwrap()).unwrap();
+        let budget = Budget::new(config.max_buffered_bytes);
+        let registry = Registry::new(config.proxy.mirror.clone(), budget.clone());
+        registry.add_lines(&config.initial.mirrors, crate::mirror::Source::Flag);
+        Proxy::new(config.proxy, registry, budget)
     }
 
     fn peer() -> Peer {

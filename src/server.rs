@@ -5,13 +5,12 @@
 //! request passes first, routing between the admin endpoint and the proxy, and the
 //! graceful drain on shutdown with its closing report (docs/operations.md, "Shutdown";
 //! docs/security.md, "Limits"). What a request does once routed belongs to
-//! [`crate::proxy`] and [`crate::admin`].
+//! [`crate::proxy`] and [`crate::admin`]; the parts served are built by [`crate::app`].
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Version};
@@ -28,17 +27,79 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, info, warn};
 
 use crate::admin::Admin;
+use crate::app::App;
 use crate::body::{self, BoxBody};
-use crate::config::{Config, ListenAddr};
 use crate::idle::Activity;
 use crate::mirror::Status;
-use crate::observe::metrics::Metrics;
 use crate::proxy::{Peer, Proxy};
 use crate::ratelimit::LogLimiter;
-use crate::sources::targets_file;
+use crate::registry::Registry;
+use crate::tls::listener::ListenerTls;
 use crate::workers::{LoadGuard, Workers};
 
-/// Bound sockets, handed to [`run`] so that tests can bind port 0 themselves.
+/// Where to listen (`--listen`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `:PORT`: every interface.
+    AnyHost(u16),
+    /// `HOST:PORT`, `1.2.3.4:PORT` or `[::1]:PORT`; names are resolved at bind time.
+    Host(String, u16),
+}
+
+impl ListenAddr {
+    /// Parses `:PORT`, `HOST:PORT` or `[V6]:PORT`.
+    ///
+    /// # Errors
+    /// A message naming the value when there is no port or it is not a number.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let bad = || format!("{value:?} is not :PORT, HOST:PORT or [IPv6]:PORT");
+        let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() {
+            return Ok(Self::AnyHost(port));
+        }
+        let host = match host.strip_prefix('[') {
+            // `[]` names no host, and a bracket inside would not survive Display.
+            Some(v6) => v6
+                .strip_suffix(']')
+                .filter(|h| !h.is_empty() && !h.contains(['[', ']']))
+                .ok_or_else(bad)?,
+            None if host.contains(':') => return Err(bad()),
+            None => host,
+        };
+        Ok(Self::Host(host.to_owned(), port))
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AnyHost(port) => write!(f, ":{port}"),
+            Self::Host(host, port) if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Self::Host(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// What the listeners and their connections need from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--listen`.
+    pub listen: ListenAddr,
+    /// `--targets-address`: when set, the admin endpoint is served only here.
+    pub admin_address: Option<ListenAddr>,
+    /// `--tls-cert` and `--tls-key`: the listener speaks TLS (the admin endpoint too,
+    /// unless it has its own address).
+    pub tls: Option<ListenerTls>,
+    pub header_read_timeout: Duration,
+    pub max_header_size: usize,
+    /// Worker threads (`--threads`, else one per CPU core).
+    pub threads: usize,
+    /// `--shutdown-timeout`: the longest drain.
+    pub shutdown_timeout: Duration,
+}
+
+/// Bound sockets, handed to [`crate::run`] so that tests can bind port 0 themselves.
 #[derive(Debug)]
 pub struct Listeners {
     /// Proxy listeners (also the admin endpoint unless `admin` is non-empty).
@@ -60,9 +121,9 @@ impl Listeners {
     ///
     /// # Errors
     /// An address that cannot be resolved or bound (e.g. the port is in use).
-    pub async fn bind(config: &Config) -> Result<Self, BindError> {
-        let main = bind(&config.listen).await?;
-        let admin = match &config.admin_address {
+    pub async fn bind(settings: &Settings) -> Result<Self, BindError> {
+        let main = bind(&settings.listen).await?;
+        let admin = match &settings.admin_address {
             Some(addr) => bind(addr).await?,
             None => Vec::new(),
         };
@@ -141,15 +202,6 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// How often the targets file is read for changes. A change applies once it has
-/// settled (`targets_file::SETTLE`), within `SETTLE` + twice this: 1 s, inside the
-/// 2 s docs/operations.md promises ("State file and targets file").
-const TARGETS_FILE_POLL: Duration = Duration::from_millis(250);
-
-/// How often the listener's certificate and key files are read for changes (a renewal
-/// applies within twice this).
-const CERT_FILES_POLL: Duration = Duration::from_secs(1);
-
 /// How often a failed TLS handshake may be logged: a scanner or a client speaking plain
 /// HTTP to the TLS port fails at connection rate.
 const HANDSHAKE_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -167,82 +219,27 @@ enum Role {
 /// from the moment it is accepted, so the drain waits for it even while it is queued.
 type Accepted = (std::net::TcpStream, SocketAddr, Role, TaskTrackerToken);
 
-/// Serves until `shutdown` resolves, then drains: stops accepting, lets
-/// requests in flight finish and queued mirror copies go out, for at most
-/// `--shutdown-timeout`. The listeners are served from the caller's runtime; the
-/// connections from `--threads` worker threads.
+/// Serves `app` until `shutdown` resolves, then drains: stops accepting, lets requests
+/// in flight finish and queued mirror copies go out, for at most `--shutdown-timeout`.
+/// The listeners are served from the caller's runtime; the connections from
+/// `--threads` worker threads.
 ///
 /// # Errors
 /// The worker threads cannot be started (nothing has been served then).
-pub async fn run(
-    config: Config,
+pub(crate) async fn run(
+    app: App,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let shutdown_timeout = config.shutdown_timeout;
-    let proxy = Proxy::new(config);
-    let targets_file_valid = proxy
-        .config()
-        .targets_file
-        .as_ref()
-        .map(|_| Arc::new(AtomicBool::new(true)));
-    let metrics = Metrics::new(
-        proxy.main_stats(),
-        proxy.registry().clone(),
-        proxy.budget().clone(),
-        targets_file_valid.clone(),
-        proxy.config().state_file.clone(),
-    );
-    let admin = Admin::new(
-        proxy.registry().clone(),
-        proxy.budget().clone(),
-        proxy.config(),
-        metrics,
-    );
-    let pruning = tokio::spawn({
-        let (registry, admin) = (proxy.registry().clone(), admin.clone());
-        async move {
-            // A mirror that expired is gone from the saved set too, or a restart
-            // would bring it back.
-            let on_removed = || admin.save_after_change();
-            registry.prune_expired(on_removed).await;
-        }
-    });
-    let token = CancellationToken::new();
-    if let Some(state) = proxy.config().state_file.clone() {
-        let registry = proxy.registry().clone();
-        tokio::spawn(state.keep_saving(
-            proxy.config().state_file_retry,
-            move || registry.admin_lines(),
-            token.clone(),
-        ));
-    }
-    if let (Some((path, _)), Some(valid)) = (&proxy.config().targets_file, targets_file_valid) {
-        let registry = proxy.registry().clone();
-        let shown = path.display().to_string();
-        let admin = admin.clone();
-        tokio::spawn(targets_file::watch(
-            path.clone(),
-            TARGETS_FILE_POLL,
-            move |lines| {
-                let change = registry.reconcile_file(&lines);
-                if !change.is_empty() {
-                    info!(file = %shown, added = ?change.added, updated = ?change.updated, removed = ?change.removed, "targets file applied");
-                    // A URL the file took over from the admin endpoint leaves the state
-                    // file.
-                    let admin = admin.clone();
-                    tokio::spawn(async move { admin.save_after_change().await });
-                }
-            },
-            valid,
-            token.clone(),
-        ));
-    }
-    let tls = proxy.config().listener_tls.clone().map(|tls| {
-        let acceptor = TlsAcceptor::from(tls.config.clone());
-        tokio::spawn(tls.follow(CERT_FILES_POLL, token.clone()));
-        acceptor
-    });
+    let App {
+        listener: settings,
+        proxy,
+        admin,
+        tls,
+        registry,
+        token,
+        pruning,
+    } = app;
     // Shared: each request clones the `Arc` (the admin side holds strings and several
     // `Arc`s that a deep clone per request would copy).
     let handlers = Arc::new(Handlers {
@@ -250,27 +247,61 @@ pub async fn run(
         admin,
         tls,
         handshake_errors: LogLimiter::new(HANDSHAKE_ERROR_LOG_INTERVAL),
+        header_read_timeout: settings.header_read_timeout,
     });
     let connections = TaskTracker::new();
-    let builder = Arc::new(connection_builder(handlers.proxy.config()));
-    let workers = {
-        let (handlers, token) = (handlers.clone(), token.clone());
-        Workers::start(
-            handlers.proxy.config().threads,
-            move |(stream, peer, role, tracked): Accepted, guard: LoadGuard| {
-                serve_connection(
-                    stream,
-                    peer,
-                    role,
-                    handlers.clone(),
-                    builder.clone(),
-                    token.clone(),
-                    (guard, tracked),
-                )
-            },
-        )?
-    };
-    let workers = Arc::new(workers);
+    let workers = Arc::new(start_workers(&settings, handlers, &token)?);
+    let accepting = accept_all(listeners, &workers, &token, &connections);
+
+    shutdown.await;
+    // One deadline for every part of the shutdown, counted from the signal: a supervisor
+    // whose grace period is `--shutdown-timeout` must not have to kill us.
+    let timeout = settings.shutdown_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    info!(
+        ?timeout,
+        "shutting down: draining requests and mirror copies"
+    );
+    token.cancel();
+    accepting.close();
+    connections.close();
+    drain(deadline, &accepting, &connections, &registry).await;
+    pruning.abort();
+    stop_workers(workers, deadline).await;
+    Ok(())
+}
+
+/// Starts the worker threads that serve the accepted connections.
+fn start_workers(
+    settings: &Settings,
+    handlers: Arc<Handlers>,
+    token: &CancellationToken,
+) -> std::io::Result<Workers<Accepted>> {
+    let builder = Arc::new(connection_builder(settings));
+    let token = token.clone();
+    Workers::start(
+        settings.threads,
+        move |(stream, peer, role, tracked): Accepted, guard: LoadGuard| {
+            serve_connection(
+                stream,
+                peer,
+                role,
+                handlers.clone(),
+                builder.clone(),
+                token.clone(),
+                (guard, tracked),
+            )
+        },
+    )
+}
+
+/// Starts one accept loop per listener; the returned tracker counts them.
+fn accept_all(
+    listeners: Listeners,
+    workers: &Arc<Workers<Accepted>>,
+    token: &CancellationToken,
+    connections: &TaskTracker,
+) -> TaskTracker {
     let accepting = TaskTracker::new();
     // Shared by every listener: out of file descriptors, they all fail at once.
     let accept_errors = Arc::new(LogLimiter::new(ACCEPT_ERROR_LOG_INTERVAL));
@@ -297,17 +328,18 @@ pub async fn run(
             accept_errors.clone(),
         ));
     }
+    accepting
+}
 
-    shutdown.await;
-    // One deadline for every part of the shutdown, counted from the signal: a supervisor
-    // whose grace period is `--shutdown-timeout` must not have to kill us.
-    let deadline = tokio::time::Instant::now() + shutdown_timeout;
-    info!(timeout = ?shutdown_timeout, "shutting down: draining requests and mirror copies");
-    token.cancel();
-    accepting.close();
-    connections.close();
-    let registry = handlers.proxy.registry().clone();
-    let drain = async {
+/// Waits, until `deadline`, for the accept loops, the open connections and the mirror
+/// copies to finish, and logs how it went.
+async fn drain(
+    deadline: tokio::time::Instant,
+    accepting: &TaskTracker,
+    connections: &TaskTracker,
+    registry: &Registry,
+) {
+    let drained = async {
         accepting.wait().await;
         connections.wait().await;
         registry.close();
@@ -315,7 +347,7 @@ pub async fn run(
     };
     // One line at the default level whatever happens, so that after a deploy an operator
     // can tell whether shadow traffic was lost.
-    match tokio::time::timeout_at(deadline, drain).await {
+    match tokio::time::timeout_at(deadline, drained).await {
         Ok(()) => warn!(
             undelivered = 0,
             mirrors = ?mirror_summary(&registry.statuses()),
@@ -328,9 +360,12 @@ pub async fn run(
             "shutdown timeout reached: giving up on the rest"
         ),
     }
-    pruning.abort();
-    // The accept loops, which held the other references, have ended (unless the deadline
-    // cut their wait short: dropping the last handle stops the workers then).
+}
+
+/// Stops the worker threads once the accept loops, which held the other references,
+/// have ended (unless the deadline cut their wait short: dropping the last handle stops
+/// the workers then).
+async fn stop_workers(workers: Arc<Workers<Accepted>>, deadline: tokio::time::Instant) {
     if let Ok(workers) = Arc::try_unwrap(workers) {
         // A worker sees the stop between two tasks' polls; one busy in synchronous work
         // (a large comparison) sees it only when that is done. The wait is bounded: the
@@ -343,7 +378,6 @@ pub async fn run(
             debug!("a worker thread did not stop in time: left behind");
         }
     }
-    Ok(())
 }
 
 /// How long stopping the worker threads may take past the shutdown deadline: they
@@ -378,7 +412,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// before the connection is dropped (dead peers otherwise hold their streams for ever).
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
-fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+fn connection_builder(config: &Settings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -461,7 +495,7 @@ async fn serve_connection(
     // `Activity`), or when it ends (which stops the watch).
     let close = token.child_token();
     let _stop_watch = close.clone().drop_guard();
-    let activity = Activity::watch(close.clone(), handlers.proxy.config().header_read_timeout);
+    let activity = Activity::watch(close.clone(), handlers.header_read_timeout);
     // The admin-only listener keeps its own address and stays cleartext.
     let tls = match role {
         Role::Proxy { .. } => handlers.tls.clone(),
@@ -570,6 +604,8 @@ struct Handlers {
     /// `--tls-cert`: the main listener's connections start with a TLS handshake.
     tls: Option<TlsAcceptor>,
     handshake_errors: LogLimiter,
+    /// `--header-read-timeout`, also the longest a connection may stay idle.
+    header_read_timeout: Duration,
 }
 
 impl Handlers {
@@ -615,7 +651,33 @@ fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(ListenAddr::parse(":8080"), Ok(ListenAddr::AnyHost(8080)));
+        assert_eq!(
+            ListenAddr::parse("localhost:1234"),
+            Ok(ListenAddr::Host("localhost".into(), 1234))
+        );
+        assert_eq!(
+            ListenAddr::parse("[::1]:9000"),
+            Ok(ListenAddr::Host("::1".into(), 9000))
+        );
+        for bad in [
+            "8080",
+            "host:",
+            "host:99999",
+            "::1:80",
+            "[::1:80",
+            "[]:80",
+            "[[::1]:80",
+        ] {
+            assert!(ListenAddr::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     fn request(version: Version, hosts: &[&str]) -> Request<()> {
         let mut req = Request::builder().version(version).uri("/");
@@ -678,5 +740,50 @@ mod tests {
         }
         assert!(backlog() >= MIN_BACKLOG);
         drop(listener);
+    }
+
+    /// Listen addresses as users write them, and near misses.
+    fn listen_like() -> impl Strategy<Value = String> {
+        let host = prop_oneof![
+            2 => Just(String::new()),
+            2 => "[a-z][a-z0-9.-]{0,12}",
+            1 => any::<std::net::Ipv4Addr>().prop_map(|a| a.to_string()),
+            2 => any::<std::net::Ipv6Addr>().prop_map(|a| format!("[{a}]")),
+            1 => any::<std::net::Ipv6Addr>().prop_map(|a| a.to_string()),
+            2 => "[\\[\\]:a-z0-9 ]{0,8}",
+            2 => "\\[[\\[\\]:a-f0-9]{0,6}\\]",
+        ];
+        let port = prop_oneof![
+            3 => any::<u16>().prop_map(|p| p.to_string()),
+            1 => "[0-9+-]{0,7}",
+        ];
+        (host, prop_oneof![4 => Just(":"), 1 => Just("")], port)
+            .prop_map(|(host, colon, port)| format!("{host}{colon}{port}"))
+    }
+
+    proptest! {
+        #[test]
+        fn listen_parse_never_panics(s in "\\PC*") {
+            let _ = ListenAddr::parse(&s);
+        }
+
+        #[test]
+        fn listen_display_parses_back(s in prop_oneof![listen_like(), "\\PC*"]) {
+            if let Ok(addr) = ListenAddr::parse(&s) {
+                prop_assert_eq!(ListenAddr::parse(&addr.to_string()), Ok(addr.clone()), "from {:?}", s);
+            }
+        }
+
+        #[test]
+        fn listen_values_round_trip(
+            addr in prop_oneof![
+                any::<u16>().prop_map(ListenAddr::AnyHost),
+                ("[a-z][a-z0-9.-]{0,12}", any::<u16>()).prop_map(|(h, p)| ListenAddr::Host(h, p)),
+                (any::<std::net::IpAddr>(), any::<u16>())
+                    .prop_map(|(ip, p)| ListenAddr::Host(ip.to_string(), p)),
+            ],
+        ) {
+            prop_assert_eq!(ListenAddr::parse(&addr.to_string()), Ok(addr));
+        }
     }
 }

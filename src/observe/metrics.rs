@@ -425,7 +425,10 @@ mod tests {
 
     fn registry() -> Registry {
         let cli = Cli::try_parse_args(["trafficmirror"]).unwrap();
-        Registry::new(Config::from_cli(&cli).unwrap().mirror, Budget::new(1024))
+        Registry::new(
+            Config::from_cli(&cli).unwrap().proxy.mirror,
+            Budget::new(1024),
+        )
     }
 
     /// The sample lines (no comments) of a scrape.

@@ -228,7 +228,10 @@ mod tests {
     /// The mirror set of `lines`.
     fn mirrors(lines: &[&str]) -> Mirrors {
         let cli = Cli::try_parse_args(["trafficmirror"]).unwrap();
-        let registry = Registry::new(Config::from_cli(&cli).unwrap().mirror, Budget::new(1024));
+        let registry = Registry::new(
+            Config::from_cli(&cli).unwrap().proxy.mirror,
+            Budget::new(1024),
+        );
         let lines: Vec<_> = lines
             .iter()
             .map(|l| MirrorLine::parse(l).unwrap())

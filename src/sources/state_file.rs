@@ -13,11 +13,13 @@
 //! [`StateFile`] is the file of a running process: opened at start-up (the directory
 //! must exist, and an advisory lock keeps a second instance off the same file), it
 //! remembers whether the mirrors as they are now have been written, and saves again
-//! until they have. It does not decide which mirrors belong in the file.
+//! until they have. It does not decide which mirrors belong in the file: [`Saver`]
+//! does, saving the registry's admin mirrors after every change, whoever made it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ use tracing::{error, info};
 
 use super::{FileError, MAX_FILE_BYTES, parse_lines, read_limited};
 use crate::mirror::options::MirrorLine;
+use crate::registry::Registry;
 
 const KIND: &str = "state file";
 
@@ -428,6 +431,52 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
+}
+
+/// The state file kept in step with the registry's admin mirrors (those added through
+/// the admin endpoint): saved after each change, whether an admin request, the removal
+/// of a mirror that failed for too long or the targets file made it. Cloning is shallow.
+#[derive(Clone)]
+pub struct Saver {
+    file: Arc<StateFile>,
+    registry: Registry,
+}
+
+impl Saver {
+    pub fn new(file: Arc<StateFile>, registry: Registry) -> Self {
+        Self { file, registry }
+    }
+
+    /// See [`StateFile::saved`].
+    pub fn saved(&self) -> bool {
+        self.file.saved()
+    }
+
+    /// Writes the admin mirrors after a change (`changed`), or when an earlier save
+    /// failed: a request that changes nothing still repairs the file.
+    ///
+    /// # Errors
+    /// The save failed; it is retried at the next call and by [`Saver::keep_saving`].
+    pub async fn save(&self, changed: bool) -> Result<(), SaveError> {
+        if changed {
+            self.file.changed();
+        }
+        self.file.save(|| self.registry.admin_lines()).await
+    }
+
+    /// Saves after a change that no admin request made. A failure is logged by the
+    /// save; there is no client to tell.
+    pub async fn save_after_change(&self) {
+        let _ = self.save(true).await;
+    }
+
+    /// See [`StateFile::keep_saving`].
+    pub async fn keep_saving(self, every: Duration, stop: CancellationToken) {
+        let registry = self.registry;
+        self.file
+            .keep_saving(every, move || registry.admin_lines(), stop)
+            .await;
+    }
 }
 
 #[cfg(test)]

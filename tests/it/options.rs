@@ -845,7 +845,7 @@ async fn a_failed_state_file_save_is_retried_on_a_timer() {
     let shown = state.display().to_string();
     let args = ["--main", &main.url(), "--state-file", &shown];
     let proxy = TestProxy::start_tuned(&args, |config| {
-        config.state_file_retry = Duration::from_millis(200);
+        config.initial.state_file_retry = Duration::from_millis(200);
     })
     .await;
     let (a, b) = ("http://127.0.0.1:1", "http://127.0.0.1:2");

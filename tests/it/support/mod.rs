@@ -59,12 +59,12 @@ impl TestProxy {
         tune(&mut config);
         let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = main.local_addr().unwrap();
-        let admin = match config.admin_address {
+        let admin = match config.listener.admin_address {
             Some(_) => vec![TcpListener::bind("127.0.0.1:0").await.unwrap()],
             None => Vec::new(),
         };
         let admin_addr = admin.first().map_or(addr, |l| l.local_addr().unwrap());
-        let admin_path = config.admin_path.clone();
+        let admin_path = config.admin.path.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let listeners = Listeners {
             main: vec![main],
