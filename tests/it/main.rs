@@ -7,6 +7,7 @@ mod compare;
 mod demo;
 mod faults;
 mod framing;
+mod grpc;
 mod h2_targets;
 mod health;
 mod limits;

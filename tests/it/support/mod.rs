@@ -863,6 +863,7 @@ where
     }
 }
 pub mod external;
+pub mod grpc;
 
 // ===== the common set-up: a main backend, the proxy in front, recording mirrors =====
 
