@@ -8,6 +8,7 @@ mod demo;
 mod faults;
 mod framing;
 mod grpc;
+mod grpc_mirror;
 mod h2_targets;
 mod health;
 mod limits;
