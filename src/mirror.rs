@@ -574,12 +574,13 @@ impl Mirror {
         *req.method_mut() = request.method.clone();
         *req.uri_mut() = self.url.request_target(request.path_and_query.as_ref());
         *req.headers_mut() = request.headers.clone();
-        if plan.options.has_rewrites() {
-            plan.options.apply_rewrites(req.headers_mut());
-        }
         if let Some(deadline) = &request.deadline {
             req.headers_mut()
                 .insert(&grpc::GRPC_TIMEOUT, deadline.remaining());
+        }
+        // After the deadline: a mirror's own `set_header`/`remove_header` has the last word.
+        if plan.options.has_rewrites() {
+            plan.options.apply_rewrites(req.headers_mut());
         }
         // HTTP/1.1 requires `Host`; each copy carries its mirror's authority unless
         // `--preserve-host` kept the client's or the `host` option set one.

@@ -1,7 +1,7 @@
-//! What mirroring does differently for a gRPC call (docs/shadowing.md, "gRPC"): telling
-//! one apart, and the `grpc-timeout` a copy carries. Formats as the gRPC over HTTP/2
-//! protocol gives them (grpc/grpc, doc/PROTOCOL-HTTP2.md): `Timeout → TimeoutValue
-//! TimeoutUnit`, at most 8 ASCII digits and one of `H M S m u n`.
+//! What mirroring does differently for a gRPC call (docs/shadowing.md, "How requests
+//! are handled"): telling one apart, and the `grpc-timeout` a copy carries. Formats as
+//! the gRPC over HTTP/2 protocol gives them (grpc/grpc, doc/PROTOCOL-HTTP2.md):
+//! `Timeout → TimeoutValue TimeoutUnit`, at most 8 ASCII digits and one of `H M S m u n`.
 
 use std::time::Duration;
 

@@ -3,8 +3,9 @@
 //!
 //! Two kinds of figures:
 //! - recorded on the request path into metrics this module defines: [`MainStats`]
-//!   (requests proxied by status class, time to the answer head), owned by the proxy,
-//!   whose per-class counters are looked up once at start; and one [`Latency`]
+//!   (requests proxied by status class, gRPC calls by `grpc-status`, time to the
+//!   answer head), owned by the proxy, whose per-class counters are looked up once at
+//!   start (the gRPC ones at the first call); and one [`Latency`]
 //!   histogram per mirror, owned by the mirror;
 //! - read at scrape time by a collector: each mirror's counters, queue, state and
 //!   comparison results (the very atomics the JSON listing reads, so both always agree,
