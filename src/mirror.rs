@@ -11,6 +11,7 @@
 
 pub mod compare;
 pub mod counters;
+pub mod grpc;
 pub mod health;
 pub mod options;
 pub mod ordered;
@@ -79,6 +80,8 @@ pub struct MirrorRequest {
     pub(crate) _held: Held,
     /// Main's answer, for the mirrors that compare theirs with it.
     pub main_answer: Option<MainAnswerRx>,
+    /// A gRPC call's deadline: each copy's `grpc-timeout` is what is left of it.
+    pub deadline: Option<grpc::Deadline>,
 }
 
 /// Settings shared by every mirror.
@@ -216,6 +219,8 @@ pub struct Mirror {
     /// Set when the mirror leaves the set or at shutdown: new copies are dropped, those
     /// already admitted are still delivered.
     closed: AtomicBool,
+    /// Set once a gRPC call skipped here (HTTP/1.1 cannot carry one) has been logged.
+    grpc_skip_logged: AtomicBool,
     /// One pool per worker thread; each holds keep-alive connections to this mirror.
     pools: Box<[Pool<Full<Bytes>>]>,
     shared: Arc<Shared>,
@@ -261,6 +266,7 @@ impl Mirror {
             health: Mutex::new(Health::new()),
             permits: Arc::new(Semaphore::new(shared.settings.max_queued)),
             closed: AtomicBool::new(false),
+            grpc_skip_logged: AtomicBool::new(false),
             pools,
             shared: shared.clone(),
         })
@@ -279,6 +285,25 @@ impl Mirror {
     /// client did not finish).
     pub fn skip(&self) {
         Counters::incr(&self.counters.skipped);
+    }
+
+    /// Whether this mirror can take a gRPC call: not when it is spoken to in HTTP/1.1
+    /// (an `http://` mirror, or an `https://` one whose server picked `http/1.1`).
+    pub fn carries_grpc(&self) -> bool {
+        self.pools.iter().find_map(Pool::protocol) != Some("http/1.1")
+    }
+
+    /// Counts a gRPC call `skipped` because this mirror speaks HTTP/1.1, which cannot
+    /// carry it; logged the first time only.
+    pub fn skip_grpc(&self) {
+        self.skip();
+        if !self.grpc_skip_logged.swap(true, Ordering::Relaxed) {
+            warn!(
+                mirror = %self.url,
+                "gRPC calls are not mirrored to this mirror: HTTP/1.1 cannot carry them \
+                 (use h2c:// or https://); further calls are only counted as skipped"
+            );
+        }
     }
 
     /// Counts a copy that was dropped before it reached the queue (the byte budget).
@@ -555,6 +580,11 @@ impl Mirror {
         *req.method_mut() = request.method.clone();
         *req.uri_mut() = self.url.request_target(request.path_and_query.as_ref());
         *req.headers_mut() = request.headers.clone();
+        if let Some(deadline) = &request.deadline {
+            req.headers_mut()
+                .insert(&grpc::GRPC_TIMEOUT, deadline.remaining());
+        }
+        // After the deadline: a mirror's own `set_header`/`remove_header` has the last word.
         if plan.options.has_rewrites() {
             plan.options.apply_rewrites(req.headers_mut());
         }

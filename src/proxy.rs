@@ -38,6 +38,7 @@ use crate::client::{self, Pool};
 use crate::headers;
 use crate::mirror;
 use crate::mirror::compare::capture::MainCapture;
+use crate::mirror::grpc;
 use crate::mirror::ordered::MainHalf;
 use crate::observe::metrics::MainStats;
 use crate::ratelimit::LogLimiter;
@@ -197,9 +198,14 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let started = tokio::time::Instant::now();
+        // gRPC runs over HTTP/2 only: an HTTP/1.1 request costs no look-up here.
+        let grpc = req.version() == Version::HTTP_2 && grpc::is_call(req.headers());
         let response = self.answer(req, peer, started).await;
         self.main_stats()
             .record(response.status(), started.elapsed());
+        if grpc {
+            return self.main_stats().count_grpc(response).map(body::boxed);
+        }
         response
     }
 
@@ -241,7 +247,13 @@ impl Proxy {
     /// proxied request is (docs/shadowing.md, "The admin endpoint"): like an upgrade.
     fn count_unmirrored<B>(&self, req: &Request<B>) {
         let mirrors = self.registry().snapshot();
-        let selected = select(&mirrors, req.method(), req.uri().path(), req.headers());
+        let selected = select(
+            &mirrors,
+            req.method(),
+            req.uri().path(),
+            req.headers(),
+            false,
+        );
         skip_all(&mirrors, &selected);
     }
 
@@ -308,11 +320,22 @@ impl Proxy {
         // reset (see `tee`).
         let h2 = parts.version == Version::HTTP_2;
         let mirrors = self.registry().snapshot();
-        let selected = select(&mirrors, &parts.method, parts.uri.path(), &parts.headers);
+        if mirrors.is_empty() {
+            return (self.streamed(body, h2), Followers::default());
+        }
+        // gRPC runs over HTTP/2 only: an HTTP/1.1 request is never a call.
+        let grpc = h2 && grpc::is_call(&parts.headers);
+        let selected = select(
+            &mirrors,
+            &parts.method,
+            parts.uri.path(),
+            &parts.headers,
+            grpc,
+        );
         if selected.is_empty() {
             return (self.streamed(body, h2), Followers::default());
         }
-        let (followers, awaiting) = Followers::of(&mirrors, &selected, looped || upgrade);
+        let (followers, awaiting) = Followers::of(&mirrors, &selected, looped || upgrade, grpc);
         let lower = body.size_hint().lower();
         if fate(looped, upgrade, lower, self.settings().max_body_size) == Fate::Skip {
             if looped && self.first_loop() {
@@ -326,7 +349,7 @@ impl Proxy {
             skip_all(&mirrors, &selected);
             return (self.streamed(body, h2), followers);
         }
-        let offer = Offer::new(mirrors, selected, awaiting, parts);
+        let offer = Offer::new(mirrors, selected, awaiting, parts, grpc);
         (self.teed(body, h2, offer), followers)
     }
 
@@ -402,10 +425,10 @@ impl Proxy {
                 self.budget(),
             )
         });
-        if followers.halves.is_empty() && capture.is_none() {
+        if followers.halves.is_empty() && capture.is_none() && followers.main_ended.is_none() {
             Response::from_parts(parts, body::boxed(body))
         } else {
-            let body = OnEnd::new(body, followers.halves, capture);
+            let body = OnEnd::new(body, followers.halves, capture, followers.main_ended);
             Response::from_parts(parts, body::boxed(body))
         }
     }
@@ -535,14 +558,22 @@ struct OnEnd<B> {
     body: B,
     halves: Vec<MainHalf>,
     capture: Option<MainCapture>,
+    /// A gRPC call's flag of main's answer's end (see `offer::Offer::main_ended`).
+    main_ended: Option<Arc<AtomicBool>>,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> OnEnd<B> {
-    fn new(body: B, halves: Vec<MainHalf>, capture: Option<MainCapture>) -> Self {
+    fn new(
+        body: B,
+        halves: Vec<MainHalf>,
+        capture: Option<MainCapture>,
+        main_ended: Option<Arc<AtomicBool>>,
+    ) -> Self {
         let mut on_end = Self {
             body,
             halves,
             capture,
+            main_ended,
         };
         // An empty answer is complete with its head; its body may never be polled.
         if on_end.body.is_end_stream() {
@@ -552,6 +583,9 @@ impl<B: Body<Data = Bytes> + Unpin> OnEnd<B> {
     }
 
     fn report(&mut self) {
+        if let Some(ended) = self.main_ended.take() {
+            ended.store(true, Ordering::Release);
+        }
         for half in self.halves.drain(..) {
             half.done();
         }
@@ -803,6 +837,7 @@ mod tests {
         let followers = Followers {
             halves: Vec::new(),
             answer_tx: Some(tx),
+            main_ended: None,
         };
         let response = Response::builder()
             .status(StatusCode::CREATED)

@@ -3,8 +3,9 @@
 //!
 //! Two kinds of figures:
 //! - recorded on the request path into metrics this module defines: [`MainStats`]
-//!   (requests proxied by status class, time to the answer head), owned by the proxy,
-//!   whose per-class counters are looked up once at start; and one [`Latency`]
+//!   (requests proxied by status class, gRPC calls by `grpc-status`, time to the
+//!   answer head), owned by the proxy, whose per-class counters are looked up once at
+//!   start (the gRPC ones at the first call); and one [`Latency`]
 //!   histogram per mirror, owned by the mirror;
 //! - read at scrape time by a collector: each mirror's counters, queue, state and
 //!   comparison results (the very atomics the JSON listing reads, so both always agree,
@@ -14,11 +15,14 @@
 //! [`crate::mirror::Mirror`] does, in [`crate::mirror::counters::Counters`]).
 
 use std::fmt;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
+use hyper::body::{Body, Frame, SizeHint};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -48,6 +52,15 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// `{class="2xx"}`.
 type ClassLabel = [(&'static str, &'static str); 1];
 
+/// The `grpc_status` label values: the status codes gRPC defines (grpc/grpc,
+/// doc/statuscodes.md), indexed by code.
+const GRPC_STATUSES: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
+
+/// gRPC's `UNKNOWN`, which a status outside the defined codes counts as.
+const GRPC_UNKNOWN: usize = 2;
+
 /// `{version="0.1.0",commit="…",build_date="…"}`.
 type BuildLabels = [(&'static str, &'static str); 3];
 
@@ -60,6 +73,11 @@ pub struct MainStats {
     /// The entries of `requests`, looked up once, indexed by [`class_index`].
     by_class: [Counter; 5],
     duration: Latency,
+    /// gRPC calls by the `grpc-status` of main's answer.
+    grpc: Family<ClassLabel, Counter>,
+    /// The entries of `grpc`, indexed by code; made at the first gRPC call, so that a
+    /// proxy that never sees one has no such series.
+    by_grpc_status: Arc<OnceLock<[Counter; 17]>>,
 }
 
 impl Default for MainStats {
@@ -70,6 +88,8 @@ impl Default for MainStats {
             requests,
             by_class,
             duration: Latency::default(),
+            grpc: Family::default(),
+            by_grpc_status: Arc::default(),
         }
     }
 }
@@ -80,6 +100,76 @@ impl MainStats {
         self.by_class[class_index(status)].inc();
         self.duration.observe(elapsed);
     }
+
+    /// Counts a gRPC call by the `grpc-status` of its answer: from the head of a
+    /// Trailers-Only answer at once, else from the trailers once `body` ends. A status
+    /// outside 0–16 counts as `2` (`UNKNOWN`); an answer without one (a broken stream)
+    /// is not counted.
+    pub fn count_grpc<B>(&self, response: http::Response<B>) -> http::Response<GrpcStatusCount<B>> {
+        let (parts, body) = response.into_parts();
+        let stats = match parts.headers.get(GRPC_STATUS) {
+            Some(status) => {
+                self.record_grpc(status.as_bytes());
+                None
+            }
+            None => Some(self.clone()),
+        };
+        http::Response::from_parts(parts, GrpcStatusCount { body, stats })
+    }
+
+    fn record_grpc(&self, status: &[u8]) {
+        let code = std::str::from_utf8(status)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|&code| code < GRPC_STATUSES.len())
+            .unwrap_or(GRPC_UNKNOWN);
+        let counters = self.by_grpc_status.get_or_init(|| {
+            GRPC_STATUSES.map(|code| self.grpc.get_or_create_owned(&[("grpc_status", code)]))
+        });
+        counters[code].inc();
+    }
+}
+
+const GRPC_STATUS: &str = "grpc-status";
+
+/// Main's answer to a gRPC call on its way to the client, counted by the `grpc-status`
+/// of its trailers ([`MainStats::count_grpc`]).
+pub struct GrpcStatusCount<B> {
+    body: B,
+    /// Until the status is counted.
+    stats: Option<MainStats>,
+}
+
+impl<B: Body + Unpin> Body for GrpcStatusCount<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(status) = frame.trailers_ref().and_then(grpc_status) {
+                if let Some(stats) = self.stats.take() {
+                    stats.record_grpc(status);
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn grpc_status(trailers: &HeaderMap) -> Option<&[u8]> {
+    trailers.get(GRPC_STATUS).map(|v| v.as_bytes())
 }
 
 /// Index of `status`'s class in [`CLASSES`]. A status outside 100–599 counts as a 5xx,
@@ -125,6 +215,13 @@ impl Metrics {
             "Requests proxied, by the status class of the answer the client got \
              (main's, or the proxy's own 4xx/5xx)",
             main.requests.clone(),
+        );
+        registry.register(
+            "grpc_requests",
+            "gRPC calls proxied, by the grpc-status of the answer the client got (from \
+             the trailers, or the head of a Trailers-Only answer); no series before the \
+             first call",
+            main.grpc.clone(),
         );
         registry.register_with_unit(
             "request_duration",
@@ -434,6 +531,53 @@ mod tests {
     /// The sample lines (no comments) of a scrape.
     fn samples(text: &str) -> Vec<&str> {
         text.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    #[tokio::test]
+    async fn grpc_calls_count_by_the_status_in_the_head_or_the_trailers() {
+        use http_body_util::BodyExt;
+        let stats = MainStats::default();
+        let metrics = Metrics::new(&stats, registry(), Budget::new(1), None, None);
+        let text = metrics.encode().unwrap();
+        assert!(
+            !samples(&text).iter().any(|l| l.contains("grpc_requests")),
+            "no series before the first call: {text}"
+        );
+
+        // Trailers-Only: the status is in the head.
+        let head_only = http::Response::builder()
+            .header("grpc-status", "14")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        drop(stats.count_grpc(head_only));
+        // A status in the trailers counts once the body has passed them.
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let body = http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0"))
+            .with_trailers(std::future::ready(Some(Ok(trailers))));
+        let streamed = http::Response::new(body);
+        let counted = stats.count_grpc(streamed);
+        let zero = "trafficmirror_grpc_requests_total{grpc_status=\"0\"}";
+        assert!(metrics.encode().unwrap().contains(&format!("{zero} 0\n")));
+        counted.into_body().collect().await.unwrap();
+        // A code outside 0–16 is UNKNOWN (2).
+        let odd = http::Response::builder()
+            .header("grpc-status", "99")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        drop(stats.count_grpc(odd));
+
+        let text = metrics.encode().unwrap();
+        let lines = samples(&text);
+        for (code, count) in [("0", 1), ("2", 1), ("14", 1), ("16", 0)] {
+            let line =
+                format!("trafficmirror_grpc_requests_total{{grpc_status=\"{code}\"}} {count}");
+            assert!(lines.contains(&line.as_str()), "{line} in {text}");
+        }
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("grpc_requests")).count(),
+            17
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! ([`super::tee`] collects it).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -12,6 +13,7 @@ use http::{HeaderMap, Method};
 
 use crate::budget::Held;
 use crate::mirror::compare::capture::{MainAnswerRx, MainAnswerTx};
+use crate::mirror::grpc::Deadline;
 use crate::mirror::ordered::{MainHalf, MirrorHalf};
 use crate::mirror::{Member, MirrorRequest};
 use crate::registry::Mirrors;
@@ -59,16 +61,23 @@ pub struct Offer {
     pub host_slot: bool,
     /// Main's answer, for comparing mirrors.
     pub main_answer: Option<MainAnswerRx>,
+    /// A gRPC call's `grpc-timeout`, which each copy gets what is left of.
+    pub deadline: Option<Deadline>,
+    /// For a gRPC call: set when main's answer has ended. A request stream finished
+    /// after that is not mirrored: the call was over for main before the client was done.
+    pub main_ended: Option<Arc<AtomicBool>>,
 }
 
 impl Offer {
     /// The offer of a request whose head is rewritten (`parts`) to the `selected`
-    /// members of `mirrors`, each copy waiting as `awaiting` says.
+    /// members of `mirrors`, each copy waiting as `awaiting` says; `grpc`: the request
+    /// is a gRPC call.
     pub fn new(
         mirrors: Mirrors,
         selected: Selection,
         awaiting: Awaiting,
         parts: &http::request::Parts,
+        grpc: bool,
     ) -> Self {
         let mut headers = parts.headers.clone();
         // A slot each copy fills with its mirror's authority in place, so that the
@@ -86,11 +95,26 @@ impl Offer {
             headers,
             host_slot,
             main_answer: awaiting.main_answer,
+            deadline: if grpc {
+                Deadline::of(&parts.headers)
+            } else {
+                None
+            },
+            main_ended: awaiting.main_ended,
         }
     }
 
-    /// Hands the finished copy to every selected mirror (never waits).
+    /// Hands the finished copy to every selected mirror (never waits); skips them
+    /// instead for a gRPC call whose answer from main had already ended.
     pub fn deliver(mut self, body: Bytes, held: Held) {
+        if self
+            .main_ended
+            .as_ref()
+            .is_some_and(|ended| ended.load(Ordering::Acquire))
+        {
+            self.skip();
+            return;
+        }
         let request = Arc::new(MirrorRequest {
             method: self.method,
             path_and_query: self.path_and_query,
@@ -99,6 +123,7 @@ impl Offer {
             body,
             _held: held,
             main_answer: self.main_answer,
+            deadline: self.deadline,
         });
         for (index, member) in self.selected.iter(&self.mirrors) {
             let order = self
@@ -124,18 +149,23 @@ impl Offer {
 }
 
 /// The mirrors whose options select this request; the others count it `filtered`.
+/// A gRPC call (`grpc`) selected by a mirror spoken to in HTTP/1.1, which cannot carry
+/// it, is counted `skipped` there instead.
 pub fn select(
     mirrors: &Mirrors,
     method: &Method,
     path: &str,
     headers: &http::HeaderMap,
+    grpc: bool,
 ) -> Selection {
     let mut selected = Selection::default();
     for (index, member) in mirrors.iter().enumerate() {
-        if member.plan.selects(method, path, headers) {
-            selected.add(index);
-        } else {
+        if !member.plan.selects(method, path, headers) {
             member.mirror.filter();
+        } else if grpc && !member.mirror.carries_grpc() {
+            member.mirror.skip_grpc();
+        } else {
+            selected.add(index);
         }
     }
     selected
@@ -176,6 +206,8 @@ pub struct Followers {
     pub halves: Vec<MainHalf>,
     /// Main's answer for comparing mirrors, once complete.
     pub answer_tx: Option<MainAnswerTx>,
+    /// For a gRPC call: to set when main's answer has ended (see [`Offer::main_ended`]).
+    pub main_ended: Option<Arc<AtomicBool>>,
 }
 
 /// The mirrors' side of [`Followers`], travelling with the [`Offer`].
@@ -183,13 +215,20 @@ pub struct Awaiting {
     /// For ordered mirrors (by index): the copies each must follow.
     pub orders: Vec<(usize, MirrorHalf)>,
     pub main_answer: Option<MainAnswerRx>,
+    pub main_ended: Option<Arc<AtomicBool>>,
 }
 
 impl Followers {
     /// Registers the request's arrival with each selected ordered mirror, and opens the
     /// channel of main's answer when a selected mirror compares and the request is not
-    /// `unmirrored` (a loop or an upgrade).
-    pub fn of(mirrors: &Mirrors, selected: &Selection, unmirrored: bool) -> (Self, Awaiting) {
+    /// `unmirrored` (a loop or an upgrade); for a `grpc` call, the flag of main's
+    /// answer's end.
+    pub fn of(
+        mirrors: &Mirrors,
+        selected: &Selection,
+        unmirrored: bool,
+        grpc: bool,
+    ) -> (Self, Awaiting) {
         let mut halves = Vec::new();
         let mut orders = Vec::new();
         let mut comparing = false;
@@ -207,11 +246,18 @@ impl Followers {
         } else {
             (None, None)
         };
+        let main_ended = (grpc && !unmirrored).then(Arc::default);
         let awaiting = Awaiting {
             orders,
             main_answer,
+            main_ended: main_ended.clone(),
         };
-        (Self { halves, answer_tx }, awaiting)
+        let followers = Self {
+            halves,
+            answer_tx,
+            main_ended,
+        };
+        (followers, awaiting)
     }
 }
 
@@ -267,7 +313,7 @@ mod tests {
         ]);
         let headers = HeaderMap::new();
         let picked = |method: Method, path: &str| -> Vec<usize> {
-            let selected = select(&mirrors, &method, path, &headers);
+            let selected = select(&mirrors, &method, path, &headers, false);
             selected.iter(&mirrors).map(|(i, _)| i).collect()
         };
         assert_eq!(picked(Method::GET, "/"), [2]);
@@ -290,13 +336,20 @@ mod tests {
         let awaiting = || Awaiting {
             orders: Vec::new(),
             main_answer: None,
+            main_ended: None,
         };
         let (parts, ()) = http::Request::put("/x?y=1")
             .header("x-kept", "1")
             .body(())
             .unwrap()
             .into_parts();
-        let offer = Offer::new(mirrors.clone(), Selection::default(), awaiting(), &parts);
+        let offer = Offer::new(
+            mirrors.clone(),
+            Selection::default(),
+            awaiting(),
+            &parts,
+            false,
+        );
         assert!(offer.host_slot);
         assert_eq!(offer.headers[header::HOST], "");
         assert_eq!(offer.headers["x-kept"], "1");
@@ -308,7 +361,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let offer = Offer::new(mirrors, Selection::default(), awaiting(), &parts);
+        let offer = Offer::new(mirrors, Selection::default(), awaiting(), &parts, false);
         assert!(!offer.host_slot);
         assert_eq!(offer.headers[header::HOST], "kept.example");
     }

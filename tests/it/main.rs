@@ -9,6 +9,7 @@ mod faults;
 mod framing;
 mod grpc;
 mod grpc_compare;
+mod grpc_mirror;
 mod h2_targets;
 mod health;
 mod limits;

@@ -351,6 +351,11 @@ async fn scenario(page: &Client) {
     for url in [healthy.url(), dead.clone()] {
         assert_eq!(cell(page, &url, "state").await.as_deref(), Some("alive"));
         assert_eq!(cell(page, &url, "sent").await.as_deref(), Some("0"));
+        // Each row names the protocol its mirror is spoken to in.
+        assert_eq!(
+            cell(page, &url, "protocol").await.as_deref(),
+            Some("http/1.1")
+        );
     }
 
     // Traffic moves the counters on the page, and the dead mirror turns failing.
