@@ -43,9 +43,10 @@ use crate::mirror::ordered::MainHalf;
 use crate::observe::metrics::MainStats;
 use crate::ratelimit::LogLimiter;
 use crate::registry::Registry;
-use crate::target_url::TargetUrl;
+use crate::target_url::{TargetUrl, Transport};
 use crate::workers;
 use error::MainError;
+pub use error::own_answer;
 use offer::{Fate, Followers, Offer, fate, select, skip_all};
 use tee::{ClientBodyError, RequestBody};
 
@@ -203,21 +204,38 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        let grpc = headers::is_grpc(req.headers());
         if req.method() == Method::CONNECT {
             self.count_unmirrored(&req);
-            return MainError::Connect.answer();
+            return MainError::Connect.answer(grpc);
+        }
+        if grpc && self.config().main.transport() == Transport::Http {
+            self.count_unmirrored(&req);
+            let err = MainError::GrpcOverHttp1;
+            self.log_main_error(&err, peer);
+            return err.answer(grpc);
         }
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let looped = self.rewrite_head(&mut parts, peer, upgrade);
+        // hyper writes an HTTP/1 answer's trailers only to a client that asked for them
+        // (`TE: trailers`), and only those its `Trailer` header names.
+        let declare_trailers =
+            parts.version < Version::HTTP_2 && headers::te_lists_trailers(&parts.headers);
         let (body, followers) = self.offer_copy(&parts, body, looped, client_upgrade.is_some());
         main_head(&mut parts, &self.config().main, self.config().preserve_host);
         match self.send_to_main(Request::from_parts(parts, body)).await {
-            Ok(response) => self.build_answer(response, client_upgrade, followers, started),
+            Ok(response) => self.build_answer(
+                response,
+                client_upgrade,
+                followers,
+                started,
+                declare_trailers,
+            ),
             Err(err) => {
                 self.log_main_error(&err, peer);
-                err.answer()
+                err.answer(grpc)
             }
         }
     }
@@ -355,13 +373,15 @@ impl Proxy {
 
     /// Main's answer as the client gets it: its head rewritten (and a switch of
     /// protocols tunnelled both ways), its body streamed, captured for comparing mirrors
-    /// and reported at its end to ordered ones.
+    /// and reported at its end to ordered ones. `declare_trailers`: the client speaks
+    /// HTTP/1 and asked for trailers, so a gRPC answer names its trailers in `Trailer`.
     fn build_answer<R>(
         &self,
         mut response: Response<R>,
         client_upgrade: Option<OnUpgrade>,
         followers: Followers,
         started: tokio::time::Instant,
+        declare_trailers: bool,
     ) -> Response<BoxBody>
     where
         R: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -377,6 +397,9 @@ impl Proxy {
         };
         let (mut parts, body) = response.into_parts();
         answer_head(&mut parts, switched);
+        if declare_trailers && !body.is_end_stream() {
+            declare_grpc_trailers(&mut parts.headers);
+        }
         let capture = followers.answer_tx.map(|tx| {
             MainCapture::new(
                 parts.status,
@@ -404,6 +427,11 @@ impl Proxy {
             MainError::Timeout(limit) => {
                 if let Some(held_back) = self.inner.main_timeout_log.admit() {
                     warn!(main = %main, timeout = ?limit, held_back, "main did not answer in time");
+                }
+            }
+            MainError::GrpcOverHttp1 => {
+                if let Some(held_back) = self.inner.main_unreachable_log.admit() {
+                    warn!(main = %main, held_back, "gRPC request answered UNAVAILABLE: main is http:// (HTTP/1.1 cannot carry gRPC); use h2c:// or https://");
                 }
             }
             MainError::Unreachable(err) => {
@@ -495,6 +523,18 @@ fn answer_head(parts: &mut http::response::Parts, switched: Option<HeaderValue>)
     // Our connection to the client has its own version; hyper picks the wire version
     // from this field, so a main speaking HTTP/1.0 must not leak through.
     parts.version = Version::HTTP_11;
+}
+
+/// Names a gRPC answer's trailers in its `Trailer` header, unless main named them
+/// itself: HTTP/2 needs no such declaration, so gRPC servers send none, and an HTTP/1
+/// client would otherwise never see `grpc-status`.
+fn declare_grpc_trailers(headers: &mut http::HeaderMap) {
+    if headers::is_grpc(headers) && !headers.contains_key(header::TRAILER) {
+        headers.insert(
+            header::TRAILER,
+            HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+        );
+    }
 }
 
 /// Copies bytes both ways between the upgraded client and main connections.
@@ -791,7 +831,7 @@ mod tests {
             .body(Full::new(Bytes::from_static(b"made")))
             .unwrap();
         let started = tokio::time::Instant::now();
-        let answer = proxy.build_answer(response, None, followers, started);
+        let answer = proxy.build_answer(response, None, followers, started, false);
         assert_eq!(answer.status(), StatusCode::CREATED);
         assert!(rx.borrow().is_none(), "captured before the client read it");
         let body = answer.into_body().collect().await.unwrap().to_bytes();

@@ -33,7 +33,7 @@ use crate::config::{Config, ListenAddr};
 use crate::idle::Activity;
 use crate::mirror::Status;
 use crate::observe::metrics::Metrics;
-use crate::proxy::{Peer, Proxy};
+use crate::proxy::{Peer, Proxy, own_answer};
 use crate::ratelimit::LogLimiter;
 use crate::sources::targets_file;
 use crate::workers::{LoadGuard, Workers};
@@ -576,7 +576,12 @@ impl Handlers {
     async fn route(&self, req: Request<Incoming>, peer: &Peer, role: Role) -> Response<BoxBody> {
         if let Some(problem) = host_problem(&req) {
             debug!(client = %peer.addr, problem, "bad Host header");
-            return body::text(StatusCode::BAD_REQUEST, format!("bad request: {problem}\n"));
+            let grpc = crate::headers::is_grpc(req.headers());
+            return own_answer(
+                StatusCode::BAD_REQUEST,
+                &format!("bad request: {problem}"),
+                grpc,
+            );
         }
         let is_admin_path = self.admin.serves(req.uri().path());
         match role {
