@@ -48,7 +48,7 @@ use crate::workers;
 use error::MainError;
 pub use error::own_answer;
 use offer::{Fate, Followers, Offer, fate, select, skip_all};
-use tee::{ClientBodyError, RequestBody};
+use tee::{BodyFailure, ClientBodyError, RequestBody};
 
 /// How often a per-request error towards main may be logged.
 const MAIN_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -223,9 +223,17 @@ impl Proxy {
         // (`TE: trailers`), and only those its `Trailer` header names.
         let declare_trailers =
             parts.version < Version::HTTP_2 && headers::te_lists_trailers(&parts.headers);
-        let (body, followers) = self.offer_copy(&parts, body, looped, client_upgrade.is_some());
+        let mut body_failure = None;
+        let (body, followers) = self.offer_copy(
+            &parts,
+            body,
+            looped,
+            client_upgrade.is_some(),
+            &mut body_failure,
+        );
         main_head(&mut parts, &self.config().main, self.config().preserve_host);
-        match self.send_to_main(Request::from_parts(parts, body)).await {
+        let request = Request::from_parts(parts, body);
+        match self.send_to_main(request, body_failure.as_ref()).await {
             Ok(response) => self.build_answer(
                 response,
                 client_upgrade,
@@ -302,6 +310,7 @@ impl Proxy {
         body: B,
         looped: bool,
         upgrade: bool,
+        failure: &mut Option<BodyFailure>,
     ) -> (BoxBody, Followers)
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -313,7 +322,7 @@ impl Proxy {
         let mirrors = self.registry().snapshot();
         let selected = select(&mirrors, &parts.method, parts.uri.path(), &parts.headers);
         if selected.is_empty() {
-            return (self.streamed(body, h2), Followers::default());
+            return (self.streamed(body, h2, failure), Followers::default());
         }
         let (followers, awaiting) = Followers::of(&mirrors, &selected, looped || upgrade);
         let lower = body.size_hint().lower();
@@ -327,15 +336,16 @@ impl Proxy {
                 );
             }
             skip_all(&mirrors, &selected);
-            return (self.streamed(body, h2), followers);
+            return (self.streamed(body, h2, failure), followers);
         }
         let offer = Offer::new(mirrors, selected, awaiting, parts);
-        (self.teed(body, h2, offer), followers)
+        (self.teed(body, h2, offer, failure), followers)
     }
 
     /// A body streamed to main while a copy is collected for `offer`, or the copy sent
-    /// at once when there is no body to collect (a GET).
-    fn teed<B>(&self, body: B, h2: bool, offer: Offer) -> BoxBody
+    /// at once when there is no body to collect (a GET). A streamed body records its
+    /// failure in a new `failure`.
+    fn teed<B>(&self, body: B, h2: bool, offer: Offer, failure: &mut Option<BodyFailure>) -> BoxBody
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -346,26 +356,30 @@ impl Proxy {
             return body::boxed(body);
         }
         let config = self.config();
-        body::boxed(RequestBody::teed(
+        let teed = RequestBody::teed(
             body,
             config.body_read_timeout,
             h2,
             offer,
             held,
             config.max_body_size,
-        ))
+        );
+        body::boxed(teed.reporting_to(failure.insert(BodyFailure::default()).clone()))
     }
 
-    /// Sends a request to main within `--main-timeout`.
+    /// Sends a request to main within `--main-timeout`. `body_failure`: where its body
+    /// records why the client's side failed.
     async fn send_to_main(
         &self,
         request: Request<BoxBody>,
+        body_failure: Option<&BodyFailure>,
     ) -> Result<Response<client::Pooled<BoxBody>>, MainError> {
         let pending = self.main_pool().send(request);
+        let failed = |err| MainError::from_exchange(err, body_failure);
         match self.config().main_timeout {
-            None => pending.await.map_err(MainError::from_exchange),
+            None => pending.await.map_err(failed),
             Some(limit) => match tokio::time::timeout(limit, pending).await {
-                Ok(result) => result.map_err(MainError::from_exchange),
+                Ok(result) => result.map_err(failed),
                 Err(_) => Err(MainError::Timeout(limit)),
             },
         }
@@ -456,7 +470,7 @@ impl Proxy {
 
     /// A body streamed to main with the stall timeout, and no copy. `h2`: an HTTP/2
     /// request's body.
-    fn streamed<B>(&self, body: B, h2: bool) -> BoxBody
+    fn streamed<B>(&self, body: B, h2: bool, failure: &mut Option<BodyFailure>) -> BoxBody
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -464,11 +478,8 @@ impl Proxy {
         if body.is_end_stream() {
             body::boxed(body)
         } else {
-            body::boxed(RequestBody::streamed(
-                body,
-                self.config().body_read_timeout,
-                h2,
-            ))
+            let streamed = RequestBody::streamed(body, self.config().body_read_timeout, h2);
+            body::boxed(streamed.reporting_to(failure.insert(BodyFailure::default()).clone()))
         }
     }
 }
@@ -776,7 +787,8 @@ mod tests {
             "http://m2:2 method=POST",
         ]);
         let parts = head(Request::get("/x"));
-        let (body, followers) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), false, false);
+        let (body, followers) =
+            proxy.offer_copy(&parts, Empty::<Bytes>::new(), false, false, &mut None);
         assert!(body.is_end_stream());
         assert!(followers.halves.is_empty() && followers.answer_tx.is_none());
         let [m1, m2] = &counters(&proxy)[..] else {
@@ -792,15 +804,15 @@ mod tests {
         let parts = head(Request::post("/x"));
         let small = || Full::new(Bytes::from_static(b"1234"));
         let large = Full::new(Bytes::from_static(b"12345"));
-        let (body, _) = proxy.offer_copy(&parts, small(), true, false);
+        let (body, _) = proxy.offer_copy(&parts, small(), true, false, &mut None);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "1234");
-        proxy.offer_copy(&parts, small(), false, true);
-        let (body, _) = proxy.offer_copy(&parts, large, false, false);
+        proxy.offer_copy(&parts, small(), false, true, &mut None);
+        let (body, _) = proxy.offer_copy(&parts, large, false, false, &mut None);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "12345");
         assert_eq!(counters(&proxy)[0].skipped, 3);
         assert_eq!(counters(&proxy)[0].sent, 0);
         // At the limit the copy is collected on the way, and offered at the body's end.
-        let (body, _) = proxy.offer_copy(&parts, small(), false, false);
+        let (body, _) = proxy.offer_copy(&parts, small(), false, false, &mut None);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "1234");
         assert_eq!(counters(&proxy)[0].sent, 1);
     }
@@ -809,11 +821,12 @@ mod tests {
     async fn ordered_and_comparing_mirrors_follow_mains_answer() {
         let proxy = proxy(&["--mirror", "http://m1:1 ordered=true compare=true"]);
         let parts = head(Request::get("/x"));
-        let (_, followers) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), false, false);
+        let (_, followers) =
+            proxy.offer_copy(&parts, Empty::<Bytes>::new(), false, false, &mut None);
         assert_eq!(followers.halves.len(), 1);
         assert!(followers.answer_tx.is_some());
         // A loop is not compared, but takes its place in the order.
-        let (_, looped) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), true, false);
+        let (_, looped) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), true, false, &mut None);
         assert_eq!(looped.halves.len(), 1);
         assert!(looped.answer_tx.is_none());
     }

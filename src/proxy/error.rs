@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
-use super::tee::ClientBodyError;
+use super::tee::{BodyFailure, ClientBodyError};
 use crate::body::{self, BoxBody};
 use crate::client;
 
@@ -42,9 +42,12 @@ pub enum MainError {
 
 impl MainError {
     /// Sorts a failed exchange with main: the client's body failing shows up in its
-    /// error chain, anything else is main's doing.
-    pub fn from_exchange(err: client::Error) -> Self {
-        match client_body_error(&err) {
+    /// error chain, or in what the body recorded itself (`body_failure`: hyper's HTTP/2
+    /// client resets the stream instead of returning the body's error); anything else
+    /// is main's doing.
+    pub fn from_exchange(err: client::Error, body_failure: Option<&BodyFailure>) -> Self {
+        let recorded = || body_failure.and_then(|failure| failure.get());
+        match client_body_error(&err).or_else(recorded) {
             Some(ClientBodyError::Timeout(limit)) => Self::BodyStalled(*limit),
             Some(ClientBodyError::Read(_)) => Self::BodyBroken(err),
             Some(ClientBodyError::Unfinished { received, expected }) => Self::BodyUnfinished {
@@ -178,22 +181,44 @@ mod tests {
     }
 
     #[test]
-    fn a_client_body_failure_is_told_apart_from_main_failing() {
+    fn a_body_failure_recorded_beside_the_chain_is_found_too() {
+        let recorded = BodyFailure::default();
+        let reset = || client::Error::Connect(Box::new(std::io::Error::other("stream reset")));
+        assert!(matches!(
+            MainError::from_exchange(reset(), Some(&recorded)),
+            MainError::Unreachable(_)
+        ));
         let second = Duration::from_secs(1);
-        let stalled = MainError::from_exchange(exchange_failed(ClientBodyError::Timeout(second)));
+        recorded.set(ClientBodyError::Timeout(second)).unwrap();
+        let stalled = MainError::from_exchange(reset(), Some(&recorded));
         assert!(
             matches!(stalled, MainError::BodyStalled(d) if d == second),
             "{stalled:?}"
         );
-        let broken = MainError::from_exchange(exchange_failed(ClientBodyError::Read("bad".into())));
+    }
+
+    #[test]
+    fn a_client_body_failure_is_told_apart_from_main_failing() {
+        let second = Duration::from_secs(1);
+        let stalled =
+            MainError::from_exchange(exchange_failed(ClientBodyError::Timeout(second)), None);
+        assert!(
+            matches!(stalled, MainError::BodyStalled(d) if d == second),
+            "{stalled:?}"
+        );
+        let broken =
+            MainError::from_exchange(exchange_failed(ClientBodyError::Read("bad".into())), None);
         let MainError::BodyBroken(err) = &broken else {
             panic!("{broken:?}")
         };
         assert_eq!(MainError::body_cause(err).unwrap().to_string(), "bad");
-        let unfinished = MainError::from_exchange(exchange_failed(ClientBodyError::Unfinished {
-            received: 3,
-            expected: "content-length",
-        }));
+        let unfinished = MainError::from_exchange(
+            exchange_failed(ClientBodyError::Unfinished {
+                received: 3,
+                expected: "content-length",
+            }),
+            None,
+        );
         assert!(
             matches!(
                 unfinished,
@@ -205,7 +230,7 @@ mod tests {
             "{unfinished:?}"
         );
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let unreachable = MainError::from_exchange(client::Error::Connect(Box::new(refused)));
+        let unreachable = MainError::from_exchange(client::Error::Connect(Box::new(refused)), None);
         let MainError::Unreachable(err) = &unreachable else {
             panic!("{unreachable:?}")
         };

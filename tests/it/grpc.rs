@@ -531,3 +531,75 @@ async fn an_http2_client_and_an_http1_main_exchange_trailers() {
     assert_eq!(at_main["x-request-check"], "42");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_malformed_grpc_request_is_internal() {
+    let (main, proxy) = grpc_proxy(&[]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /echo.Echo/Echo HTTP/1.1\r\nhost: a\r\nhost: b\r\n\
+              content-type: application/grpc\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_until(&mut stream, "\r\n\r\n")
+        .await
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("\r\ncontent-type: application/grpc\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\ngrpc-status: 13\r\n"), "{head}");
+    assert!(head.contains("\r\ngrpc-message: bad request: "), "{head}");
+    main.assert_nothing_within(Duration::from_millis(100)).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_grpc_request_stream_is_deadline_exceeded() {
+    let (_main, proxy) = grpc_proxy(&["--body-read-timeout", "200ms"]).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let (mut body_tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(2);
+    // Half a message, then nothing more (the sender is kept, so the stream stays open).
+    let message = frame(&echo("stalled").into_inner());
+    body_tx.send_data(message.slice(..4)).await.unwrap();
+    let request = http::Request::post(proxy.url("/echo.Echo/Echo"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let answer = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    assert_eq!(
+        answer.headers()["grpc-status"],
+        "4",
+        "{:?}",
+        answer.headers()
+    );
+    drop(body_tx);
+}
+
+/// Not gRPC: an HTTP/2 main learns of a stalled body by a reset, yet the client's
+/// answer is still `408`, as with an HTTP/1.1 main.
+#[tokio::test]
+async fn a_stalled_body_to_an_h2c_main_is_408() {
+    let (_main, proxy) = grpc_proxy(&["--body-read-timeout", "200ms"]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo.Echo/Echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let head = read_until(&mut stream, "\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    proxy.stop().await;
+}
