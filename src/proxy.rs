@@ -204,7 +204,8 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let grpc = headers::is_grpc(req.headers());
+        // gRPC calls are POSTs: other methods skip the header lookup.
+        let grpc = req.method() == Method::POST && headers::is_grpc(req.headers());
         if req.method() == Method::CONNECT {
             self.count_unmirrored(&req);
             return MainError::Connect.answer(grpc);
@@ -222,7 +223,7 @@ impl Proxy {
         // hyper writes an HTTP/1 answer's trailers only to a client that asked for them
         // (`TE: trailers`), and only those its `Trailer` header names.
         let declare_trailers =
-            parts.version < Version::HTTP_2 && headers::te_lists_trailers(&parts.headers);
+            grpc && parts.version < Version::HTTP_2 && headers::te_lists_trailers(&parts.headers);
         let mut body_failure = None;
         let (body, followers) = self.offer_copy(
             &parts,
@@ -387,8 +388,8 @@ impl Proxy {
 
     /// Main's answer as the client gets it: its head rewritten (and a switch of
     /// protocols tunnelled both ways), its body streamed, captured for comparing mirrors
-    /// and reported at its end to ordered ones. `declare_trailers`: the client speaks
-    /// HTTP/1 and asked for trailers, so a gRPC answer names its trailers in `Trailer`.
+    /// and reported at its end to ordered ones. `declare_trailers`: a gRPC call from an
+    /// HTTP/1 client that asked for trailers, so a gRPC answer names them in `Trailer`.
     fn build_answer<R>(
         &self,
         mut response: Response<R>,
