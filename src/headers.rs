@@ -91,11 +91,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Whether a `TE` header lists the `trailers` member (`TE: gzip, trailers`; members may
 /// carry parameters, `trailers` takes none).
-fn te_lists_trailers(headers: &HeaderMap) -> bool {
+pub fn te_lists_trailers(headers: &HeaderMap) -> bool {
     headers.get_all(header::TE).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
             .any(|member| member.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    })
+}
+
+/// Whether a message is gRPC: `Content-Type: application/grpc`, alone or with a
+/// `+format` or parameters (gRPC over HTTP/2, "Requests"). gRPC-Web
+/// (`application/grpc-web…`) is not: it is made for HTTP/1.1 and carries its trailers
+/// in the body.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        let prefix = b"application/grpc";
+        v.len() >= prefix.len()
+            && v[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && matches!(v.get(prefix.len()), None | Some(b'+' | b';' | b' '))
     })
 }
 
@@ -163,6 +177,31 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn grpc_is_told_by_its_content_type() {
+        let with = |ct: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            is_grpc(&headers)
+        };
+        for grpc in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC;x=1",
+        ] {
+            assert!(with(grpc), "{grpc}");
+        }
+        for not in [
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/json",
+            "application/grp",
+        ] {
+            assert!(!with(not), "{not}");
+        }
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -43,11 +43,12 @@ use crate::mirror::ordered::MainHalf;
 use crate::observe::metrics::MainStats;
 use crate::ratelimit::LogLimiter;
 use crate::registry::Registry;
-use crate::target_url::TargetUrl;
+use crate::target_url::{TargetUrl, Transport};
 use crate::workers;
 use error::MainError;
+pub use error::own_answer;
 use offer::{Fate, Followers, Offer, fate, select, skip_all};
-use tee::{ClientBodyError, RequestBody};
+use tee::{BodyFailure, ClientBodyError, RequestBody};
 
 /// How often a per-request error towards main may be logged.
 const MAIN_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -220,25 +221,51 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        // gRPC calls are POSTs: other methods skip the header lookup.
+        let grpc = req.method() == Method::POST && headers::is_grpc(req.headers());
         if req.method() == Method::CONNECT {
             self.count_unmirrored(&req);
-            return MainError::Connect.answer();
+            return MainError::Connect.answer(grpc);
+        }
+        if grpc && self.settings().main.transport() == Transport::Http {
+            self.count_unmirrored(&req);
+            let err = MainError::GrpcOverHttp1;
+            self.log_main_error(&err, peer);
+            return err.answer(grpc);
         }
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let looped = self.rewrite_head(&mut parts, peer, upgrade);
-        let (body, followers) = self.offer_copy(&parts, body, looped, client_upgrade.is_some());
+        // hyper writes an HTTP/1 answer's trailers only to a client that asked for them
+        // (`TE: trailers`), and only those its `Trailer` header names.
+        let declare_trailers =
+            grpc && parts.version < Version::HTTP_2 && headers::te_lists_trailers(&parts.headers);
+        let mut body_failure = None;
+        let (body, followers) = self.offer_copy(
+            &parts,
+            body,
+            looped,
+            client_upgrade.is_some(),
+            &mut body_failure,
+        );
         main_head(
             &mut parts,
             &self.settings().main,
             self.settings().preserve_host,
         );
-        match self.send_to_main(Request::from_parts(parts, body)).await {
-            Ok(response) => self.build_answer(response, client_upgrade, followers, started),
+        let request = Request::from_parts(parts, body);
+        match self.send_to_main(request, body_failure.as_ref()).await {
+            Ok(response) => self.build_answer(
+                response,
+                client_upgrade,
+                followers,
+                started,
+                declare_trailers,
+            ),
             Err(err) => {
                 self.log_main_error(&err, peer);
-                err.answer()
+                err.answer(grpc)
             }
         }
     }
@@ -311,6 +338,7 @@ impl Proxy {
         body: B,
         looped: bool,
         upgrade: bool,
+        failure: &mut Option<BodyFailure>,
     ) -> (BoxBody, Followers)
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -321,7 +349,7 @@ impl Proxy {
         let h2 = parts.version == Version::HTTP_2;
         let mirrors = self.registry().snapshot();
         if mirrors.is_empty() {
-            return (self.streamed(body, h2), Followers::default());
+            return (self.streamed(body, h2, failure), Followers::default());
         }
         // gRPC runs over HTTP/2 only: an HTTP/1.1 request is never a call.
         let grpc = h2 && grpc::is_call(&parts.headers);
@@ -333,7 +361,7 @@ impl Proxy {
             grpc,
         );
         if selected.is_empty() {
-            return (self.streamed(body, h2), Followers::default());
+            return (self.streamed(body, h2, failure), Followers::default());
         }
         let (followers, awaiting) = Followers::of(&mirrors, &selected, looped || upgrade, grpc);
         let lower = body.size_hint().lower();
@@ -347,15 +375,16 @@ impl Proxy {
                 );
             }
             skip_all(&mirrors, &selected);
-            return (self.streamed(body, h2), followers);
+            return (self.streamed(body, h2, failure), followers);
         }
         let offer = Offer::new(mirrors, selected, awaiting, parts, grpc);
-        (self.teed(body, h2, offer), followers)
+        (self.teed(body, h2, offer, failure), followers)
     }
 
     /// A body streamed to main while a copy is collected for `offer`, or the copy sent
-    /// at once when there is no body to collect (a GET).
-    fn teed<B>(&self, body: B, h2: bool, offer: Offer) -> BoxBody
+    /// at once when there is no body to collect (a GET). A streamed body records its
+    /// failure in a new `failure`.
+    fn teed<B>(&self, body: B, h2: bool, offer: Offer, failure: &mut Option<BodyFailure>) -> BoxBody
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -366,26 +395,30 @@ impl Proxy {
             return body::boxed(body);
         }
         let settings = self.settings();
-        body::boxed(RequestBody::teed(
+        let teed = RequestBody::teed(
             body,
             settings.body_read_timeout,
             h2,
             offer,
             held,
             settings.max_body_size,
-        ))
+        );
+        body::boxed(teed.reporting_to(failure.insert(BodyFailure::default()).clone()))
     }
 
-    /// Sends a request to main within `--main-timeout`.
+    /// Sends a request to main within `--main-timeout`. `body_failure`: where its body
+    /// records why the client's side failed.
     async fn send_to_main(
         &self,
         request: Request<BoxBody>,
+        body_failure: Option<&BodyFailure>,
     ) -> Result<Response<client::Pooled<BoxBody>>, MainError> {
         let pending = self.main_pool().send(request);
+        let failed = |err| MainError::from_exchange(err, body_failure);
         match self.settings().main_timeout {
-            None => pending.await.map_err(MainError::from_exchange),
+            None => pending.await.map_err(failed),
             Some(limit) => match tokio::time::timeout(limit, pending).await {
-                Ok(result) => result.map_err(MainError::from_exchange),
+                Ok(result) => result.map_err(failed),
                 Err(_) => Err(MainError::Timeout(limit)),
             },
         }
@@ -393,13 +426,15 @@ impl Proxy {
 
     /// Main's answer as the client gets it: its head rewritten (and a switch of
     /// protocols tunnelled both ways), its body streamed, captured for comparing mirrors
-    /// and reported at its end to ordered ones.
+    /// and reported at its end to ordered ones. `declare_trailers`: a gRPC call from an
+    /// HTTP/1 client that asked for trailers, so a gRPC answer names them in `Trailer`.
     fn build_answer<R>(
         &self,
         mut response: Response<R>,
         client_upgrade: Option<OnUpgrade>,
         followers: Followers,
         started: tokio::time::Instant,
+        declare_trailers: bool,
     ) -> Response<BoxBody>
     where
         R: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -415,6 +450,9 @@ impl Proxy {
         };
         let (mut parts, body) = response.into_parts();
         answer_head(&mut parts, switched);
+        if declare_trailers && !body.is_end_stream() {
+            declare_grpc_trailers(&mut parts.headers);
+        }
         let capture = followers.answer_tx.map(|tx| {
             MainCapture::new(
                 parts.status,
@@ -444,6 +482,11 @@ impl Proxy {
                     warn!(main = %main, timeout = ?limit, held_back, "main did not answer in time");
                 }
             }
+            MainError::GrpcOverHttp1 => {
+                if let Some(held_back) = self.inner.main_unreachable_log.admit() {
+                    warn!(main = %main, held_back, "gRPC request answered UNAVAILABLE: main is http:// (HTTP/1.1 cannot carry gRPC); use h2c:// or https://");
+                }
+            }
             MainError::Unreachable(err) => {
                 if let Some(held_back) = self.inner.main_unreachable_log.admit() {
                     warn!(main = %main, error = %client::error_chain(err), held_back, "main target unreachable");
@@ -466,7 +509,7 @@ impl Proxy {
 
     /// A body streamed to main with the stall timeout, and no copy. `h2`: an HTTP/2
     /// request's body.
-    fn streamed<B>(&self, body: B, h2: bool) -> BoxBody
+    fn streamed<B>(&self, body: B, h2: bool, failure: &mut Option<BodyFailure>) -> BoxBody
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -474,11 +517,8 @@ impl Proxy {
         if body.is_end_stream() {
             body::boxed(body)
         } else {
-            body::boxed(RequestBody::streamed(
-                body,
-                self.settings().body_read_timeout,
-                h2,
-            ))
+            let streamed = RequestBody::streamed(body, self.settings().body_read_timeout, h2);
+            body::boxed(streamed.reporting_to(failure.insert(BodyFailure::default()).clone()))
         }
     }
 }
@@ -533,6 +573,18 @@ fn answer_head(parts: &mut http::response::Parts, switched: Option<HeaderValue>)
     // Our connection to the client has its own version; hyper picks the wire version
     // from this field, so a main speaking HTTP/1.0 must not leak through.
     parts.version = Version::HTTP_11;
+}
+
+/// Names a gRPC answer's trailers in its `Trailer` header, unless main named them
+/// itself: HTTP/2 needs no such declaration, so gRPC servers send none, and an HTTP/1
+/// client would otherwise never see `grpc-status`.
+fn declare_grpc_trailers(headers: &mut http::HeaderMap) {
+    if headers::is_grpc(headers) && !headers.contains_key(header::TRAILER) {
+        headers.insert(
+            header::TRAILER,
+            HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+        );
+    }
 }
 
 /// Copies bytes both ways between the upgraded client and main connections.
@@ -788,7 +840,8 @@ mod tests {
             "http://m2:2 method=POST",
         ]);
         let parts = head(Request::get("/x"));
-        let (body, followers) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), false, false);
+        let (body, followers) =
+            proxy.offer_copy(&parts, Empty::<Bytes>::new(), false, false, &mut None);
         assert!(body.is_end_stream());
         assert!(followers.halves.is_empty() && followers.answer_tx.is_none());
         let [m1, m2] = &counters(&proxy)[..] else {
@@ -804,15 +857,15 @@ mod tests {
         let parts = head(Request::post("/x"));
         let small = || Full::new(Bytes::from_static(b"1234"));
         let large = Full::new(Bytes::from_static(b"12345"));
-        let (body, _) = proxy.offer_copy(&parts, small(), true, false);
+        let (body, _) = proxy.offer_copy(&parts, small(), true, false, &mut None);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "1234");
-        proxy.offer_copy(&parts, small(), false, true);
-        let (body, _) = proxy.offer_copy(&parts, large, false, false);
+        proxy.offer_copy(&parts, small(), false, true, &mut None);
+        let (body, _) = proxy.offer_copy(&parts, large, false, false, &mut None);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "12345");
         assert_eq!(counters(&proxy)[0].skipped, 3);
         assert_eq!(counters(&proxy)[0].sent, 0);
         // At the limit the copy is collected on the way, and offered at the body's end.
-        let (body, _) = proxy.offer_copy(&parts, small(), false, false);
+        let (body, _) = proxy.offer_copy(&parts, small(), false, false, &mut None);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "1234");
         assert_eq!(counters(&proxy)[0].sent, 1);
     }
@@ -821,11 +874,12 @@ mod tests {
     async fn ordered_and_comparing_mirrors_follow_mains_answer() {
         let proxy = proxy(&["--mirror", "http://m1:1 ordered=true compare=true"]);
         let parts = head(Request::get("/x"));
-        let (_, followers) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), false, false);
+        let (_, followers) =
+            proxy.offer_copy(&parts, Empty::<Bytes>::new(), false, false, &mut None);
         assert_eq!(followers.halves.len(), 1);
         assert!(followers.answer_tx.is_some());
         // A loop is not compared, but takes its place in the order.
-        let (_, looped) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), true, false);
+        let (_, looped) = proxy.offer_copy(&parts, Empty::<Bytes>::new(), true, false, &mut None);
         assert_eq!(looped.halves.len(), 1);
         assert!(looped.answer_tx.is_none());
     }
@@ -844,7 +898,7 @@ mod tests {
             .body(Full::new(Bytes::from_static(b"made")))
             .unwrap();
         let started = tokio::time::Instant::now();
-        let answer = proxy.build_answer(response, None, followers, started);
+        let answer = proxy.build_answer(response, None, followers, started, false);
         assert_eq!(answer.status(), StatusCode::CREATED);
         assert!(rx.borrow().is_none(), "captured before the client read it");
         let body = answer.into_body().collect().await.unwrap().to_bytes();

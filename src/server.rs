@@ -31,7 +31,7 @@ use crate::app::App;
 use crate::body::{self, BoxBody};
 use crate::idle::Activity;
 use crate::mirror::Status;
-use crate::proxy::{Peer, Proxy};
+use crate::proxy::{Peer, Proxy, own_answer};
 use crate::ratelimit::LogLimiter;
 use crate::registry::Registry;
 use crate::tls::listener::ListenerTls;
@@ -612,7 +612,12 @@ impl Handlers {
     async fn route(&self, req: Request<Incoming>, peer: &Peer, role: Role) -> Response<BoxBody> {
         if let Some(problem) = host_problem(&req) {
             debug!(client = %peer.addr, problem, "bad Host header");
-            return body::text(StatusCode::BAD_REQUEST, format!("bad request: {problem}\n"));
+            let grpc = crate::headers::is_grpc(req.headers());
+            return own_answer(
+                StatusCode::BAD_REQUEST,
+                &format!("bad request: {problem}"),
+                grpc,
+            );
         }
         let is_admin_path = self.admin.serves(req.uri().path());
         match role {

@@ -23,6 +23,7 @@
 //! limits: a request is mirrored whatever main does.
 
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -55,6 +56,23 @@ pub enum ClientBodyError {
         expected: &'static str,
     },
 }
+
+impl ClientBodyError {
+    /// The same failure, for a second reader ([`BodyFailure`]); a read error keeps its
+    /// text.
+    fn summary(&self) -> Self {
+        match self {
+            Self::Timeout(limit) => Self::Timeout(*limit),
+            Self::Read(cause) => Self::Read(cause.to_string().into()),
+            &Self::Unfinished { received, expected } => Self::Unfinished { received, expected },
+        }
+    }
+}
+
+/// Where a request body records why the client's side failed. hyper's HTTP/1 client
+/// returns the body's error in the exchange's error chain, but its HTTP/2 client only
+/// resets the stream, so the proxy reads the cause here when the chain has none.
+pub type BodyFailure = Arc<OnceLock<ClientBodyError>>;
 
 /// The copy being collected.
 struct Copy {
@@ -109,6 +127,8 @@ where
     declared: Option<u64>,
     /// An HTTP/2 stream: its end must be `END_STREAM`, not a reset (module doc).
     h2: bool,
+    /// Told why the body failed, if it does.
+    failure: Option<BodyFailure>,
 }
 
 impl<B> RequestBody<B>
@@ -128,6 +148,19 @@ where
             done: false,
             received: 0,
             h2,
+            failure: None,
+        }
+    }
+
+    /// Records the body's failure in `failure` too.
+    pub fn reporting_to(mut self, failure: BodyFailure) -> Self {
+        self.failure = Some(failure);
+        self
+    }
+
+    fn report(&self, err: &ClientBodyError) {
+        if let Some(failure) = &self.failure {
+            let _ = failure.set(err.summary());
         }
     }
 
@@ -214,6 +247,7 @@ where
             Poll::Pending => match this.poll_stall(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(err) => {
+                    this.report(&err);
                     this.fail();
                     this.inner = None;
                     Poll::Ready(Some(Err(err)))
@@ -225,15 +259,18 @@ where
                     Poll::Ready(None)
                 }
                 Some(err) => {
+                    this.report(&err);
                     this.fail();
                     this.inner = None;
                     Poll::Ready(Some(Err(err)))
                 }
             },
             Poll::Ready(Some(Err(err))) => {
+                let err = ClientBodyError::Read(err.into());
+                this.report(&err);
                 this.fail();
                 this.inner = None;
-                Poll::Ready(Some(Err(ClientBodyError::Read(err.into()))))
+                Poll::Ready(Some(Err(err)))
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(sleep) = this.sleep.as_mut() {
@@ -293,6 +330,8 @@ where
             received: self.received,
             declared: self.declared,
             h2: self.h2,
+            // Main no longer reads this body: its failure concerns the mirrors only.
+            failure: None,
         };
         self.done = true;
         runtime.spawn(drain(rest));
