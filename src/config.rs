@@ -178,7 +178,7 @@ impl Config {
                 )
             }
         };
-        let main = TargetUrl::parse(&cli.main).map_err(|source| ConfigError::Url {
+        let main = TargetUrl::parse_main(&cli.main).map_err(|source| ConfigError::Url {
             flag: "main",
             source,
         })?;

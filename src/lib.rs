@@ -85,6 +85,8 @@ mod mirror;
 mod observe;
 mod proxy;
 mod ratelimit;
+mod record;
+pub mod replay;
 mod registry;
 mod server;
 pub mod shutdown;

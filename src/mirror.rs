@@ -215,7 +215,10 @@ pub struct Mirror {
     /// already admitted are still delivered.
     closed: AtomicBool,
     /// One pool per worker thread; each holds keep-alive connections to this mirror.
+    /// Empty for a recording (`file://`) mirror.
     pools: Box<[Pool<Full<Bytes>>]>,
+    /// For a `file://` mirror: where copies are written instead of sent.
+    sink: Option<crate::record::Sink>,
     shared: Arc<Shared>,
 }
 
@@ -243,12 +246,17 @@ impl Mirror {
     /// on `shared.expired`.
     pub(crate) fn spawn(url: TargetUrl, shared: &Arc<Shared>) -> Arc<Self> {
         let settings = &shared.settings;
-        let pools = client::per_worker(
-            &url,
-            &settings.tls,
-            settings.pools,
-            settings.max_connections,
-        );
+        let sink = url.file_path().map(crate::record::Sink::start);
+        let pools = if sink.is_some() {
+            Box::default()
+        } else {
+            client::per_worker(
+                &url,
+                &settings.tls,
+                settings.pools,
+                settings.max_connections,
+            )
+        };
         Arc::new(Self {
             url,
             counters: Counters::default(),
@@ -260,6 +268,7 @@ impl Mirror {
             permits: Arc::new(Semaphore::new(shared.settings.max_queued)),
             closed: AtomicBool::new(false),
             pools,
+            sink,
             shared: shared.clone(),
         })
     }
@@ -407,6 +416,12 @@ impl Mirror {
         let sent = self.send(&job.request, &job.plan, started);
         let result = tokio::time::timeout(timeout, sent).await;
         if let Ok(Err(err)) = &result {
+            if crate::record::is_full(&**err) {
+                // `max_total_size` reached: dropped, never a full disk; not a failure.
+                self.counters.leave_queue(&self.counters.dropped);
+                self.lock_health().abandon(job.ticket);
+                return None;
+            }
             if client::is_fd_exhaustion(&**err) {
                 // Our own limit, not the mirror's fault: dropped, health untouched.
                 let error = client::error_chain(&**err);
@@ -545,6 +560,15 @@ impl Mirror {
         plan: &Plan,
         started: Instant,
     ) -> Result<Reply, crate::body::BoxError> {
+        if let Some(sink) = &self.sink {
+            let now = std::time::SystemTime::now();
+            sink.record(request, plan, now, self.shared.settings.timeout)
+                .await?;
+            return Ok(Reply {
+                status: http::StatusCode::OK,
+                captured: None,
+            });
+        }
         let mut req = Request::new(Full::new(request.body.clone()));
         *req.method_mut() = request.method.clone();
         *req.uri_mut() = self.url.request_target(request.path_and_query.as_ref());

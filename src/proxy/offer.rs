@@ -199,7 +199,8 @@ impl Followers {
                 halves.push(main_half);
                 orders.push((index, mirror_half));
             }
-            comparing |= member.plan.compare.is_some();
+            // A recording mirror with `record_answers=true` writes main's answer too.
+            comparing |= member.plan.compare.is_some() || member.plan.options.record_answers;
         }
         let (answer_tx, main_answer) = if comparing && !unmirrored {
             let (tx, rx) = tokio::sync::watch::channel(None);

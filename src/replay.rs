@@ -1,0 +1,556 @@
+//! `trafficmirror replay SOURCE... --to URL` (docs/record-replay.md, "Replaying"): reads
+//! recordings (its own and GoReplay's, plain or `.gz`, files or globs), merges them by
+//! timestamp, and sends each request to a target keeping the recorded gaps scaled by
+//! `--speed`, at most `--concurrency` at a time.
+//!
+//! A thread reads and merges the files (blocking reads, one record per file held) and
+//! hands requests over a bounded channel; the async side waits for each one's moment,
+//! sends it and tallies the answer. At the end one summary line goes to stdout.
+
+use std::fs::File;
+use std::io::{BufReader, IsTerminal, Read};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{Method, Request, header};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+
+use crate::client::{self, Pool};
+use crate::record::format::{self, ParsedRequest, REQUEST, Reader};
+use crate::target_url::TargetUrl;
+
+/// Exit status: done.
+pub const EXIT_DONE: u8 = 0;
+/// Exit status: bad flags or arguments.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: nothing could be replayed (no readable source, target never answered).
+pub const EXIT_COULD_NOT_RUN: u8 = 3;
+
+/// What to replay, where, and how fast.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub sources: Vec<String>,
+    pub to: String,
+    /// Recorded gaps are divided by this; `0`: no waiting.
+    pub speed: f64,
+    pub concurrency: usize,
+    pub repeat: bool,
+    /// At most this many requests per second.
+    pub rate: Option<f64>,
+    pub paths: Vec<String>,
+    pub methods: Vec<Method>,
+    pub percent: f64,
+    pub timeout: Duration,
+    pub insecure_skip_verify: bool,
+}
+
+/// Parses `--speed`: `2`, `0.5`, `200%`; `0` for no waiting.
+///
+/// # Errors
+/// Not a finite number `>= 0`.
+pub fn parse_speed(value: &str) -> Result<f64, String> {
+    let v = value.trim();
+    let (number, scale) = match v.strip_suffix('%') {
+        Some(n) => (n.trim(), 100.0),
+        None => (v, 1.0),
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n / scale),
+        _ => Err(format!(
+            "invalid speed {value:?} (use e.g. 2, 0.5, 200%, or 0 for no waiting)"
+        )),
+    }
+}
+
+/// The files the sources name: globs expanded, in order, each once.
+fn expand(sources: &[String]) -> (Vec<PathBuf>, Vec<String>) {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for source in sources {
+        if source.contains(['*', '?', '[']) {
+            match glob::glob(source) {
+                Ok(paths) => {
+                    let before = files.len();
+                    for path in paths.flatten() {
+                        if !files.contains(&path) {
+                            files.push(path);
+                        }
+                    }
+                    if files.len() == before {
+                        errors.push(format!("{source}: no file matches"));
+                    }
+                }
+                Err(err) => errors.push(format!("{source}: {err}")),
+            }
+        } else {
+            let path = PathBuf::from(source);
+            if !files.contains(&path) {
+                files.push(path);
+            }
+        }
+    }
+    (files, errors)
+}
+
+fn open(path: &PathBuf) -> std::io::Result<Box<dyn Read + Send>> {
+    let file = File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a file"));
+    }
+    let reader = BufReader::new(file);
+    Ok(if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    })
+}
+
+/// What the reading thread hands over.
+enum Item {
+    Request {
+        /// Which pass over the sources (`--loop`); gaps restart at each.
+        round: u64,
+        timestamp_ns: i128,
+        request: ParsedRequest,
+    },
+    Skipped(String),
+}
+
+/// One source being merged: its next request record.
+struct Source {
+    name: String,
+    reader: Reader<Box<dyn Read + Send>>,
+    head: Option<(i128, ParsedRequest)>,
+}
+
+impl Source {
+    /// Reads up to the next request record, reporting skipped records.
+    fn advance(&mut self, skipped: &mut dyn FnMut(String) -> bool) -> bool {
+        self.head = None;
+        while let Some(item) = self.reader.next_record() {
+            match item {
+                Err(skip) => {
+                    if !skipped(format!(
+                        "{} record {}: {}",
+                        self.name, skip.index, skip.reason
+                    )) {
+                        return false;
+                    }
+                }
+                // Answers (2) and GoReplay's replayed answers (3) are not sent.
+                Ok(record) if record.kind != REQUEST => {}
+                Ok(record) => match format::parse_request(&record.message) {
+                    Ok(request) => {
+                        self.head = Some((record.timestamp_ns, request));
+                        return true;
+                    }
+                    Err(reason) => {
+                        if !skipped(format!("{} record {}: {reason}", self.name, record.id)) {
+                            return false;
+                        }
+                    }
+                },
+            }
+        }
+        true
+    }
+}
+
+/// Whether the filters keep a request.
+fn selected(options: &Options, request: &ParsedRequest) -> bool {
+    let path = request.path_and_query.as_str();
+    (options.methods.is_empty() || options.methods.contains(&request.method))
+        && (options.paths.is_empty() || options.paths.iter().any(|p| path.starts_with(p)))
+        && (options.percent >= 100.0 || fastrand::f64() * 100.0 < options.percent)
+}
+
+/// Reads and merges the sources, once or for ever (`--loop`), until the receiver goes.
+fn read_all(files: Vec<PathBuf>, options: Options, tx: mpsc::Sender<Item>) {
+    let mut round = 0;
+    loop {
+        let mut sources: Vec<Source> = Vec::new();
+        for path in &files {
+            // Unreadable sources were named at the start; one that vanished since is
+            // named once more.
+            match open(path) {
+                Ok(reader) => sources.push(Source {
+                    name: path.display().to_string(),
+                    reader: Reader::new(reader),
+                    head: None,
+                }),
+                Err(err) => {
+                    let gone = format!("{}: {err}", path.display());
+                    if tx.blocking_send(Item::Skipped(gone)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let mut report = |line: String| tx.blocking_send(Item::Skipped(line)).is_ok();
+        for source in &mut sources {
+            if !source.advance(&mut report) {
+                return;
+            }
+        }
+        let mut any = false;
+        loop {
+            let next = sources
+                .iter_mut()
+                .filter(|s| s.head.is_some())
+                .min_by_key(|s| s.head.as_ref().map_or(i128::MAX, |h| h.0));
+            let Some(source) = next else { break };
+            let Some((timestamp_ns, request)) = source.head.take() else {
+                break;
+            };
+            any = true;
+            if selected(&options, &request) {
+                let item = Item::Request {
+                    round,
+                    timestamp_ns,
+                    request,
+                };
+                if tx.blocking_send(item).is_err() {
+                    return;
+                }
+            }
+            let mut report = |line: String| tx.blocking_send(Item::Skipped(line)).is_ok();
+            if !source.advance(&mut report) {
+                return;
+            }
+        }
+        // A loop over sources that hold no request would spin.
+        if !options.repeat || !any {
+            return;
+        }
+        round += 1;
+    }
+}
+
+/// The tally of a replay.
+#[derive(Debug)]
+pub struct Summary {
+    pub sent: u64,
+    pub answered: u64,
+    /// 2xx, 3xx, 4xx, 5xx (an informational or unknown class counts as answered only).
+    pub classes: [u64; 4],
+    pub failed: u64,
+    pub failed_connect: u64,
+    pub failed_timeout: u64,
+    pub skipped: Vec<String>,
+    latencies: hdrhistogram::Histogram<u64>,
+}
+
+impl Summary {
+    fn new() -> Self {
+        Self {
+            sent: 0,
+            answered: 0,
+            classes: [0; 4],
+            failed: 0,
+            failed_connect: 0,
+            failed_timeout: 0,
+            skipped: Vec::new(),
+            // Microseconds up to an hour, 3 significant digits.
+            latencies: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("constant, valid histogram bounds"),
+        }
+    }
+
+    fn percentile_ms(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        self.latencies.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// The summary line.
+    pub fn line(&self) -> String {
+        let [c2, c3, c4, c5] = self.classes;
+        format!(
+            "replay: sent {}, answered {} (2xx {c2}, 3xx {c3}, 4xx {c4}, 5xx {c5}), failed {}, skipped {}, p50 {:.1} ms, p99 {:.1} ms",
+            self.sent,
+            self.answered,
+            self.failed,
+            self.skipped.len(),
+            self.percentile_ms(0.50),
+            self.percentile_ms(0.99),
+        )
+    }
+}
+
+/// Turns a recorded request into one for `target`.
+fn build(target: &TargetUrl, recorded: ParsedRequest) -> Request<Full<Bytes>> {
+    // A proxy's recording may hold the absolute form (RFC 9112 §3.2.2).
+    let pq = if recorded.path_and_query.starts_with('/') {
+        PathAndQuery::try_from(recorded.path_and_query.as_str()).ok()
+    } else {
+        recorded
+            .path_and_query
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.path_and_query().cloned())
+    };
+    let mut request = Request::new(Full::new(recorded.body));
+    *request.method_mut() = recorded.method;
+    *request.uri_mut() = target.request_target(pq.as_ref());
+    let mut headers = recorded.headers;
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_LENGTH,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::HOST,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    let trailers_te = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !trailers_te {
+        headers.remove(header::TE);
+    }
+    headers.insert(header::HOST, target.host_header().clone());
+    *request.headers_mut() = headers;
+    request
+}
+
+/// Sends one request and reads its answer to the end.
+async fn send_one(
+    pool: &Pool<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<http::StatusCode, client::Error> {
+    let response = pool.send(request).await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            break;
+        }
+    }
+    Ok(status)
+}
+
+/// Runs a replay; returns the exit status.
+pub async fn run(options: Options) -> u8 {
+    let target = match TargetUrl::parse_main(&options.to) {
+        Ok(target) => target,
+        Err(err) => {
+            eprintln!("replay: invalid value for --to: {err}");
+            return EXIT_USAGE;
+        }
+    };
+    let (files, errors) = expand(&options.sources);
+    let mut readable = Vec::new();
+    for error in errors {
+        eprintln!("replay: {error}");
+    }
+    for path in files {
+        match open(&path) {
+            Ok(_) => readable.push(path),
+            Err(err) => eprintln!("replay: cannot read {}: {err}", path.display()),
+        }
+    }
+    if readable.is_empty() {
+        eprintln!("replay: no readable source");
+        return EXIT_COULD_NOT_RUN;
+    }
+    let tls = match crate::tls::client_config(None, options.insecure_skip_verify) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("replay: {err}");
+            return EXIT_COULD_NOT_RUN;
+        }
+    };
+    let concurrency = options.concurrency.max(1);
+    let pool = Arc::new(Pool::<Full<Bytes>>::new(&target, &tls, concurrency));
+    let (tx, mut rx) = mpsc::channel(1024);
+    let reader_options = options.clone();
+    let reader = std::thread::Builder::new()
+        .name("trafficmirror-replay-read".into())
+        .spawn(move || read_all(readable, reader_options, tx));
+    if let Err(err) = reader {
+        eprintln!("replay: cannot start the reading thread: {err}");
+        return EXIT_COULD_NOT_RUN;
+    }
+    let summary = Arc::new(Mutex::new(Summary::new()));
+    let progress = progress_bar();
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    // (round, first timestamp, when it was sent): the recorded clock's origin.
+    let mut origin: Option<(u64, i128, Instant)> = None;
+    let mut last_sent: Option<Instant> = None;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            _ = &mut interrupted => break,
+        };
+        let Some(item) = item else { break };
+        let (round, timestamp_ns, request) = match item {
+            Item::Skipped(line) => {
+                lock(&summary).skipped.push(line);
+                continue;
+            }
+            Item::Request {
+                round,
+                timestamp_ns,
+                request,
+            } => (round, timestamp_ns, request),
+        };
+        let now = Instant::now();
+        let (first, start) = match origin {
+            Some((r, first, start)) if r == round => (first, start),
+            _ => {
+                origin = Some((round, timestamp_ns, now));
+                (timestamp_ns, now)
+            }
+        };
+        let mut due = now;
+        // A record older than the first is sent at once (files merged are each in order,
+        // answers may be written late).
+        if options.speed > 0.0 && timestamp_ns > first {
+            let gap_ns = (timestamp_ns - first) as f64 / options.speed;
+            due = start + Duration::from_secs_f64((gap_ns / 1e9).min(1e9));
+        }
+        if let (Some(rate), Some(last)) = (options.rate, last_sent) {
+            due = due.max(last + Duration::from_secs_f64(1.0 / rate));
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(due) => {}
+            _ = &mut interrupted => break,
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        last_sent = Some(Instant::now());
+        lock(&summary).sent += 1;
+        let request = build(&target, request);
+        let pool = pool.clone();
+        let summary = summary.clone();
+        let timeout = options.timeout;
+        let progress = progress.clone();
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let result = tokio::time::timeout(timeout, send_one(&pool, request)).await;
+            let elapsed = started.elapsed();
+            let mut summary = lock(&summary);
+            match result {
+                Ok(Ok(status)) => {
+                    summary.answered += 1;
+                    let class = status.as_u16() / 100;
+                    if (2..=5).contains(&class) {
+                        summary.classes[usize::from(class - 2)] += 1;
+                    }
+                    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                    let _ = summary.latencies.record(micros.max(1));
+                }
+                Ok(Err(err)) => {
+                    summary.failed += 1;
+                    if matches!(err, client::Error::Connect(_)) {
+                        summary.failed_connect += 1;
+                    }
+                }
+                Err(_) => {
+                    summary.failed += 1;
+                    summary.failed_timeout += 1;
+                }
+            }
+            progress.set_message(format!(
+                "sent {}, answered {}, failed {}",
+                summary.sent, summary.answered, summary.failed
+            ));
+            drop(permit);
+        });
+        // Finished tasks are collected as we go, so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(rx);
+    while tasks.join_next().await.is_some() {}
+    progress.finish_and_clear();
+    let summary = lock(&summary);
+    for line in &summary.skipped {
+        eprintln!("replay: skipped {line}");
+    }
+    if summary.failed > 0 {
+        eprintln!(
+            "replay: failed by cause: connect {}, timeout {}, other {}",
+            summary.failed_connect,
+            summary.failed_timeout,
+            summary.failed - summary.failed_connect - summary.failed_timeout
+        );
+    }
+    println!("{}", summary.line());
+    if summary.sent > 0 && summary.answered == 0 {
+        eprintln!("replay: the target never answered");
+        return EXIT_COULD_NOT_RUN;
+    }
+    EXIT_DONE
+}
+
+fn lock(summary: &Mutex<Summary>) -> std::sync::MutexGuard<'_, Summary> {
+    // Only counters change under this lock; a poisoned one still holds them.
+    summary
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A spinner with the counts on stderr when it is a terminal; hidden otherwise.
+fn progress_bar() -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn speed_takes_factors_and_percentages() {
+        assert_eq!(parse_speed("2"), Ok(2.0));
+        assert_eq!(parse_speed("200%"), Ok(2.0));
+        assert_eq!(parse_speed("0"), Ok(0.0));
+        assert_eq!(parse_speed("50 %"), Ok(0.5));
+        assert!(parse_speed("-1").is_err());
+        assert!(parse_speed("fast").is_err());
+        assert!(parse_speed("inf").is_err());
+    }
+
+    #[test]
+    fn a_recorded_request_goes_to_the_target_without_hop_by_hop_headers() {
+        let target = TargetUrl::parse("http://candidate:8080/base").unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("prod.example"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        let request = build(
+            &target,
+            ParsedRequest {
+                method: Method::POST,
+                path_and_query: "http://prod.example/x?y=1".into(),
+                headers,
+                body: Bytes::from_static(b"hi"),
+                trailers: None,
+            },
+        );
+        assert_eq!(request.uri(), "/base/x?y=1");
+        assert_eq!(request.headers()[header::HOST], "candidate:8080");
+        assert_eq!(request.headers()["x-kept"], "1");
+        assert!(!request.headers().contains_key(header::CONNECTION));
+        assert!(!request.headers().contains_key(header::CONTENT_LENGTH));
+    }
+}
