@@ -264,7 +264,9 @@ pub struct ReplayArgs {
 fn parse_replay_rate(value: &str) -> Result<f64, String> {
     match value.trim().parse::<f64>() {
         Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
-        _ => Err(format!("invalid rate {value:?} (requests per second, more than 0)")),
+        _ => Err(format!(
+            "invalid rate {value:?} (requests per second, more than 0)"
+        )),
     }
 }
 

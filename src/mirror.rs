@@ -379,7 +379,10 @@ impl Mirror {
         let health = self.lock_health();
         Status {
             url: self.url.to_string(),
-            protocol: self.pools.iter().find_map(Pool::protocol),
+            protocol: match self.sink {
+                Some(_) => Some("file"),
+                None => self.pools.iter().find_map(Pool::protocol),
+            },
             source: plan.source,
             state: health.state(),
             persistent: plan.persistent(),

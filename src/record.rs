@@ -67,7 +67,10 @@ impl Sink {
         taken: SystemTime,
         answer_wait: Duration,
     ) -> Result<(), RecordError> {
-        let writer = self.writer.as_ref().map_err(|e| RecordError::NoThread(e.clone()))?;
+        let writer = self
+            .writer
+            .as_ref()
+            .map_err(|e| RecordError::NoThread(e.clone()))?;
         let options = &plan.options;
         let mut headers = request.headers.clone();
         if options.has_rewrites() {
@@ -104,7 +107,10 @@ impl Sink {
                         None,
                     )),
                     CapturedBody::Digest { len, .. } => {
-                        debug!(len, "main's answer is longer than --max-compare-size: not recorded");
+                        debug!(
+                            len,
+                            "main's answer is longer than --max-compare-size: not recorded"
+                        );
                     }
                 },
                 None => debug!("main's answer did not complete: only the request is recorded"),

@@ -334,6 +334,34 @@ mod tests {
     }
 
     #[test]
+    fn file_urls_are_mirrors_with_an_absolute_path_kept_as_written() {
+        let url = TargetUrl::parse("file:///var/rec/rec-%Y%m%d.gor.gz").unwrap();
+        assert_eq!(url.transport(), Transport::File);
+        assert_eq!(url.as_str(), "file:///var/rec/rec-%Y%m%d.gor.gz");
+        assert_eq!(url.file_path(), Some("/var/rec/rec-%Y%m%d.gor.gz"));
+        assert_eq!(TargetUrl::parse("FILE:///x").unwrap().as_str(), "file:///x");
+        assert!(matches!(
+            TargetUrl::parse("file://host/x"),
+            Err(UrlError::FileHost(_))
+        ));
+        for relative in [
+            "file://rec.gor",
+            "file:///",
+            "file:///a/../b",
+            "file:///a?b",
+        ] {
+            assert!(
+                matches!(TargetUrl::parse(relative), Err(UrlError::FileRelative(_))),
+                "{relative}"
+            );
+        }
+        let err = TargetUrl::parse_main("file:///x").unwrap_err();
+        assert!(err.to_string().contains("file:///x"), "{err}");
+        assert!(TargetUrl::parse_main("http://a:1").is_ok());
+        assert_eq!(TargetUrl::parse("http://a").unwrap().file_path(), None);
+    }
+
+    #[test]
     fn rejects_urls_the_docs_refuse() {
         type Check = fn(&UrlError) -> bool;
         let cases: [(&str, Check); 11] = [

@@ -295,8 +295,8 @@ pub fn parse_request(message: &[u8]) -> Result<ParsedRequest, String> {
         Ok(httparse::Status::Partial) => return Err("torn request head".into()),
         Err(err) => return Err(format!("bad request head: {err}")),
     };
-    let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
-        .map_err(|_| "bad method")?;
+    let method =
+        Method::from_bytes(request.method.unwrap_or("").as_bytes()).map_err(|_| "bad method")?;
     let path_and_query = request.path.unwrap_or("/").to_owned();
     let headers = to_header_map(request.headers)?;
     let (body, trailers) = message_body(message, head_len, &headers)?;
@@ -318,7 +318,8 @@ pub fn parse_response(message: &[u8]) -> Result<ParsedResponse, String> {
         Ok(httparse::Status::Partial) => return Err("torn response head".into()),
         Err(err) => return Err(format!("bad response head: {err}")),
     };
-    let status = http::StatusCode::from_u16(response.code.unwrap_or(0)).map_err(|_| "bad status")?;
+    let status =
+        http::StatusCode::from_u16(response.code.unwrap_or(0)).map_err(|_| "bad status")?;
     let headers = to_header_map(response.headers)?;
     let (body, trailers) = message_body(message, head_len, &headers)?;
     Ok(ParsedResponse {
@@ -434,15 +435,7 @@ mod tests {
     fn a_request_record_is_goreplays_bytes() {
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("example.test"));
-        let bytes = encode_request(
-            "abc",
-            17,
-            &Method::POST,
-            "/x?y=1",
-            &headers,
-            b"hi",
-            None,
-        );
+        let bytes = encode_request("abc", 17, &Method::POST, "/x?y=1", &headers, b"hi", None);
         assert_eq!(
             bytes,
             "1 abc 17 -1\nPOST /x?y=1 HTTP/1.1\r\nhost: example.test\r\nContent-Length: 2\r\n\r\nhi\n🐵🙈🙉\n"

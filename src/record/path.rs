@@ -6,14 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// The pattern's fields, and how many digits each expands to.
-const FIELDS: [(char, usize); 6] = [
-    ('Y', 4),
-    ('m', 2),
-    ('d', 2),
-    ('H', 2),
-    ('M', 2),
-    ('S', 2),
-];
+const FIELDS: [(char, usize); 6] = [('Y', 4), ('m', 2), ('d', 2), ('H', 2), ('M', 2), ('S', 2)];
 
 /// A path pattern, split at its file name's first `.` so the `_N` goes before the
 /// extensions.
@@ -106,7 +99,10 @@ impl Pattern {
 
     /// Every existing file this pattern has produced, and their total size on disk.
     pub fn existing(&self) -> (Vec<PathBuf>, u64) {
-        let glob_pattern = glob_of(&self.stem) + "*";
+        let mut glob_pattern = glob_of(&self.stem);
+        if !glob_pattern.ends_with('*') {
+            glob_pattern.push('*');
+        }
         let Ok(paths) = glob::glob(&glob_pattern) else {
             return (Vec::new(), 0);
         };
@@ -162,7 +158,10 @@ fn glob_of(pattern: &str) -> String {
                 .is_some_and(|f| FIELDS.iter().any(|(k, _)| k == f)) =>
             {
                 chars.next();
-                out.push('*');
+                // `**` means something else to glob.
+                if !out.ends_with('*') {
+                    out.push('*');
+                }
             }
             '*' | '?' | '[' | ']' => {
                 out.push('[');

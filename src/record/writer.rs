@@ -76,7 +76,7 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    state.write_batch(batch);
+                    state.write_batch(batch, SystemTime::now());
                 }
             })?;
         Ok(Self { tx })
@@ -131,13 +131,13 @@ impl State {
         }
     }
 
-    fn write_batch(&mut self, batch: Vec<Job>) {
+    fn write_batch(&mut self, batch: Vec<Job>, now: SystemTime) {
         let mut outcomes: Vec<(oneshot::Sender<Outcome>, Result<bool, io::Error>)> =
             Vec::with_capacity(batch.len());
         // Copies whose records sit in `pending` until it is written.
         let mut waiting: Vec<oneshot::Sender<Outcome>> = Vec::new();
         for job in batch {
-            match self.place(&job.records, job.limits) {
+            match self.place(&job.records, job.limits, now) {
                 Ok(true) => {
                     self.pending.extend_from_slice(&job.records);
                     waiting.push(job.reply);
@@ -172,8 +172,8 @@ impl State {
 
     /// Makes the current file the right one for a record of `len` bytes: `Ok(false)`
     /// when it would pass `max_total_size`.
-    fn place(&mut self, records: &[u8], limits: Limits) -> io::Result<bool> {
-        let expanded = self.pattern.expand(SystemTime::now());
+    fn place(&mut self, records: &[u8], limits: Limits, now: SystemTime) -> io::Result<bool> {
+        let expanded = self.pattern.expand(now);
         let gzip = self.pattern.gzip();
         let pending = self.pending.len() as u64;
         let needs_new = match &self.current {
@@ -261,5 +261,184 @@ impl State {
                 Err(io::Error::new(err.kind(), format!("{path}: {err}")))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::format::{self, Reader};
+    use std::io::Read;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn record(i: usize, body_len: usize) -> Vec<u8> {
+        format::encode_request(
+            &format!("{i:024x}"),
+            i as i128,
+            &http::Method::POST,
+            &format!("/r/{i}"),
+            &http::HeaderMap::new(),
+            &vec![b'x'; body_len],
+            None,
+        )
+    }
+
+    /// Writes `records` one batch each at `at`; the outcomes in order.
+    fn write(
+        state: &mut State,
+        records: &[Vec<u8>],
+        limits: Limits,
+        at: SystemTime,
+    ) -> Vec<Outcome> {
+        let mut answers = Vec::new();
+        for r in records {
+            let (reply, rx) = oneshot::channel();
+            state.write_batch(
+                vec![Job {
+                    records: r.clone(),
+                    limits,
+                    reply,
+                }],
+                at,
+            );
+            answers.push(rx);
+        }
+        answers
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap())
+            .collect()
+    }
+
+    fn paths_of(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn ids_in(bytes: &[u8]) -> Vec<String> {
+        let mut reader = Reader::new(bytes);
+        std::iter::from_fn(|| reader.next_record())
+            .map(|r| r.unwrap().id)
+            .collect()
+    }
+
+    const BIG: Limits = Limits {
+        max_file_size: DEFAULT_MAX_FILE_SIZE,
+        max_total_size: DEFAULT_MAX_TOTAL_SIZE,
+    };
+
+    #[test]
+    fn a_full_file_continues_in_the_next_numbered_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let pattern = format!("{}/rec.gor", dir.path().display());
+        let mut state = State::new(Pattern::new(&pattern));
+        let records: Vec<_> = (0..5).map(|i| record(i, 100)).collect();
+        let one = records[0].len() as u64;
+        // Two records fit in a file, a third does not.
+        let limits = Limits {
+            max_file_size: one * 2,
+            ..BIG
+        };
+        let outcomes = write(&mut state, &records, limits, UNIX_EPOCH);
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Outcome::Written)),
+            "{outcomes:?}"
+        );
+        assert_eq!(paths_of(dir.path()), ["rec.gor", "rec_1.gor", "rec_2.gor"]);
+        let first = std::fs::read(dir.path().join("rec.gor")).unwrap();
+        assert_eq!(first.len() as u64, one * 2);
+        assert_eq!(
+            ids_in(&first),
+            [format!("{:024x}", 0), format!("{:024x}", 1)]
+        );
+        // A new writer (a restart) passes over the full files and appends to the last.
+        let mut again = State::new(Pattern::new(&pattern));
+        write(&mut again, &records[..1], limits, UNIX_EPOCH);
+        assert_eq!(paths_of(dir.path()), ["rec.gor", "rec_1.gor", "rec_2.gor"]);
+        let last = std::fs::read(dir.path().join("rec_2.gor")).unwrap();
+        assert_eq!(ids_in(&last).len(), 2);
+    }
+
+    #[test]
+    fn a_changed_time_field_starts_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pattern = format!("{}/%Y/rec-%H%M%S.gor", dir.path().display());
+        let mut state = State::new(Pattern::new(&pattern));
+        let at = UNIX_EPOCH + Duration::from_secs(1_765_078_155); // 2025-12-07T03:29:15Z
+        write(&mut state, &[record(0, 1), record(1, 1)], BIG, at);
+        write(
+            &mut state,
+            &[record(2, 1)],
+            BIG,
+            at + Duration::from_secs(1),
+        );
+        assert_eq!(
+            paths_of(&dir.path().join("2025")),
+            ["rec-032915.gor", "rec-032916.gor"]
+        );
+        let second = std::fs::read(dir.path().join("2025/rec-032916.gor")).unwrap();
+        assert_eq!(ids_in(&second), [format!("{:024x}", 2)]);
+    }
+
+    #[test]
+    fn past_max_total_size_copies_are_dropped_old_files_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = record(0, 100).len() as u64;
+        // An old file of the pattern, from an earlier run, takes most of the budget.
+        std::fs::write(
+            dir.path().join("rec-200001.gor"),
+            vec![b'o'; one as usize * 2],
+        )
+        .unwrap();
+        let pattern = format!("{}/rec-%Y%m.gor", dir.path().display());
+        let mut state = State::new(Pattern::new(&pattern));
+        let limits = Limits {
+            max_total_size: one * 3,
+            ..BIG
+        };
+        let records: Vec<_> = (0..3).map(|i| record(i, 100)).collect();
+        let outcomes = write(&mut state, &records, limits, UNIX_EPOCH);
+        assert!(matches!(outcomes[0], Outcome::Written), "{outcomes:?}");
+        assert!(matches!(outcomes[1], Outcome::Dropped), "{outcomes:?}");
+        assert!(matches!(outcomes[2], Outcome::Dropped), "{outcomes:?}");
+        let written = std::fs::read(dir.path().join("rec-197001.gor")).unwrap();
+        assert_eq!(written.len() as u64, one);
+    }
+
+    #[test]
+    fn a_gzip_file_is_readable_to_its_last_flush_when_never_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pattern = format!("{}/rec.gor.gz", dir.path().display());
+        let mut state = State::new(Pattern::new(&pattern));
+        let records: Vec<_> = (0..3).map(|i| record(i, 50)).collect();
+        write(&mut state, &records, BIG, UNIX_EPOCH);
+        // The writer is still open (as at a crash): what is on disk now is all there is.
+        let on_disk = std::fs::read(dir.path().join("rec.gor.gz")).unwrap();
+        let mut text = Vec::new();
+        flate2::read::MultiGzDecoder::new(&on_disk[..])
+            .read_to_end(&mut text)
+            .unwrap();
+        assert_eq!(ids_in(&text).len(), 3);
+        // A torn last member (a crash mid-write) loses only that member.
+        let mut torn = on_disk.clone();
+        torn.extend_from_slice(&on_disk[..on_disk.len() / 3 / 2]);
+        let mut text = Vec::new();
+        let _ = flate2::read::MultiGzDecoder::new(&torn[..]).read_to_end(&mut text);
+        assert_eq!(ids_in(&text).len(), 3);
+        drop(state);
+    }
+
+    #[test]
+    fn a_write_error_is_a_failure_named_by_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be.
+        std::fs::create_dir(dir.path().join("rec.gor")).unwrap();
+        let pattern = format!("{}/rec.gor", dir.path().display());
+        let mut state = State::new(Pattern::new(&pattern));
+        let outcomes = write(&mut state, &[record(0, 1)], BIG, UNIX_EPOCH);
+        assert!(matches!(outcomes[0], Outcome::Failed(_)), "{outcomes:?}");
     }
 }
