@@ -420,7 +420,7 @@ async fn a_recording_cut_by_kill_9_replays_every_whole_record() {
     let path = dir.path().join("rec.gor.gz");
     let main = MockBackend::start(Reply::ok("ok")).await;
     let mirror = format!("file://{}", path.display());
-    let mut binary = Binary::start(&["--main", &main.url(), "--mirror", &mirror]).await;
+    let binary = Binary::start(&["--main", &main.url(), "--mirror", &mirror]).await;
     for i in 0..5 {
         send(Method::POST, &binary.url(&format!("/first/{i}")), &[], "x").await;
     }
