@@ -218,8 +218,9 @@ pub enum Command {
         rate: u32,
     },
     /// Replay recordings (a recording mirror's or GoReplay's files) against a target,
-    /// keeping the recorded gaps; prints one summary line. Exit status 0 done, 2 usage,
-    /// 3 could not run (no readable source, the target never answered).
+    /// keeping the recorded gaps; prints one summary line. Exit status 0 done, 1 more
+    /// mismatches than --max-mismatch-rate (with --compare), 2 usage, 3 could not run (no
+    /// readable source, the target never answered).
     Replay(ReplayArgs),
 }
 
@@ -259,6 +260,18 @@ pub struct ReplayArgs {
     /// Accept any certificate from an https:// target.
     #[arg(long)]
     pub insecure_skip_verify: bool,
+    /// Compare each answer with the recorded one (a recording with record_answers=true),
+    /// by the rules of compare=true mirrors; the first difference per endpoint on stderr.
+    #[arg(long)]
+    pub compare: bool,
+    /// With --compare: a header name or JSON pointer (`/id`, `/items/*/ts`) not compared
+    /// (repeatable).
+    #[arg(long, value_name = "NAME|POINTER", requires = "compare")]
+    pub ignore: Vec<String>,
+    /// With --compare: exit 1 when more than this share of the compared answers differ
+    /// (`0.5%` or `0.005`).
+    #[arg(long, default_value = "0", value_parser = crate::replay::parse_rate_share, value_name = "RATE")]
+    pub max_mismatch_rate: f64,
 }
 
 fn parse_replay_rate(value: &str) -> Result<f64, String> {

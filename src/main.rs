@@ -125,6 +125,10 @@ fn replay(cli: &Cli, args: &cli::ReplayArgs) -> ExitCode {
         percent: args.percent,
         timeout: args.timeout,
         insecure_skip_verify: args.insecure_skip_verify,
+        compare: args.compare,
+        ignore: args.ignore.clone(),
+        max_mismatch_rate: args.max_mismatch_rate,
+        max_compare_size: usize::try_from(cli.max_compare_size).unwrap_or(usize::MAX),
     };
     ExitCode::from(runtime.block_on(trafficmirror::replay::run(options)))
 }

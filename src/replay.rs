@@ -21,7 +21,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::client::{self, Pool};
-use crate::record::format::{self, ParsedRequest, REQUEST, Reader};
+use crate::mirror::compare::verdict::{self, Answer, Capture, Difference, Rules, Verdict};
+use crate::record::format::{self, ParsedRequest, ParsedResponse, REQUEST, RESPONSE, Reader};
 use crate::target_url::TargetUrl;
 
 /// Exit status: done.
@@ -47,6 +48,35 @@ pub struct Options {
     pub percent: f64,
     pub timeout: Duration,
     pub insecure_skip_verify: bool,
+    /// Compare each answer with the recorded one (type `2` right after its request).
+    pub compare: bool,
+    /// Excluded from comparison: header names and JSON pointers, as a mirror's `ignore`.
+    pub ignore: Vec<String>,
+    /// Exit 1 when the share of compared answers that differ is above this.
+    pub max_mismatch_rate: f64,
+    /// Bytes of each body compared; past it, length and digest.
+    pub max_compare_size: usize,
+}
+
+/// Exit status: more answers differed than `--max-mismatch-rate` allows.
+pub const EXIT_MISMATCH: u8 = 1;
+
+/// Parses `--max-mismatch-rate`: `0.5%` or `0.005`.
+///
+/// # Errors
+/// Not a share between 0 and 1 (0 % and 100 %).
+pub fn parse_rate_share(value: &str) -> Result<f64, String> {
+    let v = value.trim();
+    let parsed = match v.strip_suffix('%') {
+        Some(n) => n.trim().parse::<f64>().map(|n| n / 100.0),
+        None => v.parse::<f64>(),
+    };
+    match parsed {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "invalid rate {value:?} (a share: 0.5% or 0.005, between 0 and 1)"
+        )),
+    }
 }
 
 /// Parses `--speed`: `2`, `0.5`, `200%`; `0` for no waiting.
@@ -117,6 +147,8 @@ enum Item {
         round: u64,
         timestamp_ns: i128,
         request: Box<ParsedRequest>,
+        /// The recorded answer, with `--compare`.
+        recorded: Option<Box<ParsedResponse>>,
     },
     Skipped(String),
 }
@@ -125,14 +157,21 @@ enum Item {
 struct Source {
     name: String,
     reader: Reader<Box<dyn Read + Send>>,
-    head: Option<(i128, ParsedRequest)>,
+    head: Option<Head>,
+    /// A record read ahead while looking for an answer.
+    peeked: Option<format::Item>,
+    /// Look for each request's answer (`--compare`).
+    answers: bool,
 }
+
+/// A source's next request: timestamp, request, recorded answer.
+type Head = (i128, ParsedRequest, Option<ParsedResponse>);
 
 impl Source {
     /// Reads up to the next request record, reporting skipped records.
     fn advance(&mut self, skipped: &mut dyn FnMut(String) -> bool) -> bool {
         self.head = None;
-        while let Some(item) = self.reader.next_record() {
+        while let Some(item) = self.peeked.take().or_else(|| self.reader.next_record()) {
             match item {
                 Err(skip) => {
                     if !skipped(format!(
@@ -146,7 +185,18 @@ impl Source {
                 Ok(record) if record.kind != REQUEST => {}
                 Ok(record) => match format::parse_request(&record.message) {
                     Ok(request) => {
-                        self.head = Some((record.timestamp_ns, request));
+                        // The recorded answer is the record right after its request
+                        // (as a recording mirror writes them).
+                        let mut answer = None;
+                        if self.answers {
+                            match self.reader.next_record() {
+                                Some(Ok(next)) if next.kind == RESPONSE && next.id == record.id => {
+                                    answer = format::parse_response(&next.message).ok();
+                                }
+                                next => self.peeked = next,
+                            }
+                        }
+                        self.head = Some((record.timestamp_ns, request, answer));
                         return true;
                     }
                     Err(reason) => {
@@ -182,6 +232,8 @@ fn read_all(files: Vec<PathBuf>, options: Options, tx: mpsc::Sender<Item>) {
                     name: path.display().to_string(),
                     reader: Reader::new(reader),
                     head: None,
+                    peeked: None,
+                    answers: options.compare,
                 }),
                 Err(err) => {
                     let gone = format!("{}: {err}", path.display());
@@ -204,7 +256,7 @@ fn read_all(files: Vec<PathBuf>, options: Options, tx: mpsc::Sender<Item>) {
                 .filter(|s| s.head.is_some())
                 .min_by_key(|s| s.head.as_ref().map_or(i128::MAX, |h| h.0));
             let Some(source) = next else { break };
-            let Some((timestamp_ns, request)) = source.head.take() else {
+            let Some((timestamp_ns, request, recorded)) = source.head.take() else {
                 break;
             };
             any = true;
@@ -213,6 +265,7 @@ fn read_all(files: Vec<PathBuf>, options: Options, tx: mpsc::Sender<Item>) {
                     round,
                     timestamp_ns,
                     request: Box::new(request),
+                    recorded: recorded.map(Box::new),
                 };
                 if tx.blocking_send(item).is_err() {
                     return;
@@ -243,6 +296,23 @@ pub struct Summary {
     pub failed_timeout: u64,
     pub skipped: Vec<String>,
     latencies: hdrhistogram::Histogram<u64>,
+    /// With `--compare`: answers compared with their recorded one, and those differing.
+    pub compared: u64,
+    pub mismatched: u64,
+    /// Mismatches by endpoint (`METHOD /path`, no query).
+    endpoints: std::collections::BTreeMap<String, Endpoint>,
+}
+
+/// The mismatches of one endpoint.
+#[derive(Debug, Default)]
+struct Endpoint {
+    compared: u64,
+    mismatched: u64,
+    status: bool,
+    headers: bool,
+    body: bool,
+    /// The first difference seen (recorded answer as `main`, replayed as `mirror`).
+    first: Option<Difference>,
 }
 
 impl Summary {
@@ -258,6 +328,9 @@ impl Summary {
             // Microseconds up to an hour, 3 significant digits.
             latencies: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("constant, valid histogram bounds"),
+            compared: 0,
+            mismatched: 0,
+            endpoints: std::collections::BTreeMap::new(),
         }
     }
 
@@ -327,20 +400,56 @@ fn build(target: &TargetUrl, recorded: ParsedRequest) -> Request<Full<Bytes>> {
     request
 }
 
-/// Sends one request and reads its answer to the end.
+/// Sends one request and reads its answer to the end; with `capture`, keeps the answer
+/// (its body up to that many bytes, then a digest) for comparing.
 async fn send_one(
     pool: &Pool<Full<Bytes>>,
     request: Request<Full<Bytes>>,
-) -> Result<http::StatusCode, client::Error> {
+    capture: Option<usize>,
+) -> Result<(http::StatusCode, Option<Answer>), client::Error> {
     let response = pool.send(request).await?;
     let status = response.status();
-    let mut body = response.into_body();
+    let (mut parts, mut body) = response.into_parts();
+    let mut kept = capture.map(Capture::new);
     while let Some(frame) = body.frame().await {
-        if frame.is_err() {
-            break;
+        match frame {
+            Ok(frame) => {
+                if let (Some(kept), Some(data)) = (kept.as_mut(), frame.data_ref()) {
+                    kept.push(data);
+                }
+                // Trailers are compared as headers, as the recording keeps them.
+                if let (true, Some(trailers)) = (kept.is_some(), frame.trailers_ref()) {
+                    parts.headers.extend(trailers.clone());
+                }
+            }
+            Err(_) => break,
         }
     }
-    Ok(status)
+    let answer = kept.map(|kept| Answer {
+        status,
+        headers: parts.headers,
+        body: kept.finish(),
+    });
+    Ok((status, answer))
+}
+
+/// A recorded answer as the comparison takes it.
+fn recorded_answer(recorded: ParsedResponse, limit: usize) -> Answer {
+    let mut capture = Capture::new(limit);
+    capture.push(&recorded.body);
+    let mut headers = recorded.headers;
+    headers.extend(recorded.trailers.unwrap_or_default());
+    Answer {
+        status: recorded.status,
+        headers,
+        body: capture.finish(),
+    }
+}
+
+/// The endpoint a request is counted under: method and path, without the query.
+fn endpoint(method: &Method, path_and_query: &str) -> String {
+    let path = path_and_query.split('?').next().unwrap_or("/");
+    format!("{method} {path}")
 }
 
 /// Runs a replay; returns the exit status.
@@ -374,6 +483,20 @@ pub async fn run(options: Options) -> u8 {
             return EXIT_COULD_NOT_RUN;
         }
     };
+    let rules = if options.compare {
+        match Rules::new(
+            &crate::mirror::options::DEFAULT_COMPARE_HEADERS,
+            &options.ignore,
+        ) {
+            Ok(rules) => Some(Arc::new(rules)),
+            Err(err) => {
+                eprintln!("replay: invalid value for --ignore: {err}");
+                return EXIT_USAGE;
+            }
+        }
+    } else {
+        None
+    };
     let concurrency = options.concurrency.max(1);
     let pool = Arc::new(Pool::<Full<Bytes>>::new(&target, &tls, concurrency));
     let (tx, mut rx) = mpsc::channel(1024);
@@ -400,7 +523,7 @@ pub async fn run(options: Options) -> u8 {
             _ = &mut interrupted => break,
         };
         let Some(item) = item else { break };
-        let (round, timestamp_ns, request) = match item {
+        let (round, timestamp_ns, request, recorded) = match item {
             Item::Skipped(line) => {
                 lock(&summary).skipped.push(line);
                 continue;
@@ -409,7 +532,8 @@ pub async fn run(options: Options) -> u8 {
                 round,
                 timestamp_ns,
                 request,
-            } => (round, timestamp_ns, request),
+                recorded,
+            } => (round, timestamp_ns, request, recorded),
         };
         let now = Instant::now();
         let (first, start) = match origin {
@@ -438,6 +562,15 @@ pub async fn run(options: Options) -> u8 {
         };
         last_sent = Some(Instant::now());
         lock(&summary).sent += 1;
+        let compare = match (&rules, recorded) {
+            (Some(rules), Some(recorded)) => Some((
+                rules.clone(),
+                recorded_answer(*recorded, options.max_compare_size),
+                endpoint(&request.method, &request.path_and_query),
+            )),
+            _ => None,
+        };
+        let capture = compare.as_ref().map(|_| options.max_compare_size);
         let request = build(&target, *request);
         let pool = pool.clone();
         let summary = summary.clone();
@@ -445,11 +578,32 @@ pub async fn run(options: Options) -> u8 {
         let progress = progress.clone();
         tasks.spawn(async move {
             let started = Instant::now();
-            let result = tokio::time::timeout(timeout, send_one(&pool, request)).await;
+            let result = tokio::time::timeout(timeout, send_one(&pool, request, capture)).await;
             let elapsed = started.elapsed();
+            // Compared outside the lock: a large JSON body takes a while.
+            let verdict = match (&result, compare) {
+                (Ok(Ok((_, Some(replayed)))), Some((rules, recorded, endpoint))) => {
+                    Some((verdict::compare(&rules, &recorded, replayed), endpoint))
+                }
+                _ => None,
+            };
             let mut summary = lock(&summary);
+            if let Some((verdict, endpoint)) = verdict {
+                summary.compared += 1;
+                let mismatch = matches!(verdict, Verdict::Mismatch(_));
+                summary.mismatched += u64::from(mismatch);
+                let entry = summary.endpoints.entry(endpoint).or_default();
+                entry.compared += 1;
+                if let Verdict::Mismatch(m) = verdict {
+                    entry.mismatched += 1;
+                    entry.status |= m.status;
+                    entry.headers |= m.headers;
+                    entry.body |= m.body;
+                    entry.first.get_or_insert(m.difference);
+                }
+            }
             match result {
-                Ok(Ok(status)) => {
+                Ok(Ok((status, _))) => {
                     summary.answered += 1;
                     let class = status.as_u16() / 100;
                     if (2..=5).contains(&class) {
@@ -493,10 +647,44 @@ pub async fn run(options: Options) -> u8 {
             summary.failed - summary.failed_connect - summary.failed_timeout
         );
     }
+    let rate = (summary.compared > 0).then(|| summary.mismatched as f64 / summary.compared as f64);
+    if rules.is_some() {
+        for (name, endpoint) in summary.endpoints.iter().filter(|(_, e)| e.mismatched > 0) {
+            let fields: Vec<&str> = [
+                (endpoint.status, "status"),
+                (endpoint.headers, "headers"),
+                (endpoint.body, "body"),
+            ]
+            .iter()
+            .filter_map(|(differs, field)| differs.then_some(*field))
+            .collect();
+            let first = endpoint
+                .first
+                .as_ref()
+                .and_then(|d| serde_json::to_string(d).ok())
+                .unwrap_or_default();
+            eprintln!(
+                "replay: mismatch {name}: {} of {} differ ({}); first: {first}",
+                endpoint.mismatched,
+                endpoint.compared,
+                fields.join(", ")
+            );
+        }
+        eprintln!(
+            "replay: compared {}, mismatched {} ({:.2}%), allowed {:.2}%",
+            summary.compared,
+            summary.mismatched,
+            rate.unwrap_or(0.0) * 100.0,
+            options.max_mismatch_rate * 100.0
+        );
+    }
     println!("{}", summary.line());
     if summary.sent > 0 && summary.answered == 0 {
         eprintln!("replay: the target never answered");
         return EXIT_COULD_NOT_RUN;
+    }
+    if rate.is_some_and(|rate| rate > options.max_mismatch_rate) {
+        return EXIT_MISMATCH;
     }
     EXIT_DONE
 }

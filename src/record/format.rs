@@ -202,7 +202,6 @@ pub struct ParsedRequest {
 }
 
 /// A recorded answer read back.
-#[cfg(test)]
 #[derive(Debug, Clone)]
 pub struct ParsedResponse {
     pub status: http::StatusCode,
@@ -311,7 +310,6 @@ pub fn parse_request(message: &[u8]) -> Result<ParsedRequest, String> {
 }
 
 /// Parses a response record's message.
-#[cfg(test)]
 pub fn parse_response(message: &[u8]) -> Result<ParsedResponse, String> {
     let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut parsed);

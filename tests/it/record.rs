@@ -185,6 +185,21 @@ async fn record_answers_adds_mains_answer_with_the_same_id_and_timestamp() {
     assert_eq!(answer.header("x-main"), Some("1"));
     assert_eq!(answer.body, b"created");
     proxy.stop().await;
+    // Replayed against a service that answers the same, every answer matches.
+    let same = MockBackend::start(Reply::With(
+        StatusCode::CREATED,
+        vec![("x-main", "1")],
+        Bytes::from_static(b"created"),
+    ))
+    .await;
+    let (code, stdout, stderr) =
+        replay(&[path.to_str().unwrap(), "--to", &same.url(), "--compare"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("replay: compared 1, mismatched 0"),
+        "{stderr}"
+    );
+    assert_eq!(same.next().await.method, Method::PUT);
 }
 
 #[tokio::test]
@@ -471,4 +486,78 @@ async fn a_recording_cut_by_kill_9_replays_every_whole_record() {
     for _ in 5..sent {
         assert_eq!(target.next().await.uri, "/second");
     }
+}
+
+/// A recording with answers, as a recording mirror writes it: each request followed by
+/// main's answer (type 2, same ID).
+fn recording_with_answers(dir: &Path) -> std::path::PathBuf {
+    let sep = "\n🐵🙈🙉\n";
+    let mut text = String::new();
+    for (i, (path, body)) in [
+        ("/same", "{\"v\":1,\"ts\":1}"),
+        ("/differs", "{\"v\":2,\"ts\":1}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let ts = 1_700_000_000_000_000_000i128 + i as i128;
+        text.push_str(&format!(
+            "1 {i:024x} {ts} -1\nGET {path} HTTP/1.1\r\nHost: h\r\n\r\n{sep}"
+        ));
+        text.push_str(&format!(
+            "2 {i:024x} {ts} 1000\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}{sep}",
+            body.len()
+        ));
+    }
+    let file = dir.join("answers.gor");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[tokio::test]
+async fn replay_compare_names_the_differing_endpoint_and_sets_the_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = recording_with_answers(dir.path());
+    let file = file.to_str().unwrap();
+    // The candidate answers `{"v":1,"ts":2}` everywhere: `/same` differs only in the
+    // ignored `/ts`, `/differs` in `/v` too.
+    let target = MockBackend::start(Reply::With(
+        StatusCode::OK,
+        vec![("content-type", "application/json")],
+        Bytes::from_static(b"{\"v\":1,\"ts\":2}"),
+    ))
+    .await;
+    let url = target.url();
+    let base = [
+        file,
+        "--to",
+        url.as_str(),
+        "--speed",
+        "0",
+        "--compare",
+        "--ignore",
+        "/ts",
+    ];
+    let (code, stdout, stderr) = replay(&base).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("replay: sent 2, answered 2"), "{stdout}");
+    assert!(
+        stderr.contains("replay: mismatch GET /differs: 1 of 1 differ (body)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("\"pointer\":\"/v\""), "{stderr}");
+    assert!(!stderr.contains("GET /same"), "{stderr}");
+    assert!(
+        stderr.contains("replay: compared 2, mismatched 1 (50.00%)"),
+        "{stderr}"
+    );
+
+    let mut within = base.to_vec();
+    within.extend(["--max-mismatch-rate", "50%"]);
+    let (code, stdout, stderr) = replay(&within).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+
+    // Without --compare the answers are not looked at.
+    let (code, _, _) = replay(&base[..5]).await;
+    assert_eq!(code, Some(0));
 }
