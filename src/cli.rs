@@ -272,6 +272,10 @@ pub struct ReplayArgs {
     /// (`0.5%` or `0.005`).
     #[arg(long, default_value = "0", value_parser = crate::replay::parse_rate_share, value_name = "RATE")]
     pub max_mismatch_rate: f64,
+    /// Record this replay's requests and answers to FILE (an absolute or relative path;
+    /// `.gz` for gzip), for the next run.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<String>,
 }
 
 fn parse_replay_rate(value: &str) -> Result<f64, String> {

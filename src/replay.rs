@@ -56,7 +56,16 @@ pub struct Options {
     pub max_mismatch_rate: f64,
     /// Bytes of each body compared; past it, length and digest.
     pub max_compare_size: usize,
+    /// Record the replay's own requests and answers here (a recording mirror's path,
+    /// pattern and `.gz` included), for the next run.
+    pub output: Option<String>,
 }
+
+/// `--output` files: the recording mirror's defaults.
+const OUTPUT_LIMITS: crate::record::writer::Limits = crate::record::writer::Limits {
+    max_file_size: crate::record::writer::DEFAULT_MAX_FILE_SIZE,
+    max_total_size: crate::record::writer::DEFAULT_MAX_TOTAL_SIZE,
+};
 
 /// Exit status: more answers differed than `--max-mismatch-rate` allows.
 pub const EXIT_MISMATCH: u8 = 1;
@@ -497,6 +506,16 @@ pub async fn run(options: Options) -> u8 {
     } else {
         None
     };
+    let output = match &options.output {
+        Some(path) => match crate::record::writer::Writer::start(path) {
+            Ok(writer) => Some(Arc::new(writer)),
+            Err(err) => {
+                eprintln!("replay: cannot write --output {path}: {err}");
+                return EXIT_COULD_NOT_RUN;
+            }
+        },
+        None => None,
+    };
     let concurrency = options.concurrency.max(1);
     let pool = Arc::new(Pool::<Full<Bytes>>::new(&target, &tls, concurrency));
     let (tx, mut rx) = mpsc::channel(1024);
@@ -570,7 +589,22 @@ pub async fn run(options: Options) -> u8 {
             )),
             _ => None,
         };
-        let capture = compare.as_ref().map(|_| options.max_compare_size);
+        let capture = (compare.is_some() || output.is_some()).then_some(options.max_compare_size);
+        // The replay's own record: the request as sent (its answer is added below).
+        let own = output.as_ref().map(|writer| {
+            let id = format::new_id();
+            let timestamp = crate::record::unix_ns(std::time::SystemTime::now());
+            let record = format::encode_request(
+                &id,
+                timestamp,
+                &request.method,
+                &request.path_and_query,
+                &request.headers,
+                &request.body,
+                request.trailers.as_ref(),
+            );
+            (writer.clone(), id, timestamp, record)
+        });
         let request = build(&target, *request);
         let pool = pool.clone();
         let summary = summary.clone();
@@ -580,6 +614,26 @@ pub async fn run(options: Options) -> u8 {
             let started = Instant::now();
             let result = tokio::time::timeout(timeout, send_one(&pool, request, capture)).await;
             let elapsed = started.elapsed();
+            if let Some((writer, id, timestamp, mut records)) = own {
+                if let Ok(Ok((_, Some(answer)))) = &result {
+                    if let verdict::CapturedBody::Whole(body) = &answer.body {
+                        records.extend(format::encode_response(
+                            &id,
+                            timestamp,
+                            i128::try_from(elapsed.as_nanos()).unwrap_or(i128::MAX),
+                            answer.status,
+                            &answer.headers,
+                            body,
+                            None,
+                        ));
+                    }
+                }
+                if let crate::record::writer::Outcome::Failed(err) =
+                    writer.write(records, OUTPUT_LIMITS).await
+                {
+                    tracing::warn!(%err, "replay: cannot write --output");
+                }
+            }
             // Compared outside the lock: a large JSON body takes a while.
             let verdict = match (&result, compare) {
                 (Ok(Ok((_, Some(replayed)))), Some((rules, recorded, endpoint))) => {

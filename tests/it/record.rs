@@ -561,3 +561,48 @@ async fn replay_compare_names_the_differing_endpoint_and_sets_the_exit_status() 
     let (code, _, _) = replay(&base[..5]).await;
     assert_eq!(code, Some(0));
 }
+
+#[tokio::test]
+async fn replay_output_records_the_replay_for_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = goreplay_fixture(dir.path());
+    let output = dir.path().join("out/replayed.gor");
+    let target = MockBackend::start(Reply::ok("v1")).await;
+    let (code, stdout, stderr) = replay(&[
+        fixture.to_str().unwrap(),
+        "--to",
+        &target.url(),
+        "--speed",
+        "0",
+        "--concurrency",
+        "1",
+        "--output",
+        output.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let records = read_records(&std::fs::read(&output).unwrap());
+    let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds, ["1", "2", "1", "2"]);
+    assert_eq!(records[0].start, "POST /api/items?x=1 HTTP/1.1");
+    assert_eq!(records[0].body, b"{\"a\":\"b\"}");
+    assert_eq!(records[1].id, records[0].id);
+    assert_eq!(records[1].body, b"v1");
+    assert_eq!(records[3].start, "HTTP/1.1 200 OK");
+    // The next run compares against this one: a changed answer is a mismatch.
+    target.set_reply(Reply::ok("v2"));
+    let (code, stdout, stderr) = replay(&[
+        output.to_str().unwrap(),
+        "--to",
+        &target.url(),
+        "--speed",
+        "0",
+        "--compare",
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("replay: compared 2, mismatched 2"),
+        "{stderr}"
+    );
+}
