@@ -168,7 +168,11 @@ impl TargetUrl {
                 UrlError::FileRelative(owned())
             });
         }
-        if rest.len() < 2 || rest.contains(['?', '#', '\\']) || rest.contains('\0') {
+        // Whitespace would split the mirror line the state file writes.
+        if rest.len() < 2
+            || rest.contains(['?', '#', '\\'])
+            || rest.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(UrlError::FileRelative(owned()));
         }
         if rest.split('/').any(|segment| segment == "..") {
@@ -349,6 +353,7 @@ mod tests {
             "file:///",
             "file:///a/../b",
             "file:///a?b",
+            "file:///a b",
         ] {
             assert!(
                 matches!(TargetUrl::parse(relative), Err(UrlError::FileRelative(_))),

@@ -731,6 +731,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_recording_mirror_line_round_trips_with_its_pattern_as_written() {
+        let line =
+            MirrorLine::parse("file:///rec/%Y%m%d.gor.gz max_file_size=1MiB record_answers=yes")
+                .unwrap();
+        assert_eq!(line.url.file_path(), Some("/rec/%Y%m%d.gor.gz"));
+        assert_eq!(line.options.max_file_size, Some(1 << 20));
+        assert!(line.options.record_answers);
+        let text = line.to_string();
+        assert_eq!(
+            text,
+            "file:///rec/%Y%m%d.gor.gz record_answers=true max_file_size=1048576"
+        );
+        assert_eq!(MirrorLine::parse(&text).unwrap().to_string(), text);
+        let err = MirrorLine::parse("file:///r max_total_size=0").unwrap_err();
+        assert!(err.to_string().contains("max_total_size"), "{err}");
+    }
+
+    #[test]
     fn no_options_is_the_default() {
         let options = parse(&[]).unwrap();
         assert!(options.is_default());
