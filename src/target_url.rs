@@ -14,7 +14,7 @@ use http::{HeaderValue, Uri};
 pub enum UrlError {
     #[error("{0:?} is not an absolute URL")]
     NotAbsolute(String),
-    #[error("{0:?}: scheme must be http://, https:// or h2c://")]
+    #[error("{0:?}: scheme must be http://, https:// or h2c:// (or file:/// for a mirror)")]
     BadScheme(String),
     #[error("{0:?} has no host")]
     NoHost(String),
