@@ -76,6 +76,29 @@ impl Sink {
         if options.has_rewrites() {
             options.apply_rewrites(&mut headers);
         }
+        // HTTP/1.1 needs a `Host` (RFC 9112 §3.2): without `--preserve-host` or `host=`
+        // the copy's is an empty slot, so the record gets the client's, which this
+        // proxy put last in `X-Forwarded-Host`.
+        if headers
+            .get(http::header::HOST)
+            .is_none_or(http::HeaderValue::is_empty)
+        {
+            let client_host = headers
+                .get_all("x-forwarded-host")
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| http::HeaderValue::from_str(v.trim()).ok());
+            match client_host {
+                Some(host) => {
+                    headers.insert(http::header::HOST, host);
+                }
+                None => {
+                    headers.remove(http::header::HOST);
+                }
+            }
+        }
         let path = request
             .path_and_query
             .as_ref()

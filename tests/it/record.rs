@@ -153,6 +153,9 @@ async fn copies_are_written_as_goreplay_records_read_back_field_by_field() {
     assert_eq!(ids.len(), 3);
     assert_eq!(records[0].body, b"{\"n\":1}");
     assert_eq!(records[0].header("x-kept"), Some("yes"));
+    // The client's `Host`, as HTTP/1.1 requires one.
+    let client_host = proxy.addr.to_string();
+    assert_eq!(records[0].header("host"), Some(client_host.as_str()));
     assert_eq!(records[1].body, b"");
     proxy.stop().await;
 }
