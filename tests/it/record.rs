@@ -609,3 +609,104 @@ async fn replay_output_records_the_replay_for_the_next_run() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn replay_to_an_h2c_target_speaks_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = goreplay_fixture(dir.path());
+    let target = MockBackend::start(Reply::ok("")).await;
+    let url = format!("h2c://{}", target.addr);
+    let (code, stdout, stderr) =
+        replay(&[file.to_str().unwrap(), "--to", &url, "--speed", "0"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let first = target.next().await;
+    assert_eq!(first.version, http::Version::HTTP_2);
+    assert_eq!(first.uri.path(), "/api/items");
+    assert_eq!(&first.body[..], b"{\"a\":\"b\"}");
+}
+
+#[tokio::test]
+async fn replay_loops_at_its_rate_until_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = goreplay_fixture(dir.path());
+    let target = MockBackend::start(Reply::ok("")).await;
+    let sandbox = Sandbox::new();
+    let mut command = tokio::process::Command::from(sandbox.command());
+    command
+        .args(["replay", file.to_str().unwrap(), "--to", &target.url()])
+        .args(["--loop", "--speed", "0", "--rate", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().unwrap();
+    let started = tokio::time::Instant::now();
+    // The two requests of the file, then again from the start.
+    let paths: Vec<String> = next_paths(&target, 5).await;
+    assert_eq!(
+        paths,
+        [
+            "/api/items",
+            "/health",
+            "/api/items",
+            "/health",
+            "/api/items"
+        ]
+    );
+    // 20 a second: five take at least 200 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(190),
+        "{:?}",
+        started.elapsed()
+    );
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.starts_with("replay: sent "), "{stdout}");
+}
+
+/// The paths of the next `n` requests at `target`.
+async fn next_paths(target: &MockBackend, n: usize) -> Vec<String> {
+    let mut paths = Vec::new();
+    for _ in 0..n {
+        paths.push(target.next().await.uri.path().to_owned());
+    }
+    paths
+}
+
+#[tokio::test]
+async fn shutdown_leaves_every_recorded_copy_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.gor.gz");
+    let main = MockBackend::start(Reply::ok("ok")).await;
+    let mirror = format!("file://{}", path.display());
+    let binary = Binary::start(&["--main", &main.url(), "--mirror", &mirror]).await;
+    for i in 0..20 {
+        send(
+            Method::GET,
+            &binary.url(&format!("/s/{i}")),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    }
+    binary.terminate_within(WAIT).await;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).unwrap()),
+        &mut text,
+    )
+    .unwrap();
+    let records = read_records(&text);
+    assert_eq!(records.len(), 20);
+}
