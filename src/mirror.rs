@@ -79,6 +79,8 @@ pub struct MirrorRequest {
     pub(crate) _held: Held,
     /// Main's answer, for the mirrors that compare theirs with it.
     pub main_answer: Option<MainAnswerRx>,
+    /// When the request arrived; set when a recording mirror selected it.
+    pub arrived: Option<std::time::SystemTime>,
 }
 
 /// Settings shared by every mirror.
@@ -564,8 +566,8 @@ impl Mirror {
         started: Instant,
     ) -> Result<Reply, crate::body::BoxError> {
         if let Some(sink) = &self.sink {
-            let now = std::time::SystemTime::now();
-            sink.record(request, plan, now, self.shared.settings.timeout)
+            let arrived = request.arrived.unwrap_or_else(std::time::SystemTime::now);
+            sink.record(request, plan, arrived, self.shared.settings.timeout)
                 .await?;
             return Ok(Reply {
                 status: http::StatusCode::OK,

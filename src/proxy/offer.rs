@@ -15,6 +15,7 @@ use crate::mirror::compare::capture::{MainAnswerRx, MainAnswerTx};
 use crate::mirror::ordered::{MainHalf, MirrorHalf};
 use crate::mirror::{Member, MirrorRequest};
 use crate::registry::Mirrors;
+use crate::target_url::Transport;
 
 /// Which members of a mirror list a request goes to. No allocation for the first 64.
 #[derive(Debug, Default)]
@@ -59,6 +60,8 @@ pub struct Offer {
     pub host_slot: bool,
     /// Main's answer, for comparing mirrors.
     pub main_answer: Option<MainAnswerRx>,
+    /// When the request arrived, for recording mirrors.
+    pub arrived: Option<std::time::SystemTime>,
 }
 
 impl Offer {
@@ -86,6 +89,7 @@ impl Offer {
             headers,
             host_slot,
             main_answer: awaiting.main_answer,
+            arrived: awaiting.arrived,
         }
     }
 
@@ -99,6 +103,7 @@ impl Offer {
             body,
             _held: held,
             main_answer: self.main_answer,
+            arrived: self.arrived,
         });
         for (index, member) in self.selected.iter(&self.mirrors) {
             let order = self
@@ -183,6 +188,9 @@ pub struct Awaiting {
     /// For ordered mirrors (by index): the copies each must follow.
     pub orders: Vec<(usize, MirrorHalf)>,
     pub main_answer: Option<MainAnswerRx>,
+    /// When the request arrived: read only when a recording mirror selected it (its
+    /// records' timestamp), so other requests never read the clock for it.
+    pub arrived: Option<std::time::SystemTime>,
 }
 
 impl Followers {
@@ -193,6 +201,7 @@ impl Followers {
         let mut halves = Vec::new();
         let mut orders = Vec::new();
         let mut comparing = false;
+        let mut recording = false;
         for (index, member) in selected.iter(mirrors) {
             if member.plan.options.ordered {
                 let (main_half, mirror_half) = member.mirror.arrive();
@@ -201,6 +210,7 @@ impl Followers {
             }
             // A recording mirror with `record_answers=true` writes main's answer too.
             comparing |= member.plan.compare.is_some() || member.plan.options.record_answers;
+            recording |= member.mirror.url().transport() == Transport::File;
         }
         let (answer_tx, main_answer) = if comparing && !unmirrored {
             let (tx, rx) = tokio::sync::watch::channel(None);
@@ -211,6 +221,7 @@ impl Followers {
         let awaiting = Awaiting {
             orders,
             main_answer,
+            arrived: recording.then(std::time::SystemTime::now),
         };
         (Self { halves, answer_tx }, awaiting)
     }
@@ -288,6 +299,7 @@ mod tests {
         let awaiting = || Awaiting {
             orders: Vec::new(),
             main_answer: None,
+            arrived: None,
         };
         let (parts, ()) = http::Request::put("/x?y=1")
             .header("x-kept", "1")

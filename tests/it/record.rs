@@ -710,3 +710,33 @@ async fn shutdown_leaves_every_recorded_copy_on_disk() {
     let records = read_records(&text);
     assert_eq!(records.len(), 20);
 }
+
+#[tokio::test]
+async fn a_record_is_timestamped_when_its_request_arrived_not_when_its_body_ended() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.gor");
+    let url = format!("file://{}", path.display());
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &[]).await;
+    proxy.put_ok(&format!("url={url}")).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let before_head = now_ns();
+    stream
+        .write_all(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
+        .await
+        .unwrap();
+    // A slow client: the body comes 200 ms after the head.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before_body = now_ns();
+    stream.write_all(b"body").await.unwrap();
+    read_until(&mut stream, "ok").await;
+    counted(&proxy, &url, "succeeded", 1).await;
+    let records = read_records(&std::fs::read(&path).unwrap());
+    assert_eq!(records[0].body, b"body");
+    let ts = records[0].timestamp;
+    assert!(
+        ts >= before_head && ts < before_body,
+        "{ts} not in [{before_head}, {before_body})"
+    );
+    proxy.stop().await;
+}
