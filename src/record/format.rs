@@ -330,8 +330,12 @@ pub fn parse_response(message: &[u8]) -> Result<ParsedResponse, String> {
     })
 }
 
+/// Records longer than this are skipped, so a file that is not a recording (or holds a
+/// huge body) cannot make a reader hold it whole.
+pub const MAX_RECORD_BYTES: usize = 256 << 20;
+
 /// Reads records one by one from a byte stream, holding at most one record (and one
-/// read buffer) in memory.
+/// read buffer) in memory: at most [`MAX_RECORD_BYTES`] and a read's worth.
 pub struct Reader<R> {
     source: R,
     buffer: Vec<u8>,
@@ -339,6 +343,9 @@ pub struct Reader<R> {
     searched: usize,
     index: usize,
     eof: bool,
+    max_record: usize,
+    /// The current record passed `max_record`: its bytes are being thrown away.
+    oversized: bool,
 }
 
 /// What [`Reader::next_record`] yields.
@@ -346,12 +353,19 @@ pub type Item = Result<RawRecord, Skipped>;
 
 impl<R: Read> Reader<R> {
     pub fn new(source: R) -> Self {
+        Self::with_limit(source, MAX_RECORD_BYTES)
+    }
+
+    /// A reader that skips records longer than `max_record` bytes.
+    pub fn with_limit(source: R, max_record: usize) -> Self {
         Self {
             source,
             buffer: Vec::new(),
             searched: 0,
             index: 0,
             eof: false,
+            max_record,
+            oversized: false,
         }
     }
 
@@ -373,6 +387,10 @@ impl<R: Read> Reader<R> {
                 let end = from + at;
                 let record: Vec<u8> = self.buffer.drain(..end + SEPARATOR.len()).collect();
                 self.searched = 0;
+                if std::mem::take(&mut self.oversized) || end > self.max_record {
+                    let limit = self.max_record;
+                    return Some(self.skipped(format!("record longer than {limit} bytes")));
+                }
                 let bytes = &record[..end];
                 let result = parse_record(bytes);
                 return Some(match result {
@@ -384,6 +402,12 @@ impl<R: Read> Reader<R> {
                 });
             }
             self.searched = self.buffer.len().saturating_sub(SEPARATOR.len() - 1);
+            if self.buffer.len() > self.max_record {
+                // Keep only what may start a separator.
+                self.buffer.drain(..self.searched);
+                self.searched = 0;
+                self.oversized = true;
+            }
             if self.eof {
                 if self.buffer.is_empty() {
                     return None;
@@ -488,6 +512,45 @@ mod tests {
                 answer.trailers.map(|t| t["grpc-status"].clone()),
                 trailers.map(|t| t["grpc-status"].clone())
             );
+        }
+    }
+
+    #[test]
+    fn a_record_past_the_limit_is_skipped_and_the_next_one_read() {
+        let records = sample(3);
+        let one = sample(1).len();
+        // The second record made too long for a reader that takes `one` bytes.
+        let mut bytes = sample(1);
+        let mut long = sample(2)[one..].to_vec();
+        long.splice(40..40, std::iter::repeat_n(b'z', 3 * one));
+        bytes.extend(long);
+        bytes.extend(&records[2 * one..]);
+        // Read at once, and 7 bytes at a time (the long record then never fits).
+        let whole: Box<dyn Read> = Box::new(&bytes[..]);
+        let trickle: Box<dyn Read> = Box::new(Trickle(&bytes[..]));
+        for source in [whole, trickle] {
+            let mut reader = Reader::with_limit(source, one + 10);
+            let items: Vec<Item> = std::iter::from_fn(|| reader.next_record()).collect();
+            assert_eq!(items.len(), 3, "{items:?}");
+            assert!(items[0].is_ok());
+            assert_eq!(
+                items[1].as_ref().unwrap_err().reason,
+                format!("record longer than {} bytes", one + 10)
+            );
+            assert_eq!(items[2].as_ref().unwrap().id, format!("{:024x}", 2));
+            assert!(reader.buffer.capacity() < 64 * 1024 + one + 10);
+        }
+    }
+
+    /// Gives its bytes 7 at a time.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(7).min(out.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
         }
     }
 
