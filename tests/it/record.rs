@@ -740,3 +740,24 @@ async fn a_record_is_timestamped_when_its_request_arrived_not_when_its_body_ende
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_write_error_is_a_failed_copy_that_counts_toward_health() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the recording's folder should be: every write fails.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "x").unwrap();
+    let url = format!("file://{}/rec.gor", blocker.display());
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &[]).await;
+    proxy.put_ok(&format!("url={url}")).await;
+    // Five consecutive failures make a mirror failing (docs/shadowing.md, "Health").
+    for i in 1..=5 {
+        let answer = send(Method::GET, &proxy.url("/x"), &[], Bytes::new()).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        counted(&proxy, &url, "failed", i).await;
+    }
+    let listed = proxy.mirror_json(&url).await.unwrap();
+    assert_eq!(listed["state"], "failing", "{listed}");
+    assert_eq!(main.count(), 5);
+    proxy.stop().await;
+}
