@@ -202,7 +202,7 @@ which wins over the default. The config file is --config FILE, else the first of
 long flag names, e.g. `listen: :9000`, `mirror: [http://a:8080, http://b:8080]`.";
 
 /// The tools that run instead of the proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Subcommand)]
 pub enum Command {
     /// Print a shell completion script to stdout.
     Completions {
@@ -222,6 +222,81 @@ pub enum Command {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
         rate: u32,
     },
+    /// Replay recordings (a recording mirror's or GoReplay's files) against a target,
+    /// keeping the recorded gaps; prints one summary line. Exit status 0 done, 1 more
+    /// mismatches than --max-mismatch-rate (with --compare), 2 usage, 3 could not run (no
+    /// readable source, the target never answered).
+    Replay(ReplayArgs),
+}
+
+/// The flags of `trafficmirror replay` (docs/record-replay.md, "Replaying").
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct ReplayArgs {
+    /// Recording files or globs (`rec-*.gor.gz`); `.gz` files are read as gzip.
+    #[arg(required = true, value_name = "SOURCE")]
+    pub sources: Vec<String>,
+    /// Where requests go: http://, https:// or h2c://, with an optional path prefix.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Recorded gaps divided by this: 2 (or 200%) is twice as fast, 0 no waiting.
+    #[arg(long, default_value = "1", value_parser = crate::replay::parse_speed, value_name = "FACTOR")]
+    pub speed: f64,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536), value_name = "N")]
+    pub concurrency: u32,
+    /// Start again from the beginning at the end, until interrupted.
+    #[arg(long = "loop")]
+    pub repeat: bool,
+    /// At most N requests per second.
+    #[arg(long, value_parser = parse_replay_rate, value_name = "N")]
+    pub rate: Option<f64>,
+    /// Only requests whose path starts with this (repeatable).
+    #[arg(long = "path", value_name = "PREFIX")]
+    pub paths: Vec<String>,
+    /// Only these methods (repeatable, or comma-separated).
+    #[arg(long = "method", value_delimiter = ',', value_name = "METHOD")]
+    pub methods: Vec<String>,
+    /// Replay this share of the requests, at random (0 < P <= 100).
+    #[arg(long, default_value = "100", value_parser = parse_replay_percent, value_name = "P")]
+    pub percent: f64,
+    /// Time allowed for each request, its answer included.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Accept any certificate from an https:// target.
+    #[arg(long)]
+    pub insecure_skip_verify: bool,
+    /// Compare each answer with the recorded one (a recording with record_answers=true),
+    /// by the rules of compare=true mirrors; the first difference per endpoint on stderr.
+    #[arg(long)]
+    pub compare: bool,
+    /// With --compare: a header name or JSON pointer (`/id`, `/items/*/ts`) not compared
+    /// (repeatable).
+    #[arg(long, value_name = "NAME|POINTER", requires = "compare")]
+    pub ignore: Vec<String>,
+    /// With --compare: exit 1 when more than this share of the compared answers differ
+    /// (`0.5%` or `0.005`).
+    #[arg(long, default_value = "0", value_parser = crate::replay::parse_rate_share, value_name = "RATE")]
+    pub max_mismatch_rate: f64,
+    /// Record this replay's requests and answers to FILE (an absolute or relative path;
+    /// `.gz` for gzip), for the next run.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<String>,
+}
+
+fn parse_replay_rate(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+        _ => Err(format!(
+            "invalid rate {value:?} (requests per second, more than 0)"
+        )),
+    }
+}
+
+fn parse_replay_percent(value: &str) -> Result<f64, String> {
+    match value.trim().trim_end_matches('%').parse::<f64>() {
+        Ok(n) if n > 0.0 && n <= 100.0 => Ok(n),
+        _ => Err(format!("invalid percent {value:?} (0 < P <= 100)")),
+    }
 }
 
 /// How log lines are written to stderr.

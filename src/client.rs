@@ -239,7 +239,10 @@ fn connector(
         .https_or_http();
     match transport {
         Transport::Https => builder.enable_all_versions().wrap_connector(http),
-        Transport::Http | Transport::H2c => builder.enable_http1().wrap_connector(http),
+        // A file:// mirror never opens a pool (src/record.rs).
+        Transport::Http | Transport::H2c | Transport::File => {
+            builder.enable_http1().wrap_connector(http)
+        }
     }
 }
 
@@ -313,6 +316,7 @@ impl<B> Pool<B> {
         match self.inner.transport {
             Transport::Http => Some("http/1.1"),
             Transport::H2c => Some("h2c"),
+            Transport::File => Some("file"),
             Transport::Https => match self.inner.negotiated.load(Ordering::Relaxed) {
                 NEGOTIATED_H1 => Some("http/1.1"),
                 NEGOTIATED_H2 => Some("h2"),
@@ -580,7 +584,7 @@ where
         // picked h2 before).
         let wake = || self.inner.wake_waiter();
         let expect_h2 = match self.inner.transport {
-            Transport::Http => false,
+            Transport::Http | Transport::File => false,
             Transport::H2c => true,
             Transport::Https => self.inner.negotiated.load(Ordering::Relaxed) == NEGOTIATED_H2,
         };
@@ -597,7 +601,7 @@ where
             .await
             .map_err(Error::Connect)?;
         let h2 = match self.inner.transport {
-            Transport::Http => false,
+            Transport::Http | Transport::File => false,
             Transport::H2c => true,
             Transport::Https => {
                 let h2 = io.connected().is_negotiated_h2();

@@ -113,7 +113,7 @@ impl Config {
     /// The first invalid value, naming its flag.
     pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
         let (listen, admin_address) = addresses(cli)?;
-        let main = TargetUrl::parse(&cli.main).map_err(|source| ConfigError::Url {
+        let main = TargetUrl::parse_main(&cli.main).map_err(|source| ConfigError::Url {
             flag: "main",
             source,
         })?;

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Some(Command::Completions { shell }) => return completions(*shell),
         Some(Command::Man) => return man_page(),
         Some(Command::Demo { listen, rate }) => return demo(&cli, listen, *rate),
+        Some(Command::Replay(args)) => return replay(&cli, args),
         None => {}
     }
     init_tracing(cli.verbose, cli.log_format);
@@ -105,6 +106,44 @@ fn demo(cli: &Cli, listen: &str, rate: u32) -> ExitCode {
             Err(err) => fail(1, &err),
         }
     })
+}
+
+/// `trafficmirror replay`: its exit status is the replay's (docs/record-replay.md).
+fn replay(cli: &Cli, args: &cli::ReplayArgs) -> ExitCode {
+    init_tracing(cli.verbose, cli.log_format);
+    let mut methods = Vec::new();
+    for method in &args.methods {
+        match http::Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes()) {
+            Ok(m) => methods.push(m),
+            Err(_) => return fail(2, &format!("invalid value for --method: {method:?}")),
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => return fail(1, &format!("cannot start the async runtime: {err}")),
+    };
+    let options = trafficmirror::replay::Options {
+        sources: args.sources.clone(),
+        to: args.to.clone(),
+        speed: args.speed,
+        concurrency: args.concurrency as usize,
+        repeat: args.repeat,
+        rate: args.rate,
+        paths: args.paths.clone(),
+        methods,
+        percent: args.percent,
+        timeout: args.timeout,
+        insecure_skip_verify: args.insecure_skip_verify,
+        compare: args.compare,
+        ignore: args.ignore.clone(),
+        max_mismatch_rate: args.max_mismatch_rate,
+        max_compare_size: usize::try_from(cli.max_compare_size).unwrap_or(usize::MAX),
+        output: args.output.clone(),
+    };
+    ExitCode::from(runtime.block_on(trafficmirror::replay::run(options)))
 }
 
 /// Serves until a signal; `signalled` receives the moment it came.

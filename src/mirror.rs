@@ -82,6 +82,8 @@ pub struct MirrorRequest {
     pub main_answer: Option<MainAnswerRx>,
     /// A gRPC call's deadline: each copy's `grpc-timeout` is what is left of it.
     pub deadline: Option<grpc::Deadline>,
+    /// When the request arrived; set when a recording mirror selected it.
+    pub arrived: Option<std::time::SystemTime>,
 }
 
 /// Settings shared by every mirror.
@@ -222,7 +224,10 @@ pub struct Mirror {
     /// Set once a gRPC call skipped here (HTTP/1.1 cannot carry one) has been logged.
     grpc_skip_logged: AtomicBool,
     /// One pool per worker thread; each holds keep-alive connections to this mirror.
+    /// Empty for a recording (`file://`) mirror.
     pools: Box<[Pool<Full<Bytes>>]>,
+    /// For a `file://` mirror: where copies are written instead of sent.
+    sink: Option<crate::record::Sink>,
     shared: Arc<Shared>,
 }
 
@@ -250,12 +255,17 @@ impl Mirror {
     /// on `shared.expired`.
     pub(crate) fn spawn(url: TargetUrl, shared: &Arc<Shared>) -> Arc<Self> {
         let settings = &shared.settings;
-        let pools = client::per_worker(
-            &url,
-            &settings.tls,
-            settings.pools,
-            settings.max_connections,
-        );
+        let sink = url.file_path().map(crate::record::Sink::start);
+        let pools = if sink.is_some() {
+            Box::default()
+        } else {
+            client::per_worker(
+                &url,
+                &settings.tls,
+                settings.pools,
+                settings.max_connections,
+            )
+        };
         Arc::new(Self {
             url,
             counters: Counters::default(),
@@ -268,6 +278,7 @@ impl Mirror {
             closed: AtomicBool::new(false),
             grpc_skip_logged: AtomicBool::new(false),
             pools,
+            sink,
             shared: shared.clone(),
         })
     }
@@ -397,7 +408,10 @@ impl Mirror {
         let health = self.lock_health();
         Status {
             url: self.url.to_string(),
-            protocol: self.pools.iter().find_map(Pool::protocol),
+            protocol: match self.sink {
+                Some(_) => Some("file"),
+                None => self.pools.iter().find_map(Pool::protocol),
+            },
             source: plan.source,
             state: health.state(),
             persistent: plan.persistent(),
@@ -434,6 +448,12 @@ impl Mirror {
         let sent = self.send(&job.request, &job.plan, started);
         let result = tokio::time::timeout(timeout, sent).await;
         if let Ok(Err(err)) = &result {
+            if crate::record::is_full(&**err) {
+                // `max_total_size` reached: dropped, never a full disk; not a failure.
+                self.counters.leave_queue(&self.counters.dropped);
+                self.lock_health().abandon(job.ticket);
+                return None;
+            }
             if client::is_fd_exhaustion(&**err) {
                 // Our own limit, not the mirror's fault: dropped, health untouched.
                 let error = client::error_chain(&**err);
@@ -576,6 +596,15 @@ impl Mirror {
         plan: &Plan,
         started: Instant,
     ) -> Result<Reply, crate::body::BoxError> {
+        if let Some(sink) = &self.sink {
+            let arrived = request.arrived.unwrap_or_else(std::time::SystemTime::now);
+            sink.record(request, plan, arrived, self.shared.settings.timeout)
+                .await?;
+            return Ok(Reply {
+                status: http::StatusCode::OK,
+                captured: None,
+            });
+        }
         let mut req = Request::new(Full::new(request.body.clone()));
         *req.method_mut() = request.method.clone();
         *req.uri_mut() = self.url.request_target(request.path_and_query.as_ref());

@@ -14,7 +14,7 @@ use http::{HeaderValue, Uri};
 pub enum UrlError {
     #[error("{0:?} is not an absolute URL")]
     NotAbsolute(String),
-    #[error("{0:?}: scheme must be http://, https:// or h2c://")]
+    #[error("{0:?}: scheme must be http://, https:// or h2c:// (or file:/// for a mirror)")]
     BadScheme(String),
     #[error("{0:?} has no host")]
     NoHost(String),
@@ -24,6 +24,12 @@ pub enum UrlError {
     HasFragment(String),
     #[error("{0:?} must not carry user info")]
     HasUserInfo(String),
+    #[error("{0:?}: a file:// URL names no host: write file:///ABSOLUTE/PATH")]
+    FileHost(String),
+    #[error("{0:?}: a file:// URL needs an absolute path (file:///ABSOLUTE/PATH)")]
+    FileRelative(String),
+    #[error("{0:?}: file:// (a recording mirror) is a mirror, not a main target")]
+    FileNotMain(String),
 }
 
 /// How a target is spoken to (docs/shadowing.md, "Target URLs").
@@ -35,6 +41,8 @@ pub enum Transport {
     Https,
     /// `h2c://`: HTTP/2 over TCP with prior knowledge (RFC 9113 §3.3).
     H2c,
+    /// `file:///PATH`: a recording mirror, writing copies to disk (docs/record-replay.md).
+    File,
 }
 
 /// A validated, normalised `http://`, `https://` or `h2c://` target with an optional
@@ -66,6 +74,12 @@ impl TargetUrl {
     pub fn parse(raw: &str) -> Result<Self, UrlError> {
         let owned = || raw.to_owned();
         let trimmed = raw.trim();
+        if trimmed
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("file://"))
+        {
+            return Self::parse_file(raw, &trimmed[7..]);
+        }
         // `h2c` is no special scheme to the WHATWG parser (its host would keep its case
         // and `:80` would stay): it is read as the `http://` URL it is on the wire.
         let h2c = trimmed
@@ -117,7 +131,7 @@ impl TargetUrl {
         let prefix = url.path().trim_end_matches('/').to_owned();
         let shown = match transport {
             Transport::H2c => "h2c",
-            Transport::Http | Transport::Https => scheme.as_str(),
+            Transport::Http | Transport::Https | Transport::File => scheme.as_str(),
         };
         let normalized = format!("{shown}://{authority}{prefix}");
         Ok(Self {
@@ -128,6 +142,55 @@ impl TargetUrl {
             host_header,
             prefix,
         })
+    }
+
+    /// Parses the main target: as [`Self::parse`], without `file://`.
+    ///
+    /// # Errors
+    /// As [`Self::parse`], and a `file://` URL.
+    pub fn parse_main(raw: &str) -> Result<Self, UrlError> {
+        let url = Self::parse(raw)?;
+        if url.transport == Transport::File {
+            return Err(UrlError::FileNotMain(raw.to_owned()));
+        }
+        Ok(url)
+    }
+
+    /// `file:///ABSOLUTE/PATH` (`rest` is what follows `file://`): the path is kept as
+    /// written, its `%Y`-style pattern included, and shown so in listings.
+    fn parse_file(raw: &str, rest: &str) -> Result<Self, UrlError> {
+        let owned = || raw.to_owned();
+        if !rest.starts_with('/') {
+            // `file://host/path` or `file://relative`.
+            return Err(if rest.contains('/') {
+                UrlError::FileHost(owned())
+            } else {
+                UrlError::FileRelative(owned())
+            });
+        }
+        // Whitespace would split the mirror line the state file writes.
+        if rest.len() < 2
+            || rest.contains(['?', '#', '\\'])
+            || rest.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(UrlError::FileRelative(owned()));
+        }
+        if rest.split('/').any(|segment| segment == "..") {
+            return Err(UrlError::FileRelative(owned()));
+        }
+        Ok(Self {
+            normalized: format!("file://{rest}"),
+            transport: Transport::File,
+            scheme: Scheme::HTTP,
+            authority: Authority::from_static("localhost"),
+            host_header: HeaderValue::from_static("localhost"),
+            prefix: rest.to_owned(),
+        })
+    }
+
+    /// For a `file://` URL, the path pattern it writes to.
+    pub fn file_path(&self) -> Option<&str> {
+        (self.transport == Transport::File).then_some(self.prefix.as_str())
     }
 
     /// The normalised URL, e.g. `http://mirror:8080/prefix`.
@@ -272,6 +335,35 @@ mod tests {
         }
         let err = TargetUrl::parse("ftp://host").unwrap_err();
         assert!(err.to_string().contains("h2c://"), "{err}");
+    }
+
+    #[test]
+    fn file_urls_are_mirrors_with_an_absolute_path_kept_as_written() {
+        let url = TargetUrl::parse("file:///var/rec/rec-%Y%m%d.gor.gz").unwrap();
+        assert_eq!(url.transport(), Transport::File);
+        assert_eq!(url.as_str(), "file:///var/rec/rec-%Y%m%d.gor.gz");
+        assert_eq!(url.file_path(), Some("/var/rec/rec-%Y%m%d.gor.gz"));
+        assert_eq!(TargetUrl::parse("FILE:///x").unwrap().as_str(), "file:///x");
+        assert!(matches!(
+            TargetUrl::parse("file://host/x"),
+            Err(UrlError::FileHost(_))
+        ));
+        for relative in [
+            "file://rec.gor",
+            "file:///",
+            "file:///a/../b",
+            "file:///a?b",
+            "file:///a b",
+        ] {
+            assert!(
+                matches!(TargetUrl::parse(relative), Err(UrlError::FileRelative(_))),
+                "{relative}"
+            );
+        }
+        let err = TargetUrl::parse_main("file:///x").unwrap_err();
+        assert!(err.to_string().contains("file:///x"), "{err}");
+        assert!(TargetUrl::parse_main("http://a:1").is_ok());
+        assert_eq!(TargetUrl::parse("http://a").unwrap().file_path(), None);
     }
 
     #[test]

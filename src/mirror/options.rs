@@ -34,7 +34,7 @@ use serde::ser::{SerializeMap, Serializer};
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Every option key, in the canonical order of the text form and the JSON listing.
-pub const KEYS: [&str; 13] = [
+pub const KEYS: [&str; 16] = [
     "percent",
     "sample_by",
     "rate",
@@ -48,6 +48,9 @@ pub const KEYS: [&str; 13] = [
     "ignore",
     "ordered",
     "persistent",
+    "record_answers",
+    "max_file_size",
+    "max_total_size",
 ];
 
 /// The headers compared when `compare_header` is not given.
@@ -138,6 +141,13 @@ pub struct MirrorOptions {
     pub ordered: bool,
     /// Never removed automatically.
     pub persistent: bool,
+    /// A recording mirror also writes main's answer (docs/record-replay.md).
+    pub record_answers: bool,
+    /// A recording mirror's file size (bytes on disk) before it starts the next file;
+    /// `None`: the default, 256 MiB.
+    pub max_file_size: Option<u64>,
+    /// A recording mirror's total size across its files; `None`: the default, 10 GiB.
+    pub max_total_size: Option<u64>,
 }
 
 impl Default for MirrorOptions {
@@ -156,6 +166,9 @@ impl Default for MirrorOptions {
             ignore: Vec::new(),
             ordered: false,
             persistent: false,
+            record_answers: false,
+            max_file_size: None,
+            max_total_size: None,
         }
     }
 }
@@ -354,6 +367,14 @@ fn parse_ignore(key: &'static str, value: &str) -> Result<String, OptionsError> 
     Ok(name.as_str().to_owned())
 }
 
+fn parse_file_size(key: &'static str, value: &str) -> Result<u64, OptionsError> {
+    match crate::units::parse_size(value) {
+        Ok(0) => Err(invalid(key, value, "must be more than 0")),
+        Ok(size) => Ok(size),
+        Err(_) => Err(invalid(key, value, "not a size (e.g. 256MiB)")),
+    }
+}
+
 fn push_unique<T: PartialEq>(list: &mut Vec<T>, item: T) {
     if !list.contains(&item) {
         list.push(item);
@@ -425,6 +446,9 @@ impl MirrorOptions {
             "ignore" => push_unique(&mut self.ignore, parse_ignore(key, value)?),
             "ordered" => self.ordered = parse_bool(key, value)?,
             "persistent" => self.persistent = parse_bool(key, value)?,
+            "record_answers" => self.record_answers = parse_bool(key, value)?,
+            "max_file_size" => self.max_file_size = Some(parse_file_size(key, value)?),
+            "max_total_size" => self.max_total_size = Some(parse_file_size(key, value)?),
             _ => return Err(OptionsError::Unknown(key.to_owned())),
         }
         Ok(())
@@ -593,6 +617,15 @@ impl fmt::Display for MirrorOptions {
         if self.persistent {
             token(f, "persistent", b"true")?;
         }
+        if self.record_answers {
+            token(f, "record_answers", b"true")?;
+        }
+        if let Some(size) = self.max_file_size {
+            token(f, "max_file_size", size.to_string().as_bytes())?;
+        }
+        if let Some(size) = self.max_total_size {
+            token(f, "max_total_size", size.to_string().as_bytes())?;
+        }
         Ok(())
     }
 }
@@ -633,6 +666,9 @@ impl serde::Serialize for MirrorOptions {
         map.serialize_entry("ignore", &self.ignore)?;
         map.serialize_entry("ordered", &self.ordered)?;
         map.serialize_entry("persistent", &self.persistent)?;
+        map.serialize_entry("record_answers", &self.record_answers)?;
+        map.serialize_entry("max_file_size", &self.max_file_size)?;
+        map.serialize_entry("max_total_size", &self.max_total_size)?;
         map.end()
     }
 }
@@ -692,6 +728,24 @@ pub(crate) mod tests {
 
     fn parse(pairs: &[(&str, &str)]) -> Result<MirrorOptions, OptionsError> {
         MirrorOptions::parse_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn a_recording_mirror_line_round_trips_with_its_pattern_as_written() {
+        let line =
+            MirrorLine::parse("file:///rec/%Y%m%d.gor.gz max_file_size=1MiB record_answers=yes")
+                .unwrap();
+        assert_eq!(line.url.file_path(), Some("/rec/%Y%m%d.gor.gz"));
+        assert_eq!(line.options.max_file_size, Some(1 << 20));
+        assert!(line.options.record_answers);
+        let text = line.to_string();
+        assert_eq!(
+            text,
+            "file:///rec/%Y%m%d.gor.gz record_answers=true max_file_size=1048576"
+        );
+        assert_eq!(MirrorLine::parse(&text).unwrap().to_string(), text);
+        let err = MirrorLine::parse("file:///r max_total_size=0").unwrap_err();
+        assert!(err.to_string().contains("max_total_size"), "{err}");
     }
 
     #[test]
@@ -982,7 +1036,8 @@ pub(crate) mod tests {
                 "percent": 100.0, "sample_by": null, "rate": null, "method": [], "path": [],
                 "set_header": [], "remove_header": [], "host": null, "compare": false,
                 "compare_header": ["content-type"], "ignore": [], "ordered": false,
-                "persistent": false
+                "persistent": false, "record_answers": false, "max_file_size": null,
+                "max_total_size": null
             })
         );
         let keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
@@ -1119,11 +1174,17 @@ pub(crate) mod tests {
             any::<bool>(),
             any::<bool>(),
         );
-        (selection, rewrites, comparison).prop_map(
+        let recording = (
+            any::<bool>(),
+            proptest::option::of(1u64..u64::MAX),
+            proptest::option::of(1u64..u64::MAX),
+        );
+        (selection, rewrites, comparison, recording).prop_map(
             |(
                 (percent, sample_by, rate, methods, paths),
                 (set_headers, remove_headers, host),
                 (compare, compare_headers, ignore, ordered, persistent),
+                (record_answers, max_file_size, max_total_size),
             )| MirrorOptions {
                 percent,
                 sample_by,
@@ -1138,6 +1199,9 @@ pub(crate) mod tests {
                 ignore: unique(ignore),
                 ordered,
                 persistent,
+                record_answers,
+                max_file_size,
+                max_total_size,
             },
         )
     }

@@ -17,6 +17,7 @@ use crate::mirror::grpc::Deadline;
 use crate::mirror::ordered::{MainHalf, MirrorHalf};
 use crate::mirror::{Member, MirrorRequest};
 use crate::registry::Mirrors;
+use crate::target_url::Transport;
 
 /// Which members of a mirror list a request goes to. No allocation for the first 64.
 #[derive(Debug, Default)]
@@ -66,6 +67,8 @@ pub struct Offer {
     /// For a gRPC call: set when main's answer has ended. A request stream finished
     /// after that is not mirrored: the call was over for main before the client was done.
     pub main_ended: Option<Arc<AtomicBool>>,
+    /// When the request arrived, for recording mirrors.
+    pub arrived: Option<std::time::SystemTime>,
 }
 
 impl Offer {
@@ -101,6 +104,7 @@ impl Offer {
                 None
             },
             main_ended: awaiting.main_ended,
+            arrived: awaiting.arrived,
         }
     }
 
@@ -124,6 +128,7 @@ impl Offer {
             _held: held,
             main_answer: self.main_answer,
             deadline: self.deadline,
+            arrived: self.arrived,
         });
         for (index, member) in self.selected.iter(&self.mirrors) {
             let order = self
@@ -216,6 +221,9 @@ pub struct Awaiting {
     pub orders: Vec<(usize, MirrorHalf)>,
     pub main_answer: Option<MainAnswerRx>,
     pub main_ended: Option<Arc<AtomicBool>>,
+    /// When the request arrived: read only when a recording mirror selected it (its
+    /// records' timestamp), so other requests never read the clock for it.
+    pub arrived: Option<std::time::SystemTime>,
 }
 
 impl Followers {
@@ -232,13 +240,16 @@ impl Followers {
         let mut halves = Vec::new();
         let mut orders = Vec::new();
         let mut comparing = false;
+        let mut recording = false;
         for (index, member) in selected.iter(mirrors) {
             if member.plan.options.ordered {
                 let (main_half, mirror_half) = member.mirror.arrive();
                 halves.push(main_half);
                 orders.push((index, mirror_half));
             }
-            comparing |= member.plan.compare.is_some();
+            // A recording mirror with `record_answers=true` writes main's answer too.
+            comparing |= member.plan.compare.is_some() || member.plan.options.record_answers;
+            recording |= member.mirror.url().transport() == Transport::File;
         }
         let (answer_tx, main_answer) = if comparing && !unmirrored {
             let (tx, rx) = tokio::sync::watch::channel(None);
@@ -251,6 +262,7 @@ impl Followers {
             orders,
             main_answer,
             main_ended: main_ended.clone(),
+            arrived: recording.then(std::time::SystemTime::now),
         };
         let followers = Self {
             halves,
@@ -337,6 +349,7 @@ mod tests {
             orders: Vec::new(),
             main_answer: None,
             main_ended: None,
+            arrived: None,
         };
         let (parts, ()) = http::Request::put("/x?y=1")
             .header("x-kept", "1")

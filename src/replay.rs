@@ -1,0 +1,804 @@
+//! `trafficmirror replay SOURCE... --to URL` (docs/record-replay.md, "Replaying"): reads
+//! recordings (its own and GoReplay's, plain or `.gz`, files or globs), merges them by
+//! timestamp, and sends each request to a target keeping the recorded gaps scaled by
+//! `--speed`, at most `--concurrency` at a time.
+//!
+//! A thread reads and merges the files (blocking reads, one record per file held) and
+//! hands requests over a bounded channel; the async side waits for each one's moment,
+//! sends it and tallies the answer. At the end one summary line goes to stdout.
+
+use std::fs::File;
+use std::io::{BufReader, IsTerminal, Read};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{Method, Request, header};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+
+use crate::client::{self, Pool};
+use crate::mirror::compare::verdict::{self, Answer, Capture, Difference, Rules, Verdict};
+use crate::record::format::{self, ParsedRequest, ParsedResponse, REQUEST, RESPONSE, Reader};
+use crate::target_url::TargetUrl;
+
+/// Exit status: done.
+pub const EXIT_DONE: u8 = 0;
+/// Exit status: bad flags or arguments.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: nothing could be replayed (no readable source, target never answered).
+pub const EXIT_COULD_NOT_RUN: u8 = 3;
+
+/// What to replay, where, and how fast.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub sources: Vec<String>,
+    pub to: String,
+    /// Recorded gaps are divided by this; `0`: no waiting.
+    pub speed: f64,
+    pub concurrency: usize,
+    pub repeat: bool,
+    /// At most this many requests per second.
+    pub rate: Option<f64>,
+    pub paths: Vec<String>,
+    pub methods: Vec<Method>,
+    pub percent: f64,
+    pub timeout: Duration,
+    pub insecure_skip_verify: bool,
+    /// Compare each answer with the recorded one (type `2` right after its request).
+    pub compare: bool,
+    /// Excluded from comparison: header names and JSON pointers, as a mirror's `ignore`.
+    pub ignore: Vec<String>,
+    /// Exit 1 when the share of compared answers that differ is above this.
+    pub max_mismatch_rate: f64,
+    /// Bytes of each body compared; past it, length and digest.
+    pub max_compare_size: usize,
+    /// Record the replay's own requests and answers here (a recording mirror's path,
+    /// pattern and `.gz` included), for the next run.
+    pub output: Option<String>,
+}
+
+/// `--output` files: the recording mirror's defaults.
+const OUTPUT_LIMITS: crate::record::writer::Limits = crate::record::writer::Limits {
+    max_file_size: crate::record::writer::DEFAULT_MAX_FILE_SIZE,
+    max_total_size: crate::record::writer::DEFAULT_MAX_TOTAL_SIZE,
+};
+
+/// Exit status: more answers differed than `--max-mismatch-rate` allows.
+pub const EXIT_MISMATCH: u8 = 1;
+
+/// Parses `--max-mismatch-rate`: `0.5%` or `0.005`.
+///
+/// # Errors
+/// Not a share between 0 and 1 (0 % and 100 %).
+pub fn parse_rate_share(value: &str) -> Result<f64, String> {
+    let v = value.trim();
+    let parsed = match v.strip_suffix('%') {
+        Some(n) => n.trim().parse::<f64>().map(|n| n / 100.0),
+        None => v.parse::<f64>(),
+    };
+    match parsed {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "invalid rate {value:?} (a share: 0.5% or 0.005, between 0 and 1)"
+        )),
+    }
+}
+
+/// Parses `--speed`: `2`, `0.5`, `200%`; `0` for no waiting.
+///
+/// # Errors
+/// Not a finite number `>= 0`.
+pub fn parse_speed(value: &str) -> Result<f64, String> {
+    let v = value.trim();
+    let (number, scale) = match v.strip_suffix('%') {
+        Some(n) => (n.trim(), 100.0),
+        None => (v, 1.0),
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n / scale),
+        _ => Err(format!(
+            "invalid speed {value:?} (use e.g. 2, 0.5, 200%, or 0 for no waiting)"
+        )),
+    }
+}
+
+/// The files the sources name: globs expanded, in order, each once.
+fn expand(sources: &[String]) -> (Vec<PathBuf>, Vec<String>) {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for source in sources {
+        if source.contains(['*', '?', '[']) {
+            match glob::glob(source) {
+                Ok(paths) => {
+                    let before = files.len();
+                    for path in paths.flatten() {
+                        if !files.contains(&path) {
+                            files.push(path);
+                        }
+                    }
+                    if files.len() == before {
+                        errors.push(format!("{source}: no file matches"));
+                    }
+                }
+                Err(err) => errors.push(format!("{source}: {err}")),
+            }
+        } else {
+            let path = PathBuf::from(source);
+            if !files.contains(&path) {
+                files.push(path);
+            }
+        }
+    }
+    (files, errors)
+}
+
+fn open(path: &PathBuf) -> std::io::Result<Box<dyn Read + Send>> {
+    let file = File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a file"));
+    }
+    let reader = BufReader::new(file);
+    Ok(if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    })
+}
+
+/// What the reading thread hands over.
+enum Item {
+    Request {
+        /// Which pass over the sources (`--loop`); gaps restart at each.
+        round: u64,
+        timestamp_ns: i128,
+        request: Box<ParsedRequest>,
+        /// The recorded answer, with `--compare`.
+        recorded: Option<Box<ParsedResponse>>,
+    },
+    Skipped(String),
+}
+
+/// One source being merged: its next request record.
+struct Source {
+    name: String,
+    reader: Reader<Box<dyn Read + Send>>,
+    head: Option<Head>,
+    /// A record read ahead while looking for an answer.
+    peeked: Option<format::Item>,
+    /// Look for each request's answer (`--compare`).
+    answers: bool,
+}
+
+/// A source's next request: timestamp, request, recorded answer.
+type Head = (i128, ParsedRequest, Option<ParsedResponse>);
+
+impl Source {
+    /// Reads up to the next request record, reporting skipped records.
+    fn advance(&mut self, skipped: &mut dyn FnMut(String) -> bool) -> bool {
+        self.head = None;
+        while let Some(item) = self.peeked.take().or_else(|| self.reader.next_record()) {
+            match item {
+                Err(skip) => {
+                    if !skipped(format!(
+                        "{} record {}: {}",
+                        self.name, skip.index, skip.reason
+                    )) {
+                        return false;
+                    }
+                }
+                // Answers (2) and GoReplay's replayed answers (3) are not sent.
+                Ok(record) if record.kind != REQUEST => {}
+                Ok(record) => match format::parse_request(&record.message) {
+                    Ok(request) => {
+                        // The recorded answer is the record right after its request
+                        // (as a recording mirror writes them).
+                        let mut answer = None;
+                        if self.answers {
+                            match self.reader.next_record() {
+                                Some(Ok(next)) if next.kind == RESPONSE && next.id == record.id => {
+                                    answer = format::parse_response(&next.message).ok();
+                                }
+                                next => self.peeked = next,
+                            }
+                        }
+                        self.head = Some((record.timestamp_ns, request, answer));
+                        return true;
+                    }
+                    Err(reason) => {
+                        if !skipped(format!("{} record {}: {reason}", self.name, record.id)) {
+                            return false;
+                        }
+                    }
+                },
+            }
+        }
+        true
+    }
+}
+
+/// Whether the filters keep a request.
+fn selected(options: &Options, request: &ParsedRequest) -> bool {
+    let path = request.path_and_query.as_str();
+    (options.methods.is_empty() || options.methods.contains(&request.method))
+        && (options.paths.is_empty() || options.paths.iter().any(|p| path.starts_with(p)))
+        && (options.percent >= 100.0 || fastrand::f64() * 100.0 < options.percent)
+}
+
+/// Reads and merges the sources, once or for ever (`--loop`), until the receiver goes.
+fn read_all(files: Vec<PathBuf>, options: Options, tx: mpsc::Sender<Item>) {
+    let mut round = 0;
+    loop {
+        let mut sources: Vec<Source> = Vec::new();
+        for path in &files {
+            // Unreadable sources were named at the start; one that vanished since is
+            // named once more.
+            match open(path) {
+                Ok(reader) => sources.push(Source {
+                    name: path.display().to_string(),
+                    reader: Reader::new(reader),
+                    head: None,
+                    peeked: None,
+                    answers: options.compare,
+                }),
+                Err(err) => {
+                    let gone = format!("{}: {err}", path.display());
+                    if tx.blocking_send(Item::Skipped(gone)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let mut report = |line: String| tx.blocking_send(Item::Skipped(line)).is_ok();
+        for source in &mut sources {
+            if !source.advance(&mut report) {
+                return;
+            }
+        }
+        let mut any = false;
+        loop {
+            let next = sources
+                .iter_mut()
+                .filter(|s| s.head.is_some())
+                .min_by_key(|s| s.head.as_ref().map_or(i128::MAX, |h| h.0));
+            let Some(source) = next else { break };
+            let Some((timestamp_ns, request, recorded)) = source.head.take() else {
+                break;
+            };
+            any = true;
+            if selected(&options, &request) {
+                let item = Item::Request {
+                    round,
+                    timestamp_ns,
+                    request: Box::new(request),
+                    recorded: recorded.map(Box::new),
+                };
+                if tx.blocking_send(item).is_err() {
+                    return;
+                }
+            }
+            let mut report = |line: String| tx.blocking_send(Item::Skipped(line)).is_ok();
+            if !source.advance(&mut report) {
+                return;
+            }
+        }
+        // A loop over sources that hold no request would spin.
+        if !options.repeat || !any {
+            return;
+        }
+        round += 1;
+    }
+}
+
+/// The tally of a replay.
+#[derive(Debug)]
+pub struct Summary {
+    pub sent: u64,
+    pub answered: u64,
+    /// 2xx, 3xx, 4xx, 5xx (an informational or unknown class counts as answered only).
+    pub classes: [u64; 4],
+    pub failed: u64,
+    pub failed_connect: u64,
+    pub failed_timeout: u64,
+    pub skipped: Vec<String>,
+    latencies: hdrhistogram::Histogram<u64>,
+    /// With `--compare`: answers compared with their recorded one, and those differing.
+    pub compared: u64,
+    pub mismatched: u64,
+    /// Mismatches by endpoint (`METHOD /path`, no query).
+    endpoints: std::collections::BTreeMap<String, Endpoint>,
+}
+
+/// The mismatches of one endpoint.
+#[derive(Debug, Default)]
+struct Endpoint {
+    compared: u64,
+    mismatched: u64,
+    status: bool,
+    headers: bool,
+    body: bool,
+    /// The first difference seen (recorded answer as `main`, replayed as `mirror`).
+    first: Option<Difference>,
+}
+
+impl Summary {
+    fn new() -> Self {
+        Self {
+            sent: 0,
+            answered: 0,
+            classes: [0; 4],
+            failed: 0,
+            failed_connect: 0,
+            failed_timeout: 0,
+            skipped: Vec::new(),
+            // Microseconds up to an hour, 3 significant digits.
+            latencies: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("constant, valid histogram bounds"),
+            compared: 0,
+            mismatched: 0,
+            endpoints: std::collections::BTreeMap::new(),
+        }
+    }
+
+    fn percentile_ms(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        self.latencies.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// The summary line.
+    pub fn line(&self) -> String {
+        let [c2, c3, c4, c5] = self.classes;
+        format!(
+            "replay: sent {}, answered {} (2xx {c2}, 3xx {c3}, 4xx {c4}, 5xx {c5}), failed {}, skipped {}, p50 {:.1} ms, p99 {:.1} ms",
+            self.sent,
+            self.answered,
+            self.failed,
+            self.skipped.len(),
+            self.percentile_ms(0.50),
+            self.percentile_ms(0.99),
+        )
+    }
+}
+
+/// Turns a recorded request into one for `target`.
+fn build(target: &TargetUrl, recorded: ParsedRequest) -> Request<Full<Bytes>> {
+    // A proxy's recording may hold the absolute form (RFC 9112 §3.2.2).
+    let pq = if recorded.path_and_query.starts_with('/') {
+        PathAndQuery::try_from(recorded.path_and_query.as_str()).ok()
+    } else {
+        recorded
+            .path_and_query
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.path_and_query().cloned())
+    };
+    if recorded.trailers.as_ref().is_some_and(|t| !t.is_empty()) {
+        // Request trailers are kept in the recording but not sent: requests with
+        // trailers are rare (gRPC sends none), and the pool's bodies carry none.
+        tracing::debug!(path = %recorded.path_and_query, "request trailers not replayed");
+    }
+    let mut request = Request::new(Full::new(recorded.body));
+    *request.method_mut() = recorded.method;
+    *request.uri_mut() = target.request_target(pq.as_ref());
+    let mut headers = recorded.headers;
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_LENGTH,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::HOST,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    let trailers_te = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !trailers_te {
+        headers.remove(header::TE);
+    }
+    headers.insert(header::HOST, target.host_header().clone());
+    *request.headers_mut() = headers;
+    request
+}
+
+/// Sends one request and reads its answer to the end; with `capture`, keeps the answer
+/// (its body up to that many bytes, then a digest) for comparing.
+async fn send_one(
+    pool: &Pool<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+    capture: Option<usize>,
+) -> Result<(http::StatusCode, Option<Answer>), client::Error> {
+    let response = pool.send(request).await?;
+    let status = response.status();
+    let (parts, mut body) = response.into_parts();
+    let mut kept = capture.map(Capture::new);
+    let mut trailers = http::HeaderMap::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let (Some(kept), Some(data)) = (kept.as_mut(), frame.data_ref()) {
+                    kept.push(data);
+                }
+                if let (true, Some(sent)) = (kept.is_some(), frame.trailers_ref()) {
+                    trailers.extend(sent.clone());
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let answer = kept.map(|kept| Answer {
+        status,
+        headers: parts.headers,
+        body: kept.finish(),
+        trailers,
+    });
+    Ok((status, answer))
+}
+
+/// A recorded answer as the comparison takes it.
+fn recorded_answer(recorded: ParsedResponse, limit: usize) -> Answer {
+    let mut capture = Capture::new(limit);
+    capture.push(&recorded.body);
+    Answer {
+        status: recorded.status,
+        headers: recorded.headers,
+        body: capture.finish(),
+        trailers: recorded.trailers.unwrap_or_default(),
+    }
+}
+
+/// The endpoint a request is counted under: method and path, without the query.
+fn endpoint(method: &Method, path_and_query: &str) -> String {
+    let path = path_and_query.split('?').next().unwrap_or("/");
+    format!("{method} {path}")
+}
+
+/// Runs a replay; returns the exit status.
+pub async fn run(options: Options) -> u8 {
+    let target = match TargetUrl::parse_main(&options.to) {
+        Ok(target) => target,
+        Err(err) => {
+            eprintln!("replay: invalid value for --to: {err}");
+            return EXIT_USAGE;
+        }
+    };
+    let (files, errors) = expand(&options.sources);
+    let mut readable = Vec::new();
+    for error in errors {
+        eprintln!("replay: {error}");
+    }
+    for path in files {
+        match open(&path) {
+            Ok(_) => readable.push(path),
+            Err(err) => eprintln!("replay: cannot read {}: {err}", path.display()),
+        }
+    }
+    if readable.is_empty() {
+        eprintln!("replay: no readable source");
+        return EXIT_COULD_NOT_RUN;
+    }
+    let tls = match crate::tls::client_config(None, options.insecure_skip_verify) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("replay: {err}");
+            return EXIT_COULD_NOT_RUN;
+        }
+    };
+    let rules = if options.compare {
+        match Rules::new(
+            &crate::mirror::options::DEFAULT_COMPARE_HEADERS,
+            &options.ignore,
+        ) {
+            Ok(rules) => Some(Arc::new(rules)),
+            Err(err) => {
+                eprintln!("replay: invalid value for --ignore: {err}");
+                return EXIT_USAGE;
+            }
+        }
+    } else {
+        None
+    };
+    let output = match &options.output {
+        Some(path) => match crate::record::writer::Writer::start(path) {
+            Ok(writer) => Some(Arc::new(writer)),
+            Err(err) => {
+                eprintln!("replay: cannot write --output {path}: {err}");
+                return EXIT_COULD_NOT_RUN;
+            }
+        },
+        None => None,
+    };
+    let concurrency = options.concurrency.max(1);
+    let pool = Arc::new(Pool::<Full<Bytes>>::new(&target, &tls, concurrency));
+    let (tx, mut rx) = mpsc::channel(1024);
+    let reader_options = options.clone();
+    let reader = std::thread::Builder::new()
+        .name("trafficmirror-replay-read".into())
+        .spawn(move || read_all(readable, reader_options, tx));
+    if let Err(err) = reader {
+        eprintln!("replay: cannot start the reading thread: {err}");
+        return EXIT_COULD_NOT_RUN;
+    }
+    let summary = Arc::new(Mutex::new(Summary::new()));
+    let progress = progress_bar();
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    // (round, first timestamp, when it was sent): the recorded clock's origin.
+    let mut origin: Option<(u64, i128, Instant)> = None;
+    let mut last_sent: Option<Instant> = None;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            _ = &mut interrupted => break,
+        };
+        let Some(item) = item else { break };
+        let (round, timestamp_ns, request, recorded) = match item {
+            Item::Skipped(line) => {
+                lock(&summary).skipped.push(line);
+                continue;
+            }
+            Item::Request {
+                round,
+                timestamp_ns,
+                request,
+                recorded,
+            } => (round, timestamp_ns, request, recorded),
+        };
+        let now = Instant::now();
+        let (first, start) = match origin {
+            Some((r, first, start)) if r == round => (first, start),
+            _ => {
+                origin = Some((round, timestamp_ns, now));
+                (timestamp_ns, now)
+            }
+        };
+        let mut due = now;
+        // A record older than the first is sent at once (files merged are each in order,
+        // answers may be written late).
+        if options.speed > 0.0 && timestamp_ns > first {
+            let gap_ns = (timestamp_ns - first) as f64 / options.speed;
+            due = start + Duration::from_secs_f64((gap_ns / 1e9).min(1e9));
+        }
+        if let (Some(rate), Some(last)) = (options.rate, last_sent) {
+            due = due.max(last + Duration::from_secs_f64(1.0 / rate));
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(due) => {}
+            _ = &mut interrupted => break,
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        last_sent = Some(Instant::now());
+        lock(&summary).sent += 1;
+        let compare = match (&rules, recorded) {
+            (Some(rules), Some(recorded)) => Some((
+                rules.clone(),
+                recorded_answer(*recorded, options.max_compare_size),
+                endpoint(&request.method, &request.path_and_query),
+            )),
+            _ => None,
+        };
+        let capture = (compare.is_some() || output.is_some()).then_some(options.max_compare_size);
+        // The replay's own record: the request as sent (its answer is added below).
+        let own = output.as_ref().map(|writer| {
+            let id = format::new_id();
+            let timestamp = crate::record::unix_ns(std::time::SystemTime::now());
+            let record = format::encode_request(
+                &id,
+                timestamp,
+                &request.method,
+                &request.path_and_query,
+                &request.headers,
+                &request.body,
+                request.trailers.as_ref(),
+            );
+            (writer.clone(), id, timestamp, record)
+        });
+        let request = build(&target, *request);
+        let pool = pool.clone();
+        let summary = summary.clone();
+        let timeout = options.timeout;
+        let progress = progress.clone();
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let result = tokio::time::timeout(timeout, send_one(&pool, request, capture)).await;
+            let elapsed = started.elapsed();
+            if let Some((writer, id, timestamp, mut records)) = own {
+                if let Ok(Ok((_, Some(answer)))) = &result {
+                    if let verdict::CapturedBody::Whole(body) = &answer.body {
+                        records.extend(format::encode_response(
+                            &id,
+                            timestamp,
+                            i128::try_from(elapsed.as_nanos()).unwrap_or(i128::MAX),
+                            answer.status,
+                            &answer.headers,
+                            body,
+                            None,
+                        ));
+                    }
+                }
+                if let crate::record::writer::Outcome::Failed(err) =
+                    writer.write(records, OUTPUT_LIMITS).await
+                {
+                    tracing::warn!(%err, "replay: cannot write --output");
+                }
+            }
+            // Compared outside the lock: a large JSON body takes a while.
+            let verdict = match (&result, compare) {
+                (Ok(Ok((_, Some(replayed)))), Some((rules, recorded, endpoint))) => Some((
+                    verdict::compare(&rules, None, &recorded, replayed),
+                    endpoint,
+                )),
+                _ => None,
+            };
+            let mut summary = lock(&summary);
+            if let Some((verdict, endpoint)) = verdict {
+                summary.compared += 1;
+                let mismatch = matches!(verdict, Verdict::Mismatch(_));
+                summary.mismatched += u64::from(mismatch);
+                let entry = summary.endpoints.entry(endpoint).or_default();
+                entry.compared += 1;
+                if let Verdict::Mismatch(m) = verdict {
+                    entry.mismatched += 1;
+                    entry.status |= m.status;
+                    entry.headers |= m.headers;
+                    entry.body |= m.body;
+                    entry.first.get_or_insert(m.difference);
+                }
+            }
+            match result {
+                Ok(Ok((status, _))) => {
+                    summary.answered += 1;
+                    let class = status.as_u16() / 100;
+                    if (2..=5).contains(&class) {
+                        summary.classes[usize::from(class - 2)] += 1;
+                    }
+                    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                    let _ = summary.latencies.record(micros.max(1));
+                }
+                Ok(Err(err)) => {
+                    summary.failed += 1;
+                    if matches!(err, client::Error::Connect(_)) {
+                        summary.failed_connect += 1;
+                    }
+                }
+                Err(_) => {
+                    summary.failed += 1;
+                    summary.failed_timeout += 1;
+                }
+            }
+            progress.set_message(format!(
+                "sent {}, answered {}, failed {}",
+                summary.sent, summary.answered, summary.failed
+            ));
+            drop(permit);
+        });
+        // Finished tasks are collected as we go, so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(rx);
+    while tasks.join_next().await.is_some() {}
+    progress.finish_and_clear();
+    let summary = lock(&summary);
+    for line in &summary.skipped {
+        eprintln!("replay: skipped {line}");
+    }
+    if summary.failed > 0 {
+        eprintln!(
+            "replay: failed by cause: connect {}, timeout {}, other {}",
+            summary.failed_connect,
+            summary.failed_timeout,
+            summary.failed - summary.failed_connect - summary.failed_timeout
+        );
+    }
+    let rate = (summary.compared > 0).then(|| summary.mismatched as f64 / summary.compared as f64);
+    if rules.is_some() {
+        for (name, endpoint) in summary.endpoints.iter().filter(|(_, e)| e.mismatched > 0) {
+            let fields: Vec<&str> = [
+                (endpoint.status, "status"),
+                (endpoint.headers, "headers"),
+                (endpoint.body, "body"),
+            ]
+            .iter()
+            .filter_map(|(differs, field)| differs.then_some(*field))
+            .collect();
+            let first = endpoint
+                .first
+                .as_ref()
+                .and_then(|d| serde_json::to_string(d).ok())
+                .unwrap_or_default();
+            eprintln!(
+                "replay: mismatch {name}: {} of {} differ ({}); first: {first}",
+                endpoint.mismatched,
+                endpoint.compared,
+                fields.join(", ")
+            );
+        }
+        eprintln!(
+            "replay: compared {}, mismatched {} ({:.2}%), allowed {:.2}%",
+            summary.compared,
+            summary.mismatched,
+            rate.unwrap_or(0.0) * 100.0,
+            options.max_mismatch_rate * 100.0
+        );
+    }
+    println!("{}", summary.line());
+    if summary.sent > 0 && summary.answered == 0 {
+        eprintln!("replay: the target never answered");
+        return EXIT_COULD_NOT_RUN;
+    }
+    if rate.is_some_and(|rate| rate > options.max_mismatch_rate) {
+        return EXIT_MISMATCH;
+    }
+    EXIT_DONE
+}
+
+fn lock(summary: &Mutex<Summary>) -> std::sync::MutexGuard<'_, Summary> {
+    // Only counters change under this lock; a poisoned one still holds them.
+    summary
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A spinner with the counts on stderr when it is a terminal; hidden otherwise.
+fn progress_bar() -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn speed_takes_factors_and_percentages() {
+        assert_eq!(parse_speed("2"), Ok(2.0));
+        assert_eq!(parse_speed("200%"), Ok(2.0));
+        assert_eq!(parse_speed("0"), Ok(0.0));
+        assert_eq!(parse_speed("50 %"), Ok(0.5));
+        assert!(parse_speed("-1").is_err());
+        assert!(parse_speed("fast").is_err());
+        assert!(parse_speed("inf").is_err());
+    }
+
+    #[test]
+    fn a_recorded_request_goes_to_the_target_without_hop_by_hop_headers() {
+        let target = TargetUrl::parse("http://candidate:8080/base").unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("prod.example"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        let request = build(
+            &target,
+            ParsedRequest {
+                method: Method::POST,
+                path_and_query: "http://prod.example/x?y=1".into(),
+                headers,
+                body: Bytes::from_static(b"hi"),
+                trailers: None,
+            },
+        );
+        assert_eq!(request.uri(), "/base/x?y=1");
+        assert_eq!(request.headers()[header::HOST], "candidate:8080");
+        assert_eq!(request.headers()["x-kept"], "1");
+        assert!(!request.headers().contains_key(header::CONNECTION));
+        assert!(!request.headers().contains_key(header::CONTENT_LENGTH));
+    }
+}
