@@ -34,7 +34,7 @@ use serde::ser::{SerializeMap, Serializer};
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Every option key, in the canonical order of the text form and the JSON listing.
-pub const KEYS: [&str; 13] = [
+pub const KEYS: [&str; 14] = [
     "percent",
     "sample_by",
     "rate",
@@ -47,6 +47,7 @@ pub const KEYS: [&str; 13] = [
     "compare_header",
     "ignore",
     "ordered",
+    "retry",
     "persistent",
 ];
 
@@ -58,7 +59,7 @@ pub static DEFAULT_COMPARE_HEADERS: [HeaderName; 1] = [header::CONTENT_TYPE];
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
     #[error(
-        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, ordered, persistent)"
+        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, ordered, retry, persistent)"
     )]
     Unknown(String),
     #[error("invalid {key} value {value:?}: {reason}")]
@@ -136,6 +137,9 @@ pub struct MirrorOptions {
     pub ignore: Vec<String>,
     /// Replay in main's order.
     pub ordered: bool,
+    /// Further tries of a copy that never reached the mirror, or of any failed copy of
+    /// an idempotent method (see `super::retry`).
+    pub retry: u32,
     /// Never removed automatically.
     pub persistent: bool,
 }
@@ -155,6 +159,7 @@ impl Default for MirrorOptions {
             compare_headers: Vec::new(),
             ignore: Vec::new(),
             ordered: false,
+            retry: 0,
             persistent: false,
         }
     }
@@ -251,6 +256,14 @@ fn parse_percent(key: &'static str, value: &str) -> Result<f64, OptionsError> {
         return Err(invalid(key, value, "must be above 0 and at most 100"));
     }
     Ok(p)
+}
+
+/// `retry`: a whole number of further tries.
+fn parse_retry(key: &'static str, value: &str) -> Result<u32, OptionsError> {
+    value
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| invalid(key, value, "a whole number of further tries, 0 or more"))
 }
 
 /// `sample_by`: `header:NAME` or `cookie:NAME`.
@@ -424,6 +437,7 @@ impl MirrorOptions {
             }
             "ignore" => push_unique(&mut self.ignore, parse_ignore(key, value)?),
             "ordered" => self.ordered = parse_bool(key, value)?,
+            "retry" => self.retry = parse_retry(key, value)?,
             "persistent" => self.persistent = parse_bool(key, value)?,
             _ => return Err(OptionsError::Unknown(key.to_owned())),
         }
@@ -590,6 +604,9 @@ impl fmt::Display for MirrorOptions {
         if self.ordered {
             token(f, "ordered", b"true")?;
         }
+        if self.retry != d.retry {
+            token(f, "retry", self.retry.to_string().as_bytes())?;
+        }
         if self.persistent {
             token(f, "persistent", b"true")?;
         }
@@ -632,6 +649,7 @@ impl serde::Serialize for MirrorOptions {
         map.serialize_entry("compare_header", &names(self.effective_compare_headers()))?;
         map.serialize_entry("ignore", &self.ignore)?;
         map.serialize_entry("ordered", &self.ordered)?;
+        map.serialize_entry("retry", &self.retry)?;
         map.serialize_entry("persistent", &self.persistent)?;
         map.end()
     }
@@ -724,6 +742,7 @@ pub(crate) mod tests {
             ("sample_by", "cookie:session"),
             ("percent", "12.5"),
             ("ordered", "on"),
+            ("retry", "3"),
         ])
         .unwrap();
         assert_eq!(options.percent, 12.5);
@@ -746,13 +765,14 @@ pub(crate) mod tests {
             ["/meta/generated_at", "/items/*/id", "x-request-id"]
         );
         assert!(options.compare && options.ordered && options.persistent);
+        assert_eq!(options.retry, 3);
         assert_eq!(
             options.to_string(),
             "percent=12.5 sample_by=cookie:session rate=2.5 method=GET,POST,PUT path=/api \
              path=/v2 set_header=x-shadow:1 remove_header=authorization \
              host=Shadow.example:8080 compare=true compare_header=etag \
              ignore=/meta/generated_at ignore=/items/*/id ignore=x-request-id ordered=true \
-             persistent=true"
+             retry=3 persistent=true"
         );
         assert_eq!(
             options.to_string().parse::<MirrorOptions>().unwrap(),
@@ -830,6 +850,9 @@ pub(crate) mod tests {
             ("ignore", "/a~"),
             ("ignore", "not a header"),
             ("ordered", "x"),
+            ("retry", "-1"),
+            ("retry", "1.5"),
+            ("retry", "many"),
         ];
         for &(key, value) in cases {
             let err = parse(&[(key, value)]).unwrap_err();
@@ -862,12 +885,13 @@ pub(crate) mod tests {
             "host",
             "compare",
             "ordered",
+            "retry",
             "persistent",
         ] {
             let value = match key {
                 "sample_by" => "header:x",
                 "host" => "h",
-                "percent" | "rate" => "5",
+                "percent" | "rate" | "retry" => "5",
                 _ => "true",
             };
             let err = parse(&[(key, value), (key, value)]).unwrap_err();
@@ -982,7 +1006,7 @@ pub(crate) mod tests {
                 "percent": 100.0, "sample_by": null, "rate": null, "method": [], "path": [],
                 "set_header": [], "remove_header": [], "host": null, "compare": false,
                 "compare_header": ["content-type"], "ignore": [], "ordered": false,
-                "persistent": false
+                "retry": 0, "persistent": false
             })
         );
         let keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
@@ -1119,11 +1143,12 @@ pub(crate) mod tests {
             any::<bool>(),
             any::<bool>(),
         );
-        (selection, rewrites, comparison).prop_map(
+        (selection, rewrites, comparison, 0u32..=10).prop_map(
             |(
                 (percent, sample_by, rate, methods, paths),
                 (set_headers, remove_headers, host),
                 (compare, compare_headers, ignore, ordered, persistent),
+                retry,
             )| MirrorOptions {
                 percent,
                 sample_by,
@@ -1137,6 +1162,7 @@ pub(crate) mod tests {
                 compare_headers: unique(compare_headers),
                 ignore: unique(ignore),
                 ordered,
+                retry,
                 persistent,
             },
         )

@@ -19,6 +19,7 @@ mod options;
 mod page;
 mod protocol;
 mod proxy;
+mod retry;
 mod shutdown;
 mod support;
 mod tls;
