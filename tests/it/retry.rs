@@ -166,6 +166,40 @@ async fn a_post_that_reached_a_hung_mirror_is_never_resent() {
 }
 
 #[tokio::test]
+async fn a_post_the_mirror_read_then_closed_on_is_never_resent() {
+    // Fails at once (no answer, connection closed), long before --mirror-timeout: only
+    // the method keeps it from being tried again.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let addr = {
+        let seen = seen.clone();
+        raw_server(move |mut stream| {
+            let seen = seen.clone();
+            async move {
+                read_until(&mut stream, "copied").await;
+                seen.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        })
+        .await
+    };
+    let url = format!("http://{addr}");
+    let (proxy, _main) = proxy_with(&format!("{url} retry=3"), &[]).await;
+    send(
+        Method::POST,
+        &proxy.url("/order"),
+        &[],
+        Bytes::from("copied"),
+    )
+    .await;
+    assert_eq!(settled(&proxy, &url).await, (0, 1, 0));
+    // The three backoffs (100 + 200 + 400 ms) would have ended within this time.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    assert_eq!(outcomes(&proxy, &url).await, (0, 1, 0));
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn a_get_answered_503_twice_is_sent_three_times() {
     let seen = Arc::new(AtomicUsize::new(0));
     let addr = {
