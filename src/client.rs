@@ -67,8 +67,33 @@ pub const STALE_AFTER: Duration = Duration::from_secs(1);
 pub enum Error {
     #[error("cannot connect")]
     Connect(#[source] BoxError),
+    /// hyper gave the request back unwritten (`TrySendError::take_message`): its
+    /// connection closed before a byte of it went out, and it was not sent again here.
+    #[error(transparent)]
+    Unsent(hyper::Error),
     #[error(transparent)]
     Http(#[from] hyper::Error),
+}
+
+impl Error {
+    /// Whether the request certainly never reached the target: no connection could be
+    /// made (refused, unreachable, TLS handshake failed), or hyper gave the request back
+    /// unwritten. Any other error (a reset, an end of stream or a timeout once the
+    /// request was handed to the connection, `is_canceled` without the request given
+    /// back included) means the target may have received it.
+    pub fn never_sent(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::Unsent(_))
+    }
+
+    /// The error of a `try_send_request` that is given up: `unsent` when hyper gave the
+    /// request back.
+    fn given_up(err: hyper::Error, unsent: bool) -> Self {
+        if unsent {
+            Self::Unsent(err)
+        } else {
+            Self::Http(err)
+        }
+    }
 }
 
 /// Whether `err` (or one of its causes) is this process running out of file descriptors
@@ -417,7 +442,9 @@ where
                         may_resend = false;
                         request = again;
                     }
-                    _ => return Err(err.into_error().into()),
+                    (unsent, _) => {
+                        return Err(Error::given_up(err.into_error(), unsent.is_some()));
+                    }
                 },
             }
         }
@@ -499,7 +526,9 @@ where
                     debug!(error = %err.error(), "idle HTTP/2 connection closed by the target: request sent again");
                     Attempt::Again(again, false)
                 }
-                _ => Attempt::Done(Err(err.into_error().into())),
+                (unsent, _) => {
+                    Attempt::Done(Err(Error::given_up(err.into_error(), unsent.is_some())))
+                }
             },
         }
     }

@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod health;
 pub mod options;
 pub mod ordered;
+pub mod retry;
 pub mod select;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -445,8 +446,16 @@ impl Mirror {
         }
         let timeout = self.shared.settings.timeout;
         let started = Instant::now();
-        let sent = self.send(&job.request, &job.plan, started);
-        let result = tokio::time::timeout(timeout, sent).await;
+        let retries = job.plan.options.retry;
+        let result = if retries == 0 {
+            let sent = self.send(&job.request, &job.plan, started);
+            tokio::time::timeout(timeout, sent).await
+        } else {
+            // Boxed, so that a copy without `retry` (the common case) does not carry the
+            // retry loop's state in its future.
+            let sent = self.send_retrying(&job.request, &job.plan, retries);
+            Box::pin(tokio::time::timeout(timeout, sent)).await
+        };
         if let Ok(Err(err)) = &result {
             if crate::record::is_full(&**err) {
                 // `max_total_size` reached: dropped, never a full disk; not a failure.
@@ -585,6 +594,35 @@ impl Mirror {
     /// The latest mismatches, newest first.
     pub fn mismatches(&self) -> Vec<Record> {
         self.mismatches.latest()
+    }
+
+    /// Sends one copy with `retry=N` (see [`retry`]): again while it failed and either
+    /// never reached the mirror or has an idempotent method; each further try is
+    /// counted `retried`.
+    async fn send_retrying(
+        &self,
+        request: &MirrorRequest,
+        plan: &Plan,
+        retries: u32,
+    ) -> Result<Reply, crate::body::BoxError> {
+        let idempotent = retry::idempotent(&request.method);
+        retry::with_retries(
+            retries,
+            || self.send(request, plan, Instant::now()),
+            |outcome: &Result<Reply, crate::body::BoxError>| match outcome {
+                Ok(reply) => idempotent && reply.status.is_server_error(),
+                // Out of file descriptors is this process's limit: `deliver` drops it.
+                Err(err) if client::is_fd_exhaustion(&**err) => false,
+                Err(err) => {
+                    idempotent
+                        || err
+                            .downcast_ref::<client::Error>()
+                            .is_some_and(client::Error::never_sent)
+                }
+            },
+            || Counters::incr(&self.counters.retried),
+        )
+        .await
     }
 
     /// Sends one copy and reads its answer: thrown away, or captured when it is to be

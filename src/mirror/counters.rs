@@ -34,6 +34,9 @@ pub struct Counters {
     pub skipped: AtomicU64,
     /// Left out by the mirror's options (method, path, share, rate).
     pub filtered: AtomicU64,
+    /// Tries of a copy beyond its first (`retry=N`); the copy itself is still one of
+    /// `succeeded` or `failed`.
+    pub retried: AtomicU64,
 }
 
 /// A plain copy of [`Counters`] for reporting. Every snapshot, also one taken while
@@ -46,11 +49,13 @@ pub struct Snapshot {
     pub dropped: u64,
     pub skipped: u64,
     pub filtered: u64,
+    pub retried: u64,
     pub queued: u64,
 }
 
 impl Counters {
-    /// Counts one of the independent outcomes (`dropped`, `skipped`, `filtered`).
+    /// Counts one of the independent outcomes (`dropped`, `skipped`, `filtered`) or a
+    /// further try (`retried`).
     pub fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
     }
@@ -92,6 +97,7 @@ impl Counters {
             dropped: self.dropped.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
             filtered: self.filtered.load(Relaxed),
+            retried: self.retried.load(Relaxed),
             queued,
         }
     }

@@ -34,7 +34,7 @@ use serde::ser::{SerializeMap, Serializer};
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Every option key, in the canonical order of the text form and the JSON listing.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 17] = [
     "percent",
     "sample_by",
     "rate",
@@ -47,6 +47,7 @@ pub const KEYS: [&str; 16] = [
     "compare_header",
     "ignore",
     "ordered",
+    "retry",
     "persistent",
     "record_answers",
     "max_file_size",
@@ -61,7 +62,7 @@ pub static DEFAULT_COMPARE_HEADERS: [HeaderName; 1] = [header::CONTENT_TYPE];
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
     #[error(
-        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, ordered, persistent)"
+        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, ordered, retry, persistent)"
     )]
     Unknown(String),
     #[error("invalid {key} value {value:?}: {reason}")]
@@ -139,6 +140,9 @@ pub struct MirrorOptions {
     pub ignore: Vec<String>,
     /// Replay in main's order.
     pub ordered: bool,
+    /// Further tries of a copy that never reached the mirror, or of any failed copy of
+    /// an idempotent method (see `super::retry`).
+    pub retry: u32,
     /// Never removed automatically.
     pub persistent: bool,
     /// A recording mirror also writes main's answer (docs/record-replay.md).
@@ -165,6 +169,7 @@ impl Default for MirrorOptions {
             compare_headers: Vec::new(),
             ignore: Vec::new(),
             ordered: false,
+            retry: 0,
             persistent: false,
             record_answers: false,
             max_file_size: None,
@@ -264,6 +269,14 @@ fn parse_percent(key: &'static str, value: &str) -> Result<f64, OptionsError> {
         return Err(invalid(key, value, "must be above 0 and at most 100"));
     }
     Ok(p)
+}
+
+/// `retry`: a whole number of further tries.
+fn parse_retry(key: &'static str, value: &str) -> Result<u32, OptionsError> {
+    value
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| invalid(key, value, "a whole number of further tries, 0 or more"))
 }
 
 /// `sample_by`: `header:NAME` or `cookie:NAME`.
@@ -445,6 +458,7 @@ impl MirrorOptions {
             }
             "ignore" => push_unique(&mut self.ignore, parse_ignore(key, value)?),
             "ordered" => self.ordered = parse_bool(key, value)?,
+            "retry" => self.retry = parse_retry(key, value)?,
             "persistent" => self.persistent = parse_bool(key, value)?,
             "record_answers" => self.record_answers = parse_bool(key, value)?,
             "max_file_size" => self.max_file_size = Some(parse_file_size(key, value)?),
@@ -614,6 +628,9 @@ impl fmt::Display for MirrorOptions {
         if self.ordered {
             token(f, "ordered", b"true")?;
         }
+        if self.retry != d.retry {
+            token(f, "retry", self.retry.to_string().as_bytes())?;
+        }
         if self.persistent {
             token(f, "persistent", b"true")?;
         }
@@ -665,6 +682,7 @@ impl serde::Serialize for MirrorOptions {
         map.serialize_entry("compare_header", &names(self.effective_compare_headers()))?;
         map.serialize_entry("ignore", &self.ignore)?;
         map.serialize_entry("ordered", &self.ordered)?;
+        map.serialize_entry("retry", &self.retry)?;
         map.serialize_entry("persistent", &self.persistent)?;
         map.serialize_entry("record_answers", &self.record_answers)?;
         map.serialize_entry("max_file_size", &self.max_file_size)?;
@@ -778,6 +796,7 @@ pub(crate) mod tests {
             ("sample_by", "cookie:session"),
             ("percent", "12.5"),
             ("ordered", "on"),
+            ("retry", "3"),
         ])
         .unwrap();
         assert_eq!(options.percent, 12.5);
@@ -800,13 +819,14 @@ pub(crate) mod tests {
             ["/meta/generated_at", "/items/*/id", "x-request-id"]
         );
         assert!(options.compare && options.ordered && options.persistent);
+        assert_eq!(options.retry, 3);
         assert_eq!(
             options.to_string(),
             "percent=12.5 sample_by=cookie:session rate=2.5 method=GET,POST,PUT path=/api \
              path=/v2 set_header=x-shadow:1 remove_header=authorization \
              host=Shadow.example:8080 compare=true compare_header=etag \
              ignore=/meta/generated_at ignore=/items/*/id ignore=x-request-id ordered=true \
-             persistent=true"
+             retry=3 persistent=true"
         );
         assert_eq!(
             options.to_string().parse::<MirrorOptions>().unwrap(),
@@ -884,6 +904,9 @@ pub(crate) mod tests {
             ("ignore", "/a~"),
             ("ignore", "not a header"),
             ("ordered", "x"),
+            ("retry", "-1"),
+            ("retry", "1.5"),
+            ("retry", "many"),
         ];
         for &(key, value) in cases {
             let err = parse(&[(key, value)]).unwrap_err();
@@ -916,12 +939,13 @@ pub(crate) mod tests {
             "host",
             "compare",
             "ordered",
+            "retry",
             "persistent",
         ] {
             let value = match key {
                 "sample_by" => "header:x",
                 "host" => "h",
-                "percent" | "rate" => "5",
+                "percent" | "rate" | "retry" => "5",
                 _ => "true",
             };
             let err = parse(&[(key, value), (key, value)]).unwrap_err();
@@ -1036,7 +1060,7 @@ pub(crate) mod tests {
                 "percent": 100.0, "sample_by": null, "rate": null, "method": [], "path": [],
                 "set_header": [], "remove_header": [], "host": null, "compare": false,
                 "compare_header": ["content-type"], "ignore": [], "ordered": false,
-                "persistent": false, "record_answers": false, "max_file_size": null,
+                "retry": 0, "persistent": false, "record_answers": false, "max_file_size": null,
                 "max_total_size": null
             })
         );
@@ -1179,12 +1203,12 @@ pub(crate) mod tests {
             proptest::option::of(1u64..u64::MAX),
             proptest::option::of(1u64..u64::MAX),
         );
-        (selection, rewrites, comparison, recording).prop_map(
+        (selection, rewrites, comparison, (0u32..=10, recording)).prop_map(
             |(
                 (percent, sample_by, rate, methods, paths),
                 (set_headers, remove_headers, host),
                 (compare, compare_headers, ignore, ordered, persistent),
-                (record_answers, max_file_size, max_total_size),
+                (retry, (record_answers, max_file_size, max_total_size)),
             )| MirrorOptions {
                 percent,
                 sample_by,
@@ -1198,6 +1222,7 @@ pub(crate) mod tests {
                 compare_headers: unique(compare_headers),
                 ignore: unique(ignore),
                 ordered,
+                retry,
                 persistent,
                 record_answers,
                 max_file_size,

@@ -366,7 +366,7 @@ fn encode_copies(encoder: &mut DescriptorEncoder, statuses: &[Status]) -> fmt::R
         "Copies of requests per mirror, by outcome: sent (handed to the mirror's \
          queue), succeeded, failed, dropped (queue full, mirror failing, byte budget), \
          skipped (body too large, upgrade, loop), filtered (not selected by the \
-         mirror's options).",
+         mirror's options), retried (tries of a copy beyond its first, retry=N).",
         None,
         MetricType::Counter,
     )?;
@@ -379,6 +379,7 @@ fn encode_copies(encoder: &mut DescriptorEncoder, statuses: &[Status]) -> fmt::R
             ("dropped", c.dropped),
             ("skipped", c.skipped),
             ("filtered", c.filtered),
+            ("retried", c.retried),
         ] {
             let labels = [("mirror", status.url.as_str()), ("outcome", outcome)];
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
@@ -680,6 +681,7 @@ mod tests {
             "dropped",
             "skipped",
             "filtered",
+            "retried",
         ] {
             let line = format!("trafficmirror_mirror_copies_total{{{m},outcome=\"{outcome}\"}} 0");
             assert!(lines.contains(&line.as_str()), "{line} in {text}");

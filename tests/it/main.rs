@@ -20,6 +20,7 @@ mod page;
 mod protocol;
 mod proxy;
 mod record;
+mod retry;
 mod shutdown;
 mod support;
 mod tls;
