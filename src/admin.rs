@@ -26,6 +26,7 @@ use crate::budget::Budget;
 use crate::mirror::options::{MirrorOptions, OptionsError};
 use crate::observe::metrics::{self, Metrics};
 use crate::observe::page;
+use crate::proxy::Proxy;
 use crate::registry::{Conflict, Registry};
 use crate::sources::MAX_FILE_BYTES;
 use crate::sources::state_file::{self, Saver};
@@ -141,6 +142,8 @@ pub struct Admin {
     /// True with `--targets-address`: the listener is the admin endpoint's alone, so
     /// `/metrics` is served there too (on the main listener that path is main's).
     own_listener: bool,
+    /// The proxy, for main's URL and protocol in `<path>/status`.
+    main: Option<Proxy>,
 }
 
 /// What an admin request asks for.
@@ -176,7 +179,15 @@ impl Admin {
             targets_file: targets_file.map(|path| path.display().to_string()),
             metrics,
             own_listener: settings.own_listener,
+            main: None,
         }
+    }
+
+    /// Shows main's URL and protocol in `<path>/status`.
+    #[must_use]
+    pub fn with_main(mut self, proxy: Proxy) -> Self {
+        self.main = Some(proxy);
+        self
     }
 
     /// Whether `path` is served here (the admin path or one of its sub-paths).
@@ -261,6 +272,10 @@ impl Admin {
             "buffered_bytes": self.budget.held(),
             "max_buffered_bytes": self.budget.limit(),
             "state_file_saved": self.state_file.as_ref().map(|state| state.saved()),
+            "main": self.main.as_ref().map(|proxy| {
+                let (url, protocol) = proxy.main_target();
+                serde_json::json!({ "url": url.as_str(), "protocol": protocol })
+            }),
         });
         json_response(body.to_string())
     }

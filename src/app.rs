@@ -104,7 +104,8 @@ impl App {
             metrics,
             saver.clone(),
             targets_file.as_deref(),
-        );
+        )
+        .with_main(proxy.clone());
         let pruning = prune(&registry, saver.clone());
         let token = CancellationToken::new();
         if let Some(saver) = saver.clone() {

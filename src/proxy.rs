@@ -172,6 +172,13 @@ impl Proxy {
         &self.inner.main_stats
     }
 
+    /// Main's URL and the protocol spoken to it (for `https://`, what its server picked
+    /// on the latest connection; `None` before one), for the admin endpoint's status.
+    pub fn main_target(&self) -> (&TargetUrl, Option<&'static str>) {
+        let protocol = self.inner.main_pools.iter().find_map(Pool::protocol);
+        (&self.settings().main, protocol)
+    }
+
     fn main_pool(&self) -> &Pool<BoxBody> {
         workers::pick(&self.inner.main_pools)
     }

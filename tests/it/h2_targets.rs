@@ -276,6 +276,11 @@ async fn h2c_main_answers_http1_and_http2_clients_with_everything_intact() {
     }
     // Both went over one HTTP/2 connection.
     assert_eq!(main.accepted(), 1);
+    // The admin endpoint's status names main and its protocol.
+    let status: serde_json::Value =
+        serde_json::from_slice(&get(&proxy.admin_url("/status")).await.body).unwrap();
+    assert_eq!(status["main"]["url"], main.url("h2c"));
+    assert_eq!(status["main"]["protocol"], "h2c");
 }
 
 #[tokio::test]

@@ -304,7 +304,7 @@ async fn scenario(page: &Client) {
     let dead = format!("http://{}", closed_addr().await);
     let added = MockBackend::start(Reply::ok("added")).await;
     let users = users_file();
-    let (_main, proxy) = TestProxy::in_front_of(
+    let (main, proxy) = TestProxy::in_front_of(
         Reply::ok("main"),
         &["--password", users.path().to_str().unwrap()],
     )
@@ -348,6 +348,22 @@ async fn scenario(page: &Client) {
             trafficmirror::build_info::DATE
         )
     );
+    // The header names main and the protocol spoken to it.
+    let main_shown = until("main shown in the header", || async {
+        let text = |field: &'static str| async move {
+            let selector = format!("#main-target [data-field=\"{field}\"]");
+            page.find(Locator::Css(&selector))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()
+        };
+        let url = text("main-url").await.filter(|t| !t.is_empty())?;
+        Some((url, text("main-protocol").await?))
+    })
+    .await;
+    assert_eq!(main_shown, (main.url(), "http/1.1".to_string()));
     for url in [healthy.url(), dead.clone()] {
         assert_eq!(cell(page, &url, "state").await.as_deref(), Some("alive"));
         assert_eq!(cell(page, &url, "sent").await.as_deref(), Some("0"));
