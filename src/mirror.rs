@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 use crate::budget::{Budget, Held};
 use crate::client::{self, Pool};
 use crate::target_url::TargetUrl;
-use compare::capture::{self, BodyCapture, Captured, ForCompare, MainAnswerRx};
+use compare::capture::{self, BodyCapture, Captured, ForCompare, MainAnswer, MainAnswerRx};
 use compare::mismatches::{Mismatches, Record};
 use compare::stats::{CompareSnapshot, CompareStats};
 use compare::{Answer, Rules, Verdict};
@@ -533,11 +533,22 @@ impl Mirror {
             self.comparison.not_compared();
             return;
         };
-        // Compressed bodies are compared decoded (docs/comparing.md, "What is compared").
+        self.compare_decoded(rules, request, &main, mirror, mirror_latency);
+    }
+
+    /// Compares the two answers with compressed bodies decoded (docs/comparing.md,
+    /// "What is compared"); past the byte budget, the pair is not compared.
+    fn compare_decoded(
+        &self,
+        rules: &Rules,
+        request: &MirrorRequest,
+        main: &MainAnswer,
+        mut mirror: Answer,
+        mirror_latency: Duration,
+    ) {
         // Main's is decoded here, on this copy's task, never while it streams to the client.
         let limit = self.shared.settings.max_compare_size;
         let budget = &self.shared.budget;
-        let mut mirror = mirror;
         let _mirror_decoded =
             match capture::for_compare(&mirror.headers, &mirror.body, limit, budget) {
                 ForCompare::AsCaptured => None,
@@ -569,6 +580,27 @@ impl Mirror {
                     return;
                 }
             };
+        self.judge(
+            rules,
+            request,
+            main_answer,
+            main.latency,
+            &mirror,
+            mirror_latency,
+        );
+    }
+
+    /// Compares main's answer and the mirror's as they are, counts the verdict and
+    /// keeps a mismatch.
+    fn judge(
+        &self,
+        rules: &Rules,
+        request: &MirrorRequest,
+        main: &Answer,
+        main_latency: Duration,
+        mirror: &Answer,
+        mirror_latency: Duration,
+    ) {
         let path = request
             .path_and_query
             .as_ref()
@@ -576,15 +608,15 @@ impl Mirror {
         // The called method's output type, for gRPC messages compared as JSON.
         let output = (self.shared.settings.grpc_descriptors.as_ref())
             .and_then(|descriptors| descriptors.output(path));
-        let verdict = compare::compare(rules, output.as_ref(), main_answer, &mirror);
+        let verdict = compare::compare(rules, output.as_ref(), main, mirror);
         self.comparison
-            .record(&verdict, main.latency, mirror_latency);
+            .record(&verdict, main_latency, mirror_latency);
         if let Verdict::Mismatch(mismatch) = verdict {
             self.mismatches.push(Record::new(
                 std::time::SystemTime::now(),
                 &request.method,
                 path,
-                main.answer.status,
+                main.status,
                 mirror.status,
                 mismatch,
             ));
@@ -643,30 +675,7 @@ impl Mirror {
                 captured: None,
             });
         }
-        let mut req = Request::new(Full::new(request.body.clone()));
-        *req.method_mut() = request.method.clone();
-        *req.uri_mut() = self.url.request_target(request.path_and_query.as_ref());
-        *req.headers_mut() = request.headers.clone();
-        if let Some(deadline) = &request.deadline {
-            req.headers_mut()
-                .insert(&grpc::GRPC_TIMEOUT, deadline.remaining());
-        }
-        // After the deadline: a mirror's own `set_header`/`remove_header` has the last word.
-        if plan.options.has_rewrites() {
-            plan.options.apply_rewrites(req.headers_mut());
-        }
-        // HTTP/1.1 requires `Host`; each copy carries its mirror's authority unless
-        // `--preserve-host` kept the client's or the `host` option set one.
-        let headers = req.headers_mut();
-        match headers.get_mut(http::header::HOST) {
-            Some(host) if request.host_slot && plan.options.host.is_none() => {
-                *host = self.url.host_header().clone();
-            }
-            Some(_) => {}
-            None => {
-                headers.insert(http::header::HOST, self.url.host_header().clone());
-            }
-        }
+        let req = self.copy_request(request, plan);
         let response = crate::workers::pick(&self.pools).send(req).await?;
         let status = response.status();
         let (parts, mut body) = response.into_parts();
@@ -696,6 +705,36 @@ impl Mirror {
             },
         );
         Ok(Reply { status, captured })
+    }
+
+    /// The copy as sent to this mirror: its own authority in `Host` unless kept, the
+    /// gRPC deadline left, and the mirror's header rewrites.
+    fn copy_request(&self, request: &MirrorRequest, plan: &Plan) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(request.body.clone()));
+        *req.method_mut() = request.method.clone();
+        *req.uri_mut() = self.url.request_target(request.path_and_query.as_ref());
+        *req.headers_mut() = request.headers.clone();
+        if let Some(deadline) = &request.deadline {
+            req.headers_mut()
+                .insert(&grpc::GRPC_TIMEOUT, deadline.remaining());
+        }
+        // After the deadline: a mirror's own `set_header`/`remove_header` has the last word.
+        if plan.options.has_rewrites() {
+            plan.options.apply_rewrites(req.headers_mut());
+        }
+        // HTTP/1.1 requires `Host`; each copy carries its mirror's authority unless
+        // `--preserve-host` kept the client's or the `host` option set one.
+        let headers = req.headers_mut();
+        match headers.get_mut(http::header::HOST) {
+            Some(host) if request.host_slot && plan.options.host.is_none() => {
+                *host = self.url.host_header().clone();
+            }
+            Some(_) => {}
+            None => {
+                headers.insert(http::header::HOST, self.url.host_header().clone());
+            }
+        }
+        req
     }
 
     fn log_event(&self, event: Event) {

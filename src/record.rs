@@ -14,8 +14,9 @@ use tracing::debug;
 
 use http::uri::PathAndQuery;
 
-use crate::mirror::compare::capture;
+use crate::mirror::compare::capture::{self, MainAnswerRx};
 use crate::mirror::compare::verdict::CapturedBody;
+use crate::mirror::options::MirrorOptions;
 use crate::mirror::{MirrorRequest, Plan};
 use writer::{DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_TOTAL_SIZE, Limits, Outcome, Writer};
 
@@ -72,33 +73,7 @@ impl Sink {
             .as_ref()
             .map_err(|e| RecordError::NoThread(e.clone()))?;
         let options = &plan.options;
-        let mut headers = request.headers.clone();
-        if options.has_rewrites() {
-            options.apply_rewrites(&mut headers);
-        }
-        // HTTP/1.1 needs a `Host` (RFC 9112 §3.2): without `--preserve-host` or `host=`
-        // the copy's is an empty slot, so the record gets the client's, which this
-        // proxy put last in `X-Forwarded-Host`.
-        if headers
-            .get(http::header::HOST)
-            .is_none_or(http::HeaderValue::is_empty)
-        {
-            let client_host = headers
-                .get_all("x-forwarded-host")
-                .iter()
-                .next_back()
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .and_then(|v| http::HeaderValue::from_str(v.trim()).ok());
-            match client_host {
-                Some(host) => {
-                    headers.insert(http::header::HOST, host);
-                }
-                None => {
-                    headers.remove(http::header::HOST);
-                }
-            }
-        }
+        let headers = record_headers(request, options);
         let path = request
             .path_and_query
             .as_ref()
@@ -115,29 +90,7 @@ impl Sink {
             None,
         );
         if let (true, Some(rx)) = (options.record_answers, &request.main_answer) {
-            // Both records are written together, whole; main's answer is waited for
-            // within the copy's time, leaving a share of it for the disk.
-            let wait = answer_wait.mul_f64(0.75);
-            match capture::main_answer(rx.clone(), wait).await {
-                Some(main) => match &main.answer.body {
-                    CapturedBody::Whole(body) => records.extend(format::encode_response(
-                        &id,
-                        timestamp,
-                        i128::try_from(main.latency.as_nanos()).unwrap_or(i128::MAX),
-                        main.answer.status,
-                        &main.answer.headers,
-                        body,
-                        None,
-                    )),
-                    CapturedBody::Digest { len, .. } => {
-                        debug!(
-                            len,
-                            "main's answer is longer than --max-compare-size: not recorded"
-                        );
-                    }
-                },
-                None => debug!("main's answer did not complete: only the request is recorded"),
-            }
+            append_main_answer(&mut records, &id, timestamp, rx.clone(), answer_wait).await;
         }
         let limits = Limits {
             max_file_size: options.max_file_size.unwrap_or(DEFAULT_MAX_FILE_SIZE),
@@ -148,5 +101,74 @@ impl Sink {
             Outcome::Dropped => Err(RecordError::Full),
             Outcome::Failed(err) => Err(RecordError::Io(err)),
         }
+    }
+}
+
+/// The headers a copy is recorded with: its mirror's rewrites applied, and a `Host`.
+fn record_headers(request: &MirrorRequest, options: &MirrorOptions) -> http::HeaderMap {
+    let mut headers = request.headers.clone();
+    if options.has_rewrites() {
+        options.apply_rewrites(&mut headers);
+    }
+    // HTTP/1.1 needs a `Host` (RFC 9112 §3.2): without `--preserve-host` or `host=`
+    // the copy's is an empty slot, so the record gets the client's, which this
+    // proxy put last in `X-Forwarded-Host`.
+    if headers
+        .get(http::header::HOST)
+        .is_none_or(http::HeaderValue::is_empty)
+    {
+        match client_host(&headers) {
+            Some(host) => {
+                headers.insert(http::header::HOST, host);
+            }
+            None => {
+                headers.remove(http::header::HOST);
+            }
+        }
+    }
+    headers
+}
+
+/// The client's host: the last one in `X-Forwarded-Host`.
+fn client_host(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    headers
+        .get_all("x-forwarded-host")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| http::HeaderValue::from_str(v.trim()).ok())
+}
+
+/// Adds main's answer to the copy's records when it completes in time, whole.
+async fn append_main_answer(
+    records: &mut Vec<u8>,
+    id: &str,
+    timestamp: i128,
+    rx: MainAnswerRx,
+    answer_wait: Duration,
+) {
+    // Both records are written together, whole; main's answer is waited for
+    // within the copy's time, leaving a share of it for the disk.
+    let wait = answer_wait.mul_f64(0.75);
+    match capture::main_answer(rx, wait).await {
+        Some(main) => match &main.answer.body {
+            CapturedBody::Whole(body) => records.extend(format::encode_response(
+                id,
+                timestamp,
+                i128::try_from(main.latency.as_nanos()).unwrap_or(i128::MAX),
+                main.answer.status,
+                &main.answer.headers,
+                body,
+                None,
+            )),
+            CapturedBody::Digest { len, .. } => {
+                debug!(
+                    len,
+                    "main's answer is longer than --max-compare-size: not recorded"
+                );
+            }
+        },
+        None => debug!("main's answer did not complete: only the request is recorded"),
     }
 }

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::client::{self, Pool};
 use crate::mirror::compare::verdict::{self, Answer, Capture, Difference, Rules, Verdict};
 use crate::record::format::{self, ParsedRequest, ParsedResponse, REQUEST, RESPONSE, Reader};
+use crate::record::writer::Writer;
 use crate::target_url::TargetUrl;
 
 /// Exit status: done.
@@ -343,6 +344,79 @@ impl Summary {
         }
     }
 
+    /// Counts one comparison, under its endpoint.
+    fn count_verdict(&mut self, verdict: Verdict, endpoint: String) {
+        self.compared += 1;
+        let mismatch = matches!(verdict, Verdict::Mismatch(_));
+        self.mismatched += u64::from(mismatch);
+        let entry = self.endpoints.entry(endpoint).or_default();
+        entry.compared += 1;
+        if let Verdict::Mismatch(m) = verdict {
+            entry.mismatched += 1;
+            entry.status |= m.status;
+            entry.headers |= m.headers;
+            entry.body |= m.body;
+            entry.first.get_or_insert(m.difference);
+        }
+    }
+
+    /// Counts one request's outcome: answered (class, latency) or failed (cause).
+    fn count_result(&mut self, result: Sent, elapsed: Duration) {
+        match result {
+            Ok(Ok((status, _))) => {
+                self.answered += 1;
+                let class = status.as_u16() / 100;
+                if (2..=5).contains(&class) {
+                    self.classes[usize::from(class - 2)] += 1;
+                }
+                let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                let _ = self.latencies.record(micros.max(1));
+            }
+            Ok(Err(err)) => {
+                self.failed += 1;
+                if matches!(err, client::Error::Connect(_)) {
+                    self.failed_connect += 1;
+                }
+            }
+            Err(_) => {
+                self.failed += 1;
+                self.failed_timeout += 1;
+            }
+        }
+    }
+
+    /// With `--compare`: a line per endpoint that had mismatches, then the totals.
+    fn print_mismatches(&self, rate: Option<f64>, allowed: f64) {
+        for (name, endpoint) in self.endpoints.iter().filter(|(_, e)| e.mismatched > 0) {
+            let fields: Vec<&str> = [
+                (endpoint.status, "status"),
+                (endpoint.headers, "headers"),
+                (endpoint.body, "body"),
+            ]
+            .iter()
+            .filter_map(|(differs, field)| differs.then_some(*field))
+            .collect();
+            let first = endpoint
+                .first
+                .as_ref()
+                .and_then(|d| serde_json::to_string(d).ok())
+                .unwrap_or_default();
+            eprintln!(
+                "replay: mismatch {name}: {} of {} differ ({}); first: {first}",
+                endpoint.mismatched,
+                endpoint.compared,
+                fields.join(", ")
+            );
+        }
+        eprintln!(
+            "replay: compared {}, mismatched {} ({:.2}%), allowed {:.2}%",
+            self.compared,
+            self.mismatched,
+            rate.unwrap_or(0.0) * 100.0,
+            allowed * 100.0
+        );
+    }
+
     fn percentile_ms(&self, q: f64) -> f64 {
         if self.latencies.is_empty() {
             return 0.0;
@@ -463,14 +537,26 @@ fn endpoint(method: &Method, path_and_query: &str) -> String {
 
 /// Runs a replay; returns the exit status.
 pub async fn run(options: Options) -> u8 {
-    let target = match TargetUrl::parse_main(&options.to) {
-        Ok(target) => target,
-        Err(err) => {
-            eprintln!("replay: invalid value for --to: {err}");
-            return EXIT_USAGE;
-        }
+    let (replay, rx) = match Replay::start(options) {
+        Ok(started) => started,
+        Err(status) => return status,
     };
-    let (files, errors) = expand(&options.sources);
+    replay.send_all(rx).await;
+    replay.progress.finish_and_clear();
+    replay.finish()
+}
+
+/// The target `--to` names, or the usage status.
+fn parse_target(options: &Options) -> Result<TargetUrl, u8> {
+    TargetUrl::parse_main(&options.to).map_err(|err| {
+        eprintln!("replay: invalid value for --to: {err}");
+        EXIT_USAGE
+    })
+}
+
+/// The sources that can be read now, naming the others; none is a failure to run.
+fn readable_sources(sources: &[String]) -> Result<Vec<PathBuf>, u8> {
+    let (files, errors) = expand(sources);
     let mut readable = Vec::new();
     for error in errors {
         eprintln!("replay: {error}");
@@ -483,82 +569,93 @@ pub async fn run(options: Options) -> u8 {
     }
     if readable.is_empty() {
         eprintln!("replay: no readable source");
-        return EXIT_COULD_NOT_RUN;
+        return Err(EXIT_COULD_NOT_RUN);
     }
-    let tls = match crate::tls::client_config(None, options.insecure_skip_verify) {
-        Ok(tls) => tls,
+    Ok(readable)
+}
+
+/// The TLS settings for an `https://` target.
+fn client_tls(options: &Options) -> Result<Arc<rustls::ClientConfig>, u8> {
+    crate::tls::client_config(None, options.insecure_skip_verify).map_err(|err| {
+        eprintln!("replay: {err}");
+        EXIT_COULD_NOT_RUN
+    })
+}
+
+/// With `--compare`, the comparison rules (`--ignore` included).
+fn compare_rules(options: &Options) -> Result<Option<Arc<Rules>>, u8> {
+    if !options.compare {
+        return Ok(None);
+    }
+    match Rules::new(
+        &crate::mirror::options::DEFAULT_COMPARE_HEADERS,
+        &options.ignore,
+    ) {
+        Ok(rules) => Ok(Some(Arc::new(rules))),
         Err(err) => {
-            eprintln!("replay: {err}");
-            return EXIT_COULD_NOT_RUN;
+            eprintln!("replay: invalid value for --ignore: {err}");
+            Err(EXIT_USAGE)
         }
+    }
+}
+
+/// With `--output`, the writer of the replay's own recording.
+fn output_writer(options: &Options) -> Result<Option<Arc<Writer>>, u8> {
+    let Some(path) = &options.output else {
+        return Ok(None);
     };
-    let rules = if options.compare {
-        match Rules::new(
-            &crate::mirror::options::DEFAULT_COMPARE_HEADERS,
-            &options.ignore,
-        ) {
-            Ok(rules) => Some(Arc::new(rules)),
-            Err(err) => {
-                eprintln!("replay: invalid value for --ignore: {err}");
-                return EXIT_USAGE;
-            }
+    match Writer::start(path) {
+        Ok(writer) => Ok(Some(Arc::new(writer))),
+        Err(err) => {
+            eprintln!("replay: cannot write --output {path}: {err}");
+            Err(EXIT_COULD_NOT_RUN)
         }
-    } else {
-        None
-    };
-    let output = match &options.output {
-        Some(path) => match crate::record::writer::Writer::start(path) {
-            Ok(writer) => Some(Arc::new(writer)),
-            Err(err) => {
-                eprintln!("replay: cannot write --output {path}: {err}");
-                return EXIT_COULD_NOT_RUN;
-            }
-        },
-        None => None,
-    };
-    let concurrency = options.concurrency.max(1);
-    let pool = Arc::new(Pool::<Full<Bytes>>::new(&target, &tls, concurrency));
-    let (tx, mut rx) = mpsc::channel(1024);
+    }
+}
+
+/// Starts the thread that reads and merges the sources; its requests come on the channel.
+fn start_reader(readable: Vec<PathBuf>, options: &Options) -> Result<mpsc::Receiver<Item>, u8> {
+    let (tx, rx) = mpsc::channel(1024);
     let reader_options = options.clone();
     let reader = std::thread::Builder::new()
         .name("trafficmirror-replay-read".into())
         .spawn(move || read_all(readable, reader_options, tx));
     if let Err(err) = reader {
         eprintln!("replay: cannot start the reading thread: {err}");
-        return EXIT_COULD_NOT_RUN;
+        return Err(EXIT_COULD_NOT_RUN);
     }
-    let summary = Arc::new(Mutex::new(Summary::new()));
-    let progress = progress_bar();
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let mut tasks = tokio::task::JoinSet::new();
-    // (round, first timestamp, when it was sent): the recorded clock's origin.
-    let mut origin: Option<(u64, i128, Instant)> = None;
-    let mut last_sent: Option<Instant> = None;
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
-    loop {
-        let item = tokio::select! {
-            item = rx.recv() => item,
-            _ = &mut interrupted => break,
-        };
-        let Some(item) = item else { break };
-        let (round, timestamp_ns, request, recorded) = match item {
-            Item::Skipped(line) => {
-                lock(&summary).skipped.push(line);
-                continue;
-            }
-            Item::Request {
-                round,
-                timestamp_ns,
-                request,
-                recorded,
-            } => (round, timestamp_ns, request, recorded),
-        };
+    Ok(rx)
+}
+
+/// A replay under way: what its loop and its sending tasks share.
+struct Replay {
+    options: Options,
+    target: TargetUrl,
+    pool: Arc<Pool<Full<Bytes>>>,
+    rules: Option<Arc<Rules>>,
+    output: Option<Arc<Writer>>,
+    summary: Arc<Mutex<Summary>>,
+    progress: indicatif::ProgressBar,
+    permits: Arc<Semaphore>,
+}
+
+/// When each request is due on the recorded clock.
+#[derive(Default)]
+struct Clock {
+    /// (round, first timestamp, when it was sent): the recorded clock's origin.
+    origin: Option<(u64, i128, Instant)>,
+    last_sent: Option<Instant>,
+}
+
+impl Clock {
+    /// When the request recorded at `timestamp_ns` in `round` is due: its gap from the
+    /// round's first scaled by `--speed`, and no sooner than `--rate` allows.
+    fn due(&mut self, round: u64, timestamp_ns: i128, options: &Options) -> Instant {
         let now = Instant::now();
-        let (first, start) = match origin {
+        let (first, start) = match self.origin {
             Some((r, first, start)) if r == round => (first, start),
             _ => {
-                origin = Some((round, timestamp_ns, now));
+                self.origin = Some((round, timestamp_ns, now));
                 (timestamp_ns, now)
             }
         };
@@ -569,179 +666,247 @@ pub async fn run(options: Options) -> u8 {
             let gap_ns = (timestamp_ns - first) as f64 / options.speed;
             due = start + Duration::from_secs_f64((gap_ns / 1e9).min(1e9));
         }
-        if let (Some(rate), Some(last)) = (options.rate, last_sent) {
+        if let (Some(rate), Some(last)) = (options.rate, self.last_sent) {
             due = due.max(last + Duration::from_secs_f64(1.0 / rate));
         }
-        tokio::select! {
-            () = tokio::time::sleep_until(due) => {}
-            _ = &mut interrupted => break,
-        }
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
+        due
+    }
+}
+
+impl Replay {
+    /// Checks the options, opens what the replay needs and starts reading; on failure,
+    /// the exit status.
+    fn start(options: Options) -> Result<(Self, mpsc::Receiver<Item>), u8> {
+        let target = parse_target(&options)?;
+        let readable = readable_sources(&options.sources)?;
+        let tls = client_tls(&options)?;
+        let rules = compare_rules(&options)?;
+        let output = output_writer(&options)?;
+        let concurrency = options.concurrency.max(1);
+        let pool = Arc::new(Pool::<Full<Bytes>>::new(&target, &tls, concurrency));
+        let rx = start_reader(readable, &options)?;
+        let replay = Self {
+            options,
+            target,
+            pool,
+            rules,
+            output,
+            summary: Arc::new(Mutex::new(Summary::new())),
+            progress: progress_bar(),
+            permits: Arc::new(Semaphore::new(concurrency)),
         };
-        last_sent = Some(Instant::now());
-        lock(&summary).sent += 1;
-        let compare = match (&rules, recorded) {
+        Ok((replay, rx))
+    }
+
+    /// Sends each request the reader hands over at its moment, until the sources end
+    /// or Ctrl-C; then waits for the answers under way.
+    async fn send_all(&self, mut rx: mpsc::Receiver<Item>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut clock = Clock::default();
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        loop {
+            let item = tokio::select! {
+                item = rx.recv() => item,
+                _ = &mut interrupted => break,
+            };
+            let Some(item) = item else { break };
+            let (round, timestamp_ns, request, recorded) = match item {
+                Item::Skipped(line) => {
+                    lock(&self.summary).skipped.push(line);
+                    continue;
+                }
+                Item::Request {
+                    round,
+                    timestamp_ns,
+                    request,
+                    recorded,
+                } => (round, timestamp_ns, request, recorded),
+            };
+            let due = clock.due(round, timestamp_ns, &self.options);
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                _ = &mut interrupted => break,
+            }
+            let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                break;
+            };
+            clock.last_sent = Some(Instant::now());
+            tasks.spawn(self.job(*request, recorded).run(permit));
+            // Finished tasks are collected as we go, so the set stays small.
+            while tasks.try_join_next().is_some() {}
+        }
+        drop(rx);
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Counts a request as sent and prepares its task: the request for the target, what
+    /// to compare its answer with, and its own record for `--output`.
+    fn job(&self, request: ParsedRequest, recorded: Option<Box<ParsedResponse>>) -> Job {
+        lock(&self.summary).sent += 1;
+        let compare = match (&self.rules, recorded) {
             (Some(rules), Some(recorded)) => Some((
                 rules.clone(),
-                recorded_answer(*recorded, options.max_compare_size),
+                recorded_answer(*recorded, self.options.max_compare_size),
                 endpoint(&request.method, &request.path_and_query),
             )),
             _ => None,
         };
-        let capture = (compare.is_some() || output.is_some()).then_some(options.max_compare_size);
-        // The replay's own record: the request as sent (its answer is added below).
-        let own = output.as_ref().map(|writer| {
-            let id = format::new_id();
-            let timestamp = crate::record::unix_ns(std::time::SystemTime::now());
-            let record = format::encode_request(
-                &id,
-                timestamp,
-                &request.method,
-                &request.path_and_query,
-                &request.headers,
-                &request.body,
-                request.trailers.as_ref(),
-            );
-            (writer.clone(), id, timestamp, record)
-        });
-        let request = build(&target, *request);
-        let pool = pool.clone();
-        let summary = summary.clone();
-        let timeout = options.timeout;
-        let progress = progress.clone();
-        tasks.spawn(async move {
-            let started = Instant::now();
-            let result = tokio::time::timeout(timeout, send_one(&pool, request, capture)).await;
-            let elapsed = started.elapsed();
-            if let Some((writer, id, timestamp, mut records)) = own {
-                if let Ok(Ok((_, Some(answer)))) = &result {
-                    if let verdict::CapturedBody::Whole(body) = &answer.body {
-                        records.extend(format::encode_response(
-                            &id,
-                            timestamp,
-                            i128::try_from(elapsed.as_nanos()).unwrap_or(i128::MAX),
-                            answer.status,
-                            &answer.headers,
-                            body,
-                            None,
-                        ));
-                    }
-                }
-                if let crate::record::writer::Outcome::Failed(err) =
-                    writer.write(records, OUTPUT_LIMITS).await
-                {
-                    tracing::warn!(%err, "replay: cannot write --output");
-                }
-            }
-            // Compared outside the lock: a large JSON body takes a while.
-            let verdict = match (&result, compare) {
-                (Ok(Ok((_, Some(replayed)))), Some((rules, recorded, endpoint))) => Some((
-                    verdict::compare(&rules, None, &recorded, replayed),
-                    endpoint,
-                )),
-                _ => None,
-            };
-            let mut summary = lock(&summary);
-            if let Some((verdict, endpoint)) = verdict {
-                summary.compared += 1;
-                let mismatch = matches!(verdict, Verdict::Mismatch(_));
-                summary.mismatched += u64::from(mismatch);
-                let entry = summary.endpoints.entry(endpoint).or_default();
-                entry.compared += 1;
-                if let Verdict::Mismatch(m) = verdict {
-                    entry.mismatched += 1;
-                    entry.status |= m.status;
-                    entry.headers |= m.headers;
-                    entry.body |= m.body;
-                    entry.first.get_or_insert(m.difference);
-                }
-            }
-            match result {
-                Ok(Ok((status, _))) => {
-                    summary.answered += 1;
-                    let class = status.as_u16() / 100;
-                    if (2..=5).contains(&class) {
-                        summary.classes[usize::from(class - 2)] += 1;
-                    }
-                    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-                    let _ = summary.latencies.record(micros.max(1));
-                }
-                Ok(Err(err)) => {
-                    summary.failed += 1;
-                    if matches!(err, client::Error::Connect(_)) {
-                        summary.failed_connect += 1;
-                    }
-                }
-                Err(_) => {
-                    summary.failed += 1;
-                    summary.failed_timeout += 1;
-                }
-            }
-            progress.set_message(format!(
-                "sent {}, answered {}, failed {}",
-                summary.sent, summary.answered, summary.failed
-            ));
-            drop(permit);
-        });
-        // Finished tasks are collected as we go, so the set stays small.
-        while tasks.try_join_next().is_some() {}
+        let capture =
+            (compare.is_some() || self.output.is_some()).then_some(self.options.max_compare_size);
+        let own = self
+            .output
+            .as_ref()
+            .map(|writer| OwnRecord::of(writer.clone(), &request));
+        Job {
+            request: build(&self.target, request),
+            capture,
+            compare,
+            own,
+            pool: self.pool.clone(),
+            summary: self.summary.clone(),
+            timeout: self.options.timeout,
+            progress: self.progress.clone(),
+        }
     }
-    drop(rx);
-    while tasks.join_next().await.is_some() {}
-    progress.finish_and_clear();
-    let summary = lock(&summary);
-    for line in &summary.skipped {
-        eprintln!("replay: skipped {line}");
-    }
-    if summary.failed > 0 {
-        eprintln!(
-            "replay: failed by cause: connect {}, timeout {}, other {}",
-            summary.failed_connect,
-            summary.failed_timeout,
-            summary.failed - summary.failed_connect - summary.failed_timeout
-        );
-    }
-    let rate = (summary.compared > 0).then(|| summary.mismatched as f64 / summary.compared as f64);
-    if rules.is_some() {
-        for (name, endpoint) in summary.endpoints.iter().filter(|(_, e)| e.mismatched > 0) {
-            let fields: Vec<&str> = [
-                (endpoint.status, "status"),
-                (endpoint.headers, "headers"),
-                (endpoint.body, "body"),
-            ]
-            .iter()
-            .filter_map(|(differs, field)| differs.then_some(*field))
-            .collect();
-            let first = endpoint
-                .first
-                .as_ref()
-                .and_then(|d| serde_json::to_string(d).ok())
-                .unwrap_or_default();
+
+    /// Reports the tally and returns the exit status.
+    fn finish(&self) -> u8 {
+        let summary = lock(&self.summary);
+        for line in &summary.skipped {
+            eprintln!("replay: skipped {line}");
+        }
+        if summary.failed > 0 {
             eprintln!(
-                "replay: mismatch {name}: {} of {} differ ({}); first: {first}",
-                endpoint.mismatched,
-                endpoint.compared,
-                fields.join(", ")
+                "replay: failed by cause: connect {}, timeout {}, other {}",
+                summary.failed_connect,
+                summary.failed_timeout,
+                summary.failed - summary.failed_connect - summary.failed_timeout
             );
         }
-        eprintln!(
-            "replay: compared {}, mismatched {} ({:.2}%), allowed {:.2}%",
-            summary.compared,
-            summary.mismatched,
-            rate.unwrap_or(0.0) * 100.0,
-            options.max_mismatch_rate * 100.0
+        let rate =
+            (summary.compared > 0).then(|| summary.mismatched as f64 / summary.compared as f64);
+        if self.rules.is_some() {
+            summary.print_mismatches(rate, self.options.max_mismatch_rate);
+        }
+        println!("{}", summary.line());
+        if summary.sent > 0 && summary.answered == 0 {
+            eprintln!("replay: the target never answered");
+            return EXIT_COULD_NOT_RUN;
+        }
+        if rate.is_some_and(|rate| rate > self.options.max_mismatch_rate) {
+            return EXIT_MISMATCH;
+        }
+        EXIT_DONE
+    }
+}
+
+/// What sending one request gave: its status and kept answer, a client error, or the
+/// timeout.
+type Sent =
+    Result<Result<(http::StatusCode, Option<Answer>), client::Error>, tokio::time::error::Elapsed>;
+
+/// The replay's own record of one request (`--output`): the request as sent, its
+/// answer added once it comes.
+struct OwnRecord {
+    writer: Arc<Writer>,
+    id: String,
+    timestamp: i128,
+    records: Vec<u8>,
+}
+
+impl OwnRecord {
+    /// The record of `request`, stamped now.
+    fn of(writer: Arc<Writer>, request: &ParsedRequest) -> Self {
+        let id = format::new_id();
+        let timestamp = crate::record::unix_ns(std::time::SystemTime::now());
+        let records = format::encode_request(
+            &id,
+            timestamp,
+            &request.method,
+            &request.path_and_query,
+            &request.headers,
+            &request.body,
+            request.trailers.as_ref(),
         );
+        Self {
+            writer,
+            id,
+            timestamp,
+            records,
+        }
     }
-    println!("{}", summary.line());
-    if summary.sent > 0 && summary.answered == 0 {
-        eprintln!("replay: the target never answered");
-        return EXIT_COULD_NOT_RUN;
+
+    /// Adds the answer when it was kept whole, and writes both; a write error is logged.
+    async fn write(mut self, result: &Sent, elapsed: Duration) {
+        if let Ok(Ok((_, Some(answer)))) = result {
+            if let verdict::CapturedBody::Whole(body) = &answer.body {
+                self.records.extend(format::encode_response(
+                    &self.id,
+                    self.timestamp,
+                    i128::try_from(elapsed.as_nanos()).unwrap_or(i128::MAX),
+                    answer.status,
+                    &answer.headers,
+                    body,
+                    None,
+                ));
+            }
+        }
+        if let crate::record::writer::Outcome::Failed(err) =
+            self.writer.write(self.records, OUTPUT_LIMITS).await
+        {
+            tracing::warn!(%err, "replay: cannot write --output");
+        }
     }
-    if rate.is_some_and(|rate| rate > options.max_mismatch_rate) {
-        return EXIT_MISMATCH;
+}
+
+/// One request's task: what it sends, and where its outcome goes.
+struct Job {
+    request: Request<Full<Bytes>>,
+    /// Keep the answer, its body up to this many bytes.
+    capture: Option<usize>,
+    /// Rules, recorded answer and endpoint, with `--compare`.
+    compare: Option<(Arc<Rules>, Answer, String)>,
+    own: Option<OwnRecord>,
+    pool: Arc<Pool<Full<Bytes>>>,
+    summary: Arc<Mutex<Summary>>,
+    timeout: Duration,
+    progress: indicatif::ProgressBar,
+}
+
+impl Job {
+    /// Sends the request, records and compares its answer, and tallies the outcome;
+    /// the permit is given back at the end.
+    async fn run(self, permit: tokio::sync::OwnedSemaphorePermit) {
+        let started = Instant::now();
+        let result = tokio::time::timeout(
+            self.timeout,
+            send_one(&self.pool, self.request, self.capture),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        if let Some(own) = self.own {
+            own.write(&result, elapsed).await;
+        }
+        // Compared outside the lock: a large JSON body takes a while.
+        let verdict = match (&result, self.compare) {
+            (Ok(Ok((_, Some(replayed)))), Some((rules, recorded, endpoint))) => Some((
+                verdict::compare(&rules, None, &recorded, replayed),
+                endpoint,
+            )),
+            _ => None,
+        };
+        let mut summary = lock(&self.summary);
+        if let Some((verdict, endpoint)) = verdict {
+            summary.count_verdict(verdict, endpoint);
+        }
+        summary.count_result(result, elapsed);
+        self.progress.set_message(format!(
+            "sent {}, answered {}, failed {}",
+            summary.sent, summary.answered, summary.failed
+        ));
+        drop(permit);
     }
-    EXIT_DONE
 }
 
 fn lock(summary: &Mutex<Summary>) -> std::sync::MutexGuard<'_, Summary> {
