@@ -183,6 +183,8 @@ mod tests {
             headers,
             body,
             difference: Difference::ByteOffset { offset: 0 },
+            fields: vec!["body".to_owned()],
+            field_count: 1,
         })
     }
 
