@@ -152,6 +152,8 @@ enum Page {
     Status,
     /// `<path>/mismatches`.
     Mismatches,
+    /// `<path>/endpoints`.
+    Endpoints,
     /// `<path>/metrics`, or `/metrics` on the admin endpoint's own listener.
     Metrics,
 }
@@ -193,6 +195,7 @@ impl Admin {
             Some("/") if self.path.len() > base.len() => Some(Page::Targets),
             Some("/status") => Some(Page::Status),
             Some("/mismatches") => Some(Page::Mismatches),
+            Some("/endpoints") => Some(Page::Endpoints),
             Some("/metrics") => Some(Page::Metrics),
             _ if self.own_listener && path == "/metrics" => Some(Page::Metrics),
             _ => None,
@@ -225,9 +228,12 @@ impl Admin {
         let get = req.method() == Method::GET;
         match page {
             Page::Targets => self.targets(req, peer, user).await,
-            Page::Status | Page::Mismatches | Page::Metrics if !get => Err(AdminError::OnlyGet),
+            Page::Status | Page::Mismatches | Page::Endpoints | Page::Metrics if !get => {
+                Err(AdminError::OnlyGet)
+            }
             Page::Status => Ok(self.status()),
             Page::Mismatches => self.mismatches(&req),
+            Page::Endpoints => self.endpoints(&req),
             Page::Metrics => self.metrics(),
         }
     }
@@ -386,6 +392,20 @@ impl Admin {
 
     /// The latest mismatches of one comparing mirror.
     fn mismatches<B>(&self, req: &Request<B>) -> Result<Response<BoxBody>, AdminError> {
+        let member = self.member(req)?;
+        let body = serde_json::to_vec(&member.mirror.mismatches()).expect("records serialise");
+        Ok(json_response(body))
+    }
+
+    /// One comparing mirror's results per endpoint.
+    fn endpoints<B>(&self, req: &Request<B>) -> Result<Response<BoxBody>, AdminError> {
+        let member = self.member(req)?;
+        let body = serde_json::to_vec(&member.mirror.endpoints()).expect("endpoints serialise");
+        Ok(json_response(body))
+    }
+
+    /// The mirror named by the query's `url`.
+    fn member<B>(&self, req: &Request<B>) -> Result<crate::mirror::Member, AdminError> {
         let raw = req
             .uri()
             .query()
@@ -400,8 +420,7 @@ impl Admin {
             .registry
             .find(&url)
             .ok_or_else(|| AdminError::NotAMirror(url.to_string()))?;
-        let body = serde_json::to_vec(&member.mirror.mismatches()).expect("records serialise");
-        Ok(json_response(body))
+        Ok(member)
     }
 }
 

@@ -214,6 +214,7 @@ pub struct Mirror {
     /// Comparison results while the plan says `compare`.
     comparison: CompareStats,
     mismatches: Mismatches,
+    endpoints: compare::endpoints::Endpoints,
     health: Mutex<Health>,
     permits: Arc<Semaphore>,
     /// Set when the mirror leaves the set or at shutdown: new copies are dropped, those
@@ -263,6 +264,7 @@ impl Mirror {
             order: Arc::default(),
             comparison: CompareStats::new(),
             mismatches: Mismatches::default(),
+            endpoints: compare::endpoints::Endpoints::default(),
             health: Mutex::new(Health::new()),
             permits: Arc::new(Semaphore::new(shared.settings.max_queued)),
             closed: AtomicBool::new(false),
@@ -550,6 +552,13 @@ impl Mirror {
         let verdict = compare::compare(rules, output.as_ref(), main_answer, &mirror);
         self.comparison
             .record(&verdict, main.latency, mirror_latency);
+        self.endpoints.record(
+            request.method.as_str(),
+            &compare::endpoints::template(path),
+            &verdict,
+            main.latency,
+            mirror_latency,
+        );
         if let Verdict::Mismatch(mismatch) = verdict {
             self.mismatches.push(Record::new(
                 std::time::SystemTime::now(),
@@ -560,6 +569,11 @@ impl Mirror {
                 mismatch,
             ));
         }
+    }
+
+    /// The results per endpoint, the most compared first.
+    pub fn endpoints(&self) -> Vec<compare::endpoints::EndpointSnapshot> {
+        self.endpoints.snapshot()
     }
 
     /// The latest mismatches, newest first.

@@ -52,3 +52,58 @@ async fn a_mismatch_record_lists_every_differing_field_with_indices_as_stars() {
         json!({"kind": "json_pointer", "pointer": "/items/0/price", "main": "1", "mirror": "5"})
     );
 }
+
+/// The `/endpoints` listing of `url`.
+async fn endpoints(proxy: &TestProxy, url: &str) -> Vec<Value> {
+    let resp = get(&proxy.admin_url(&format!("/endpoints?url={url}"))).await;
+    assert_eq!(resp.status, StatusCode::OK, "{:?}", resp.body);
+    serde_json::from_slice(&resp.body).expect("a JSON array")
+}
+
+/// The listing's entry for `method template`, once it counts `n` compared answers.
+async fn endpoint(proxy: &TestProxy, url: &str, method: &str, template: &str, n: u64) -> Value {
+    let find = || async {
+        endpoints(proxy, url)
+            .await
+            .into_iter()
+            .find(|e| e["method"] == method && e["template"] == template)
+    };
+    eventually(&format!("{n} compared on {method} {template}"), || async {
+        find()
+            .await
+            .is_some_and(|e| e["compared"].as_u64() >= Some(n))
+    })
+    .await;
+    find().await.expect("found")
+}
+
+#[tokio::test]
+async fn results_are_kept_per_method_and_path_template() {
+    let (_main, proxy) = TestProxy::in_front_of(json_reply(r#"{"ts":1,"v":1}"#), &[]).await;
+    let mirror = MockBackend::start(json_reply(r#"{"ts":2,"v":1}"#)).await;
+    proxy
+        .put_ok(&format!("url={}&compare=true", mirror.url()))
+        .await;
+    for path in [
+        "/users/1/orders?page=2",
+        "/users/22/orders",
+        "/users/123e4567-e89b-12d3-a456-426614174000/orders",
+        "/blobs/0123456789abcdef0123",
+        "/users/me",
+    ] {
+        get(&proxy.url(path)).await;
+    }
+    let orders = endpoint(&proxy, &mirror.url(), "GET", "/users/{id}/orders", 3).await;
+    assert_eq!(orders["compared"], 3, "{orders}");
+    assert_eq!(orders["mismatched"], 3);
+    assert_eq!(orders["fields"], json!([{"field": "/ts", "count": 3}]));
+    assert_eq!(orders["regressions"], json!([]));
+    assert_eq!(orders["noise"], json!([]));
+    for side in ["main_latency_ms", "mirror_latency_ms"] {
+        assert!(orders[side]["p50"].is_number(), "{orders}");
+        assert!(orders[side]["p99"].is_number(), "{orders}");
+    }
+    endpoint(&proxy, &mirror.url(), "GET", "/blobs/{id}", 1).await;
+    endpoint(&proxy, &mirror.url(), "GET", "/users/me", 1).await;
+    assert_eq!(endpoints(&proxy, &mirror.url()).await.len(), 3);
+}
