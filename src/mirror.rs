@@ -478,7 +478,8 @@ impl Mirror {
             self.log_event(event);
         }
         if let (Some(rules), Some(rx)) = (&job.plan.compare, &job.request.main_answer) {
-            self.compare(rules, &job.request, rx.clone(), answer).await;
+            let endpoints = &job.plan.options.endpoints;
+            (self.compare(rules, endpoints, &job.request, rx.clone(), answer)).await;
         }
         event
     }
@@ -487,6 +488,7 @@ impl Mirror {
     async fn compare(
         &self,
         rules: &Rules,
+        endpoints: &[String],
         request: &MirrorRequest,
         main: MainAnswerRx,
         mirror: Option<CapturedAnswer>,
@@ -554,7 +556,7 @@ impl Mirror {
             .record(&verdict, main.latency, mirror_latency);
         self.endpoints.record(
             request.method.as_str(),
-            &compare::endpoints::template(path),
+            &compare::endpoints::template_for(endpoints, path),
             &verdict,
             main.latency,
             mirror_latency,

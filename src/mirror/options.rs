@@ -34,7 +34,7 @@ use serde::ser::{SerializeMap, Serializer};
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Every option key, in the canonical order of the text form and the JSON listing.
-pub const KEYS: [&str; 13] = [
+pub const KEYS: [&str; 14] = [
     "percent",
     "sample_by",
     "rate",
@@ -46,6 +46,7 @@ pub const KEYS: [&str; 13] = [
     "compare",
     "compare_header",
     "ignore",
+    "endpoint",
     "ordered",
     "persistent",
 ];
@@ -58,7 +59,7 @@ pub static DEFAULT_COMPARE_HEADERS: [HeaderName; 1] = [header::CONTENT_TYPE];
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
     #[error(
-        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, ordered, persistent)"
+        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, endpoint, ordered, persistent)"
     )]
     Unknown(String),
     #[error("invalid {key} value {value:?}: {reason}")]
@@ -134,6 +135,9 @@ pub struct MirrorOptions {
     /// Excluded from comparison: a lower-cased header name, or a JSON pointer
     /// (RFC 6901) starting with `/` in which a `*` segment matches any key or index.
     pub ignore: Vec<String>,
+    /// Path templates for the per-endpoint results, tried in order: `/`-separated
+    /// segments where `:name` matches any one segment.
+    pub endpoints: Vec<String>,
     /// Replay in main's order.
     pub ordered: bool,
     /// Never removed automatically.
@@ -154,6 +158,7 @@ impl Default for MirrorOptions {
             compare: false,
             compare_headers: Vec::new(),
             ignore: Vec::new(),
+            endpoints: Vec::new(),
             ordered: false,
             persistent: false,
         }
@@ -354,6 +359,21 @@ fn parse_ignore(key: &'static str, value: &str) -> Result<String, OptionsError> 
     Ok(name.as_str().to_owned())
 }
 
+/// `endpoint`: a path pattern starting with `/`, without a query.
+fn parse_endpoint(key: &'static str, value: &str) -> Result<String, OptionsError> {
+    if !value.starts_with('/') || value.contains(['?', '#']) {
+        return Err(invalid(
+            key,
+            value,
+            "a path pattern such as /users/:id/orders",
+        ));
+    }
+    if value.len() > 300 {
+        return Err(invalid(key, value, "longer than 300 bytes"));
+    }
+    Ok(value.to_owned())
+}
+
 fn push_unique<T: PartialEq>(list: &mut Vec<T>, item: T) {
     if !list.contains(&item) {
         list.push(item);
@@ -380,7 +400,13 @@ impl MirrorOptions {
             let key = KEYS[index];
             let repeatable = matches!(
                 key,
-                "method" | "path" | "set_header" | "remove_header" | "compare_header" | "ignore"
+                "method"
+                    | "path"
+                    | "set_header"
+                    | "remove_header"
+                    | "compare_header"
+                    | "ignore"
+                    | "endpoint"
             );
             if !repeatable && std::mem::replace(&mut seen[index], true) {
                 return Err(OptionsError::Repeated(key));
@@ -423,6 +449,7 @@ impl MirrorOptions {
                 push_unique(&mut self.compare_headers, parse_header_name(key, value)?);
             }
             "ignore" => push_unique(&mut self.ignore, parse_ignore(key, value)?),
+            "endpoint" => push_unique(&mut self.endpoints, parse_endpoint(key, value)?),
             "ordered" => self.ordered = parse_bool(key, value)?,
             "persistent" => self.persistent = parse_bool(key, value)?,
             _ => return Err(OptionsError::Unknown(key.to_owned())),
@@ -587,6 +614,9 @@ impl fmt::Display for MirrorOptions {
         for rule in &self.ignore {
             token(f, "ignore", rule.as_bytes())?;
         }
+        for pattern in &self.endpoints {
+            token(f, "endpoint", pattern.as_bytes())?;
+        }
         if self.ordered {
             token(f, "ordered", b"true")?;
         }
@@ -631,6 +661,7 @@ impl serde::Serialize for MirrorOptions {
         map.serialize_entry("compare", &self.compare)?;
         map.serialize_entry("compare_header", &names(self.effective_compare_headers()))?;
         map.serialize_entry("ignore", &self.ignore)?;
+        map.serialize_entry("endpoint", &self.endpoints)?;
         map.serialize_entry("ordered", &self.ordered)?;
         map.serialize_entry("persistent", &self.persistent)?;
         map.end()
@@ -981,7 +1012,8 @@ pub(crate) mod tests {
             serde_json::json!({
                 "percent": 100.0, "sample_by": null, "rate": null, "method": [], "path": [],
                 "set_header": [], "remove_header": [], "host": null, "compare": false,
-                "compare_header": ["content-type"], "ignore": [], "ordered": false,
+                "compare_header": ["content-type"], "ignore": [], "endpoint": [],
+                "ordered": false,
                 "persistent": false
             })
         );
@@ -1116,6 +1148,7 @@ pub(crate) mod tests {
                 ],
                 0..3,
             ),
+            proptest::collection::vec("(/(:?[a-z{}]{1,4})){1,3}", 0..3),
             any::<bool>(),
             any::<bool>(),
         );
@@ -1123,7 +1156,7 @@ pub(crate) mod tests {
             |(
                 (percent, sample_by, rate, methods, paths),
                 (set_headers, remove_headers, host),
-                (compare, compare_headers, ignore, ordered, persistent),
+                (compare, compare_headers, ignore, endpoints, ordered, persistent),
             )| MirrorOptions {
                 percent,
                 sample_by,
@@ -1136,6 +1169,7 @@ pub(crate) mod tests {
                 compare,
                 compare_headers: unique(compare_headers),
                 ignore: unique(ignore),
+                endpoints: unique(endpoints),
                 ordered,
                 persistent,
             },
@@ -1188,6 +1222,7 @@ pub(crate) mod tests {
                 (Just("set_header"), "[a-z]{1,5}"),
                 (Just("host"), "[a-z]{1,5}[@/?#][a-z]{0,3}"),
                 (Just("ignore"), "/[a-z]{0,3}~[2-9a-z]?"),
+                (Just("endpoint"), prop_oneof!["[a-z:]{1,5}", "/[a-z]{0,3}[?#][a-z]{0,3}"]),
             ]
         ) {
             let (key, value) = case;

@@ -107,3 +107,30 @@ async fn results_are_kept_per_method_and_path_template() {
     endpoint(&proxy, &mirror.url(), "GET", "/users/me", 1).await;
     assert_eq!(endpoints(&proxy, &mirror.url()).await.len(), 3);
 }
+
+#[tokio::test]
+async fn the_first_matching_endpoint_option_names_the_endpoint() {
+    let (_main, proxy) = TestProxy::in_front_of(json_reply(r#"{"v":1}"#), &[]).await;
+    let mirror = MockBackend::start(json_reply(r#"{"v":1}"#)).await;
+    proxy
+        .put_ok(&format!(
+            "url={}&compare=true&endpoint=/users/:user/orders&endpoint=/files/:name",
+            mirror.url()
+        ))
+        .await;
+    for path in [
+        "/users/me/orders",
+        "/users/you/orders?x=1",
+        "/files/a.txt",
+        "/other/7",
+    ] {
+        get(&proxy.url(path)).await;
+    }
+    let e = endpoint(&proxy, &mirror.url(), "GET", "/users/:user/orders", 2).await;
+    assert_eq!(
+        (e["compared"].clone(), e["mismatched"].clone()),
+        (json!(2), json!(0))
+    );
+    endpoint(&proxy, &mirror.url(), "GET", "/files/:name", 1).await;
+    endpoint(&proxy, &mirror.url(), "GET", "/other/{id}", 1).await;
+}

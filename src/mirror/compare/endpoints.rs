@@ -43,6 +43,31 @@ const MAX_METHOD_CHARS: usize = 20;
 /// Longest template kept, in characters (a longer one is cut).
 const MAX_TEMPLATE_CHARS: usize = 300;
 
+/// The endpoint of `path`: the first of `patterns` (the `endpoint` options) that
+/// matches it, else its [`template`].
+pub fn template_for(patterns: &[String], path: &str) -> String {
+    let plain = path.split(['?', '#']).next().unwrap_or_default();
+    match patterns.iter().find(|p| pattern_matches(p, plain)) {
+        Some(pattern) => super::verdict::cut(pattern, MAX_TEMPLATE_CHARS).to_owned(),
+        None => template(path),
+    }
+}
+
+/// Whether `path` has as many segments as `pattern` and each equals the pattern's, a
+/// `:name` segment matching any non-empty one.
+fn pattern_matches(pattern: &str, path: &str) -> bool {
+    let mut pattern = pattern.split('/');
+    let mut path = path.split('/');
+    loop {
+        match (pattern.next(), path.next()) {
+            (None, None) => return true,
+            (Some(p), Some(s)) if p.len() > 1 && p.starts_with(':') && !s.is_empty() => {}
+            (Some(p), Some(s)) if p == s => {}
+            _ => return false,
+        }
+    }
+}
+
 /// The template of `path` (its query is dropped): each segment that is a number, a UUID
 /// or a hex string of 16 characters or more becomes `{id}`.
 pub fn template(path: &str) -> String {
@@ -291,6 +316,32 @@ mod tests {
         );
         assert_eq!(template("/"), "/");
         assert_eq!(template(""), "");
+    }
+
+    #[test]
+    fn the_first_matching_endpoint_pattern_is_the_template() {
+        let patterns = vec![
+            "/users/:id/orders".to_owned(),
+            "/files/:name".to_owned(),
+            "/files/:any".to_owned(),
+        ];
+        assert_eq!(
+            template_for(&patterns, "/users/me/orders?x=1"),
+            "/users/:id/orders"
+        );
+        assert_eq!(template_for(&patterns, "/files/a.txt"), "/files/:name");
+        // Not matching: a segment more, fewer, empty, or another literal.
+        assert_eq!(
+            template_for(&patterns, "/users/me/orders/7"),
+            "/users/me/orders/{id}"
+        );
+        assert_eq!(template_for(&patterns, "/users/7"), "/users/{id}");
+        assert_eq!(template_for(&patterns, "/files/"), "/files/");
+        assert_eq!(
+            template_for(&patterns, "/user/1/orders"),
+            "/user/{id}/orders"
+        );
+        assert_eq!(template_for(&[], "/users/1/orders"), "/users/{id}/orders");
     }
 
     #[test]
