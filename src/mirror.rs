@@ -155,11 +155,19 @@ impl Plan {
         }
     }
 
-    /// Whether this request goes to the mirror (method, path, share, rate).
-    pub fn selects(&self, method: &http::Method, path: &str, headers: &HeaderMap) -> bool {
+    /// Whether this request goes to the mirror (method, path, share, rate). `roll` is
+    /// the request's one random draw in `[0, 1)`, shared by every mirror so that
+    /// mirrors with the same `percent` get the same requests (a baseline and its
+    /// candidates compare the same answers).
+    pub fn selects(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &HeaderMap,
+        roll: f64,
+    ) -> bool {
         let options = &self.options;
-        if !options.selects_all() && !select::select(options, method, path, headers, fastrand::f64)
-        {
+        if !options.selects_all() && !select::select(options, method, path, headers, || roll) {
             return false;
         }
         self.rate

@@ -134,3 +134,39 @@ async fn the_first_matching_endpoint_option_names_the_endpoint() {
     endpoint(&proxy, &mirror.url(), "GET", "/files/:name", 1).await;
     endpoint(&proxy, &mirror.url(), "GET", "/other/{id}", 1).await;
 }
+
+#[tokio::test]
+async fn mirrors_with_the_same_percent_get_the_same_requests() {
+    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &[]).await;
+    let a = MockBackend::start(Reply::ok("ok")).await;
+    let b = MockBackend::start(Reply::ok("ok")).await;
+    for m in [&a, &b] {
+        proxy.put_ok(&format!("url={}&percent=50", m.url())).await;
+    }
+    let n = 40;
+    for i in 0..n {
+        get(&proxy.url(&format!("/r/{i}"))).await;
+    }
+    let mut paths = Vec::new();
+    for m in [&a, &b] {
+        // Every request is either sent or filtered, and the copies sent all arrive.
+        eventually("every request decided and delivered", || async {
+            let j = proxy.mirror_json(&m.url()).await.unwrap();
+            let sent = j["sent"].as_u64().unwrap_or(0);
+            sent + j["filtered"].as_u64().unwrap_or(0) == n && m.count() as u64 == sent
+        })
+        .await;
+        let mut got = Vec::new();
+        for _ in 0..m.count() {
+            got.push(m.next().await.uri.to_string());
+        }
+        got.sort();
+        paths.push(got);
+    }
+    // With independent draws, equal sets of 40 would be a 1 in 2^40 chance.
+    assert_eq!(paths[0], paths[1]);
+    assert!(
+        !paths[0].is_empty() && paths[0].len() < n as usize,
+        "{paths:?}"
+    );
+}
