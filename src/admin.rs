@@ -400,8 +400,26 @@ impl Admin {
     /// One comparing mirror's results per endpoint.
     fn endpoints<B>(&self, req: &Request<B>) -> Result<Response<BoxBody>, AdminError> {
         let member = self.member(req)?;
-        let body = serde_json::to_vec(&member.mirror.endpoints()).expect("endpoints serialise");
+        let baseline = self.baseline_for(&member);
+        let list = member
+            .mirror
+            .endpoints(baseline.as_ref().map(|b| &*b.mirror));
+        let body = serde_json::to_vec(&list).expect("endpoints serialise");
         Ok(json_response(body))
+    }
+
+    /// The comparing mirror with `role=baseline` that `member` is weighed against: none
+    /// for a baseline itself (it counts no regressions) or when there is none; the
+    /// first listed when there are several.
+    fn baseline_for(&self, member: &crate::mirror::Member) -> Option<crate::mirror::Member> {
+        if member.plan.options.baseline {
+            return None;
+        }
+        self.registry
+            .snapshot()
+            .iter()
+            .find(|m| m.plan.options.baseline && m.plan.compare.is_some())
+            .cloned()
     }
 
     /// The mirror named by the query's `url`.

@@ -581,9 +581,14 @@ impl Mirror {
         }
     }
 
-    /// The results per endpoint, the most compared first.
-    pub fn endpoints(&self) -> Vec<compare::endpoints::EndpointSnapshot> {
-        self.endpoints.snapshot()
+    /// The results per endpoint, the most compared first; with `baseline`, each field
+    /// weighed against that mirror's (regressions and noise).
+    pub fn endpoints(
+        &self,
+        baseline: Option<&Mirror>,
+    ) -> Vec<compare::endpoints::EndpointSnapshot> {
+        let counts = baseline.map(|b| b.endpoints.counts());
+        self.endpoints.snapshot(counts.as_ref())
     }
 
     /// The latest mismatches, newest first.

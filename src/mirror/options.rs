@@ -34,7 +34,7 @@ use serde::ser::{SerializeMap, Serializer};
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Every option key, in the canonical order of the text form and the JSON listing.
-pub const KEYS: [&str; 14] = [
+pub const KEYS: [&str; 15] = [
     "percent",
     "sample_by",
     "rate",
@@ -47,6 +47,7 @@ pub const KEYS: [&str; 14] = [
     "compare_header",
     "ignore",
     "endpoint",
+    "role",
     "ordered",
     "persistent",
 ];
@@ -59,7 +60,7 @@ pub static DEFAULT_COMPARE_HEADERS: [HeaderName; 1] = [header::CONTENT_TYPE];
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
     #[error(
-        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, endpoint, ordered, persistent)"
+        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, endpoint, role, ordered, persistent)"
     )]
     Unknown(String),
     #[error("invalid {key} value {value:?}: {reason}")]
@@ -138,6 +139,9 @@ pub struct MirrorOptions {
     /// Path templates for the per-endpoint results, tried in order: `/`-separated
     /// segments where `:name` matches any one segment.
     pub endpoints: Vec<String>,
+    /// `role=baseline`: runs the same version as main; its differences are the noise
+    /// the other comparing mirrors' are weighed against.
+    pub baseline: bool,
     /// Replay in main's order.
     pub ordered: bool,
     /// Never removed automatically.
@@ -159,6 +163,7 @@ impl Default for MirrorOptions {
             compare_headers: Vec::new(),
             ignore: Vec::new(),
             endpoints: Vec::new(),
+            baseline: false,
             ordered: false,
             persistent: false,
         }
@@ -450,6 +455,13 @@ impl MirrorOptions {
             }
             "ignore" => push_unique(&mut self.ignore, parse_ignore(key, value)?),
             "endpoint" => push_unique(&mut self.endpoints, parse_endpoint(key, value)?),
+            "role" => {
+                self.baseline = match value {
+                    "baseline" => true,
+                    "candidate" => false,
+                    _ => return Err(invalid(key, value, "baseline or candidate")),
+                }
+            }
             "ordered" => self.ordered = parse_bool(key, value)?,
             "persistent" => self.persistent = parse_bool(key, value)?,
             _ => return Err(OptionsError::Unknown(key.to_owned())),
@@ -617,6 +629,9 @@ impl fmt::Display for MirrorOptions {
         for pattern in &self.endpoints {
             token(f, "endpoint", pattern.as_bytes())?;
         }
+        if self.baseline {
+            token(f, "role", b"baseline")?;
+        }
         if self.ordered {
             token(f, "ordered", b"true")?;
         }
@@ -662,6 +677,14 @@ impl serde::Serialize for MirrorOptions {
         map.serialize_entry("compare_header", &names(self.effective_compare_headers()))?;
         map.serialize_entry("ignore", &self.ignore)?;
         map.serialize_entry("endpoint", &self.endpoints)?;
+        map.serialize_entry(
+            "role",
+            if self.baseline {
+                "baseline"
+            } else {
+                "candidate"
+            },
+        )?;
         map.serialize_entry("ordered", &self.ordered)?;
         map.serialize_entry("persistent", &self.persistent)?;
         map.end()
@@ -1013,7 +1036,7 @@ pub(crate) mod tests {
                 "percent": 100.0, "sample_by": null, "rate": null, "method": [], "path": [],
                 "set_header": [], "remove_header": [], "host": null, "compare": false,
                 "compare_header": ["content-type"], "ignore": [], "endpoint": [],
-                "ordered": false,
+                "role": "candidate", "ordered": false,
                 "persistent": false
             })
         );
@@ -1148,7 +1171,10 @@ pub(crate) mod tests {
                 ],
                 0..3,
             ),
-            proptest::collection::vec("(/(:?[a-z{}]{1,4})){1,3}", 0..3),
+            (
+                proptest::collection::vec("(/(:?[a-z{}]{1,4})){1,3}", 0..3),
+                any::<bool>(),
+            ),
             any::<bool>(),
             any::<bool>(),
         );
@@ -1156,7 +1182,7 @@ pub(crate) mod tests {
             |(
                 (percent, sample_by, rate, methods, paths),
                 (set_headers, remove_headers, host),
-                (compare, compare_headers, ignore, endpoints, ordered, persistent),
+                (compare, compare_headers, ignore, (endpoints, baseline), ordered, persistent),
             )| MirrorOptions {
                 percent,
                 sample_by,
@@ -1170,6 +1196,7 @@ pub(crate) mod tests {
                 compare_headers: unique(compare_headers),
                 ignore: unique(ignore),
                 endpoints: unique(endpoints),
+                baseline,
                 ordered,
                 persistent,
             },
@@ -1223,6 +1250,7 @@ pub(crate) mod tests {
                 (Just("host"), "[a-z]{1,5}[@/?#][a-z]{0,3}"),
                 (Just("ignore"), "/[a-z]{0,3}~[2-9a-z]?"),
                 (Just("endpoint"), prop_oneof!["[a-z:]{1,5}", "/[a-z]{0,3}[?#][a-z]{0,3}"]),
+                (Just("role"), "[a-z]{0,5}"),
             ]
         ) {
             let (key, value) = case;

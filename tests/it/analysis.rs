@@ -170,3 +170,83 @@ async fn mirrors_with_the_same_percent_get_the_same_requests() {
         "{paths:?}"
     );
 }
+
+/// A backend answering `{"ts":N,"price":P}`: N a counter of its own starting at
+/// `clock` (so it differs between any two backends), P from `price(path)`.
+fn stamped(backend: &MockBackend, clock: u64, price: fn(&str) -> u32) {
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(clock));
+    backend.set_behavior(move |r| {
+        let ts = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let body = format!(r#"{{"ts":{ts},"price":{}}}"#, price(r.uri.path()));
+        Reply::With(
+            StatusCode::OK,
+            vec![("content-type", "application/json")],
+            Bytes::from(body),
+        )
+    });
+}
+
+/// Even order numbers cost more on the candidate.
+fn candidate_price(path: &str) -> u32 {
+    let n: u32 = path
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if path.starts_with("/orders/") && n % 2 == 0 {
+        2
+    } else {
+        1
+    }
+}
+
+#[tokio::test]
+async fn a_baseline_separates_regressions_from_noise_per_endpoint() {
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
+    stamped(&main, 0, |_| 1);
+    let baseline = MockBackend::start(Reply::ok("")).await;
+    stamped(&baseline, 1_000_000, |_| 1);
+    let candidate = MockBackend::start(Reply::ok("")).await;
+    stamped(&candidate, 2_000_000, candidate_price);
+    proxy
+        .put_ok(&format!(
+            "url={}&compare=true&role=baseline",
+            baseline.url()
+        ))
+        .await;
+    proxy
+        .put_ok(&format!("url={}&compare=true", candidate.url()))
+        .await;
+    for i in 0..40 {
+        get(&proxy.url(&format!("/orders/{i}"))).await;
+        get(&proxy.url(&format!("/users/{i}"))).await;
+    }
+    for m in [&baseline, &candidate] {
+        for template in ["/orders/{id}", "/users/{id}"] {
+            endpoint(&proxy, &m.url(), "GET", template, 40).await;
+        }
+    }
+    let orders = endpoint(&proxy, &candidate.url(), "GET", "/orders/{id}", 40).await;
+    assert_eq!(
+        orders["regressions"],
+        json!([{"field": "/price", "count": 20, "baseline_count": 0}]),
+        "{orders}"
+    );
+    assert_eq!(
+        orders["noise"],
+        json!([{"field": "/ts", "count": 40, "baseline_count": 40}])
+    );
+    let users = endpoint(&proxy, &candidate.url(), "GET", "/users/{id}", 40).await;
+    assert_eq!(users["regressions"], json!([]), "{users}");
+    assert_eq!(
+        users["noise"],
+        json!([{"field": "/ts", "count": 40, "baseline_count": 40}])
+    );
+    // The baseline itself is weighed against nothing.
+    for e in endpoints(&proxy, &baseline.url()).await {
+        assert_eq!(
+            (e["regressions"].clone(), e["noise"].clone()),
+            (json!([]), json!([]))
+        );
+    }
+}

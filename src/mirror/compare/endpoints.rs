@@ -94,6 +94,49 @@ fn is_id(segment: &str) -> bool {
     number || hex || uuid
 }
 
+/// A field's relative gap above which a candidate's difference rate is a regression.
+pub const MIN_RELATIVE_GAP: f64 = 0.20;
+/// A field's absolute gap in difference rate above which it can be a regression.
+pub const MIN_ABSOLUTE_GAP: f64 = 0.0003;
+
+/// What a field's differences on a candidate are, weighed against a baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Differs more often on the candidate than on the baseline (Diffy's rule).
+    Regression,
+    /// Differs on the baseline too, and no more often on the candidate.
+    Noise,
+    /// Neither: differs on the candidate alone, too rarely to count.
+    Neither,
+}
+
+/// Diffy's rule on difference rates (count ÷ answers compared on the endpoint): with c
+/// the candidate's rate and b the baseline's, a regression when c > b,
+/// (c − b)/(c + b) > [`MIN_RELATIVE_GAP`] and c − b > [`MIN_ABSOLUTE_GAP`]; noise when
+/// the baseline differs too and it is no regression. Rates, not counts: the two
+/// mirrors may have compared slightly different numbers of answers.
+pub fn classify(count: u64, compared: u64, baseline_count: u64, baseline_compared: u64) -> Class {
+    let rate = |n: u64, of: u64| if of == 0 { 0.0 } else { n as f64 / of as f64 };
+    let (c, b) = (
+        rate(count, compared),
+        rate(baseline_count, baseline_compared),
+    );
+    if c > b && (c - b) / (c + b) > MIN_RELATIVE_GAP && c - b > MIN_ABSOLUTE_GAP {
+        Class::Regression
+    } else if baseline_count > 0 {
+        Class::Noise
+    } else {
+        Class::Neither
+    }
+}
+
+/// One endpoint's counts, as weighed against a baseline.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    compared: u64,
+    fields: HashMap<String, u64>,
+}
+
 /// The results of one endpoint.
 #[derive(Debug)]
 struct Endpoint {
@@ -212,8 +255,29 @@ impl Endpoints {
         );
     }
 
-    /// Every endpoint, the most compared first (ties by method and template).
-    pub fn snapshot(&self) -> Vec<EndpointSnapshot> {
+    /// Every endpoint's counts, to weigh a candidate's against (this is a baseline).
+    pub fn counts(&self) -> HashMap<(String, String), Counts> {
+        self.lock()
+            .iter()
+            .map(|(key, e)| {
+                let counts = Counts {
+                    compared: e.compared,
+                    fields: e.fields.clone(),
+                };
+                (key.clone(), counts)
+            })
+            .collect()
+    }
+
+    /// Every endpoint, the most compared first (ties by method and template); with
+    /// `baseline` (its [`Endpoints::counts`]), each field classified against the
+    /// baseline's same endpoint (a field or endpoint the baseline has not seen counts 0
+    /// there). The regressions and the noise are listed the most frequent first.
+    pub fn snapshot(
+        &self,
+        baseline: Option<&HashMap<(String, String), Counts>>,
+    ) -> Vec<EndpointSnapshot> {
+        let empty = Counts::default();
         let table = self.lock();
         let mut list: Vec<EndpointSnapshot> = table
             .iter()
@@ -227,6 +291,37 @@ impl Endpoints {
                     })
                     .collect();
                 fields.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.field.cmp(&b.field)));
+                let (mut regressions, mut noise) = (Vec::new(), Vec::new());
+                if let Some(baseline) = baseline {
+                    let key = (method.clone(), template.clone());
+                    let base = baseline.get(&key).unwrap_or(&empty);
+                    let names = fields.iter().map(|f| f.field.as_str()).chain(
+                        (base.fields.keys())
+                            .map(String::as_str)
+                            .filter(|f| !e.fields.contains_key(*f)),
+                    );
+                    for field in names {
+                        let count = e.fields.get(field).copied().unwrap_or(0);
+                        let baseline_count = base.fields.get(field).copied().unwrap_or(0);
+                        let entry = Compared {
+                            field: field.to_owned(),
+                            count,
+                            baseline_count,
+                        };
+                        match classify(count, e.compared, baseline_count, base.compared) {
+                            Class::Regression => regressions.push(entry),
+                            Class::Noise => noise.push(entry),
+                            Class::Neither => {}
+                        }
+                    }
+                }
+                let by_count = |a: &Compared, b: &Compared| {
+                    (b.count, b.baseline_count)
+                        .cmp(&(a.count, a.baseline_count))
+                        .then_with(|| a.field.cmp(&b.field))
+                };
+                regressions.sort_by(by_count);
+                noise.sort_by(by_count);
                 fields.truncate(REPORTED_FIELDS);
                 EndpointSnapshot {
                     method: method.clone(),
@@ -236,8 +331,8 @@ impl Endpoints {
                     main_latency_ms: quantiles(&e.main_latency),
                     mirror_latency_ms: quantiles(&e.mirror_latency),
                     fields,
-                    regressions: Vec::new(),
-                    noise: Vec::new(),
+                    regressions,
+                    noise,
                 }
             })
             .collect();
@@ -345,6 +440,77 @@ mod tests {
     }
 
     #[test]
+    fn diffys_rule_on_rates() {
+        // A timestamp differing on every answer of both: noise.
+        assert_eq!(classify(100, 100, 98, 98), Class::Noise);
+        // Half the candidate's answers against none of the baseline's: a regression.
+        assert_eq!(classify(50, 100, 0, 100), Class::Regression);
+        // Rates, not counts: 50/100 against 60/120 is the same rate.
+        assert_eq!(classify(50, 100, 60, 120), Class::Noise);
+        // A relative gap of 20 % exactly is not enough; just above is.
+        assert_eq!(classify(60, 100, 40, 100), Class::Noise);
+        assert_eq!(classify(61, 100, 40, 100), Class::Regression);
+        // An absolute gap of 0.03 % or less is not enough (1 in 10 000 against 0).
+        assert_eq!(classify(3, 10_000, 0, 10_000), Class::Neither);
+        assert_eq!(classify(4, 10_000, 0, 10_000), Class::Regression);
+        // Never divides by zero.
+        assert_eq!(classify(0, 0, 0, 0), Class::Neither);
+        assert_eq!(classify(1, 1, 0, 0), Class::Regression);
+    }
+
+    proptest::proptest! {
+        /// More differences on the candidate never turn a regression into anything
+        /// else; more on the baseline never turn a non-regression into one.
+        #[test]
+        fn the_rule_is_monotone(
+            compared in 1u64..10_000,
+            base_compared in 1u64..10_000,
+            count in 0u64..10_000,
+            base in 0u64..10_000,
+            more in 1u64..1000,
+        ) {
+            let (count, base) = (count.min(compared), base.min(base_compared));
+            let regression = |c, b| classify(c, compared, b, base_compared) == Class::Regression;
+            if regression(count, base) {
+                proptest::prop_assert!(regression((count + more).min(compared), base));
+            } else {
+                proptest::prop_assert!(!regression(count, base + more));
+            }
+        }
+    }
+
+    #[test]
+    fn fields_are_regressions_or_noise_against_the_baseline() {
+        let d = Duration::from_millis(1);
+        let (baseline, candidate) = (Endpoints::default(), Endpoints::default());
+        for i in 0..100 {
+            baseline.record("GET", "/a", &differs(&["/ts"]), d, d);
+            let fields: &[&str] = if i % 2 == 0 {
+                &["/ts", "/price"]
+            } else {
+                &["/ts"]
+            };
+            candidate.record("GET", "/a", &differs(fields), d, d);
+            candidate.record("GET", "/b", &differs(&["/ts"]), d, d);
+            baseline.record("GET", "/b", &differs(&["/ts"]), d, d);
+        }
+        let list = candidate.snapshot(Some(&baseline.counts()));
+        let a = list.iter().find(|e| e.template == "/a").unwrap();
+        let compared = |field: &str, count, baseline_count| Compared {
+            field: field.to_owned(),
+            count,
+            baseline_count,
+        };
+        assert_eq!(a.regressions, [compared("/price", 50, 0)]);
+        assert_eq!(a.noise, [compared("/ts", 100, 100)]);
+        let b = list.iter().find(|e| e.template == "/b").unwrap();
+        assert!(b.regressions.is_empty());
+        assert_eq!(b.noise, [compared("/ts", 100, 100)]);
+        // Without a baseline, neither is listed.
+        assert!(candidate.snapshot(None).iter().all(|e| e.noise.is_empty()));
+    }
+
+    #[test]
     fn counts_per_endpoint_with_the_most_frequent_fields_first() {
         let e = Endpoints::default();
         let ms = Duration::from_millis;
@@ -354,7 +520,7 @@ mod tests {
         e.record("GET", "/a", &differs(&["/ts", "/price"]), ms(10), ms(20));
         e.record("GET", "/a", &Verdict::Match, ms(10), ms(20));
         e.record("POST", "/a", &Verdict::Match, ms(1), ms(1));
-        let list = e.snapshot();
+        let list = e.snapshot(None);
         assert_eq!(list.len(), 2);
         let a = &list[0];
         assert_eq!((a.method.as_str(), a.template.as_str()), ("GET", "/a"));
@@ -384,7 +550,7 @@ mod tests {
             e.record("GET", &template(&path), &differs(&["/x"]), d, d);
         }
         assert_eq!(e.len(), MAX_ENDPOINTS + 1);
-        let list = e.snapshot();
+        let list = e.snapshot(None);
         let other = list
             .iter()
             .find(|s| s.template == OTHER_TEMPLATE)
@@ -406,7 +572,7 @@ mod tests {
             m.field_count = 5;
         }
         e.record("GET", "/a", &m, d, d);
-        let list = e.snapshot();
+        let list = e.snapshot(None);
         let other = list[0]
             .fields
             .iter()
