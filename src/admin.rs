@@ -66,6 +66,8 @@ pub enum AdminError {
     OnlyGet,
     #[error("not found")]
     NotFound,
+    #[error("{0}")]
+    InvalidThreshold(String),
     #[error("request body too large or unreadable")]
     BadBody,
     #[error("the metrics could not be encoded")]
@@ -78,7 +80,8 @@ impl AdminError {
             Self::MissingUrl
             | Self::InvalidUrl(_)
             | Self::InvalidOption(_)
-            | Self::DeleteOption(_) => StatusCode::BAD_REQUEST,
+            | Self::DeleteOption(_)
+            | Self::InvalidThreshold(_) => StatusCode::BAD_REQUEST,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::NotAMirror(_) => StatusCode::NOT_FOUND,
             Self::StateFile(_) | Self::Metrics => StatusCode::INTERNAL_SERVER_ERROR,
@@ -154,6 +157,8 @@ enum Page {
     Mismatches,
     /// `<path>/endpoints`.
     Endpoints,
+    /// `<path>/verdict`.
+    Verdict,
     /// `<path>/metrics`, or `/metrics` on the admin endpoint's own listener.
     Metrics,
 }
@@ -196,6 +201,7 @@ impl Admin {
             Some("/status") => Some(Page::Status),
             Some("/mismatches") => Some(Page::Mismatches),
             Some("/endpoints") => Some(Page::Endpoints),
+            Some("/verdict") => Some(Page::Verdict),
             Some("/metrics") => Some(Page::Metrics),
             _ if self.own_listener && path == "/metrics" => Some(Page::Metrics),
             _ => None,
@@ -228,12 +234,15 @@ impl Admin {
         let get = req.method() == Method::GET;
         match page {
             Page::Targets => self.targets(req, peer, user).await,
-            Page::Status | Page::Mismatches | Page::Endpoints | Page::Metrics if !get => {
+            Page::Status | Page::Mismatches | Page::Endpoints | Page::Verdict | Page::Metrics
+                if !get =>
+            {
                 Err(AdminError::OnlyGet)
             }
             Page::Status => Ok(self.status()),
             Page::Mismatches => self.mismatches(&req),
             Page::Endpoints => self.endpoints(&req),
+            Page::Verdict => self.verdict(&req),
             Page::Metrics => self.metrics(),
         }
     }
@@ -405,6 +414,27 @@ impl Admin {
             .mirror
             .endpoints(baseline.as_ref().map(|b| &*b.mirror));
         let body = serde_json::to_vec(&list).expect("endpoints serialise");
+        Ok(json_response(body))
+    }
+
+    /// The pass/fail/undecided verdict on one comparing mirror, from the thresholds in
+    /// the query.
+    fn verdict<B>(&self, req: &Request<B>) -> Result<Response<BoxBody>, AdminError> {
+        use crate::mirror::compare::decision::{Thresholds, decide};
+        let query = req.uri().query().unwrap_or_default();
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let thresholds = Thresholds::from_pairs(pairs.iter().map(|(k, v)| (&**k, &**v)))
+            .map_err(|e| AdminError::InvalidThreshold(e.to_string()))?;
+        let member = self.member(req)?;
+        let baseline = self.baseline_for(&member);
+        let endpoints = member
+            .mirror
+            .endpoints(baseline.as_ref().map(|b| &*b.mirror));
+        let totals = member.mirror.comparison();
+        let decision = decide(&thresholds, &totals, &endpoints, baseline.is_some());
+        let body = serde_json::to_vec(&decision).expect("a decision serialises");
         Ok(json_response(body))
     }
 

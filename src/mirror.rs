@@ -581,6 +581,11 @@ impl Mirror {
         }
     }
 
+    /// The comparison totals and latencies.
+    pub fn comparison(&self) -> CompareSnapshot {
+        self.comparison.snapshot()
+    }
+
     /// The results per endpoint, the most compared first; with `baseline`, each field
     /// weighed against that mirror's (regressions and noise).
     pub fn endpoints(

@@ -250,3 +250,60 @@ async fn a_baseline_separates_regressions_from_noise_per_endpoint() {
         );
     }
 }
+
+/// `GET <admin>/verdict?url=U&<query>`.
+async fn verdict(proxy: &TestProxy, url: &str, query: &str) -> Value {
+    let resp = get(&proxy.admin_url(&format!("/verdict?url={url}{query}"))).await;
+    assert_eq!(resp.status, StatusCode::OK, "{:?}", resp.body);
+    serde_json::from_slice(&resp.body).expect("a JSON object")
+}
+
+#[tokio::test]
+async fn the_verdict_fails_on_a_regression_passes_on_noise_and_waits_for_enough_answers() {
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
+    stamped(&main, 0, |_| 1);
+    let baseline = MockBackend::start(Reply::ok("")).await;
+    stamped(&baseline, 1_000_000, |_| 1);
+    let candidate = MockBackend::start(Reply::ok("")).await;
+    stamped(&candidate, 2_000_000, candidate_price);
+    let fixed = MockBackend::start(Reply::ok("")).await;
+    stamped(&fixed, 3_000_000, |_| 1);
+    proxy
+        .put_ok(&format!(
+            "url={}&compare=true&role=baseline",
+            baseline.url()
+        ))
+        .await;
+    for m in [&candidate, &fixed] {
+        proxy.put_ok(&format!("url={}&compare=true", m.url())).await;
+    }
+    for i in 0..60 {
+        get(&proxy.url(&format!("/orders/{i}"))).await;
+    }
+    for m in [&baseline, &candidate, &fixed] {
+        endpoint(&proxy, &m.url(), "GET", "/orders/{id}", 60).await;
+    }
+    // Below min_compared (100 by default): undecided.
+    let v = verdict(&proxy, &candidate.url(), "").await;
+    assert_eq!(
+        (v["pass"].clone(), v["compared"].clone()),
+        (Value::Null, json!(60)),
+        "{v}"
+    );
+    // The candidate regresses on /price: a fail naming it.
+    let v = verdict(&proxy, &candidate.url(), "&min_compared=50").await;
+    assert_eq!(v["pass"], false, "{v}");
+    let reasons = v["reasons"].to_string();
+    assert!(reasons.contains("/orders/{id} /price"), "{reasons}");
+    // Without the regression, the timestamp is only noise: a pass.
+    let v = verdict(&proxy, &fixed.url(), "&min_compared=50").await;
+    assert_eq!(v["pass"], true, "{v}");
+    // A bad threshold is a 400 naming it.
+    let resp = get(&proxy.admin_url(&format!(
+        "/verdict?url={}&max_mismatch_rate=lots",
+        fixed.url()
+    )))
+    .await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&resp.body).contains("max_mismatch_rate"));
+}
