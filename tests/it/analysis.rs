@@ -307,3 +307,67 @@ async fn the_verdict_fails_on_a_regression_passes_on_noise_and_waits_for_enough_
     assert_eq!(resp.status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&resp.body).contains("max_mismatch_rate"));
 }
+
+/// Runs `trafficmirror verdict ARGS`: its exit code and stdout.
+async fn verdict_command(args: Vec<String>) -> (Option<i32>, String) {
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trafficmirror"))
+            .arg("verdict")
+            .args(args)
+            .output()
+            .expect("the binary runs")
+    })
+    .await
+    .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_verdict_subcommand_exits_by_the_verdict() {
+    let (_main, proxy) = TestProxy::in_front_of(json_reply(r#"{"v":1}"#), &[]).await;
+    let same = MockBackend::start(json_reply(r#"{"v":1}"#)).await;
+    let other = MockBackend::start(json_reply(r#"{"v":2}"#)).await;
+    for m in [&same, &other] {
+        proxy.put_ok(&format!("url={}&compare=true", m.url())).await;
+    }
+    for i in 0..5 {
+        get(&proxy.url(&format!("/a/{i}"))).await;
+    }
+    for m in [&same, &other] {
+        endpoint(&proxy, &m.url(), "GET", "/a/{id}", 5).await;
+    }
+    let admin = proxy.admin_url("");
+    let admin = admin.trim_end_matches('?').to_owned();
+    let args = |url: &str, extra: &[&str]| {
+        let mut a = vec![
+            "--admin".to_owned(),
+            admin.clone(),
+            "--url".to_owned(),
+            url.to_owned(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let (code, out) = verdict_command(args(&same.url(), &["--min-compared", "5"])).await;
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = verdict_command(args(&other.url(), &["--min-compared", "5"])).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("5 mismatched answers of 5"), "{out}");
+    let (code, out) = verdict_command(args(&other.url(), &[])).await;
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("min_compared 100"), "{out}");
+    // Usage: --url missing.
+    let (code, _) = verdict_command(vec!["--admin".into(), admin.clone()]).await;
+    assert_eq!(code, Some(2));
+    // A threshold the endpoint refuses, and an endpoint nobody listens on: unreadable.
+    let (code, _) = verdict_command(args(&same.url(), &["--max-mismatch-rate", "lots"])).await;
+    assert_eq!(code, Some(4));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("http://{}/targets", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, _) = verdict_command(vec!["--admin".into(), gone, "--url".into(), same.url()]).await;
+    assert_eq!(code, Some(4));
+}
