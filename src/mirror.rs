@@ -562,6 +562,10 @@ impl Mirror {
         let verdict = compare::compare(rules, output.as_ref(), main_answer, &mirror);
         self.comparison
             .record(&verdict, main.latency, mirror_latency);
+        self.comparison.errors(
+            compare::verdict::is_error(main_answer),
+            compare::verdict::is_error(&mirror),
+        );
         self.endpoints.record(
             request.method.as_str(),
             &compare::endpoints::template_for(endpoints, path),

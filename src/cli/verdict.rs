@@ -36,6 +36,10 @@ pub struct VerdictArgs {
     /// The share of answers allowed to differ (or regress, with a baseline): `0.001` or `0.1%`.
     #[arg(long, value_name = "RATE")]
     pub max_mismatch_rate: Option<String>,
+    /// The share of compared answers that may be mirror errors (5xx, gRPC errors) in
+    /// excess of main's: `0.001` or `0.1%`.
+    #[arg(long, value_name = "RATE")]
+    pub max_error_rate: Option<String>,
     /// The mirror's p99 latency ÷ main's allowed.
     #[arg(long, value_name = "X")]
     pub max_p99_ratio: Option<String>,
@@ -67,6 +71,9 @@ async fn ask(args: &VerdictArgs) -> Result<u8, String> {
     }
     if let Some(r) = &args.max_mismatch_rate {
         query.append_pair("max_mismatch_rate", r);
+    }
+    if let Some(r) = &args.max_error_rate {
+        query.append_pair("max_error_rate", r);
     }
     if let Some(x) = &args.max_p99_ratio {
         query.append_pair("max_p99_ratio", x);

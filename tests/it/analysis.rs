@@ -371,3 +371,45 @@ async fn the_verdict_subcommand_exits_by_the_verdict() {
     let (code, _) = verdict_command(vec!["--admin".into(), gone, "--url".into(), same.url()]).await;
     assert_eq!(code, Some(4));
 }
+
+#[tokio::test]
+async fn max_error_rate_counts_mirror_errors_in_excess_of_mains() {
+    let (_main, proxy) = TestProxy::in_front_of(Reply::status(500), &[]).await;
+    let failing = MockBackend::start(Reply::status(503)).await;
+    let ok = MockBackend::start(Reply::status(200)).await;
+    for m in [&failing, &ok] {
+        proxy.put_ok(&format!("url={}&compare=true", m.url())).await;
+    }
+    for i in 0..4 {
+        get(&proxy.url(&format!("/a/{i}"))).await;
+    }
+    for m in [&failing, &ok] {
+        endpoint(&proxy, &m.url(), "GET", "/a/{id}", 4).await;
+    }
+    // Main fails as often as the failing mirror: no excess. The passing mirror has
+    // fewer errors than main. Mismatches are allowed here to look at errors alone.
+    let query = "&min_compared=4&max_mismatch_rate=1&max_error_rate=0";
+    for m in [&failing, &ok] {
+        let v = verdict(&proxy, &m.url(), query).await;
+        assert_eq!(v["pass"], true, "{v}");
+    }
+    let listed = proxy.mirror_json(&failing.url()).await.unwrap();
+    assert_eq!(listed["compare"]["errors"], json!({"main": 4, "mirror": 4}));
+    // Now main answers: every mirror error is in excess.
+    let (_main2, proxy2) = TestProxy::in_front_of(Reply::status(200), &[]).await;
+    proxy2
+        .put_ok(&format!("url={}&compare=true", failing.url()))
+        .await;
+    for i in 0..4 {
+        get(&proxy2.url(&format!("/a/{i}"))).await;
+    }
+    endpoint(&proxy2, &failing.url(), "GET", "/a/{id}", 4).await;
+    let v = verdict(
+        &proxy2,
+        &failing.url(),
+        "&min_compared=4&max_mismatch_rate=1&max_error_rate=0.5",
+    )
+    .await;
+    assert_eq!(v["pass"], false, "{v}");
+    assert!(v["reasons"].to_string().contains("max_error_rate"), "{v}");
+}

@@ -21,6 +21,9 @@ pub struct Thresholds {
     pub max_mismatch_rate: f64,
     /// The mirror's p99 ÷ main's p99; `None`: not checked.
     pub max_p99_ratio: Option<f64>,
+    /// The share of compared answers that may be mirror errors in excess of main's;
+    /// `None`: not checked.
+    pub max_error_rate: Option<f64>,
 }
 
 impl Default for Thresholds {
@@ -29,6 +32,7 @@ impl Default for Thresholds {
             min_compared: DEFAULT_MIN_COMPARED,
             max_mismatch_rate: DEFAULT_MAX_MISMATCH_RATE,
             max_p99_ratio: None,
+            max_error_rate: None,
         }
     }
 }
@@ -74,6 +78,10 @@ impl Thresholds {
                 "max_mismatch_rate" => {
                     t.max_mismatch_rate =
                         parse_rate(value).ok_or_else(|| bad("a rate such as 0.001 or 0.1%"))?;
+                }
+                "max_error_rate" => {
+                    t.max_error_rate =
+                        Some(parse_rate(value).ok_or_else(|| bad("a rate such as 0.001 or 0.1%"))?);
                 }
                 "max_p99_ratio" => {
                     let ratio = value
@@ -153,6 +161,24 @@ pub fn decide(
             }
         }
     }
+    if let Some(max) = thresholds.max_error_rate {
+        let errors = totals.errors;
+        let excess = errors.mirror.saturating_sub(errors.main);
+        let rate = excess as f64 / compared as f64;
+        let verdict = if rate > max {
+            pass = false;
+            "fail"
+        } else {
+            "ok"
+        };
+        reasons.push(format!(
+            "{verdict}: {} mirror errors against main's {} ({:.3} % in excess), max_error_rate {:.3} %",
+            errors.mirror,
+            errors.main,
+            rate * 100.0,
+            max * 100.0
+        ));
+    }
     if let Some(max) = thresholds.max_p99_ratio {
         let latency = totals.latency_ms;
         match (latency.main.p99, latency.mirror.p99) {
@@ -183,7 +209,7 @@ pub fn decide(
 mod tests {
     use super::*;
     use crate::mirror::compare::endpoints::{Compared, EndpointSnapshot};
-    use crate::mirror::compare::stats::{Latencies, MismatchCounts, Quantiles};
+    use crate::mirror::compare::stats::{ErrorCounts, Latencies, MismatchCounts, Quantiles};
     use proptest::prelude::*;
 
     fn totals(compared: u64, mismatched: u64) -> CompareSnapshot {
@@ -201,6 +227,7 @@ mod tests {
                 body: mismatched,
             },
             not_compared: 0,
+            errors: ErrorCounts { main: 1, mirror: 3 },
             latency_ms: Latencies {
                 main: q,
                 mirror: Quantiles {
@@ -281,11 +308,33 @@ mod tests {
     }
 
     #[test]
+    fn errors_count_only_in_excess_of_mains() {
+        // 3 mirror errors against main's 1, of 1000: 0.2 % in excess.
+        let t = |max| Thresholds {
+            max_error_rate: Some(max),
+            ..Thresholds::default()
+        };
+        assert_eq!(
+            decide(&t(0.001), &totals(1000, 0), &[], false).pass,
+            Some(false)
+        );
+        assert_eq!(
+            decide(&t(0.002), &totals(1000, 0), &[], false).pass,
+            Some(true)
+        );
+        assert_eq!(
+            decide(&Thresholds::default(), &totals(1000, 0), &[], false).pass,
+            Some(true)
+        );
+    }
+
+    #[test]
     fn thresholds_parse_from_pairs() {
         let t = Thresholds::from_pairs([
             ("min_compared", "5"),
             ("max_mismatch_rate", "1%"),
             ("max_p99_ratio", "1.5"),
+            ("max_error_rate", "0.5%"),
             ("url", "ignored"),
         ])
         .unwrap();
@@ -294,7 +343,8 @@ mod tests {
             Thresholds {
                 min_compared: 5,
                 max_mismatch_rate: 0.01,
-                max_p99_ratio: Some(1.5)
+                max_p99_ratio: Some(1.5),
+                max_error_rate: Some(0.005),
             }
         );
         assert_eq!(

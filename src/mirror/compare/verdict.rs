@@ -518,6 +518,17 @@ impl Difference {
     }
 }
 
+/// Whether `answer` is an error: a 5xx status, or a gRPC answer whose `grpc-status` is
+/// not `0` (or absent).
+pub fn is_error(answer: &Answer) -> bool {
+    if answer.status.is_server_error() {
+        return true;
+    }
+    grpc::is_grpc(&answer.headers)
+        && grpc::status_field(&answer.headers, &answer.trailers, "grpc-status")
+            .is_none_or(|v| v.as_bytes() != b"0")
+}
+
 /// Compares the mirror's answer with main's under `rules`. For gRPC answers, messages
 /// of the type `grpc_output` (the called method's output, when `--grpc-descriptors`
 /// describes it) are compared as JSON, other messages byte for byte.
