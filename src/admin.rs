@@ -433,7 +433,9 @@ impl Admin {
             .mirror
             .endpoints(baseline.as_ref().map(|b| &*b.mirror));
         let totals = member.mirror.comparison();
-        let decision = decide(&thresholds, &totals, &endpoints, baseline.is_some());
+        // A baseline's own differences are all noise: it counts no regressions.
+        let weighed = baseline.is_some() || member.plan.options.baseline;
+        let decision = decide(&thresholds, &totals, &endpoints, weighed);
         let body = serde_json::to_vec(&decision).expect("a decision serialises");
         Ok(json_response(body))
     }

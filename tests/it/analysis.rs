@@ -298,6 +298,10 @@ async fn the_verdict_fails_on_a_regression_passes_on_noise_and_waits_for_enough_
     // Without the regression, the timestamp is only noise: a pass.
     let v = verdict(&proxy, &fixed.url(), "&min_compared=50").await;
     assert_eq!(v["pass"], true, "{v}");
+    // The baseline differs from main on every answer, all of it noise: it counts no
+    // regressions.
+    let v = verdict(&proxy, &baseline.url(), "&min_compared=50").await;
+    assert_eq!(v["pass"], true, "{v}");
     // A bad threshold is a 400 naming it.
     let resp = get(&proxy.admin_url(&format!(
         "/verdict?url={}&max_mismatch_rate=lots",
