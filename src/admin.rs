@@ -67,6 +67,8 @@ pub enum AdminError {
     OnlyGet,
     #[error("not found")]
     NotFound,
+    #[error("{0}")]
+    InvalidThreshold(String),
     #[error("request body too large or unreadable")]
     BadBody,
     #[error("the metrics could not be encoded")]
@@ -79,7 +81,8 @@ impl AdminError {
             Self::MissingUrl
             | Self::InvalidUrl(_)
             | Self::InvalidOption(_)
-            | Self::DeleteOption(_) => StatusCode::BAD_REQUEST,
+            | Self::DeleteOption(_)
+            | Self::InvalidThreshold(_) => StatusCode::BAD_REQUEST,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::NotAMirror(_) => StatusCode::NOT_FOUND,
             Self::StateFile(_) | Self::Metrics => StatusCode::INTERNAL_SERVER_ERROR,
@@ -155,6 +158,10 @@ enum Page {
     Status,
     /// `<path>/mismatches`.
     Mismatches,
+    /// `<path>/endpoints`.
+    Endpoints,
+    /// `<path>/verdict`.
+    Verdict,
     /// `<path>/metrics`, or `/metrics` on the admin endpoint's own listener.
     Metrics,
 }
@@ -204,6 +211,8 @@ impl Admin {
             Some("/") if self.path.len() > base.len() => Some(Page::Targets),
             Some("/status") => Some(Page::Status),
             Some("/mismatches") => Some(Page::Mismatches),
+            Some("/endpoints") => Some(Page::Endpoints),
+            Some("/verdict") => Some(Page::Verdict),
             Some("/metrics") => Some(Page::Metrics),
             _ if self.own_listener && path == "/metrics" => Some(Page::Metrics),
             _ => None,
@@ -236,9 +245,15 @@ impl Admin {
         let get = req.method() == Method::GET;
         match page {
             Page::Targets => self.targets(req, peer, user).await,
-            Page::Status | Page::Mismatches | Page::Metrics if !get => Err(AdminError::OnlyGet),
+            Page::Status | Page::Mismatches | Page::Endpoints | Page::Verdict | Page::Metrics
+                if !get =>
+            {
+                Err(AdminError::OnlyGet)
+            }
             Page::Status => Ok(self.status()),
             Page::Mismatches => self.mismatches(&req),
+            Page::Endpoints => self.endpoints(&req),
+            Page::Verdict => self.verdict(&req),
             Page::Metrics => self.metrics(),
         }
     }
@@ -401,6 +416,61 @@ impl Admin {
 
     /// The latest mismatches of one comparing mirror.
     fn mismatches<B>(&self, req: &Request<B>) -> Result<Response<BoxBody>, AdminError> {
+        let member = self.member(req)?;
+        let body = serde_json::to_vec(&member.mirror.mismatches()).expect("records serialise");
+        Ok(json_response(body))
+    }
+
+    /// One comparing mirror's results per endpoint.
+    fn endpoints<B>(&self, req: &Request<B>) -> Result<Response<BoxBody>, AdminError> {
+        let member = self.member(req)?;
+        let baseline = self.baseline_for(&member);
+        let list = member
+            .mirror
+            .endpoints(baseline.as_ref().map(|b| &*b.mirror));
+        let body = serde_json::to_vec(&list).expect("endpoints serialise");
+        Ok(json_response(body))
+    }
+
+    /// The pass/fail/undecided verdict on one comparing mirror, from the thresholds in
+    /// the query.
+    fn verdict<B>(&self, req: &Request<B>) -> Result<Response<BoxBody>, AdminError> {
+        use crate::mirror::compare::decision::{Thresholds, decide};
+        let query = req.uri().query().unwrap_or_default();
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let thresholds = Thresholds::from_pairs(pairs.iter().map(|(k, v)| (&**k, &**v)))
+            .map_err(|e| AdminError::InvalidThreshold(e.to_string()))?;
+        let member = self.member(req)?;
+        let baseline = self.baseline_for(&member);
+        let endpoints = member
+            .mirror
+            .endpoints(baseline.as_ref().map(|b| &*b.mirror));
+        let totals = member.mirror.comparison();
+        // A baseline's own differences are all noise: it counts no regressions.
+        let weighed = baseline.is_some() || member.plan.options.baseline;
+        let decision = decide(&thresholds, &totals, &endpoints, weighed);
+        let body = serde_json::to_vec(&decision).expect("a decision serialises");
+        Ok(json_response(body))
+    }
+
+    /// The comparing mirror with `role=baseline` that `member` is weighed against: none
+    /// for a baseline itself (it counts no regressions) or when there is none; the
+    /// first listed when there are several.
+    fn baseline_for(&self, member: &crate::mirror::Member) -> Option<crate::mirror::Member> {
+        if member.plan.options.baseline {
+            return None;
+        }
+        self.registry
+            .snapshot()
+            .iter()
+            .find(|m| m.plan.options.baseline && m.plan.compare.is_some())
+            .cloned()
+    }
+
+    /// The mirror named by the query's `url`.
+    fn member<B>(&self, req: &Request<B>) -> Result<crate::mirror::Member, AdminError> {
         let raw = req
             .uri()
             .query()
@@ -415,8 +485,7 @@ impl Admin {
             .registry
             .find(&url)
             .ok_or_else(|| AdminError::NotAMirror(url.to_string()))?;
-        let body = serde_json::to_vec(&member.mirror.mismatches()).expect("records serialise");
-        Ok(json_response(body))
+        Ok(member)
     }
 }
 

@@ -8,6 +8,7 @@
 //! Printing completions and the man page is the binary's job.
 
 pub mod file;
+pub mod verdict;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -222,6 +223,10 @@ pub enum Command {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
         rate: u32,
     },
+    /// Ask a running proxy whether a comparing mirror is safe to ship; prints the
+    /// reasons and exits 0 pass, 1 fail, 3 undecided, 2 usage, 4 admin endpoint
+    /// unreadable.
+    Verdict(verdict::VerdictArgs),
     /// Replay recordings (a recording mirror's or GoReplay's files) against a target,
     /// keeping the recorded gaps; prints one summary line. Exit status 0 done, 1 more
     /// mismatches than --max-mismatch-rate (with --compare), 2 usage, 3 could not run (no

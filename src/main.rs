@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Some(Command::Man) => return man_page(),
         Some(Command::Demo { listen, rate }) => return demo(&cli, listen, *rate),
         Some(Command::Replay(args)) => return replay(&cli, args),
+        Some(Command::Verdict(args)) => return verdict(args),
         None => {}
     }
     init_tracing(cli.verbose, cli.log_format);
@@ -89,6 +90,17 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 /// `trafficmirror demo`: everything in one process until Ctrl-C.
+/// `trafficmirror verdict`: one request to the admin endpoint.
+fn verdict(args: &trafficmirror::cli::verdict::VerdictArgs) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => ExitCode::from(rt.block_on(trafficmirror::cli::verdict::run(args))),
+        Err(err) => fail(4, &format!("cannot start the runtime: {err}")),
+    }
+}
+
 fn demo(cli: &Cli, listen: &str, rate: u32) -> ExitCode {
     // Info by default: the demo is there to be watched.
     init_tracing(cli.verbose.max(1), cli.log_format);

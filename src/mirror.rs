@@ -158,11 +158,19 @@ impl Plan {
         }
     }
 
-    /// Whether this request goes to the mirror (method, path, share, rate).
-    pub fn selects(&self, method: &http::Method, path: &str, headers: &HeaderMap) -> bool {
+    /// Whether this request goes to the mirror (method, path, share, rate). `roll` is
+    /// the request's one random draw in `[0, 1)`, shared by every mirror so that
+    /// mirrors with the same `percent` get the same requests (a baseline and its
+    /// candidates compare the same answers).
+    pub fn selects(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &HeaderMap,
+        roll: f64,
+    ) -> bool {
         let options = &self.options;
-        if !options.selects_all() && !select::select(options, method, path, headers, fastrand::f64)
-        {
+        if !options.selects_all() && !select::select(options, method, path, headers, || roll) {
             return false;
         }
         self.rate
@@ -217,6 +225,7 @@ pub struct Mirror {
     /// Comparison results while the plan says `compare`.
     comparison: CompareStats,
     mismatches: Mismatches,
+    endpoints: compare::endpoints::Endpoints,
     health: Mutex<Health>,
     permits: Arc<Semaphore>,
     /// Set when the mirror leaves the set or at shutdown: new copies are dropped, those
@@ -274,6 +283,7 @@ impl Mirror {
             order: Arc::default(),
             comparison: CompareStats::new(),
             mismatches: Mismatches::default(),
+            endpoints: compare::endpoints::Endpoints::default(),
             health: Mutex::new(Health::new()),
             permits: Arc::new(Semaphore::new(shared.settings.max_queued)),
             closed: AtomicBool::new(false),
@@ -505,7 +515,8 @@ impl Mirror {
             self.log_event(event);
         }
         if let (Some(rules), Some(rx)) = (&job.plan.compare, &job.request.main_answer) {
-            self.compare(rules, &job.request, rx.clone(), answer).await;
+            let endpoints = &job.plan.options.endpoints;
+            (self.compare(rules, endpoints, &job.request, rx.clone(), answer)).await;
         }
         event
     }
@@ -514,6 +525,7 @@ impl Mirror {
     async fn compare(
         &self,
         rules: &Rules,
+        endpoints: &[String],
         request: &MirrorRequest,
         main: MainAnswerRx,
         mirror: Option<CapturedAnswer>,
@@ -533,7 +545,7 @@ impl Mirror {
             self.comparison.not_compared();
             return;
         };
-        self.compare_decoded(rules, request, &main, mirror, mirror_latency);
+        self.compare_decoded(rules, endpoints, request, &main, mirror, mirror_latency);
     }
 
     /// Compares the two answers with compressed bodies decoded (docs/comparing.md,
@@ -541,6 +553,7 @@ impl Mirror {
     fn compare_decoded(
         &self,
         rules: &Rules,
+        endpoints: &[String],
         request: &MirrorRequest,
         main: &MainAnswer,
         mut mirror: Answer,
@@ -581,25 +594,24 @@ impl Mirror {
                 }
             };
         self.judge(
-            rules,
+            (rules, endpoints),
             request,
             main_answer,
-            main.latency,
             &mirror,
-            mirror_latency,
+            (main.latency, mirror_latency),
         );
     }
 
     /// Compares main's answer and the mirror's as they are, counts the verdict and
     /// keeps a mismatch.
+    /// `endpoints`: the mirror's `endpoint=` patterns; `latency`: main's and the mirror's.
     fn judge(
         &self,
-        rules: &Rules,
+        (rules, endpoints): (&Rules, &[String]),
         request: &MirrorRequest,
         main: &Answer,
-        main_latency: Duration,
         mirror: &Answer,
-        mirror_latency: Duration,
+        (main_latency, mirror_latency): (Duration, Duration),
     ) {
         let path = request
             .path_and_query
@@ -611,6 +623,17 @@ impl Mirror {
         let verdict = compare::compare(rules, output.as_ref(), main, mirror);
         self.comparison
             .record(&verdict, main_latency, mirror_latency);
+        self.comparison.errors(
+            compare::verdict::is_error(main),
+            compare::verdict::is_error(mirror),
+        );
+        self.endpoints.record(
+            request.method.as_str(),
+            &compare::endpoints::template_for(endpoints, path),
+            &verdict,
+            main_latency,
+            mirror_latency,
+        );
         if let Verdict::Mismatch(mismatch) = verdict {
             self.mismatches.push(Record::new(
                 std::time::SystemTime::now(),
@@ -621,6 +644,21 @@ impl Mirror {
                 mismatch,
             ));
         }
+    }
+
+    /// The comparison totals and latencies.
+    pub fn comparison(&self) -> CompareSnapshot {
+        self.comparison.snapshot()
+    }
+
+    /// The results per endpoint, the most compared first; with `baseline`, each field
+    /// weighed against that mirror's (regressions and noise).
+    pub fn endpoints(
+        &self,
+        baseline: Option<&Mirror>,
+    ) -> Vec<compare::endpoints::EndpointSnapshot> {
+        let counts = baseline.map(|b| b.endpoints.counts());
+        self.endpoints.snapshot(counts.as_ref())
     }
 
     /// The latest mismatches, newest first.

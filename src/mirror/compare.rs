@@ -11,13 +11,17 @@
 //!   the `--grpc-descriptors` set that decodes messages to JSON.
 //! - [`stats`]: the counters and latency histograms of one mirror's comparisons.
 //! - [`mismatches`]: the latest mismatches of one mirror, for the admin endpoint.
+//! - [`endpoints`]: one mirror's results per method and path template.
+//! - [`decision`]: the pass/fail/undecided verdict on one mirror, from thresholds.
 //!
 //! [`super::Mirror`] ties them together: each comparing copy waits for main's captured
 //! answer, hands both to [`compare`] and records the [`Verdict`] in its statistics and,
 //! for a mismatch, in its list of mismatches.
 
 pub mod capture;
+pub mod decision;
 pub mod decode;
+pub mod endpoints;
 pub mod grpc;
 pub mod mismatches;
 pub mod stats;

@@ -34,7 +34,7 @@ use serde::ser::{SerializeMap, Serializer};
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Every option key, in the canonical order of the text form and the JSON listing.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 19] = [
     "percent",
     "sample_by",
     "rate",
@@ -46,6 +46,8 @@ pub const KEYS: [&str; 17] = [
     "compare",
     "compare_header",
     "ignore",
+    "endpoint",
+    "role",
     "ordered",
     "retry",
     "persistent",
@@ -62,7 +64,7 @@ pub static DEFAULT_COMPARE_HEADERS: [HeaderName; 1] = [header::CONTENT_TYPE];
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
     #[error(
-        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, ordered, retry, persistent)"
+        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, endpoint, role, ordered, retry, persistent, record_answers, max_file_size, max_total_size)"
     )]
     Unknown(String),
     #[error("invalid {key} value {value:?}: {reason}")]
@@ -138,6 +140,12 @@ pub struct MirrorOptions {
     /// Excluded from comparison: a lower-cased header name, or a JSON pointer
     /// (RFC 6901) starting with `/` in which a `*` segment matches any key or index.
     pub ignore: Vec<String>,
+    /// Path templates for the per-endpoint results, tried in order: `/`-separated
+    /// segments where `:name` matches any one segment.
+    pub endpoints: Vec<String>,
+    /// `role=baseline`: runs the same version as main; its differences are the noise
+    /// the other comparing mirrors' are weighed against.
+    pub baseline: bool,
     /// Replay in main's order.
     pub ordered: bool,
     /// Further tries of a copy that never reached the mirror, or of any failed copy of
@@ -168,6 +176,8 @@ impl Default for MirrorOptions {
             compare: false,
             compare_headers: Vec::new(),
             ignore: Vec::new(),
+            endpoints: Vec::new(),
+            baseline: false,
             ordered: false,
             retry: 0,
             persistent: false,
@@ -388,6 +398,21 @@ fn parse_file_size(key: &'static str, value: &str) -> Result<u64, OptionsError> 
     }
 }
 
+/// `endpoint`: a path pattern starting with `/`, without a query.
+fn parse_endpoint(key: &'static str, value: &str) -> Result<String, OptionsError> {
+    if !value.starts_with('/') || value.contains(['?', '#']) {
+        return Err(invalid(
+            key,
+            value,
+            "a path pattern such as /users/:id/orders",
+        ));
+    }
+    if value.len() > 300 {
+        return Err(invalid(key, value, "longer than 300 bytes"));
+    }
+    Ok(value.to_owned())
+}
+
 fn push_unique<T: PartialEq>(list: &mut Vec<T>, item: T) {
     if !list.contains(&item) {
         list.push(item);
@@ -414,7 +439,13 @@ impl MirrorOptions {
             let key = KEYS[index];
             let repeatable = matches!(
                 key,
-                "method" | "path" | "set_header" | "remove_header" | "compare_header" | "ignore"
+                "method"
+                    | "path"
+                    | "set_header"
+                    | "remove_header"
+                    | "compare_header"
+                    | "ignore"
+                    | "endpoint"
             );
             if !repeatable && std::mem::replace(&mut seen[index], true) {
                 return Err(OptionsError::Repeated(key));
@@ -457,6 +488,14 @@ impl MirrorOptions {
                 push_unique(&mut self.compare_headers, parse_header_name(key, value)?);
             }
             "ignore" => push_unique(&mut self.ignore, parse_ignore(key, value)?),
+            "endpoint" => push_unique(&mut self.endpoints, parse_endpoint(key, value)?),
+            "role" => {
+                self.baseline = match value {
+                    "baseline" => true,
+                    "candidate" => false,
+                    _ => return Err(invalid(key, value, "baseline or candidate")),
+                }
+            }
             "ordered" => self.ordered = parse_bool(key, value)?,
             "retry" => self.retry = parse_retry(key, value)?,
             "persistent" => self.persistent = parse_bool(key, value)?,
@@ -625,6 +664,12 @@ impl fmt::Display for MirrorOptions {
         for rule in &self.ignore {
             token(f, "ignore", rule.as_bytes())?;
         }
+        for pattern in &self.endpoints {
+            token(f, "endpoint", pattern.as_bytes())?;
+        }
+        if self.baseline {
+            token(f, "role", b"baseline")?;
+        }
         if self.ordered {
             token(f, "ordered", b"true")?;
         }
@@ -681,6 +726,15 @@ impl serde::Serialize for MirrorOptions {
         map.serialize_entry("compare", &self.compare)?;
         map.serialize_entry("compare_header", &names(self.effective_compare_headers()))?;
         map.serialize_entry("ignore", &self.ignore)?;
+        map.serialize_entry("endpoint", &self.endpoints)?;
+        map.serialize_entry(
+            "role",
+            if self.baseline {
+                "baseline"
+            } else {
+                "candidate"
+            },
+        )?;
         map.serialize_entry("ordered", &self.ordered)?;
         map.serialize_entry("retry", &self.retry)?;
         map.serialize_entry("persistent", &self.persistent)?;
@@ -1059,7 +1113,8 @@ pub(crate) mod tests {
             serde_json::json!({
                 "percent": 100.0, "sample_by": null, "rate": null, "method": [], "path": [],
                 "set_header": [], "remove_header": [], "host": null, "compare": false,
-                "compare_header": ["content-type"], "ignore": [], "ordered": false,
+                "compare_header": ["content-type"], "ignore": [], "endpoint": [],
+                "role": "candidate", "ordered": false,
                 "retry": 0, "persistent": false, "record_answers": false, "max_file_size": null,
                 "max_total_size": null
             })
@@ -1195,6 +1250,10 @@ pub(crate) mod tests {
                 ],
                 0..3,
             ),
+            (
+                proptest::collection::vec("(/(:?[a-z{}]{1,4})){1,3}", 0..3),
+                any::<bool>(),
+            ),
             any::<bool>(),
             any::<bool>(),
         );
@@ -1207,7 +1266,7 @@ pub(crate) mod tests {
             |(
                 (percent, sample_by, rate, methods, paths),
                 (set_headers, remove_headers, host),
-                (compare, compare_headers, ignore, ordered, persistent),
+                (compare, compare_headers, ignore, (endpoints, baseline), ordered, persistent),
                 (retry, (record_answers, max_file_size, max_total_size)),
             )| MirrorOptions {
                 percent,
@@ -1221,6 +1280,8 @@ pub(crate) mod tests {
                 compare,
                 compare_headers: unique(compare_headers),
                 ignore: unique(ignore),
+                endpoints: unique(endpoints),
+                baseline,
                 ordered,
                 retry,
                 persistent,
@@ -1277,6 +1338,8 @@ pub(crate) mod tests {
                 (Just("set_header"), "[a-z]{1,5}"),
                 (Just("host"), "[a-z]{1,5}[@/?#][a-z]{0,3}"),
                 (Just("ignore"), "/[a-z]{0,3}~[2-9a-z]?"),
+                (Just("endpoint"), prop_oneof!["[a-z:]{1,5}", "/[a-z]{0,3}[?#][a-z]{0,3}"]),
+                (Just("role"), "[a-z]{0,5}"),
             ]
         ) {
             let (key, value) = case;

@@ -164,8 +164,11 @@ pub fn select(
     grpc: bool,
 ) -> Selection {
     let mut selected = Selection::default();
+    // One draw for all mirrors: equal `percent`s select the same requests, a smaller
+    // one a subset of a larger one's.
+    let roll = fastrand::f64();
     for (index, member) in mirrors.iter().enumerate() {
-        if !member.plan.selects(method, path, headers) {
+        if !member.plan.selects(method, path, headers, roll) {
             member.mirror.filter();
         } else if grpc && !member.mirror.carries_grpc() {
             member.mirror.skip_grpc();

@@ -1,6 +1,7 @@
 //! The integration test binary: real sockets on 127.0.0.1:0, real mock backends.
 
 mod admin;
+mod analysis;
 mod bodies;
 mod cli;
 mod compare;

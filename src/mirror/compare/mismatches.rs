@@ -8,9 +8,10 @@
 //! and query to [`MAX_PATH_CHARS`], a JSON pointer to
 //! [`super::verdict::MAX_POINTER_CHARS`], a header name to
 //! [`super::verdict::MAX_HEADER_NAME_CHARS`] and each value to
-//! [`super::verdict::MAX_VALUE_CHARS`] characters. At 4 bytes per character at worst
-//! that is under 10.5 KiB per record, so under 530 KiB per mirror whatever the traffic
-//! (typically a few KiB in all).
+//! [`super::verdict::MAX_VALUE_CHARS`] characters, and at most
+//! [`super::verdict::MAX_FIELDS`] fields of [`super::verdict::MAX_FIELD_CHARS`]
+//! characters. At 4 bytes per character at worst that is under 26.5 KiB per record, so
+//! under 1.3 MiB per mirror whatever the traffic (typically a few KiB in all).
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
@@ -18,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
 
-use super::verdict::{Difference, Mismatch, cut_in_place};
+use super::verdict::{Difference, MAX_FIELD_CHARS, MAX_FIELDS, Mismatch, cut_in_place};
 
 /// How many mismatches each comparing mirror keeps (the newest).
 pub const RECENT_MISMATCHES: usize = 50;
@@ -40,7 +41,10 @@ pub struct Record {
     pub main_status: u16,
     pub mirror_status: u16,
     pub differs: Differs,
+    /// The first difference (kept beside `fields` for readers of the earlier shape).
     pub difference: Difference,
+    /// Every differing field, up to [`MAX_FIELDS`], each cut to [`MAX_FIELD_CHARS`].
+    pub fields: Vec<String>,
 }
 
 /// Which parts of the answers differ.
@@ -73,6 +77,7 @@ impl Record {
                 body: mismatch.body,
             },
             difference: mismatch.difference,
+            fields: mismatch.fields,
         };
         record.bound();
         record
@@ -83,6 +88,10 @@ impl Record {
         cut_in_place(&mut self.method, MAX_METHOD_CHARS);
         cut_in_place(&mut self.path_and_query, MAX_PATH_CHARS);
         self.difference.bound();
+        self.fields.truncate(MAX_FIELDS);
+        for field in &mut self.fields {
+            cut_in_place(field, MAX_FIELD_CHARS);
+        }
     }
 }
 
@@ -148,6 +157,8 @@ mod tests {
                     main: 200,
                     mirror: 500,
                 },
+                fields: vec!["status".to_owned(), "/a/*/b".to_owned()],
+                field_count: 2,
             },
         )
     }
@@ -204,6 +215,7 @@ mod tests {
                 "mirror_status": 500,
                 "differs": {"status": true, "headers": false, "body": true},
                 "difference": {"kind": "status", "main": 200, "mirror": 500},
+                "fields": ["status", "/a/*/b"],
             })
         );
     }

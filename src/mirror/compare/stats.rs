@@ -37,6 +37,10 @@ pub struct CompareStats {
     /// Copies whose answer could not be compared because main's answer never
     /// completed (main failed, or the client went away).
     not_compared: AtomicU64,
+    /// Compared answers that were errors (5xx, or a gRPC status other than 0), main's
+    /// and the mirror's.
+    main_errors: AtomicU64,
+    mirror_errors: AtomicU64,
     /// Microseconds.
     main_latency: Mutex<Histogram<u64>>,
     /// Microseconds.
@@ -45,7 +49,8 @@ pub struct CompareStats {
 
 /// A copy of [`CompareStats`] for the JSON listing:
 /// `{"compared":N,"matched":N,"mismatched":N,"mismatches":{"status":N,"headers":N,"body":N},
-/// "not_compared":N,"latency_ms":{"main":{"p50":x,"p99":y},"mirror":{"p50":x,"p99":y}}}`.
+/// "not_compared":N,"errors":{"main":N,"mirror":N},
+/// "latency_ms":{"main":{"p50":x,"p99":y},"mirror":{"p50":x,"p99":y}}}`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct CompareSnapshot {
     pub compared: u64,
@@ -53,7 +58,16 @@ pub struct CompareSnapshot {
     pub mismatched: u64,
     pub mismatches: MismatchCounts,
     pub not_compared: u64,
+    /// Compared answers that were errors (5xx, or a gRPC status other than 0).
+    pub errors: ErrorCounts,
     pub latency_ms: Latencies,
+}
+
+/// Compared answers that were errors, by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ErrorCounts {
+    pub main: u64,
+    pub mirror: u64,
 }
 
 /// Mismatches by the part that differed.
@@ -95,6 +109,8 @@ impl CompareStats {
             headers: AtomicU64::new(0),
             body: AtomicU64::new(0),
             not_compared: AtomicU64::new(0),
+            main_errors: AtomicU64::new(0),
+            mirror_errors: AtomicU64::new(0),
             main_latency: Mutex::new(histogram()),
             mirror_latency: Mutex::new(histogram()),
         }
@@ -125,6 +141,16 @@ impl CompareStats {
         record_latency(&self.mirror_latency, mirror_latency);
     }
 
+    /// Counts the errors among one compared pair of answers.
+    pub fn errors(&self, main: bool, mirror: bool) {
+        if main {
+            self.main_errors.fetch_add(1, Relaxed);
+        }
+        if mirror {
+            self.mirror_errors.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Counts a copy not compared because main's answer never completed.
     pub fn not_compared(&self) {
         self.not_compared.fetch_add(1, Relaxed);
@@ -141,6 +167,10 @@ impl CompareStats {
                 body: self.body.load(Relaxed),
             },
             not_compared: self.not_compared.load(Relaxed),
+            errors: ErrorCounts {
+                main: self.main_errors.load(Relaxed),
+                mirror: self.mirror_errors.load(Relaxed),
+            },
             latency_ms: Latencies {
                 main: quantiles(&self.main_latency),
                 mirror: quantiles(&self.mirror_latency),
@@ -183,6 +213,8 @@ mod tests {
             headers,
             body,
             difference: Difference::ByteOffset { offset: 0 },
+            fields: vec!["body".to_owned()],
+            field_count: 1,
         })
     }
 
@@ -195,6 +227,7 @@ mod tests {
                 "compared": 0, "matched": 0, "mismatched": 0,
                 "mismatches": {"status": 0, "headers": 0, "body": 0},
                 "not_compared": 0,
+                "errors": {"main": 0, "mirror": 0},
                 "latency_ms": {
                     "main": {"p50": null, "p99": null},
                     "mirror": {"p50": null, "p99": null},

@@ -1,5 +1,6 @@
 //! The verdict on a mirror's answer against main's answer to the same request (shadow
-//! testing): a match, or the first difference, as pure functions over plain values.
+//! testing): a match, or the first difference and every differing field, as pure
+//! functions over plain values.
 //!
 //! This module owns the comparison rules ([`Rules`]: which headers, which JSON locations
 //! to ignore), the incremental capture of a body for comparison ([`Capture`]), and the
@@ -33,6 +34,14 @@
 //! (see [`FLOAT_ULPS`]). Duplicate object keys keep the last value (as
 //! `serde_json` does). The first difference is searched depth first, object keys in byte
 //! order, array elements by index, so it is the same on every run.
+//!
+//! Besides the first difference, a mismatch names every differing field
+//! ([`Mismatch::fields`], the first [`MAX_FIELDS`] of them; [`Mismatch::field_count`]
+//! counts all): `status`, `header:NAME` (lower case), a JSON pointer with array indices
+//! written `*` (`/items/*/price`: every element is the same field), `body` for bodies
+//! compared byte for byte or by digest; for gRPC `grpc-status`, `grpc-message` and the
+//! pointers within the messages (messages compared as JSON; otherwise `body`). Nothing
+//! is allocated for them when the answers match.
 
 use std::fmt;
 use std::io;
@@ -54,6 +63,22 @@ pub const MAX_POINTER_CHARS: usize = 1000;
 
 /// Longest header name kept in a [`Difference`], in characters.
 pub const MAX_HEADER_NAME_CHARS: usize = 200;
+
+/// Most differing fields a [`Mismatch`] names (all are counted).
+pub const MAX_FIELDS: usize = 20;
+
+/// Longest field name kept, in characters (a longer one is cut, and fields cut alike
+/// count as one).
+pub const MAX_FIELD_CHARS: usize = 200;
+
+/// The field of a differing status code.
+pub const STATUS_FIELD: &str = "status";
+/// The field of a body compared byte for byte or by digest.
+pub const BODY_FIELD: &str = "body";
+/// The field of a differing `grpc-status`.
+pub const GRPC_STATUS_FIELD: &str = "grpc-status";
+/// The field of a differing `grpc-message`.
+pub const GRPC_MESSAGE_FIELD: &str = "grpc-message";
 
 /// A bad `ignore=` value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -343,7 +368,7 @@ pub enum Verdict {
     Mismatch(Mismatch),
 }
 
-/// Which parts differ, and the first difference.
+/// Which parts differ, the first difference and the differing fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch {
     pub status: bool,
@@ -351,6 +376,33 @@ pub struct Mismatch {
     pub body: bool,
     /// The first difference, in the order status, headers, body.
     pub difference: Difference,
+    /// The first [`MAX_FIELDS`] distinct differing fields, in the order found (status,
+    /// headers, body; each cut to [`MAX_FIELD_CHARS`]).
+    pub fields: Vec<String>,
+    /// How many distinct fields differ (may exceed `fields.len()`).
+    pub field_count: u64,
+}
+
+/// The distinct differing fields of one comparison, collected as found.
+#[derive(Debug, Default)]
+struct Fields {
+    /// The first [`MAX_FIELDS`], in the order found.
+    named: Vec<String>,
+    /// Every distinct field; empty (no allocation) while the answers agree.
+    seen: std::collections::HashSet<String>,
+}
+
+impl Fields {
+    fn add(&mut self, field: &str) {
+        let field = cut(field, MAX_FIELD_CHARS);
+        if self.seen.contains(field) {
+            return;
+        }
+        if self.named.len() < MAX_FIELDS {
+            self.named.push(field.to_owned());
+        }
+        self.seen.insert(field.to_owned());
+    }
 }
 
 /// The first thing that differs between main's and the mirror's answer. Serialised with
@@ -466,6 +518,17 @@ impl Difference {
     }
 }
 
+/// Whether `answer` is an error: a 5xx status, or a gRPC answer whose `grpc-status` is
+/// not `0` (or absent).
+pub fn is_error(answer: &Answer) -> bool {
+    if answer.status.is_server_error() {
+        return true;
+    }
+    grpc::is_grpc(&answer.headers)
+        && grpc::status_field(&answer.headers, &answer.trailers, "grpc-status")
+            .is_none_or(|v| v.as_bytes() != b"0")
+}
+
 /// Compares the mirror's answer with main's under `rules`. For gRPC answers, messages
 /// of the type `grpc_output` (the called method's output, when `--grpc-descriptors`
 /// describes it) are compared as JSON, other messages byte for byte.
@@ -475,22 +538,24 @@ pub fn compare(
     main: &Answer,
     mirror: &Answer,
 ) -> Verdict {
+    let mut fields = Fields::default();
     let grpc = grpc::is_grpc(&main.headers) && grpc::is_grpc(&mirror.headers);
     let status = if main.status != mirror.status {
+        fields.add(STATUS_FIELD);
         Some(Difference::Status {
             main: main.status.as_u16(),
             mirror: mirror.status.as_u16(),
         })
     } else if grpc {
-        grpc_status_difference(main, mirror)
+        grpc_status_difference(main, mirror, &mut fields)
     } else {
         None
     };
-    let headers = header_difference(rules, &main.headers, &mirror.headers);
+    let headers = header_difference(rules, &main.headers, &mirror.headers, &mut fields);
     let body = if grpc {
-        grpc_body_difference(rules, grpc_output, &main.body, &mirror.body)
+        grpc_body_difference(rules, grpc_output, &main.body, &mirror.body, &mut fields)
     } else {
-        body_difference(rules, &main.body, &mirror.body)
+        body_difference(rules, &main.body, &mirror.body, &mut fields)
     };
     let flags = (status.is_some(), headers.is_some(), body.is_some());
     match status.or(headers).or(body) {
@@ -500,20 +565,39 @@ pub fn compare(
             headers: flags.1,
             body: flags.2,
             difference,
+            field_count: fields.seen.len() as u64,
+            fields: fields.named,
         }),
     }
 }
 
-fn header_difference(rules: &Rules, main: &HeaderMap, mirror: &HeaderMap) -> Option<Difference> {
-    rules.headers.iter().find_map(|name| {
+/// The first differing compared header; every one is added to `fields`.
+fn header_difference(
+    rules: &Rules,
+    main: &HeaderMap,
+    mirror: &HeaderMap,
+    fields: &mut Fields,
+) -> Option<Difference> {
+    let mut first = None;
+    for name in &rules.headers {
         let (a, b) = (main.get_all(name), mirror.get_all(name));
         // HeaderValue equality is byte equality; repeated headers compare as a list.
-        (!a.iter().eq(b.iter())).then(|| Difference::Header {
-            name: cut(name.as_str(), MAX_HEADER_NAME_CHARS).to_owned(),
-            main: header_text(a),
-            mirror: header_text(b),
-        })
-    })
+        if a.iter().eq(b.iter()) {
+            continue;
+        }
+        fields.add(&format!(
+            "header:{}",
+            cut(name.as_str(), MAX_HEADER_NAME_CHARS)
+        ));
+        if first.is_none() {
+            first = Some(Difference::Header {
+                name: cut(name.as_str(), MAX_HEADER_NAME_CHARS).to_owned(),
+                main: header_text(a),
+                mirror: header_text(b),
+            });
+        }
+    }
+    first
 }
 
 fn header_text(values: header::GetAll<'_, http::HeaderValue>) -> Option<String> {
@@ -535,16 +619,21 @@ fn body_difference(
     rules: &Rules,
     main: &CapturedBody,
     mirror: &CapturedBody,
+    fields: &mut Fields,
 ) -> Option<Difference> {
     let (a, b) = match whole_bodies(main, mirror) {
         Ok(Some(pair)) => pair,
         Ok(None) => return None,
-        Err(difference) => return Some(difference),
+        Err(difference) => {
+            fields.add(BODY_FIELD);
+            return Some(difference);
+        }
     };
     if let (Ok(x), Ok(y)) = (
         serde_json::from_slice::<Value>(a),
         serde_json::from_slice::<Value>(b),
     ) {
+        json_fields(rules, &x, &y, fields);
         return value_difference(rules, &x, &y).map(|(pointer, main, mirror)| {
             Difference::JsonPointer {
                 pointer,
@@ -553,6 +642,7 @@ fn body_difference(
             }
         });
     }
+    fields.add(BODY_FIELD);
     Some(Difference::ByteOffset {
         offset: first_difference(a, b),
     })
@@ -609,7 +699,11 @@ fn value_difference(
 }
 
 /// `grpc-status`, then `grpc-message` when both failed alike.
-fn grpc_status_difference(main: &Answer, mirror: &Answer) -> Option<Difference> {
+fn grpc_status_difference(
+    main: &Answer,
+    mirror: &Answer,
+    fields: &mut Fields,
+) -> Option<Difference> {
     let field = |answer: &'_ Answer, name| {
         grpc::status_field(&answer.headers, &answer.trailers, name).cloned()
     };
@@ -618,6 +712,7 @@ fn grpc_status_difference(main: &Answer, mirror: &Answer) -> Option<Difference> 
         let text = |v: Option<http::HeaderValue>| {
             v.map(|v| cut(&String::from_utf8_lossy(v.as_bytes()), MAX_VALUE_CHARS).to_owned())
         };
+        fields.add(GRPC_STATUS_FIELD);
         return Some(Difference::GrpcStatus {
             main: text(a),
             mirror: text(b),
@@ -632,30 +727,40 @@ fn grpc_status_difference(main: &Answer, mirror: &Answer) -> Option<Difference> 
         grpc::status_message(field(mirror, "grpc-message").as_ref()),
     );
     let text = |v: &[u8]| cut(&String::from_utf8_lossy(v), MAX_VALUE_CHARS).to_owned();
-    (a != b).then(|| Difference::GrpcMessage {
-        main: text(&a),
-        mirror: text(&b),
+    (a != b).then(|| {
+        fields.add(GRPC_MESSAGE_FIELD);
+        Difference::GrpcMessage {
+            main: text(&a),
+            mirror: text(&b),
+        }
     })
 }
 
-/// The first difference between the messages of two gRPC bodies. Bodies that are not
-/// well-formed messages are compared byte for byte as a whole.
+/// The first difference between the messages of two gRPC bodies; every differing
+/// field of every message is added to `fields`. Bodies that are not well-formed
+/// messages are compared byte for byte as a whole.
 fn grpc_body_difference(
     rules: &Rules,
     output: Option<&MessageDescriptor>,
     main: &CapturedBody,
     mirror: &CapturedBody,
+    fields: &mut Fields,
 ) -> Option<Difference> {
     let (a, b) = match whole_bodies(main, mirror) {
         Ok(Some(pair)) => pair,
         Ok(None) => return None,
-        Err(difference) => return Some(difference),
+        Err(difference) => {
+            fields.add(BODY_FIELD);
+            return Some(difference);
+        }
     };
     let (Some(x), Some(y)) = (grpc::frames(a), grpc::frames(b)) else {
+        fields.add(BODY_FIELD);
         return Some(Difference::ByteOffset {
             offset: first_difference(a, b),
         });
     };
+    let mut first = None;
     for (index, (x, y)) in x.iter().zip(y.iter()).enumerate() {
         let index = index as u64;
         if x == y {
@@ -668,28 +773,107 @@ fn grpc_body_difference(
                 grpc::to_json(output, x.message),
                 grpc::to_json(output, y.message),
             ) {
-                match value_difference(rules, &x, &y) {
-                    None => continue,
-                    Some((pointer, main, mirror)) => {
-                        return Some(Difference::MessageJsonPointer {
+                json_fields(rules, &x, &y, fields);
+                if first.is_none() {
+                    first = value_difference(rules, &x, &y).map(|(pointer, main, mirror)| {
+                        Difference::MessageJsonPointer {
                             index,
                             pointer,
                             main,
                             mirror,
-                        });
-                    }
+                        }
+                    });
                 }
+                continue;
             }
         }
-        return Some(Difference::MessageByteOffset {
-            index,
-            offset: first_difference(x.message, y.message),
+        fields.add(BODY_FIELD);
+        if first.is_none() {
+            first = Some(Difference::MessageByteOffset {
+                index,
+                offset: first_difference(x.message, y.message),
+            });
+        }
+    }
+    if first.is_none() && x.len() != y.len() {
+        first = Some(Difference::MessageCount {
+            main: x.len() as u64,
+            mirror: y.len() as u64,
         });
     }
-    (x.len() != y.len()).then_some(Difference::MessageCount {
-        main: x.len() as u64,
-        mirror: y.len() as u64,
-    })
+    if x.len() != y.len() {
+        fields.add(BODY_FIELD);
+    }
+    first
+}
+
+/// Adds every differing field between two JSON documents, outside the ignored
+/// locations, to `fields`.
+fn json_fields(rules: &Rules, x: &Value, y: &Value, fields: &mut Fields) {
+    // Bounded recursion, as in `value_difference`.
+    let alive: Vec<usize> = (0..rules.ignored.len()).collect();
+    let mut path = Vec::new();
+    let mut pointer = String::new();
+    collect_fields(rules, x, y, &mut path, &mut pointer, &alive, fields);
+}
+
+/// Walks `main`/`mirror` at `path` (`pointer` is its text with indices written `*`).
+fn collect_fields<'a>(
+    rules: &Rules,
+    main: &'a Value,
+    mirror: &'a Value,
+    path: &mut Vec<Step<'a>>,
+    pointer: &mut String,
+    alive: &[usize],
+    fields: &mut Fields,
+) {
+    let mut child = |main: Option<&'a Value>,
+                     mirror: Option<&'a Value>,
+                     step: Step<'a>,
+                     path: &mut Vec<Step<'a>>,
+                     pointer: &mut String| {
+        let Some(next) = rules.descend(alive, path.len(), step) else {
+            return;
+        };
+        let len = pointer.len();
+        pointer.push('/');
+        match step {
+            Step::Key(k) => push_escaped(pointer, k),
+            Step::Index(_) => pointer.push('*'),
+        }
+        path.push(step);
+        match (main, mirror) {
+            (Some(x), Some(y)) => collect_fields(rules, x, y, path, pointer, &next, fields),
+            _ => fields.add(pointer),
+        }
+        path.pop();
+        pointer.truncate(len);
+    };
+    match (main, mirror) {
+        (Value::Object(a), Value::Object(b)) => {
+            for key in sorted_keys(a, b) {
+                child(a.get(key), b.get(key), Step::Key(key), path, pointer);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for i in 0..a.len().max(b.len()) {
+                child(a.get(i), b.get(i), Step::Index(i), path, pointer);
+            }
+        }
+        _ if scalars_equal(main, mirror) => {}
+        _ => fields.add(pointer),
+    }
+}
+
+/// `key` escaped for a JSON pointer (RFC 6901 §3).
+fn push_escaped(text: &mut String, key: &str) {
+    for c in key.chars() {
+        match c {
+            '~' => text.push_str("~0"),
+            '/' => text.push_str("~1"),
+            c => text.push(c),
+        }
+    }
 }
 
 /// One step from a JSON value to a child.
@@ -970,12 +1154,53 @@ mod tests {
     }
 
     fn body_only(difference: Difference) -> Verdict {
+        let field = only_field(&difference);
         Verdict::Mismatch(Mismatch {
             status: false,
             headers: false,
             body: true,
             difference,
+            fields: vec![field],
+            field_count: 1,
         })
+    }
+
+    /// `verdict` with every differing field listed as `fields`.
+    fn with_fields(verdict: Verdict, fields: &[&str]) -> Verdict {
+        let mut m = mismatch(verdict);
+        m.fields = fields.iter().map(|f| f.to_string()).collect();
+        m.field_count = fields.len() as u64;
+        Verdict::Mismatch(m)
+    }
+
+    /// The one field of a mismatch whose only difference is `difference` (the test
+    /// documents have no object keys made of digits).
+    fn only_field(difference: &Difference) -> String {
+        let star = |pointer: &str| {
+            pointer
+                .split('/')
+                .map(|s| {
+                    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                        "*"
+                    } else {
+                        s
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        match difference {
+            Difference::Status { .. } => STATUS_FIELD.to_owned(),
+            Difference::Header { name, .. } => format!("header:{name}"),
+            Difference::JsonPointer { pointer, .. }
+            | Difference::MessageJsonPointer { pointer, .. } => star(pointer),
+            Difference::GrpcStatus { .. } => GRPC_STATUS_FIELD.to_owned(),
+            Difference::GrpcMessage { .. } => GRPC_MESSAGE_FIELD.to_owned(),
+            Difference::ByteOffset { .. }
+            | Difference::Digest { .. }
+            | Difference::MessageByteOffset { .. }
+            | Difference::MessageCount { .. } => BODY_FIELD.to_owned(),
+        }
     }
 
     fn at(pointer: &str, main: Option<&str>, mirror: Option<&str>) -> Difference {
@@ -1096,7 +1321,10 @@ mod tests {
         // Depth first, keys in order: /a/b comes before /z.
         assert_eq!(
             compare(&Rules::default(), &main, &mirror),
-            body_only(at("/a/b", Some(r#""old""#), Some(r#"{"new":[1]}"#)))
+            with_fields(
+                body_only(at("/a/b", Some(r#""old""#), Some(r#"{"new":[1]}"#))),
+                &["/a/b", "/z"]
+            )
         );
     }
 
@@ -1145,7 +1373,10 @@ mod tests {
         // Without the ignores the same bodies differ, first at /items/0/id.
         assert_eq!(
             compare(&Rules::default(), &main, &mirror),
-            body_only(at("/items/0/id", Some("1"), Some("7")))
+            with_fields(
+                body_only(at("/items/0/id", Some("1"), Some("7"))),
+                &["/items/*/id", "/meta/ts"]
+            )
         );
         // What is not ignored is still compared.
         let mirror = json(r#"{"meta":{"ts":9,"v":2},"items":[{"id":7,"n":"a"},{"n":"b"}]}"#);
@@ -1208,6 +1439,8 @@ mod tests {
                     main: 200,
                     mirror: 500
                 },
+                fields: vec!["status".into(), "header:content-type".into(), "body".into()],
+                field_count: 3,
             })
         );
         let mirror = answer(404, &[("content-type", "text/plain")], b"ok");
@@ -1231,6 +1464,8 @@ mod tests {
                     main: Some("1".into()),
                     mirror: Some("2".into()),
                 },
+                fields: vec!["header:x-version".into()],
+                field_count: 1,
             })
         );
         // Naming headers replaces the default: Content-Type is then not compared.
@@ -1576,11 +1811,14 @@ mod tests {
     }
 
     fn status_only(difference: Difference) -> Verdict {
+        let field = only_field(&difference);
         Verdict::Mismatch(Mismatch {
             status: true,
             headers: false,
             body: false,
             difference,
+            fields: vec![field],
+            field_count: 1,
         })
     }
 
@@ -1752,12 +1990,15 @@ mod tests {
         let mirror = ok(&[&reply("hello", 1, &[]), &reply("ciao", 2, &[("a", 8)])]);
         assert_eq!(
             super::compare(&r, Some(&output), &main, &mirror),
-            body_only(Difference::MessageJsonPointer {
-                index: 1,
-                pointer: "/items/0/at".into(),
-                main: Some("7".into()),
-                mirror: Some("8".into()),
-            })
+            with_fields(
+                body_only(Difference::MessageJsonPointer {
+                    index: 1,
+                    pointer: "/items/0/at".into(),
+                    main: Some("7".into()),
+                    mirror: Some("8".into()),
+                }),
+                &["/items/*/at", "/message"]
+            )
         );
         let ignoring = rules(&[], &["/items/*/at"]);
         assert_eq!(
@@ -2127,5 +2368,75 @@ mod tests {
             "[\\[\\]{}\":,0-9a-c .eE+-]{0,40}".prop_map(String::into_bytes),
             json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
         ]
+    }
+
+    #[test]
+    fn every_differing_field_is_named_with_indices_as_stars() {
+        let r = rules(&["content-type", "x-v"], &["/meta/ts"]);
+        let main = answer(
+            200,
+            &[("content-type", "application/json"), ("x-v", "1")],
+            br#"{"items":[{"price":1,"n":"a"},{"price":2,"n":"b"},{"price":3}],"meta":{"ts":1},"a~/b":1,"gone":0}"#,
+        );
+        let mirror = answer(
+            200,
+            &[("content-type", "application/json"), ("x-v", "2")],
+            br#"{"items":[{"price":9,"n":"a"},{"price":8,"n":"c"},{"price":3},{"x":1}],"meta":{"ts":2},"a~/b":2}"#,
+        );
+        let m = mismatch(compare(&r, &main, &mirror));
+        assert_eq!(
+            m.fields,
+            [
+                "header:x-v",
+                "/a~0~1b",
+                "/gone",
+                "/items/*/price",
+                "/items/*/n",
+                "/items/*"
+            ]
+        );
+        assert_eq!(m.field_count, 6);
+        // The first difference is still the one reported first.
+        assert!(matches!(m.difference, Difference::Header { .. }), "{m:?}");
+        // Status and a non-JSON body.
+        let m = mismatch(compare(
+            &Rules::default(),
+            &answer(200, &[], b"a"),
+            &answer(503, &[], b"b"),
+        ));
+        assert_eq!(
+            (m.fields, m.field_count),
+            (vec!["status".into(), "body".into()], 2)
+        );
+    }
+
+    #[test]
+    fn at_most_twenty_fields_are_named_and_all_are_counted() {
+        let doc = |v: u32| {
+            let fields: Vec<String> = (0..30).map(|i| format!("\"k{i:02}\":{v}")).collect();
+            json(&format!("{{{}}}", fields.join(",")))
+        };
+        let m = mismatch(compare(&Rules::default(), &doc(1), &doc(2)));
+        assert_eq!(m.fields.len(), MAX_FIELDS);
+        assert_eq!(m.fields[0], "/k00");
+        assert_eq!(m.field_count, 30);
+    }
+
+    #[test]
+    fn grpc_fields_are_the_status_the_message_and_the_body() {
+        let r = Rules::default();
+        let failed = |code: &str, message: &str| {
+            grpc(
+                &[],
+                &[],
+                &[("grpc-status", code), ("grpc-message", message)],
+            )
+        };
+        let m = mismatch(compare(&r, &failed("5", "a"), &failed("13", "a")));
+        assert_eq!(m.fields, ["grpc-status"]);
+        let m = mismatch(compare(&r, &failed("5", "a"), &failed("5", "b")));
+        assert_eq!(m.fields, ["grpc-message"]);
+        let m = mismatch(compare(&r, &ok(&[b"a", b"b"]), &ok(&[b"x"])));
+        assert_eq!((m.fields, m.field_count), (vec!["body".into()], 1));
     }
 }

@@ -654,6 +654,11 @@ impl MockBackend {
         format!("https://localhost:{}", self.addr.port())
     }
 
+    /// Answers each request with what `f` makes of it, from now on.
+    pub fn set_behavior(&self, f: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) {
+        *self.behavior.lock().unwrap() = Arc::new(f);
+    }
+
     /// Changes what the backend answers from now on.
     pub fn set_reply(&self, reply: Reply) {
         *self.behavior.lock().unwrap() = Arc::new(move |_| reply.clone());

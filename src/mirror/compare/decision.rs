@@ -1,0 +1,390 @@
+//! The yes/no a pipeline asks of one comparing mirror, for
+//! `GET <admin path>/verdict?url=U` (docs/comparing.md, "Deciding with a baseline").
+//!
+//! This module owns the thresholds, their parsing from query parameters and the rule
+//! that turns a mirror's totals and per-endpoint results into a decision. It does not
+//! count anything ([`super::stats`], [`super::endpoints`]) nor serve HTTP.
+
+use super::endpoints::EndpointSnapshot;
+use super::stats::CompareSnapshot;
+
+/// Below this many compared answers there is no decision, by default.
+pub const DEFAULT_MIN_COMPARED: u64 = 100;
+/// The share of answers allowed to differ (or to regress, with a baseline), by default.
+pub const DEFAULT_MAX_MISMATCH_RATE: f64 = 0.001;
+
+/// What a decision demands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub min_compared: u64,
+    /// A share in `[0, 1]`.
+    pub max_mismatch_rate: f64,
+    /// The mirror's p99 ÷ main's p99; `None`: not checked.
+    pub max_p99_ratio: Option<f64>,
+    /// The share of compared answers that may be mirror errors in excess of main's;
+    /// `None`: not checked.
+    pub max_error_rate: Option<f64>,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            min_compared: DEFAULT_MIN_COMPARED,
+            max_mismatch_rate: DEFAULT_MAX_MISMATCH_RATE,
+            max_p99_ratio: None,
+            max_error_rate: None,
+        }
+    }
+}
+
+/// A bad threshold parameter, named with its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {key} value {value:?}: {reason}")]
+pub struct ThresholdError {
+    pub key: String,
+    pub value: String,
+    pub reason: &'static str,
+}
+
+/// A rate written as a share (`0.001`) or a percentage (`0.1%`), within `[0, 1]`.
+fn parse_rate(text: &str) -> Option<f64> {
+    let rate = match text.strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().ok()? / 100.0,
+        None => text.parse::<f64>().ok()?,
+    };
+    (rate.is_finite() && (0.0..=1.0).contains(&rate)).then_some(rate)
+}
+
+impl Thresholds {
+    /// The defaults, changed by the `min_compared`, `max_mismatch_rate` and
+    /// `max_p99_ratio` pairs of `pairs` (other keys are left to the caller).
+    ///
+    /// # Errors
+    /// A value that does not parse, named.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ThresholdError> {
+        let mut t = Self::default();
+        for (key, value) in pairs {
+            let bad = |reason| ThresholdError {
+                key: key.to_owned(),
+                value: value.to_owned(),
+                reason,
+            };
+            match key {
+                "min_compared" => {
+                    t.min_compared = value.parse().map_err(|_| bad("not a whole number"))?;
+                }
+                "max_mismatch_rate" => {
+                    t.max_mismatch_rate =
+                        parse_rate(value).ok_or_else(|| bad("a rate such as 0.001 or 0.1%"))?;
+                }
+                "max_error_rate" => {
+                    t.max_error_rate =
+                        Some(parse_rate(value).ok_or_else(|| bad("a rate such as 0.001 or 0.1%"))?);
+                }
+                "max_p99_ratio" => {
+                    let ratio = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|r| r.is_finite() && *r > 0.0)
+                        .ok_or_else(|| bad("a positive number such as 1.5"))?;
+                    t.max_p99_ratio = Some(ratio);
+                }
+                _ => {}
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// `{"pass": true|false|null, "reasons": [...], "compared": N}`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Decision {
+    pub pass: Option<bool>,
+    pub reasons: Vec<String>,
+    pub compared: u64,
+}
+
+/// The decision on a mirror with `totals` and `endpoints`. `weighed`: the endpoints'
+/// regressions were weighed against a baseline, so only answers with a regression
+/// count against `max_mismatch_rate` (per endpoint, its most frequent regressing
+/// field's count: a lower bound of the answers with one); otherwise every mismatch.
+pub fn decide(
+    thresholds: &Thresholds,
+    totals: &CompareSnapshot,
+    endpoints: &[EndpointSnapshot],
+    weighed: bool,
+) -> Decision {
+    let compared = totals.compared;
+    if compared < thresholds.min_compared {
+        return Decision {
+            pass: None,
+            reasons: vec![format!(
+                "undecided: {compared} answers compared, fewer than min_compared {}",
+                thresholds.min_compared
+            )],
+            compared,
+        };
+    }
+    let mut reasons = Vec::new();
+    let mut pass = true;
+    let (bad, what) = if weighed {
+        let regressed: u64 = endpoints
+            .iter()
+            .map(|e| e.regressions.iter().map(|r| r.count).max().unwrap_or(0))
+            .sum();
+        (regressed, "answers with a regression")
+    } else {
+        (totals.mismatched, "mismatched answers")
+    };
+    let rate = bad as f64 / compared as f64;
+    let limit = thresholds.max_mismatch_rate;
+    let verdict = if rate > limit {
+        pass = false;
+        "fail"
+    } else {
+        "ok"
+    };
+    reasons.push(format!(
+        "{verdict}: {bad} {what} of {compared} ({:.3} %), max_mismatch_rate {:.3} %",
+        rate * 100.0,
+        limit * 100.0
+    ));
+    if weighed {
+        for e in endpoints {
+            for r in &e.regressions {
+                reasons.push(format!(
+                    "regression: {} {} {}: {} of {} answers differ, {} on the baseline",
+                    e.method, e.template, r.field, r.count, e.compared, r.baseline_count
+                ));
+            }
+        }
+    }
+    if let Some(max) = thresholds.max_error_rate {
+        let errors = totals.errors;
+        let excess = errors.mirror.saturating_sub(errors.main);
+        let rate = excess as f64 / compared as f64;
+        let verdict = if rate > max {
+            pass = false;
+            "fail"
+        } else {
+            "ok"
+        };
+        reasons.push(format!(
+            "{verdict}: {} mirror errors against main's {} ({:.3} % in excess), max_error_rate {:.3} %",
+            errors.mirror,
+            errors.main,
+            rate * 100.0,
+            max * 100.0
+        ));
+    }
+    if let Some(max) = thresholds.max_p99_ratio {
+        let latency = totals.latency_ms;
+        match (latency.main.p99, latency.mirror.p99) {
+            (Some(main), Some(mirror)) => {
+                // A main p99 of 0 ms (under the histogram's resolution) is taken as 1 µs.
+                let ratio = mirror / main.max(0.001);
+                let verdict = if ratio > max {
+                    pass = false;
+                    "fail"
+                } else {
+                    "ok"
+                };
+                reasons.push(format!(
+                    "{verdict}: p99 {mirror:.3} ms against main's {main:.3} ms (×{ratio:.2}), max_p99_ratio {max}"
+                ));
+            }
+            _ => reasons.push("ok: no latency recorded yet".to_owned()),
+        }
+    }
+    Decision {
+        pass: Some(pass),
+        reasons,
+        compared,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::compare::endpoints::{Compared, EndpointSnapshot};
+    use crate::mirror::compare::stats::{ErrorCounts, Latencies, MismatchCounts, Quantiles};
+    use proptest::prelude::*;
+
+    fn totals(compared: u64, mismatched: u64) -> CompareSnapshot {
+        let q = Quantiles {
+            p50: Some(1.0),
+            p99: Some(2.0),
+        };
+        CompareSnapshot {
+            compared,
+            matched: compared - mismatched,
+            mismatched,
+            mismatches: MismatchCounts {
+                status: 0,
+                headers: 0,
+                body: mismatched,
+            },
+            not_compared: 0,
+            errors: ErrorCounts { main: 1, mirror: 3 },
+            latency_ms: Latencies {
+                main: q,
+                mirror: Quantiles {
+                    p50: Some(1.0),
+                    p99: Some(5.0),
+                },
+            },
+        }
+    }
+
+    fn endpoint(compared: u64, regressions: &[u64]) -> EndpointSnapshot {
+        let q = Quantiles {
+            p50: None,
+            p99: None,
+        };
+        EndpointSnapshot {
+            method: "GET".into(),
+            template: "/a".into(),
+            compared,
+            mismatched: compared,
+            main_latency_ms: q,
+            mirror_latency_ms: q,
+            fields: Vec::new(),
+            regressions: regressions
+                .iter()
+                .enumerate()
+                .map(|(i, &count)| Compared {
+                    field: format!("/f{i}"),
+                    count,
+                    baseline_count: 0,
+                })
+                .collect(),
+            noise: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn below_min_compared_is_undecided() {
+        let d = decide(&Thresholds::default(), &totals(99, 0), &[], false);
+        assert_eq!((d.pass, d.compared), (None, 99));
+        assert!(d.reasons[0].contains("min_compared 100"), "{:?}", d.reasons);
+    }
+
+    #[test]
+    fn without_a_baseline_every_mismatch_counts() {
+        let t = Thresholds::default();
+        assert_eq!(decide(&t, &totals(1000, 1), &[], false).pass, Some(true));
+        assert_eq!(decide(&t, &totals(1000, 2), &[], false).pass, Some(false));
+    }
+
+    #[test]
+    fn with_a_baseline_only_regressions_count() {
+        let t = Thresholds::default();
+        // Every answer differs (noise), none regresses: a pass.
+        assert_eq!(
+            decide(&t, &totals(1000, 1000), &[endpoint(1000, &[])], true).pass,
+            Some(true)
+        );
+        let d = decide(&t, &totals(1000, 1000), &[endpoint(1000, &[500, 3])], true);
+        assert_eq!(d.pass, Some(false));
+        assert!(
+            d.reasons.iter().any(|r| r.contains("/f0")),
+            "{:?}",
+            d.reasons
+        );
+    }
+
+    #[test]
+    fn p99_ratio_is_checked_when_asked() {
+        // The mirror's p99 is 5 ms against main's 2 ms: × 2.5.
+        let mut t = Thresholds {
+            max_p99_ratio: Some(2.4),
+            ..Thresholds::default()
+        };
+        assert_eq!(decide(&t, &totals(1000, 0), &[], false).pass, Some(false));
+        t.max_p99_ratio = Some(2.5);
+        assert_eq!(decide(&t, &totals(1000, 0), &[], false).pass, Some(true));
+    }
+
+    #[test]
+    fn errors_count_only_in_excess_of_mains() {
+        // 3 mirror errors against main's 1, of 1000: 0.2 % in excess.
+        let t = |max| Thresholds {
+            max_error_rate: Some(max),
+            ..Thresholds::default()
+        };
+        assert_eq!(
+            decide(&t(0.001), &totals(1000, 0), &[], false).pass,
+            Some(false)
+        );
+        assert_eq!(
+            decide(&t(0.002), &totals(1000, 0), &[], false).pass,
+            Some(true)
+        );
+        assert_eq!(
+            decide(&Thresholds::default(), &totals(1000, 0), &[], false).pass,
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn thresholds_parse_from_pairs() {
+        let t = Thresholds::from_pairs([
+            ("min_compared", "5"),
+            ("max_mismatch_rate", "1%"),
+            ("max_p99_ratio", "1.5"),
+            ("max_error_rate", "0.5%"),
+            ("url", "ignored"),
+        ])
+        .unwrap();
+        assert_eq!(
+            t,
+            Thresholds {
+                min_compared: 5,
+                max_mismatch_rate: 0.01,
+                max_p99_ratio: Some(1.5),
+                max_error_rate: Some(0.005),
+            }
+        );
+        assert_eq!(
+            Thresholds::from_pairs([("max_mismatch_rate", "0.002")])
+                .unwrap()
+                .max_mismatch_rate,
+            0.002
+        );
+        for (k, v) in [
+            ("min_compared", "-1"),
+            ("max_mismatch_rate", "150%"),
+            ("max_mismatch_rate", "x"),
+            ("max_p99_ratio", "0"),
+            ("max_p99_ratio", "inf"),
+        ] {
+            assert!(Thresholds::from_pairs([(k, v)]).is_err(), "{k}={v}");
+        }
+    }
+
+    proptest! {
+        /// More regressions never turn a fail into a pass.
+        #[test]
+        fn more_regressions_never_turn_a_fail_into_a_pass(
+            compared in 100u64..100_000,
+            counts in proptest::collection::vec(0u64..1000, 0..5),
+            extra in proptest::collection::vec(0u64..1000, 1..5),
+            rate in 0.0f64..0.5,
+        ) {
+            let t = Thresholds { max_mismatch_rate: rate, ..Thresholds::default() };
+            let before = decide(&t, &totals(compared, compared), &[endpoint(compared, &counts)], true);
+            let mut more = counts.clone();
+            more.extend(&extra);
+            let mut raised = counts.clone();
+            if let Some(first) = raised.first_mut() { *first += extra[0]; }
+            for after in [more, raised] {
+                let after = decide(&t, &totals(compared, compared), &[endpoint(compared, &after)], true);
+                if before.pass == Some(false) {
+                    prop_assert_eq!(after.pass, Some(false));
+                }
+            }
+        }
+    }
+}
