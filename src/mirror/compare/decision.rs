@@ -128,7 +128,34 @@ pub fn decide(
         };
     }
     let mut reasons = Vec::new();
-    let mut pass = true;
+    let mut pass = check_mismatches(thresholds, totals, endpoints, weighed, &mut reasons);
+    if let Some(max) = thresholds.max_error_rate {
+        pass &= check_errors(max, totals, &mut reasons);
+    }
+    if let Some(max) = thresholds.max_p99_ratio {
+        pass &= check_p99(max, totals, &mut reasons);
+    }
+    Decision {
+        pass: Some(pass),
+        reasons,
+        compared,
+    }
+}
+
+/// `"fail"` when `failed`, else `"ok"`: how each reason starts.
+fn outcome(failed: bool) -> &'static str {
+    if failed { "fail" } else { "ok" }
+}
+
+/// `max_mismatch_rate`, with the regressions listed when weighed against a baseline.
+fn check_mismatches(
+    thresholds: &Thresholds,
+    totals: &CompareSnapshot,
+    endpoints: &[EndpointSnapshot],
+    weighed: bool,
+    reasons: &mut Vec<String>,
+) -> bool {
+    let compared = totals.compared;
     let (bad, what) = if weighed {
         let regressed: u64 = endpoints
             .iter()
@@ -140,14 +167,10 @@ pub fn decide(
     };
     let rate = bad as f64 / compared as f64;
     let limit = thresholds.max_mismatch_rate;
-    let verdict = if rate > limit {
-        pass = false;
-        "fail"
-    } else {
-        "ok"
-    };
+    let failed = rate > limit;
     reasons.push(format!(
-        "{verdict}: {bad} {what} of {compared} ({:.3} %), max_mismatch_rate {:.3} %",
+        "{}: {bad} {what} of {compared} ({:.3} %), max_mismatch_rate {:.3} %",
+        outcome(failed),
         rate * 100.0,
         limit * 100.0
     ));
@@ -161,48 +184,41 @@ pub fn decide(
             }
         }
     }
-    if let Some(max) = thresholds.max_error_rate {
-        let errors = totals.errors;
-        let excess = errors.mirror.saturating_sub(errors.main);
-        let rate = excess as f64 / compared as f64;
-        let verdict = if rate > max {
-            pass = false;
-            "fail"
-        } else {
-            "ok"
-        };
-        reasons.push(format!(
-            "{verdict}: {} mirror errors against main's {} ({:.3} % in excess), max_error_rate {:.3} %",
-            errors.mirror,
-            errors.main,
-            rate * 100.0,
-            max * 100.0
-        ));
-    }
-    if let Some(max) = thresholds.max_p99_ratio {
-        let latency = totals.latency_ms;
-        match (latency.main.p99, latency.mirror.p99) {
-            (Some(main), Some(mirror)) => {
-                // A main p99 of 0 ms (under the histogram's resolution) is taken as 1 µs.
-                let ratio = mirror / main.max(0.001);
-                let verdict = if ratio > max {
-                    pass = false;
-                    "fail"
-                } else {
-                    "ok"
-                };
-                reasons.push(format!(
-                    "{verdict}: p99 {mirror:.3} ms against main's {main:.3} ms (×{ratio:.2}), max_p99_ratio {max}"
-                ));
-            }
-            _ => reasons.push("ok: no latency recorded yet".to_owned()),
-        }
-    }
-    Decision {
-        pass: Some(pass),
-        reasons,
-        compared,
-    }
+    !failed
+}
+
+/// `max_error_rate`: mirror errors in excess of main's, per compared answer.
+fn check_errors(max: f64, totals: &CompareSnapshot, reasons: &mut Vec<String>) -> bool {
+    let errors = totals.errors;
+    let excess = errors.mirror.saturating_sub(errors.main);
+    let rate = excess as f64 / totals.compared as f64;
+    let failed = rate > max;
+    reasons.push(format!(
+        "{}: {} mirror errors against main's {} ({:.3} % in excess), max_error_rate {:.3} %",
+        outcome(failed),
+        errors.mirror,
+        errors.main,
+        rate * 100.0,
+        max * 100.0
+    ));
+    !failed
+}
+
+/// `max_p99_ratio`: the mirror's p99 latency over main's.
+fn check_p99(max: f64, totals: &CompareSnapshot, reasons: &mut Vec<String>) -> bool {
+    let latency = totals.latency_ms;
+    let (Some(main), Some(mirror)) = (latency.main.p99, latency.mirror.p99) else {
+        reasons.push("ok: no latency recorded yet".to_owned());
+        return true;
+    };
+    // A main p99 of 0 ms (under the histogram's resolution) is taken as 1 µs.
+    let ratio = mirror / main.max(0.001);
+    let failed = ratio > max;
+    reasons.push(format!(
+        "{}: p99 {mirror:.3} ms against main's {main:.3} ms (×{ratio:.2}), max_p99_ratio {max}",
+        outcome(failed)
+    ));
+    !failed
 }
 
 #[cfg(test)]
