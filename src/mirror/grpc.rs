@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use http::HeaderMap;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 
 /// The header carrying a call's deadline, relative to when it was sent.
 pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -17,16 +17,7 @@ const MAX_VALUE: u64 = 99_999_999;
 /// Whether a request is a gRPC call: its `Content-Type` is `application/grpc`, alone or
 /// with a `+format` or parameters.
 pub fn is_call(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| is_grpc_content_type(v.as_bytes()))
-}
-
-fn is_grpc_content_type(value: &[u8]) -> bool {
-    const GRPC: &[u8] = b"application/grpc";
-    value.len() >= GRPC.len()
-        && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
-        && matches!(value.get(GRPC.len()), None | Some(b'+' | b';' | b' '))
+    crate::headers::is_grpc(headers)
 }
 
 /// A `grpc-timeout` value as a duration; `None` when it is not one.
@@ -111,7 +102,7 @@ mod tests {
             "application/grpc; charset=utf-8",
         ] {
             let mut h = HeaderMap::new();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(yes));
+            h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(yes));
             assert!(is_call(&h), "{yes}");
         }
         for no in [
@@ -120,7 +111,7 @@ mod tests {
             "application/grp",
         ] {
             let mut h = HeaderMap::new();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(no));
+            h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(no));
             assert!(!is_call(&h), "{no}");
         }
         assert!(!is_call(&HeaderMap::new()));

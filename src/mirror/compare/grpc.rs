@@ -14,7 +14,6 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::Value;
@@ -33,14 +32,7 @@ pub const MAX_DESCRIPTORS_SIZE: u64 = 64 << 20;
 /// gRPC-Web (`application/grpc-web…`) carries its trailers in the body and is not
 /// compared as gRPC.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    const TYPE: &[u8] = b"application/grpc";
-    let Some(value) = headers.get(CONTENT_TYPE) else {
-        return false;
-    };
-    let value = value.as_bytes();
-    value.len() >= TYPE.len()
-        && value[..TYPE.len()].eq_ignore_ascii_case(TYPE)
-        && matches!(value.get(TYPE.len()), None | Some(b'+' | b';' | b' '))
+    crate::headers::is_grpc(headers)
 }
 
 /// A header of the gRPC status: from the trailers, or from the headers when there are
