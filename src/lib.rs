@@ -8,7 +8,8 @@
 //! # Layout
 //! A module with parts is `x.rs` and the parts are in `x/` (`mirror.rs`, `mirror/`).
 //! - `cli`: raw flags (clap, `TRAFFICMIRROR_*` env vars, Go-style `-flag`) and the
-//!   subcommands (`demo`, `completions`, `man`); `cli::file`: the YAML config file.
+//!   subcommands (`demo`, `replay`, `verdict`, `completions`, `man`); `cli::file`: the
+//!   YAML config file; `cli::verdict`: `trafficmirror verdict`, asking a running proxy.
 //! - `config`: validated [`Config`] built from the flags, split by the part that uses
 //!   it (`server::Settings`, `proxy::Settings` with the mirrors' `mirror::Settings`,
 //!   `admin::Settings`, and `config::Initial`: the mirrors and files loaded at start);
@@ -27,7 +28,7 @@
 //!   mirrors a request's copy goes to, the head it carries and what main's answer owes
 //!   them; `proxy::tee` streams a request body to main while copying it for the
 //!   mirrors; `proxy::error`: `MainError`, the proxy's own answers (`400`, `408`, `501`,
-//!   `502`, `504`).
+//!   `502`, `504`, or Trailers-Only gRPC answers to gRPC calls).
 //! - `budget`: the byte budget for bodies held for mirrors (`--max-buffered-bytes`).
 //! - `headers`: hop-by-hop removal, `X-Forwarded-*`, `Via`.
 //! - `body`: body types and helpers for the proxy's own answers.
@@ -35,10 +36,18 @@
 //!   `mirror::health` (the health state machine), `mirror::options` (options and mirror
 //!   lines), `mirror::select` (which requests a mirror gets), `mirror::ordered` (ordered
 //!   replay), `mirror::counters` (per-mirror counters, for the JSON listing and the
-//!   scrape) and `mirror::compare`, comparing its answers with main's:
-//!   `compare::verdict` decides whether two answers match, `compare::capture` keeps them
-//!   aside within the byte budget, `compare::decode` undoes a `Content-Encoding`,
-//!   `compare::stats` and `compare::mismatches` keep the results.
+//!   scrape), `mirror::retry` (`retry=N`: which failed copies are tried again, and
+//!   when), `mirror::grpc` (a gRPC copy's deadline) and `mirror::compare`, comparing its
+//!   answers with main's: `compare::verdict` decides whether two answers match and names
+//!   every differing field, `compare::grpc` the gRPC rules (status, messages, descriptor
+//!   sets), `compare::capture` keeps answers aside within the byte budget,
+//!   `compare::decode` undoes a `Content-Encoding`, `compare::stats`,
+//!   `compare::mismatches` and `compare::endpoints` (per endpoint, with the baseline's
+//!   noise rule) keep the results, `compare::decision` turns them into a verdict.
+//! - `record`: recording mirrors (`file:///PATH`): `record::format` (GoReplay's records,
+//!   written and read), `record::path` (time patterns and rotation names),
+//!   `record::writer` (the writing thread, rotation, gzip, caps).
+//! - `replay`: `trafficmirror replay`, sending recordings to a target.
 //! - `sources`: mirror lines on disk: `sources::state_file` (`--state-file`, and its
 //!   `Saver`, which writes the registry's admin mirrors after each change) and
 //!   `sources::targets_file` (`--targets-file`).
@@ -51,7 +60,8 @@
 //! - `target_url`: URL validation, normalisation and path-prefix joining.
 //! - `shutdown`: SIGINT/SIGTERM. `ratelimit`: at most one log line per second for
 //!   per-request and accept errors.
-//! - `client`: keep-alive connection pools to main and mirrors, one per worker
+//! - `client`: keep-alive connection pools to main and mirrors, one per worker;
+//!   `client::h2`: HTTP/2 connections multiplexed within the server's stream limit
 //!   (`client::pool_comparison`, test-only: the load harness of `bench/pool-compare`);
 //!   `tls`: TLS settings for https targets; `tls::listener`: TLS on the listener and
 //!   its certificate files, followed as they are renewed.
