@@ -1,5 +1,6 @@
 //! `trafficmirror demo`: the product working with no other software. One process runs a
-//! demo main, two demo mirrors — `stable`, which answers exactly like main, and
+//! demo main, two demo mirrors — `stable` (`role=baseline`), which answers like main but
+//! for a timestamp, and
 //! `candidate`, which is slower and differs on a share of requests — the proxy with both
 //! mirrors comparing, and a gentle stream of traffic through it. Ctrl-C stops it all.
 //!
@@ -52,7 +53,10 @@ pub async fn demo(
     let main = backend(Flavor::Main).await?;
     let stable = backend(Flavor::Stable).await?;
     let candidate = backend(Flavor::Candidate).await?;
-    let mirror = |addr: SocketAddr| format!("http://{addr} compare=true ignore=/served_at");
+    // No `ignore=/served_at`: the timestamp differs on every answer of both mirrors, and
+    // the baseline is what tells that noise from the candidate's real regressions.
+    let baseline = format!("http://{stable} compare=true role=baseline");
+    let candidate_option = format!("http://{candidate} compare=true");
     let args = [
         "trafficmirror".to_owned(),
         "--listen".to_owned(),
@@ -60,9 +64,9 @@ pub async fn demo(
         "--main".to_owned(),
         format!("http://{main}"),
         "--mirror".to_owned(),
-        mirror(stable),
+        baseline,
         "--mirror".to_owned(),
-        mirror(candidate),
+        candidate_option,
         "--shutdown-timeout".to_owned(),
         "2s".to_owned(),
     ];
@@ -107,15 +111,18 @@ fn banner(
         std::io::stdout().lock(),
         "trafficmirror demo: proxy on http://{proxy} -> main http://{main}\n  \
          mirrors, both comparing their answers with main's:\n    \
-         stable     http://{stable}  (answers like main)\n    \
+         stable     http://{stable}  (role=baseline: like main; its differences are noise)\n    \
          candidate  http://{candidate}  (40 ms slower; differs for one user in seven)\n  \
          sending {rate} requests per second through the proxy\n\n  \
          status page:     {url}  (open it in a browser)\n  \
          list (JSON):     curl '{url}?format=json'\n  \
          mismatches:      curl '{url}/mismatches?url=http://{candidate}'\n  \
+         per endpoint:    curl '{url}/endpoints?url=http://{candidate}'\n  \
+         verdict:         curl '{url}/verdict?url=http://{candidate}'\n  \
+         report:          {url}/report?url=http://{candidate}  (open it in a browser)\n  \
          metrics:         curl {url}/metrics\n  \
          a request:       curl http://{proxy}/users/7\n  \
-         sample 10 %:     curl -X PUT '{url}?url=http://{stable}&percent=10&compare=true&ignore=/served_at'\n  \
+         sample 10 %:     curl -X PUT '{url}?url=http://{stable}&percent=10&compare=true&role=baseline'\n  \
          Ctrl-C stops everything."
     );
 }
@@ -154,7 +161,9 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let served_at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    // Nanoseconds: two backends never stamp the same instant, so the field differs on
+    // every answer (noise the baseline cancels).
+    let served_at = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
     let path = parts.uri.path();
     let (status, json) = match (&parts.method, path.strip_prefix("/users/")) {
         (&Method::GET, Some(id)) => {

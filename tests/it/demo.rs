@@ -33,22 +33,40 @@ async fn the_demo_mirrors_compares_and_stops_on_sigint() {
         let resp = get(&admin).await;
         serde_json::from_slice::<Vec<serde_json::Value>>(&resp.body).unwrap()
     };
-    // The candidate differs for one user in seven, the stable mirror never.
+    // Both differ from main in a timestamp; the candidate also for one user in seven.
     eventually(
         "both mirrors receive and compare traffic, the candidate mismatches",
         || async {
             let listing = listing().await;
             let stable = entry(&listing, &demo.banner, "stable");
             let candidate = entry(&listing, &demo.banner, "candidate");
-            stable["compare"]["matched"].as_u64() > Some(5)
+            stable["compare"]["mismatched"].as_u64() > Some(5)
                 && candidate["compare"]["mismatched"].as_u64() > Some(0)
         },
     )
     .await;
     let listing = listing().await;
     let stable = entry(&listing, &demo.banner, "stable");
-    assert_eq!(stable["compare"]["mismatched"], 0, "{stable}");
     assert_eq!(stable["failed"], 0, "{stable}");
+    // The stable mirror is the baseline: the timestamp is told apart as noise, the plan
+    // as the candidate's regression.
+    let candidate = entry(&listing, &demo.banner, "candidate")["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let endpoints = demo.url(&format!("/targets/endpoints?url={candidate}"));
+    eventually("the plan is a regression, the timestamp noise", || async {
+        let resp = get(&endpoints).await;
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&resp.body).unwrap();
+        let users = list.iter().find(|e| e["template"] == "/users/{id}");
+        let has = |e: &serde_json::Value, kind: &str, field: &str| {
+            e[kind]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|f| f["field"] == field))
+        };
+        users.is_some_and(|e| has(e, "regressions", "/plan") && has(e, "noise", "/served_at"))
+    })
+    .await;
     demo.signal("INT");
     let (code, stderr) = demo.wait(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0), "{stderr}");
