@@ -162,6 +162,8 @@ enum Page {
     Endpoints,
     /// `<path>/verdict`.
     Verdict,
+    /// `<path>/report`.
+    Report,
     /// `<path>/metrics`, or `/metrics` on the admin endpoint's own listener.
     Metrics,
 }
@@ -213,6 +215,7 @@ impl Admin {
             Some("/mismatches") => Some(Page::Mismatches),
             Some("/endpoints") => Some(Page::Endpoints),
             Some("/verdict") => Some(Page::Verdict),
+            Some("/report") => Some(Page::Report),
             Some("/metrics") => Some(Page::Metrics),
             _ if self.own_listener && path == "/metrics" => Some(Page::Metrics),
             _ => None,
@@ -245,7 +248,12 @@ impl Admin {
         let get = req.method() == Method::GET;
         match page {
             Page::Targets => self.targets(req, peer, user).await,
-            Page::Status | Page::Mismatches | Page::Endpoints | Page::Verdict | Page::Metrics
+            Page::Status
+            | Page::Mismatches
+            | Page::Endpoints
+            | Page::Verdict
+            | Page::Report
+            | Page::Metrics
                 if !get =>
             {
                 Err(AdminError::OnlyGet)
@@ -254,6 +262,7 @@ impl Admin {
             Page::Mismatches => self.mismatches(&req),
             Page::Endpoints => self.endpoints(&req),
             Page::Verdict => self.verdict(&req),
+            Page::Report => self.report(&req),
             Page::Metrics => self.metrics(),
         }
     }
@@ -435,6 +444,37 @@ impl Admin {
     /// The pass/fail/undecided verdict on one comparing mirror, from the thresholds in
     /// the query.
     fn verdict<B>(&self, req: &Request<B>) -> Result<Response<BoxBody>, AdminError> {
+        let (_, decision, _) = self.decide(req)?;
+        let body = serde_json::to_vec(&decision).expect("a decision serialises");
+        Ok(json_response(body))
+    }
+
+    /// The report page on one comparing mirror: its verdict (thresholds from the query
+    /// as for `/verdict`), endpoints and latest mismatches, written into one HTML page.
+    fn report<B>(&self, req: &Request<B>) -> Result<Response<BoxBody>, AdminError> {
+        let (member, decision, endpoints) = self.decide(req)?;
+        let html = crate::observe::report::render(
+            &member.mirror.url().to_string(),
+            &decision,
+            &endpoints,
+            &member.mirror.mismatches(),
+        );
+        Ok(crate::observe::page::html(html))
+    }
+
+    /// The mirror the query names, its decision and its endpoints, weighed against the
+    /// baseline if there is one.
+    fn decide<B>(
+        &self,
+        req: &Request<B>,
+    ) -> Result<
+        (
+            crate::mirror::Member,
+            crate::mirror::compare::decision::Decision,
+            Vec<crate::mirror::compare::endpoints::EndpointSnapshot>,
+        ),
+        AdminError,
+    > {
         use crate::mirror::compare::decision::{Thresholds, decide};
         let query = req.uri().query().unwrap_or_default();
         let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
@@ -451,8 +491,7 @@ impl Admin {
         // A baseline's own differences are all noise: it counts no regressions.
         let weighed = baseline.is_some() || member.plan.options.baseline;
         let decision = decide(&thresholds, &totals, &endpoints, weighed);
-        let body = serde_json::to_vec(&decision).expect("a decision serialises");
-        Ok(json_response(body))
+        Ok((member, decision, endpoints))
     }
 
     /// The comparing mirror with `role=baseline` that `member` is weighed against: none

@@ -8,3 +8,4 @@
 pub mod build_info;
 pub mod metrics;
 pub mod page;
+pub mod report;

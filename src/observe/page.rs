@@ -34,11 +34,12 @@ pub static HTML: LazyLock<String> =
 
 /// `text` safe as HTML element content. The build line is letters, digits and
 /// punctuation that `build.rs` checked; this keeps it so whatever it holds.
-fn escape(text: &str) -> String {
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 /// The `Content-Security-Policy` sent with the page (see the module docs).
@@ -98,7 +99,13 @@ fn q_value(param: &str) -> Option<f32> {
 
 /// The page, with headers that keep it fresh and contained.
 pub fn response() -> Response<BoxBody> {
-    let mut response = Response::new(body::full(HTML.as_str()));
+    html(HTML.as_str().to_owned())
+}
+
+/// `document` answered with the status page's headers: its policy, no caching, no
+/// framing (the report shares them).
+pub fn html(document: String) -> Response<BoxBody> {
+    let mut response = Response::new(body::full(document));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     let fixed: [(HeaderName, &'static str); 7] = [
