@@ -527,3 +527,77 @@ async fn proxy_json(proxy: &TestProxy) -> Vec<serde_json::Value> {
     assert_eq!(resp.status, StatusCode::OK);
     serde_json::from_slice(&resp.body).expect("JSON listing")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_page_in_a_real_browser() {
+    let Some(driver) = Chromedriver::start("report_page_in_a_real_browser").await else {
+        return;
+    };
+    let page = driver.browser().await;
+    let scenario = tokio::time::timeout(SCENARIO_LIMIT, report_scenario(&page)).await;
+    let _ = page.close().await;
+    drop(driver);
+    scenario.expect("the report scenario finishes in time");
+}
+
+/// An answer carrying markup that would run if the report wrote it as HTML (inline
+/// handlers are allowed by the page policy's `'unsafe-inline'`: only escaping stops it).
+async fn report_scenario(page: &Client) {
+    let json = |body: &'static str| {
+        Reply::With(
+            StatusCode::OK,
+            vec![("content-type", "application/json")],
+            Bytes::from_static(body.as_bytes()),
+        )
+    };
+    let mirror = MockBackend::start(json(r#"{"v":"<img src=x onerror=window.pwned=1>"}"#)).await;
+    let (_main, proxy) = TestProxy::in_front_of(json(r#"{"v":"<b>main</b>"}"#), &[]).await;
+    proxy
+        .put_ok(&format!("url={}&compare=true", mirror.url()))
+        .await;
+    send(Method::GET, &proxy.url("/items/1"), &[], Bytes::new()).await;
+    mirror.next().await;
+    let origin = format!("http://{}", proxy.admin_addr);
+    page.goto(&format!("{origin}{}", proxy.admin_path))
+        .await
+        .expect("page opens");
+    // The comparing mirror's row links to its report.
+    let link = format!("{} a[data-action=\"report\"]", row(&mirror.url()));
+    let link = until("the report link on the row", || async {
+        let a = page.find(Locator::Css(&link)).await.ok()?;
+        a.attr("href").await.ok()??;
+        Some(a)
+    })
+    .await;
+    link.click().await.expect("the link opens the report");
+    let (title, pwned, verdict, example) = until("the report with its example", || async {
+        let got = page
+            .execute(
+                "var v = document.getElementById('verdict'); \
+                 var e = document.getElementById('examples'); \
+                 return [document.title, typeof window.pwned, v ? v.textContent : '', \
+                         e ? e.textContent : ''];",
+                vec![],
+            )
+            .await
+            .ok()?;
+        let got: Vec<String> = serde_json::from_value(got).ok()?;
+        (got.len() == 4 && !got[3].is_empty()).then(|| {
+            (
+                got[0].clone(),
+                got[1].clone(),
+                got[2].clone(),
+                got[3].clone(),
+            )
+        })
+    })
+    .await;
+    assert_eq!(title, format!("trafficmirror report: {}", mirror.url()));
+    assert_eq!(pwned, "undefined", "the answer's markup ran");
+    assert!(verdict.starts_with("Verdict: undecided"), "{verdict}");
+    assert!(
+        example.contains("<img src=x onerror=window.pwned=1>"),
+        "{example}"
+    );
+    assert!(example.contains("<b>main</b>"), "{example}");
+}
