@@ -23,6 +23,7 @@ mod proxy;
 mod record;
 mod retry;
 mod shutdown;
+mod spill;
 mod support;
 mod tls;
 mod tls_listener;
