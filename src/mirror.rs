@@ -202,6 +202,10 @@ struct Job {
     _slot: Slot,
 }
 
+/// Dropped copies of one mirror being written to its `spill=` file at once; past it
+/// a dropped copy is not spilled (its body stays in the byte budget meanwhile).
+const SPILLS_IN_FLIGHT: usize = 1024;
+
 /// Holds one queue permit and one unit of `outstanding` until the copy is finished.
 struct Slot {
     _permit: OwnedSemaphorePermit,
@@ -240,6 +244,9 @@ pub struct Mirror {
     sink: Option<crate::record::Sink>,
     /// The writer of the `spill=` file and its pattern, started at the first spill.
     spill: Mutex<Option<(String, Arc<crate::record::Sink>)>>,
+    /// Dropped copies being spilled, at most [`SPILLS_IN_FLIGHT`]: a slow disk must not
+    /// pile up tasks.
+    spill_permits: Arc<Semaphore>,
     shared: Arc<Shared>,
 }
 
@@ -293,6 +300,7 @@ impl Mirror {
             pools,
             sink,
             spill: Mutex::new(None),
+            spill_permits: Arc::new(Semaphore::new(SPILLS_IN_FLIGHT)),
             shared: shared.clone(),
         })
     }
@@ -391,10 +399,15 @@ impl Mirror {
         if plan.options.spill.is_none() {
             return;
         }
+        let Ok(permit) = self.spill_permits.clone().try_acquire_owned() else {
+            debug!(mirror = %self.url, "dropped copy not spilled: too many being written");
+            return;
+        };
         let (mirror, request, plan) = (self.clone(), request.clone(), plan.clone());
-        self.shared
-            .tracker
-            .spawn(Box::pin(async move { mirror.spill(&request, &plan).await }));
+        self.shared.tracker.spawn(Box::pin(async move {
+            mirror.spill(&request, &plan).await;
+            drop(permit);
+        }));
     }
 
     /// Writes a failed or dropped copy to the `spill=` file (docs/record-replay.md) and
