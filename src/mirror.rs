@@ -202,6 +202,10 @@ struct Job {
     _slot: Slot,
 }
 
+/// Dropped copies of one mirror being written to its `spill=` file at once; past it
+/// a dropped copy is not spilled (its body stays in the byte budget meanwhile).
+const SPILLS_IN_FLIGHT: usize = 1024;
+
 /// Holds one queue permit and one unit of `outstanding` until the copy is finished.
 struct Slot {
     _permit: OwnedSemaphorePermit,
@@ -238,6 +242,11 @@ pub struct Mirror {
     pools: Box<[Pool<Full<Bytes>>]>,
     /// For a `file://` mirror: where copies are written instead of sent.
     sink: Option<crate::record::Sink>,
+    /// The writer of the `spill=` file and its pattern, started at the first spill.
+    spill: Mutex<Option<(String, Arc<crate::record::Sink>)>>,
+    /// Dropped copies being spilled, at most [`SPILLS_IN_FLIGHT`]: a slow disk must not
+    /// pile up tasks.
+    spill_permits: Arc<Semaphore>,
     shared: Arc<Shared>,
 }
 
@@ -290,6 +299,8 @@ impl Mirror {
             grpc_skip_logged: AtomicBool::new(false),
             pools,
             sink,
+            spill: Mutex::new(None),
+            spill_permits: Arc::new(Semaphore::new(SPILLS_IN_FLIGHT)),
             shared: shared.clone(),
         })
     }
@@ -355,6 +366,7 @@ impl Mirror {
         // mirror would stay "retrying" for ever.
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             Counters::incr(&self.counters.dropped);
+            self.spill_later(request, plan);
             return;
         };
         let (ticket, event) = self.lock_health().admit(Instant::now());
@@ -363,6 +375,7 @@ impl Mirror {
         }
         let Some(ticket) = ticket else {
             Counters::incr(&self.counters.dropped);
+            self.spill_later(request, plan);
             return;
         };
         self.shared.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -378,6 +391,47 @@ impl Mirror {
         };
         if !self.enqueue(job) {
             Counters::incr(&self.counters.dropped);
+        }
+    }
+
+    /// Spills a dropped copy on its own task, when the mirror's plan says `spill=`.
+    fn spill_later(self: &Arc<Self>, request: &Arc<MirrorRequest>, plan: &Arc<Plan>) {
+        if plan.options.spill.is_none() {
+            return;
+        }
+        let Ok(permit) = self.spill_permits.clone().try_acquire_owned() else {
+            debug!(mirror = %self.url, "dropped copy not spilled: too many being written");
+            return;
+        };
+        let (mirror, request, plan) = (self.clone(), request.clone(), plan.clone());
+        self.shared.tracker.spawn(Box::pin(async move {
+            mirror.spill(&request, &plan).await;
+            drop(permit);
+        }));
+    }
+
+    /// Writes a failed or dropped copy to the `spill=` file (docs/record-replay.md) and
+    /// counts it `spilled`.
+    async fn spill(&self, request: &MirrorRequest, plan: &Plan) {
+        let Some(pattern) = &plan.options.spill else {
+            return;
+        };
+        let sink = {
+            // Poisoning would be a bug: only the slot is replaced under this lock.
+            let mut slot = self.spill.lock().expect("mirror spill lock poisoned");
+            match &*slot {
+                Some((started, sink)) if started == pattern => sink.clone(),
+                _ => {
+                    let sink = Arc::new(crate::record::Sink::start(pattern));
+                    *slot = Some((pattern.clone(), sink.clone()));
+                    sink
+                }
+            }
+        };
+        let taken = std::time::SystemTime::now();
+        match sink.record(request, plan, taken, Duration::ZERO).await {
+            Ok(()) => Counters::incr(&self.counters.spilled),
+            Err(err) => debug!(mirror = %self.url, %err, "copy not spilled"),
         }
     }
 
@@ -507,6 +561,9 @@ impl Mirror {
             &self.counters.failed
         };
         self.counters.leave_queue(counter);
+        if !success && job.plan.options.spill.is_some() {
+            self.spill(&job.request, &job.plan).await;
+        }
         let policy = self.policy(&job.plan);
         let event = self
             .lock_health()

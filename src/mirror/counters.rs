@@ -37,6 +37,9 @@ pub struct Counters {
     /// Tries of a copy beyond its first (`retry=N`); the copy itself is still one of
     /// `succeeded` or `failed`.
     pub retried: AtomicU64,
+    /// Copies written to the mirror's `spill=` file, besides being `failed` or
+    /// `dropped`.
+    pub spilled: AtomicU64,
 }
 
 /// A plain copy of [`Counters`] for reporting. Every snapshot, also one taken while
@@ -50,6 +53,7 @@ pub struct Snapshot {
     pub skipped: u64,
     pub filtered: u64,
     pub retried: u64,
+    pub spilled: u64,
     pub queued: u64,
 }
 
@@ -98,6 +102,7 @@ impl Counters {
             skipped: self.skipped.load(Relaxed),
             filtered: self.filtered.load(Relaxed),
             retried: self.retried.load(Relaxed),
+            spilled: self.spilled.load(Relaxed),
             queued,
         }
     }

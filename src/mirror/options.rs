@@ -34,7 +34,7 @@ use serde::ser::{SerializeMap, Serializer};
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Every option key, in the canonical order of the text form and the JSON listing.
-pub const KEYS: [&str; 19] = [
+pub const KEYS: [&str; 20] = [
     "percent",
     "sample_by",
     "rate",
@@ -54,6 +54,7 @@ pub const KEYS: [&str; 19] = [
     "record_answers",
     "max_file_size",
     "max_total_size",
+    "spill",
 ];
 
 /// The headers compared when `compare_header` is not given.
@@ -64,7 +65,7 @@ pub static DEFAULT_COMPARE_HEADERS: [HeaderName; 1] = [header::CONTENT_TYPE];
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
     #[error(
-        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, endpoint, role, ordered, retry, persistent, record_answers, max_file_size, max_total_size)"
+        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, endpoint, role, ordered, retry, persistent, record_answers, max_file_size, max_total_size, spill)"
     )]
     Unknown(String),
     #[error("invalid {key} value {value:?}: {reason}")]
@@ -160,6 +161,9 @@ pub struct MirrorOptions {
     pub max_file_size: Option<u64>,
     /// A recording mirror's total size across its files; `None`: the default, 10 GiB.
     pub max_total_size: Option<u64>,
+    /// `spill=file:///PATH`: copies that fail, or are dropped because the mirror is
+    /// failing or its queue is full, are recorded there (docs/record-replay.md).
+    pub spill: Option<String>,
 }
 
 impl Default for MirrorOptions {
@@ -184,6 +188,7 @@ impl Default for MirrorOptions {
             record_answers: false,
             max_file_size: None,
             max_total_size: None,
+            spill: None,
         }
     }
 }
@@ -279,6 +284,15 @@ fn parse_percent(key: &'static str, value: &str) -> Result<f64, OptionsError> {
         return Err(invalid(key, value, "must be above 0 and at most 100"));
     }
     Ok(p)
+}
+
+/// `spill`: a `file:///ABSOLUTE/PATH` pattern, as a recording mirror's URL; the path kept.
+fn parse_spill(key: &'static str, value: &str) -> Result<String, OptionsError> {
+    let url = crate::target_url::TargetUrl::parse(value)
+        .map_err(|_| invalid(key, value, "file:///ABSOLUTE/PATH"))?;
+    url.file_path()
+        .map(str::to_owned)
+        .ok_or_else(|| invalid(key, value, "file:///ABSOLUTE/PATH"))
 }
 
 /// `retry`: a whole number of further tries.
@@ -502,6 +516,7 @@ impl MirrorOptions {
             "record_answers" => self.record_answers = parse_bool(key, value)?,
             "max_file_size" => self.max_file_size = Some(parse_file_size(key, value)?),
             "max_total_size" => self.max_total_size = Some(parse_file_size(key, value)?),
+            "spill" => self.spill = Some(parse_spill(key, value)?),
             _ => return Err(OptionsError::Unknown(key.to_owned())),
         }
         Ok(())
@@ -688,6 +703,9 @@ impl fmt::Display for MirrorOptions {
         if let Some(size) = self.max_total_size {
             token(f, "max_total_size", size.to_string().as_bytes())?;
         }
+        if let Some(path) = &self.spill {
+            token(f, "spill", format!("file://{path}").as_bytes())?;
+        }
         Ok(())
     }
 }
@@ -741,6 +759,10 @@ impl serde::Serialize for MirrorOptions {
         map.serialize_entry("record_answers", &self.record_answers)?;
         map.serialize_entry("max_file_size", &self.max_file_size)?;
         map.serialize_entry("max_total_size", &self.max_total_size)?;
+        map.serialize_entry(
+            "spill",
+            &self.spill.as_ref().map(|path| format!("file://{path}")),
+        )?;
         map.end()
     }
 }
@@ -1106,6 +1128,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn spill_takes_a_file_url_and_shows_it_as_given() {
+        let line = MirrorLine::parse("http://m spill=file:///var/tm/missed-%Y%m%d.gor").unwrap();
+        assert_eq!(
+            line.options.spill.as_deref(),
+            Some("/var/tm/missed-%Y%m%d.gor")
+        );
+        assert_eq!(MirrorLine::parse(&line.to_string()).unwrap(), line);
+        let json = serde_json::to_value(&line.options).unwrap();
+        assert_eq!(json["spill"], "file:///var/tm/missed-%Y%m%d.gor");
+        for bad in ["http://m/x", "file://missed.gor", "/var/tm/x.gor", ""] {
+            let err = MirrorLine::parse(&format!("http://m spill={bad}")).unwrap_err();
+            assert!(err.to_string().contains("spill"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn json_shows_every_key_with_defaults() {
         let json = serde_json::to_value(MirrorOptions::default()).unwrap();
         assert_eq!(
@@ -1116,7 +1154,7 @@ pub(crate) mod tests {
                 "compare_header": ["content-type"], "ignore": [], "endpoint": [],
                 "role": "candidate", "ordered": false,
                 "retry": 0, "persistent": false, "record_answers": false, "max_file_size": null,
-                "max_total_size": null
+                "max_total_size": null, "spill": null
             })
         );
         let keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
@@ -1288,6 +1326,7 @@ pub(crate) mod tests {
                 record_answers,
                 max_file_size,
                 max_total_size,
+                spill: None,
             },
         )
     }

@@ -366,7 +366,8 @@ fn encode_copies(encoder: &mut DescriptorEncoder, statuses: &[Status]) -> fmt::R
         "Copies of requests per mirror, by outcome: sent (handed to the mirror's \
          queue), succeeded, failed, dropped (queue full, mirror failing, byte budget), \
          skipped (body too large, upgrade, loop), filtered (not selected by the \
-         mirror's options), retried (tries of a copy beyond its first, retry=N).",
+         mirror's options), retried (tries of a copy beyond its first, retry=N), spilled (failed or \
+         dropped copies written to the mirror's spill= file).",
         None,
         MetricType::Counter,
     )?;
@@ -380,6 +381,7 @@ fn encode_copies(encoder: &mut DescriptorEncoder, statuses: &[Status]) -> fmt::R
             ("skipped", c.skipped),
             ("filtered", c.filtered),
             ("retried", c.retried),
+            ("spilled", c.spilled),
         ] {
             let labels = [("mirror", status.url.as_str()), ("outcome", outcome)];
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
@@ -682,6 +684,7 @@ mod tests {
             "skipped",
             "filtered",
             "retried",
+            "spilled",
         ] {
             let line = format!("trafficmirror_mirror_copies_total{{{m},outcome=\"{outcome}\"}} 0");
             assert!(lines.contains(&line.as_str()), "{line} in {text}");

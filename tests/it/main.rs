@@ -24,6 +24,7 @@ mod record;
 mod report;
 mod retry;
 mod shutdown;
+mod spill;
 mod support;
 mod tls;
 mod tls_listener;
