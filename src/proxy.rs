@@ -206,30 +206,32 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let started = tokio::time::Instant::now();
-        // gRPC runs over HTTP/2 only: an HTTP/1.1 request costs no look-up here.
-        let grpc = req.version() == Version::HTTP_2 && grpc::is_call(req.headers());
-        let response = self.answer(req, peer, started).await;
+        // gRPC calls are POSTs: other methods skip the header lookup, done once here.
+        let grpc = req.method() == Method::POST && headers::is_grpc(req.headers());
+        // Counted by status only over HTTP/2, the protocol gRPC runs on.
+        let counted = grpc && req.version() == Version::HTTP_2;
+        let response = self.answer(req, peer, started, grpc).await;
         self.main_stats()
             .record(response.status(), started.elapsed());
-        if grpc {
+        if counted {
             return self.main_stats().count_grpc(response).map(body::boxed);
         }
         response
     }
 
-    /// [`Proxy::forward`] without the counting: the request's steps, in order.
+    /// [`Proxy::forward`] without the counting: the request's steps, in order. `grpc`:
+    /// a POST whose `Content-Type` is gRPC's.
     async fn answer<B>(
         &self,
         mut req: Request<B>,
         peer: &Peer,
         started: tokio::time::Instant,
+        grpc: bool,
     ) -> Response<BoxBody>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        // gRPC calls are POSTs: other methods skip the header lookup.
-        let grpc = req.method() == Method::POST && headers::is_grpc(req.headers());
         if req.method() == Method::CONNECT {
             self.count_unmirrored(&req);
             return MainError::Connect.answer(grpc);
