@@ -1299,13 +1299,14 @@ pub(crate) mod tests {
             any::<bool>(),
             proptest::option::of(1u64..u64::MAX),
             proptest::option::of(1u64..u64::MAX),
+            proptest::option::of(file_path()),
         );
         (selection, rewrites, comparison, (0u32..=10, recording)).prop_map(
             |(
                 (percent, sample_by, rate, methods, paths),
                 (set_headers, remove_headers, host),
                 (compare, compare_headers, ignore, (endpoints, baseline), ordered, persistent),
-                (retry, (record_answers, max_file_size, max_total_size)),
+                (retry, (record_answers, max_file_size, max_total_size, spill)),
             )| MirrorOptions {
                 percent,
                 sample_by,
@@ -1326,9 +1327,29 @@ pub(crate) mod tests {
                 record_answers,
                 max_file_size,
                 max_total_size,
-                spill: None,
+                spill,
             },
         )
+    }
+
+    /// An absolute path a `file://` URL accepts: time fields, `%` signs, dots and
+    /// non-ASCII letters, never a `..` segment.
+    fn file_path() -> impl Strategy<Value = String> {
+        "(/[a-z0-9%YmdHMS._\u{e9}-]{1,8}){1,3}"
+            .prop_filter("no .. segment", |p| !p.split('/').any(|s| s == ".."))
+    }
+
+    /// A target URL of every scheme a mirror line takes.
+    fn mirror_url() -> impl Strategy<Value = TargetUrl> {
+        let network = (
+            prop_oneof![Just("http"), Just("https"), Just("h2c")],
+            "[a-z]{1,8}",
+            1u16..,
+            "(/[a-z0-9]{1,5}){0,2}",
+        )
+            .prop_map(|(scheme, host, port, prefix)| format!("{scheme}://{host}:{port}{prefix}"));
+        prop_oneof![network, file_path().prop_map(|p| format!("file://{p}"))]
+            .prop_map(|url| TargetUrl::parse(&url).unwrap())
     }
 
     proptest! {
@@ -1356,14 +1377,29 @@ pub(crate) mod tests {
             prop_assert_eq!(parsed.to_string(), text);
         }
 
+        /// Every scheme (`file://` paths with their time fields too) and every option,
+        /// `spill`, `retry`, `role`, `endpoint` and the recording sizes included.
         #[test]
-        fn mirror_line_round_trips(options in options(), host in "[a-z]{1,8}", port in 1u16.., prefix in "(/[a-z0-9]{1,5}){0,2}") {
-            let line = MirrorLine {
-                url: TargetUrl::parse(&format!("http://{host}:{port}{prefix}")).unwrap(),
-                options,
-            };
+        fn mirror_line_round_trips(options in options(), url in mirror_url()) {
+            let line = MirrorLine { url, options };
             let text = line.to_string();
-            prop_assert_eq!(MirrorLine::parse(&text).unwrap(), line);
+            let parsed = MirrorLine::parse(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            prop_assert_eq!(&parsed, &line, "{}", text);
+            prop_assert_eq!(parsed.to_string(), text);
+        }
+
+        /// A valid line with any of its characters changed: refused or read, never a
+        /// panic, and what is read writes back to a line that reads the same.
+        #[test]
+        fn a_mangled_mirror_line_never_panics(options in options(), url in mirror_url(), at in any::<proptest::sample::Index>(), with in "\\PC") {
+            let text = MirrorLine { url, options }.to_string();
+            let mut chars: Vec<char> = text.chars().collect();
+            let i = at.index(chars.len());
+            chars.splice(i..=i, with.chars());
+            let mangled: String = chars.into_iter().collect();
+            if let Ok(line) = MirrorLine::parse(&mangled) {
+                prop_assert_eq!(MirrorLine::parse(&line.to_string()).unwrap(), line);
+            }
         }
 
         #[test]

@@ -380,7 +380,129 @@ mod tests {
         }
     }
 
+    /// Totals of `compared` answers, `mismatched` of them differing, with these error
+    /// counts and p99 latencies (ms).
+    fn totals_with(
+        compared: u64,
+        mismatched: u64,
+        errors: (u64, u64),
+        p99: (Option<f64>, Option<f64>),
+    ) -> CompareSnapshot {
+        let mut t = totals(compared.max(mismatched), mismatched);
+        t.compared = compared;
+        t.errors = ErrorCounts {
+            main: errors.0,
+            mirror: errors.1,
+        };
+        t.latency_ms.main.p99 = p99.0;
+        t.latency_ms.mirror.p99 = p99.1;
+        t
+    }
+
+    /// Any thresholds, every check on or off.
+    fn thresholds() -> impl Strategy<Value = Thresholds> {
+        (
+            0u64..2000,
+            0.0f64..=1.0,
+            proptest::option::of(0.01f64..100.0),
+            proptest::option::of(0.0f64..=1.0),
+        )
+            .prop_map(|(min_compared, max_mismatch_rate, max_p99_ratio, max_error_rate)| {
+                Thresholds {
+                    min_compared,
+                    max_mismatch_rate,
+                    max_p99_ratio,
+                    max_error_rate,
+                }
+            })
+    }
+
+    /// A mirror's totals: counts, errors and p99s, any of them absent.
+    fn any_totals() -> impl Strategy<Value = CompareSnapshot> {
+        (
+            0u64..5000,
+            0u64..5000,
+            (0u64..500, 0u64..500),
+            (
+                proptest::option::of(0.0f64..1000.0),
+                proptest::option::of(0.0f64..1000.0),
+            ),
+        )
+            .prop_map(|(compared, mismatched, errors, p99)| {
+                totals_with(compared, mismatched.min(compared), errors, p99)
+            })
+    }
+
+    fn fails(d: &Decision) -> bool {
+        d.pass == Some(false)
+    }
+
     proptest! {
+        /// Below `min_compared` there is never a decision, whatever else is true.
+        #[test]
+        fn below_min_compared_is_always_undecided(
+            t in thresholds(),
+            totals in any_totals(),
+            counts in proptest::collection::vec(0u64..1000, 0..4),
+            weighed in any::<bool>(),
+        ) {
+            let d = decide(&t, &totals, &[endpoint(totals.compared, &counts)], weighed);
+            prop_assert_eq!(d.pass.is_none(), totals.compared < t.min_compared, "{:?}", d);
+            prop_assert_eq!(d.compared, totals.compared);
+            prop_assert!(!d.reasons.is_empty());
+        }
+
+        /// More mismatches, more mirror errors or a slower mirror never turn a fail into
+        /// a pass (nor a decision into none).
+        #[test]
+        fn worse_results_never_turn_a_fail_into_a_pass(
+            t in thresholds(),
+            totals in any_totals(),
+            more_mismatched in 0u64..5000,
+            more_errors in 0u64..500,
+            slower in 0.0f64..1000.0,
+        ) {
+            let before = decide(&t, &totals, &[], false);
+            let mut worse = totals;
+            worse.mismatched = (worse.mismatched + more_mismatched).min(worse.compared);
+            worse.errors.mirror += more_errors;
+            worse.latency_ms.mirror.p99 = worse.latency_ms.mirror.p99.map(|p| p + slower);
+            let after = decide(&t, &worse, &[], false);
+            prop_assert_eq!(after.pass.is_none(), before.pass.is_none());
+            if fails(&before) {
+                prop_assert!(fails(&after), "{:?} then {:?}", before, after);
+            }
+        }
+
+        /// Raising a limit (a rate, the p99 ratio, or checking one no more) never turns
+        /// a pass into a fail; raising `min_compared` can only leave it undecided.
+        #[test]
+        fn raising_a_threshold_never_turns_a_pass_into_a_fail(
+            t in thresholds(),
+            totals in any_totals(),
+            counts in proptest::collection::vec(0u64..1000, 0..4),
+            weighed in any::<bool>(),
+            by in 0.0f64..1.0,
+            more_min in 0u64..1000,
+        ) {
+            let endpoints = [endpoint(totals.compared, &counts)];
+            let before = decide(&t, &totals, &endpoints, weighed);
+            let raised = [
+                Thresholds { max_mismatch_rate: (t.max_mismatch_rate + by).min(1.0), ..t },
+                Thresholds { max_error_rate: t.max_error_rate.map(|r| (r + by).min(1.0)), ..t },
+                Thresholds { max_error_rate: None, ..t },
+                Thresholds { max_p99_ratio: t.max_p99_ratio.map(|r| r * (1.0 + by)), ..t },
+                Thresholds { max_p99_ratio: None, ..t },
+                Thresholds { min_compared: t.min_compared + more_min, ..t },
+            ];
+            for looser in raised {
+                let after = decide(&looser, &totals, &endpoints, weighed);
+                if before.pass == Some(true) {
+                    prop_assert!(!fails(&after), "{:?} then {:?} with {:?}", before, after, looser);
+                }
+            }
+        }
+
         /// More regressions never turn a fail into a pass.
         #[test]
         fn more_regressions_never_turn_a_fail_into_a_pass(

@@ -72,6 +72,19 @@ fn pattern_matches(pattern: &str, path: &str) -> bool {
 /// or a hex string of 16 characters or more becomes `{id}`.
 pub fn template(path: &str) -> String {
     let path = path.split(['?', '#']).next().unwrap_or_default();
+    let out = ids_replaced(path);
+    let cut = super::verdict::cut(&out, MAX_TEMPLATE_CHARS);
+    if cut.len() == out.len() {
+        return out;
+    }
+    // A last segment cut short can read as an id (`12345x` cut to `1234`): replaced
+    // too, so that a template is its own template. Only that segment can change, and
+    // a cut `{id}` is no id.
+    super::verdict::cut(&ids_replaced(cut), MAX_TEMPLATE_CHARS).to_owned()
+}
+
+/// `path` with each id segment replaced by `{id}`.
+fn ids_replaced(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for (i, segment) in path.split('/').enumerate() {
         if i > 0 {
@@ -79,7 +92,7 @@ pub fn template(path: &str) -> String {
         }
         out.push_str(if is_id(segment) { "{id}" } else { segment });
     }
-    super::verdict::cut(&out, MAX_TEMPLATE_CHARS).to_owned()
+    out
 }
 
 fn is_id(segment: &str) -> bool {
@@ -414,6 +427,15 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_cut_at_the_bound_is_an_id_when_it_reads_as_one() {
+        // 302 characters, cut to 300: `12345x` would read `1234`, a number.
+        let words = "z".repeat(MAX_TEMPLATE_CHARS - 6);
+        let once = template(&format!("/{words}/12345x"));
+        assert_eq!(once, format!("/{words}/{{id}}"));
+        assert_eq!(template(&once), once);
+    }
+
+    #[test]
     fn the_first_matching_endpoint_pattern_is_the_template() {
         let patterns = vec![
             "/users/:id/orders".to_owned(),
@@ -459,6 +481,37 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any path (any characters, any length): no panic, at most the bound, and a
+        /// template is its own template, so the same endpoint never splits in two.
+        #[test]
+        fn the_template_is_bounded_and_idempotent(
+            path in proptest::prop_oneof![
+                "\\PC{0,40}",
+                "(/([0-9]{1,6}|[0-9]{1,6}[g-z]|[a-f0-9]{14,40}|[a-z]{1,3}[0-9x]{0,4}|\\PC{0,3})){0,120}",
+            ],
+        ) {
+            let once = template(&path);
+            proptest::prop_assert!(once.chars().count() <= MAX_TEMPLATE_CHARS, "{}", once.len());
+            proptest::prop_assert!(!once.contains(['?', '#']), "{}", once);
+            proptest::prop_assert_eq!(template(&once), once);
+        }
+
+        /// With `endpoint` patterns too: no panic, the bound holds, and a path a pattern
+        /// takes gives that pattern.
+        #[test]
+        fn patterns_never_panic_and_keep_the_bound(
+            patterns in proptest::collection::vec("(/(:?[a-z]{1,3}|:)){0,4}|/:[a-z]{300}", 0..4),
+            path in "(/[a-z0-9:]{0,4}){0,5}([?#]\\PC{0,5})?",
+        ) {
+            let got = template_for(&patterns, &path);
+            proptest::prop_assert!(got.chars().count() <= MAX_TEMPLATE_CHARS);
+            let plain = path.split(['?', '#']).next().unwrap_or_default();
+            match patterns.iter().find(|p| pattern_matches(p, plain)) {
+                Some(p) => proptest::prop_assert!(p.starts_with(&got)),
+                None => proptest::prop_assert_eq!(got, template(&path)),
+            }
+        }
+
         /// More differences on the candidate never turn a regression into anything
         /// else; more on the baseline never turn a non-regression into one.
         #[test]
