@@ -10,8 +10,8 @@ use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::mirror::compare::verdict::CapturedBody;
-use crate::mirror::compare::{decision, endpoints};
 use crate::mirror::compare::{self, Answer, Rules, Verdict};
+use crate::mirror::compare::{decision, endpoints};
 use crate::mirror::options::{MirrorLine, MirrorOptions};
 use crate::record::format;
 use crate::record::path::Pattern;
@@ -159,15 +159,14 @@ pub fn record_file(data: &[u8]) {
                 &request.body,
                 request.trailers.as_ref(),
             );
-            if let Some(read) = read_back(&again, &request.body, &record.id) {
-                let read = format::parse_request(&read.message).expect("a written request parses");
-                assert_eq!(read.method, request.method);
-                assert_eq!(read.path_and_query, request.path_and_query);
-                assert_same_message(
-                    (&read.headers, &read.body, read.trailers.as_ref()),
-                    (&request.headers, &request.body, request.trailers.as_ref()),
-                );
-            }
+            let read = read_back(&again, &record.id);
+            let read = format::parse_request(&read.message).expect("a written request parses");
+            assert_eq!(read.method, request.method);
+            assert_eq!(read.path_and_query, request.path_and_query);
+            assert_same_message(
+                (&read.headers, &read.body, read.trailers.as_ref()),
+                (&request.headers, &request.body, request.trailers.as_ref()),
+            );
         }
         if let Ok(answer) = format::parse_response(&record.message) {
             let again = format::encode_response(
@@ -179,26 +178,19 @@ pub fn record_file(data: &[u8]) {
                 &answer.body,
                 answer.trailers.as_ref(),
             );
-            if let Some(read) = read_back(&again, &answer.body, &record.id) {
-                let read = format::parse_response(&read.message).expect("a written answer parses");
-                assert_eq!(read.status, answer.status);
-                assert_same_message(
-                    (&read.headers, &read.body, read.trailers.as_ref()),
-                    (&answer.headers, &answer.body, answer.trailers.as_ref()),
-                );
-            }
+            let read = read_back(&again, &record.id);
+            let read = format::parse_response(&read.message).expect("a written answer parses");
+            assert_eq!(read.status, answer.status);
+            assert_same_message(
+                (&read.headers, &read.body, read.trailers.as_ref()),
+                (&answer.headers, &answer.body, answer.trailers.as_ref()),
+            );
         }
     }
 }
 
-/// The one record `bytes` holds, read back; `None` when `body` holds the separator
-/// without its last `LF` (the separator's own `LF` would complete it early: the file
-/// format has no escape, docs/record-replay.md).
-fn read_back(bytes: &[u8], body: &[u8], id: &str) -> Option<format::RawRecord> {
-    let almost = &format::SEPARATOR[..format::SEPARATOR.len() - 1];
-    if body.windows(almost.len()).any(|w| w == almost) {
-        return None;
-    }
+/// The one record `bytes` holds, read back (a body holding the separator included).
+fn read_back(bytes: &[u8], id: &str) -> format::RawRecord {
     let mut reader = format::Reader::new(bytes);
     let read = reader
         .next_record()
@@ -206,7 +198,7 @@ fn read_back(bytes: &[u8], body: &[u8], id: &str) -> Option<format::RawRecord> {
         .expect("a written record reads");
     assert!(reader.next_record().is_none(), "one record only");
     assert_eq!(read.id, id);
-    Some(read)
+    read
 }
 
 type Message<'a> = (&'a HeaderMap, &'a Bytes, Option<&'a HeaderMap>);
@@ -322,15 +314,25 @@ mod tests {
         );
         let sep = "\n🐵🙈🙉\n";
         for data in [
-            format!("1 a 5 -1\nPOST /p?q HTTP/1.1\r\nHost: \r\nx: y\r\nContent-Length: 2\r\n\r\nhi{sep}"),
-            format!("2 b 5 9\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\ngrpc-status: 0\r\n\r\n{sep}"),
+            format!(
+                "1 a 5 -1\nPOST /p?q HTTP/1.1\r\nHost: \r\nx: y\r\nContent-Length: 2\r\n\r\nhi{sep}"
+            ),
+            format!(
+                "2 b 5 9\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\ngrpc-status: 0\r\n\r\n{sep}"
+            ),
             format!("1 c 5 -1\nGET / HTTP/1.1\r\nContent-Length: 9\r\n\r\nx{sep}1 d 5"),
             format!("1 e 5 -1\nPUT / HTTP/1.1\r\n\r\nbody\n🐵🙈🙉 more{sep}"),
             "\u{ff}".to_owned(),
         ] {
             super::record_file(data.as_bytes());
         }
-        for text in ["/var/rec/%Y/%m%d-%H%M%S.gor.gz", "/a.b/rec", "%", "/.x_1.%Y", ""] {
+        for text in [
+            "/var/rec/%Y/%m%d-%H%M%S.gor.gz",
+            "/a.b/rec",
+            "%",
+            "/.x_1.%Y",
+            "",
+        ] {
             super::record_path(text);
         }
         for text in [
@@ -341,7 +343,11 @@ mod tests {
         ] {
             super::endpoint_template(text);
         }
-        for text in ["min_compared=5&max_mismatch_rate=1%", "max_p99_ratio=0", "max_error_rate=2"] {
+        for text in [
+            "min_compared=5&max_mismatch_rate=1%",
+            "max_p99_ratio=0",
+            "max_error_rate=2",
+        ] {
             super::verdict_thresholds(text);
         }
     }

@@ -407,14 +407,14 @@ mod tests {
             proptest::option::of(0.01f64..100.0),
             proptest::option::of(0.0f64..=1.0),
         )
-            .prop_map(|(min_compared, max_mismatch_rate, max_p99_ratio, max_error_rate)| {
-                Thresholds {
+            .prop_map(
+                |(min_compared, max_mismatch_rate, max_p99_ratio, max_error_rate)| Thresholds {
                     min_compared,
                     max_mismatch_rate,
                     max_p99_ratio,
                     max_error_rate,
-                }
-            })
+                },
+            )
     }
 
     /// A mirror's totals: counts, errors and p99s, any of them absent.
