@@ -7,6 +7,7 @@ mod cli;
 mod compare;
 mod demo;
 mod faults;
+mod faults_h2;
 mod framing;
 mod grpc;
 mod grpc_compare;
