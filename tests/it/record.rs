@@ -761,3 +761,166 @@ async fn a_write_error_is_a_failed_copy_that_counts_toward_health() {
     assert_eq!(main.count(), 5);
     proxy.stop().await;
 }
+
+/// The mirror's `[succeeded, failed, dropped, queued]`.
+async fn recording_outcomes(proxy: &TestProxy, url: &str) -> [u64; 4] {
+    let m = proxy.mirror_json(url).await.expect("listed");
+    ["succeeded", "failed", "dropped", "queued"].map(|k| m[k].as_u64().unwrap())
+}
+
+/// `n` POSTs through the proxy at once: every answer `200` from main, all within
+/// [`WAIT`] (a failing disk slows only the recording thread).
+async fn posts_at_once(proxy: &TestProxy, n: usize, path: &str) {
+    let mut all = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let url = proxy.url(&format!("{path}/{i}"));
+        all.spawn(async move { send(Method::POST, &url, &[], "payload").await.status });
+    }
+    let statuses = tokio::time::timeout(WAIT, all.join_all())
+        .await
+        .expect("main answers every request in time while the disk fails");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+}
+
+/// The IDs and paths of every record in the recording's files under `dir`.
+fn recorded_in(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for rec in read_records(&bytes) {
+            let path = rec.start.split(' ').nth(1).unwrap().to_owned();
+            out.push((rec.id, path));
+        }
+    }
+    out
+}
+
+/// docs/record-replay.md, "Files": write errors are failed copies that count toward
+/// health; main is never slowed. The recording's folder is replaced by a regular file
+/// mid-run (a disk gone read-only, as root cannot be stopped by `chmod`), then put back.
+#[tokio::test]
+async fn a_recording_whose_folder_goes_mid_run_fails_copies_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("rec");
+    let url = format!("file://{}/rec.gor", folder.display());
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &["--retry-after", "200ms"]).await;
+    // One record a file: each copy opens a file, as a rotation does.
+    proxy.put_ok(&format!("url={url}&max_file_size=1")).await;
+    posts_at_once(&proxy, 5, "/before").await;
+    eventually("5 written", || async {
+        recording_outcomes(&proxy, &url).await == [5, 0, 0, 0]
+    })
+    .await;
+
+    std::fs::rename(&folder, dir.path().join("moved")).unwrap();
+    std::fs::write(&folder, "not a folder").unwrap();
+    posts_at_once(&proxy, 20, "/during").await;
+    eventually("every copy settled", || async {
+        let [succeeded, failed, dropped, queued] = recording_outcomes(&proxy, &url).await;
+        queued == 0 && succeeded + failed + dropped == 25
+    })
+    .await;
+    let [succeeded, failed, _, _] = recording_outcomes(&proxy, &url).await;
+    assert_eq!(succeeded, 5, "nothing written while the folder is gone");
+    assert!(failed >= 5, "{failed} failed");
+    let listed = proxy.mirror_json(&url).await.unwrap();
+    assert_ne!(listed["state"], "alive", "{listed}");
+
+    std::fs::remove_file(&folder).unwrap();
+    std::fs::rename(dir.path().join("moved"), &folder).unwrap();
+    eventually("alive again once its trial is written", || async {
+        send(Method::POST, &proxy.url("/after"), &[], "payload").await;
+        proxy.mirror_json(&url).await.unwrap()["state"] == "alive"
+    })
+    .await;
+    posts_at_once(&proxy, 5, "/after").await;
+    eventually("every copy settled", || async {
+        recording_outcomes(&proxy, &url).await[3] == 0
+    })
+    .await;
+    let [succeeded, failed, dropped, _] = recording_outcomes(&proxy, &url).await;
+    let requests = main.count() as u64;
+    assert_eq!(
+        succeeded + failed + dropped,
+        requests,
+        "each copy counted once"
+    );
+    // What is on disk is exactly what was counted written, each copy once.
+    let recorded = recorded_in(&folder);
+    assert_eq!(recorded.len() as u64, succeeded);
+    let mut ids: Vec<&String> = recorded.iter().map(|(id, _)| id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), recorded.len(), "no record twice");
+    assert!(recorded.iter().all(|(_, p)| !p.starts_with("/during")));
+    assert_eq!(
+        recorded
+            .iter()
+            .filter(|(_, p)| p.starts_with("/before"))
+            .count(),
+        5
+    );
+    proxy.stop().await;
+}
+
+/// docs/record-replay.md, `max_total_size`: past it copies are dropped (health
+/// untouched), under load too; deleting old files frees room, looked up at the next
+/// file opened.
+#[tokio::test]
+async fn max_total_size_under_load_drops_and_deleting_files_frees_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/rec.gor", dir.path().display());
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &[]).await;
+    proxy
+        .put_ok(&format!("url={url}&max_file_size=1&max_total_size=2000"))
+        .await;
+    posts_at_once(&proxy, 30, "/load").await;
+    eventually("every copy settled", || async {
+        let [succeeded, failed, dropped, queued] = recording_outcomes(&proxy, &url).await;
+        queued == 0 && succeeded + failed + dropped == 30
+    })
+    .await;
+    let [written, failed, dropped, _] = recording_outcomes(&proxy, &url).await;
+    assert_eq!(failed, 0);
+    assert!(
+        written >= 1 && dropped >= 1,
+        "{written} written, {dropped} dropped"
+    );
+    let on_disk: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(on_disk <= 2000, "{on_disk} bytes");
+    assert_eq!(recorded_in(dir.path()).len() as u64, written);
+    let listed = proxy.mirror_json(&url).await.unwrap();
+    assert_eq!(listed["state"], "alive", "{listed}");
+
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    // Looked up again at most once a second: within WAIT, a copy is written.
+    eventually("a copy written again", || async {
+        let answer = send(Method::POST, &proxy.url("/room"), &[], "payload").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        eventually("settled", || async {
+            recording_outcomes(&proxy, &url).await[3] == 0
+        })
+        .await;
+        recording_outcomes(&proxy, &url).await[0] == written + 1
+    })
+    .await;
+    let [_, failed, dropped, _] = recording_outcomes(&proxy, &url).await;
+    assert_eq!(failed, 0);
+    assert_eq!(
+        written + 1 + dropped,
+        main.count() as u64,
+        "each copy counted once"
+    );
+    let recorded = recorded_in(dir.path());
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].1, "/room");
+    proxy.stop().await;
+}
