@@ -199,6 +199,20 @@ async fn get_over(url: String, h2: bool) -> (StatusCode, Bytes) {
     (parts.status, body.collect().await.unwrap().to_bytes())
 }
 
+/// Waits (bounded) until the mirror's counters are `want` (as [`outcomes`] lists them).
+async fn outcomes_become(proxy: &TestProxy, url: &str, want: [u64; 6]) {
+    let mut last = [0; 6];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        last = outcomes(proxy, url).await;
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{url}: {last:?}, not {want:?}");
+}
+
 /// `n` GETs through the proxy, over HTTP/1.1 and HTTP/2 by turns, at once or one
 /// after the other; their statuses and bodies, all within [`WAIT`]: none hangs.
 async fn gets(proxy: &TestProxy, n: usize, at_once: bool) -> Vec<(StatusCode, Bytes)> {
@@ -286,13 +300,25 @@ async fn a_one_stream_main_answers_every_request_one_at_a_time() {
 
 // ===== mirrors =====
 
+/// A proxy (started with `args`) in front of a mock main answering `main`, with a
+/// [`FaultyH2`] mirror added with `options` (`&k=v…`, or empty).
+async fn with_faulty_mirror(
+    fault: Fault,
+    args: &[&str],
+    options: &str,
+) -> (FaultyH2, MockBackend, TestProxy) {
+    let mirror = FaultyH2::start(fault).await;
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("main"), args).await;
+    proxy
+        .put_ok(&format!("url={}{options}", mirror.url()))
+        .await;
+    (mirror, main, proxy)
+}
+
 #[tokio::test]
 async fn copies_reset_or_sent_goaway_fail_once_each_and_main_is_untouched() {
     for fault in [Fault::Reset, Fault::GoAway] {
-        let mirror = FaultyH2::start(fault).await;
-        let (main, proxy) =
-            TestProxy::in_front_of(Reply::ok("main"), &["--retry-after", "1h"]).await;
-        proxy.add_mirrors(&[&mirror.url()]).await;
+        let (mirror, main, proxy) = with_faulty_mirror(fault, &["--retry-after", "1h"], "").await;
         // One copy after the other (each settled before the next request), so that
         // every copy reaches the mirror: copies at once are the next test's.
         for i in 0..4u64 {
@@ -302,10 +328,7 @@ async fn copies_reset_or_sent_goaway_fail_once_each_and_main_is_untouched() {
                 (StatusCode::OK, &b"main"[..]),
                 "{fault:?}"
             );
-            eventually("the copy failed", || async {
-                outcomes(&proxy, &mirror.url()).await == [i + 1, 0, i + 1, 0, 0, 0]
-            })
-            .await;
+            outcomes_become(&proxy, &mirror.url(), [i + 1, 0, i + 1, 0, 0, 0]).await;
         }
         assert_eq!(main.count(), 4);
         assert_eq!(mirror.requests(), 4, "{fault:?}: no copy sent twice");
@@ -317,13 +340,8 @@ async fn copies_reset_or_sent_goaway_fail_once_each_and_main_is_untouched() {
 /// each copy ends `failed` exactly once, whether it reached the mirror or not.
 #[tokio::test]
 async fn copies_at_once_to_a_mirror_that_says_goaway_each_fail_once() {
-    let mirror = FaultyH2::start(Fault::GoAway).await;
-    let (main, proxy) = TestProxy::in_front_of(
-        Reply::ok("main"),
-        &["--threads", "1", "--retry-after", "1h"],
-    )
-    .await;
-    proxy.add_mirrors(&[&mirror.url()]).await;
+    let args = ["--threads", "1", "--retry-after", "1h"];
+    let (mirror, main, proxy) = with_faulty_mirror(Fault::GoAway, &args, "").await;
     let mut posts = tokio::task::JoinSet::new();
     for i in 0..8 {
         let url = proxy.url(&format!("/p{i}"));
@@ -334,10 +352,7 @@ async fn copies_at_once_to_a_mirror_that_says_goaway_each_fail_once() {
         statuses.iter().all(|s| *s == StatusCode::OK),
         "{statuses:?}"
     );
-    eventually("every copy's one outcome", || async {
-        outcomes(&proxy, &mirror.url()).await == [8, 0, 8, 0, 0, 0]
-    })
-    .await;
+    outcomes_become(&proxy, &mirror.url(), [8, 0, 8, 0, 0, 0]).await;
     assert_eq!(main.count(), 8);
     assert!(
         (1..=8).contains(&mirror.requests()),
@@ -351,43 +366,28 @@ async fn copies_at_once_to_a_mirror_that_says_goaway_each_fail_once() {
 /// reset `POST` is not (it may have arrived); each copy ends failed exactly once.
 #[tokio::test]
 async fn retry_tries_a_reset_get_again_and_never_a_reset_post() {
-    let mirror = FaultyH2::start(Fault::Reset).await;
-    let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &["--retry-after", "1h"]).await;
+    let (mirror, _main, proxy) =
+        with_faulty_mirror(Fault::Reset, &["--retry-after", "1h"], "&retry=2").await;
     let url = mirror.url();
-    proxy.put_ok(&format!("url={url}&retry=2")).await;
     let answer = get(&proxy.url("/idempotent")).await;
     assert_eq!(answer.status, StatusCode::OK);
-    eventually("the GET copy's one outcome", || async {
-        outcomes(&proxy, &url).await == [1, 0, 1, 0, 2, 0]
-    })
-    .await;
+    outcomes_become(&proxy, &url, [1, 0, 1, 0, 2, 0]).await;
     assert_eq!(mirror.requests(), 3, "the first try and 2 more");
     let answer = send(Method::POST, &proxy.url("/once"), &[], "body").await;
     assert_eq!(answer.status, StatusCode::OK);
-    eventually("the POST copy's one outcome", || async {
-        outcomes(&proxy, &url).await == [2, 0, 2, 0, 2, 0]
-    })
-    .await;
+    outcomes_become(&proxy, &url, [2, 0, 2, 0, 2, 0]).await;
     assert_eq!(mirror.requests(), 4, "a reset POST is not sent again");
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn a_one_stream_mirror_gets_every_copy_queued_not_failed() {
-    let mirror = FaultyH2::start(Fault::OneStream).await;
-    let (main, proxy) = TestProxy::in_front_of(
-        Reply::ok("main"),
-        &["--max-connections-per-target", "1", "--threads", "1"],
-    )
-    .await;
-    proxy.add_mirrors(&[&mirror.url()]).await;
+    let args = ["--max-connections-per-target", "1", "--threads", "1"];
+    let (mirror, main, proxy) = with_faulty_mirror(Fault::OneStream, &args, "").await;
     for (status, body) in gets(&proxy, 16, true).await {
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"main"[..]));
     }
-    eventually("every copy succeeded", || async {
-        outcomes(&proxy, &mirror.url()).await == [16, 16, 0, 0, 0, 0]
-    })
-    .await;
+    outcomes_become(&proxy, &mirror.url(), [16, 16, 0, 0, 0, 0]).await;
     assert_eq!(main.count(), 16);
     assert_eq!(mirror.requests(), 16);
     assert_eq!(mirror.max_in_flight.load(Ordering::SeqCst), 1);

@@ -284,6 +284,15 @@ async fn replay(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// Runs `trafficmirror replay FILE --to TARGET --speed 0`, which must exit 0; its
+/// stdout and stderr.
+async fn replay_at_once(file: &Path, target: &MockBackend) -> (String, String) {
+    let file = file.to_str().unwrap();
+    let (code, stdout, stderr) = replay(&[file, "--to", &target.url(), "--speed", "0"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    (stdout, stderr)
+}
+
 /// A recording in GoReplay's documented format, written by hand: a 4-field and a
 /// 3-field meta line, an answer (type 2) and a replayed answer (type 3) to be ignored,
 /// and a last record torn by a crash.
@@ -466,15 +475,7 @@ async fn a_recording_cut_by_kill_9_replays_every_whole_record() {
     let _ = tokio::time::timeout(WAIT, traffic).await;
 
     let target = MockBackend::start(Reply::ok("")).await;
-    let (code, stdout, stderr) = replay(&[
-        path.to_str().unwrap(),
-        "--to",
-        &target.url(),
-        "--speed",
-        "0",
-    ])
-    .await;
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let (stdout, _) = replay_at_once(&path, &target).await;
     let summary = stdout.lines().last().unwrap();
     let sent: usize = summary
         .strip_prefix("replay: sent ")
@@ -762,6 +763,20 @@ async fn a_write_error_is_a_failed_copy_that_counts_toward_health() {
     proxy.stop().await;
 }
 
+/// A proxy (with `args`) in front of a mock main, and a recording mirror writing
+/// `rec.gor` in `folder` (`""` or `"name/"`) of a fresh directory, with `options`.
+async fn recording_proxy(
+    folder: &str,
+    args: &[&str],
+    options: &str,
+) -> (tempfile::TempDir, String, MockBackend, TestProxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/{folder}rec.gor", dir.path().display());
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), args).await;
+    proxy.put_ok(&format!("url={url}{options}")).await;
+    (dir, url, main, proxy)
+}
+
 /// The mirror's `[succeeded, failed, dropped, queued]`.
 async fn recording_outcomes(proxy: &TestProxy, url: &str) -> [u64; 4] {
     let m = proxy.mirror_json(url).await.expect("listed");
@@ -803,12 +818,10 @@ fn recorded_in(dir: &Path) -> Vec<(String, String)> {
 /// mid-run (a disk gone read-only, as root cannot be stopped by `chmod`), then put back.
 #[tokio::test]
 async fn a_recording_whose_folder_goes_mid_run_fails_copies_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("rec");
-    let url = format!("file://{}/rec.gor", folder.display());
-    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &["--retry-after", "200ms"]).await;
     // One record a file: each copy opens a file, as a rotation does.
-    proxy.put_ok(&format!("url={url}&max_file_size=1")).await;
+    let (dir, url, main, proxy) =
+        recording_proxy("rec/", &["--retry-after", "200ms"], "&max_file_size=1").await;
+    let folder = dir.path().join("rec");
     posts_at_once(&proxy, 5, "/before").await;
     eventually("5 written", || async {
         recording_outcomes(&proxy, &url).await == [5, 0, 0, 0]
@@ -871,12 +884,8 @@ async fn a_recording_whose_folder_goes_mid_run_fails_copies_and_recovers() {
 /// file opened.
 #[tokio::test]
 async fn max_total_size_under_load_drops_and_deleting_files_frees_room() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("file://{}/rec.gor", dir.path().display());
-    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), &[]).await;
-    proxy
-        .put_ok(&format!("url={url}&max_file_size=1&max_total_size=2000"))
-        .await;
+    let (dir, url, main, proxy) =
+        recording_proxy("", &[], "&max_file_size=1&max_total_size=2000").await;
     posts_at_once(&proxy, 30, "/load").await;
     eventually("every copy settled", || async {
         let [succeeded, failed, dropped, queued] = recording_outcomes(&proxy, &url).await;
@@ -959,15 +968,7 @@ fn three_records() -> (Vec<u8>, usize) {
 /// Replays `file` to `target`; checks the summary's `sent` and `skipped`, a torn record
 /// named when skipped, and the requests that arrived.
 async fn replay_cut(file: &Path, target: &MockBackend, whole: usize, skipped: &[usize]) {
-    let (code, stdout, stderr) = replay(&[
-        file.to_str().unwrap(),
-        "--to",
-        &target.url(),
-        "--speed",
-        "0",
-    ])
-    .await;
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let (stdout, stderr) = replay_at_once(file, target).await;
     let summary = stdout.lines().last().unwrap_or_default();
     let torn = skipped
         .iter()
