@@ -200,3 +200,71 @@ async fn answers_are_matched_by_id_decoded_and_summarised_per_endpoint() {
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("replay: compared 2, mismatched 0"), "{stdout}");
 }
+
+/// A capture as GoReplay writes it, written here by hand from its code (buger/goreplay):
+/// `protocol.go` `payloadHeader` writes the meta line `"%c %s %d %d\n"` (type, 24 hex
+/// ID, timestamp ns, latency ns); `input_raw.go` stamps a request (type `1`) with its
+/// start and its own duration as latency, and its answer (type `2`) with the same ID
+/// (from the TCP stream), the answer's own start and duration; `output_http.go` adds
+/// replayed answers as type `3`; `output_file.go` writes meta, message, then
+/// `"\n🐵🙈🙉\n"`, gzip for a `.gz` name; `input_file.go` ends a record at a line that
+/// is the separator without its first `LF` and drops that `LF` from the record.
+fn goreplay_capture(dir: &Path) -> std::path::PathBuf {
+    let sep = "\n🐵🙈🙉\n";
+    let records = [
+        "1 0a1b2c3d4e5f60718293a4b5 1700000000000000000 120000\nGET /orders/101 HTTP/1.1\r\nHost: shop\r\n\r\n",
+        "1 ffeeddccbbaa998877665544 1700000000000200000 90000\nPOST /orders HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n7\r\n{\"n\":1}\r\n0\r\n\r\n",
+        "2 ffeeddccbbaa998877665544 1700000000000400000 300000\nHTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"id\":9}",
+        "3 ffeeddccbbaa998877665544 1700000000000500000 310000\nHTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+        "2 0a1b2c3d4e5f60718293a4b5 1700000000000300000 250000\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{\"id\":101}",
+    ];
+    // Two gzip members, as a file appended to after a restart.
+    let mut bytes = gzip((records[..2].join(sep) + sep).as_bytes());
+    bytes.extend(gzip((records[2..].join(sep) + sep).as_bytes()));
+    let path = dir.join("requests_0.gor.gz");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_goreplay_capture_replays_and_compares_answers_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = goreplay_capture(dir.path());
+    // Answers `{"id":101}` to everything: the GET matches, the POST (201 {"id":9}) not.
+    let target = MockBackend::start(Reply::With(
+        StatusCode::OK,
+        vec![("content-type", "application/json")],
+        Bytes::from_static(b"{\"id\":101}"),
+    ))
+    .await;
+    let (code, stdout, stderr) = replay(&[
+        file.to_str().unwrap(),
+        "--to",
+        &target.url(),
+        "--speed",
+        "0",
+        "--concurrency",
+        "1",
+        "--compare",
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let get = target.next().await;
+    assert_eq!(get.uri, "/orders/101");
+    let post = target.next().await;
+    assert_eq!(post.uri, "/orders");
+    assert_eq!(&post.body[..], b"{\"n\":1}");
+    target
+        .assert_nothing_within(std::time::Duration::from_millis(100))
+        .await;
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("replay: sent 2, answered 2 (2xx 2, 3xx 0, 4xx 0, 5xx 0), failed 0, skipped 0,"),
+        "{stdout}{stderr}"
+    );
+    assert!(
+        lines[1].starts_with("replay: mismatch POST /orders: 1 of 1 differ; fields: /id (1), status (1); first: "),
+        "{stdout}"
+    );
+    assert_eq!(lines[2], "replay: compared 2, mismatched 1 (50.00%), allowed 0.00%");
+}
