@@ -284,7 +284,12 @@ pub struct ReplayArgs {
     pub max_mismatch_rate: f64,
     /// With --compare: a protobuf FileDescriptorSet; the gRPC answers of the services it
     /// describes are compared message by message as JSON (as the proxy's flag).
-    #[arg(long = "grpc-descriptors", id = "replay_grpc_descriptors", value_name = "FILE", requires = "compare")]
+    #[arg(
+        long = "grpc-descriptors",
+        id = "replay_grpc_descriptors",
+        value_name = "FILE",
+        requires = "compare"
+    )]
     pub grpc_descriptors: Option<PathBuf>,
     /// Record this replay's requests and answers to FILE (an absolute or relative path;
     /// `.gz` for gzip), for the next run.

@@ -259,9 +259,8 @@ impl Source {
     /// The answer (type `2`) recorded with this ID: among the records read ahead, else
     /// reading on within [`AHEAD_RECORDS`] and [`AHEAD_BYTES`].
     fn answer_to(&mut self, id: &str) -> Option<format::RawRecord> {
-        let is_answer = |item: &format::Item| {
-            matches!(item, Ok(r) if r.kind == RESPONSE && r.id == id)
-        };
+        let is_answer =
+            |item: &format::Item| matches!(item, Ok(r) if r.kind == RESPONSE && r.id == id);
         if let Some(at) = self.ahead.iter().position(is_answer) {
             let record = self.ahead.remove(at)?.ok()?;
             self.ahead_bytes -= record.message.len();
@@ -932,13 +931,10 @@ impl Job {
             _ => None,
         };
         let mismatched = match (replayed, self.compare) {
-            (Some(replayed), Some(c)) => c.comparison.judge(
-                &c.method,
-                &c.path_and_query,
-                c.recorded,
-                replayed,
-                elapsed,
-            ),
+            (Some(replayed), Some(c)) => {
+                c.comparison
+                    .judge(&c.method, &c.path_and_query, c.recorded, replayed, elapsed)
+            }
             _ => None,
         };
         let mut summary = lock(&self.summary);

@@ -269,7 +269,7 @@ async fn a_file_url_is_no_main_target() {
 // ===== replay =====
 
 /// Runs `trafficmirror replay ARGS` (bounded); exit code, stdout, stderr.
-async fn replay(args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) async fn replay(args: &[&str]) -> (Option<i32>, String, String) {
     let sandbox = Sandbox::new();
     let mut command = tokio::process::Command::from(sandbox.command());
     command.arg("replay").args(args);

@@ -8,26 +8,11 @@ use bytes::Bytes;
 use http::StatusCode;
 use tonic::Code;
 
+use crate::record::replay;
 use crate::support::grpc::{
     ECHO, EchoRequest, GrpcBackend, GrpcClient, Twist, write_echo_descriptor_set,
 };
 use crate::support::*;
-
-/// Runs `trafficmirror replay ARGS` (bounded); exit code, stdout, stderr.
-async fn replay(args: &[&str]) -> (Option<i32>, String, String) {
-    let sandbox = Sandbox::new();
-    let mut command = tokio::process::Command::from(sandbox.command());
-    command.arg("replay").args(args);
-    let out = tokio::time::timeout(WAIT * 2, command.output())
-        .await
-        .expect("replay ends in time")
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Records one `Echo` call made through a proxy in front of a tonic service, with
 /// `record_answers=true`, into `dir/grpc.gor`.
@@ -95,8 +80,15 @@ async fn a_grpc_call_is_recorded_with_its_trailers_and_replayed_to_an_h2c_servic
 
     // A service that fails the call: the recorded `grpc-status` 0 in trailers differs.
     let failing = GrpcBackend::start_h2c_twisted(Twist::Status(Code::NotFound)).await;
-    let (code, stdout, stderr) =
-        replay(&[file, "--to", &failing.h2c_url(), "--speed", "0", "--compare"]).await;
+    let (code, stdout, stderr) = replay(&[
+        file,
+        "--to",
+        &failing.h2c_url(),
+        "--speed",
+        "0",
+        "--compare",
+    ])
+    .await;
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(
         stdout.contains("replay: mismatch POST /echo.Echo/Echo: 1 of 1 differ; fields: body (1), grpc-status (1); first: {\"kind\":\"grpc_status\",\"main\":\"0\",\"mirror\":\"5\"}"),
@@ -142,8 +134,16 @@ fn interleaved_recording(dir: &Path) -> std::path::PathBuf {
         format!("1 {id} {ts} -1\nGET {path} HTTP/1.1\r\nHost: h\r\n\r\n{sep}")
     };
     let text = [
-        request("aaaaaaaaaaaaaaaaaaaaaaaa", "/users/17", 1_700_000_000_000_000_000),
-        request("bbbbbbbbbbbbbbbbbbbbbbbb", "/users/18", 1_700_000_000_000_000_001),
+        request(
+            "aaaaaaaaaaaaaaaaaaaaaaaa",
+            "/users/17",
+            1_700_000_000_000_000_000,
+        ),
+        request(
+            "bbbbbbbbbbbbbbbbbbbbbbbb",
+            "/users/18",
+            1_700_000_000_000_000_001,
+        ),
         answer("bbbbbbbbbbbbbbbbbbbbbbbb", r#"{"id":18,"total":2}"#),
         answer("aaaaaaaaaaaaaaaaaaaaaaaa", r#"{"id":17,"total":1}"#),
     ]
@@ -182,7 +182,10 @@ async fn answers_are_matched_by_id_decoded_and_summarised_per_endpoint() {
     let (code, stdout, stderr) = replay(&args).await;
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert!(lines[0].starts_with("replay: sent 2, answered 2"), "{stdout}");
+    assert!(
+        lines[0].starts_with("replay: sent 2, answered 2"),
+        "{stdout}"
+    );
     assert!(
         lines[1].starts_with(
             "replay: mismatch GET /users/{id}: 1 of 2 differ; fields: /id (1), /total (1); first: "
@@ -198,7 +201,10 @@ async fn answers_are_matched_by_id_decoded_and_summarised_per_endpoint() {
     ignoring.extend(["--ignore", "/id", "--ignore", "/total"]);
     let (code, stdout, stderr) = replay(&ignoring).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("replay: compared 2, mismatched 0"), "{stdout}");
+    assert!(
+        stdout.contains("replay: compared 2, mismatched 0"),
+        "{stdout}"
+    );
 }
 
 /// A capture as GoReplay writes it, written here by hand from its code (buger/goreplay):
@@ -259,12 +265,19 @@ async fn a_goreplay_capture_replays_and_compares_answers_by_id() {
         .await;
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(
-        lines[0].starts_with("replay: sent 2, answered 2 (2xx 2, 3xx 0, 4xx 0, 5xx 0), failed 0, skipped 0,"),
+        lines[0].starts_with(
+            "replay: sent 2, answered 2 (2xx 2, 3xx 0, 4xx 0, 5xx 0), failed 0, skipped 0,"
+        ),
         "{stdout}{stderr}"
     );
     assert!(
-        lines[1].starts_with("replay: mismatch POST /orders: 1 of 1 differ; fields: /id (1), status (1); first: "),
+        lines[1].starts_with(
+            "replay: mismatch POST /orders: 1 of 1 differ; fields: /id (1), status (1); first: "
+        ),
         "{stdout}"
     );
-    assert_eq!(lines[2], "replay: compared 2, mismatched 1 (50.00%), allowed 0.00%");
+    assert_eq!(
+        lines[2],
+        "replay: compared 2, mismatched 1 (50.00%), allowed 0.00%"
+    );
 }

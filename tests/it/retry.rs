@@ -150,8 +150,7 @@ async fn a_post_that_reached_a_hung_mirror_is_never_resent() {
         .await
     };
     let url = format!("http://{addr}");
-    let (proxy, _main) =
-        proxy_with(&format!("{url} retry=3"), &["--mirror-timeout", "5s"]).await;
+    let (proxy, _main) = proxy_with(&format!("{url} retry=3"), &["--mirror-timeout", "5s"]).await;
     send(
         Method::POST,
         &proxy.url("/order"),

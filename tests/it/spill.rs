@@ -253,7 +253,9 @@ async fn copies_still_under_way_at_shutdown_are_spilled_within_the_timeout() {
     // Nothing is spilled while the copies are under way.
     assert!(spilled_requests(&file).is_empty());
     let started = std::time::Instant::now();
-    let stderr = bin.terminate_within(std::time::Duration::from_secs(2)).await;
+    let stderr = bin
+        .terminate_within(std::time::Duration::from_secs(2))
+        .await;
     // Within --shutdown-timeout (and the exit's few milliseconds).
     assert!(
         started.elapsed() < std::time::Duration::from_millis(1300),
