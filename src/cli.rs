@@ -291,6 +291,10 @@ pub struct ReplayArgs {
         requires = "compare"
     )]
     pub grpc_descriptors: Option<PathBuf>,
+    /// With --compare: an endpoint pattern (`/users/:id/orders`, repeatable) that names
+    /// the paths it matches in the per-endpoint lines, as a mirror's `endpoint=`.
+    #[arg(long = "endpoint", value_name = "PATTERN", requires = "compare")]
+    pub endpoints: Vec<String>,
     /// Record this replay's requests and answers to FILE (an absolute or relative path;
     /// `.gz` for gzip), for the next run.
     #[arg(long, value_name = "FILE")]

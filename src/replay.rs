@@ -63,6 +63,8 @@ pub struct Options {
     pub max_compare_size: usize,
     /// With `--compare`: the services whose gRPC messages are compared as JSON.
     pub grpc_descriptors: Option<PathBuf>,
+    /// With `--compare`: endpoint patterns (`/users/:id/orders`), as `endpoint=`.
+    pub endpoints: Vec<String>,
     /// Record the replay's own requests and answers here (a recording mirror's path,
     /// pattern and `.gz` included), for the next run.
     pub output: Option<String>,
@@ -614,8 +616,7 @@ fn comparison(options: &Options) -> Result<Option<Arc<compare::Comparison>>, u8>
         None => None,
     };
     Ok(Some(Arc::new(compare::Comparison::new(
-        rules,
-        descriptors,
+        (rules, descriptors, options.endpoints.clone()),
         options.max_compare_size,
         options.concurrency,
     ))))

@@ -29,6 +29,8 @@ use crate::mirror::compare::verdict::{self, Answer, Difference, Rules, Verdict};
 pub struct Comparison {
     rules: Rules,
     descriptors: Option<Descriptors>,
+    /// `--endpoint` patterns, as a mirror's `endpoint=` options.
+    patterns: Vec<String>,
     limit: usize,
     budget: Budget,
     endpoints: Endpoints,
@@ -37,11 +39,11 @@ pub struct Comparison {
 }
 
 impl Comparison {
-    /// Rules from `--ignore`, the `--grpc-descriptors` set, and room for `concurrency`
-    /// pairs of bodies of `limit` decoded bytes (`--max-compare-size`).
+    /// Rules from `--ignore`, the `--grpc-descriptors` set, the `--endpoint` patterns,
+    /// and room for `concurrency` pairs of bodies of `limit` decoded bytes
+    /// (`--max-compare-size`).
     pub fn new(
-        rules: Rules,
-        descriptors: Option<Descriptors>,
+        (rules, descriptors, patterns): (Rules, Option<Descriptors>, Vec<String>),
         limit: usize,
         concurrency: usize,
     ) -> Self {
@@ -51,6 +53,7 @@ impl Comparison {
         Self {
             rules,
             descriptors,
+            patterns,
             limit,
             budget: Budget::new(room),
             endpoints: Endpoints::default(),
@@ -75,7 +78,7 @@ impl Comparison {
         let output = (self.descriptors.as_ref()).and_then(|d| d.output(path));
         // The recorded answer is main's, the replayed one the mirror's.
         let verdict = verdict::compare(&self.rules, output.as_ref(), &recorded, &replayed);
-        let template = endpoints::template(path);
+        let template = endpoints::template_for(&self.patterns, path);
         self.endpoints.record(
             method.as_str(),
             &template,
@@ -172,7 +175,7 @@ mod tests {
 
     #[test]
     fn a_gzip_answer_is_compared_decoded_and_counted_under_its_template() {
-        let c = Comparison::new(Rules::default(), None, 1 << 20, 1);
+        let c = Comparison::new((Rules::default(), None, Vec::new()), 1 << 20, 1);
         // Same JSON, one side gzip with other spacing: a match; then a mismatch.
         let pairs = [
             (

@@ -196,6 +196,15 @@ async fn answers_are_matched_by_id_decoded_and_summarised_per_endpoint() {
         lines[2], "replay: compared 2, mismatched 1 (50.00%), allowed 0.00%",
         "{stdout}"
     );
+    // An endpoint pattern names the template.
+    let mut named = args.to_vec();
+    named.extend(["--endpoint", "/users/:user"]);
+    let (code, stdout, stderr) = replay(&named).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("replay: mismatch GET /users/:user: 1 of 2 differ;"),
+        "{stdout}"
+    );
     // Ignoring both fields, every answer matches.
     let mut ignoring = args.to_vec();
     ignoring.extend(["--ignore", "/id", "--ignore", "/total"]);
