@@ -271,7 +271,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub insecure_skip_verify: bool,
     /// Compare each answer with the recorded one (a recording with record_answers=true),
-    /// by the rules of compare=true mirrors; the first difference per endpoint on stderr.
+    /// by the rules of compare=true mirrors; the mismatches per endpoint after the summary.
     #[arg(long)]
     pub compare: bool,
     /// With --compare: a header name or JSON pointer (`/id`, `/items/*/ts`) not compared
@@ -282,6 +282,19 @@ pub struct ReplayArgs {
     /// (`0.5%` or `0.005`).
     #[arg(long, default_value = "0", value_parser = crate::replay::parse_rate_share, value_name = "RATE")]
     pub max_mismatch_rate: f64,
+    /// With --compare: a protobuf FileDescriptorSet; the gRPC answers of the services it
+    /// describes are compared message by message as JSON (as the proxy's flag).
+    #[arg(
+        long = "grpc-descriptors",
+        id = "replay_grpc_descriptors",
+        value_name = "FILE",
+        requires = "compare"
+    )]
+    pub grpc_descriptors: Option<PathBuf>,
+    /// With --compare: an endpoint pattern (`/users/:id/orders`, repeatable) that names
+    /// the paths it matches in the per-endpoint lines, as a mirror's `endpoint=`.
+    #[arg(long = "endpoint", value_name = "PATTERN", requires = "compare")]
+    pub endpoints: Vec<String>,
     /// Record this replay's requests and answers to FILE (an absolute or relative path;
     /// `.gz` for gzip), for the next run.
     #[arg(long, value_name = "FILE")]

@@ -118,7 +118,13 @@ pub(crate) struct Shared {
     pub expired: mpsc::UnboundedSender<Weak<Mirror>>,
     /// The `--max-buffered-bytes` budget, also for answers kept for comparison.
     pub budget: Budget,
+    /// Cancelled near the end of the shutdown: the copies of `spill=` mirrors still
+    /// queued or in flight stop and are spilled (docs/record-replay.md).
+    pub spill_now: tokio_util::sync::CancellationToken,
 }
+
+/// How sending a copy ended: its outcome, or `--mirror-timeout`.
+type SendResult = Result<Result<Reply, crate::body::BoxError>, tokio::time::error::Elapsed>;
 
 /// Where a mirror came from; shown as `source` in the listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -502,8 +508,10 @@ impl Mirror {
         }
     }
 
-    /// Sends one copy, drains and discards the response, and records the outcome.
-    async fn deliver(&self, job: Job) -> Option<Event> {
+    /// Waits for the copy's turn (an ordered mirror) and sends it within
+    /// `--mirror-timeout`, with `retry=N` when set; returns when it set off and the
+    /// result.
+    async fn send_in_time(&self, job: &Job) -> (Instant, SendResult) {
         if let Some(order) = &job.order {
             // Outside the timeout: waiting for earlier copies is not this copy's failure.
             order.wait_turn().await;
@@ -520,6 +528,26 @@ impl Mirror {
             let sent = self.send_retrying(&job.request, &job.plan, retries);
             Box::pin(tokio::time::timeout(timeout, sent)).await
         };
+        (started, result)
+    }
+
+    /// Sends one copy, drains and discards the response, and records the outcome.
+    async fn deliver(&self, job: Job) -> Option<Event> {
+        let (started, result) = if job.plan.options.spill.is_some() {
+            tokio::select! {
+                sent = self.send_in_time(&job) => sent,
+                () = self.shared.spill_now.cancelled() => {
+                    // Cut short by the shutdown: failed, like a timeout, and spilled.
+                    self.counters.leave_queue(&self.counters.failed);
+                    self.lock_health().abandon(job.ticket);
+                    self.spill(&job.request, &job.plan).await;
+                    return None;
+                }
+            }
+        } else {
+            self.send_in_time(&job).await
+        };
+        let timeout = self.shared.settings.timeout;
         if let Ok(Err(err)) = &result {
             if crate::record::is_full(&**err) {
                 // `max_total_size` reached: dropped, never a full disk; not a failure.

@@ -160,7 +160,8 @@ async fn append_main_answer(
                 main.answer.status,
                 &main.answer.headers,
                 body,
-                None,
+                // A gRPC answer's status is in its trailers.
+                Some(&main.answer.trailers),
             )),
             CapturedBody::Digest { len, .. } => {
                 debug!(

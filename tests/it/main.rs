@@ -22,6 +22,7 @@ mod page;
 mod protocol;
 mod proxy;
 mod record;
+mod replay_compare;
 mod report;
 mod retry;
 mod shutdown;
