@@ -154,6 +154,9 @@ fn replay(cli: &Cli, args: &cli::ReplayArgs) -> ExitCode {
         max_mismatch_rate: args.max_mismatch_rate,
         max_compare_size: usize::try_from(cli.max_compare_size).unwrap_or(usize::MAX),
         output: args.output.clone(),
+        durable: args.durable.clone(),
+        exit_when_idle: args.exit_when_idle,
+        ack_wait: args.ack_wait,
     };
     ExitCode::from(runtime.block_on(trafficmirror::replay::run(options)))
 }

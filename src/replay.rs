@@ -7,6 +7,8 @@
 //! hands requests over a bounded channel; the async side waits for each one's moment,
 //! sends it and tallies the answer. At the end one summary line goes to stdout.
 
+mod nats;
+
 use std::fs::File;
 use std::io::{BufReader, IsTerminal, Read};
 use std::path::PathBuf;
@@ -60,6 +62,12 @@ pub struct Options {
     /// Record the replay's own requests and answers here (a recording mirror's path,
     /// pattern and `.gz` included), for the next run.
     pub output: Option<String>,
+    /// A `nats://` source's durable consumer (docs/fleet.md).
+    pub durable: Option<String>,
+    /// A `nats://` source ends once no message came for this long.
+    pub exit_when_idle: Option<Duration>,
+    /// A `nats://` source's acknowledgement wait, set when its durable is created.
+    pub ack_wait: Duration,
 }
 
 /// `--output` files: the recording mirror's defaults.
@@ -159,6 +167,8 @@ enum Item {
         request: Box<ParsedRequest>,
         /// The recorded answer, with `--compare`.
         recorded: Option<Box<ParsedResponse>>,
+        /// A NATS message's acknowledgement, once the target answered (docs/fleet.md).
+        ack: Option<nats::Ack>,
     },
     Skipped(String),
 }
@@ -276,6 +286,7 @@ fn read_all(files: Vec<PathBuf>, options: Options, tx: mpsc::Sender<Item>) {
                     timestamp_ns,
                     request: Box::new(request),
                     recorded: recorded.map(Box::new),
+                    ack: None,
                 };
                 if tx.blocking_send(item).is_err() {
                     return;
@@ -537,7 +548,11 @@ fn endpoint(method: &Method, path_and_query: &str) -> String {
 
 /// Runs a replay; returns the exit status.
 pub async fn run(options: Options) -> u8 {
-    let (replay, rx) = match Replay::start(options) {
+    let source = match nats::Source::open(&options).await {
+        Ok(source) => source,
+        Err(status) => return status,
+    };
+    let (replay, rx) = match Replay::start(options, source) {
         Ok(started) => started,
         Err(status) => return status,
     };
@@ -676,15 +691,24 @@ impl Clock {
 impl Replay {
     /// Checks the options, opens what the replay needs and starts reading; on failure,
     /// the exit status.
-    fn start(options: Options) -> Result<(Self, mpsc::Receiver<Item>), u8> {
+    fn start(
+        options: Options,
+        source: Option<nats::Source>,
+    ) -> Result<(Self, mpsc::Receiver<Item>), u8> {
         let target = parse_target(&options)?;
-        let readable = readable_sources(&options.sources)?;
+        let readable = match source {
+            Some(_) => Vec::new(),
+            None => readable_sources(&options.sources)?,
+        };
         let tls = client_tls(&options)?;
         let rules = compare_rules(&options)?;
         let output = output_writer(&options)?;
         let concurrency = options.concurrency.max(1);
         let pool = Arc::new(Pool::<Full<Bytes>>::new(&target, &tls, concurrency));
-        let rx = start_reader(readable, &options)?;
+        let rx = match source {
+            Some(source) => source.start(&options),
+            None => start_reader(readable, &options)?,
+        };
         let replay = Self {
             options,
             target,
@@ -703,15 +727,16 @@ impl Replay {
     async fn send_all(&self, mut rx: mpsc::Receiver<Item>) {
         let mut tasks = tokio::task::JoinSet::new();
         let mut clock = Clock::default();
-        let interrupted = tokio::signal::ctrl_c();
+        let interrupted = nats::stop_signal();
         tokio::pin!(interrupted);
+        let mut stopped = false;
         loop {
             let item = tokio::select! {
                 item = rx.recv() => item,
-                _ = &mut interrupted => break,
+                () = &mut interrupted => { stopped = true; break },
             };
             let Some(item) = item else { break };
-            let (round, timestamp_ns, request, recorded) = match item {
+            let (round, timestamp_ns, request, recorded, ack) = match item {
                 Item::Skipped(line) => {
                     lock(&self.summary).skipped.push(line);
                     continue;
@@ -721,28 +746,43 @@ impl Replay {
                     timestamp_ns,
                     request,
                     recorded,
-                } => (round, timestamp_ns, request, recorded),
+                    ack,
+                } => (round, timestamp_ns, request, recorded, ack),
             };
             let due = clock.due(round, timestamp_ns, &self.options);
             tokio::select! {
                 () = tokio::time::sleep_until(due) => {}
-                _ = &mut interrupted => break,
+                () = &mut interrupted => { stopped = true; break },
             }
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                break;
+            let permit = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => permit,
+                () = &mut interrupted => { stopped = true; break },
             };
+            let Ok(permit) = permit else { break };
             clock.last_sent = Some(Instant::now());
-            tasks.spawn(self.job(*request, recorded).run(permit));
+            tasks.spawn(self.job(*request, recorded, ack).run(permit));
             // Finished tasks are collected as we go, so the set stays small.
             while tasks.try_join_next().is_some() {}
         }
         drop(rx);
-        while tasks.join_next().await.is_some() {}
+        if stopped {
+            // Stopped by a signal: answers under way get a moment, then are abandoned
+            // (a NATS message left unacknowledged is delivered again later).
+            let drained = async { while tasks.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(nats::STOP_GRACE, drained).await;
+        } else {
+            while tasks.join_next().await.is_some() {}
+        }
     }
 
     /// Counts a request as sent and prepares its task: the request for the target, what
     /// to compare its answer with, and its own record for `--output`.
-    fn job(&self, request: ParsedRequest, recorded: Option<Box<ParsedResponse>>) -> Job {
+    fn job(
+        &self,
+        request: ParsedRequest,
+        recorded: Option<Box<ParsedResponse>>,
+        ack: Option<nats::Ack>,
+    ) -> Job {
         lock(&self.summary).sent += 1;
         let compare = match (&self.rules, recorded) {
             (Some(rules), Some(recorded)) => Some((
@@ -763,6 +803,7 @@ impl Replay {
             capture,
             compare,
             own,
+            ack,
             pool: self.pool.clone(),
             summary: self.summary.clone(),
             timeout: self.options.timeout,
@@ -868,6 +909,7 @@ struct Job {
     /// Rules, recorded answer and endpoint, with `--compare`.
     compare: Option<(Arc<Rules>, Answer, String)>,
     own: Option<OwnRecord>,
+    ack: Option<nats::Ack>,
     pool: Arc<Pool<Full<Bytes>>>,
     summary: Arc<Mutex<Summary>>,
     timeout: Duration,
@@ -885,6 +927,9 @@ impl Job {
         )
         .await;
         let elapsed = started.elapsed();
+        if let Some(ack) = self.ack {
+            ack.settle(&result).await;
+        }
         if let Some(own) = self.own {
             own.write(&result, elapsed).await;
         }

@@ -5,6 +5,7 @@
 //! request); the request path then only joins a prefix onto an already-split URL.
 
 use std::fmt;
+use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
@@ -14,7 +15,9 @@ use http::{HeaderValue, Uri};
 pub enum UrlError {
     #[error("{0:?} is not an absolute URL")]
     NotAbsolute(String),
-    #[error("{0:?}: scheme must be http://, https:// or h2c:// (or file:/// for a mirror)")]
+    #[error(
+        "{0:?}: scheme must be http://, https:// or h2c:// (or, for a mirror, file:///, nats:// or tls://)"
+    )]
     BadScheme(String),
     #[error("{0:?} has no host")]
     NoHost(String),
@@ -28,8 +31,12 @@ pub enum UrlError {
     FileHost(String),
     #[error("{0:?}: a file:// URL needs an absolute path (file:///ABSOLUTE/PATH)")]
     FileRelative(String),
-    #[error("{0:?}: file:// (a recording mirror) is a mirror, not a main target")]
+    #[error("{0:?}: file://, nats:// and tls:// name a mirror, not a main target")]
     FileNotMain(String),
+    #[error(
+        "{0:?}: a NATS URL names one subject to publish to: nats://[USER:PASS@]HOST:PORT/SUBJECT"
+    )]
+    NatsSubject(String),
 }
 
 /// How a target is spoken to (docs/shadowing.md, "Target URLs").
@@ -43,6 +50,9 @@ pub enum Transport {
     H2c,
     /// `file:///PATH`: a recording mirror, writing copies to disk (docs/record-replay.md).
     File,
+    /// `nats://HOST:PORT/SUBJECT` or `tls://…`: copies published to NATS JetStream
+    /// (docs/fleet.md).
+    Nats,
 }
 
 /// A validated, normalised `http://`, `https://` or `h2c://` target with an optional
@@ -51,7 +61,7 @@ pub enum Transport {
 /// Normalisation (docs/shadowing.md, "The admin endpoint"): scheme and host lower-cased,
 /// default port dropped (80 for `h2c://`, as for `http://`), trailing `/` dropped. Two
 /// targets are equal when their normalised forms are.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct TargetUrl {
     /// The normalised form, shown in listings and used for comparison.
     normalized: String,
@@ -61,8 +71,28 @@ pub struct TargetUrl {
     authority: Authority,
     /// `authority` as a ready `Host` header value.
     host_header: HeaderValue,
-    /// Path prefix without a trailing `/`; empty when the URL has no path.
+    /// Path prefix without a trailing `/`; empty when the URL has no path. A `file://`
+    /// URL's path pattern; a NATS URL's subject.
     prefix: String,
+    /// A NATS URL's user and password: never in `normalized`, which shows `***` for the
+    /// password, so listings, logs and metrics never carry it.
+    credentials: Option<Arc<(String, String)>>,
+}
+
+// Equal when the normalised forms are: two URLs differing only in a password are the
+// same mirror (and show the same).
+impl PartialEq for TargetUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.normalized == other.normalized
+    }
+}
+
+impl Eq for TargetUrl {}
+
+impl std::hash::Hash for TargetUrl {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.normalized.hash(state);
+    }
 }
 
 impl TargetUrl {
@@ -79,6 +109,13 @@ impl TargetUrl {
             .is_some_and(|s| s.eq_ignore_ascii_case("file://"))
         {
             return Self::parse_file(raw, &trimmed[7..]);
+        }
+        let lower = trimmed.get(..7).map(str::to_ascii_lowercase);
+        if lower
+            .as_deref()
+            .is_some_and(|s| s == "nats://" || s.starts_with("tls://"))
+        {
+            return Self::parse_nats(raw, trimmed);
         }
         // `h2c` is no special scheme to the WHATWG parser (its host would keep its case
         // and `:80` would stay): it is read as the `http://` URL it is on the wire.
@@ -131,7 +168,9 @@ impl TargetUrl {
         let prefix = url.path().trim_end_matches('/').to_owned();
         let shown = match transport {
             Transport::H2c => "h2c",
-            Transport::Http | Transport::Https | Transport::File => scheme.as_str(),
+            Transport::Http | Transport::Https | Transport::File | Transport::Nats => {
+                scheme.as_str()
+            }
         };
         let normalized = format!("{shown}://{authority}{prefix}");
         Ok(Self {
@@ -141,6 +180,7 @@ impl TargetUrl {
             authority,
             host_header,
             prefix,
+            credentials: None,
         })
     }
 
@@ -150,7 +190,7 @@ impl TargetUrl {
     /// As [`Self::parse`], and a `file://` URL.
     pub fn parse_main(raw: &str) -> Result<Self, UrlError> {
         let url = Self::parse(raw)?;
-        if url.transport == Transport::File {
+        if matches!(url.transport, Transport::File | Transport::Nats) {
             return Err(UrlError::FileNotMain(raw.to_owned()));
         }
         Ok(url)
@@ -185,6 +225,80 @@ impl TargetUrl {
             authority: Authority::from_static("localhost"),
             host_header: HeaderValue::from_static("localhost"),
             prefix: rest.to_owned(),
+            credentials: None,
+        })
+    }
+
+    /// `nats://[USER:PASS@]HOST[:PORT]/SUBJECT` or `tls://…` (NATS over TLS); the port
+    /// defaults to 4222. The password is kept aside and shown as `***`.
+    fn parse_nats(raw: &str, trimmed: &str) -> Result<Self, UrlError> {
+        let owned = || raw.to_owned();
+        let url = url::Url::parse(trimmed).map_err(|_| UrlError::NotAbsolute(owned()))?;
+        let scheme = url.scheme().to_owned();
+        let host = match url.host_str() {
+            Some(h) if !h.is_empty() => h,
+            _ => return Err(UrlError::NoHost(owned())),
+        };
+        if url.query().is_some() {
+            return Err(UrlError::HasQuery(owned()));
+        }
+        if url.fragment().is_some() {
+            return Err(UrlError::HasFragment(owned()));
+        }
+        let subject = url.path().trim_start_matches('/');
+        // One literal subject: no wildcard, no empty token, nothing a mirror line splits.
+        if subject.is_empty()
+            || subject
+                .split('.')
+                .any(|t| t.is_empty() || t == "*" || t == ">")
+            || subject
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+        {
+            return Err(UrlError::NatsSubject(owned()));
+        }
+        let decode = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map_or_else(String::new, |(_, v)| v.into_owned())
+        };
+        let credentials = match (url.username(), url.password()) {
+            ("", None) => None,
+            (user, password) => Some(Arc::new((
+                decode(user),
+                password.map(decode).unwrap_or_default(),
+            ))),
+        };
+        let authority_str = format!("{host}:{}", url.port().unwrap_or(4222));
+        let authority: Authority = authority_str
+            .parse()
+            .map_err(|_| UrlError::NoHost(owned()))?;
+        let host_header =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| UrlError::NoHost(owned()))?;
+        let userinfo = match &credentials {
+            Some(_) if url.password().is_some() => format!("{}:***@", url.username()),
+            Some(_) => format!("{}@", url.username()),
+            None => String::new(),
+        };
+        Ok(Self {
+            normalized: format!("{scheme}://{userinfo}{authority}/{subject}"),
+            transport: Transport::Nats,
+            scheme: Scheme::HTTP,
+            authority,
+            host_header,
+            prefix: subject.to_owned(),
+            credentials,
+        })
+    }
+
+    /// For a NATS URL: the server to connect to (`nats://HOST:PORT` or `tls://…`,
+    /// without credentials), the subject, and the user and password if given.
+    pub fn nats(&self) -> Option<NatsAddress<'_>> {
+        (self.transport == Transport::Nats).then(|| NatsAddress {
+            tls: self.normalized.starts_with("tls://"),
+            authority: self.authority.as_str(),
+            subject: &self.prefix,
+            credentials: self.credentials.as_deref(),
         })
     }
 
@@ -247,6 +361,26 @@ impl TargetUrl {
             }
         };
         Uri::from(pq)
+    }
+}
+
+/// Where a NATS mirror publishes (see [`TargetUrl::nats`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NatsAddress<'a> {
+    /// `tls://`: NATS over TLS.
+    pub tls: bool,
+    /// `HOST:PORT`.
+    pub authority: &'a str,
+    pub subject: &'a str,
+    /// User and password, as given (percent-decoded).
+    pub credentials: Option<&'a (String, String)>,
+}
+
+impl NatsAddress<'_> {
+    /// The server address as the NATS client takes it, without credentials.
+    pub fn server(&self) -> String {
+        let scheme = if self.tls { "tls" } else { "nats" };
+        format!("{scheme}://{}", self.authority)
     }
 }
 
