@@ -81,8 +81,12 @@ pub fn connect_options(
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2));
     if let Some(address) = url.nats() {
-        if let Some((user, password)) = address.credentials {
-            options = options.user_and_password(user.clone(), password.clone());
+        match address.credentials {
+            Some((user, Some(password))) => {
+                options = options.user_and_password(user.clone(), password.clone());
+            }
+            Some((token, None)) => options = options.token(token.clone()),
+            None => {}
         }
         if address.tls {
             options = options.require_tls(true);

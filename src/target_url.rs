@@ -76,7 +76,7 @@ pub struct TargetUrl {
     prefix: String,
     /// A NATS URL's user and password: never in `normalized`, which shows `***` for the
     /// password, so listings, logs and metrics never carry it.
-    credentials: Option<Arc<(String, String)>>,
+    credentials: Option<Arc<(String, Option<String>)>>,
 }
 
 // Equal when the normalised forms are: two URLs differing only in a password are the
@@ -245,7 +245,9 @@ impl TargetUrl {
         if url.fragment().is_some() {
             return Err(UrlError::HasFragment(owned()));
         }
-        let subject = url.path().trim_start_matches('/');
+        let host = host.to_ascii_lowercase();
+        let subject = percent_decode(url.path().trim_start_matches('/'));
+        let subject = subject.as_str();
         // One literal subject: no wildcard, no empty token, nothing a mirror line splits.
         if subject.is_empty()
             || subject
@@ -257,17 +259,10 @@ impl TargetUrl {
         {
             return Err(UrlError::NatsSubject(owned()));
         }
-        let decode = |s: &str| {
-            url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                .next()
-                .map_or_else(String::new, |(_, v)| v.into_owned())
-        };
+        let decode = percent_decode;
         let credentials = match (url.username(), url.password()) {
             ("", None) => None,
-            (user, password) => Some(Arc::new((
-                decode(user),
-                password.map(decode).unwrap_or_default(),
-            ))),
+            (user, password) => Some(Arc::new((decode(user), password.map(decode)))),
         };
         let authority_str = format!("{host}:{}", url.port().unwrap_or(4222));
         let authority: Authority = authority_str
@@ -277,7 +272,8 @@ impl TargetUrl {
             HeaderValue::from_str(authority.as_str()).map_err(|_| UrlError::NoHost(owned()))?;
         let userinfo = match &credentials {
             Some(_) if url.password().is_some() => format!("{}:***@", url.username()),
-            Some(_) => format!("{}@", url.username()),
+            // A user alone is a token (NATS's `nats://TOKEN@host`): a secret too.
+            Some(_) => "***@".to_owned(),
             None => String::new(),
         };
         Ok(Self {
@@ -364,6 +360,30 @@ impl TargetUrl {
     }
 }
 
+/// `%XX` escapes decoded (as the URL parser wrote them); invalid UTF-8 replaced.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Where a NATS mirror publishes (see [`TargetUrl::nats`]).
 #[derive(Debug, Clone, Copy)]
 pub struct NatsAddress<'a> {
@@ -372,8 +392,8 @@ pub struct NatsAddress<'a> {
     /// `HOST:PORT`.
     pub authority: &'a str,
     pub subject: &'a str,
-    /// User and password, as given (percent-decoded).
-    pub credentials: Option<&'a (String, String)>,
+    /// User and password, or a token alone, as given (percent-decoded).
+    pub credentials: Option<&'a (String, Option<String>)>,
 }
 
 impl NatsAddress<'_> {
@@ -469,6 +489,70 @@ mod tests {
         }
         let err = TargetUrl::parse("ftp://host").unwrap_err();
         assert!(err.to_string().contains("h2c://"), "{err}");
+    }
+
+    #[test]
+    fn nats_urls_keep_the_password_aside_and_show_it_as_stars() {
+        let url = TargetUrl::parse("nats://copier:s%40cret@NATS.local:4333/tm.copies").unwrap();
+        assert_eq!(url.as_str(), "nats://copier:***@nats.local:4333/tm.copies");
+        assert_eq!(
+            format!("{url:?}"),
+            "\"nats://copier:***@nats.local:4333/tm.copies\""
+        );
+        let address = url.nats().unwrap();
+        assert_eq!(address.server(), "nats://nats.local:4333");
+        assert_eq!(address.subject, "tm.copies");
+        assert_eq!(
+            address.credentials,
+            Some(&("copier".to_owned(), Some("s@cret".to_owned())))
+        );
+        // The same mirror whatever its password: one entry, shown once.
+        assert_eq!(
+            url,
+            TargetUrl::parse("nats://copier:other@nats.local:4333/tm.copies").unwrap()
+        );
+        let tls = TargetUrl::parse("tls://nats.local/tm.x").unwrap();
+        assert_eq!(tls.as_str(), "tls://nats.local:4222/tm.x");
+        assert!(tls.nats().unwrap().tls);
+        assert_eq!(tls.nats().unwrap().credentials, None);
+        let token = TargetUrl::parse("nats://t0ken@h/s").unwrap();
+        assert_eq!(token.as_str(), "nats://***@h:4222/s");
+        assert_eq!(
+            token.nats().unwrap().credentials,
+            Some(&("t0ken".to_owned(), None))
+        );
+        assert_eq!(
+            TargetUrl::parse("http://a")
+                .unwrap()
+                .nats()
+                .map(|a| a.subject),
+            None
+        );
+    }
+
+    #[test]
+    fn a_nats_url_names_one_literal_subject_and_is_no_main_target() {
+        for bad in [
+            "nats://h:4222",
+            "nats://h:4222/",
+            "nats://h/a.*",
+            "nats://h/a.>",
+            "nats://h/a..b",
+            "nats://h/a/b",
+        ] {
+            assert!(
+                matches!(TargetUrl::parse(bad), Err(UrlError::NatsSubject(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            TargetUrl::parse_main("nats://h/s"),
+            Err(UrlError::FileNotMain(_))
+        ));
+        assert!(matches!(
+            TargetUrl::parse("nats:///s"),
+            Err(UrlError::NoHost(_))
+        ));
     }
 
     #[test]

@@ -854,6 +854,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_nats_mirror_line_takes_a_stream_name() {
+        let line = MirrorLine::parse("nats://h:4222/tm.copies stream=TM retry=2").unwrap();
+        assert_eq!(line.options.stream.as_deref(), Some("TM"));
+        assert_eq!(
+            line.to_string(),
+            "nats://h:4222/tm.copies retry=2 stream=TM"
+        );
+        for bad in ["", "a.b", "a b", "a*", "a>", "a/b"] {
+            let err = parse(&[("stream", bad)]).unwrap_err();
+            assert!(err.to_string().contains("stream"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn a_recording_mirror_line_round_trips_with_its_pattern_as_written() {
         let line =
             MirrorLine::parse("file:///rec/%Y%m%d.gor.gz max_file_size=1MiB record_answers=yes")

@@ -14,6 +14,7 @@ use crate::support::{Binary, MockBackend, Reply, Sandbox, TestProxy, WAIT, event
 
 /// A `nats-server -js` on 127.0.0.1, killed on drop.
 struct NatsServer {
+    program: std::path::PathBuf,
     child: tokio::process::Child,
     port: u16,
     store: Sandbox,
@@ -24,11 +25,12 @@ struct NatsServer {
 impl NatsServer {
     /// Starts a server, or `None` (after one note line) when nats-server is missing.
     async fn start(test: &str, args: &[&str]) -> Option<NatsServer> {
-        require(test, &["nats-server"], "apt-get install nats-server")?;
+        let program = require(test, &["nats-server"], "apt-get install nats-server")?.remove(0);
         let store = Sandbox::new();
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let (child, port) = Self::spawn(&store, &args, None).await;
+        let (child, port) = Self::spawn(&program, &store, &args, None).await;
         Some(NatsServer {
+            program,
             child,
             port,
             store,
@@ -39,12 +41,13 @@ impl NatsServer {
     /// Runs nats-server (port `-1`: one the system picks) and reads its port from its
     /// log once it is ready.
     async fn spawn(
+        program: &std::path::Path,
         store: &Sandbox,
         args: &[String],
         port: Option<u16>,
     ) -> (tokio::process::Child, u16) {
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        let mut child = tokio::process::Command::new("nats-server")
+        let mut child = tokio::process::Command::new(program)
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
             .arg(store.work())
             .args(args)
@@ -84,7 +87,7 @@ impl NatsServer {
 
     /// Starts it again on the same port with the same store.
     async fn restart(&mut self) {
-        let (child, _) = Self::spawn(&self.store, &self.args, Some(self.port)).await;
+        let (child, _) = Self::spawn(&self.program, &self.store, &self.args, Some(self.port)).await;
         self.child = child;
     }
 
