@@ -110,11 +110,7 @@ impl TargetUrl {
         {
             return Self::parse_file(raw, &trimmed[7..]);
         }
-        let lower = trimmed.get(..7).map(str::to_ascii_lowercase);
-        if lower
-            .as_deref()
-            .is_some_and(|s| s == "nats://" || s.starts_with("tls://"))
-        {
+        if is_nats(trimmed) {
             return Self::parse_nats(raw, trimmed);
         }
         // `h2c` is no special scheme to the WHATWG parser (its host would keep its case
@@ -142,16 +138,7 @@ impl TargetUrl {
         if written_authority.is_none_or(|rest| rest.starts_with(['/', '\\'])) {
             return Err(UrlError::NoHost(owned()));
         }
-        let host = match url.host_str() {
-            Some(h) if !h.is_empty() => h,
-            _ => return Err(UrlError::NoHost(owned())),
-        };
-        if url.query().is_some() {
-            return Err(UrlError::HasQuery(owned()));
-        }
-        if url.fragment().is_some() {
-            return Err(UrlError::HasFragment(owned()));
-        }
+        let host = checked_host(&url, raw)?;
         if !url.username().is_empty() || url.password().is_some() {
             return Err(UrlError::HasUserInfo(owned()));
         }
@@ -235,16 +222,7 @@ impl TargetUrl {
         let owned = || raw.to_owned();
         let url = url::Url::parse(trimmed).map_err(|_| UrlError::NotAbsolute(owned()))?;
         let scheme = url.scheme().to_owned();
-        let host = match url.host_str() {
-            Some(h) if !h.is_empty() => h,
-            _ => return Err(UrlError::NoHost(owned())),
-        };
-        if url.query().is_some() {
-            return Err(UrlError::HasQuery(owned()));
-        }
-        if url.fragment().is_some() {
-            return Err(UrlError::HasFragment(owned()));
-        }
+        let host = checked_host(&url, raw)?;
         let host = host.to_ascii_lowercase();
         let subject = percent_decode(url.path().trim_start_matches('/'));
         let subject = subject.as_str();
@@ -358,6 +336,29 @@ impl TargetUrl {
         };
         Uri::from(pq)
     }
+}
+
+/// The URL's host; an error when it has none, or has a query or a fragment.
+fn checked_host<'u>(url: &'u url::Url, raw: &str) -> Result<&'u str, UrlError> {
+    if url.query().is_some() {
+        return Err(UrlError::HasQuery(raw.to_owned()));
+    }
+    if url.fragment().is_some() {
+        return Err(UrlError::HasFragment(raw.to_owned()));
+    }
+    match url.host_str() {
+        Some(h) if !h.is_empty() => Ok(h),
+        _ => Err(UrlError::NoHost(raw.to_owned())),
+    }
+}
+
+/// Whether `url` starts with `nats://` or `tls://`, in any case.
+pub fn is_nats(url: &str) -> bool {
+    let starts = |scheme: &str| {
+        url.get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    };
+    starts("nats://") || starts("tls://")
 }
 
 /// `%XX` escapes decoded (as the URL parser wrote them); invalid UTF-8 replaced.

@@ -107,8 +107,7 @@ impl Source {
         let Some(first) = options.sources.first() else {
             return Ok(None);
         };
-        let lower = first.trim().to_ascii_lowercase();
-        if !(lower.starts_with("nats://") || lower.starts_with("tls://")) {
+        if !crate::target_url::is_nats(first.trim()) {
             return Ok(None);
         }
         let url = match TargetUrl::parse(first) {

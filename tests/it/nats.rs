@@ -148,6 +148,34 @@ async fn publish_records(js: &async_nats::jetstream::Context, subject: &str, n: 
     }
 }
 
+/// Waits until the mirror listed as `listed` has `n` copies acknowledged.
+async fn acknowledged(proxy: &TestProxy, listed: &str, n: u64) {
+    eventually(&format!("{n} copies acknowledged"), || async {
+        proxy
+            .mirror_json(listed)
+            .await
+            .is_some_and(|m| m["succeeded"] == n)
+    })
+    .await;
+}
+
+/// A server whose stream holds `n` records on `subject`, and a target answering each
+/// after `delay_ms`; `None` when nats-server is missing.
+async fn with_records(
+    test: &str,
+    subject: &str,
+    n: usize,
+    delay_ms: u64,
+) -> Option<(NatsServer, MockBackend)> {
+    let nats = NatsServer::start(test, &[]).await?;
+    let js = nats
+        .create_stream(&subject.replace('.', "_"), subject)
+        .await;
+    publish_records(&js, subject, n).await;
+    let answer = Reply::After(Duration::from_millis(delay_ms), Box::new(Reply::ok("")));
+    Some((nats, MockBackend::start(answer).await))
+}
+
 /// `trafficmirror replay …` running in the background.
 struct Replayer {
     child: tokio::process::Child,
@@ -155,7 +183,14 @@ struct Replayer {
 }
 
 impl Replayer {
-    fn start(args: &[&str]) -> Replayer {
+    /// `replay SOURCE --durable DURABLE --to TO --speed 0 EXTRA…`.
+    fn start(source: &str, durable: &str, to: &str, extra: &[&str]) -> Replayer {
+        let mut args = vec![source, "--durable", durable, "--to", to, "--speed", "0"];
+        args.extend_from_slice(extra);
+        Self::start_args(&args)
+    }
+
+    fn start_args(args: &[&str]) -> Replayer {
         let sandbox = Sandbox::new();
         let child = tokio::process::Command::from(sandbox.command())
             .arg("replay")
@@ -253,29 +288,14 @@ async fn copies_published_by_the_proxy_are_replayed_with_their_fields() {
     .await;
     assert_eq!(b.status, StatusCode::OK);
     let listed = nats.url("tm.copies");
-    eventually("both copies acknowledged", || async {
-        proxy
-            .mirror_json(&listed)
-            .await
-            .is_some_and(|m| m["succeeded"] == 2)
-    })
-    .await;
+    acknowledged(&proxy, &listed, 2).await;
     let status = proxy.mirror_json(&listed).await.unwrap();
     assert_eq!(status["protocol"], "nats");
     assert_eq!(nats.messages_in("TM").await, 2);
 
     let target = MockBackend::start(Reply::ok("replayed")).await;
-    let replay = Replayer::start(&[
-        &nats.url("tm.copies"),
-        "--durable",
-        "r1",
-        "--to",
-        &target.url(),
-        "--speed",
-        "0",
-        "--exit-when-idle",
-        "300ms",
-    ]);
+    let idle = ["--exit-when-idle", "300ms"];
+    let replay = Replayer::start(&nats.url("tm.copies"), "r1", &target.url(), &idle);
     let (code, out, err) = replay.finish(WAIT).await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("replay: sent 2, answered 2 (2xx 2"), "{out}");
@@ -306,13 +326,7 @@ async fn a_copy_published_again_with_its_message_id_is_stored_once() {
     let proxy = TestProxy::start(&["--main", &main.url(), "--mirror", &mirror]).await;
     get(&proxy.url("/once")).await;
     let listed = nats.url("tm.dedup");
-    eventually("the copy acknowledged", || async {
-        proxy
-            .mirror_json(&listed)
-            .await
-            .is_some_and(|m| m["succeeded"] == 1)
-    })
-    .await;
+    acknowledged(&proxy, &listed, 1).await;
     let js = nats.jetstream().await;
     let stream = js.get_stream("DEDUP").await.unwrap();
     let stored = stream.get_raw_message(1).await.unwrap();
@@ -342,32 +356,15 @@ async fn a_copy_published_again_with_its_message_id_is_stored_once() {
 
 #[tokio::test]
 async fn two_replayers_on_one_durable_share_the_stream_and_lose_nothing() {
-    let Some(nats) = NatsServer::start("two_replayers_share_the_stream", &[]).await else {
+    let Some((nats, target)) =
+        with_records("two_replayers_share_the_stream", "tm.share", 1000, 2).await
+    else {
         return;
     };
-    let js = nats.create_stream("SHARE", "tm.share").await;
-    publish_records(&js, "tm.share", 1000).await;
-    let target = MockBackend::start(Reply::After(
-        Duration::from_millis(2),
-        Box::new(Reply::ok("")),
-    ))
-    .await;
-    let args = [
-        nats.url("tm.share"),
-        "--durable".into(),
-        "both".into(),
-        "--to".into(),
-        target.url(),
-        "--speed".into(),
-        "0".into(),
-        "--concurrency".into(),
-        "8".into(),
-        "--exit-when-idle".into(),
-        "1s".into(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let one = Replayer::start(&args);
-    let two = Replayer::start(&args);
+    let (source, to) = (nats.url("tm.share"), target.url());
+    let extra = ["--concurrency", "8", "--exit-when-idle", "1s"];
+    let one = Replayer::start(&source, "both", &to, &extra);
+    let two = Replayer::start(&source, "both", &to, &extra);
     let (code1, out1, err1) = one.finish(Duration::from_secs(60)).await;
     let (code2, out2, err2) = two.finish(Duration::from_secs(60)).await;
     assert_eq!(code1, Some(0), "{out1}{err1}");
@@ -390,35 +387,23 @@ async fn two_replayers_on_one_durable_share_the_stream_and_lose_nothing() {
 
 #[tokio::test]
 async fn a_killed_replayer_loses_nothing_its_successor_gets_the_unacknowledged() {
-    let Some(nats) = NatsServer::start("a_killed_replayer_loses_nothing", &[]).await else {
+    let Some((nats, target)) =
+        with_records("a_killed_replayer_loses_nothing", "tm.kill", 200, 10).await
+    else {
         return;
     };
-    let js = nats.create_stream("KILL", "tm.kill").await;
-    publish_records(&js, "tm.kill", 200).await;
-    let target = MockBackend::start(Reply::After(
-        Duration::from_millis(10),
-        Box::new(Reply::ok("")),
-    ))
-    .await;
-    let args = |idle: &str| {
-        vec![
-            nats.url("tm.kill"),
-            "--durable".into(),
-            "d".into(),
-            "--to".into(),
-            target.url(),
-            "--speed".into(),
-            "0".into(),
-            "--concurrency".into(),
-            "4".into(),
-            "--ack-wait".into(),
-            "1s".into(),
-            "--exit-when-idle".into(),
-            idle.into(),
+    let (source, to) = (nats.url("tm.kill"), target.url());
+    let extra = |idle| {
+        [
+            "--concurrency",
+            "4",
+            "--ack-wait",
+            "1s",
+            "--exit-when-idle",
+            idle,
         ]
     };
-    let first_args = args("30s");
-    let first = Replayer::start(&first_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let first = Replayer::start(&source, "d", &to, &extra("30s"));
     eventually("the first replayer got going", || async {
         target.count() >= 50
     })
@@ -430,8 +415,7 @@ async fn a_killed_replayer_loses_nothing_its_successor_gets_the_unacknowledged()
         answered_before < 200,
         "killed mid-stream ({answered_before} answered)"
     );
-    let second_args = args("2s");
-    let second = Replayer::start(&second_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let second = Replayer::start(&source, "d", &to, &extra("2s"));
     let (code, out, err) = second.finish(Duration::from_secs(30)).await;
     assert_eq!(code, Some(0), "{out}{err}");
     let mut counts = HashMap::new();
@@ -469,13 +453,7 @@ async fn the_nats_server_going_away_fails_or_spills_copies_and_main_is_unaffecte
     .await;
     let listed = nats.url("tm.down");
     get(&proxy.url("/up")).await;
-    eventually("the first copy acknowledged", || async {
-        proxy
-            .mirror_json(&listed)
-            .await
-            .is_some_and(|m| m["succeeded"] == 1)
-    })
-    .await;
+    acknowledged(&proxy, &listed, 1).await;
     nats.stop().await;
     for i in 0..20 {
         let answer = get(&proxy.url(&format!("/down/{i}"))).await;
@@ -576,13 +554,7 @@ async fn a_copy_over_the_servers_max_payload_is_skipped() {
     let proxy = TestProxy::start(&["--main", &main.url(), "--mirror", &mirror]).await;
     let listed = nats.url("tm.big");
     get(&proxy.url("/small")).await;
-    eventually("the small copy acknowledged", || async {
-        proxy
-            .mirror_json(&listed)
-            .await
-            .is_some_and(|m| m["succeeded"] == 1)
-    })
-    .await;
+    acknowledged(&proxy, &listed, 1).await;
     let big = Bytes::from(vec![b'x'; 8192]);
     let answer = send(Method::POST, &proxy.url("/big"), &[], big).await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -608,17 +580,8 @@ async fn a_replayer_stops_within_a_second_of_sigterm_and_exits_when_idle() {
     let js = nats.create_stream("TERM", "tm.term").await;
     publish_records(&js, "tm.term", 20).await;
     let target = MockBackend::start(Reply::Hang).await;
-    let replay = Replayer::start(&[
-        &nats.url("tm.term"),
-        "--durable",
-        "t",
-        "--to",
-        &target.url(),
-        "--speed",
-        "0",
-        "--ack-wait",
-        "1s",
-    ]);
+    let source = nats.url("tm.term");
+    let replay = Replayer::start(&source, "t", &target.url(), &["--ack-wait", "1s"]);
     target.next().await;
     replay.signal("TERM");
     let started = std::time::Instant::now();
@@ -631,20 +594,30 @@ async fn a_replayer_stops_within_a_second_of_sigterm_and_exits_when_idle() {
     // Nothing was acknowledged: a replayer with the same durable gets all 20, and ends
     // once idle.
     let target = MockBackend::start(Reply::ok("")).await;
-    let idle = Replayer::start(&[
-        &nats.url("tm.term"),
-        "--durable",
-        "t",
-        "--to",
-        &target.url(),
-        "--speed",
-        "0",
-        "--exit-when-idle",
-        "2s",
-    ]);
+    let idle = Replayer::start(&source, "t", &target.url(), &["--exit-when-idle", "2s"]);
     let (code, out, err) = idle.finish(Duration::from_secs(40)).await;
     assert_eq!(code, Some(0), "{out}{err}");
     let mut counts = HashMap::new();
     drain(&target, &mut counts).await;
     assert_eq!(counts.len(), 20, "{out}");
+}
+
+#[tokio::test]
+async fn a_nats_replay_needs_a_durable_and_a_reachable_server() {
+    let closed = crate::support::closed_addr().await;
+    let source = format!("nats://{closed}/tm.x");
+    let to = "http://127.0.0.1:9";
+    let (code, _, err) = Replayer::start_args(&[&source, "--to", to])
+        .finish(WAIT)
+        .await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--durable"), "{err}");
+    let looped = Replayer::start(&source, "d", to, &["--loop"]);
+    let (code, _, err) = looped.finish(WAIT).await;
+    assert_eq!(code, Some(2), "{err}");
+    let secret = format!("nats://u:s3cret@{closed}/tm.x");
+    let (code, _, err) = Replayer::start(&secret, "d", to, &[]).finish(WAIT).await;
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
 }
