@@ -621,3 +621,29 @@ async fn a_nats_replay_needs_a_durable_and_a_reachable_server() {
     assert!(err.contains("cannot connect"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
 }
+
+#[tokio::test]
+async fn a_message_the_target_could_not_take_comes_back_once_it_is_up() {
+    let Some((nats, _)) =
+        with_records("a_message_comes_back_once_the_target_is_up", "tm.nak", 3, 0).await
+    else {
+        return;
+    };
+    // Nothing listens there yet: every send is refused and its message refused too.
+    let addr = crate::support::closed_addr().await;
+    let to = format!("http://{addr}");
+    let replay = Replayer::start(&nats.url("tm.nak"), "n", &to, &["--exit-when-idle", "3s"]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let target = MockBackend::start_on(listener, Reply::ok("")).await;
+    let (code, out, err) = replay.finish(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let mut counts = HashMap::new();
+    drain(&target, &mut counts).await;
+    assert_eq!(counts.len(), 3, "{out}");
+    assert!(out.contains("answered 3"), "{out}");
+    assert!(
+        !out.contains("failed 0,"),
+        "some sends were refused first: {out}"
+    );
+}
