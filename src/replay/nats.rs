@@ -49,7 +49,8 @@ pub async fn stop_signal() {
 
 /// A message's acknowledgement, settled once its request was sent.
 pub struct Ack {
-    acker: Acker,
+    /// Boxed: it holds a client and a JetStream context, and an `Item` carries it.
+    acker: Box<Acker>,
     /// Deliveries of this message so far, 1 for the first.
     delivered: i64,
 }
@@ -246,7 +247,10 @@ async fn hand_over(
 ) -> bool {
     let delivered = message.info().map_or(1, |info| info.delivered);
     let (message, acker) = message.split();
-    let ack = Ack { acker, delivered };
+    let ack = Ack {
+        acker: Box::new(acker),
+        delivered,
+    };
     let mut source = super::Source {
         name: format!("{subject} message"),
         reader: Reader::new(Box::new(Cursor::new(message.payload))),
