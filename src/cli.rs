@@ -237,9 +237,23 @@ pub enum Command {
 /// The flags of `trafficmirror replay` (docs/record-replay.md, "Replaying").
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct ReplayArgs {
-    /// Recording files or globs (`rec-*.gor.gz`); `.gz` files are read as gzip.
+    /// Recording files or globs (`rec-*.gor.gz`); `.gz` files are read as gzip. Or one
+    /// NATS JetStream subject, `nats://[USER:PASS@]HOST:PORT/SUBJECT` (or `tls://…`),
+    /// consumed with --durable (docs/fleet.md).
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<String>,
+    /// With a nats:// source: the durable consumer's name; replayers with the same name
+    /// share the stream's messages. A new one starts at the stream's first message.
+    #[arg(long, value_name = "NAME")]
+    pub durable: Option<String>,
+    /// With a nats:// source: end once no message came for this long (else run until
+    /// SIGTERM or Ctrl-C).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub exit_when_idle: Option<Duration>,
+    /// With a nats:// source: how long the server waits for a message's acknowledgement
+    /// before delivering it again, set when the durable is created.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub ack_wait: Duration,
     /// Where requests go: http://, https:// or h2c://, with an optional path prefix.
     #[arg(long, value_name = "URL")]
     pub to: String,

@@ -107,6 +107,7 @@ pub mod fuzz;
 mod headers;
 mod idle;
 mod mirror;
+mod nats;
 mod observe;
 mod proxy;
 mod ratelimit;

@@ -156,6 +156,9 @@ fn replay(cli: &Cli, args: &cli::ReplayArgs) -> ExitCode {
         grpc_descriptors: args.grpc_descriptors.clone(),
         endpoints: args.endpoints.clone(),
         output: args.output.clone(),
+        durable: args.durable.clone(),
+        exit_when_idle: args.exit_when_idle,
+        ack_wait: args.ack_wait,
     };
     ExitCode::from(runtime.block_on(trafficmirror::replay::run(options)))
 }

@@ -248,6 +248,8 @@ pub struct Mirror {
     pools: Box<[Pool<Full<Bytes>>]>,
     /// For a `file://` mirror: where copies are written instead of sent.
     sink: Option<crate::record::Sink>,
+    /// For a `nats://` mirror: where copies are published instead of sent.
+    nats: Option<crate::nats::Publisher>,
     /// The writer of the `spill=` file and its pattern, started at the first spill.
     spill: Mutex<Option<(String, Arc<crate::record::Sink>)>>,
     /// Dropped copies being spilled, at most [`SPILLS_IN_FLIGHT`]: a slow disk must not
@@ -281,7 +283,10 @@ impl Mirror {
     pub(crate) fn spawn(url: TargetUrl, shared: &Arc<Shared>) -> Arc<Self> {
         let settings = &shared.settings;
         let sink = url.file_path().map(crate::record::Sink::start);
-        let pools = if sink.is_some() {
+        let nats = url
+            .nats()
+            .map(|_| crate::nats::Publisher::new(&url, settings.tls.clone()));
+        let pools = if sink.is_some() || nats.is_some() {
             Box::default()
         } else {
             client::per_worker(
@@ -305,6 +310,7 @@ impl Mirror {
             grpc_skip_logged: AtomicBool::new(false),
             pools,
             sink,
+            nats,
             spill: Mutex::new(None),
             spill_permits: Arc::new(Semaphore::new(SPILLS_IN_FLIGHT)),
             shared: shared.clone(),
@@ -479,9 +485,10 @@ impl Mirror {
         let health = self.lock_health();
         Status {
             url: self.url.to_string(),
-            protocol: match self.sink {
-                Some(_) => Some("file"),
-                None => self.pools.iter().find_map(Pool::protocol),
+            protocol: match (&self.sink, &self.nats) {
+                (Some(_), _) => Some("file"),
+                (_, Some(_)) => Some("nats"),
+                _ => self.pools.iter().find_map(Pool::protocol),
             },
             source: plan.source,
             state: health.state(),
@@ -552,6 +559,12 @@ impl Mirror {
             if crate::record::is_full(&**err) {
                 // `max_total_size` reached: dropped, never a full disk; not a failure.
                 self.counters.leave_queue(&self.counters.dropped);
+                self.lock_health().abandon(job.ticket);
+                return None;
+            }
+            if crate::nats::is_too_large(&**err) {
+                // Over the NATS server's `max_payload`: skipped by rule, logged once.
+                self.counters.leave_queue(&self.counters.skipped);
                 self.lock_health().abandon(job.ticket);
                 return None;
             }
@@ -768,6 +781,8 @@ impl Mirror {
                 Ok(reply) => idempotent && reply.status.is_server_error(),
                 // Out of file descriptors is this process's limit: `deliver` drops it.
                 Err(err) if client::is_fd_exhaustion(&**err) => false,
+                // Tried again inside, with the same message id.
+                Err(err) if crate::nats::is_publish_error(&**err) => false,
                 Err(err) => {
                     idempotent
                         || err
@@ -793,6 +808,22 @@ impl Mirror {
             let arrived = request.arrived.unwrap_or_else(std::time::SystemTime::now);
             sink.record(request, plan, arrived, self.shared.settings.timeout)
                 .await?;
+            return Ok(Reply {
+                status: http::StatusCode::OK,
+                captured: None,
+            });
+        }
+        if let Some(nats) = &self.nats {
+            let arrived = request.arrived.unwrap_or_else(std::time::SystemTime::now);
+            let retried = || Counters::incr(&self.counters.retried);
+            nats.publish(
+                request,
+                plan,
+                arrived,
+                self.shared.settings.timeout,
+                retried,
+            )
+            .await?;
             return Ok(Reply {
                 status: http::StatusCode::OK,
                 captured: None,

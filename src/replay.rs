@@ -8,6 +8,7 @@
 //! sends it and tallies the answer. At the end one summary line goes to stdout.
 
 mod compare;
+mod nats;
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -68,6 +69,12 @@ pub struct Options {
     /// Record the replay's own requests and answers here (a recording mirror's path,
     /// pattern and `.gz` included), for the next run.
     pub output: Option<String>,
+    /// A `nats://` source's durable consumer (docs/fleet.md).
+    pub durable: Option<String>,
+    /// A `nats://` source ends once no message came for this long.
+    pub exit_when_idle: Option<Duration>,
+    /// A `nats://` source's acknowledgement wait, set when its durable is created.
+    pub ack_wait: Duration,
 }
 
 /// `--output` files: the recording mirror's defaults.
@@ -167,6 +174,8 @@ enum Item {
         request: Box<ParsedRequest>,
         /// The recorded answer, with `--compare`.
         recorded: Option<Box<ParsedResponse>>,
+        /// A NATS message's acknowledgement, once the target answered (docs/fleet.md).
+        ack: Option<nats::Ack>,
     },
     Skipped(String),
 }
@@ -335,6 +344,7 @@ fn read_all(files: Vec<PathBuf>, options: Options, tx: mpsc::Sender<Item>) {
                     timestamp_ns,
                     request: Box::new(request),
                     recorded: recorded.map(Box::new),
+                    ack: None,
                 };
                 if tx.blocking_send(item).is_err() {
                     return;
@@ -544,7 +554,11 @@ fn recorded_answer(recorded: ParsedResponse, limit: usize) -> Answer {
 
 /// Runs a replay; returns the exit status.
 pub async fn run(options: Options) -> u8 {
-    let (replay, rx) = match Replay::start(options) {
+    let source = match nats::Source::open(&options).await {
+        Ok(source) => source,
+        Err(status) => return status,
+    };
+    let (replay, rx) = match Replay::start(options, source) {
         Ok(started) => started,
         Err(status) => return status,
     };
@@ -699,15 +713,24 @@ impl Clock {
 impl Replay {
     /// Checks the options, opens what the replay needs and starts reading; on failure,
     /// the exit status.
-    fn start(options: Options) -> Result<(Self, mpsc::Receiver<Item>), u8> {
+    fn start(
+        options: Options,
+        source: Option<nats::Source>,
+    ) -> Result<(Self, mpsc::Receiver<Item>), u8> {
         let target = parse_target(&options)?;
-        let readable = readable_sources(&options.sources)?;
+        let readable = match source {
+            Some(_) => Vec::new(),
+            None => readable_sources(&options.sources)?,
+        };
         let tls = client_tls(&options)?;
         let comparison = comparison(&options)?;
         let output = output_writer(&options)?;
         let concurrency = options.concurrency.max(1);
         let pool = Arc::new(Pool::<Full<Bytes>>::new(&target, &tls, concurrency));
-        let rx = start_reader(readable, &options)?;
+        let rx = match source {
+            Some(source) => source.start(&options),
+            None => start_reader(readable, &options)?,
+        };
         let replay = Self {
             options,
             target,
@@ -726,15 +749,16 @@ impl Replay {
     async fn send_all(&self, mut rx: mpsc::Receiver<Item>) {
         let mut tasks = tokio::task::JoinSet::new();
         let mut clock = Clock::default();
-        let interrupted = tokio::signal::ctrl_c();
+        let interrupted = nats::stop_signal();
         tokio::pin!(interrupted);
+        let mut stopped = false;
         loop {
             let item = tokio::select! {
                 item = rx.recv() => item,
-                _ = &mut interrupted => break,
+                () = &mut interrupted => { stopped = true; break },
             };
             let Some(item) = item else { break };
-            let (round, timestamp_ns, request, recorded) = match item {
+            let (round, timestamp_ns, request, recorded, ack) = match item {
                 Item::Skipped(line) => {
                     lock(&self.summary).skipped.push(line);
                     continue;
@@ -744,28 +768,43 @@ impl Replay {
                     timestamp_ns,
                     request,
                     recorded,
-                } => (round, timestamp_ns, request, recorded),
+                    ack,
+                } => (round, timestamp_ns, request, recorded, ack),
             };
             let due = clock.due(round, timestamp_ns, &self.options);
             tokio::select! {
                 () = tokio::time::sleep_until(due) => {}
-                _ = &mut interrupted => break,
+                () = &mut interrupted => { stopped = true; break },
             }
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                break;
+            let permit = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => permit,
+                () = &mut interrupted => { stopped = true; break },
             };
+            let Ok(permit) = permit else { break };
             clock.last_sent = Some(Instant::now());
-            tasks.spawn(self.job(*request, recorded).run(permit));
+            tasks.spawn(self.job(*request, recorded, ack).run(permit));
             // Finished tasks are collected as we go, so the set stays small.
             while tasks.try_join_next().is_some() {}
         }
         drop(rx);
-        while tasks.join_next().await.is_some() {}
+        if stopped {
+            // Stopped by a signal: answers under way get a moment, then are abandoned
+            // (a NATS message left unacknowledged is delivered again later).
+            let drained = async { while tasks.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(nats::STOP_GRACE, drained).await;
+        } else {
+            while tasks.join_next().await.is_some() {}
+        }
     }
 
     /// Counts a request as sent and prepares its task: the request for the target, what
     /// to compare its answer with, and its own record for `--output`.
-    fn job(&self, request: ParsedRequest, recorded: Option<Box<ParsedResponse>>) -> Job {
+    fn job(
+        &self,
+        request: ParsedRequest,
+        recorded: Option<Box<ParsedResponse>>,
+        ack: Option<nats::Ack>,
+    ) -> Job {
         lock(&self.summary).sent += 1;
         let compare = match (&self.comparison, recorded) {
             (Some(comparison), Some(recorded)) => Some(Compare {
@@ -787,6 +826,7 @@ impl Replay {
             capture,
             compare,
             own,
+            ack,
             pool: self.pool.clone(),
             summary: self.summary.clone(),
             timeout: self.options.timeout,
@@ -905,6 +945,7 @@ struct Job {
     capture: Option<usize>,
     compare: Option<Compare>,
     own: Option<OwnRecord>,
+    ack: Option<nats::Ack>,
     pool: Arc<Pool<Full<Bytes>>>,
     summary: Arc<Mutex<Summary>>,
     timeout: Duration,
@@ -922,6 +963,9 @@ impl Job {
         )
         .await;
         let elapsed = started.elapsed();
+        if let Some(ack) = self.ack {
+            ack.settle(&result).await;
+        }
         if let Some(own) = self.own {
             own.write(&result, elapsed).await;
         }

@@ -34,7 +34,7 @@ use serde::ser::{SerializeMap, Serializer};
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Every option key, in the canonical order of the text form and the JSON listing.
-pub const KEYS: [&str; 20] = [
+pub const KEYS: [&str; 21] = [
     "percent",
     "sample_by",
     "rate",
@@ -55,6 +55,7 @@ pub const KEYS: [&str; 20] = [
     "max_file_size",
     "max_total_size",
     "spill",
+    "stream",
 ];
 
 /// The headers compared when `compare_header` is not given.
@@ -65,7 +66,7 @@ pub static DEFAULT_COMPARE_HEADERS: [HeaderName; 1] = [header::CONTENT_TYPE];
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
     #[error(
-        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, endpoint, role, ordered, retry, persistent, record_answers, max_file_size, max_total_size, spill)"
+        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, endpoint, role, ordered, retry, persistent, record_answers, max_file_size, max_total_size, spill, stream)"
     )]
     Unknown(String),
     #[error("invalid {key} value {value:?}: {reason}")]
@@ -164,6 +165,9 @@ pub struct MirrorOptions {
     /// `spill=file:///PATH`: copies that fail, or are dropped because the mirror is
     /// failing or its queue is full, are recorded there (docs/record-replay.md).
     pub spill: Option<String>,
+    /// `stream=NAME`: a `nats://` mirror's JetStream stream, created when missing
+    /// (docs/fleet.md).
+    pub stream: Option<String>,
 }
 
 impl Default for MirrorOptions {
@@ -189,6 +193,7 @@ impl Default for MirrorOptions {
             max_file_size: None,
             max_total_size: None,
             spill: None,
+            stream: None,
         }
     }
 }
@@ -284,6 +289,25 @@ fn parse_percent(key: &'static str, value: &str) -> Result<f64, OptionsError> {
         return Err(invalid(key, value, "must be above 0 and at most 100"));
     }
     Ok(p)
+}
+
+/// `stream`: a JetStream stream name (the server refuses spaces, `.`, `*`, `>`, path
+/// separators and control characters in one).
+fn parse_stream(key: &'static str, value: &str) -> Result<String, OptionsError> {
+    let valid = !value.is_empty()
+        && value.len() <= 255
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c));
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(invalid(
+            key,
+            value,
+            "a stream name (no spaces, '.', '*', '>', '/' or '\\')",
+        ))
+    }
 }
 
 /// `spill`: a `file:///ABSOLUTE/PATH` pattern, as a recording mirror's URL; the path kept.
@@ -517,6 +541,7 @@ impl MirrorOptions {
             "max_file_size" => self.max_file_size = Some(parse_file_size(key, value)?),
             "max_total_size" => self.max_total_size = Some(parse_file_size(key, value)?),
             "spill" => self.spill = Some(parse_spill(key, value)?),
+            "stream" => self.stream = Some(parse_stream(key, value)?),
             _ => return Err(OptionsError::Unknown(key.to_owned())),
         }
         Ok(())
@@ -706,6 +731,9 @@ impl fmt::Display for MirrorOptions {
         if let Some(path) = &self.spill {
             token(f, "spill", format!("file://{path}").as_bytes())?;
         }
+        if let Some(stream) = &self.stream {
+            token(f, "stream", stream.as_bytes())?;
+        }
         Ok(())
     }
 }
@@ -763,6 +791,7 @@ impl serde::Serialize for MirrorOptions {
             "spill",
             &self.spill.as_ref().map(|path| format!("file://{path}")),
         )?;
+        map.serialize_entry("stream", &self.stream)?;
         map.end()
     }
 }
@@ -822,6 +851,20 @@ pub(crate) mod tests {
 
     fn parse(pairs: &[(&str, &str)]) -> Result<MirrorOptions, OptionsError> {
         MirrorOptions::parse_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn a_nats_mirror_line_takes_a_stream_name() {
+        let line = MirrorLine::parse("nats://h:4222/tm.copies stream=TM retry=2").unwrap();
+        assert_eq!(line.options.stream.as_deref(), Some("TM"));
+        assert_eq!(
+            line.to_string(),
+            "nats://h:4222/tm.copies retry=2 stream=TM"
+        );
+        for bad in ["", "a.b", "a b", "a*", "a>", "a/b"] {
+            let err = parse(&[("stream", bad)]).unwrap_err();
+            assert!(err.to_string().contains("stream"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -1154,7 +1197,7 @@ pub(crate) mod tests {
                 "compare_header": ["content-type"], "ignore": [], "endpoint": [],
                 "role": "candidate", "ordered": false,
                 "retry": 0, "persistent": false, "record_answers": false, "max_file_size": null,
-                "max_total_size": null, "spill": null
+                "max_total_size": null, "spill": null, "stream": null
             })
         );
         let keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
@@ -1328,6 +1371,7 @@ pub(crate) mod tests {
                 max_file_size,
                 max_total_size,
                 spill,
+                stream: None,
             },
         )
     }

@@ -17,6 +17,7 @@ mod health;
 mod limits;
 mod metrics;
 mod mirror;
+mod nats;
 mod options;
 mod page;
 mod protocol;
