@@ -94,6 +94,40 @@ fn is_id(segment: &str) -> bool {
     number || hex || uuid
 }
 
+/// Whether the `ignore` rules cover `field` (a field as counted: a JSON pointer with
+/// indices written `*`, `header:NAME`, `status` or `body`): a header rule names its
+/// header; a pointer rule covers the field at its location and everything under it, a
+/// `*` segment of the rule matching any one segment.
+pub fn ignored(ignore: &[String], field: &str) -> bool {
+    if let Some(name) = field.strip_prefix("header:") {
+        return ignore.iter().any(|rule| rule.eq_ignore_ascii_case(name));
+    }
+    if !field.starts_with('/') {
+        return false;
+    }
+    ignore
+        .iter()
+        .filter(|rule| rule.starts_with('/'))
+        .any(|rule| {
+            let mut segments = field.split('/');
+            rule.split('/')
+                .all(|r| segments.next().is_some_and(|s| r == "*" || r == s))
+        })
+}
+
+/// Leaves out of `list`'s regressions and noise the fields the mirror's `ignore` rules
+/// now cover: they are no longer compared, so they are no longer weighed, even though
+/// the counts from before the rule stay (in `fields`, and on the baseline).
+pub fn drop_ignored(list: &mut [EndpointSnapshot], ignore: &[String]) {
+    if ignore.is_empty() {
+        return;
+    }
+    for e in list {
+        e.regressions.retain(|c| !ignored(ignore, &c.field));
+        e.noise.retain(|c| !ignored(ignore, &c.field));
+    }
+}
+
 /// A field's relative gap above which a candidate's difference rate is a regression.
 pub const MIN_RELATIVE_GAP: f64 = 0.20;
 /// A field's absolute gap in difference rate above which it can be a regression.
@@ -437,6 +471,46 @@ mod tests {
             "/user/{id}/orders"
         );
         assert_eq!(template_for(&[], "/users/1/orders"), "/users/{id}/orders");
+    }
+
+    #[test]
+    fn ignore_rules_cover_headers_pointers_and_what_is_under_them() {
+        let rules: Vec<String> = ["x-request-id", "/meta", "/items/*/id"]
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        for field in [
+            "header:x-request-id",
+            "header:X-Request-Id",
+            "/meta",
+            "/meta/generated_at",
+            "/items/*/id",
+            "/items/*/id/x",
+        ] {
+            assert!(ignored(&rules, field), "{field}");
+        }
+        for field in [
+            "header:etag",
+            "/metadata",
+            "/items/*/price",
+            "/items",
+            "status",
+            "body",
+            "other",
+        ] {
+            assert!(!ignored(&rules, field), "{field}");
+        }
+        let d = Duration::from_millis(1);
+        let (baseline, candidate) = (Endpoints::default(), Endpoints::default());
+        for _ in 0..10 {
+            baseline.record("GET", "/a", &differs(&["/meta/ts"]), d, d);
+            candidate.record("GET", "/a", &differs(&["/meta/ts", "/price"]), d, d);
+        }
+        let mut list = candidate.snapshot(Some(&baseline.counts()));
+        assert_eq!(list[0].noise.len(), 1);
+        drop_ignored(&mut list, &rules);
+        assert!(list[0].noise.is_empty());
+        assert_eq!(list[0].regressions[0].field, "/price");
     }
 
     #[test]
