@@ -174,10 +174,26 @@ async fn mirrors_with_the_same_percent_get_the_same_requests() {
 /// A backend answering `{"ts":N,"price":P}`: N a counter of its own starting at
 /// `clock` (so it differs between any two backends), P from `price(path)`.
 fn stamped(backend: &MockBackend, clock: u64, price: fn(&str) -> u32) {
+    stamped_with(backend, clock, price, "");
+}
+
+/// [`stamped`], with N also under the key `extra` when it is not empty (written into
+/// the JSON as it is: a key may carry markup).
+pub(crate) fn stamped_with(
+    backend: &MockBackend,
+    clock: u64,
+    price: fn(&str) -> u32,
+    extra: &'static str,
+) {
     let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(clock));
     backend.set_behavior(move |r| {
         let ts = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let body = format!(r#"{{"ts":{ts},"price":{}}}"#, price(r.uri.path()));
+        let price = price(r.uri.path());
+        let body = if extra.is_empty() {
+            format!(r#"{{"ts":{ts},"price":{price}}}"#)
+        } else {
+            format!(r#"{{"ts":{ts},"price":{price},"{extra}":{ts}}}"#)
+        };
         Reply::With(
             StatusCode::OK,
             vec![("content-type", "application/json")],
@@ -187,7 +203,7 @@ fn stamped(backend: &MockBackend, clock: u64, price: fn(&str) -> u32) {
 }
 
 /// Even order numbers cost more on the candidate.
-fn candidate_price(path: &str) -> u32 {
+pub(crate) fn candidate_price(path: &str) -> u32 {
     let n: u32 = path
         .rsplit('/')
         .next()
