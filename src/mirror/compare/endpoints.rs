@@ -385,6 +385,28 @@ impl Endpoints {
         self.lock().len()
     }
 
+    /// The bytes the table holds on the heap, counted from what it keeps: its slots,
+    /// every string's capacity, every field map's slots and every histogram's counts.
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let table = self.lock();
+        let slot = size_of::<((String, String), Endpoint)>() + 1;
+        let field_slot = size_of::<(String, u64)>() + 1;
+        table.capacity() * slot
+            + table
+                .iter()
+                .map(|((method, template), e)| {
+                    method.capacity()
+                        + template.capacity()
+                        + e.fields.capacity() * field_slot
+                        + e.fields.keys().map(String::capacity).sum::<usize>()
+                        + (e.main_latency.distinct_values() + e.mirror_latency.distinct_values())
+                            * size_of::<u32>()
+                })
+                .sum::<usize>()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Endpoint>> {
         // Every change under the lock is a counter or histogram update that leaves the
         // table usable, so a poisoned lock is still used.
@@ -616,14 +638,56 @@ mod tests {
     }
 
     #[test]
+    fn a_hundred_thousand_paths_with_ids_fold_into_their_templates() {
+        let e = Endpoints::default();
+        let d = Duration::from_millis(1);
+        for i in 0..100_000u64 {
+            let path = match i % 3 {
+                0 => format!("/users/{i}/orders?page={i}"),
+                1 => format!("/o/{:08x}-0000-4000-8000-{:012x}", i, i * 31),
+                _ => format!("/blob/{:020x}", i * 7919),
+            };
+            e.record("GET", &template(&path), &differs(&["/ts", "/req"]), d, d);
+        }
+        let list = e.snapshot(None);
+        let templates: Vec<&str> = list.iter().map(|s| s.template.as_str()).collect();
+        assert_eq!(templates, ["/users/{id}/orders", "/blob/{id}", "/o/{id}"]);
+        assert_eq!(list.iter().map(|s| s.compared).sum::<u64>(), 100_000);
+        // Three endpoints: a few KiB each, whatever the number of paths.
+        eprintln!("3 templates: {} bytes", e.heap_bytes());
+        assert!(e.heap_bytes() < 3 * 16 * 1024, "{} bytes", e.heap_bytes());
+    }
+
+    #[test]
     fn a_hundred_thousand_paths_keep_at_most_500_endpoints() {
         let e = Endpoints::default();
         let d = Duration::from_millis(1);
+        let mut after_1000 = 0;
         for i in 0..100_000 {
             let path = format!("/page-{i}");
-            e.record("GET", &template(&path), &differs(&["/x"]), d, d);
+            // Latencies spread over 1-100 ms, as on a real endpoint.
+            let latency = Duration::from_micros(1000 + (i * 7919) % 99_000);
+            e.record(
+                "GET",
+                &template(&path),
+                &differs(&["/ts", "/req"]),
+                d,
+                latency,
+            );
+            if i == 999 {
+                after_1000 = e.heap_bytes();
+            }
         }
         assert_eq!(e.len(), MAX_ENDPOINTS + 1);
+        // The table stops growing at the bound: 100 000 paths hold what 1 000 did (the
+        // `other` endpoint's histogram may widen a little), under 10 MiB in all.
+        let bytes = e.heap_bytes();
+        assert!(
+            bytes <= after_1000 + 64 * 1024,
+            "{bytes} bytes after 100 000 paths, {after_1000} after 1 000"
+        );
+        eprintln!("{after_1000} bytes after 1 000 paths, {bytes} after 100 000");
+        assert!(bytes < 10 << 20, "{bytes} bytes");
         let list = e.snapshot(None);
         let other = list
             .iter()
