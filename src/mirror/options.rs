@@ -720,21 +720,28 @@ impl fmt::Display for MirrorOptions {
         if let Some(path) = &self.spill {
             token(f, "spill", format!("file://{path}").as_bytes())?;
         }
-        let t = &self.thresholds;
-        if let Some(n) = t.min_compared {
-            token(f, "min_compared", n.to_string().as_bytes())?;
-        }
-        for (key, value) in [
-            ("max_mismatch_rate", t.max_mismatch_rate),
-            ("max_error_rate", t.max_error_rate),
-            ("max_p99_ratio", t.max_p99_ratio),
-        ] {
-            if let Some(v) = value {
-                token(f, key, v.to_string().as_bytes())?;
-            }
+        for (key, value) in threshold_tokens(&self.thresholds) {
+            token(f, key, value.as_bytes())?;
         }
         Ok(())
     }
+}
+
+/// The thresholds given, as `key` and text value, in the order of [`KEYS`].
+fn threshold_tokens(t: &ThresholdOptions) -> Vec<(&'static str, String)> {
+    let rates = [
+        ("max_mismatch_rate", t.max_mismatch_rate),
+        ("max_error_rate", t.max_error_rate),
+        ("max_p99_ratio", t.max_p99_ratio),
+    ];
+    let min = t.min_compared.map(|n| ("min_compared", n.to_string()));
+    min.into_iter()
+        .chain(
+            rates
+                .into_iter()
+                .filter_map(|(key, v)| v.map(|v| (key, v.to_string()))),
+        )
+        .collect()
 }
 
 fn names(list: &[HeaderName]) -> Vec<&str> {
