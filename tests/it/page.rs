@@ -287,16 +287,22 @@ fn screenshot_path() -> PathBuf {
         .join("status-page.png")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_page_in_a_real_browser() {
-    let Some(driver) = Chromedriver::start("status_page_in_a_real_browser").await else {
+/// Runs `scenario` in a new headless Chromium within [`SCENARIO_LIMIT`]; says in one
+/// line that `test` did not run when Chromium or chromedriver is missing.
+async fn in_browser(test: &str, scenario: impl AsyncFnOnce(&Client)) {
+    let Some(driver) = Chromedriver::start(test).await else {
         return;
     };
     let page = driver.browser().await;
-    let scenario = tokio::time::timeout(SCENARIO_LIMIT, scenario(&page)).await;
+    let outcome = tokio::time::timeout(SCENARIO_LIMIT, scenario(&page)).await;
     let _ = page.close().await;
     drop(driver);
-    scenario.expect("the browser scenario finishes in time");
+    outcome.unwrap_or_else(|_| panic!("{test}: the browser scenario finishes in time"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_in_a_real_browser() {
+    in_browser("status_page_in_a_real_browser", scenario).await;
 }
 
 async fn scenario(page: &Client) {
@@ -530,14 +536,7 @@ async fn proxy_json(proxy: &TestProxy) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_page_in_a_real_browser() {
-    let Some(driver) = Chromedriver::start("report_page_in_a_real_browser").await else {
-        return;
-    };
-    let page = driver.browser().await;
-    let scenario = tokio::time::timeout(SCENARIO_LIMIT, report_scenario(&page)).await;
-    let _ = page.close().await;
-    drop(driver);
-    scenario.expect("the report scenario finishes in time");
+    in_browser("report_page_in_a_real_browser", report_scenario).await;
 }
 
 /// An answer carrying markup that would run if the report wrote it as HTML (inline
@@ -604,27 +603,25 @@ async fn report_scenario(page: &Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_analysis_on_the_page_in_a_real_browser() {
-    let Some(driver) = Chromedriver::start("shadow_analysis_on_the_page_in_a_real_browser").await
-    else {
-        return;
-    };
-    let page = driver.browser().await;
-    let scenario = tokio::time::timeout(SCENARIO_LIMIT, analysis_scenario(&page)).await;
-    let _ = page.close().await;
-    drop(driver);
-    scenario.expect("the analysis scenario finishes in time");
+    in_browser(
+        "shadow_analysis_on_the_page_in_a_real_browser",
+        analysis_scenario,
+    )
+    .await;
 }
 
 /// A JSON key that would run if the page wrote it as markup.
 const MARKUP_KEY: &str = "<img src=x onerror=window.pwned=1>";
 /// An endpoint pattern (so a template) that would run if written as markup.
-const MARKUP_ENDPOINT: &str = "/p/:<svg onload=window.pwned=2>";
+const MARKUP_ENDPOINT: &str = "/p/:<img src=x onerror=window.pwned=2>";
 
 /// What the page shows for one comparing mirror: its endpoints (`METHOD TEMPLATE`),
 /// regressions and noise (their fields), verdict, and whether any markup ran.
 #[derive(Debug, serde::Deserialize)]
 struct Shown {
     endpoints: Vec<String>,
+    /// The template cells' text.
+    templates: Vec<String>,
     regressions: Vec<String>,
     noise: Vec<String>,
     ignorable: Vec<String>,
@@ -640,10 +637,12 @@ async fn shown(page: &Client, url: &str) -> Option<Shown> {
              document.querySelectorAll('.an-mirror').forEach(function (b) { \
                if (b.getAttribute('data-url') === u) box = b; }); \
              var all = function (sel, attr) { return Array.prototype.map.call( \
-               box.querySelectorAll(sel), function (e) { return e.getAttribute(attr); }); }; \
+               box.querySelectorAll(sel), function (e) { \
+                 return attr ? e.getAttribute(attr) : e.textContent; }); }; \
              if (!box) return null; \
              var report = box.querySelector('a[data-action=report]'); \
              return { endpoints: all('tr.endpoint', 'data-endpoint'), \
+                      templates: all('tr.endpoint td:nth-child(2)', null), \
                       regressions: all('li.regression', 'data-pointer'), \
                       noise: all('li.noise', 'data-pointer'), \
                       ignorable: all('li.noise button[data-action=ignore]', 'data-pointer'), \
@@ -723,6 +722,10 @@ async fn analysis_scenario(page: &Client) {
     assert_eq!(before.pwned, "undefined", "markup ran: {before:?}");
     assert!(
         before.endpoints.contains(&format!("GET {MARKUP_ENDPOINT}")),
+        "{before:?}"
+    );
+    assert!(
+        before.templates.contains(&MARKUP_ENDPOINT.to_owned()),
         "{before:?}"
     );
     assert!(before.noise.contains(&markup_field), "{before:?}");
