@@ -725,9 +725,8 @@ impl Mirror {
             compare::verdict::is_error(main),
             compare::verdict::is_error(mirror),
         );
-        self.endpoints.record(
-            request.method.as_str(),
-            &compare::endpoints::template_for(endpoints, path),
+        self.endpoints.record_key(
+            compare::endpoints::key_for(request.method.as_str(), endpoints, path),
             &verdict,
             main_latency,
             mirror_latency,

@@ -78,10 +78,9 @@ impl Comparison {
         let output = (self.descriptors.as_ref()).and_then(|d| d.output(path));
         // The recorded answer is main's, the replayed one the mirror's.
         let verdict = verdict::compare(&self.rules, output.as_ref(), &recorded, &replayed);
-        let template = endpoints::template_for(&self.patterns, path);
-        self.endpoints.record(
-            method.as_str(),
-            &template,
+        let key = endpoints::key_for(method.as_str(), &self.patterns, path);
+        self.endpoints.record_key(
+            key.clone(),
             &verdict,
             // Main's latency is not reported by a replay; the table wants one.
             Duration::ZERO,
@@ -90,7 +89,8 @@ impl Comparison {
         let Verdict::Mismatch(mismatch) = verdict else {
             return Some(false);
         };
-        let key = (method.as_str().to_owned(), template);
+        let (method, template) = endpoints::split_key(&key);
+        let key = (method.to_owned(), template.to_owned());
         lock(&self.first).entry(key).or_insert(mismatch.difference);
         Some(true)
     }

@@ -255,7 +255,8 @@ async fn hand_over(
         name: format!("{subject} message"),
         reader: Reader::new(Box::new(Cursor::new(message.payload))),
         head: None,
-        peeked: None,
+        ahead: std::collections::VecDeque::new(),
+        ahead_bytes: 0,
         answers: options.compare,
     };
     let mut skipped = Vec::new();
