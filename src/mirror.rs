@@ -374,6 +374,11 @@ impl Mirror {
         plan: &Arc<Plan>,
         order: Option<MirrorHalf>,
     ) {
+        if self.sink.as_ref().is_some_and(|sink| sink.refuses_now()) {
+            // A recording found full drops its copies here, before any work is spent.
+            Counters::incr(&self.counters.dropped);
+            return;
+        }
         // Permit first: a trial admitted by the health check must always be sent, or the
         // mirror would stay "retrying" for ever.
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {

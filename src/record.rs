@@ -8,7 +8,8 @@ pub mod format;
 pub mod path;
 pub mod writer;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::debug;
 
@@ -18,7 +19,10 @@ use crate::mirror::compare::capture::{self, MainAnswerRx};
 use crate::mirror::compare::verdict::CapturedBody;
 use crate::mirror::options::MirrorOptions;
 use crate::mirror::{MirrorRequest, Plan};
-use writer::{DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_TOTAL_SIZE, Limits, Outcome, Writer};
+use writer::{DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_TOTAL_SIZE, Limits, Outcome, RESCAN, Writer};
+
+/// [`RESCAN`] in milliseconds.
+const RESCAN_MS: u64 = RESCAN.as_millis() as u64;
 
 /// Why a copy was not recorded.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,12 @@ pub fn is_full(err: &(dyn std::error::Error + 'static)) -> bool {
 #[derive(Debug)]
 pub struct Sink {
     writer: Result<Writer, String>,
+    /// Since `max_total_size` was last found reached, copies are dropped as they are
+    /// offered, before any work is spent on them: milliseconds after `started` until
+    /// which that holds (0: not full). Then copies reach the writer again, which looks
+    /// at the disk once more (deleted files free room), at most once a second.
+    full_until_ms: AtomicU64,
+    started: Instant,
 }
 
 /// Nanoseconds since the Unix epoch.
@@ -54,7 +64,20 @@ impl Sink {
     pub fn start(pattern: &str) -> Self {
         Self {
             writer: Writer::start(pattern).map_err(|err| err.to_string()),
+            full_until_ms: AtomicU64::new(0),
+            started: Instant::now(),
         }
+    }
+
+    /// True while the recording was lately found full: the copy is dropped at once
+    /// (docs/record-replay.md, "Files"), costing main nothing.
+    pub fn refuses_now(&self) -> bool {
+        let until = self.full_until_ms.load(Ordering::Relaxed);
+        until != 0 && self.elapsed_ms() < until
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Records one copy, as its mirror's options rewrite it; returns once it is on disk.
@@ -78,9 +101,22 @@ impl Sink {
             max_file_size: options.max_file_size.unwrap_or(DEFAULT_MAX_FILE_SIZE),
             max_total_size: options.max_total_size.unwrap_or(DEFAULT_MAX_TOTAL_SIZE),
         };
-        match writer.write(records, limits).await {
-            Outcome::Written => Ok(()),
-            Outcome::Dropped => Err(RecordError::Full),
+        self.settle(writer.write(records, limits).await)
+    }
+
+    /// The writer's outcome as the copy's result; a drop for `max_total_size` makes the
+    /// sink refuse copies for a while (see `full_until_ms`).
+    fn settle(&self, outcome: Outcome) -> Result<(), RecordError> {
+        match outcome {
+            Outcome::Written => {
+                self.full_until_ms.store(0, Ordering::Relaxed);
+                Ok(())
+            }
+            Outcome::Dropped => {
+                let until = self.elapsed_ms().saturating_add(RESCAN_MS).max(1);
+                self.full_until_ms.store(until, Ordering::Relaxed);
+                Err(RecordError::Full)
+            }
             Outcome::Failed(err) => Err(RecordError::Io(err)),
         }
     }
@@ -185,5 +221,30 @@ async fn append_main_answer(
             }
         },
         None => debug!("main's answer did not complete: only the request is recorded"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_recording_refuses_copies_until_a_look_at_the_disk_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = Sink::start(&format!("{}/rec.gor", dir.path().display()));
+        assert!(!sink.refuses_now());
+        assert!(matches!(
+            sink.settle(Outcome::Dropped),
+            Err(RecordError::Full)
+        ));
+        assert!(sink.refuses_now());
+        // Once written again (room was freed), copies are taken at once.
+        assert!(sink.settle(Outcome::Written).is_ok());
+        assert!(!sink.refuses_now());
+        // The refusal lasts until the writer's next look at the disk is due.
+        let _ = sink.settle(Outcome::Dropped);
+        assert!(sink.refuses_now());
+        sink.started -= RESCAN;
+        assert!(!sink.refuses_now());
     }
 }

@@ -124,7 +124,7 @@ struct State {
 }
 
 /// How often a recording past `max_total_size` looks at its files again.
-const RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl State {
     fn new(pattern: Pattern) -> Self {
