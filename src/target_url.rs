@@ -77,6 +77,8 @@ pub struct TargetUrl {
     /// A NATS URL's user and password: never in `normalized`, which shows `***` for the
     /// password, so listings, logs and metrics never carry it.
     credentials: Option<Arc<(String, Option<String>)>>,
+    /// The same as given in the URL (still percent-encoded), for the state file only.
+    userinfo: Option<Arc<str>>,
 }
 
 // Equal when the normalised forms are: two URLs differing only in a password are the
@@ -168,6 +170,7 @@ impl TargetUrl {
             host_header,
             prefix,
             credentials: None,
+            userinfo: None,
         })
     }
 
@@ -213,6 +216,7 @@ impl TargetUrl {
             host_header: HeaderValue::from_static("localhost"),
             prefix: rest.to_owned(),
             credentials: None,
+            userinfo: None,
         })
     }
 
@@ -254,6 +258,10 @@ impl TargetUrl {
             Some(_) => "***@".to_owned(),
             None => String::new(),
         };
+        let given = credentials.as_ref().map(|_| {
+            let password = url.password().map(|p| format!(":{p}")).unwrap_or_default();
+            Arc::from(format!("{}{password}", url.username()))
+        });
         Ok(Self {
             normalized: format!("{scheme}://{userinfo}{authority}/{subject}"),
             transport: Transport::Nats,
@@ -262,6 +270,7 @@ impl TargetUrl {
             host_header,
             prefix: subject.to_owned(),
             credentials,
+            userinfo: given,
         })
     }
 
@@ -274,6 +283,18 @@ impl TargetUrl {
             subject: &self.prefix,
             credentials: self.credentials.as_deref(),
         })
+    }
+
+    /// The URL with a NATS URL's credentials as given, where [`Self::as_str`] shows
+    /// `***`: for the state file (kept `0600`, docs/operations.md), so that a mirror
+    /// added at run time still logs in after a restart. Never for a listing or a log.
+    pub fn with_credentials(&self) -> std::borrow::Cow<'_, str> {
+        let Some(userinfo) = &self.userinfo else {
+            return std::borrow::Cow::Borrowed(&self.normalized);
+        };
+        let (scheme, rest) = self.normalized.split_once("://").unwrap_or(("nats", ""));
+        let server = rest.split_once('@').map_or(rest, |(_, server)| server);
+        std::borrow::Cow::Owned(format!("{scheme}://{userinfo}@{server}"))
     }
 
     /// For a `file://` URL, the path pattern it writes to.
@@ -518,6 +539,20 @@ mod tests {
         assert_eq!(tls.nats().unwrap().credentials, None);
         let token = TargetUrl::parse("nats://t0ken@h/s").unwrap();
         assert_eq!(token.as_str(), "nats://***@h:4222/s");
+        assert_eq!(token.with_credentials(), "nats://t0ken@h:4222/s");
+        assert_eq!(
+            url.with_credentials(),
+            "nats://copier:s%40cret@nats.local:4333/tm.copies"
+        );
+        assert_eq!(tls.with_credentials(), tls.as_str());
+        assert_eq!(
+            TargetUrl::parse(&url.with_credentials())
+                .unwrap()
+                .nats()
+                .unwrap()
+                .credentials,
+            url.nats().unwrap().credentials,
+        );
         assert_eq!(
             token.nats().unwrap().credentials,
             Some(&("t0ken".to_owned(), None))

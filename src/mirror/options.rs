@@ -872,6 +872,19 @@ impl FromStr for MirrorLine {
     }
 }
 
+impl MirrorLine {
+    /// The line as the state file keeps it: as [`fmt::Display`] writes it, with a NATS
+    /// URL's credentials as given instead of `***`.
+    pub fn saved(&self) -> String {
+        let mut line = self.url.with_credentials().into_owned();
+        if !self.options.is_default() {
+            line.push(' ');
+            line.push_str(&self.options.to_string());
+        }
+        line
+    }
+}
+
 impl fmt::Display for MirrorLine {
     /// The normalised URL, then the non-default options if any.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

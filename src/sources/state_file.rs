@@ -68,7 +68,7 @@ pub fn load(path: &Path) -> Result<Vec<MirrorLine>, FileError> {
 fn render(lines: &[MirrorLine]) -> String {
     let mut text = String::from(HEADER);
     for line in lines {
-        text.push_str(&line.to_string());
+        text.push_str(&line.saved());
         text.push('\n');
     }
     text
@@ -79,7 +79,7 @@ fn render(lines: &[MirrorLine]) -> String {
 pub fn fits(lines: &[MirrorLine]) -> bool {
     let mut size = HEADER.len() as u64;
     for line in lines {
-        size += line.to_string().len() as u64 + 1;
+        size += line.saved().len() as u64 + 1;
         if size > MAX_FILE_BYTES {
             return false;
         }
@@ -532,6 +532,26 @@ mod tests {
         save(&path, &[]).unwrap();
         assert_eq!(load(&path).unwrap(), []);
         assert_eq!(dir_entries(dir.path()), ["state"]);
+    }
+
+    #[test]
+    fn a_nats_mirrors_password_is_saved_so_that_it_logs_in_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let lines = vec![line("nats://copier:s%40cret@n:4222/tm.copies stream=TM")];
+        assert_eq!(
+            lines[0].to_string(),
+            "nats://copier:***@n:4222/tm.copies stream=TM"
+        );
+        save(&path, &lines).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.ends_with("nats://copier:s%40cret@n:4222/tm.copies stream=TM\n"),
+            "{text}"
+        );
+        let loaded = load(&path).unwrap();
+        let nats = loaded[0].url.nats().unwrap();
+        assert_eq!(nats.credentials.unwrap().1.as_deref(), Some("s@cret"));
     }
 
     #[cfg(unix)]

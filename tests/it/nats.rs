@@ -647,3 +647,61 @@ async fn a_message_the_target_could_not_take_comes_back_once_it_is_up() {
         "some sends were refused first: {out}"
     );
 }
+
+/// A private CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
+/// (CA, certificate, key).
+fn tls_files(dir: &std::path::Path) -> [String; 3] {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("cert.pem", cert.pem()),
+        ("key.pem", key.serialize_pem()),
+    ];
+    files.map(|(name, pem)| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_owned()
+    })
+}
+
+#[tokio::test]
+async fn a_tls_mirror_publishes_over_tls_and_trusts_only_its_ca() {
+    let pki = Sandbox::new();
+    let [ca, cert, key] = tls_files(&pki.work());
+    let tls = ["--tls", "--tlscert", &cert, "--tlskey", &key];
+    let Some(nats) = NatsServer::start("a_tls_mirror_publishes_over_tls", &tls).await else {
+        return;
+    };
+    let listed = format!("tls://127.0.0.1:{}/tm.tls", nats.port);
+    let main = MockBackend::start(Reply::ok("main")).await;
+    let mirror = format!("{listed} stream=TLS");
+    // Trusting the server's CA: every copy is stored.
+    let proxy =
+        TestProxy::start(&["--main", &main.url(), "--mirror", &mirror, "--ca-cert", &ca]).await;
+    for _ in 0..3 {
+        let answer = get(&proxy.url("/t")).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    acknowledged(&proxy, &listed, 3).await;
+    proxy.stop().await;
+    // Without it, the server's certificate is refused: copies fail, main is untouched.
+    let proxy = TestProxy::start(&["--main", &main.url(), "--mirror", &mirror]).await;
+    let answer = get(&proxy.url("/t")).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    eventually("the copy failed", || async {
+        proxy
+            .mirror_json(&listed)
+            .await
+            .is_some_and(|m| m["failed"] == 1 && m["succeeded"] == 0)
+    })
+    .await;
+    proxy.stop().await;
+}
