@@ -3,9 +3,9 @@
 //! copy. A copy then costs a channel send and a node in the set, not a task: tokio's
 //! task cell is 128-byte aligned (`posix_memalign`, ~780 instructions under callgrind),
 //! is bound to the runtime's task list and scheduled once more. Measured with
-//! `bench/instructions` (callgrind, per request, 2 mirrors): GET 81.9k → 80.5k, POST
-//! 4 KiB 91.5k → 90.7k instructions, i.e. ~0.7k less per copy (bench/README.md,
-//! "Profile and what each change bought").
+//! `bench/instructions` (callgrind, per request, 2 mirrors, two runs each): GET 81.9k →
+//! 80.2–80.5k, POST 4 KiB 91.5–92.0k → 90.7k instructions, i.e. 0.7–0.8k less per copy
+//! (bench/README.md, "Profile and what each change bought").
 //!
 //! Copies do not wait on each other: each runs as its own future in the set, polled
 //! only when it is woken. A lane starts with the first copy its worker offers and ends
@@ -36,7 +36,9 @@ pub(crate) struct Lanes<T> {
 impl<T: Send + 'static> Lanes<T> {
     pub fn new(workers: usize) -> Self {
         Self {
-            slots: (0..workers.max(1)).map(|_| Mutex::new(Slot::Idle)).collect(),
+            slots: (0..workers.max(1))
+                .map(|_| Mutex::new(Slot::Idle))
+                .collect(),
         }
     }
 
