@@ -11,11 +11,14 @@
 //! only when it is woken. A lane starts with the first copy its worker offers and ends
 //! when the mirror is closed (or dropped) and its last copy is done; the lane task is in
 //! the mirrors' task tracker, so shutdown waits for it as it did for each copy's task.
+//! A copy that panicked (a bug) ends alone, as its own task did: the lane goes on.
 
 use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 use std::task::Poll;
 
+use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
@@ -91,13 +94,16 @@ where
     poll_fn(|cx| {
         while open {
             match rx.poll_recv(cx) {
-                Poll::Ready(Some(item)) => running.push(deliver(item)),
+                // Caught: the panic hook has reported it, and the other copies go on.
+                Poll::Ready(Some(item)) => {
+                    running.push(AssertUnwindSafe(deliver(item)).catch_unwind())
+                }
                 Poll::Ready(None) => open = false,
                 Poll::Pending => break,
             }
         }
         // Ready(None) once the set is empty; Pending with a wake-up when it yields.
-        while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
+        while let Poll::Ready(Some(_)) = running.poll_next_unpin(cx) {}
         if open || !running.is_empty() {
             Poll::Pending
         } else {
@@ -159,5 +165,42 @@ mod tests {
             .await
             .expect("the lane ends once closed and done");
         assert_eq!(done.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_item_that_panics_ends_alone() {
+        let lanes: Lanes<bool> = Lanes::new(1);
+        let tracker = tokio_util::task::TaskTracker::new();
+        let done = Arc::new(AtomicUsize::new(0));
+        for panics in [true, false] {
+            let done = done.clone();
+            let start = |rx| {
+                tracker.spawn(run(rx, move |panics: bool| {
+                    let done = done.clone();
+                    async move {
+                        tokio::task::yield_now().await;
+                        assert!(!panics, "a copy's bug");
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                }));
+            };
+            assert!(lanes.send(panics, start).is_ok());
+        }
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while done.load(Ordering::SeqCst) < 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the item beside a panicking one ran");
+        // Still the one lane, still taking items.
+        assert_eq!(tracker.len(), 1);
+        assert!(lanes.send(false, |_| unreachable!()).is_ok());
+        lanes.close();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .expect("the lane ends once closed and done");
+        assert_eq!(done.load(Ordering::SeqCst), 2);
     }
 }
