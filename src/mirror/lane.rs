@@ -120,6 +120,18 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    /// Waits (5 s at most, else fails saying `what`) until `done` reaches `count`.
+    async fn until(done: &AtomicUsize, count: usize, what: &str) {
+        let reached = async {
+            while done.load(Ordering::SeqCst) < count {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), reached)
+            .await
+            .unwrap_or_else(|_| panic!("{what}"));
+    }
+
     #[tokio::test]
     async fn a_lane_runs_its_items_at_once_and_ends_after_close_when_they_are_done() {
         let lanes: Lanes<(u64, Arc<AtomicUsize>)> = Lanes::new(1);
@@ -145,13 +157,7 @@ mod tests {
             assert!(lanes.send((wait, done.clone()), start).is_ok());
         }
         tracker.close();
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while done.load(Ordering::SeqCst) < 2 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("the items after a waiting one ran");
+        until(&done, 2, "the items after a waiting one ran").await;
         // One lane for all three items.
         assert_eq!(tracker.len(), 1);
         assert_eq!(started.load(Ordering::SeqCst), 3);
@@ -186,13 +192,7 @@ mod tests {
             };
             assert!(lanes.send(panics, start).is_ok());
         }
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while done.load(Ordering::SeqCst) < 1 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("the item beside a panicking one ran");
+        until(&done, 1, "the item beside a panicking one ran").await;
         // Still the one lane, still taking items.
         assert_eq!(tracker.len(), 1);
         assert!(lanes.send(false, |_| unreachable!()).is_ok());
