@@ -433,10 +433,7 @@ impl Admin {
     /// One comparing mirror's results per endpoint.
     fn endpoints<B>(&self, req: &Request<B>) -> Result<Response<BoxBody>, AdminError> {
         let member = self.member(req)?;
-        let baseline = self.baseline_for(&member);
-        let list = member
-            .mirror
-            .endpoints(baseline.as_ref().map(|b| &*b.mirror));
+        let list = self.weighed_endpoints(&member);
         let body = serde_json::to_vec(&list).expect("endpoints serialise");
         Ok(json_response(body))
     }
@@ -475,23 +472,36 @@ impl Admin {
         ),
         AdminError,
     > {
-        use crate::mirror::compare::decision::{Thresholds, decide};
+        use crate::mirror::compare::decision::{ThresholdOptions, decide};
         let query = req.uri().query().unwrap_or_default();
         let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-        let thresholds = Thresholds::from_pairs(pairs.iter().map(|(k, v)| (&**k, &**v)))
+        let asked = ThresholdOptions::from_pairs(pairs.iter().map(|(k, v)| (&**k, &**v)))
             .map_err(|e| AdminError::InvalidThreshold(e.to_string()))?;
         let member = self.member(req)?;
-        let baseline = self.baseline_for(&member);
-        let endpoints = member
-            .mirror
-            .endpoints(baseline.as_ref().map(|b| &*b.mirror));
+        // The query's thresholds win over the mirror's own, one by one.
+        let thresholds = asked.over(member.plan.options.thresholds).thresholds();
+        let endpoints = self.weighed_endpoints(&member);
         let totals = member.mirror.comparison();
         // A baseline's own differences are all noise: it counts no regressions.
-        let weighed = baseline.is_some() || member.plan.options.baseline;
+        let weighed = self.baseline_for(&member).is_some() || member.plan.options.baseline;
         let decision = decide(&thresholds, &totals, &endpoints, weighed);
         Ok((member, decision, endpoints))
+    }
+
+    /// `member`'s endpoints weighed against the baseline, if there is one, without the
+    /// fields its `ignore` rules now cover.
+    fn weighed_endpoints(
+        &self,
+        member: &crate::mirror::Member,
+    ) -> Vec<crate::mirror::compare::endpoints::EndpointSnapshot> {
+        let baseline = self.baseline_for(member);
+        let mut list = member
+            .mirror
+            .endpoints(baseline.as_ref().map(|b| &*b.mirror));
+        crate::mirror::compare::endpoints::drop_ignored(&mut list, &member.plan.options.ignore);
+        list
     }
 
     /// The comparing mirror with `role=baseline` that `member` is weighed against: none

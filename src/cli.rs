@@ -237,9 +237,23 @@ pub enum Command {
 /// The flags of `trafficmirror replay` (docs/record-replay.md, "Replaying").
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct ReplayArgs {
-    /// Recording files or globs (`rec-*.gor.gz`); `.gz` files are read as gzip.
+    /// Recording files or globs (`rec-*.gor.gz`); `.gz` files are read as gzip. Or one
+    /// NATS JetStream subject, `nats://[USER:PASS@]HOST:PORT/SUBJECT` (or `tls://…`),
+    /// consumed with --durable (docs/fleet.md).
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<String>,
+    /// With a nats:// source: the durable consumer's name; replayers with the same name
+    /// share the stream's messages. A new one starts at the stream's first message.
+    #[arg(long, value_name = "NAME")]
+    pub durable: Option<String>,
+    /// With a nats:// source: end once no message came for this long (else run until
+    /// SIGTERM or Ctrl-C).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub exit_when_idle: Option<Duration>,
+    /// With a nats:// source: how long the server waits for a message's acknowledgement
+    /// before delivering it again, set when the durable is created.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub ack_wait: Duration,
     /// Where requests go: http://, https:// or h2c://, with an optional path prefix.
     #[arg(long, value_name = "URL")]
     pub to: String,
@@ -271,7 +285,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub insecure_skip_verify: bool,
     /// Compare each answer with the recorded one (a recording with record_answers=true),
-    /// by the rules of compare=true mirrors; the first difference per endpoint on stderr.
+    /// by the rules of compare=true mirrors; the mismatches per endpoint after the summary.
     #[arg(long)]
     pub compare: bool,
     /// With --compare: a header name or JSON pointer (`/id`, `/items/*/ts`) not compared
@@ -282,6 +296,19 @@ pub struct ReplayArgs {
     /// (`0.5%` or `0.005`).
     #[arg(long, default_value = "0", value_parser = crate::replay::parse_rate_share, value_name = "RATE")]
     pub max_mismatch_rate: f64,
+    /// With --compare: a protobuf FileDescriptorSet; the gRPC answers of the services it
+    /// describes are compared message by message as JSON (as the proxy's flag).
+    #[arg(
+        long = "grpc-descriptors",
+        id = "replay_grpc_descriptors",
+        value_name = "FILE",
+        requires = "compare"
+    )]
+    pub grpc_descriptors: Option<PathBuf>,
+    /// With --compare: an endpoint pattern (`/users/:id/orders`, repeatable) that names
+    /// the paths it matches in the per-endpoint lines, as a mirror's `endpoint=`.
+    #[arg(long = "endpoint", value_name = "PATTERN", requires = "compare")]
+    pub endpoints: Vec<String>,
     /// Record this replay's requests and answers to FILE (an absolute or relative path;
     /// `.gz` for gzip), for the next run.
     #[arg(long, value_name = "FILE")]

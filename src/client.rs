@@ -264,8 +264,8 @@ fn connector(
         .https_or_http();
     match transport {
         Transport::Https => builder.enable_all_versions().wrap_connector(http),
-        // A file:// mirror never opens a pool (src/record.rs).
-        Transport::Http | Transport::H2c | Transport::File => {
+        // A file:// or NATS mirror never opens a pool (src/record.rs, src/nats.rs).
+        Transport::Http | Transport::H2c | Transport::File | Transport::Nats => {
             builder.enable_http1().wrap_connector(http)
         }
     }
@@ -342,6 +342,7 @@ impl<B> Pool<B> {
             Transport::Http => Some("http/1.1"),
             Transport::H2c => Some("h2c"),
             Transport::File => Some("file"),
+            Transport::Nats => Some("nats"),
             Transport::Https => match self.inner.negotiated.load(Ordering::Relaxed) {
                 NEGOTIATED_H1 => Some("http/1.1"),
                 NEGOTIATED_H2 => Some("h2"),
@@ -613,7 +614,7 @@ where
         // picked h2 before).
         let wake = || self.inner.wake_waiter();
         let expect_h2 = match self.inner.transport {
-            Transport::Http | Transport::File => false,
+            Transport::Http | Transport::File | Transport::Nats => false,
             Transport::H2c => true,
             Transport::Https => self.inner.negotiated.load(Ordering::Relaxed) == NEGOTIATED_H2,
         };
@@ -630,7 +631,7 @@ where
             .await
             .map_err(Error::Connect)?;
         let h2 = match self.inner.transport {
-            Transport::Http | Transport::File => false,
+            Transport::Http | Transport::File | Transport::Nats => false,
             Transport::H2c => true,
             Transport::Https => {
                 let h2 = io.connected().is_negotiated_h2();

@@ -11,7 +11,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::mirror::compare::verdict::CapturedBody;
 use crate::mirror::compare::{self, Answer, Rules, Verdict};
+use crate::mirror::compare::{decision, endpoints};
 use crate::mirror::options::{MirrorLine, MirrorOptions};
+use crate::record::format;
+use crate::record::path::Pattern;
 use crate::target_url::TargetUrl;
 
 /// A mirror line (targets file, state file, `--mirror`): parses, and when valid its
@@ -140,6 +143,129 @@ pub fn go_style_args(text: &str) {
     let _ = crate::cli::normalize_args(text.split('\0'));
 }
 
+/// A recording (or any file given to `trafficmirror replay`): read record by record,
+/// never a panic; a request or answer that parses, written again, reads back the same.
+pub fn record_file(data: &[u8]) {
+    let mut reader = format::Reader::with_limit(data, 1 << 16);
+    while let Some(item) = reader.next_record() {
+        let Ok(record) = item else { continue };
+        if let Ok(request) = format::parse_request(&record.message) {
+            let again = format::encode_request(
+                &record.id,
+                record.timestamp_ns,
+                &request.method,
+                &request.path_and_query,
+                &request.headers,
+                &request.body,
+                request.trailers.as_ref(),
+            );
+            let read = read_back(&again, &record.id);
+            let read = format::parse_request(&read.message).expect("a written request parses");
+            assert_eq!(read.method, request.method);
+            assert_eq!(read.path_and_query, request.path_and_query);
+            assert_same_message(
+                (&read.headers, &read.body, read.trailers.as_ref()),
+                (&request.headers, &request.body, request.trailers.as_ref()),
+            );
+        }
+        if let Ok(answer) = format::parse_response(&record.message) {
+            let again = format::encode_response(
+                &record.id,
+                record.timestamp_ns,
+                record.latency_ns.unwrap_or(-1),
+                answer.status,
+                &answer.headers,
+                &answer.body,
+                answer.trailers.as_ref(),
+            );
+            let read = read_back(&again, &record.id);
+            let read = format::parse_response(&read.message).expect("a written answer parses");
+            assert_eq!(read.status, answer.status);
+            assert_same_message(
+                (&read.headers, &read.body, read.trailers.as_ref()),
+                (&answer.headers, &answer.body, answer.trailers.as_ref()),
+            );
+        }
+    }
+}
+
+/// The one record `bytes` holds, read back (a body holding the separator included).
+fn read_back(bytes: &[u8], id: &str) -> format::RawRecord {
+    let mut reader = format::Reader::new(bytes);
+    let read = reader
+        .next_record()
+        .expect("one record")
+        .expect("a written record reads");
+    assert!(reader.next_record().is_none(), "one record only");
+    assert_eq!(read.id, id);
+    read
+}
+
+type Message<'a> = (&'a HeaderMap, &'a Bytes, Option<&'a HeaderMap>);
+
+/// The same headers (but the framing, written anew, and an empty `Host`, never
+/// written), body and trailers (an empty trailer section reads as none).
+fn assert_same_message(read: Message<'_>, written: Message<'_>) {
+    let kept = |map: &HeaderMap| -> Vec<(String, Vec<u8>)> {
+        map.iter()
+            .filter(|(n, v)| {
+                *n != header::CONTENT_LENGTH
+                    && *n != header::TRANSFER_ENCODING
+                    && !(*n == header::HOST && v.is_empty())
+            })
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    };
+    let trailers = |t: Option<&HeaderMap>| t.filter(|t| !t.is_empty()).map(kept);
+    assert_eq!(kept(read.0), kept(written.0));
+    assert_eq!(read.1, written.1);
+    assert_eq!(trailers(read.2), trailers(written.2));
+}
+
+/// A recording mirror's path pattern: never a panic, and every file it names (any
+/// index) is one it recognises as its own.
+pub fn record_path(text: &str) {
+    let pattern = Pattern::new(text);
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_765_078_155);
+    let expanded = pattern.expand(at);
+    for index in [0, 1, 17] {
+        let file = Pattern::file(&expanded, index);
+        let file = file.to_str().expect("a pattern's file name is text");
+        assert!(pattern.matches(file), "{file:?} is not {text:?}'s");
+    }
+    let _ = pattern.gzip();
+}
+
+/// A request path through the per-endpoint templates (the `endpoint` options are its
+/// lines after the first): never a panic, at most 300 characters, and a template is its
+/// own template.
+pub fn endpoint_template(text: &str) {
+    let mut lines = text.lines();
+    let path = lines.next().unwrap_or_default();
+    let patterns: Vec<String> = lines.map(str::to_owned).collect();
+    let once = endpoints::template(path);
+    assert!(once.chars().count() <= 300);
+    assert_eq!(endpoints::template(&once), once, "{path:?}");
+    assert!(endpoints::template_for(&patterns, path).chars().count() <= 300);
+}
+
+/// `GET /verdict` query pairs (`k=v&k=v`): never a panic; thresholds that parse decide
+/// on any totals without one.
+pub fn verdict_thresholds(text: &str) {
+    let pairs = text
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")));
+    if let Ok(thresholds) = decision::Thresholds::from_pairs(pairs) {
+        let mut totals = crate::mirror::compare::stats::CompareStats::new().snapshot();
+        for compared in [0, 1000] {
+            totals.compared = compared;
+            totals.mismatched = compared / 100;
+            let decided = decision::decide(&thresholds, &totals, &[], false);
+            assert_eq!(decided.pass.is_none(), compared < thresholds.min_compared);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Keeps the entry points compiled and working in `cargo test`, where `fuzzing` is
@@ -186,5 +312,43 @@ mod tests {
         super::forwarding_headers(
             "connection: close, x-a\nx-a: 1\nvia: 1.1 trafficmirror-1\nhost: h\nte: trailers",
         );
+        let sep = "\n🐵🙈🙉\n";
+        for data in [
+            format!(
+                "1 a 5 -1\nPOST /p?q HTTP/1.1\r\nHost: \r\nx: y\r\nContent-Length: 2\r\n\r\nhi{sep}"
+            ),
+            format!(
+                "2 b 5 9\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\ngrpc-status: 0\r\n\r\n{sep}"
+            ),
+            format!("1 c 5 -1\nGET / HTTP/1.1\r\nContent-Length: 9\r\n\r\nx{sep}1 d 5"),
+            format!("1 e 5 -1\nPUT / HTTP/1.1\r\n\r\nbody\n🐵🙈🙉 more{sep}"),
+            "\u{ff}".to_owned(),
+        ] {
+            super::record_file(data.as_bytes());
+        }
+        for text in [
+            "/var/rec/%Y/%m%d-%H%M%S.gor.gz",
+            "/a.b/rec",
+            "%",
+            "/.x_1.%Y",
+            "",
+        ] {
+            super::record_path(text);
+        }
+        for text in [
+            "/users/42/orders?x=1",
+            &format!("/{}/12345x", "z".repeat(294)),
+            "/files/a.txt\n/files/:name",
+            "\u{e9}\n:\n/",
+        ] {
+            super::endpoint_template(text);
+        }
+        for text in [
+            "min_compared=5&max_mismatch_rate=1%",
+            "max_p99_ratio=0",
+            "max_error_rate=2",
+        ] {
+            super::verdict_thresholds(text);
+        }
     }
 }

@@ -108,6 +108,7 @@ pub mod fuzz;
 mod headers;
 mod idle;
 mod mirror;
+mod nats;
 mod observe;
 mod proxy;
 mod ratelimit;

@@ -153,7 +153,12 @@ fn replay(cli: &Cli, args: &cli::ReplayArgs) -> ExitCode {
         ignore: args.ignore.clone(),
         max_mismatch_rate: args.max_mismatch_rate,
         max_compare_size: usize::try_from(cli.max_compare_size).unwrap_or(usize::MAX),
+        grpc_descriptors: args.grpc_descriptors.clone(),
+        endpoints: args.endpoints.clone(),
         output: args.output.clone(),
+        durable: args.durable.clone(),
+        exit_when_idle: args.exit_when_idle,
+        ack_wait: args.ack_wait,
     };
     ExitCode::from(runtime.block_on(trafficmirror::replay::run(options)))
 }

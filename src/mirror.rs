@@ -121,7 +121,13 @@ pub(crate) struct Shared {
     pub expired: mpsc::UnboundedSender<Weak<Mirror>>,
     /// The `--max-buffered-bytes` budget, also for answers kept for comparison.
     pub budget: Budget,
+    /// Cancelled near the end of the shutdown: the copies of `spill=` mirrors still
+    /// queued or in flight stop and are spilled (docs/record-replay.md).
+    pub spill_now: tokio_util::sync::CancellationToken,
 }
+
+/// How sending a copy ended: its outcome, or `--mirror-timeout`.
+type SendResult = Result<Result<Reply, crate::body::BoxError>, tokio::time::error::Elapsed>;
 
 /// Where a mirror came from; shown as `source` in the listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -245,6 +251,8 @@ pub struct Mirror {
     pools: Box<[Pool<Full<Bytes>>]>,
     /// For a `file://` mirror: where copies are written instead of sent.
     sink: Option<crate::record::Sink>,
+    /// For a `nats://` mirror: where copies are published instead of sent.
+    nats: Option<crate::nats::Publisher>,
     /// The writer of the `spill=` file and its pattern, started at the first spill.
     spill: Mutex<Option<(String, Arc<crate::record::Sink>)>>,
     /// Dropped copies being spilled, at most [`SPILLS_IN_FLIGHT`]: a slow disk must not
@@ -280,7 +288,10 @@ impl Mirror {
     pub(crate) fn spawn(url: TargetUrl, shared: &Arc<Shared>) -> Arc<Self> {
         let settings = &shared.settings;
         let sink = url.file_path().map(crate::record::Sink::start);
-        let pools = if sink.is_some() {
+        let nats = url
+            .nats()
+            .map(|_| crate::nats::Publisher::new(&url, settings.tls.clone()));
+        let pools = if sink.is_some() || nats.is_some() {
             Box::default()
         } else {
             client::per_worker(
@@ -304,6 +315,7 @@ impl Mirror {
             grpc_skip_logged: AtomicBool::new(false),
             pools,
             sink,
+            nats,
             spill: Mutex::new(None),
             spill_permits: Arc::new(Semaphore::new(SPILLS_IN_FLIGHT)),
             lanes: lane::Lanes::new(settings.pools),
@@ -490,9 +502,10 @@ impl Mirror {
         let health = self.lock_health();
         Status {
             url: self.url.to_string(),
-            protocol: match self.sink {
-                Some(_) => Some("file"),
-                None => self.pools.iter().find_map(Pool::protocol),
+            protocol: match (&self.sink, &self.nats) {
+                (Some(_), _) => Some("file"),
+                (_, Some(_)) => Some("nats"),
+                _ => self.pools.iter().find_map(Pool::protocol),
             },
             source: plan.source,
             state: health.state(),
@@ -519,8 +532,10 @@ impl Mirror {
         }
     }
 
-    /// Sends one copy, drains and discards the response, and records the outcome.
-    async fn deliver(&self, job: Job) -> Option<Event> {
+    /// Waits for the copy's turn (an ordered mirror) and sends it within
+    /// `--mirror-timeout`, with `retry=N` when set; returns when it set off and the
+    /// result.
+    async fn send_in_time(&self, job: &Job) -> (Instant, SendResult) {
         if let Some(order) = &job.order {
             // Outside the timeout: waiting for earlier copies is not this copy's failure.
             order.wait_turn().await;
@@ -537,10 +552,36 @@ impl Mirror {
             let sent = self.send_retrying(&job.request, &job.plan, retries);
             Box::pin(tokio::time::timeout(timeout, sent)).await
         };
+        (started, result)
+    }
+
+    /// Sends one copy, drains and discards the response, and records the outcome.
+    async fn deliver(&self, job: Job) -> Option<Event> {
+        let (started, result) = if job.plan.options.spill.is_some() {
+            tokio::select! {
+                sent = self.send_in_time(&job) => sent,
+                () = self.shared.spill_now.cancelled() => {
+                    // Cut short by the shutdown: failed, like a timeout, and spilled.
+                    self.counters.leave_queue(&self.counters.failed);
+                    self.lock_health().abandon(job.ticket);
+                    self.spill(&job.request, &job.plan).await;
+                    return None;
+                }
+            }
+        } else {
+            self.send_in_time(&job).await
+        };
+        let timeout = self.shared.settings.timeout;
         if let Ok(Err(err)) = &result {
             if crate::record::is_full(&**err) {
                 // `max_total_size` reached: dropped, never a full disk; not a failure.
                 self.counters.leave_queue(&self.counters.dropped);
+                self.lock_health().abandon(job.ticket);
+                return None;
+            }
+            if crate::nats::is_too_large(&**err) {
+                // Over the NATS server's `max_payload`: skipped by rule, logged once.
+                self.counters.leave_queue(&self.counters.skipped);
                 self.lock_health().abandon(job.ticket);
                 return None;
             }
@@ -701,9 +742,8 @@ impl Mirror {
             compare::verdict::is_error(main),
             compare::verdict::is_error(mirror),
         );
-        self.endpoints.record(
-            request.method.as_str(),
-            &compare::endpoints::template_for(endpoints, path),
+        self.endpoints.record_key(
+            compare::endpoints::key_for(request.method.as_str(), endpoints, path),
             &verdict,
             main_latency,
             mirror_latency,
@@ -757,6 +797,8 @@ impl Mirror {
                 Ok(reply) => idempotent && reply.status.is_server_error(),
                 // Out of file descriptors is this process's limit: `deliver` drops it.
                 Err(err) if client::is_fd_exhaustion(&**err) => false,
+                // Tried again inside, with the same message id.
+                Err(err) if crate::nats::is_publish_error(&**err) => false,
                 Err(err) => {
                     idempotent
                         || err
@@ -782,6 +824,22 @@ impl Mirror {
             let arrived = request.arrived.unwrap_or_else(std::time::SystemTime::now);
             sink.record(request, plan, arrived, self.shared.settings.timeout)
                 .await?;
+            return Ok(Reply {
+                status: http::StatusCode::OK,
+                captured: None,
+            });
+        }
+        if let Some(nats) = &self.nats {
+            let arrived = request.arrived.unwrap_or_else(std::time::SystemTime::now);
+            let retried = || Counters::incr(&self.counters.retried);
+            nats.publish(
+                request,
+                plan,
+                arrived,
+                self.shared.settings.timeout,
+                retried,
+            )
+            .await?;
             return Ok(Reply {
                 status: http::StatusCode::OK,
                 captured: None,

@@ -73,25 +73,7 @@ impl Sink {
             .as_ref()
             .map_err(|e| RecordError::NoThread(e.clone()))?;
         let options = &plan.options;
-        let headers = record_headers(request, options);
-        let path = request
-            .path_and_query
-            .as_ref()
-            .map_or("/", PathAndQuery::as_str);
-        let id = format::new_id();
-        let timestamp = unix_ns(taken);
-        let mut records = format::encode_request(
-            &id,
-            timestamp,
-            &request.method,
-            path,
-            &headers,
-            &request.body,
-            None,
-        );
-        if let (true, Some(rx)) = (options.record_answers, &request.main_answer) {
-            append_main_answer(&mut records, &id, timestamp, rx.clone(), answer_wait).await;
-        }
+        let (_, records) = encode_copy(request, plan, taken, answer_wait).await;
         let limits = Limits {
             max_file_size: options.max_file_size.unwrap_or(DEFAULT_MAX_FILE_SIZE),
             max_total_size: options.max_total_size.unwrap_or(DEFAULT_MAX_TOTAL_SIZE),
@@ -102,6 +84,38 @@ impl Sink {
             Outcome::Failed(err) => Err(RecordError::Io(err)),
         }
     }
+}
+
+/// One copy as its record(s), its mirror's options rewriting it: the request, and with
+/// `record_answers=true` main's answer when it completes within `answer_wait`. Returns
+/// the record id (new, unique across instances) and the bytes.
+pub async fn encode_copy(
+    request: &MirrorRequest,
+    plan: &Plan,
+    taken: SystemTime,
+    answer_wait: Duration,
+) -> (String, Vec<u8>) {
+    let options = &plan.options;
+    let headers = record_headers(request, options);
+    let path = request
+        .path_and_query
+        .as_ref()
+        .map_or("/", PathAndQuery::as_str);
+    let id = format::new_id();
+    let timestamp = unix_ns(taken);
+    let mut records = format::encode_request(
+        &id,
+        timestamp,
+        &request.method,
+        path,
+        &headers,
+        &request.body,
+        None,
+    );
+    if let (true, Some(rx)) = (options.record_answers, &request.main_answer) {
+        append_main_answer(&mut records, &id, timestamp, rx.clone(), answer_wait).await;
+    }
+    (id, records)
 }
 
 /// The headers a copy is recorded with: its mirror's rewrites applied, and a `Host`.
@@ -160,7 +174,8 @@ async fn append_main_answer(
                 main.answer.status,
                 &main.answer.headers,
                 body,
-                None,
+                // A gRPC answer's status is in its trailers.
+                Some(&main.answer.trailers),
             )),
             CapturedBody::Digest { len, .. } => {
                 debug!(

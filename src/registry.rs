@@ -69,6 +69,7 @@ impl Registry {
                     outstanding: Default::default(),
                     expired: expired_tx,
                     budget,
+                    spill_now: Default::default(),
                 }),
                 expired: std::sync::Mutex::new(Some(expired_rx)),
             }),
@@ -305,6 +306,12 @@ impl Registry {
             m.mirror.close();
         }
         self.inner.shared.tracker.close();
+    }
+
+    /// Stops the copies of `spill=` mirrors still queued or in flight and spills them
+    /// (at shutdown, with time left to write them).
+    pub fn spill_now(&self) {
+        self.inner.shared.spill_now.cancel();
     }
 
     /// Resolves when every delivery has finished (after [`close`]).

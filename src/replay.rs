@@ -7,6 +7,10 @@
 //! hands requests over a bounded channel; the async side waits for each one's moment,
 //! sends it and tallies the answer. At the end one summary line goes to stdout.
 
+mod compare;
+mod nats;
+
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, IsTerminal, Read};
 use std::path::PathBuf;
@@ -21,7 +25,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::client::{self, Pool};
-use crate::mirror::compare::verdict::{self, Answer, Capture, Difference, Rules, Verdict};
+use crate::mirror::compare::grpc::Descriptors;
+use crate::mirror::compare::verdict::{self, Answer, Capture, Rules};
 use crate::record::format::{self, ParsedRequest, ParsedResponse, REQUEST, RESPONSE, Reader};
 use crate::record::writer::Writer;
 use crate::target_url::TargetUrl;
@@ -49,7 +54,7 @@ pub struct Options {
     pub percent: f64,
     pub timeout: Duration,
     pub insecure_skip_verify: bool,
-    /// Compare each answer with the recorded one (type `2` right after its request).
+    /// Compare each answer with the recorded one (type `2` with its request's ID).
     pub compare: bool,
     /// Excluded from comparison: header names and JSON pointers, as a mirror's `ignore`.
     pub ignore: Vec<String>,
@@ -57,9 +62,19 @@ pub struct Options {
     pub max_mismatch_rate: f64,
     /// Bytes of each body compared; past it, length and digest.
     pub max_compare_size: usize,
+    /// With `--compare`: the services whose gRPC messages are compared as JSON.
+    pub grpc_descriptors: Option<PathBuf>,
+    /// With `--compare`: endpoint patterns (`/users/:id/orders`), as `endpoint=`.
+    pub endpoints: Vec<String>,
     /// Record the replay's own requests and answers here (a recording mirror's path,
     /// pattern and `.gz` included), for the next run.
     pub output: Option<String>,
+    /// A `nats://` source's durable consumer (docs/fleet.md).
+    pub durable: Option<String>,
+    /// A `nats://` source ends once no message came for this long.
+    pub exit_when_idle: Option<Duration>,
+    /// A `nats://` source's acknowledgement wait, set when its durable is created.
+    pub ack_wait: Duration,
 }
 
 /// `--output` files: the recording mirror's defaults.
@@ -159,6 +174,8 @@ enum Item {
         request: Box<ParsedRequest>,
         /// The recorded answer, with `--compare`.
         recorded: Option<Box<ParsedResponse>>,
+        /// A NATS message's acknowledgement, once the target answered (docs/fleet.md).
+        ack: Option<nats::Ack>,
     },
     Skipped(String),
 }
@@ -168,8 +185,10 @@ struct Source {
     name: String,
     reader: Reader<Box<dyn Read + Send>>,
     head: Option<Head>,
-    /// A record read ahead while looking for an answer.
-    peeked: Option<format::Item>,
+    /// Records read ahead while looking for an answer, in file order.
+    ahead: VecDeque<format::Item>,
+    /// Bytes of the messages in `ahead`.
+    ahead_bytes: usize,
     /// Look for each request's answer (`--compare`).
     answers: bool,
 }
@@ -181,7 +200,7 @@ impl Source {
     /// Reads up to the next request record, reporting skipped records.
     fn advance(&mut self, skipped: &mut dyn FnMut(String) -> bool) -> bool {
         self.head = None;
-        while let Some(item) = self.peeked.take().or_else(|| self.reader.next_record()) {
+        while let Some(item) = self.next_item() {
             match item {
                 Err(skip) => {
                     if !skipped(format!(
@@ -195,17 +214,12 @@ impl Source {
                 Ok(record) if record.kind != REQUEST => {}
                 Ok(record) => match format::parse_request(&record.message) {
                     Ok(request) => {
-                        // The recorded answer is the record right after its request
-                        // (as a recording mirror writes them).
-                        let mut answer = None;
-                        if self.answers {
-                            match self.reader.next_record() {
-                                Some(Ok(next)) if next.kind == RESPONSE && next.id == record.id => {
-                                    answer = format::parse_response(&next.message).ok();
-                                }
-                                next => self.peeked = next,
-                            }
-                        }
+                        let answer = if self.answers {
+                            self.answer_to(&record.id)
+                                .and_then(|a| format::parse_response(&a.message).ok())
+                        } else {
+                            None
+                        };
                         self.head = Some((record.timestamp_ns, request, answer));
                         return true;
                     }
@@ -218,6 +232,62 @@ impl Source {
             }
         }
         true
+    }
+}
+
+/// How far a source is read ahead for a request's answer: a recording mirror writes it
+/// right after its request, GoReplay once the answer is complete, other requests'
+/// records between.
+const AHEAD_RECORDS: usize = 4096;
+/// Bytes of messages read ahead at most (besides [`AHEAD_RECORDS`]).
+const AHEAD_BYTES: usize = 64 << 20;
+
+impl Source {
+    fn new(name: String, reader: Box<dyn Read + Send>, answers: bool) -> Self {
+        Self {
+            name,
+            reader: Reader::new(reader),
+            head: None,
+            ahead: VecDeque::new(),
+            ahead_bytes: 0,
+            answers,
+        }
+    }
+
+    /// The next record: one read ahead, else the file's next.
+    fn next_item(&mut self) -> Option<format::Item> {
+        match self.ahead.pop_front() {
+            Some(item) => {
+                if let Ok(record) = &item {
+                    self.ahead_bytes -= record.message.len();
+                }
+                Some(item)
+            }
+            None => self.reader.next_record(),
+        }
+    }
+
+    /// The answer (type `2`) recorded with this ID: among the records read ahead, else
+    /// reading on within [`AHEAD_RECORDS`] and [`AHEAD_BYTES`].
+    fn answer_to(&mut self, id: &str) -> Option<format::RawRecord> {
+        let is_answer =
+            |item: &format::Item| matches!(item, Ok(r) if r.kind == RESPONSE && r.id == id);
+        if let Some(at) = self.ahead.iter().position(is_answer) {
+            let record = self.ahead.remove(at)?.ok()?;
+            self.ahead_bytes -= record.message.len();
+            return Some(record);
+        }
+        while self.ahead.len() < AHEAD_RECORDS && self.ahead_bytes < AHEAD_BYTES {
+            let item = self.reader.next_record()?;
+            if is_answer(&item) {
+                return item.ok();
+            }
+            if let Ok(record) = &item {
+                self.ahead_bytes += record.message.len();
+            }
+            self.ahead.push_back(item);
+        }
+        None
     }
 }
 
@@ -238,13 +308,11 @@ fn read_all(files: Vec<PathBuf>, options: Options, tx: mpsc::Sender<Item>) {
             // Unreadable sources were named at the start; one that vanished since is
             // named once more.
             match open(path) {
-                Ok(reader) => sources.push(Source {
-                    name: path.display().to_string(),
-                    reader: Reader::new(reader),
-                    head: None,
-                    peeked: None,
-                    answers: options.compare,
-                }),
+                Ok(reader) => sources.push(Source::new(
+                    path.display().to_string(),
+                    reader,
+                    options.compare,
+                )),
                 Err(err) => {
                     let gone = format!("{}: {err}", path.display());
                     if tx.blocking_send(Item::Skipped(gone)).is_err() {
@@ -276,6 +344,7 @@ fn read_all(files: Vec<PathBuf>, options: Options, tx: mpsc::Sender<Item>) {
                     timestamp_ns,
                     request: Box::new(request),
                     recorded: recorded.map(Box::new),
+                    ack: None,
                 };
                 if tx.blocking_send(item).is_err() {
                     return;
@@ -309,20 +378,6 @@ pub struct Summary {
     /// With `--compare`: answers compared with their recorded one, and those differing.
     pub compared: u64,
     pub mismatched: u64,
-    /// Mismatches by endpoint (`METHOD /path`, no query).
-    endpoints: std::collections::BTreeMap<String, Endpoint>,
-}
-
-/// The mismatches of one endpoint.
-#[derive(Debug, Default)]
-struct Endpoint {
-    compared: u64,
-    mismatched: u64,
-    status: bool,
-    headers: bool,
-    body: bool,
-    /// The first difference seen (recorded answer as `main`, replayed as `mirror`).
-    first: Option<Difference>,
 }
 
 impl Summary {
@@ -340,24 +395,13 @@ impl Summary {
                 .expect("constant, valid histogram bounds"),
             compared: 0,
             mismatched: 0,
-            endpoints: std::collections::BTreeMap::new(),
         }
     }
 
-    /// Counts one comparison, under its endpoint.
-    fn count_verdict(&mut self, verdict: Verdict, endpoint: String) {
+    /// Counts one comparison.
+    fn count_verdict(&mut self, mismatched: bool) {
         self.compared += 1;
-        let mismatch = matches!(verdict, Verdict::Mismatch(_));
-        self.mismatched += u64::from(mismatch);
-        let entry = self.endpoints.entry(endpoint).or_default();
-        entry.compared += 1;
-        if let Verdict::Mismatch(m) = verdict {
-            entry.mismatched += 1;
-            entry.status |= m.status;
-            entry.headers |= m.headers;
-            entry.body |= m.body;
-            entry.first.get_or_insert(m.difference);
-        }
+        self.mismatched += u64::from(mismatched);
     }
 
     /// Counts one request's outcome: answered (class, latency) or failed (cause).
@@ -385,36 +429,15 @@ impl Summary {
         }
     }
 
-    /// With `--compare`: a line per endpoint that had mismatches, then the totals.
-    fn print_mismatches(&self, rate: Option<f64>, allowed: f64) {
-        for (name, endpoint) in self.endpoints.iter().filter(|(_, e)| e.mismatched > 0) {
-            let fields: Vec<&str> = [
-                (endpoint.status, "status"),
-                (endpoint.headers, "headers"),
-                (endpoint.body, "body"),
-            ]
-            .iter()
-            .filter_map(|(differs, field)| differs.then_some(*field))
-            .collect();
-            let first = endpoint
-                .first
-                .as_ref()
-                .and_then(|d| serde_json::to_string(d).ok())
-                .unwrap_or_default();
-            eprintln!(
-                "replay: mismatch {name}: {} of {} differ ({}); first: {first}",
-                endpoint.mismatched,
-                endpoint.compared,
-                fields.join(", ")
-            );
-        }
-        eprintln!(
+    /// With `--compare`: the totals line.
+    fn compared_line(&self, rate: Option<f64>, allowed: f64) -> String {
+        format!(
             "replay: compared {}, mismatched {} ({:.2}%), allowed {:.2}%",
             self.compared,
             self.mismatched,
             rate.unwrap_or(0.0) * 100.0,
             allowed * 100.0
-        );
+        )
     }
 
     fn percentile_ms(&self, q: f64) -> f64 {
@@ -529,15 +552,13 @@ fn recorded_answer(recorded: ParsedResponse, limit: usize) -> Answer {
     }
 }
 
-/// The endpoint a request is counted under: method and path, without the query.
-fn endpoint(method: &Method, path_and_query: &str) -> String {
-    let path = path_and_query.split('?').next().unwrap_or("/");
-    format!("{method} {path}")
-}
-
 /// Runs a replay; returns the exit status.
 pub async fn run(options: Options) -> u8 {
-    let (replay, rx) = match Replay::start(options) {
+    let source = match nats::Source::open(&options).await {
+        Ok(source) => source,
+        Err(status) => return status,
+    };
+    let (replay, rx) = match Replay::start(options, source) {
         Ok(started) => started,
         Err(status) => return status,
     };
@@ -582,21 +603,37 @@ fn client_tls(options: &Options) -> Result<Arc<rustls::ClientConfig>, u8> {
     })
 }
 
-/// With `--compare`, the comparison rules (`--ignore` included).
-fn compare_rules(options: &Options) -> Result<Option<Arc<Rules>>, u8> {
+/// With `--compare`, the comparison: its rules (`--ignore` included) and the
+/// `--grpc-descriptors` set.
+fn comparison(options: &Options) -> Result<Option<Arc<compare::Comparison>>, u8> {
     if !options.compare {
         return Ok(None);
     }
-    match Rules::new(
+    let rules = match Rules::new(
         &crate::mirror::options::DEFAULT_COMPARE_HEADERS,
         &options.ignore,
     ) {
-        Ok(rules) => Ok(Some(Arc::new(rules))),
+        Ok(rules) => rules,
         Err(err) => {
             eprintln!("replay: invalid value for --ignore: {err}");
-            Err(EXIT_USAGE)
+            return Err(EXIT_USAGE);
         }
-    }
+    };
+    let descriptors = match &options.grpc_descriptors {
+        Some(path) => match Descriptors::load(path) {
+            Ok(descriptors) => Some(descriptors),
+            Err(err) => {
+                eprintln!("replay: {err}");
+                return Err(EXIT_USAGE);
+            }
+        },
+        None => None,
+    };
+    Ok(Some(Arc::new(compare::Comparison::new(
+        (rules, descriptors, options.endpoints.clone()),
+        options.max_compare_size,
+        options.concurrency,
+    ))))
 }
 
 /// With `--output`, the writer of the replay's own recording.
@@ -632,7 +669,7 @@ struct Replay {
     options: Options,
     target: TargetUrl,
     pool: Arc<Pool<Full<Bytes>>>,
-    rules: Option<Arc<Rules>>,
+    comparison: Option<Arc<compare::Comparison>>,
     output: Option<Arc<Writer>>,
     summary: Arc<Mutex<Summary>>,
     progress: indicatif::ProgressBar,
@@ -676,20 +713,29 @@ impl Clock {
 impl Replay {
     /// Checks the options, opens what the replay needs and starts reading; on failure,
     /// the exit status.
-    fn start(options: Options) -> Result<(Self, mpsc::Receiver<Item>), u8> {
+    fn start(
+        options: Options,
+        source: Option<nats::Source>,
+    ) -> Result<(Self, mpsc::Receiver<Item>), u8> {
         let target = parse_target(&options)?;
-        let readable = readable_sources(&options.sources)?;
+        let readable = match source {
+            Some(_) => Vec::new(),
+            None => readable_sources(&options.sources)?,
+        };
         let tls = client_tls(&options)?;
-        let rules = compare_rules(&options)?;
+        let comparison = comparison(&options)?;
         let output = output_writer(&options)?;
         let concurrency = options.concurrency.max(1);
         let pool = Arc::new(Pool::<Full<Bytes>>::new(&target, &tls, concurrency));
-        let rx = start_reader(readable, &options)?;
+        let rx = match source {
+            Some(source) => source.start(&options),
+            None => start_reader(readable, &options)?,
+        };
         let replay = Self {
             options,
             target,
             pool,
-            rules,
+            comparison,
             output,
             summary: Arc::new(Mutex::new(Summary::new())),
             progress: progress_bar(),
@@ -703,15 +749,16 @@ impl Replay {
     async fn send_all(&self, mut rx: mpsc::Receiver<Item>) {
         let mut tasks = tokio::task::JoinSet::new();
         let mut clock = Clock::default();
-        let interrupted = tokio::signal::ctrl_c();
+        let interrupted = nats::stop_signal();
         tokio::pin!(interrupted);
+        let mut stopped = false;
         loop {
             let item = tokio::select! {
                 item = rx.recv() => item,
-                _ = &mut interrupted => break,
+                () = &mut interrupted => { stopped = true; break },
             };
             let Some(item) = item else { break };
-            let (round, timestamp_ns, request, recorded) = match item {
+            let (round, timestamp_ns, request, recorded, ack) = match item {
                 Item::Skipped(line) => {
                     lock(&self.summary).skipped.push(line);
                     continue;
@@ -721,35 +768,51 @@ impl Replay {
                     timestamp_ns,
                     request,
                     recorded,
-                } => (round, timestamp_ns, request, recorded),
+                    ack,
+                } => (round, timestamp_ns, request, recorded, ack),
             };
             let due = clock.due(round, timestamp_ns, &self.options);
             tokio::select! {
                 () = tokio::time::sleep_until(due) => {}
-                _ = &mut interrupted => break,
+                () = &mut interrupted => { stopped = true; break },
             }
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                break;
+            let permit = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => permit,
+                () = &mut interrupted => { stopped = true; break },
             };
+            let Ok(permit) = permit else { break };
             clock.last_sent = Some(Instant::now());
-            tasks.spawn(self.job(*request, recorded).run(permit));
+            tasks.spawn(self.job(*request, recorded, ack).run(permit));
             // Finished tasks are collected as we go, so the set stays small.
             while tasks.try_join_next().is_some() {}
         }
         drop(rx);
-        while tasks.join_next().await.is_some() {}
+        if stopped {
+            // Stopped by a signal: answers under way get a moment, then are abandoned
+            // (a NATS message left unacknowledged is delivered again later).
+            let drained = async { while tasks.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(nats::STOP_GRACE, drained).await;
+        } else {
+            while tasks.join_next().await.is_some() {}
+        }
     }
 
     /// Counts a request as sent and prepares its task: the request for the target, what
     /// to compare its answer with, and its own record for `--output`.
-    fn job(&self, request: ParsedRequest, recorded: Option<Box<ParsedResponse>>) -> Job {
+    fn job(
+        &self,
+        request: ParsedRequest,
+        recorded: Option<Box<ParsedResponse>>,
+        ack: Option<nats::Ack>,
+    ) -> Job {
         lock(&self.summary).sent += 1;
-        let compare = match (&self.rules, recorded) {
-            (Some(rules), Some(recorded)) => Some((
-                rules.clone(),
-                recorded_answer(*recorded, self.options.max_compare_size),
-                endpoint(&request.method, &request.path_and_query),
-            )),
+        let compare = match (&self.comparison, recorded) {
+            (Some(comparison), Some(recorded)) => Some(Compare {
+                comparison: comparison.clone(),
+                recorded: recorded_answer(*recorded, self.options.max_compare_size),
+                method: request.method.clone(),
+                path_and_query: request.path_and_query.clone(),
+            }),
             _ => None,
         };
         let capture =
@@ -763,6 +826,7 @@ impl Replay {
             capture,
             compare,
             own,
+            ack,
             pool: self.pool.clone(),
             summary: self.summary.clone(),
             timeout: self.options.timeout,
@@ -786,10 +850,16 @@ impl Replay {
         }
         let rate =
             (summary.compared > 0).then(|| summary.mismatched as f64 / summary.compared as f64);
-        if self.rules.is_some() {
-            summary.print_mismatches(rate, self.options.max_mismatch_rate);
-        }
         println!("{}", summary.line());
+        if let Some(comparison) = &self.comparison {
+            for line in comparison.endpoint_lines() {
+                println!("{line}");
+            }
+            println!(
+                "{}",
+                summary.compared_line(rate, self.options.max_mismatch_rate)
+            );
+        }
         if summary.sent > 0 && summary.answered == 0 {
             eprintln!("replay: the target never answered");
             return EXIT_COULD_NOT_RUN;
@@ -848,7 +918,7 @@ impl OwnRecord {
                     answer.status,
                     &answer.headers,
                     body,
-                    None,
+                    Some(&answer.trailers),
                 ));
             }
         }
@@ -860,14 +930,22 @@ impl OwnRecord {
     }
 }
 
+/// With `--compare`: what a replayed answer is compared with, and where it is counted.
+struct Compare {
+    comparison: Arc<compare::Comparison>,
+    recorded: Answer,
+    method: Method,
+    path_and_query: String,
+}
+
 /// One request's task: what it sends, and where its outcome goes.
 struct Job {
     request: Request<Full<Bytes>>,
     /// Keep the answer, its body up to this many bytes.
     capture: Option<usize>,
-    /// Rules, recorded answer and endpoint, with `--compare`.
-    compare: Option<(Arc<Rules>, Answer, String)>,
+    compare: Option<Compare>,
     own: Option<OwnRecord>,
+    ack: Option<nats::Ack>,
     pool: Arc<Pool<Full<Bytes>>>,
     summary: Arc<Mutex<Summary>>,
     timeout: Duration,
@@ -885,20 +963,28 @@ impl Job {
         )
         .await;
         let elapsed = started.elapsed();
+        if let Some(ack) = self.ack {
+            ack.settle(&result).await;
+        }
         if let Some(own) = self.own {
             own.write(&result, elapsed).await;
         }
         // Compared outside the lock: a large JSON body takes a while.
-        let verdict = match (&result, self.compare) {
-            (Ok(Ok((_, Some(replayed)))), Some((rules, recorded, endpoint))) => Some((
-                verdict::compare(&rules, None, &recorded, replayed),
-                endpoint,
-            )),
+        let mut result = result;
+        let replayed = match &mut result {
+            Ok(Ok((_, answer))) => answer.take(),
+            _ => None,
+        };
+        let mismatched = match (replayed, self.compare) {
+            (Some(replayed), Some(c)) => {
+                c.comparison
+                    .judge(&c.method, &c.path_and_query, c.recorded, replayed, elapsed)
+            }
             _ => None,
         };
         let mut summary = lock(&self.summary);
-        if let Some((verdict, endpoint)) = verdict {
-            summary.count_verdict(verdict, endpoint);
+        if let Some(mismatched) = mismatched {
+            summary.count_verdict(mismatched);
         }
         summary.count_result(result, elapsed);
         self.progress.set_message(format!(

@@ -265,7 +265,7 @@ pub(crate) async fn run(
     token.cancel();
     accepting.close();
     connections.close();
-    drain(deadline, &accepting, &connections, &registry).await;
+    drain((deadline, timeout), &accepting, &connections, &registry).await;
     pruning.abort();
     stop_workers(workers, deadline).await;
     Ok(())
@@ -331,10 +331,17 @@ fn accept_all(
     accepting
 }
 
-/// Waits, until `deadline`, for the accept loops, the open connections and the mirror
-/// copies to finish, and logs how it went.
+/// The share of `--shutdown-timeout` kept at its end to spill the copies of `spill=`
+/// mirrors still queued or in flight: a quarter, at most 2 s.
+fn spill_reserve(timeout: Duration) -> Duration {
+    (timeout / 4).min(Duration::from_secs(2))
+}
+
+/// Waits, until `deadline` (`timeout` after the signal), for the accept loops, the
+/// open connections and the mirror copies to finish, and logs how it went. Near the
+/// deadline the copies of `spill=` mirrors still under way are spilled instead.
 async fn drain(
-    deadline: tokio::time::Instant,
+    (deadline, timeout): (tokio::time::Instant, Duration),
     accepting: &TaskTracker,
     connections: &TaskTracker,
     registry: &Registry,
@@ -345,9 +352,18 @@ async fn drain(
         registry.close();
         registry.drained().await;
     };
+    tokio::pin!(drained);
+    let spill_at = deadline - spill_reserve(timeout);
+    let finished = match tokio::time::timeout_at(spill_at, &mut drained).await {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            registry.spill_now();
+            tokio::time::timeout_at(deadline, &mut drained).await
+        }
+    };
     // One line at the default level whatever happens, so that after a deploy an operator
     // can tell whether shadow traffic was lost.
-    match tokio::time::timeout_at(deadline, drained).await {
+    match finished {
         Ok(()) => warn!(
             undelivered = 0,
             mirrors = ?mirror_summary(&registry.statuses()),
@@ -385,8 +401,9 @@ async fn stop_workers(workers: Arc<Workers<Accepted>>, deadline: tokio::time::In
 const WORKER_STOP_GRACE: Duration = Duration::from_millis(50);
 
 /// Each mirror's copies for the shutdown line: `URL sent=N delivered=N failed=N
-/// dropped=N undelivered=N`, comma-separated; `none` without mirrors. `delivered` is
-/// an answer that was not a `5xx`; `undelivered` is what was still queued or in flight.
+/// dropped=N undelivered=N spilled=N`, comma-separated; `none` without mirrors.
+/// `delivered` is an answer that was not a `5xx`; `undelivered` is what was still
+/// queued or in flight; `spilled` what went to the `spill=` file.
 fn mirror_summary(statuses: &[Status]) -> String {
     if statuses.is_empty() {
         return "none".to_owned();
@@ -396,8 +413,8 @@ fn mirror_summary(statuses: &[Status]) -> String {
         .map(|m| {
             let c = &m.counters;
             format!(
-                "{} sent={} delivered={} failed={} dropped={} undelivered={}",
-                m.url, c.sent, c.succeeded, c.failed, c.dropped, c.queued
+                "{} sent={} delivered={} failed={} dropped={} undelivered={} spilled={}",
+                m.url, c.sent, c.succeeded, c.failed, c.dropped, c.queued, c.spilled
             )
         })
         .collect::<Vec<_>>()

@@ -5,6 +5,7 @@
 //! request); the request path then only joins a prefix onto an already-split URL.
 
 use std::fmt;
+use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
@@ -14,7 +15,9 @@ use http::{HeaderValue, Uri};
 pub enum UrlError {
     #[error("{0:?} is not an absolute URL")]
     NotAbsolute(String),
-    #[error("{0:?}: scheme must be http://, https:// or h2c:// (or file:/// for a mirror)")]
+    #[error(
+        "{0:?}: scheme must be http://, https:// or h2c:// (or, for a mirror, file:///, nats:// or tls://)"
+    )]
     BadScheme(String),
     #[error("{0:?} has no host")]
     NoHost(String),
@@ -28,8 +31,12 @@ pub enum UrlError {
     FileHost(String),
     #[error("{0:?}: a file:// URL needs an absolute path (file:///ABSOLUTE/PATH)")]
     FileRelative(String),
-    #[error("{0:?}: file:// (a recording mirror) is a mirror, not a main target")]
+    #[error("{0:?}: file://, nats:// and tls:// name a mirror, not a main target")]
     FileNotMain(String),
+    #[error(
+        "{0:?}: a NATS URL names one subject to publish to: nats://[USER:PASS@]HOST:PORT/SUBJECT"
+    )]
+    NatsSubject(String),
 }
 
 /// How a target is spoken to (docs/shadowing.md, "Target URLs").
@@ -43,6 +50,9 @@ pub enum Transport {
     H2c,
     /// `file:///PATH`: a recording mirror, writing copies to disk (docs/record-replay.md).
     File,
+    /// `nats://HOST:PORT/SUBJECT` or `tls://…`: copies published to NATS JetStream
+    /// (docs/fleet.md).
+    Nats,
 }
 
 /// A validated, normalised `http://`, `https://` or `h2c://` target with an optional
@@ -51,7 +61,7 @@ pub enum Transport {
 /// Normalisation (docs/shadowing.md, "The admin endpoint"): scheme and host lower-cased,
 /// default port dropped (80 for `h2c://`, as for `http://`), trailing `/` dropped. Two
 /// targets are equal when their normalised forms are.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct TargetUrl {
     /// The normalised form, shown in listings and used for comparison.
     normalized: String,
@@ -61,8 +71,28 @@ pub struct TargetUrl {
     authority: Authority,
     /// `authority` as a ready `Host` header value.
     host_header: HeaderValue,
-    /// Path prefix without a trailing `/`; empty when the URL has no path.
+    /// Path prefix without a trailing `/`; empty when the URL has no path. A `file://`
+    /// URL's path pattern; a NATS URL's subject.
     prefix: String,
+    /// A NATS URL's user and password: never in `normalized`, which shows `***` for the
+    /// password, so listings, logs and metrics never carry it.
+    credentials: Option<Arc<(String, Option<String>)>>,
+}
+
+// Equal when the normalised forms are: two URLs differing only in a password are the
+// same mirror (and show the same).
+impl PartialEq for TargetUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.normalized == other.normalized
+    }
+}
+
+impl Eq for TargetUrl {}
+
+impl std::hash::Hash for TargetUrl {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.normalized.hash(state);
+    }
 }
 
 impl TargetUrl {
@@ -79,6 +109,9 @@ impl TargetUrl {
             .is_some_and(|s| s.eq_ignore_ascii_case("file://"))
         {
             return Self::parse_file(raw, &trimmed[7..]);
+        }
+        if is_nats(trimmed) {
+            return Self::parse_nats(raw, trimmed);
         }
         // `h2c` is no special scheme to the WHATWG parser (its host would keep its case
         // and `:80` would stay): it is read as the `http://` URL it is on the wire.
@@ -105,16 +138,7 @@ impl TargetUrl {
         if written_authority.is_none_or(|rest| rest.starts_with(['/', '\\'])) {
             return Err(UrlError::NoHost(owned()));
         }
-        let host = match url.host_str() {
-            Some(h) if !h.is_empty() => h,
-            _ => return Err(UrlError::NoHost(owned())),
-        };
-        if url.query().is_some() {
-            return Err(UrlError::HasQuery(owned()));
-        }
-        if url.fragment().is_some() {
-            return Err(UrlError::HasFragment(owned()));
-        }
+        let host = checked_host(&url, raw)?;
         if !url.username().is_empty() || url.password().is_some() {
             return Err(UrlError::HasUserInfo(owned()));
         }
@@ -131,7 +155,9 @@ impl TargetUrl {
         let prefix = url.path().trim_end_matches('/').to_owned();
         let shown = match transport {
             Transport::H2c => "h2c",
-            Transport::Http | Transport::Https | Transport::File => scheme.as_str(),
+            Transport::Http | Transport::Https | Transport::File | Transport::Nats => {
+                scheme.as_str()
+            }
         };
         let normalized = format!("{shown}://{authority}{prefix}");
         Ok(Self {
@@ -141,6 +167,7 @@ impl TargetUrl {
             authority,
             host_header,
             prefix,
+            credentials: None,
         })
     }
 
@@ -150,7 +177,7 @@ impl TargetUrl {
     /// As [`Self::parse`], and a `file://` URL.
     pub fn parse_main(raw: &str) -> Result<Self, UrlError> {
         let url = Self::parse(raw)?;
-        if url.transport == Transport::File {
+        if matches!(url.transport, Transport::File | Transport::Nats) {
             return Err(UrlError::FileNotMain(raw.to_owned()));
         }
         Ok(url)
@@ -185,6 +212,67 @@ impl TargetUrl {
             authority: Authority::from_static("localhost"),
             host_header: HeaderValue::from_static("localhost"),
             prefix: rest.to_owned(),
+            credentials: None,
+        })
+    }
+
+    /// `nats://[USER:PASS@]HOST[:PORT]/SUBJECT` or `tls://…` (NATS over TLS); the port
+    /// defaults to 4222. The password is kept aside and shown as `***`.
+    fn parse_nats(raw: &str, trimmed: &str) -> Result<Self, UrlError> {
+        let owned = || raw.to_owned();
+        let url = url::Url::parse(trimmed).map_err(|_| UrlError::NotAbsolute(owned()))?;
+        let scheme = url.scheme().to_owned();
+        let host = checked_host(&url, raw)?;
+        let host = host.to_ascii_lowercase();
+        let subject = percent_decode(url.path().trim_start_matches('/'));
+        let subject = subject.as_str();
+        // One literal subject: no wildcard, no empty token, nothing a mirror line splits.
+        if subject.is_empty()
+            || subject
+                .split('.')
+                .any(|t| t.is_empty() || t == "*" || t == ">")
+            || subject
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+        {
+            return Err(UrlError::NatsSubject(owned()));
+        }
+        let decode = percent_decode;
+        let credentials = match (url.username(), url.password()) {
+            ("", None) => None,
+            (user, password) => Some(Arc::new((decode(user), password.map(decode)))),
+        };
+        let authority_str = format!("{host}:{}", url.port().unwrap_or(4222));
+        let authority: Authority = authority_str
+            .parse()
+            .map_err(|_| UrlError::NoHost(owned()))?;
+        let host_header =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| UrlError::NoHost(owned()))?;
+        let userinfo = match &credentials {
+            Some(_) if url.password().is_some() => format!("{}:***@", url.username()),
+            // A user alone is a token (NATS's `nats://TOKEN@host`): a secret too.
+            Some(_) => "***@".to_owned(),
+            None => String::new(),
+        };
+        Ok(Self {
+            normalized: format!("{scheme}://{userinfo}{authority}/{subject}"),
+            transport: Transport::Nats,
+            scheme: Scheme::HTTP,
+            authority,
+            host_header,
+            prefix: subject.to_owned(),
+            credentials,
+        })
+    }
+
+    /// For a NATS URL: the server to connect to (`nats://HOST:PORT` or `tls://…`,
+    /// without credentials), the subject, and the user and password if given.
+    pub fn nats(&self) -> Option<NatsAddress<'_>> {
+        (self.transport == Transport::Nats).then(|| NatsAddress {
+            tls: self.normalized.starts_with("tls://"),
+            authority: self.authority.as_str(),
+            subject: &self.prefix,
+            credentials: self.credentials.as_deref(),
         })
     }
 
@@ -247,6 +335,73 @@ impl TargetUrl {
             }
         };
         Uri::from(pq)
+    }
+}
+
+/// The URL's host; an error when it has none, or has a query or a fragment.
+fn checked_host<'u>(url: &'u url::Url, raw: &str) -> Result<&'u str, UrlError> {
+    if url.query().is_some() {
+        return Err(UrlError::HasQuery(raw.to_owned()));
+    }
+    if url.fragment().is_some() {
+        return Err(UrlError::HasFragment(raw.to_owned()));
+    }
+    match url.host_str() {
+        Some(h) if !h.is_empty() => Ok(h),
+        _ => Err(UrlError::NoHost(raw.to_owned())),
+    }
+}
+
+/// Whether `url` starts with `nats://` or `tls://`, in any case.
+pub fn is_nats(url: &str) -> bool {
+    let starts = |scheme: &str| {
+        url.get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    };
+    starts("nats://") || starts("tls://")
+}
+
+/// `%XX` escapes decoded (as the URL parser wrote them); invalid UTF-8 replaced.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Where a NATS mirror publishes (see [`TargetUrl::nats`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NatsAddress<'a> {
+    /// `tls://`: NATS over TLS.
+    pub tls: bool,
+    /// `HOST:PORT`.
+    pub authority: &'a str,
+    pub subject: &'a str,
+    /// User and password, or a token alone, as given (percent-decoded).
+    pub credentials: Option<&'a (String, Option<String>)>,
+}
+
+impl NatsAddress<'_> {
+    /// The server address as the NATS client takes it, without credentials.
+    pub fn server(&self) -> String {
+        let scheme = if self.tls { "tls" } else { "nats" };
+        format!("{scheme}://{}", self.authority)
     }
 }
 
@@ -335,6 +490,70 @@ mod tests {
         }
         let err = TargetUrl::parse("ftp://host").unwrap_err();
         assert!(err.to_string().contains("h2c://"), "{err}");
+    }
+
+    #[test]
+    fn nats_urls_keep_the_password_aside_and_show_it_as_stars() {
+        let url = TargetUrl::parse("nats://copier:s%40cret@NATS.local:4333/tm.copies").unwrap();
+        assert_eq!(url.as_str(), "nats://copier:***@nats.local:4333/tm.copies");
+        assert_eq!(
+            format!("{url:?}"),
+            "\"nats://copier:***@nats.local:4333/tm.copies\""
+        );
+        let address = url.nats().unwrap();
+        assert_eq!(address.server(), "nats://nats.local:4333");
+        assert_eq!(address.subject, "tm.copies");
+        assert_eq!(
+            address.credentials,
+            Some(&("copier".to_owned(), Some("s@cret".to_owned())))
+        );
+        // The same mirror whatever its password: one entry, shown once.
+        assert_eq!(
+            url,
+            TargetUrl::parse("nats://copier:other@nats.local:4333/tm.copies").unwrap()
+        );
+        let tls = TargetUrl::parse("tls://nats.local/tm.x").unwrap();
+        assert_eq!(tls.as_str(), "tls://nats.local:4222/tm.x");
+        assert!(tls.nats().unwrap().tls);
+        assert_eq!(tls.nats().unwrap().credentials, None);
+        let token = TargetUrl::parse("nats://t0ken@h/s").unwrap();
+        assert_eq!(token.as_str(), "nats://***@h:4222/s");
+        assert_eq!(
+            token.nats().unwrap().credentials,
+            Some(&("t0ken".to_owned(), None))
+        );
+        assert_eq!(
+            TargetUrl::parse("http://a")
+                .unwrap()
+                .nats()
+                .map(|a| a.subject),
+            None
+        );
+    }
+
+    #[test]
+    fn a_nats_url_names_one_literal_subject_and_is_no_main_target() {
+        for bad in [
+            "nats://h:4222",
+            "nats://h:4222/",
+            "nats://h/a.*",
+            "nats://h/a.>",
+            "nats://h/a..b",
+            "nats://h/a/b",
+        ] {
+            assert!(
+                matches!(TargetUrl::parse(bad), Err(UrlError::NatsSubject(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            TargetUrl::parse_main("nats://h/s"),
+            Err(UrlError::FileNotMain(_))
+        ));
+        assert!(matches!(
+            TargetUrl::parse("nats:///s"),
+            Err(UrlError::NoHost(_))
+        ));
     }
 
     #[test]

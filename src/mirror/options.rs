@@ -31,10 +31,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use serde::ser::{SerializeMap, Serializer};
 
+use super::compare::decision::ThresholdOptions;
 use crate::target_url::{TargetUrl, UrlError};
 
 /// Every option key, in the canonical order of the text form and the JSON listing.
-pub const KEYS: [&str; 20] = [
+pub const KEYS: [&str; 25] = [
     "percent",
     "sample_by",
     "rate",
@@ -55,6 +56,11 @@ pub const KEYS: [&str; 20] = [
     "max_file_size",
     "max_total_size",
     "spill",
+    "stream",
+    "min_compared",
+    "max_mismatch_rate",
+    "max_error_rate",
+    "max_p99_ratio",
 ];
 
 /// The headers compared when `compare_header` is not given.
@@ -65,7 +71,7 @@ pub static DEFAULT_COMPARE_HEADERS: [HeaderName; 1] = [header::CONTENT_TYPE];
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
     #[error(
-        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, endpoint, role, ordered, retry, persistent, record_answers, max_file_size, max_total_size, spill)"
+        "unknown option {0:?} (known: percent, sample_by, rate, method, path, set_header, remove_header, host, compare, compare_header, ignore, endpoint, role, ordered, retry, persistent, record_answers, max_file_size, max_total_size, spill, stream, min_compared, max_mismatch_rate, max_error_rate, max_p99_ratio)"
     )]
     Unknown(String),
     #[error("invalid {key} value {value:?}: {reason}")]
@@ -164,6 +170,12 @@ pub struct MirrorOptions {
     /// `spill=file:///PATH`: copies that fail, or are dropped because the mirror is
     /// failing or its queue is full, are recorded there (docs/record-replay.md).
     pub spill: Option<String>,
+    /// `stream=NAME`: a `nats://` mirror's JetStream stream, created when missing
+    /// (docs/fleet.md).
+    pub stream: Option<String>,
+    /// The verdict's thresholds for this mirror (docs/comparing.md, "Deciding with a
+    /// baseline"); a verdict's query parameters win over them.
+    pub thresholds: ThresholdOptions,
 }
 
 impl Default for MirrorOptions {
@@ -189,6 +201,8 @@ impl Default for MirrorOptions {
             max_file_size: None,
             max_total_size: None,
             spill: None,
+            stream: None,
+            thresholds: ThresholdOptions::default(),
         }
     }
 }
@@ -284,6 +298,25 @@ fn parse_percent(key: &'static str, value: &str) -> Result<f64, OptionsError> {
         return Err(invalid(key, value, "must be above 0 and at most 100"));
     }
     Ok(p)
+}
+
+/// `stream`: a JetStream stream name (the server refuses spaces, `.`, `*`, `>`, path
+/// separators and control characters in one).
+fn parse_stream(key: &'static str, value: &str) -> Result<String, OptionsError> {
+    let valid = !value.is_empty()
+        && value.len() <= 255
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c));
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(invalid(
+            key,
+            value,
+            "a stream name (no spaces, '.', '*', '>', '/' or '\\')",
+        ))
+    }
 }
 
 /// `spill`: a `file:///ABSOLUTE/PATH` pattern, as a recording mirror's URL; the path kept.
@@ -517,6 +550,12 @@ impl MirrorOptions {
             "max_file_size" => self.max_file_size = Some(parse_file_size(key, value)?),
             "max_total_size" => self.max_total_size = Some(parse_file_size(key, value)?),
             "spill" => self.spill = Some(parse_spill(key, value)?),
+            "stream" => self.stream = Some(parse_stream(key, value)?),
+            "min_compared" | "max_mismatch_rate" | "max_error_rate" | "max_p99_ratio" => {
+                self.thresholds
+                    .set(key, value)
+                    .map_err(|reason| invalid(key, value, reason))?;
+            }
             _ => return Err(OptionsError::Unknown(key.to_owned())),
         }
         Ok(())
@@ -706,8 +745,31 @@ impl fmt::Display for MirrorOptions {
         if let Some(path) = &self.spill {
             token(f, "spill", format!("file://{path}").as_bytes())?;
         }
+        if let Some(stream) = &self.stream {
+            token(f, "stream", stream.as_bytes())?;
+        }
+        for (key, value) in threshold_tokens(&self.thresholds) {
+            token(f, key, value.as_bytes())?;
+        }
         Ok(())
     }
+}
+
+/// The thresholds given, as `key` and text value, in the order of [`KEYS`].
+fn threshold_tokens(t: &ThresholdOptions) -> Vec<(&'static str, String)> {
+    let rates = [
+        ("max_mismatch_rate", t.max_mismatch_rate),
+        ("max_error_rate", t.max_error_rate),
+        ("max_p99_ratio", t.max_p99_ratio),
+    ];
+    let min = t.min_compared.map(|n| ("min_compared", n.to_string()));
+    min.into_iter()
+        .chain(
+            rates
+                .into_iter()
+                .filter_map(|(key, v)| v.map(|v| (key, v.to_string()))),
+        )
+        .collect()
 }
 
 fn names(list: &[HeaderName]) -> Vec<&str> {
@@ -763,6 +825,12 @@ impl serde::Serialize for MirrorOptions {
             "spill",
             &self.spill.as_ref().map(|path| format!("file://{path}")),
         )?;
+        map.serialize_entry("stream", &self.stream)?;
+        let t = &self.thresholds;
+        map.serialize_entry("min_compared", &t.min_compared)?;
+        map.serialize_entry("max_mismatch_rate", &t.max_mismatch_rate)?;
+        map.serialize_entry("max_error_rate", &t.max_error_rate)?;
+        map.serialize_entry("max_p99_ratio", &t.max_p99_ratio)?;
         map.end()
     }
 }
@@ -822,6 +890,20 @@ pub(crate) mod tests {
 
     fn parse(pairs: &[(&str, &str)]) -> Result<MirrorOptions, OptionsError> {
         MirrorOptions::parse_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn a_nats_mirror_line_takes_a_stream_name() {
+        let line = MirrorLine::parse("nats://h:4222/tm.copies stream=TM retry=2").unwrap();
+        assert_eq!(line.options.stream.as_deref(), Some("TM"));
+        assert_eq!(
+            line.to_string(),
+            "nats://h:4222/tm.copies retry=2 stream=TM"
+        );
+        for bad in ["", "a.b", "a b", "a*", "a>", "a/b"] {
+            let err = parse(&[("stream", bad)]).unwrap_err();
+            assert!(err.to_string().contains("stream"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -983,6 +1065,13 @@ pub(crate) mod tests {
             ("retry", "-1"),
             ("retry", "1.5"),
             ("retry", "many"),
+            ("min_compared", "-1"),
+            ("min_compared", "lots"),
+            ("max_mismatch_rate", "150%"),
+            ("max_mismatch_rate", "x"),
+            ("max_error_rate", "1.5"),
+            ("max_p99_ratio", "0"),
+            ("max_p99_ratio", "inf"),
         ];
         for &(key, value) in cases {
             let err = parse(&[(key, value)]).unwrap_err();
@@ -1144,6 +1233,51 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn verdict_thresholds_are_options_that_round_trip() {
+        let line = MirrorLine::parse(
+            "http://cand:8080 compare=true max_p99_ratio=1.5 max_mismatch_rate=0.5% \
+             min_compared=5 max_error_rate=0.001",
+        )
+        .unwrap();
+        let t = line.options.thresholds;
+        assert_eq!(
+            t,
+            ThresholdOptions {
+                min_compared: Some(5),
+                max_mismatch_rate: Some(0.005),
+                max_error_rate: Some(0.001),
+                max_p99_ratio: Some(1.5),
+            }
+        );
+        let text = line.to_string();
+        assert_eq!(
+            text,
+            "http://cand:8080 compare=true min_compared=5 max_mismatch_rate=0.005 \
+             max_error_rate=0.001 max_p99_ratio=1.5"
+        );
+        assert_eq!(MirrorLine::parse(&text).unwrap(), line);
+        let json = serde_json::to_value(&line.options).unwrap();
+        assert_eq!(json["min_compared"], 5);
+        assert_eq!(json["max_mismatch_rate"], 0.005);
+        assert_eq!(json["max_p99_ratio"], 1.5);
+        // The JSON values, given back as pairs (as the status page does), parse to the
+        // same thresholds.
+        let pairs: Vec<(&str, String)> = ["min_compared", "max_mismatch_rate", "max_error_rate"]
+            .into_iter()
+            .map(|k| (k, json[k].to_string()))
+            .collect();
+        let again = MirrorOptions::parse_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())));
+        assert_eq!(again.unwrap().thresholds.max_mismatch_rate, Some(0.005));
+        let err = MirrorLine::parse("http://cand:8080 max_mismatch_rate=2%x").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid max_mismatch_rate value \"2%x\": a rate such as 0.001 or 0.1%"
+        );
+        let err = parse(&[("min_compared", "1"), ("min_compared", "2")]).unwrap_err();
+        assert_eq!(err, OptionsError::Repeated("min_compared"));
+    }
+
+    #[test]
     fn json_shows_every_key_with_defaults() {
         let json = serde_json::to_value(MirrorOptions::default()).unwrap();
         assert_eq!(
@@ -1154,7 +1288,8 @@ pub(crate) mod tests {
                 "compare_header": ["content-type"], "ignore": [], "endpoint": [],
                 "role": "candidate", "ordered": false,
                 "retry": 0, "persistent": false, "record_answers": false, "max_file_size": null,
-                "max_total_size": null, "spill": null
+                "max_total_size": null, "spill": null, "stream": null, "min_compared": null,
+                "max_mismatch_rate": null, "max_error_rate": null, "max_p99_ratio": null
             })
         );
         let keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
@@ -1299,36 +1434,81 @@ pub(crate) mod tests {
             any::<bool>(),
             proptest::option::of(1u64..u64::MAX),
             proptest::option::of(1u64..u64::MAX),
+            proptest::option::of(file_path()),
         );
-        (selection, rewrites, comparison, (0u32..=10, recording)).prop_map(
-            |(
-                (percent, sample_by, rate, methods, paths),
-                (set_headers, remove_headers, host),
-                (compare, compare_headers, ignore, (endpoints, baseline), ordered, persistent),
-                (retry, (record_answers, max_file_size, max_total_size)),
-            )| MirrorOptions {
-                percent,
-                sample_by,
-                rate,
-                methods: unique(methods),
-                paths: unique(paths),
-                set_headers: unique_names(set_headers),
-                remove_headers: unique(remove_headers),
-                host: host.map(|h| HeaderValue::from_str(&h).unwrap()),
-                compare,
-                compare_headers: unique(compare_headers),
-                ignore: unique(ignore),
-                endpoints: unique(endpoints),
-                baseline,
-                ordered,
-                retry,
-                persistent,
-                record_answers,
-                max_file_size,
-                max_total_size,
-                spill: None,
-            },
+        let thresholds = (
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(0.0f64..=1.0),
+            proptest::option::of(0.0f64..=1.0),
+            proptest::option::of(1e-6f64..1e6),
         )
+            .prop_map(
+                |(min_compared, max_mismatch_rate, max_error_rate, max_p99_ratio)| {
+                    ThresholdOptions {
+                        min_compared,
+                        max_mismatch_rate,
+                        max_error_rate,
+                        max_p99_ratio,
+                    }
+                },
+            );
+        (
+            selection,
+            rewrites,
+            comparison,
+            (0u32..=10, recording, thresholds),
+        )
+            .prop_map(
+                |(
+                    (percent, sample_by, rate, methods, paths),
+                    (set_headers, remove_headers, host),
+                    (compare, compare_headers, ignore, (endpoints, baseline), ordered, persistent),
+                    (retry, (record_answers, max_file_size, max_total_size, spill), thresholds),
+                )| MirrorOptions {
+                    percent,
+                    sample_by,
+                    rate,
+                    methods: unique(methods),
+                    paths: unique(paths),
+                    set_headers: unique_names(set_headers),
+                    remove_headers: unique(remove_headers),
+                    host: host.map(|h| HeaderValue::from_str(&h).unwrap()),
+                    compare,
+                    compare_headers: unique(compare_headers),
+                    ignore: unique(ignore),
+                    endpoints: unique(endpoints),
+                    baseline,
+                    ordered,
+                    retry,
+                    persistent,
+                    record_answers,
+                    max_file_size,
+                    max_total_size,
+                    spill,
+                    stream: None,
+                    thresholds,
+                },
+            )
+    }
+
+    /// An absolute path a `file://` URL accepts: time fields, `%` signs, dots and
+    /// non-ASCII letters, never a `..` segment.
+    fn file_path() -> impl Strategy<Value = String> {
+        "(/[a-z0-9%YmdHMS._\u{e9}-]{1,8}){1,3}"
+            .prop_filter("no .. segment", |p| !p.split('/').any(|s| s == ".."))
+    }
+
+    /// A target URL of every scheme a mirror line takes.
+    fn mirror_url() -> impl Strategy<Value = TargetUrl> {
+        let network = (
+            prop_oneof![Just("http"), Just("https"), Just("h2c")],
+            "[a-z]{1,8}",
+            1u16..,
+            "(/[a-z0-9]{1,5}){0,2}",
+        )
+            .prop_map(|(scheme, host, port, prefix)| format!("{scheme}://{host}:{port}{prefix}"));
+        prop_oneof![network, file_path().prop_map(|p| format!("file://{p}"))]
+            .prop_map(|url| TargetUrl::parse(&url).unwrap())
     }
 
     proptest! {
@@ -1356,14 +1536,29 @@ pub(crate) mod tests {
             prop_assert_eq!(parsed.to_string(), text);
         }
 
+        /// Every scheme (`file://` paths with their time fields too) and every option,
+        /// `spill`, `retry`, `role`, `endpoint` and the recording sizes included.
         #[test]
-        fn mirror_line_round_trips(options in options(), host in "[a-z]{1,8}", port in 1u16.., prefix in "(/[a-z0-9]{1,5}){0,2}") {
-            let line = MirrorLine {
-                url: TargetUrl::parse(&format!("http://{host}:{port}{prefix}")).unwrap(),
-                options,
-            };
+        fn mirror_line_round_trips(options in options(), url in mirror_url()) {
+            let line = MirrorLine { url, options };
             let text = line.to_string();
-            prop_assert_eq!(MirrorLine::parse(&text).unwrap(), line);
+            let parsed = MirrorLine::parse(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            prop_assert_eq!(&parsed, &line, "{}", text);
+            prop_assert_eq!(parsed.to_string(), text);
+        }
+
+        /// A valid line with any of its characters changed: refused or read, never a
+        /// panic, and what is read writes back to a line that reads the same.
+        #[test]
+        fn a_mangled_mirror_line_never_panics(options in options(), url in mirror_url(), at in any::<proptest::sample::Index>(), with in "\\PC") {
+            let text = MirrorLine { url, options }.to_string();
+            let mut chars: Vec<char> = text.chars().collect();
+            let i = at.index(chars.len());
+            chars.splice(i..=i, with.chars());
+            let mangled: String = chars.into_iter().collect();
+            if let Ok(line) = MirrorLine::parse(&mangled) {
+                prop_assert_eq!(MirrorLine::parse(&line.to_string()).unwrap(), line);
+            }
         }
 
         #[test]

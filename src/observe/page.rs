@@ -4,9 +4,11 @@
 //! The document is a constant: the server writes no data into it beyond the build it
 //! names in its footer ([`build_info`], fixed at compile time). Its script reads
 //! `GET <admin path>?format=json`, `<admin path>/status` and `<admin path>/mismatches`
-//! every two seconds and adds or removes mirrors with `PUT`/`DELETE <admin path>`, all on
-//! the page's own origin, so the browser re-sends the Basic credentials it used to open
-//! the page. Whether a request wants the page is [`wanted`]; routing and authentication
+//! every two seconds, and for each comparing mirror `<admin path>/endpoints` and
+//! `<admin path>/verdict`; it adds or removes mirrors with `PUT`/`DELETE <admin path>`,
+//! and turns a noise field into an `ignore` rule with the `PUT` an operator would send
+//! (the mirror's listed options plus that rule), all on the page's own origin, so the
+//! browser re-sends the Basic credentials it used to open the page. Whether a request wants the page is [`wanted`]; routing and authentication
 //! are the admin endpoint's.
 //!
 //! # Content Security Policy

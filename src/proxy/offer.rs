@@ -252,7 +252,10 @@ impl Followers {
             }
             // A recording mirror with `record_answers=true` writes main's answer too.
             comparing |= member.plan.compare.is_some() || member.plan.options.record_answers;
-            recording |= member.mirror.url().transport() == Transport::File;
+            recording |= matches!(
+                member.mirror.url().transport(),
+                Transport::File | Transport::Nats
+            );
         }
         let (answer_tx, main_answer) = if comparing && !unmirrored {
             let (tx, rx) = tokio::sync::watch::channel(None);

@@ -211,4 +211,83 @@ mod tests {
         assert_eq!(Pattern::file(&expanded, 1), PathBuf::from("/tmp/a.b/rec_1"));
         assert!(!pattern.gzip());
     }
+
+    /// The civil date (UTC) of a count of days since 1970-01-01 (H. Hinnant's
+    /// `civil_from_days`): the reference the expansion is checked against.
+    fn civil(days: i64) -> (i64, u32, u32) {
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        (yoe + era * 400 + i64::from(month <= 2), month, day)
+    }
+
+    /// The pattern with each field replaced, one after the other.
+    fn reference(pattern: &str, secs: u64) -> String {
+        let (y, mo, d) = civil((secs / 86_400) as i64);
+        let in_day = secs % 86_400;
+        let (h, mi, s) = (in_day / 3600, in_day / 60 % 60, in_day % 60);
+        pattern
+            .replace("%Y", &format!("{y:04}"))
+            .replace("%m", &format!("{mo:02}"))
+            .replace("%d", &format!("{d:02}"))
+            .replace("%H", &format!("{h:02}"))
+            .replace("%M", &format!("{mi:02}"))
+            .replace("%S", &format!("{s:02}"))
+    }
+
+    /// `_N` before the file name's first `.` (not a leading one), else at the end.
+    fn numbered(path: &str, index: u32) -> String {
+        let name_start = path.rfind('/').map_or(0, |i| i + 1);
+        match path[name_start..].find('.') {
+            Some(dot) if dot > 0 => {
+                let at = name_start + dot;
+                format!("{}_{index}{}", &path[..at], &path[at..])
+            }
+            _ => format!("{path}_{index}"),
+        }
+    }
+
+    /// Seconds up to the last one of year 9999 (what RFC 3339 writes in 4 digits).
+    const LAST_SECOND: u64 = 253_402_300_799;
+
+    proptest::proptest! {
+        /// Any pattern at any time: no panic; the expansion is the reference's, the
+        /// index goes where the reference puts it, and the pattern recognises every
+        /// file it names (the rotation's and `max_total_size`'s view of old files).
+        #[test]
+        fn expansion_and_numbering_match_a_reference(
+            pattern in proptest::prop_oneof![
+                "[a-z/._%YmdHMS\u{e9}-]{0,24}",
+                "\\PC{0,16}",
+            ],
+            secs in 0u64..=LAST_SECOND,
+            index in 0u32..100_000,
+        ) {
+            let p = Pattern::new(&pattern);
+            let expanded = p.expand(UNIX_EPOCH + Duration::from_secs(secs));
+            let want = reference(&pattern, secs);
+            proptest::prop_assert_eq!(Pattern::file(&expanded, 0), PathBuf::from(&want));
+            let file = Pattern::file(&expanded, index);
+            if index > 0 {
+                proptest::prop_assert_eq!(&file, &PathBuf::from(numbered(&want, index)));
+            }
+            let text = file.to_str().unwrap();
+            proptest::prop_assert!(p.matches(text), "{} does not match {:?}", text, pattern);
+            proptest::prop_assert_eq!(p.gzip(), pattern.ends_with(".gz") && want.rsplit('/').next().is_some_and(|n| n.find('.').is_some_and(|d| d > 0)));
+        }
+
+        /// Any path against any pattern: no panic, and a match is a name the pattern
+        /// could have given (its fields as digits).
+        #[test]
+        fn matching_any_text_never_panics(pattern in "\\PC{0,12}", text in "\\PC{0,24}") {
+            let p = Pattern::new(&pattern);
+            let _ = p.matches(&text);
+            let _ = glob_of(&pattern);
+        }
+    }
 }

@@ -119,7 +119,12 @@ struct State {
     total: u64,
     /// Records accepted into this batch for the current file, not yet written.
     pending: Vec<u8>,
+    /// When `total` was last looked up while past `max_total_size`.
+    scanned: Option<SystemTime>,
 }
+
+/// How often a recording past `max_total_size` looks at its files again.
+const RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl State {
     fn new(pattern: Pattern) -> Self {
@@ -128,6 +133,7 @@ impl State {
             current: None,
             total: 0,
             pending: Vec::new(),
+            scanned: None,
         }
     }
 
@@ -194,8 +200,28 @@ impl State {
             self.open(expanded, limits)?;
         }
         // Uncompressed sizes for what is not yet written: an upper bound for gzip.
-        let total = self.total + self.pending.len() as u64 + records.len() as u64;
-        Ok(total <= limits.max_total_size)
+        let unwritten = self.pending.len() as u64 + records.len() as u64;
+        let fits = |total: u64| total + unwritten <= limits.max_total_size;
+        if fits(self.total) {
+            return Ok(true);
+        }
+        // Dropping opens no file, so files deleted since the last look would never
+        // free room: looked up again, at most once a second.
+        if self
+            .scanned
+            .is_none_or(|at| now.duration_since(at).map_or(true, |d| d >= RESCAN))
+        {
+            self.scanned = Some(now);
+            let gone = self.current.as_ref().is_some_and(|c| !c.path.exists());
+            if gone && self.pending.is_empty() {
+                // The current file was deleted too: what it took now, no one could
+                // read. A new one is opened (which looks the total up).
+                self.open(self.pattern.expand(now), limits)?;
+            } else {
+                self.total = self.pattern.existing().1;
+            }
+        }
+        Ok(fits(self.total))
     }
 
     /// Opens the next file: index 0 for a new expansion, else the one after the

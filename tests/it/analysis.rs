@@ -174,10 +174,26 @@ async fn mirrors_with_the_same_percent_get_the_same_requests() {
 /// A backend answering `{"ts":N,"price":P}`: N a counter of its own starting at
 /// `clock` (so it differs between any two backends), P from `price(path)`.
 fn stamped(backend: &MockBackend, clock: u64, price: fn(&str) -> u32) {
+    stamped_with(backend, clock, price, "");
+}
+
+/// [`stamped`], with N also under the key `extra` when it is not empty (written into
+/// the JSON as it is: a key may carry markup).
+pub(crate) fn stamped_with(
+    backend: &MockBackend,
+    clock: u64,
+    price: fn(&str) -> u32,
+    extra: &'static str,
+) {
     let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(clock));
     backend.set_behavior(move |r| {
         let ts = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let body = format!(r#"{{"ts":{ts},"price":{}}}"#, price(r.uri.path()));
+        let price = price(r.uri.path());
+        let body = if extra.is_empty() {
+            format!(r#"{{"ts":{ts},"price":{price}}}"#)
+        } else {
+            format!(r#"{{"ts":{ts},"price":{price},"{extra}":{ts}}}"#)
+        };
         Reply::With(
             StatusCode::OK,
             vec![("content-type", "application/json")],
@@ -187,7 +203,7 @@ fn stamped(backend: &MockBackend, clock: u64, price: fn(&str) -> u32) {
 }
 
 /// Even order numbers cost more on the candidate.
-fn candidate_price(path: &str) -> u32 {
+pub(crate) fn candidate_price(path: &str) -> u32 {
     let n: u32 = path
         .rsplit('/')
         .next()
@@ -416,4 +432,67 @@ async fn max_error_rate_counts_mirror_errors_in_excess_of_mains() {
     .await;
     assert_eq!(v["pass"], false, "{v}");
     assert!(v["reasons"].to_string().contains("max_error_rate"), "{v}");
+}
+
+#[tokio::test]
+async fn a_mirror_lines_thresholds_decide_and_the_query_overrides_them() {
+    let mirror = MockBackend::start(json_reply(r#"{"v":2,"w":1}"#)).await;
+    let line = format!(
+        "{} compare=true min_compared=5 max_mismatch_rate=50% max_p99_ratio=1000",
+        mirror.url()
+    );
+    let (_main, proxy) =
+        TestProxy::in_front_of(json_reply(r#"{"v":1,"w":1}"#), &["--mirror", &line]).await;
+    // The listing shows the thresholds as shares, as they were given.
+    let listed = proxy.mirror_json(&mirror.url()).await.unwrap();
+    assert_eq!(listed["options"]["min_compared"], 5, "{listed}");
+    assert_eq!(listed["options"]["max_mismatch_rate"], 0.5);
+    assert_eq!(listed["options"]["max_error_rate"], Value::Null);
+    for i in 0..4 {
+        get(&proxy.url(&format!("/a/{i}"))).await;
+    }
+    endpoint(&proxy, &mirror.url(), "GET", "/a/{id}", 4).await;
+    // 4 answers: under the mirror's min_compared of 5, not the default 100.
+    let v = verdict(&proxy, &mirror.url(), "").await;
+    assert_eq!(v["pass"], Value::Null, "{v}");
+    assert!(
+        v["reasons"][0].as_str().unwrap().contains("min_compared 5"),
+        "{v}"
+    );
+    // Four answers of ten differ: 40 % is within the mirror's 50 %.
+    mirror.set_behavior(|_| json_reply(r#"{"v":1,"w":1}"#));
+    for _ in 0..6 {
+        get(&proxy.url("/c")).await;
+    }
+    endpoint(&proxy, &mirror.url(), "GET", "/c", 6).await;
+    let v = verdict(&proxy, &mirror.url(), "").await;
+    assert_eq!(
+        (v["pass"].clone(), v["compared"].clone()),
+        (json!(true), json!(10)),
+        "{v}"
+    );
+    assert!(
+        v["reasons"]
+            .to_string()
+            .contains("max_mismatch_rate 50.000 %"),
+        "{v}"
+    );
+    // A query parameter wins over the mirror's option, the others stay.
+    let v = verdict(&proxy, &mirror.url(), "&max_mismatch_rate=0.1%25").await;
+    assert_eq!(v["pass"], false, "{v}");
+    let v = verdict(&proxy, &mirror.url(), "&min_compared=11").await;
+    assert_eq!(v["pass"], Value::Null, "{v}");
+    // The report decides by the same thresholds.
+    let report = get(&proxy.admin_url(&format!("/report?url={}", mirror.url()))).await;
+    assert!(
+        String::from_utf8_lossy(&report.body).contains("Verdict: <strong>pass</strong>"),
+        "{}",
+        String::from_utf8_lossy(&report.body)
+    );
+    // A bad threshold on a mirror line is refused naming it.
+    let resp = proxy
+        .put(&format!("url={}&max_error_rate=lots", mirror.url()))
+        .await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST);
+    assert!(resp.text().contains("max_error_rate"), "{}", resp.text());
 }

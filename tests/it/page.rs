@@ -287,16 +287,22 @@ fn screenshot_path() -> PathBuf {
         .join("status-page.png")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_page_in_a_real_browser() {
-    let Some(driver) = Chromedriver::start("status_page_in_a_real_browser").await else {
+/// Runs `scenario` in a new headless Chromium within [`SCENARIO_LIMIT`]; says in one
+/// line that `test` did not run when Chromium or chromedriver is missing.
+async fn in_browser(test: &str, scenario: impl AsyncFnOnce(&Client)) {
+    let Some(driver) = Chromedriver::start(test).await else {
         return;
     };
     let page = driver.browser().await;
-    let scenario = tokio::time::timeout(SCENARIO_LIMIT, scenario(&page)).await;
+    let outcome = tokio::time::timeout(SCENARIO_LIMIT, scenario(&page)).await;
     let _ = page.close().await;
     drop(driver);
-    scenario.expect("the browser scenario finishes in time");
+    outcome.unwrap_or_else(|_| panic!("{test}: the browser scenario finishes in time"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_in_a_real_browser() {
+    in_browser("status_page_in_a_real_browser", scenario).await;
 }
 
 async fn scenario(page: &Client) {
@@ -470,12 +476,7 @@ async fn scenario(page: &Client) {
 
     // Remove, with the page's two-click button.
     let remove = format!("{} button[data-action=remove]", row(&healthy.url()));
-    page.find(Locator::Css(&remove))
-        .await
-        .expect("remove button")
-        .click()
-        .await
-        .expect("arm remove");
+    click(page, &remove, "arm remove").await;
     let armed = page.find(Locator::Css(&remove)).await.unwrap();
     assert_eq!(armed.text().await.unwrap(), "Confirm remove");
     armed.click().await.expect("confirm remove");
@@ -504,6 +505,16 @@ async fn scenario(page: &Client) {
     proxy.stop().await;
 }
 
+/// Clicks the element `selector` finds; panics naming `what` when there is none.
+async fn click(page: &Client, selector: &str, what: &str) {
+    page.find(Locator::Css(selector))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: no {selector}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
 async fn fill_and_submit(page: &Client, url: &str, options: &str) {
     let url_field = page.find(Locator::Id("add-url")).await.expect("url field");
     url_field.clear().await.unwrap();
@@ -530,14 +541,7 @@ async fn proxy_json(proxy: &TestProxy) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_page_in_a_real_browser() {
-    let Some(driver) = Chromedriver::start("report_page_in_a_real_browser").await else {
-        return;
-    };
-    let page = driver.browser().await;
-    let scenario = tokio::time::timeout(SCENARIO_LIMIT, report_scenario(&page)).await;
-    let _ = page.close().await;
-    drop(driver);
-    scenario.expect("the report scenario finishes in time");
+    in_browser("report_page_in_a_real_browser", report_scenario).await;
 }
 
 /// An answer carrying markup that would run if the report wrote it as HTML (inline
@@ -600,4 +604,184 @@ async fn report_scenario(page: &Client) {
         "{example}"
     );
     assert!(example.contains("<b>main</b>"), "{example}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_analysis_on_the_page_in_a_real_browser() {
+    in_browser(
+        "shadow_analysis_on_the_page_in_a_real_browser",
+        analysis_scenario,
+    )
+    .await;
+}
+
+/// A JSON key that would run if the page wrote it as markup.
+const MARKUP_KEY: &str = "<img src=x onerror=window.pwned=1>";
+/// An endpoint pattern (so a template) that would run if written as markup.
+const MARKUP_ENDPOINT: &str = "/p/:<img src=x onerror=window.pwned=2>";
+
+/// What the page shows for one comparing mirror: its endpoints (`METHOD TEMPLATE`),
+/// regressions and noise (their fields), verdict, and whether any markup ran.
+#[derive(Debug, serde::Deserialize)]
+struct Shown {
+    endpoints: Vec<String>,
+    /// The template cells' text.
+    templates: Vec<String>,
+    regressions: Vec<String>,
+    noise: Vec<String>,
+    ignorable: Vec<String>,
+    verdict: String,
+    report: Option<String>,
+    pwned: String,
+}
+
+async fn shown(page: &Client, url: &str) -> Option<Shown> {
+    let got = page
+        .execute(
+            "var u = arguments[0], box = null; \
+             document.querySelectorAll('.an-mirror').forEach(function (b) { \
+               if (b.getAttribute('data-url') === u) box = b; }); \
+             var all = function (sel, attr) { return Array.prototype.map.call( \
+               box.querySelectorAll(sel), function (e) { \
+                 return attr ? e.getAttribute(attr) : e.textContent; }); }; \
+             if (!box) return null; \
+             var report = box.querySelector('a[data-action=report]'); \
+             return { endpoints: all('tr.endpoint', 'data-endpoint'), \
+                      templates: all('tr.endpoint td:nth-child(2)', null), \
+                      regressions: all('li.regression', 'data-pointer'), \
+                      noise: all('li.noise', 'data-pointer'), \
+                      ignorable: all('li.noise button[data-action=ignore]', 'data-pointer'), \
+                      verdict: box.querySelector('[data-field=verdict]').textContent, \
+                      report: report ? report.getAttribute('href') : null, \
+                      pwned: typeof window.pwned };",
+            vec![url.into()],
+        )
+        .await
+        .ok()?;
+    serde_json::from_value(got).ok()
+}
+
+async fn analysis_scenario(page: &Client) {
+    use crate::analysis::{candidate_price, stamped_with};
+    let users = users_file();
+    let (main, proxy) = TestProxy::in_front_of(
+        Reply::ok("main"),
+        &["--password", users.path().to_str().unwrap()],
+    )
+    .await;
+    let baseline = MockBackend::start(Reply::ok("")).await;
+    let candidate = MockBackend::start(Reply::ok("")).await;
+    stamped_with(&main, 0, |_| 1, MARKUP_KEY);
+    stamped_with(&baseline, 1_000_000, |_| 1, MARKUP_KEY);
+    stamped_with(&candidate, 2_000_000, candidate_price, MARKUP_KEY);
+    let admin_of = &proxy;
+    let put = |query: String| async move {
+        let resp = admin(admin_of, Method::PUT, &query).await;
+        assert_eq!(resp.status, StatusCode::OK, "{query}: {}", resp.text());
+    };
+    put(format!(
+        "?url={}&compare=true&role=baseline",
+        baseline.url()
+    ))
+    .await;
+    let pattern: String =
+        url::form_urlencoded::byte_serialize(MARKUP_ENDPOINT.as_bytes()).collect();
+    put(format!(
+        "?url={}&compare=true&min_compared=10&endpoint={pattern}",
+        candidate.url()
+    ))
+    .await;
+    let traffic = |from: usize, to: usize| {
+        let proxy = &proxy;
+        async move {
+            for i in from..to {
+                for path in [format!("/orders/{i}"), format!("/p/{i}")] {
+                    let resp = send(Method::GET, &proxy.url(&path), &[], Bytes::new()).await;
+                    assert_eq!(resp.status, StatusCode::OK);
+                }
+            }
+        }
+    };
+    traffic(0, 20).await;
+
+    let origin = format!("http://{USER}:{PASSWORD}@{}", proxy.admin_addr);
+    page.goto(&format!("{origin}{}", proxy.admin_path))
+        .await
+        .expect("page opens");
+    let url = candidate.url();
+    let orders = "GET /orders/{id}".to_owned();
+    let markup_field = format!("/{MARKUP_KEY}");
+    let before = until(
+        "the candidate's endpoints, regression and noise",
+        || async {
+            let s = shown(page, &url).await?;
+            (s.endpoints.contains(&orders)
+                && s.regressions.contains(&"/price".to_owned())
+                && s.noise.contains(&"/ts".to_owned())
+                && s.verdict == "fail")
+                .then_some(s)
+        },
+    )
+    .await;
+    // The template and the field carrying markup are shown as text, and nothing ran.
+    assert_eq!(before.pwned, "undefined", "markup ran: {before:?}");
+    assert!(
+        before.endpoints.contains(&format!("GET {MARKUP_ENDPOINT}")),
+        "{before:?}"
+    );
+    assert!(
+        before.templates.contains(&MARKUP_ENDPOINT.to_owned()),
+        "{before:?}"
+    );
+    assert!(before.noise.contains(&markup_field), "{before:?}");
+    assert!(before.ignorable.contains(&markup_field), "{before:?}");
+    assert!(before.report.is_some_and(|r| r.contains("/report?url=")));
+    assert!(before.templates.contains(&"/orders/{id}".to_owned()));
+    let all_text: String = serde_json::from_value(
+        page.execute(
+            "return document.getElementById('analysis').textContent;",
+            vec![],
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(all_text.contains(MARKUP_KEY), "{all_text}");
+    assert!(all_text.contains(MARKUP_ENDPOINT), "{all_text}");
+
+    // One click on "ignore" beside the noise field: the PUT an operator would send, the
+    // mirror's options kept.
+    let button = format!(
+        "div.an-mirror[data-url=\"{url}\"] li.noise button[data-action=ignore][data-pointer=\"/ts\"]"
+    );
+    click(page, &button, "ignore on /ts").await;
+    let options = until("the ignore rule in the listing", || async {
+        let json = proxy_json(&proxy).await;
+        let options = json.iter().find(|m| m["url"] == url.as_str())?["options"].clone();
+        (options["ignore"] == serde_json::json!(["/ts"])).then_some(options)
+    })
+    .await;
+    assert_eq!(options["compare"], true, "{options}");
+    assert_eq!(options["min_compared"], 10, "{options}");
+    assert_eq!(options["endpoint"], serde_json::json!([MARKUP_ENDPOINT]));
+    assert_eq!(options["role"], "candidate");
+    // The mirror's row on the page lists the rule with its other options.
+    until("the ignore rule on the mirror's row", || async {
+        let shown = cell(page, &url, "options").await?;
+        (shown.contains("ignore=/ts") && shown.contains("min_compared=10")).then_some(())
+    })
+    .await;
+    // More traffic: /ts no longer counts on the candidate, and leaves the noise.
+    traffic(20, 30).await;
+    let after = until("/ts gone from the noise", || async {
+        let s = shown(page, &url).await?;
+        (!s.noise.contains(&"/ts".to_owned()) && s.noise.contains(&markup_field)).then_some(s)
+    })
+    .await;
+    assert!(
+        after.regressions.contains(&"/price".to_owned()),
+        "{after:?}"
+    );
+    assert_eq!(after.pwned, "undefined");
+    proxy.stop().await;
 }

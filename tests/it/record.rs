@@ -199,8 +199,8 @@ async fn record_answers_adds_mains_answer_with_the_same_id_and_timestamp() {
         replay(&[path.to_str().unwrap(), "--to", &same.url(), "--compare"]).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(
-        stderr.contains("replay: compared 1, mismatched 0"),
-        "{stderr}"
+        stdout.contains("replay: compared 1, mismatched 0"),
+        "{stdout}"
     );
     assert_eq!(same.next().await.method, Method::PUT);
 }
@@ -269,7 +269,7 @@ async fn a_file_url_is_no_main_target() {
 // ===== replay =====
 
 /// Runs `trafficmirror replay ARGS` (bounded); exit code, stdout, stderr.
-async fn replay(args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) async fn replay(args: &[&str]) -> (Option<i32>, String, String) {
     let sandbox = Sandbox::new();
     let mut command = tokio::process::Command::from(sandbox.command());
     command.arg("replay").args(args);
@@ -282,6 +282,15 @@ async fn replay(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `trafficmirror replay FILE --to TARGET --speed 0`, which must exit 0; its
+/// stdout and stderr.
+async fn replay_at_once(file: &Path, target: &MockBackend) -> (String, String) {
+    let file = file.to_str().unwrap();
+    let (code, stdout, stderr) = replay(&[file, "--to", &target.url(), "--speed", "0"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    (stdout, stderr)
 }
 
 /// A recording in GoReplay's documented format, written by hand: a 4-field and a
@@ -466,15 +475,7 @@ async fn a_recording_cut_by_kill_9_replays_every_whole_record() {
     let _ = tokio::time::timeout(WAIT, traffic).await;
 
     let target = MockBackend::start(Reply::ok("")).await;
-    let (code, stdout, stderr) = replay(&[
-        path.to_str().unwrap(),
-        "--to",
-        &target.url(),
-        "--speed",
-        "0",
-    ])
-    .await;
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let (stdout, _) = replay_at_once(&path, &target).await;
     let summary = stdout.lines().last().unwrap();
     let sent: usize = summary
         .strip_prefix("replay: sent ")
@@ -545,14 +546,14 @@ async fn replay_compare_names_the_differing_endpoint_and_sets_the_exit_status() 
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(stdout.contains("replay: sent 2, answered 2"), "{stdout}");
     assert!(
-        stderr.contains("replay: mismatch GET /differs: 1 of 1 differ (body)"),
-        "{stderr}"
+        stdout.contains("replay: mismatch GET /differs: 1 of 1 differ; fields: /v (1); first: "),
+        "{stdout}"
     );
-    assert!(stderr.contains("\"pointer\":\"/v\""), "{stderr}");
-    assert!(!stderr.contains("GET /same"), "{stderr}");
+    assert!(stdout.contains("\"pointer\":\"/v\""), "{stdout}");
+    assert!(!stdout.contains("GET /same"), "{stdout}");
     assert!(
-        stderr.contains("replay: compared 2, mismatched 1 (50.00%)"),
-        "{stderr}"
+        stdout.contains("replay: compared 2, mismatched 1 (50.00%)"),
+        "{stdout}"
     );
 
     let mut within = base.to_vec();
@@ -605,8 +606,8 @@ async fn replay_output_records_the_replay_for_the_next_run() {
     .await;
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(
-        stderr.contains("replay: compared 2, mismatched 2"),
-        "{stderr}"
+        stdout.contains("replay: compared 2, mismatched 2"),
+        "{stdout}"
     );
 }
 
@@ -760,4 +761,284 @@ async fn a_write_error_is_a_failed_copy_that_counts_toward_health() {
     assert_eq!(listed["state"], "failing", "{listed}");
     assert_eq!(main.count(), 5);
     proxy.stop().await;
+}
+
+/// A proxy (with `args`) in front of a mock main, and a recording mirror writing
+/// `rec.gor` in `folder` (`""` or `"name/"`) of a fresh directory, with `options`.
+async fn recording_proxy(
+    folder: &str,
+    args: &[&str],
+    options: &str,
+) -> (tempfile::TempDir, String, MockBackend, TestProxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/{folder}rec.gor", dir.path().display());
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("ok"), args).await;
+    proxy.put_ok(&format!("url={url}{options}")).await;
+    (dir, url, main, proxy)
+}
+
+/// The mirror's `[succeeded, failed, dropped, queued]`.
+async fn recording_outcomes(proxy: &TestProxy, url: &str) -> [u64; 4] {
+    let m = proxy.mirror_json(url).await.expect("listed");
+    ["succeeded", "failed", "dropped", "queued"].map(|k| m[k].as_u64().unwrap())
+}
+
+/// `n` POSTs through the proxy at once: every answer `200` from main, all within
+/// [`WAIT`] (a failing disk slows only the recording thread).
+async fn posts_at_once(proxy: &TestProxy, n: usize, path: &str) {
+    let mut all = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let url = proxy.url(&format!("{path}/{i}"));
+        all.spawn(async move { send(Method::POST, &url, &[], "payload").await.status });
+    }
+    let statuses = tokio::time::timeout(WAIT, all.join_all())
+        .await
+        .expect("main answers every request in time while the disk fails");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+}
+
+/// The IDs and paths of every record in the recording's files under `dir`.
+fn recorded_in(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for rec in read_records(&bytes) {
+            let path = rec.start.split(' ').nth(1).unwrap().to_owned();
+            out.push((rec.id, path));
+        }
+    }
+    out
+}
+
+/// docs/record-replay.md, "Files": write errors are failed copies that count toward
+/// health; main is never slowed. The recording's folder is replaced by a regular file
+/// mid-run (a disk gone read-only, as root cannot be stopped by `chmod`), then put back.
+#[tokio::test]
+async fn a_recording_whose_folder_goes_mid_run_fails_copies_and_recovers() {
+    // One record a file: each copy opens a file, as a rotation does.
+    let (dir, url, main, proxy) =
+        recording_proxy("rec/", &["--retry-after", "200ms"], "&max_file_size=1").await;
+    let folder = dir.path().join("rec");
+    posts_at_once(&proxy, 5, "/before").await;
+    eventually("5 written", || async {
+        recording_outcomes(&proxy, &url).await == [5, 0, 0, 0]
+    })
+    .await;
+
+    std::fs::rename(&folder, dir.path().join("moved")).unwrap();
+    std::fs::write(&folder, "not a folder").unwrap();
+    posts_at_once(&proxy, 20, "/during").await;
+    eventually("every copy settled", || async {
+        let [succeeded, failed, dropped, queued] = recording_outcomes(&proxy, &url).await;
+        queued == 0 && succeeded + failed + dropped == 25
+    })
+    .await;
+    let [succeeded, failed, _, _] = recording_outcomes(&proxy, &url).await;
+    assert_eq!(succeeded, 5, "nothing written while the folder is gone");
+    assert!(failed >= 5, "{failed} failed");
+    let listed = proxy.mirror_json(&url).await.unwrap();
+    assert_ne!(listed["state"], "alive", "{listed}");
+
+    std::fs::remove_file(&folder).unwrap();
+    std::fs::rename(dir.path().join("moved"), &folder).unwrap();
+    eventually("alive again once its trial is written", || async {
+        send(Method::POST, &proxy.url("/after"), &[], "payload").await;
+        proxy.mirror_json(&url).await.unwrap()["state"] == "alive"
+    })
+    .await;
+    posts_at_once(&proxy, 5, "/after").await;
+    eventually("every copy settled", || async {
+        recording_outcomes(&proxy, &url).await[3] == 0
+    })
+    .await;
+    let [succeeded, failed, dropped, _] = recording_outcomes(&proxy, &url).await;
+    let requests = main.count() as u64;
+    assert_eq!(
+        succeeded + failed + dropped,
+        requests,
+        "each copy counted once"
+    );
+    // What is on disk is exactly what was counted written, each copy once.
+    let recorded = recorded_in(&folder);
+    assert_eq!(recorded.len() as u64, succeeded);
+    let mut ids: Vec<&String> = recorded.iter().map(|(id, _)| id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), recorded.len(), "no record twice");
+    assert!(recorded.iter().all(|(_, p)| !p.starts_with("/during")));
+    assert_eq!(
+        recorded
+            .iter()
+            .filter(|(_, p)| p.starts_with("/before"))
+            .count(),
+        5
+    );
+    proxy.stop().await;
+}
+
+/// docs/record-replay.md, `max_total_size`: past it copies are dropped (health
+/// untouched), under load too; deleting old files frees room, looked up at the next
+/// file opened.
+#[tokio::test]
+async fn max_total_size_under_load_drops_and_deleting_files_frees_room() {
+    let (dir, url, main, proxy) =
+        recording_proxy("", &[], "&max_file_size=1&max_total_size=2000").await;
+    posts_at_once(&proxy, 30, "/load").await;
+    eventually("every copy settled", || async {
+        let [succeeded, failed, dropped, queued] = recording_outcomes(&proxy, &url).await;
+        queued == 0 && succeeded + failed + dropped == 30
+    })
+    .await;
+    let [written, failed, dropped, _] = recording_outcomes(&proxy, &url).await;
+    assert_eq!(failed, 0);
+    assert!(
+        written >= 1 && dropped >= 1,
+        "{written} written, {dropped} dropped"
+    );
+    let on_disk: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(on_disk <= 2000, "{on_disk} bytes");
+    assert_eq!(recorded_in(dir.path()).len() as u64, written);
+    let listed = proxy.mirror_json(&url).await.unwrap();
+    assert_eq!(listed["state"], "alive", "{listed}");
+
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    // Looked up again at most once a second: within WAIT, a copy is written.
+    eventually("a copy written again", || async {
+        let answer = send(Method::POST, &proxy.url("/room"), &[], "payload").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        eventually("settled", || async {
+            recording_outcomes(&proxy, &url).await[3] == 0
+        })
+        .await;
+        recording_outcomes(&proxy, &url).await[0] == written + 1
+    })
+    .await;
+    let [_, failed, dropped, _] = recording_outcomes(&proxy, &url).await;
+    assert_eq!(failed, 0);
+    assert_eq!(
+        written + 1 + dropped,
+        main.count() as u64,
+        "each copy counted once"
+    );
+    let recorded = recorded_in(dir.path());
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].1, "/room");
+    proxy.stop().await;
+}
+
+/// Three request records as a recording mirror writes them (the first one's body holds
+/// the separator, as a client may send it); where the last one starts.
+fn three_records() -> (Vec<u8>, usize) {
+    let sep = std::str::from_utf8(SEPARATOR).unwrap();
+    let records = [
+        format!(
+            "1 {:024x} 1700000000000000000 -1\nPOST /r/0 HTTP/1.1\r\nContent-Length: {}\r\n\r\nab{sep}cd",
+            0,
+            4 + SEPARATOR.len()
+        ),
+        format!(
+            "1 {:024x} 1700000000001000000 -1\nGET /r/1 HTTP/1.1\r\nHost: prod\r\n\r\n",
+            1
+        ),
+        format!(
+            "1 {:024x} 1700000000002000000 -1\nPOST /r/2 HTTP/1.1\r\nContent-Length: 4\r\n\r\nlast",
+            2
+        ),
+    ];
+    let mut bytes = Vec::new();
+    let mut before_last = 0;
+    for (i, record) in records.iter().enumerate() {
+        if i == 2 {
+            before_last = bytes.len();
+        }
+        bytes.extend_from_slice(record.as_bytes());
+        bytes.extend_from_slice(SEPARATOR);
+    }
+    (bytes, before_last)
+}
+
+/// Replays `file` to `target`; checks the summary's `sent` and `skipped`, a torn record
+/// named when skipped, and the requests that arrived.
+async fn replay_cut(file: &Path, target: &MockBackend, whole: usize, skipped: &[usize]) {
+    let (stdout, stderr) = replay_at_once(file, target).await;
+    let summary = stdout.lines().last().unwrap_or_default();
+    let torn = skipped
+        .iter()
+        .find(|&&n| summary.contains(&format!("skipped {n},")))
+        .unwrap_or_else(|| panic!("skipped one of {skipped:?}: {summary}"));
+    assert!(
+        summary.starts_with(&format!("replay: sent {whole}, answered {whole} ")),
+        "{summary}"
+    );
+    if *torn == 1 {
+        assert!(stderr.contains("record 2: torn record"), "{stderr}");
+    }
+    let first = target.next().await;
+    assert_eq!(first.uri, "/r/0");
+    assert_eq!(first.body.len(), 4 + SEPARATOR.len());
+    assert_eq!(target.next().await.uri, "/r/1");
+    if whole == 3 {
+        assert_eq!(target.next().await.uri, "/r/2");
+    }
+}
+
+/// docs/record-replay.md: after a crash a file holds whole records and at most one torn
+/// one at its end, which `replay` skips, naming it. The last record is cut at offsets
+/// across it (its meta line, head, body and separator), the separator in the first
+/// record's body is no cut, and a `.gz` file cut inside its last gzip member (one per
+/// batch, as a recording mirror writes them) loses only that record.
+#[tokio::test]
+async fn replay_of_a_file_cut_inside_its_last_record_sends_every_whole_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = MockBackend::start(Reply::ok("")).await;
+    let (bytes, before_last) = three_records();
+    let step = ((bytes.len() - before_last) / 10).max(1);
+    let mut cuts: Vec<usize> = (before_last + 1..bytes.len()).step_by(step).collect();
+    cuts.extend([bytes.len() - SEPARATOR.len(), bytes.len() - 1]);
+    let file = dir.path().join("cut.gor");
+    for at in cuts {
+        std::fs::write(&file, &bytes[..at]).unwrap();
+        replay_cut(&file, &target, 2, &[1]).await;
+    }
+    for (at, whole) in [(before_last, 2), (bytes.len(), 3)] {
+        std::fs::write(&file, &bytes[..at]).unwrap();
+        replay_cut(&file, &target, whole, &[0]).await;
+    }
+
+    // One gzip member per record; the last one cut in its header and in its data (a
+    // cut in its 8-byte trailer leaves the record whole: it is sent).
+    let mut gz = Vec::new();
+    let mut last_member = 0;
+    for (i, part) in [&bytes[..before_last], &bytes[before_last..]]
+        .iter()
+        .enumerate()
+    {
+        if i == 1 {
+            last_member = gz.len();
+        }
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, part).unwrap();
+        gz.extend(encoder.finish().unwrap());
+    }
+    let file = dir.path().join("cut.gor.gz");
+    for at in [
+        last_member + 1,
+        last_member + 12,
+        (last_member + gz.len()) / 2,
+    ] {
+        std::fs::write(&file, &gz[..at]).unwrap();
+        // A member cut before any of its bytes decode leaves nothing torn.
+        replay_cut(&file, &target, 2, &[0, 1]).await;
+    }
+    target
+        .assert_nothing_within(Duration::from_millis(50))
+        .await;
 }

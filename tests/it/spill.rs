@@ -178,10 +178,18 @@ async fn copies_dropped_by_a_full_queue_are_spilled() {
 
 #[tokio::test]
 async fn a_mirror_without_spill_writes_nothing_and_counts_none() {
+    // Two failing mirrors, one spilling into the directory: only its copy is written.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spill.gor");
     let refusing = format!("http://{}", closed_addr().await);
+    let spilling = format!("http://{}", closed_addr().await);
     let (_main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &[]).await;
     proxy.add_mirrors(&[&refusing]).await;
+    proxy
+        .put_ok(&format!("url={spilling}&spill=file://{}", file.display()))
+        .await;
     get(&proxy.url("/n")).await;
+    spilled(&proxy, &spilling, 1).await;
     eventually("the copy failed", || async {
         proxy
             .mirror_json(&refusing)
@@ -193,4 +201,85 @@ async fn a_mirror_without_spill_writes_nothing_and_counts_none() {
     assert_eq!(listed["spilled"], 0, "{listed}");
     assert!(listed["options"]["spill"].is_null(), "{listed}");
     proxy.stop().await;
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files, ["spill.gor"]);
+    assert_eq!(sorted_starts(&file), ["GET /n HTTP/1.1"]);
+}
+
+#[tokio::test]
+async fn copies_still_under_way_at_shutdown_are_spilled_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spill.gor");
+    // Reads each copy's head, says so, and never answers.
+    let hung = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_url = format!("http://{}", hung.local_addr().unwrap());
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = hung.accept().await {
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                read_until(&mut stream, "\r\n\r\n").await;
+                let _ = seen_tx.send(());
+                std::future::pending::<()>().await;
+                drop(stream);
+            });
+        }
+    });
+    let main = MockBackend::start(Reply::ok("main")).await;
+    let mirror = format!("{hung_url} spill=file://{}", file.display());
+    let bin = Binary::start(&[
+        "--main",
+        &main.url(),
+        "--mirror",
+        &mirror,
+        "--mirror-timeout",
+        "30s",
+        "--shutdown-timeout",
+        "800ms",
+    ])
+    .await;
+    for i in 0..3 {
+        let answer = get(&bin.url(&format!("/late/{i}"))).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    for _ in 0..3 {
+        tokio::time::timeout(WAIT, seen.recv())
+            .await
+            .expect("the copy reached the mirror in time");
+    }
+    // Nothing is spilled while the copies are under way.
+    assert!(spilled_requests(&file).is_empty());
+    let started = std::time::Instant::now();
+    let stderr = bin
+        .terminate_within(std::time::Duration::from_secs(2))
+        .await;
+    // Within --shutdown-timeout (and the exit's few milliseconds).
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1300),
+        "{:?}",
+        started.elapsed()
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("shutdown complete"))
+        .unwrap_or_else(|| panic!("no complete shutdown: {stderr}"));
+    // Cut short, each copy is `failed` (the counts add up: sent = succeeded + failed),
+    // and `spilled`.
+    assert!(
+        line.contains(&format!(
+            "{hung_url} sent=3 delivered=0 failed=3 dropped=0 undelivered=0 spilled=3"
+        )),
+        "{line}"
+    );
+    assert_eq!(
+        sorted_starts(&file),
+        [
+            "GET /late/0 HTTP/1.1",
+            "GET /late/1 HTTP/1.1",
+            "GET /late/2 HTTP/1.1"
+        ]
+    );
 }

@@ -89,12 +89,12 @@ impl BodyCapture {
     }
 
     /// Adds a chunk; abandons the capture when its kept bytes would pass the budget.
-    pub fn push(&mut self, chunk: &[u8]) {
+    pub fn push(&mut self, chunk: &Bytes) {
         let Some(capture) = self.capture.as_mut() else {
             return;
         };
         let before = capture.held_bytes();
-        capture.push(chunk);
+        capture.push_bytes(chunk);
         let after = capture.held_bytes();
         if after > before && !self.held.grow((after - before) as u64) {
             self.capture = None;

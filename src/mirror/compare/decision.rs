@@ -48,53 +48,110 @@ pub struct ThresholdError {
 
 /// A rate written as a share (`0.001`) or a percentage (`0.1%`), within `[0, 1]`.
 fn parse_rate(text: &str) -> Option<f64> {
+    let text = text.trim();
     let rate = match text.strip_suffix('%') {
-        Some(percent) => percent.trim().parse::<f64>().ok()? / 100.0,
+        // `0.5%` read as `0.5e-2`: the nearest share to what was written, so that the
+        // listing shows `0.005` rather than the rounding error of a division.
+        Some(percent) => format!("{}e-2", percent.trim())
+            .parse::<f64>()
+            .or_else(|_| percent.trim().parse::<f64>().map(|p| p / 100.0))
+            .ok()?,
         None => text.parse::<f64>().ok()?,
     };
     (rate.is_finite() && (0.0..=1.0).contains(&rate)).then_some(rate)
 }
 
-impl Thresholds {
-    /// The defaults, changed by the `min_compared`, `max_mismatch_rate` and
-    /// `max_p99_ratio` pairs of `pairs` (other keys are left to the caller).
+/// Thresholds as given, each `None` when not: a mirror's options, or a verdict's query
+/// parameters, which win over the options they are laid [`ThresholdOptions::over`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ThresholdOptions {
+    pub min_compared: Option<u64>,
+    /// A share in `[0, 1]`.
+    pub max_mismatch_rate: Option<f64>,
+    /// A share in `[0, 1]`.
+    pub max_error_rate: Option<f64>,
+    /// Above 0.
+    pub max_p99_ratio: Option<f64>,
+}
+
+impl ThresholdOptions {
+    /// Sets the threshold `key` from `value`: `Ok(false)` when `key` is no threshold,
+    /// `Err` with what a good value looks like when `value` is bad.
+    ///
+    /// # Errors
+    /// A value that does not parse: the reason, to be named with the key.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, &'static str> {
+        const RATE: &str = "a rate such as 0.001 or 0.1%";
+        match key {
+            "min_compared" => {
+                self.min_compared = Some(value.trim().parse().map_err(|_| "not a whole number")?);
+            }
+            "max_mismatch_rate" => self.max_mismatch_rate = Some(parse_rate(value).ok_or(RATE)?),
+            "max_error_rate" => self.max_error_rate = Some(parse_rate(value).ok_or(RATE)?),
+            "max_p99_ratio" => {
+                let ratio = value
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| r.is_finite() && *r > 0.0)
+                    .ok_or("a positive number such as 1.5")?;
+                self.max_p99_ratio = Some(ratio);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The thresholds among `pairs` (other keys are left to the caller).
     ///
     /// # Errors
     /// A value that does not parse, named.
     pub fn from_pairs<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, ThresholdError> {
-        let mut t = Self::default();
+        let mut given = Self::default();
         for (key, value) in pairs {
-            let bad = |reason| ThresholdError {
+            given.set(key, value).map_err(|reason| ThresholdError {
                 key: key.to_owned(),
                 value: value.to_owned(),
                 reason,
-            };
-            match key {
-                "min_compared" => {
-                    t.min_compared = value.parse().map_err(|_| bad("not a whole number"))?;
-                }
-                "max_mismatch_rate" => {
-                    t.max_mismatch_rate =
-                        parse_rate(value).ok_or_else(|| bad("a rate such as 0.001 or 0.1%"))?;
-                }
-                "max_error_rate" => {
-                    t.max_error_rate =
-                        Some(parse_rate(value).ok_or_else(|| bad("a rate such as 0.001 or 0.1%"))?);
-                }
-                "max_p99_ratio" => {
-                    let ratio = value
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|r| r.is_finite() && *r > 0.0)
-                        .ok_or_else(|| bad("a positive number such as 1.5"))?;
-                    t.max_p99_ratio = Some(ratio);
-                }
-                _ => {}
-            }
+            })?;
         }
-        Ok(t)
+        Ok(given)
+    }
+
+    /// Each threshold given here, else `under`'s.
+    pub fn over(self, under: Self) -> Self {
+        Self {
+            min_compared: self.min_compared.or(under.min_compared),
+            max_mismatch_rate: self.max_mismatch_rate.or(under.max_mismatch_rate),
+            max_error_rate: self.max_error_rate.or(under.max_error_rate),
+            max_p99_ratio: self.max_p99_ratio.or(under.max_p99_ratio),
+        }
+    }
+
+    /// What a decision demands: the thresholds given, the defaults for the others.
+    pub fn thresholds(self) -> Thresholds {
+        let d = Thresholds::default();
+        Thresholds {
+            min_compared: self.min_compared.unwrap_or(d.min_compared),
+            max_mismatch_rate: self.max_mismatch_rate.unwrap_or(d.max_mismatch_rate),
+            max_p99_ratio: self.max_p99_ratio.or(d.max_p99_ratio),
+            max_error_rate: self.max_error_rate.or(d.max_error_rate),
+        }
+    }
+}
+
+impl Thresholds {
+    /// The defaults, changed by the threshold pairs of `pairs` (other keys are left to
+    /// the caller).
+    ///
+    /// # Errors
+    /// A value that does not parse, named.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ThresholdError> {
+        Ok(ThresholdOptions::from_pairs(pairs)?.thresholds())
     }
 }
 
@@ -380,7 +437,181 @@ mod tests {
         }
     }
 
+    #[test]
+    fn query_thresholds_win_over_the_mirrors_each_on_its_own() {
+        let options = ThresholdOptions::from_pairs([
+            ("min_compared", "5"),
+            ("max_mismatch_rate", "0.5%"),
+            ("max_p99_ratio", "3"),
+        ])
+        .unwrap();
+        // A percentage is kept as the share it names, not a division's rounding.
+        assert_eq!(options.max_mismatch_rate, Some(0.005));
+        assert_eq!(
+            options.thresholds(),
+            Thresholds {
+                min_compared: 5,
+                max_mismatch_rate: 0.005,
+                max_p99_ratio: Some(3.0),
+                max_error_rate: None,
+            }
+        );
+        let query = ThresholdOptions::from_pairs([("min_compared", "7"), ("max_error_rate", "1%")])
+            .unwrap();
+        assert_eq!(
+            query.over(options).thresholds(),
+            Thresholds {
+                min_compared: 7,
+                max_mismatch_rate: 0.005,
+                max_p99_ratio: Some(3.0),
+                max_error_rate: Some(0.01),
+            }
+        );
+        // Nothing given anywhere: the defaults.
+        assert_eq!(
+            ThresholdOptions::default()
+                .over(ThresholdOptions::default())
+                .thresholds(),
+            Thresholds::default()
+        );
+        // The mirror's thresholds decide when the query gives none.
+        let t = ThresholdOptions::default().over(options).thresholds();
+        assert_eq!(decide(&t, &totals(10, 0), &[], false).pass, Some(true));
+        assert_eq!(
+            decide(&Thresholds::default(), &totals(10, 0), &[], false).pass,
+            None
+        );
+        let mut bad = ThresholdOptions::default();
+        assert_eq!(
+            bad.set("max_error_rate", "2"),
+            Err("a rate such as 0.001 or 0.1%")
+        );
+        assert_eq!(bad.set("url", "x"), Ok(false));
+    }
+
+    /// Totals of `compared` answers, `mismatched` of them differing, with these error
+    /// counts and p99 latencies (ms).
+    fn totals_with(
+        compared: u64,
+        mismatched: u64,
+        errors: (u64, u64),
+        p99: (Option<f64>, Option<f64>),
+    ) -> CompareSnapshot {
+        let mut t = totals(compared.max(mismatched), mismatched);
+        t.compared = compared;
+        t.errors = ErrorCounts {
+            main: errors.0,
+            mirror: errors.1,
+        };
+        t.latency_ms.main.p99 = p99.0;
+        t.latency_ms.mirror.p99 = p99.1;
+        t
+    }
+
+    /// Any thresholds, every check on or off.
+    fn thresholds() -> impl Strategy<Value = Thresholds> {
+        (
+            0u64..2000,
+            0.0f64..=1.0,
+            proptest::option::of(0.01f64..100.0),
+            proptest::option::of(0.0f64..=1.0),
+        )
+            .prop_map(
+                |(min_compared, max_mismatch_rate, max_p99_ratio, max_error_rate)| Thresholds {
+                    min_compared,
+                    max_mismatch_rate,
+                    max_p99_ratio,
+                    max_error_rate,
+                },
+            )
+    }
+
+    /// A mirror's totals: counts, errors and p99s, any of them absent.
+    fn any_totals() -> impl Strategy<Value = CompareSnapshot> {
+        (
+            0u64..5000,
+            0u64..5000,
+            (0u64..500, 0u64..500),
+            (
+                proptest::option::of(0.0f64..1000.0),
+                proptest::option::of(0.0f64..1000.0),
+            ),
+        )
+            .prop_map(|(compared, mismatched, errors, p99)| {
+                totals_with(compared, mismatched.min(compared), errors, p99)
+            })
+    }
+
+    fn fails(d: &Decision) -> bool {
+        d.pass == Some(false)
+    }
+
     proptest! {
+        /// Below `min_compared` there is never a decision, whatever else is true.
+        #[test]
+        fn below_min_compared_is_always_undecided(
+            t in thresholds(),
+            totals in any_totals(),
+            counts in proptest::collection::vec(0u64..1000, 0..4),
+            weighed in any::<bool>(),
+        ) {
+            let d = decide(&t, &totals, &[endpoint(totals.compared, &counts)], weighed);
+            prop_assert_eq!(d.pass.is_none(), totals.compared < t.min_compared, "{:?}", d);
+            prop_assert_eq!(d.compared, totals.compared);
+            prop_assert!(!d.reasons.is_empty());
+        }
+
+        /// More mismatches, more mirror errors or a slower mirror never turn a fail into
+        /// a pass (nor a decision into none).
+        #[test]
+        fn worse_results_never_turn_a_fail_into_a_pass(
+            t in thresholds(),
+            totals in any_totals(),
+            more_mismatched in 0u64..5000,
+            more_errors in 0u64..500,
+            slower in 0.0f64..1000.0,
+        ) {
+            let before = decide(&t, &totals, &[], false);
+            let mut worse = totals;
+            worse.mismatched = (worse.mismatched + more_mismatched).min(worse.compared);
+            worse.errors.mirror += more_errors;
+            worse.latency_ms.mirror.p99 = worse.latency_ms.mirror.p99.map(|p| p + slower);
+            let after = decide(&t, &worse, &[], false);
+            prop_assert_eq!(after.pass.is_none(), before.pass.is_none());
+            if fails(&before) {
+                prop_assert!(fails(&after), "{:?} then {:?}", before, after);
+            }
+        }
+
+        /// Raising a limit (a rate, the p99 ratio, or checking one no more) never turns
+        /// a pass into a fail; raising `min_compared` can only leave it undecided.
+        #[test]
+        fn raising_a_threshold_never_turns_a_pass_into_a_fail(
+            t in thresholds(),
+            totals in any_totals(),
+            counts in proptest::collection::vec(0u64..1000, 0..4),
+            weighed in any::<bool>(),
+            by in 0.0f64..1.0,
+            more_min in 0u64..1000,
+        ) {
+            let endpoints = [endpoint(totals.compared, &counts)];
+            let before = decide(&t, &totals, &endpoints, weighed);
+            let raised = [
+                Thresholds { max_mismatch_rate: (t.max_mismatch_rate + by).min(1.0), ..t },
+                Thresholds { max_error_rate: t.max_error_rate.map(|r| (r + by).min(1.0)), ..t },
+                Thresholds { max_error_rate: None, ..t },
+                Thresholds { max_p99_ratio: t.max_p99_ratio.map(|r| r * (1.0 + by)), ..t },
+                Thresholds { max_p99_ratio: None, ..t },
+                Thresholds { min_compared: t.min_compared + more_min, ..t },
+            ];
+            for looser in raised {
+                let after = decide(&looser, &totals, &endpoints, weighed);
+                if before.pass == Some(true) {
+                    prop_assert!(!fails(&after), "{:?} then {:?} with {:?}", before, after, looser);
+                }
+            }
+        }
+
         /// More regressions never turn a fail into a pass.
         #[test]
         fn more_regressions_never_turn_a_fail_into_a_pass(

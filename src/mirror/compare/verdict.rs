@@ -265,6 +265,12 @@ impl CapturedBody {
 /// The kept bytes never exceed `limit` (nor does their allocation); once the body passes
 /// `limit` they are freed and [`Capture::held_bytes`] drops to 0. The digest is the same
 /// as hashing the whole body at once, whatever the chunking.
+///
+/// A first chunk given as [`Bytes`] ([`Capture::push_bytes`]) is kept as it is, without
+/// a copy: most answers arrive in one chunk, and copying each into an allocation of its
+/// own cost more than comparing them. Such a chunk is a slice of the buffer the answer
+/// was read into, the buffer the answer's header values (kept for the comparison too)
+/// are slices of as well; a second chunk copies it into a vector as any later one.
 pub struct Capture {
     limit: usize,
     state: CaptureState,
@@ -272,8 +278,13 @@ pub struct Capture {
 
 enum CaptureState {
     Keeping(Vec<u8>),
+    /// The first chunk, as it came.
+    Shared(Bytes),
     // Boxed: the hasher carries a few hundred bytes of buffer.
-    Hashing { len: u64, hasher: Box<Xxh3Default> },
+    Hashing {
+        len: u64,
+        hasher: Box<Xxh3Default>,
+    },
 }
 
 impl Capture {
@@ -285,9 +296,27 @@ impl Capture {
         }
     }
 
+    /// Adds the next chunk of the body, kept without a copy when it is the first.
+    pub fn push_bytes(&mut self, chunk: &Bytes) {
+        match &self.state {
+            CaptureState::Keeping(kept) if kept.capacity() == 0 && chunk.len() <= self.limit => {
+                self.state = CaptureState::Shared(chunk.clone());
+            }
+            _ => self.push(chunk),
+        }
+    }
+
     /// Adds the next chunk of the body.
     pub fn push(&mut self, chunk: &[u8]) {
+        if let CaptureState::Shared(first) = &self.state {
+            // A second chunk: from now on the bytes are copied, the first one too.
+            let first = first.clone();
+            self.state = CaptureState::Keeping(Vec::new());
+            self.push(&first);
+        }
         match &mut self.state {
+            // Made a vector above.
+            CaptureState::Shared(_) => {}
             CaptureState::Keeping(kept) => {
                 let needed = kept.len() + chunk.len();
                 if needed <= self.limit {
@@ -322,6 +351,7 @@ impl Capture {
     pub fn held_bytes(&self) -> usize {
         match &self.state {
             CaptureState::Keeping(kept) => kept.capacity(),
+            CaptureState::Shared(first) => first.len(),
             CaptureState::Hashing { .. } => 0,
         }
     }
@@ -330,6 +360,7 @@ impl Capture {
     pub fn finish(self) -> CapturedBody {
         match self.state {
             CaptureState::Keeping(kept) => CapturedBody::Whole(Bytes::from(kept)),
+            CaptureState::Shared(first) => CapturedBody::Whole(first),
             CaptureState::Hashing { len, hasher } => CapturedBody::Digest {
                 len,
                 digest: hasher.digest128(),
@@ -344,6 +375,7 @@ impl fmt::Debug for Capture {
         d.field("limit", &self.limit);
         match &self.state {
             CaptureState::Keeping(kept) => d.field("kept", &kept.len()),
+            CaptureState::Shared(first) => d.field("kept", &first.len()),
             CaptureState::Hashing { len, .. } => d.field("hashed", len),
         };
         d.finish()
@@ -1089,6 +1121,10 @@ impl io::Write for Bounded {
 
 /// The first `max_chars` characters of `s` (all of it if shorter).
 pub(crate) fn cut(s: &str, max_chars: usize) -> &str {
+    // No more bytes than the bound: no more characters either.
+    if s.len() <= max_chars {
+        return s;
+    }
     match s.char_indices().nth(max_chars) {
         Some((end, _)) => &s[..end],
         None => s,
@@ -1641,6 +1677,32 @@ mod tests {
             }
         );
         assert_eq!(Capture::new(0).finish(), CapturedBody::Whole(Bytes::new()));
+    }
+
+    #[test]
+    fn a_body_in_one_chunk_is_kept_without_a_copy() {
+        let chunk = Bytes::from(vec![7u8; 2048]);
+        let mut c = Capture::new(4096);
+        c.push_bytes(&chunk);
+        assert_eq!(c.held_bytes(), 2048);
+        let CapturedBody::Whole(kept) = c.finish() else {
+            panic!("kept whole")
+        };
+        assert_eq!(kept.as_ptr(), chunk.as_ptr());
+        // A second chunk copies both; past the limit only the digest stays.
+        let mut c = Capture::new(4096);
+        c.push_bytes(&chunk);
+        c.push_bytes(&Bytes::from_static(b"tail"));
+        assert_eq!(c.held_bytes(), 4096);
+        let CapturedBody::Whole(kept) = c.finish() else {
+            panic!("kept whole")
+        };
+        assert_ne!(kept.as_ptr(), chunk.as_ptr());
+        assert_eq!(kept.len(), 2052);
+        let mut c = Capture::new(2047);
+        c.push_bytes(&chunk);
+        assert_eq!(c.held_bytes(), 0);
+        assert!(matches!(c.finish(), CapturedBody::Digest { len: 2048, .. }));
     }
 
     #[test]
@@ -2297,13 +2359,19 @@ mod tests {
             body in prop::collection::vec(any::<u8>(), 0..3000),
             limit in 0usize..3200,
             cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+            shared in prop::collection::vec(any::<bool>(), 13),
         ) {
             let mut points: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
             points.sort_unstable();
             let mut chunked = Capture::new(limit);
             let mut start = 0;
-            for end in points.into_iter().chain([body.len()]) {
-                chunked.push(&body[start..end]);
+            for (i, end) in points.into_iter().chain([body.len()]).enumerate() {
+                // Chunks given as Bytes (kept without a copy when first) or as slices.
+                if shared[i] {
+                    chunked.push_bytes(&Bytes::copy_from_slice(&body[start..end]));
+                } else {
+                    chunked.push(&body[start..end]);
+                }
                 prop_assert!(chunked.held_bytes() <= limit);
                 start = end;
             }
