@@ -96,7 +96,7 @@ where
             match rx.poll_recv(cx) {
                 // Boxed: a copy's future is several KB (`tokio::select!` with the shutdown
                 // spill), and the set's node would otherwise take it by value, moved a few
-                // times (~25k instructions per copy in memcpy under callgrind). Caught: the
+                // times (~16k instructions per copy in memcpy under callgrind). Caught: the
                 // panic hook has reported it, and the other copies go on.
                 Poll::Ready(Some(item)) => {
                     running.push(AssertUnwindSafe(Box::pin(deliver(item))).catch_unwind());
