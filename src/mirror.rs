@@ -4,15 +4,18 @@
 //! The request path calls [`Mirror::offer`], which never waits: it takes a queue permit
 //! (`--max-queued-requests` counts copies waiting *and* in flight), asks the health state
 //! machine, and hands the admitted copy to `Mirror::enqueue`, which delivers it in the
-//! background. Every copy starts at once on its own task. A copy for an ordered mirror
-//! (`ordered=true`: main's happens-before order, as the Go tool kept it; see [`ordered`])
-//! first waits on that task, holding its queue permit, until the copies it follows are
-//! done; the permit, health check, counters and delivery are the same for both.
+//! background. Every copy starts at once, on its worker's delivery lane ([`lane`]: one
+//! long-lived task per mirror and worker thread that runs the mirror's copies side by
+//! side). A copy for an ordered mirror (`ordered=true`: main's happens-before order, as
+//! the Go tool kept it; see [`ordered`]) first waits there, holding its queue permit,
+//! until the copies it follows are done; the permit, health check, counters and
+//! delivery are the same for both.
 
 pub mod compare;
 pub mod counters;
 pub mod grpc;
 pub mod health;
+mod lane;
 pub mod options;
 pub mod ordered;
 pub mod retry;
@@ -255,6 +258,8 @@ pub struct Mirror {
     /// Dropped copies being spilled, at most [`SPILLS_IN_FLIGHT`]: a slow disk must not
     /// pile up tasks.
     spill_permits: Arc<Semaphore>,
+    /// Where admitted copies are delivered: one lane per worker thread.
+    lanes: lane::Lanes<(Arc<Mirror>, Job)>,
     shared: Arc<Shared>,
 }
 
@@ -313,6 +318,7 @@ impl Mirror {
             nats,
             spill: Mutex::new(None),
             spill_permits: Arc::new(Semaphore::new(SPILLS_IN_FLIGHT)),
+            lanes: lane::Lanes::new(settings.pools),
             shared: shared.clone(),
         })
     }
@@ -452,30 +458,41 @@ impl Mirror {
         }
     }
 
-    /// Starts delivering an admitted copy on its own task (where an ordered copy waits its
-    /// turn) and counts it `sent`. False when the mirror is closed; the job (and its
-    /// permit) is then dropped.
+    /// Starts delivering an admitted copy on this worker's lane (where an ordered copy
+    /// waits its turn) and counts it `sent`. False when the mirror is closed; the job
+    /// (and its permit) is then dropped.
     fn enqueue(self: &Arc<Self>, job: Job) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
-        // Counted before the task exists: on another worker thread it may finish (and
-        // count its outcome) before `spawn` returns.
+        // Counted before the lane has it: on another worker thread it may finish (and
+        // count its outcome) before `send` returns.
         self.counters.enter_queue();
-        let mirror = self.clone();
-        // Boxed: the copy's future is ~2 KB; unboxed, spawning moves it several times
-        // (~1.8k instructions per copy in memcpy under callgrind, bench/README.md).
-        self.shared.tracker.spawn(Box::pin(async move {
-            if mirror.deliver(job).await == Some(Event::Remove) {
-                let _ = mirror.shared.expired.send(Arc::downgrade(&mirror));
-            }
-        }));
+        let start = |rx| {
+            let lane = lane::run(rx, |(mirror, job)| Self::deliver_reporting(mirror, job));
+            self.shared.tracker.spawn(lane);
+        };
+        if let Err((mirror, job)) = self.lanes.send((self.clone(), job), start) {
+            // Closed since the check above: admitted all the same, so delivered on a
+            // task of its own (boxed: the copy's future is ~2 KB).
+            let delivery = Self::deliver_reporting(mirror, job);
+            self.shared.tracker.spawn(Box::pin(delivery));
+        }
         true
+    }
+
+    /// Delivers `job`, then hands the mirror to the registry for removal when it has
+    /// failed for longer than `--fail-after`.
+    async fn deliver_reporting(mirror: Arc<Self>, job: Job) {
+        if mirror.deliver(job).await == Some(Event::Remove) {
+            let _ = mirror.shared.expired.send(Arc::downgrade(&mirror));
+        }
     }
 
     /// Stops accepting copies; those already admitted are still delivered.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        self.lanes.close();
     }
 
     /// Closes the idle connections to a mirror that left the set, without waiting for
