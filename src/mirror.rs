@@ -563,13 +563,15 @@ impl Mirror {
     /// Sends one copy, drains and discards the response, and records the outcome.
     async fn deliver(&self, job: Job) -> Option<Event> {
         let (started, result) = if job.plan.options.spill.is_some() {
+            // Boxed: one copy future holds one `send_in_time`, not two of them.
+            let sent = Box::pin(self.send_in_time(&job));
             tokio::select! {
-                sent = self.send_in_time(&job) => sent,
+                sent = sent => sent,
                 () = self.shared.spill_now.cancelled() => {
                     // Cut short by the shutdown: failed, like a timeout, and spilled.
                     self.counters.leave_queue(&self.counters.failed);
                     self.lock_health().abandon(job.ticket);
-                    self.spill(&job.request, &job.plan).await;
+                    Box::pin(self.spill(&job.request, &job.plan)).await;
                     return None;
                 }
             }
@@ -625,7 +627,7 @@ impl Mirror {
         };
         self.counters.leave_queue(counter);
         if !success && job.plan.options.spill.is_some() {
-            self.spill(&job.request, &job.plan).await;
+            Box::pin(self.spill(&job.request, &job.plan)).await;
         }
         let policy = self.policy(&job.plan);
         let event = self
@@ -827,8 +829,9 @@ impl Mirror {
     ) -> Result<Reply, crate::body::BoxError> {
         if let Some(sink) = &self.sink {
             let arrived = request.arrived.unwrap_or_else(std::time::SystemTime::now);
-            sink.record(request, plan, arrived, self.shared.settings.timeout)
-                .await?;
+            // Boxed, as the NATS branch below: an HTTP copy's future (the common case)
+            // then does not carry their state, which every copy would move around.
+            Box::pin(sink.record(request, plan, arrived, self.shared.settings.timeout)).await?;
             return Ok(Reply {
                 status: http::StatusCode::OK,
                 captured: None,
@@ -837,13 +840,13 @@ impl Mirror {
         if let Some(nats) = &self.nats {
             let arrived = request.arrived.unwrap_or_else(std::time::SystemTime::now);
             let retried = || Counters::incr(&self.counters.retried);
-            nats.publish(
+            Box::pin(nats.publish(
                 request,
                 plan,
                 arrived,
                 self.shared.settings.timeout,
                 retried,
-            )
+            ))
             .await?;
             return Ok(Reply {
                 status: http::StatusCode::OK,
