@@ -581,8 +581,10 @@ impl Mirror {
         let timeout = self.shared.settings.timeout;
         if let Ok(Err(err)) = &result {
             if crate::record::is_full(&**err) {
-                // `max_total_size` reached: dropped, never a full disk; not a failure.
-                self.counters.leave_queue(&self.counters.dropped);
+                // `max_total_size` found reached by this queued copy: not written, so
+                // `failed` (a `sent` copy ends as one `succeeded` or `failed`), but not
+                // the mirror's failure; the copies offered next are `dropped` at once.
+                self.counters.leave_queue(&self.counters.failed);
                 self.lock_health().abandon(job.ticket);
                 return None;
             }
