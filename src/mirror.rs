@@ -21,7 +21,7 @@ pub mod ordered;
 pub mod retry;
 pub mod select;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -560,6 +560,31 @@ impl Mirror {
         (started, result)
     }
 
+    /// For a copy that ended in an error that is not the mirror's failure (its health
+    /// untouched), the counter it ends in.
+    fn not_the_mirrors_fault(
+        &self,
+        err: &(dyn std::error::Error + Send + Sync + 'static),
+    ) -> Option<&AtomicU64> {
+        if crate::record::is_full(err) {
+            // `max_total_size` found reached by this queued copy: not written, so
+            // `failed` (a `sent` copy ends as one `succeeded` or `failed`), but not the
+            // mirror's failure; the copies offered next are `dropped` at once.
+            return Some(&self.counters.failed);
+        }
+        if crate::nats::is_too_large(err) {
+            // Over the NATS server's `max_payload`: skipped by rule, logged once.
+            return Some(&self.counters.skipped);
+        }
+        if client::is_fd_exhaustion(err) {
+            // Our own limit, not the mirror's fault: dropped.
+            let error = client::error_chain(err);
+            debug!(mirror = %self.url, %error, "mirror copy dropped: out of file descriptors");
+            return Some(&self.counters.dropped);
+        }
+        None
+    }
+
     /// Sends one copy, drains and discards the response, and records the outcome.
     async fn deliver(&self, job: Job) -> Option<Event> {
         let (started, result) = if job.plan.options.spill.is_some() {
@@ -580,25 +605,8 @@ impl Mirror {
         };
         let timeout = self.shared.settings.timeout;
         if let Ok(Err(err)) = &result {
-            if crate::record::is_full(&**err) {
-                // `max_total_size` found reached by this queued copy: not written, so
-                // `failed` (a `sent` copy ends as one `succeeded` or `failed`), but not
-                // the mirror's failure; the copies offered next are `dropped` at once.
-                self.counters.leave_queue(&self.counters.failed);
-                self.lock_health().abandon(job.ticket);
-                return None;
-            }
-            if crate::nats::is_too_large(&**err) {
-                // Over the NATS server's `max_payload`: skipped by rule, logged once.
-                self.counters.leave_queue(&self.counters.skipped);
-                self.lock_health().abandon(job.ticket);
-                return None;
-            }
-            if client::is_fd_exhaustion(&**err) {
-                // Our own limit, not the mirror's fault: dropped, health untouched.
-                let error = client::error_chain(&**err);
-                debug!(mirror = %self.url, %error, "mirror copy dropped: out of file descriptors");
-                self.counters.leave_queue(&self.counters.dropped);
+            if let Some(counter) = self.not_the_mirrors_fault(&**err) {
+                self.counters.leave_queue(counter);
                 self.lock_health().abandon(job.ticket);
                 return None;
             }

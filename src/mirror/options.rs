@@ -733,26 +733,34 @@ impl fmt::Display for MirrorOptions {
         if self.persistent {
             token(f, "persistent", b"true")?;
         }
-        if self.record_answers {
-            token(f, "record_answers", b"true")?;
-        }
-        if let Some(size) = self.max_file_size {
-            token(f, "max_file_size", size.to_string().as_bytes())?;
-        }
-        if let Some(size) = self.max_total_size {
-            token(f, "max_total_size", size.to_string().as_bytes())?;
-        }
-        if let Some(path) = &self.spill {
-            token(f, "spill", format!("file://{path}").as_bytes())?;
-        }
-        if let Some(stream) = &self.stream {
-            token(f, "stream", stream.as_bytes())?;
-        }
-        for (key, value) in threshold_tokens(&self.thresholds) {
+        let recording = recording_tokens(self).into_iter();
+        for (key, value) in recording.chain(threshold_tokens(&self.thresholds)) {
             token(f, key, value.as_bytes())?;
         }
         Ok(())
     }
+}
+
+/// The recording, spill and NATS options given, as `key` and text value, in the order
+/// of [`KEYS`].
+fn recording_tokens(o: &MirrorOptions) -> Vec<(&'static str, String)> {
+    let mut tokens = Vec::new();
+    if o.record_answers {
+        tokens.push(("record_answers", "true".to_owned()));
+    }
+    if let Some(size) = o.max_file_size {
+        tokens.push(("max_file_size", size.to_string()));
+    }
+    if let Some(size) = o.max_total_size {
+        tokens.push(("max_total_size", size.to_string()));
+    }
+    if let Some(path) = &o.spill {
+        tokens.push(("spill", format!("file://{path}")));
+    }
+    if let Some(stream) = &o.stream {
+        tokens.push(("stream", stream.clone()));
+    }
+    tokens
 }
 
 /// The thresholds given, as `key` and text value, in the order of [`KEYS`].
