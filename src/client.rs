@@ -370,7 +370,7 @@ impl Drop for Waiting<'_> {
 
 impl<B> Pool<B>
 where
-    B: Body + Default + Send + Unpin + 'static,
+    B: Body + Default + Resend + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -505,10 +505,15 @@ where
     ) -> Attempt<B> {
         let H2Stream { mut sender, guard } = stream;
         // As for HTTP/1.1 above: a safe request on a connection idle for a while is kept
-        // to go once more if the target closed that connection under it.
-        let resend = match idle {
-            Some(idle) if may_resend && idle >= self.inner.stale_after => replica(&request),
-            _ => None,
+        // to go once more if the target closed that connection under it. Any request
+        // whose body can be had again is kept too: the target may refuse its stream
+        // unprocessed (`GOAWAY`, `REFUSED_STREAM`), and hyper does not give it back then.
+        let stale = matches!(idle, Some(idle) if idle >= self.inner.stale_after);
+        let safe = stale && replica(&request).is_some();
+        let resend = if may_resend {
+            unprocessed_copy(&request)
+        } else {
+            None
         };
         self.h2_form(&mut request);
         match sender.try_send_request(request.map(h2::H2Body)).await {
@@ -523,7 +528,13 @@ where
                 (Some(unsent), _) if pooled => {
                     Attempt::Again(h1_form(unsent.map(|b| b.0)), may_resend)
                 }
-                (None, Some(again)) if closed_without_answer(err.error()) => {
+                // RFC 9113 §8.7: a stream above a GOAWAY's last stream id, or refused,
+                // was not processed and may be sent again: once, on a new connection.
+                (None, Some(again)) if unprocessed(err.error()) => {
+                    debug!(error = %err.error(), "HTTP/2 stream not processed by the target: request sent again");
+                    Attempt::Again(again, false)
+                }
+                (None, Some(again)) if safe && closed_without_answer(err.error()) => {
                     debug!(error = %err.error(), "idle HTTP/2 connection closed by the target: request sent again");
                     Attempt::Again(again, false)
                 }
@@ -791,12 +802,66 @@ fn replica<B: Body + Default>(request: &Request<B>) -> Option<Request<B>> {
     if !safe || !request.body().is_end_stream() {
         return None;
     }
-    let mut again = Request::new(B::default());
+    Some(copy_with(request, B::default()))
+}
+
+/// A copy of any request whose body can be had again ([`Resend`]), to send once more
+/// if the target did not process it; `None` when the body cannot.
+fn unprocessed_copy<B: Resend>(request: &Request<B>) -> Option<Request<B>> {
+    request.body().again().map(|body| copy_with(request, body))
+}
+
+fn copy_with<B>(request: &Request<B>, body: B) -> Request<B> {
+    let mut again = Request::new(body);
     *again.method_mut() = request.method().clone();
     *again.uri_mut() = request.uri().clone();
     *again.version_mut() = request.version();
     *again.headers_mut() = request.headers().clone();
-    Some(again)
+    again
+}
+
+/// A request body the pool can send a second time, when the target did not process the
+/// first (an HTTP/2 stream refused or above a `GOAWAY`'s last stream id).
+pub trait Resend: Sized {
+    /// The same body again; `None` when it is not held (a stream passed through).
+    fn again(&self) -> Option<Self>;
+}
+
+/// A mirror's copy or a replayed request: its body is in memory.
+impl Resend for http_body_util::Full<Bytes> {
+    fn again(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+}
+
+impl Resend for http_body_util::Empty<Bytes> {
+    fn again(&self) -> Option<Self> {
+        Some(Self::new())
+    }
+}
+
+/// Main's request: its body is streamed from the client and not kept, so only a
+/// request without one can be sent again.
+impl Resend for crate::body::BoxBody {
+    fn again(&self) -> Option<Self> {
+        self.is_end_stream().then(Self::default)
+    }
+}
+
+/// Whether an HTTP/2 exchange failed because the target did not process its stream
+/// (RFC 9113 §8.7): the stream was above the last stream id of a `GOAWAY` the target
+/// sent (h2 fails only those, and any opened after, with the remote `GOAWAY`), or the
+/// target reset it with `REFUSED_STREAM`.
+fn unprocessed(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<::h2::Error>() {
+            let refused = h2.is_reset() && h2.reason() == Some(::h2::Reason::REFUSED_STREAM);
+            return h2.is_remote() && (h2.is_go_away() || refused);
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Removes `Content-Length` from an answer that also carries `Transfer-Encoding`

@@ -33,6 +33,9 @@ enum Fault {
     NoTrailers,
     /// A gRPC answer: its head and one message, then nothing until the server stops.
     Stalls,
+    /// Refuses every stream of the first connection (`RST_STREAM`, `REFUSED_STREAM`:
+    /// not processed, RFC 9113 §8.7); answers `200 fresh` on every later one.
+    RefusesFirst,
 }
 
 /// An HTTP/2 (h2c) server with a [`Fault`]; counts the requests and connections it
@@ -40,6 +43,7 @@ enum Fault {
 struct FaultyH2 {
     addr: std::net::SocketAddr,
     requests: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
     task: JoinHandle<()>,
@@ -48,6 +52,8 @@ struct FaultyH2 {
 #[derive(Clone, Default)]
 struct Counts {
     requests: Arc<AtomicUsize>,
+    /// Of `requests`, those refused (`Fault::RefusesFirst`).
+    refused: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
@@ -62,13 +68,14 @@ impl FaultyH2 {
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
-                shared.connections.fetch_add(1, Ordering::SeqCst);
-                connections.spawn(serve(stream, fault, shared.clone()));
+                let first = shared.connections.fetch_add(1, Ordering::SeqCst) == 0;
+                connections.spawn(serve(stream, fault, first, shared.clone()));
             }
         });
         FaultyH2 {
             addr,
             requests: counts.requests,
+            refused: counts.refused,
             connections: counts.connections,
             max_in_flight: counts.max_in_flight,
             task,
@@ -91,10 +98,10 @@ impl Drop for FaultyH2 {
     }
 }
 
-/// One connection: `Reset` and `GoAway` at once; the others on a task of their own
-/// per stream once its request is read whole (the connection is driven by `accept`
-/// meanwhile).
-async fn serve(stream: tokio::net::TcpStream, fault: Fault, counts: Counts) {
+/// One connection (`first`: the server's first): `Reset`, `GoAway` and `RefusesFirst`
+/// at once; the others on a task of their own per stream once its request is read whole
+/// (the connection is driven by `accept` meanwhile).
+async fn serve(stream: tokio::net::TcpStream, fault: Fault, first: bool, counts: Counts) {
     let mut builder = h2::server::Builder::new();
     if fault == Fault::OneStream {
         builder.max_concurrent_streams(1);
@@ -109,6 +116,10 @@ async fn serve(stream: tokio::net::TcpStream, fault: Fault, counts: Counts) {
         counts.requests.fetch_add(1, Ordering::SeqCst);
         match fault {
             Fault::Reset => respond.send_reset(h2::Reason::INTERNAL_ERROR),
+            Fault::RefusesFirst if first => {
+                counts.refused.fetch_add(1, Ordering::SeqCst);
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+            }
             Fault::GoAway => {
                 held.push(respond);
                 conn.abrupt_shutdown(h2::Reason::INTERNAL_ERROR);
@@ -129,6 +140,12 @@ async fn answer(
 ) {
     while let Some(Ok(chunk)) = body.data().await {
         let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    if fault == Fault::RefusesFirst {
+        if let Ok(mut send) = respond.send_response(Response::new(()), false) {
+            let _ = send.send_data(Bytes::from_static(b"fresh"), true);
+        }
+        return;
     }
     if fault == Fault::OneStream {
         let now = counts.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -160,6 +177,183 @@ fn no_status_reply() -> EchoReply {
     EchoReply {
         text: "no status follows".into(),
         ..Default::default()
+    }
+}
+
+/// What a [`GoAwayH2`] does with the streams at or below its `GOAWAY`'s last stream id.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Below {
+    /// Answers them `200`: they were processed.
+    Answer,
+    /// Resets them (`INTERNAL_ERROR`): they failed, and may have been processed.
+    Reset,
+}
+
+/// The last stream id of [`GoAwayH2`]'s `GOAWAY`: streams 1 and 3 were processed.
+const LAST_STREAM: u32 = 3;
+
+/// An HTTP/2 (h2c) server written frame by frame, to send a `GOAWAY` with a last stream
+/// id of its choosing (the h2 crate picks it itself). Its first connection waits for
+/// `gather` complete requests (or 1 s), then says `GOAWAY` (`NO_ERROR`, last stream
+/// [`LAST_STREAM`]), does [`Below`] with the streams at or below it, and closes; every
+/// later connection answers each request `200` as soon as it is complete.
+struct GoAwayH2 {
+    addr: std::net::SocketAddr,
+    /// Complete requests seen on the first connection, and on all the later ones.
+    first: Arc<AtomicUsize>,
+    later: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl GoAwayH2 {
+    async fn start(gather: usize, below: Below) -> GoAwayH2 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (first, later, connections) = <[Arc<AtomicUsize>; 3]>::default().into();
+        let (seen_first, seen_later, count) = (first.clone(), later.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                    tasks.spawn(say_goaway(stream, gather, below, seen_first.clone()));
+                } else {
+                    tasks.spawn(answer_all(stream, seen_later.clone()));
+                }
+            }
+        });
+        GoAwayH2 {
+            addr,
+            first,
+            later,
+            connections,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("h2c://{}", self.addr)
+    }
+
+    /// (complete requests on the first connection, on the later ones, connections).
+    fn seen(&self) -> (usize, usize, usize) {
+        let load = |n: &AtomicUsize| n.load(Ordering::SeqCst);
+        (
+            load(&self.first),
+            load(&self.later),
+            load(&self.connections),
+        )
+    }
+}
+
+impl Drop for GoAwayH2 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A frame's header: payload length, type, flags, stream id.
+fn frame_head(len: usize, kind: u8, flags: u8, stream: u32) -> Vec<u8> {
+    let len = u32::try_from(len).unwrap().to_be_bytes();
+    let mut head = vec![len[1], len[2], len[3], kind, flags];
+    head.extend_from_slice(&stream.to_be_bytes());
+    head
+}
+
+/// `200` with `END_STREAM` on `stream` (`:status 200` is HPACK static entry 8).
+fn ok_frame(stream: u32) -> Vec<u8> {
+    let mut frame = frame_head(1, 0x1, 0x5, stream);
+    frame.push(0x88);
+    frame
+}
+
+/// Reads the client's preface and sends the server's (an empty SETTINGS frame).
+async fn h2_preface(stream: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut preface = [0; 24];
+    stream.read_exact(&mut preface).await?;
+    stream.write_all(&frame_head(0, 0x4, 0, 0)).await
+}
+
+/// Reads one frame: acknowledges a SETTINGS or PING, and returns the stream id of a
+/// request that is now complete (`END_STREAM` on its HEADERS or DATA).
+async fn read_frame(stream: &mut tokio::net::TcpStream) -> std::io::Result<Option<u32>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = [0; 9];
+    stream.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let (kind, flags) = (head[3], head[4]);
+    let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload).await?;
+    match kind {
+        0x0 | 0x1 if flags & 0x1 != 0 => return Ok(Some(id)),
+        0x4 if flags & 0x1 == 0 => stream.write_all(&frame_head(0, 0x4, 0x1, 0)).await?,
+        0x6 if flags & 0x1 == 0 => {
+            let mut pong = frame_head(8, 0x6, 0x1, 0);
+            pong.extend_from_slice(&payload);
+            stream.write_all(&pong).await?;
+        }
+        _ => {}
+    }
+    Ok(None)
+}
+
+/// [`GoAwayH2`]'s first connection.
+async fn say_goaway(
+    mut stream: tokio::net::TcpStream,
+    gather: usize,
+    below: Below,
+    seen: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    h2_preface(&mut stream).await?;
+    let mut complete = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while complete.len() < gather {
+        match tokio::time::timeout_at(deadline, read_frame(&mut stream)).await {
+            Ok(frame) => complete.extend(frame?),
+            Err(_) => break,
+        }
+    }
+    seen.store(complete.len(), Ordering::SeqCst);
+    let mut out = frame_head(8, 0x7, 0, 0);
+    out.extend_from_slice(&LAST_STREAM.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR
+    for &id in complete.iter().filter(|&&id| id <= LAST_STREAM) {
+        match below {
+            Below::Answer => out.extend(ok_frame(id)),
+            Below::Reset => {
+                out.extend(frame_head(4, 0x3, 0, id));
+                out.extend_from_slice(&2u32.to_be_bytes()); // INTERNAL_ERROR
+            }
+        }
+    }
+    stream.write_all(&out).await?;
+    stream.shutdown().await?;
+    // Read to the client's end: closing with unread bytes would reset the connection
+    // and could lose what was just written.
+    let mut sink = [0; 4096];
+    let drain = async {
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(WAIT, drain).await;
+    Ok(())
+}
+
+/// [`GoAwayH2`]'s later connections.
+async fn answer_all(
+    mut stream: tokio::net::TcpStream,
+    seen: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    h2_preface(&mut stream).await?;
+    loop {
+        if let Some(id) = read_frame(&mut stream).await? {
+            seen.fetch_add(1, Ordering::SeqCst);
+            stream.write_all(&ok_frame(id)).await?;
+        }
     }
 }
 
@@ -262,10 +456,9 @@ async fn a_main_that_resets_the_stream_or_sends_goaway_is_502_promptly() {
     }
 }
 
-/// Requests multiplexed on a connection that says `GOAWAY`: each ends (`502`), none
-/// hangs. Those above the `GOAWAY`'s last stream never reached main (RFC 9113 §6.8
-/// would allow sending them again; hyper's error does not tell them apart, so they are
-/// answered as main's failure, like the stream main had taken).
+/// Requests multiplexed on connections that each say `GOAWAY` (`INTERNAL_ERROR`): each
+/// ends (`502`), none hangs. Those main took failed; those above the `GOAWAY`'s last
+/// stream went once more, on a new connection that said `GOAWAY` too.
 #[tokio::test]
 async fn requests_at_once_on_a_connection_that_says_goaway_all_end() {
     let main = FaultyH2::start(Fault::GoAway).await;
@@ -274,6 +467,73 @@ async fn requests_at_once_on_a_connection_that_says_goaway_all_end() {
         assert_eq!(status, StatusCode::BAD_GATEWAY);
     }
     assert!((1..=8).contains(&main.requests()), "{}", main.requests());
+    proxy.stop().await;
+}
+
+/// RFC 9113 §6.8: requests above a `GOAWAY`'s last stream id were not processed; each
+/// goes once more, on a new connection, and is answered. Those at or below it are
+/// answered on the first connection and never sent again.
+#[tokio::test]
+async fn requests_above_a_goaway_s_last_stream_are_sent_again_on_a_new_connection() {
+    let main = GoAwayH2::start(8, Below::Answer).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--threads", "1"]).await;
+    for (status, body) in gets(&proxy, 8, true).await {
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b""[..]));
+    }
+    let (first, later, connections) = main.seen();
+    assert_eq!(first, 8, "all 8 on the first connection");
+    assert_eq!(later, 6, "streams 5..15 once more, streams 1 and 3 not");
+    assert!(connections >= 2, "{connections}");
+    proxy.stop().await;
+}
+
+/// A stream at or below a `GOAWAY`'s last stream id that fails may have been processed:
+/// it is main's failure (`502`), never sent again; those above go again and are answered.
+#[tokio::test]
+async fn requests_at_or_below_a_goaway_s_last_stream_that_fail_are_not_sent_again() {
+    let main = GoAwayH2::start(8, Below::Reset).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--threads", "1"]).await;
+    let mut statuses: Vec<_> = gets(&proxy, 8, true)
+        .await
+        .into_iter()
+        .map(|a| a.0)
+        .collect();
+    statuses.sort();
+    let mut want = vec![StatusCode::OK; 6];
+    want.extend([StatusCode::BAD_GATEWAY; 2]);
+    assert_eq!(statuses, want);
+    assert_eq!(main.seen().0, 8);
+    assert_eq!(main.seen().1, 6, "the 2 reset streams are not sent again");
+    proxy.stop().await;
+}
+
+/// RFC 9113 §8.7: a stream reset with `REFUSED_STREAM` was not processed; the request
+/// goes once more on a new connection and is answered.
+#[tokio::test]
+async fn a_request_whose_stream_main_refuses_is_sent_again_on_a_new_connection() {
+    let main = FaultyH2::start(Fault::RefusesFirst).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--threads", "1"]).await;
+    for (status, body) in gets(&proxy, 4, false).await {
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"fresh"[..]));
+    }
+    let refused = main.refused.load(Ordering::SeqCst);
+    assert!(refused >= 1, "{refused}");
+    assert_eq!(main.requests() - refused, 4, "each answered once");
+    proxy.stop().await;
+}
+
+/// Main's body is streamed from the client and not kept: a `POST` with a body whose
+/// stream main refused cannot be sent again, and is main's failure.
+#[tokio::test]
+async fn a_refused_request_with_a_streamed_body_is_502() {
+    let main = FaultyH2::start(Fault::RefusesFirst).await;
+    let proxy = TestProxy::start(&["--main", &main.url(), "--threads", "1"]).await;
+    let answer = send(Method::POST, &proxy.url("/p"), &[], "body").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        (main.requests(), main.refused.load(Ordering::SeqCst)),
+        (1, 1)
+    );
     proxy.stop().await;
 }
 
@@ -336,8 +596,10 @@ async fn copies_reset_or_sent_goaway_fail_once_each_and_main_is_untouched() {
     }
 }
 
-/// Copies at once to a mirror that says `GOAWAY` on each connection's first stream:
-/// each copy ends `failed` exactly once, whether it reached the mirror or not.
+/// Copies at once to a mirror that says `GOAWAY` (`INTERNAL_ERROR`) on each
+/// connection's first stream: each copy ends `failed` exactly once, whether it reached
+/// the mirror or not (one above the last stream goes once more, to a connection that
+/// says `GOAWAY` too).
 #[tokio::test]
 async fn copies_at_once_to_a_mirror_that_says_goaway_each_fail_once() {
     let args = ["--threads", "1", "--retry-after", "1h"];
@@ -359,6 +621,54 @@ async fn copies_at_once_to_a_mirror_that_says_goaway_each_fail_once() {
         "{}",
         mirror.requests()
     );
+    proxy.stop().await;
+}
+
+/// docs/mirror-options.md, "Retries": copies above a `GOAWAY`'s last stream id were not
+/// processed; each goes once more on a new connection (a `POST` too: its body is held),
+/// not counted `retried`, and every copy succeeds.
+#[tokio::test]
+async fn copies_above_a_goaway_s_last_stream_are_sent_again_on_a_new_connection() {
+    let mirror = GoAwayH2::start(8, Below::Answer).await;
+    let args = ["--threads", "1", "--retry-after", "1h"];
+    let (main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &args).await;
+    proxy.put_ok(&format!("url={}", mirror.url())).await;
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let url = proxy.url(&format!("/p{i}"));
+        posts.spawn(async move { send(Method::POST, &url, &[], "b").await.status });
+    }
+    let statuses = tokio::time::timeout(WAIT, posts.join_all()).await.unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    outcomes_become(&proxy, &mirror.url(), [8, 8, 0, 0, 0, 0]).await;
+    assert_eq!(main.count(), 8);
+    let (first, later, _) = mirror.seen();
+    assert!(first > 2, "{first}: copies above the last stream");
+    assert_eq!(
+        later,
+        first - 2,
+        "each copy above it once more, none at or below"
+    );
+    proxy.stop().await;
+}
+
+/// A copy whose stream the mirror refuses (`REFUSED_STREAM`) goes once more on a new
+/// connection whatever `retry` says, not counted `retried`.
+#[tokio::test]
+async fn copies_whose_stream_the_mirror_refuses_are_sent_again_and_succeed() {
+    let (mirror, main, proxy) = with_faulty_mirror(Fault::RefusesFirst, &[], "").await;
+    for i in 0..4u64 {
+        let answer = send(Method::POST, &proxy.url(&format!("/p{i}")), &[], "b").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        outcomes_become(&proxy, &mirror.url(), [i + 1, i + 1, 0, 0, 0, 0]).await;
+    }
+    assert_eq!(main.count(), 4);
+    let refused = mirror.refused.load(Ordering::SeqCst);
+    assert!(refused >= 1, "{refused}");
+    assert_eq!(mirror.requests() - refused, 4, "each copy processed once");
     proxy.stop().await;
 }
 
