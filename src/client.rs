@@ -20,6 +20,9 @@
 //! and the connections a pool opens are bounded (`--max-connections-per-target`, split
 //! between the worker pools): a request that finds no idle connection while the bound
 //! is reached waits for one to come back or to close, inside its caller's timeout.
+//! A request an HTTP/2 target did not process (its stream above a `GOAWAY`'s last stream
+//! id, or refused: RFC 9113 §8.7) is sent once more on a new connection when its body
+//! can be had again ([`Resend`]).
 //!
 //! hyper-util's newer `client::pool::cache` was measured against this pool on the same
 //! load (`bench/pool-compare`): ~600 instructions per request cheaper (under 2 % of a

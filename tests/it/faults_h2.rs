@@ -596,16 +596,10 @@ async fn copies_reset_or_sent_goaway_fail_once_each_and_main_is_untouched() {
     }
 }
 
-/// Copies at once to a mirror that says `GOAWAY` (`INTERNAL_ERROR`) on each
-/// connection's first stream: each copy ends `failed` exactly once, whether it reached
-/// the mirror or not (one above the last stream goes once more, to a connection that
-/// says `GOAWAY` too).
-#[tokio::test]
-async fn copies_at_once_to_a_mirror_that_says_goaway_each_fail_once() {
-    let args = ["--threads", "1", "--retry-after", "1h"];
-    let (mirror, main, proxy) = with_faulty_mirror(Fault::GoAway, &args, "").await;
+/// `n` POSTs through the proxy at once, each answered `200` (by main) in time.
+async fn posts_at_once(proxy: &TestProxy, n: usize) {
     let mut posts = tokio::task::JoinSet::new();
-    for i in 0..8 {
+    for i in 0..n {
         let url = proxy.url(&format!("/p{i}"));
         posts.spawn(async move { send(Method::POST, &url, &[], "b").await.status });
     }
@@ -614,6 +608,17 @@ async fn copies_at_once_to_a_mirror_that_says_goaway_each_fail_once() {
         statuses.iter().all(|s| *s == StatusCode::OK),
         "{statuses:?}"
     );
+}
+
+/// Copies at once to a mirror that says `GOAWAY` (`INTERNAL_ERROR`) on each
+/// connection's first stream: each copy ends `failed` exactly once, whether it reached
+/// the mirror or not (one above the last stream goes once more, to a connection that
+/// says `GOAWAY` too).
+#[tokio::test]
+async fn copies_at_once_to_a_mirror_that_says_goaway_each_fail_once() {
+    let args = ["--threads", "1", "--retry-after", "1h"];
+    let (mirror, main, proxy) = with_faulty_mirror(Fault::GoAway, &args, "").await;
+    posts_at_once(&proxy, 8).await;
     outcomes_become(&proxy, &mirror.url(), [8, 0, 8, 0, 0, 0]).await;
     assert_eq!(main.count(), 8);
     assert!(
@@ -633,16 +638,7 @@ async fn copies_above_a_goaway_s_last_stream_are_sent_again_on_a_new_connection(
     let args = ["--threads", "1", "--retry-after", "1h"];
     let (main, proxy) = TestProxy::in_front_of(Reply::ok("main"), &args).await;
     proxy.put_ok(&format!("url={}", mirror.url())).await;
-    let mut posts = tokio::task::JoinSet::new();
-    for i in 0..8 {
-        let url = proxy.url(&format!("/p{i}"));
-        posts.spawn(async move { send(Method::POST, &url, &[], "b").await.status });
-    }
-    let statuses = tokio::time::timeout(WAIT, posts.join_all()).await.unwrap();
-    assert!(
-        statuses.iter().all(|s| *s == StatusCode::OK),
-        "{statuses:?}"
-    );
+    posts_at_once(&proxy, 8).await;
     outcomes_become(&proxy, &mirror.url(), [8, 8, 0, 0, 0, 0]).await;
     assert_eq!(main.count(), 8);
     let (first, later, _) = mirror.seen();
