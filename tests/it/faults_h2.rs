@@ -194,7 +194,7 @@ const LAST_STREAM: u32 = 3;
 
 /// An HTTP/2 (h2c) server written frame by frame, to send a `GOAWAY` with a last stream
 /// id of its choosing (the h2 crate picks it itself). Its first connection waits for
-/// `gather` complete requests (or 1 s), then says `GOAWAY` (`NO_ERROR`, last stream
+/// `gather` complete requests (or 2 s), then says `GOAWAY` (`NO_ERROR`, last stream
 /// [`LAST_STREAM`]), does [`Below`] with the streams at or below it, and closes; every
 /// later connection answers each request `200` as soon as it is complete.
 struct GoAwayH2 {
@@ -309,7 +309,7 @@ async fn say_goaway(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     h2_preface(&mut stream).await?;
     let mut complete = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while complete.len() < gather {
         match tokio::time::timeout_at(deadline, read_frame(&mut stream)).await {
             Ok(frame) => complete.extend(frame?),
