@@ -92,8 +92,8 @@ pub fn compare_bodies(data: &[u8]) {
     };
     let ignoring = Rules::new(&[], &["/items/*/id".to_owned()]).expect("a valid rule");
     for rules in [Rules::default(), ignoring] {
-        let _ = compare::compare(&rules, None, &answer(a), &answer(b));
-        let same = compare::compare(&rules, None, &answer(a), &answer(a));
+        let _ = compare::verdict::compare(&rules, None, &answer(a), &answer(b));
+        let same = compare::verdict::compare(&rules, None, &answer(a), &answer(a));
         assert_eq!(
             same,
             Verdict::Match,

@@ -88,6 +88,9 @@ pub struct MirrorRequest {
     pub deadline: Option<grpc::Deadline>,
     /// When the request arrived; set when a recording mirror selected it.
     pub arrived: Option<std::time::SystemTime>,
+    /// Its endpoint in the comparison results of mirrors without `endpoint=` patterns
+    /// (docs/comparing.md, "Per endpoint"), made by the first that compares.
+    pub endpoint_key: std::sync::OnceLock<String>,
 }
 
 /// Settings shared by every mirror.
@@ -694,8 +697,13 @@ impl Mirror {
         // Main's is decoded here, on this copy's task, never while it streams to the client.
         let limit = self.shared.settings.max_compare_size;
         let budget = &self.shared.budget;
+        // Looked up once per answer here, not again by each step below.
+        let grpc = (
+            compare::grpc::is_grpc(&main.answer.headers),
+            compare::grpc::is_grpc(&mirror.headers),
+        );
         let _mirror_decoded =
-            match capture::for_compare(&mirror.headers, &mirror.body, limit, budget) {
+            match capture::for_compare_of(&mirror.headers, grpc.1, &mirror.body, limit, budget) {
                 ForCompare::AsCaptured => None,
                 ForCompare::Decoded(body, held) => {
                     mirror.body = body;
@@ -707,29 +715,33 @@ impl Mirror {
                 }
             };
         let main_decoded;
-        let main_answer =
-            match capture::for_compare(&main.answer.headers, &main.answer.body, limit, budget) {
-                ForCompare::AsCaptured => &main.answer,
-                ForCompare::Decoded(body, held) => {
-                    let answer = Answer {
-                        status: main.answer.status,
-                        headers: main.answer.headers.clone(),
-                        body,
-                        trailers: main.answer.trailers.clone(),
-                    };
-                    main_decoded = (answer, held);
-                    &main_decoded.0
-                }
-                ForCompare::OverBudget => {
-                    self.comparison.not_compared();
-                    return;
-                }
-            };
+        let main_answer = match capture::for_compare_of(
+            &main.answer.headers,
+            grpc.0,
+            &main.answer.body,
+            limit,
+            budget,
+        ) {
+            ForCompare::AsCaptured => &main.answer,
+            ForCompare::Decoded(body, held) => {
+                let answer = Answer {
+                    status: main.answer.status,
+                    headers: main.answer.headers.clone(),
+                    body,
+                    trailers: main.answer.trailers.clone(),
+                };
+                main_decoded = (answer, held);
+                &main_decoded.0
+            }
+            ForCompare::OverBudget => {
+                self.comparison.not_compared();
+                return;
+            }
+        };
         self.judge(
             (rules, endpoints),
             request,
-            main_answer,
-            &mirror,
+            (main_answer, &mirror, grpc),
             (main.latency, mirror_latency),
         );
     }
@@ -741,8 +753,7 @@ impl Mirror {
         &self,
         (rules, endpoints): (&Rules, &[String]),
         request: &MirrorRequest,
-        main: &Answer,
-        mirror: &Answer,
+        (main, mirror, grpc): (&Answer, &Answer, (bool, bool)),
         (main_latency, mirror_latency): (Duration, Duration),
     ) {
         let path = request
@@ -752,19 +763,26 @@ impl Mirror {
         // The called method's output type, for gRPC messages compared as JSON.
         let output = (self.shared.settings.grpc_descriptors.as_ref())
             .and_then(|descriptors| descriptors.output(path));
-        let verdict = compare::compare(rules, output.as_ref(), main, mirror);
+        let both_grpc = grpc.0 && grpc.1;
+        let verdict = compare::verdict::compare_of(rules, output.as_ref(), main, mirror, both_grpc);
         self.comparison
             .record(&verdict, main_latency, mirror_latency);
         self.comparison.errors(
-            compare::verdict::is_error(main),
-            compare::verdict::is_error(mirror),
+            compare::verdict::is_error(main, grpc.0),
+            compare::verdict::is_error(mirror, grpc.1),
         );
-        self.endpoints.record_key(
-            compare::endpoints::key_for(request.method.as_str(), endpoints, path),
-            &verdict,
-            main_latency,
-            mirror_latency,
-        );
+        let key;
+        let key = if endpoints.is_empty() {
+            // The same for every mirror without `endpoint=`: made once per request.
+            request
+                .endpoint_key
+                .get_or_init(|| compare::endpoints::key_for(request.method.as_str(), &[], path))
+        } else {
+            key = compare::endpoints::key_for(request.method.as_str(), endpoints, path);
+            &key
+        };
+        self.endpoints
+            .record_key(key, &verdict, main_latency, mirror_latency);
         if let Verdict::Mismatch(mismatch) = verdict {
             self.mismatches.push(Record::new(
                 std::time::SystemTime::now(),

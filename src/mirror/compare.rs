@@ -27,4 +27,4 @@ pub mod mismatches;
 pub mod stats;
 pub mod verdict;
 
-pub use verdict::{Answer, Rules, Verdict, compare};
+pub use verdict::{Answer, Rules, Verdict};

@@ -129,6 +129,7 @@ impl Offer {
             main_answer: self.main_answer,
             deadline: self.deadline,
             arrived: self.arrived,
+            endpoint_key: std::sync::OnceLock::new(),
         });
         for (index, member) in self.selected.iter(&self.mirrors) {
             let order = self

@@ -80,7 +80,7 @@ impl Comparison {
         let verdict = verdict::compare(&self.rules, output.as_ref(), &recorded, &replayed);
         let key = endpoints::key_for(method.as_str(), &self.patterns, path);
         self.endpoints.record_key(
-            key.clone(),
+            &key,
             &verdict,
             // Main's latency is not reported by a replay; the table wants one.
             Duration::ZERO,

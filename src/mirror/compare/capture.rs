@@ -221,7 +221,18 @@ pub fn for_compare(
     limit: usize,
     budget: &Budget,
 ) -> ForCompare {
-    if grpc::is_grpc(headers) {
+    for_compare_of(headers, grpc::is_grpc(headers), body, limit, budget)
+}
+
+/// [`for_compare`], with whether the answer is gRPC already looked up.
+pub fn for_compare_of(
+    headers: &HeaderMap,
+    grpc: bool,
+    body: &CapturedBody,
+    limit: usize,
+    budget: &Budget,
+) -> ForCompare {
+    if grpc {
         return grpc_for_compare(headers, body, limit, budget);
     }
     let (Some(coding), CapturedBody::Whole(encoded)) = (Coding::of(headers), body) else {

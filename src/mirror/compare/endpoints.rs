@@ -308,8 +308,14 @@ pub struct Compared {
 /// The per-endpoint results of one mirror, by [`key_for`].
 #[derive(Debug, Default)]
 pub struct Endpoints {
-    table: Mutex<HashMap<String, Endpoint>>,
+    /// Hashed with foldhash, not SipHash: looked up on every comparison, where SipHash
+    /// cost ~200 instructions per lookup (bench/README.md, "Comparison and analysis").
+    /// Randomly seeded, and bounded by `MAX_ENDPOINTS`, so paths a client picks cannot
+    /// be made to collide at will.
+    table: Mutex<Table>,
 }
+
+type Table = HashMap<String, Endpoint, foldhash::fast::RandomState>;
 
 impl Endpoints {
     /// Counts one comparison of a request `method` to the endpoint `template`.
@@ -325,25 +331,25 @@ impl Endpoints {
         let method = super::verdict::cut(method, MAX_METHOD_CHARS);
         let template = super::verdict::cut(template, MAX_TEMPLATE_CHARS);
         let key = format!("{method} {template}");
-        self.record_key(key, verdict, main_latency, mirror_latency);
+        self.record_key(&key, verdict, main_latency, mirror_latency);
     }
 
     /// Counts one comparison on the endpoint `key` (from [`key_for`]).
     pub fn record_key(
         &self,
-        key: String,
+        key: &str,
         verdict: &Verdict,
         main_latency: Duration,
         mirror_latency: Duration,
     ) {
         let mut table = self.lock();
-        // A known endpoint, the common case: one hash, no allocation kept.
-        if let Some(endpoint) = table.get_mut(key.as_str()) {
+        // A known endpoint, the common case: one hash, no allocation.
+        if let Some(endpoint) = table.get_mut(key) {
             endpoint.record(verdict, main_latency, mirror_latency);
             return;
         }
         let key = if table.len() < MAX_ENDPOINTS {
-            key
+            key.to_owned()
         } else {
             OTHER_KEY.to_owned()
         };
@@ -468,7 +474,7 @@ impl Endpoints {
                 .sum::<usize>()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Endpoint>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         // Every change under the lock is a counter or histogram update that leaves the
         // table usable, so a poisoned lock is still used.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)

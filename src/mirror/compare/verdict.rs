@@ -550,15 +550,14 @@ impl Difference {
     }
 }
 
-/// Whether `answer` is an error: a 5xx status, or a gRPC answer whose `grpc-status` is
-/// not `0` (or absent).
-pub fn is_error(answer: &Answer) -> bool {
+/// Whether `answer` is an error: a 5xx status, or a gRPC answer (`grpc`: its
+/// `Content-Type` says so) whose `grpc-status` is not `0` (or absent).
+pub fn is_error(answer: &Answer, grpc: bool) -> bool {
     if answer.status.is_server_error() {
         return true;
     }
-    grpc::is_grpc(&answer.headers)
-        && grpc::status_field(&answer.headers, &answer.trailers, "grpc-status")
-            .is_none_or(|v| v.as_bytes() != b"0")
+    grpc && grpc::status_field(&answer.headers, &answer.trailers, "grpc-status")
+        .is_none_or(|v| v.as_bytes() != b"0")
 }
 
 /// Compares the mirror's answer with main's under `rules`. For gRPC answers, messages
@@ -570,8 +569,20 @@ pub fn compare(
     main: &Answer,
     mirror: &Answer,
 ) -> Verdict {
-    let mut fields = Fields::default();
     let grpc = grpc::is_grpc(&main.headers) && grpc::is_grpc(&mirror.headers);
+    compare_of(rules, grpc_output, main, mirror, grpc)
+}
+
+/// [`compare`], with whether both answers are gRPC already looked up (a header lookup
+/// per answer saved on every comparison).
+pub fn compare_of(
+    rules: &Rules,
+    grpc_output: Option<&MessageDescriptor>,
+    main: &Answer,
+    mirror: &Answer,
+    grpc: bool,
+) -> Verdict {
+    let mut fields = Fields::default();
     let status = if main.status != mirror.status {
         fields.add(STATUS_FIELD);
         Some(Difference::Status {
