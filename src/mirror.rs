@@ -580,10 +580,11 @@ impl Mirror {
             return Some(&self.counters.skipped);
         }
         if client::is_fd_exhaustion(err) {
-            // Our own limit, not the mirror's fault: dropped.
+            // Our own limit, not the mirror's fault: `failed` (it was `sent`), health
+            // untouched.
             let error = client::error_chain(err);
-            debug!(mirror = %self.url, %error, "mirror copy dropped: out of file descriptors");
-            return Some(&self.counters.dropped);
+            debug!(mirror = %self.url, %error, "mirror copy failed: out of file descriptors");
+            return Some(&self.counters.failed);
         }
         None
     }
