@@ -281,6 +281,10 @@ pub struct ReplayArgs {
     /// Time allowed for each request, its answer included.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
+    /// PEM file with extra CA certificates trusted for an https:// target and a tls://
+    /// (or TLS-requiring nats://) source.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Accept any certificate from an https:// target.
     #[arg(long)]
     pub insecure_skip_verify: bool,

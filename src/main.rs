@@ -148,6 +148,7 @@ fn replay(cli: &Cli, args: &cli::ReplayArgs) -> ExitCode {
         methods,
         percent: args.percent,
         timeout: args.timeout,
+        ca_cert: args.ca_cert.clone(),
         insecure_skip_verify: args.insecure_skip_verify,
         compare: args.compare,
         ignore: args.ignore.clone(),

@@ -53,6 +53,8 @@ pub struct Options {
     pub methods: Vec<Method>,
     pub percent: f64,
     pub timeout: Duration,
+    /// Extra CA certificates trusted for an `https://` target and a `tls://` source.
+    pub ca_cert: Option<PathBuf>,
     pub insecure_skip_verify: bool,
     /// Compare each answer with the recorded one (type `2` with its request's ID).
     pub compare: bool,
@@ -554,6 +556,12 @@ fn recorded_answer(recorded: ParsedResponse, limit: usize) -> Answer {
 
 /// Runs a replay; returns the exit status.
 pub async fn run(options: Options) -> u8 {
+    // A bad `--ca-cert` is named before anything is read or sent, whatever the target.
+    if options.ca_cert.is_some() {
+        if let Err(status) = client_tls(&options) {
+            return status;
+        }
+    }
     let source = match nats::Source::open(&options).await {
         Ok(source) => source,
         Err(status) => return status,
@@ -597,10 +605,12 @@ fn readable_sources(sources: &[String]) -> Result<Vec<PathBuf>, u8> {
 
 /// The TLS settings for an `https://` target.
 fn client_tls(options: &Options) -> Result<Arc<rustls::ClientConfig>, u8> {
-    crate::tls::client_config(None, options.insecure_skip_verify).map_err(|err| {
-        eprintln!("replay: {err}");
-        EXIT_COULD_NOT_RUN
-    })
+    crate::tls::client_config(options.ca_cert.as_deref(), options.insecure_skip_verify).map_err(
+        |err| {
+            eprintln!("replay: {err}");
+            EXIT_COULD_NOT_RUN
+        },
+    )
 }
 
 /// With `--compare`, the comparison: its rules (`--ignore` included) and the

@@ -158,7 +158,7 @@ async fn consumer(
     options: &Options,
 ) -> Result<PullConsumer, String> {
     let address = url.nats().ok_or("not a NATS URL")?;
-    let tls = crate::tls::client_config(None, options.insecure_skip_verify)
+    let tls = crate::tls::client_config(options.ca_cert.as_deref(), options.insecure_skip_verify)
         .map_err(|err| err.to_string())?;
     let connect = crate::nats::connect_options(url, Some(&tls)).connect(address.server());
     let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)

@@ -692,6 +692,20 @@ async fn a_tls_mirror_publishes_over_tls_and_trusts_only_its_ca() {
     }
     acknowledged(&proxy, &listed, 3).await;
     proxy.stop().await;
+    // A replayer reads them back over TLS trusting the same CA with `--ca-cert`, and
+    // cannot connect without it.
+    let target = MockBackend::start(Reply::ok("")).await;
+    let untrusted = Replayer::start(&listed, "r", &target.url(), &["--exit-when-idle", "1s"]);
+    let (code, _, err) = untrusted.finish(WAIT).await;
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+    let trusted = ["--exit-when-idle", "1s", "--ca-cert", &ca];
+    let replay = Replayer::start(&listed, "r", &target.url(), &trusted);
+    let (code, out, err) = replay.finish(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let mut counts = HashMap::new();
+    drain(&target, &mut counts).await;
+    assert_eq!(counts.get("/t"), Some(&3), "{out}");
     // Without it, the server's certificate is refused: copies fail, main is untouched.
     let proxy = TestProxy::start(&["--main", &main.url(), "--mirror", &mirror]).await;
     let answer = get(&proxy.url("/t")).await;

@@ -305,7 +305,7 @@ async fn replay_at_once(file: &Path, target: &MockBackend) -> (String, String) {
 /// A recording in GoReplay's documented format, written by hand: a 4-field and a
 /// 3-field meta line, an answer (type 2) and a replayed answer (type 3) to be ignored,
 /// and a last record torn by a crash.
-fn goreplay_fixture(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn goreplay_fixture(dir: &Path) -> std::path::PathBuf {
     let sep = "\n🐵🙈🙉\n";
     let text = [
         "1 8f3c0a1b2c3d4e5f60718293 1700000000000000000 0\nPOST /api/items?x=1 HTTP/1.1\r\nHost: prod.example\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{\"a\":\"b\"}",

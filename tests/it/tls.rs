@@ -120,3 +120,32 @@ async fn https_mirror_gets_copies_and_tls_errors_are_failures() {
     .await;
     assert_eq!(bad.count(), 0);
 }
+
+#[tokio::test]
+async fn replay_to_an_https_target_trusts_the_ca_given_with_ca_cert() {
+    use crate::record::{goreplay_fixture, replay};
+    let pki = Pki::new("replay");
+    let target = MockBackend::start_tls(Reply::ok(""), pki.acceptor.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = goreplay_fixture(dir.path());
+    let file = file.to_str().unwrap();
+    let to = target.https_url();
+    let args = [file, "--to", &to, "--speed", "0"];
+    // Without the CA the target's certificate is refused: nothing answered, exit 3.
+    let (code, stdout, stderr) = replay(&args).await;
+    assert_eq!(code, Some(3), "{stdout}{stderr}");
+    assert_eq!(target.count(), 0);
+    // A CA file that cannot be read is named before anything is sent.
+    let missing = dir.path().join("no-such-ca.pem");
+    let missing = missing.to_str().unwrap();
+    let (code, stdout, stderr) = replay(&[&args[..], &["--ca-cert", missing]].concat()).await;
+    assert_eq!(code, Some(3), "{stdout}{stderr}");
+    assert!(stderr.contains("no-such-ca.pem"), "{stderr}");
+    assert_eq!(target.count(), 0);
+    // With it, both requests of the fixture arrive.
+    let (code, stdout, stderr) = replay(&[&args[..], &["--ca-cert", pki.ca()]].concat()).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let first = target.next().await;
+    assert_eq!(first.uri.path(), "/api/items");
+    assert_eq!(target.next().await.uri.path(), "/health");
+}
