@@ -29,6 +29,11 @@
 //! proxied request) but without the bound, idle timeout or resend above, which would
 //! have to be rebuilt around it; bench/README.md has the figures.
 //!
+//! A mirror's copy to an `http://` target that needs only the answer's status does
+//! without hyper ([`raw`], [`Pool::send_raw`]): its connections are this pool's too, in
+//! a second idle list under the same bound, idle timeout and resend rules; at the bound
+//! an idle connection of the other kind is closed to make room.
+//!
 //! Answers are framed as RFC 9112 §6.3 says: one that carries both `Transfer-Encoding`
 //! and `Content-Length` loses its `Content-Length` (hyper reads the body by the
 //! former but leaves both headers in place), and its connection is not reused.

@@ -4,7 +4,7 @@
 //!
 //! Why by hand: such a copy needs nothing of the answer but its status and its end,
 //! yet hyper's HTTP/1.1 client spends most of a copy's cost around that. Per copy
-//! (bench/instructions, callgrind, GET with 2 mirrors) it cost ~24.1k instructions:
+//! (bench/instructions, callgrind, GET with 2 mirrors) it cost ~24.7k instructions:
 //! ~12.7k in the connection's task (the dispatcher encoding the request, then parsing
 //! the answer into a `HeaderMap` of the mirror's headers), ~1k building each copy's own
 //! `HeaderMap`, ~1k in the dispatch channel, ~0.5k moving the `Request` through the
@@ -12,13 +12,16 @@
 //! every mirror's copy ([`Head`]), written with one vectored write (the body is not
 //! copied), and the answer is parsed in place with `httparse` and framed as RFC 9112
 //! §6.3 says, its body discarded as it arrives ([`Framer`]). That brought a copy to
-//! ~N instructions (bench/README.md, "Profile and what each change bought").
+//! ~11.1k instructions, below the ~19.2k of a copy through bare hyper (`bench/floor`);
+//! GET with 2 mirrors 81.4k → 54.0k per request, POST 4 KiB 92.0k → 62.5k
+//! (bench/README.md, "Profile and what each change bought").
 //!
 //! What goes out is byte for byte what hyper writes for the same
 //! `Request<Full<Bytes>>` (hyper 1.x `Client::encode`: the request line, the headers
 //! lowercase in map order, `content-length` added for a non-empty body that has none);
 //! a request hyper would frame otherwise (`Transfer-Encoding`, a `Content-Length` that
-//! does not match the body, `Connection`, `CONNECT`) is not sent here. The pool's rules
+//! does not match the body, `Connection`, `CONNECT`), or whose body is over
+//! [`MAX_BODY`], is not sent here. The pool's rules
 //! stay: bound, idle timeout, resend (src/client.rs); a connection goes back to the
 //! pool only once its answer was read to the end and may be reused.
 
@@ -30,14 +33,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// hyper's default bound on an answer's head (its read buffer, 8 KiB + 100 × 4 KiB);
-/// also the bound on a chunked body's trailers here.
+/// hyper's default bound on an answer's head (its read buffer, 8 KiB + 100 × 4 KiB).
 pub const MAX_HEAD: usize = 8192 + 4096 * 100;
-/// hyper's default bound on an answer's header count.
+/// hyper's default bound on an answer's header count, and a chunked body's trailers'.
 const MAX_HEADERS: usize = 100;
-/// A chunk-size line (size and extensions) longer than this is refused, as hyper
-/// bounds chunk extensions (16 KiB).
-const MAX_CHUNK_LINE: usize = 16 * 1024;
+/// hyper's bounds on a chunked body's extensions (all chunks together) and trailers.
+const MAX_EXTENSIONS: usize = 16 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
 /// The read buffer a connection starts with (hyper's too).
 const INITIAL_BUFFER: usize = 8192;
 /// Bodies up to this size are sent here: the write then fits the socket's buffer, so a
@@ -236,7 +238,12 @@ impl Conn {
     /// Writes `copy` and reads its answer to the end.
     pub(crate) async fn exchange(&mut self, copy: &Copy<'_>) -> Result<Answer, Failure> {
         self.write(copy).await?;
-        self.read_answer(*copy.method == Method::HEAD).await
+        let answer = self.read_answer(*copy.method == Method::HEAD).await?;
+        if self.buf.len() > INITIAL_BUFFER {
+            // Grown for a large head: not kept while the connection idles.
+            self.buf = vec![0; INITIAL_BUFFER];
+        }
+        Ok(answer)
     }
 
     async fn write(&mut self, copy: &Copy<'_>) -> Result<(), Failure> {
@@ -359,6 +366,8 @@ enum Chunk {
 pub struct Framer {
     part: Part,
     head_request: bool,
+    /// Chunk-extension bytes read so far.
+    extensions: usize,
     status: StatusCode,
     reuse: bool,
 }
@@ -369,6 +378,7 @@ impl Framer {
         Self {
             part: Part::Head,
             head_request,
+            extensions: 0,
             status: StatusCode::OK,
             reuse: false,
         }
@@ -490,13 +500,15 @@ impl Framer {
     fn chunked(&mut self, chunk: Chunk, rest: &[u8]) -> Result<usize, AnswerError> {
         match chunk {
             Chunk::Size => {
-                let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
-                    return match rest.len() > MAX_CHUNK_LINE {
-                        true => Err(AnswerError::Chunk("size line too long")),
-                        false => Ok(0),
-                    };
-                };
-                let size = chunk_size(&rest[..lf])?;
+                let lf = rest.iter().position(|&b| b == b'\n');
+                // Whatever follows the size counts as extensions (a bound, not exact).
+                let line = lf.unwrap_or(rest.len());
+                if self.extensions + line.saturating_sub(16) >= MAX_EXTENSIONS {
+                    return Err(AnswerError::Chunk("chunk extensions over the bound"));
+                }
+                let Some(lf) = lf else { return Ok(0) };
+                let (size, extensions) = chunk_size(&rest[..lf])?;
+                self.extensions += extensions;
                 self.part = Part::Chunked(match size {
                     0 => Chunk::Trailers,
                     size => Chunk::Data(size),
@@ -529,6 +541,9 @@ impl Framer {
             [] | [b'\r'] => return Ok(0),
             [b'\r', b'\n', ..] => 2,
             _ => match rest.windows(4).position(|w| w == b"\r\n\r\n") {
+                Some(at) if at + 4 > MAX_TRAILERS => {
+                    return Err(AnswerError::Chunk("trailers over the bound"));
+                }
                 Some(at) => {
                     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                     match httparse::parse_headers(&rest[..at + 4], &mut fields) {
@@ -536,7 +551,9 @@ impl Framer {
                         _ => return Err(AnswerError::Chunk("malformed trailers")),
                     }
                 }
-                None if rest.len() >= MAX_HEAD => return Err(AnswerError::TooLarge),
+                None if rest.len() >= MAX_TRAILERS => {
+                    return Err(AnswerError::Chunk("trailers over the bound"));
+                }
                 None => return Ok(0),
             },
         };
@@ -617,8 +634,8 @@ where
 }
 
 /// A chunk-size line without its LF: hex size, optional whitespace and extensions,
-/// then CR (RFC 9112 §7.1.1).
-fn chunk_size(line: &[u8]) -> Result<u64, AnswerError> {
+/// then CR (RFC 9112 §7.1.1). The size, and how many bytes of extensions it had.
+fn chunk_size(line: &[u8]) -> Result<(u64, usize), AnswerError> {
     let Some((b'\r', line)) = line.split_last() else {
         return Err(AnswerError::Chunk("no CR before LF"));
     };
@@ -636,7 +653,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, AnswerError> {
     }
     let rest = trim_start(&line[digits..]);
     match rest.first() {
-        None | Some(b';') if !rest.contains(&b'\r') => Ok(size),
+        None | Some(b';') if !rest.contains(&b'\r') => Ok((size, rest.len())),
         _ => Err(AnswerError::Chunk("invalid chunk size line")),
     }
 }

@@ -125,6 +125,19 @@ fn malformed_answers_are_refused() {
 }
 
 #[test]
+fn chunk_extensions_and_trailers_are_bounded_as_hyper_bounds_them() {
+    let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+    // 16 KiB of extensions over many chunks, as hyper counts them.
+    let chunk = format!("1;{}\r\nx\r\n", "e".repeat(1000));
+    let many = format!("{head}{}0\r\n\r\n", chunk.repeat(17));
+    assert!(whole(many.as_bytes()).is_err());
+    let few = format!("{head}{}0\r\n\r\n", chunk.repeat(15));
+    assert_eq!(whole(few.as_bytes()), Ok((answer(200, true), 0)));
+    let trailers = format!("{head}0\r\nx-t: {}\r\n\r\n", "t".repeat(17 * 1024));
+    assert!(frame(trailers.as_bytes(), &[1000], false).is_err());
+}
+
+#[test]
 fn a_truncated_answer_is_incomplete() {
     let cases: [&[u8]; 4] = [
         b"HTTP/1.1 200 OK\r\ncontent-len",
