@@ -1698,6 +1698,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn concurrent_raw_and_hyper_requests_wait_for_a_connection_at_the_bound() {
+        let (url, _closed, _accepted) = target().await;
+        let pool = Arc::new(Pool::new(&url, &tls(), 2));
+        let mut all = tokio::task::JoinSet::new();
+        for i in 0..30 {
+            let (pool, url) = (pool.clone(), url.clone());
+            all.spawn(async move {
+                if i % 3 == 0 {
+                    get(&pool, &url).await == "ok"
+                } else {
+                    send_raw(&pool, &url, Method::POST, b"body").await.unwrap() == StatusCode::OK
+                }
+            });
+        }
+        let done = tokio::time::timeout(WAIT, all.join_all()).await.unwrap();
+        assert!(done.iter().all(|ok| *ok));
+        let idle = pool.inner.lock().len() + lock(&pool.inner.raw_idle).len();
+        assert!(idle <= 2, "{idle} idle connections");
+        assert!(pool.inner.connections.available_permits() <= 2);
+    }
+
+    #[tokio::test]
     async fn a_raw_copy_that_cannot_connect_was_never_sent() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = TargetUrl::parse(&format!("http://{}", closed.local_addr().unwrap())).unwrap();
