@@ -562,6 +562,37 @@ impl Framer {
     }
 }
 
+/// Frames `bytes` fed in pieces of the given sizes (cycled), as reads would give them,
+/// keeping what the framer leaves unused, then the end of the connection: the answer
+/// and how many bytes followed it, or what went wrong.
+#[cfg(any(fuzzing, test))]
+pub fn frame_in_pieces(
+    bytes: &[u8],
+    pieces: &[usize],
+    head_request: bool,
+) -> Result<(Answer, usize), String> {
+    let mut framer = Framer::new(head_request);
+    let mut pending = Vec::new();
+    let mut fed = 0;
+    let mut sizes = pieces.iter().copied().cycle();
+    loop {
+        let used = framer.advance(&pending).map_err(|e| e.to_string())?;
+        pending.drain(..used);
+        if let Some(answer) = framer.answer() {
+            return Ok((answer, pending.len() + bytes.len() - fed));
+        }
+        if fed == bytes.len() {
+            return framer
+                .at_eof()
+                .map(|a| (a, 0))
+                .ok_or_else(|| "incomplete".into());
+        }
+        let n = sizes.next().unwrap_or(1).clamp(1, bytes.len() - fed);
+        pending.extend_from_slice(&bytes[fed..fed + n]);
+        fed += n;
+    }
+}
+
 /// What an answer's header fields say about its framing and its connection.
 struct Fields {
     /// With `Transfer-Encoding`: whether `chunked` is its final coding.

@@ -1,31 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 
-/// Feeds `bytes` to a framer in pieces of the given sizes (cycled), as reads would give
-/// them, keeping what it leaves unused; then the end of the connection. The answer and
-/// how many bytes were left over after it, or the error.
-fn frame(bytes: &[u8], pieces: &[usize], head_request: bool) -> Result<(Answer, usize), String> {
-    let mut framer = Framer::new(head_request);
-    let mut pending = Vec::new();
-    let mut fed = 0;
-    let mut sizes = pieces.iter().copied().cycle();
-    loop {
-        let used = framer.advance(&pending).map_err(|e| e.to_string())?;
-        pending.drain(..used);
-        if let Some(answer) = framer.answer() {
-            return Ok((answer, pending.len() + bytes.len() - fed));
-        }
-        if fed == bytes.len() {
-            return framer
-                .at_eof()
-                .map(|a| (a, 0))
-                .ok_or_else(|| "incomplete".into());
-        }
-        let n = sizes.next().unwrap_or(1).max(1).min(bytes.len() - fed);
-        pending.extend_from_slice(&bytes[fed..fed + n]);
-        fed += n;
-    }
-}
+use super::frame_in_pieces as frame;
 
 fn whole(bytes: &[u8]) -> Result<(Answer, usize), String> {
     frame(bytes, &[usize::MAX], false)
@@ -234,6 +210,18 @@ proptest! {
         head_request in any::<bool>(),
     ) {
         let _ = frame(&bytes, &pieces, head_request);
+    }
+
+    #[test]
+    fn any_split_of_the_bytes_frames_the_same(
+        bytes in proptest::collection::vec(any::<u8>(), 0..400),
+        piece in 1usize..40,
+    ) {
+        let bytes = [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".as_slice(), &bytes].concat();
+        let whole = frame(&bytes, &[usize::MAX], false);
+        let split = frame(&bytes, &[piece], false);
+        prop_assert_eq!(whole.is_ok(), split.is_ok());
+        prop_assert_eq!(whole.ok(), split.ok());
     }
 
     #[test]
