@@ -362,6 +362,8 @@ async fn copies_carry_the_bytes_hyper_writes() {
         (&[][..], ""),
         (&["--preserve-host"][..], ""),
         (&[][..], "&set_header=X-Shadow:1"),
+        (&[][..], "&remove_header=accept&host=shadow.example:81"),
+        (&["--preserve-host"][..], "&host=other.example"),
     ] {
         for request in &cases {
             let (ours, hypers) = both_paths(flags, options, request).await;
