@@ -283,7 +283,10 @@ type Request = (
 
 /// The bytes a request's copies carry to a plain mirror (written here) and to a
 /// comparing one (written by hyper), with each one's `Host` value blanked.
-async fn both_paths(flags: &[&str], options: &str, request: &Request) -> (Vec<u8>, Vec<u8>) {
+async fn both_paths(
+    (flags, prefix, options): (&[&str], &str, &str),
+    request: &Request,
+) -> (Vec<u8>, Vec<u8>) {
     let plain = Scripted::start(|_| Script::Answer(OK)).await;
     let compared = Scripted::start(|_| Script::Answer(OK)).await;
     let main = MockBackend::start(Reply::ok("ok")).await;
@@ -292,12 +295,12 @@ async fn both_paths(flags: &[&str], options: &str, request: &Request) -> (Vec<u8
     args.extend_from_slice(flags);
     let proxy = TestProxy::start(&args).await;
     proxy
-        .put_ok(&format!("url={}{options}", plain.url("/pre")))
+        .put_ok(&format!("url={}{options}", plain.url(prefix)))
         .await;
     proxy
         .put_ok(&format!(
             "url={}&compare=true{options}",
-            compared.url("/pre")
+            compared.url(prefix)
         ))
         .await;
     let (method, path, headers, body) = request;
@@ -365,16 +368,20 @@ async fn copies_carry_the_bytes_hyper_writes() {
         (&[][..], "&remove_header=accept&host=shadow.example:81"),
         (&["--preserve-host"][..], "&host=other.example"),
     ] {
-        for request in &cases {
-            let (ours, hypers) = both_paths(flags, options, request).await;
+        // A mirror with a path prefix writes its own request line.
+        for (prefix, request) in ["", "/pre"]
+            .iter()
+            .flat_map(|p| cases.iter().map(move |r| (*p, r)))
+        {
+            let (ours, hypers) = both_paths((flags, prefix, options), request).await;
             let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
             let (method, path, ..) = request;
             assert_eq!(
                 show(&ours),
                 show(&hypers),
-                "{method} {path} {flags:?} {options}"
+                "{method} {prefix}{path} {flags:?} {options}"
             );
-            let line = format!("{method} /pre{path} HTTP/1.1\r\n");
+            let line = format!("{method} {prefix}{path} HTTP/1.1\r\n");
             assert!(ours.starts_with(line.as_bytes()), "{}", show(&ours));
             if *path == "/chunked" {
                 let end = "content-length: 12\r\n\r\nchunked body";
