@@ -29,6 +29,11 @@
 //! proxied request) but without the bound, idle timeout or resend above, which would
 //! have to be rebuilt around it; bench/README.md has the figures.
 //!
+//! A mirror's copy to an `http://` target that needs only the answer's status does
+//! without hyper ([`raw`], [`Pool::send_raw`]): its connections are this pool's too, in
+//! a second idle list under the same bound, idle timeout and resend rules; at the bound
+//! an idle connection of the other kind is closed to make room.
+//!
 //! Answers are framed as RFC 9112 §6.3 says: one that carries both `Transfer-Encoding`
 //! and `Content-Length` loses its `Content-Length` (hyper reads the body by the
 //! former but leaves both headers in place), and its connection is not reused.
@@ -45,8 +50,10 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, heade
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::client::conn::http2;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
@@ -56,6 +63,7 @@ use crate::body::BoxError;
 use crate::target_url::{TargetUrl, Transport};
 
 mod h2;
+pub mod raw;
 
 /// How long an idle pooled connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -76,6 +84,9 @@ pub enum Error {
     Unsent(hyper::Error),
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// A copy written and read without hyper ([`raw`]).
+    #[error(transparent)]
+    Raw(raw::Failure),
 }
 
 impl Error {
@@ -85,7 +96,11 @@ impl Error {
     /// request was handed to the connection, `is_canceled` without the request given
     /// back included) means the target may have received it.
     pub fn never_sent(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::Unsent(_))
+        match self {
+            Self::Connect(_) | Self::Unsent(_) => true,
+            Self::Raw(failure) => failure.unsent(),
+            Self::Http(_) => false,
+        }
     }
 
     /// The error of a `try_send_request` that is given up: `unsent` when hyper gave the
@@ -149,7 +164,9 @@ struct Inner<B> {
     /// [`NEGOTIATED_H2`] or 0 before the first.
     negotiated: AtomicU8,
     /// Idle connections, the most recently used last; at most `max_idle`.
-    idle: Mutex<Vec<Idle<B>>>,
+    idle: Mutex<Vec<Idle<SendRequest<B>>>>,
+    /// Idle connections of the copies written without hyper ([`raw`]), the same way.
+    raw_idle: Mutex<Vec<Idle<raw::Conn>>>,
     /// One permit per open connection (being opened, busy or idle), held by the task
     /// that drives the connection: this pool's share of `--max-connections-per-target`.
     connections: Arc<Semaphore>,
@@ -193,6 +210,8 @@ enum Checkout<B: Send + 'static> {
     Stream(H2Stream<B>, Option<Duration>),
     /// Room for a new connection.
     New(OwnedSemaphorePermit),
+    /// An idle connection for copies written without hyper, and how long it was idle.
+    Raw(raw::Conn, Duration),
 }
 
 /// A connection just opened, with the HTTP/2 one's first stream reserved.
@@ -233,8 +252,8 @@ impl<B: Send + 'static> Drop for StreamGuard<B> {
     }
 }
 
-struct Idle<B> {
-    sender: SendRequest<B>,
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
@@ -311,6 +330,7 @@ impl<B> Pool<B> {
                 h2,
                 negotiated: AtomicU8::new(0),
                 idle: Mutex::new(Vec::new()),
+                raw_idle: Mutex::new(Vec::new()),
                 connections: Arc::new(Semaphore::new(max_connections)),
                 max_idle: max_connections,
                 returned: Notify::new(),
@@ -332,6 +352,8 @@ impl<B> Pool<B> {
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
         let idle = std::mem::take(&mut *self.inner.lock());
+        drop(idle);
+        let idle = std::mem::take(&mut *lock(&self.inner.raw_idle));
         drop(idle);
         if let Some(conns) = &self.inner.h2 {
             conns.close_idle(Duration::ZERO);
@@ -387,7 +409,7 @@ where
         loop {
             // A resend goes on a new connection: the other idle ones are likely as stale.
             let checkout = if may_resend {
-                self.checkout().await
+                self.checkout(false).await
             } else {
                 Checkout::New(self.room().await)
             };
@@ -400,6 +422,8 @@ where
                     Connected::H1(sender) => Err((sender, None)),
                     Connected::H2(stream) => Ok((stream, None, false)),
                 },
+                // Not asked for here (`checkout(false)`).
+                Checkout::Raw(..) => continue,
             };
             let (mut sender, idle) = match stream {
                 Err(h1) => h1,
@@ -454,13 +478,13 @@ where
         }
     }
 
-    /// An idle connection, else room for a new one; waits for either when every
-    /// connection the pool may open is busy.
-    async fn checkout(&self) -> Checkout<B> {
+    /// An idle connection (for a copy written without hyper with `raw`), else room for
+    /// a new one; waits for either when every connection the pool may open is busy.
+    async fn checkout(&self, raw: bool) -> Checkout<B> {
         let mut woken = false;
         loop {
             // The common case first, without registering as a waiter.
-            if let Ok(found) = self.take_or_make_room() {
+            if let Ok(found) = self.take_or_make_room(raw) {
                 if woken {
                     self.pass_on(&found);
                 }
@@ -474,7 +498,7 @@ where
             returned.as_mut().enable();
             // While a new HTTP/2 connection has yet to say how many streams it takes,
             // no other is opened (see `h2`): only a wake-up is waited for.
-            let may_open = match self.take_or_make_room() {
+            let may_open = match self.take_or_make_room(raw) {
                 Ok(found) => return found,
                 Err(wait) => matches!(wait, Wait::Full),
             };
@@ -579,11 +603,16 @@ where
         *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
     }
 
-    /// A free HTTP/2 stream or an idle connection, else room for a new one if the bound
-    /// allows, without waiting; else what to wait for.
-    fn take_or_make_room(&self) -> Result<Checkout<B>, Wait> {
+    /// A free HTTP/2 stream or an idle connection (with `raw`, one for copies written
+    /// without hyper), else room for a new one if the bound allows, without waiting;
+    /// else what to wait for.
+    fn take_or_make_room(&self, raw: bool) -> Result<Checkout<B>, Wait> {
         let mut warming = false;
-        if let Some(conns) = &self.inner.h2 {
+        if raw {
+            if let Some((conn, idle)) = self.inner.checkout_raw() {
+                return Ok(Checkout::Raw(conn, idle));
+            }
+        } else if let Some(conns) = &self.inner.h2 {
             match conns.take() {
                 h2::Take::Stream(reserved) => {
                     let stream = H2Stream {
@@ -599,16 +628,26 @@ where
                 h2::Take::Full => {}
             }
         }
-        if let Some((sender, idle)) = self.inner.checkout() {
-            return Ok(Checkout::Idle(sender, idle));
+        if !raw {
+            if let Some((sender, idle)) = self.inner.checkout() {
+                return Ok(Checkout::Idle(sender, idle));
+            }
         }
         if warming {
             return Err(Wait::Warming);
         }
-        match self.inner.connections.clone().try_acquire_owned() {
-            Ok(permit) => Ok(Checkout::New(permit)),
-            Err(_) => Err(Wait::Full),
+        if let Ok(permit) = self.inner.connections.clone().try_acquire_owned() {
+            return Ok(Checkout::New(permit));
         }
+        // At the bound, an idle connection of the other kind is closed to make room: a
+        // raw one gives its permit back at once, hyper's when its task sees it dropped
+        // (which wakes the wait for a permit).
+        if self.inner.evict_other(raw) {
+            if let Ok(permit) = self.inner.connections.clone().try_acquire_owned() {
+                return Ok(Checkout::New(permit));
+            }
+        }
+        Err(Wait::Full)
     }
 
     /// Room for a new connection, waiting for one to close when the bound is reached.
@@ -636,14 +675,7 @@ where
             (Some(conns), true) => Some(h2::Connecting::count(conns, &wake)),
             _ => None,
         };
-        let mut connector = self.inner.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx))
-            .await
-            .map_err(Error::Connect)?;
-        let io = connector
-            .call(self.inner.origin.clone())
-            .await
-            .map_err(Error::Connect)?;
+        let io = self.dial().await?;
         let h2 = match self.inner.transport {
             Transport::Http | Transport::File | Transport::Nats => false,
             Transport::H2c => true,
@@ -680,6 +712,75 @@ where
         Ok(Connected::H1(sender))
     }
 
+    /// A new connection to the target (TLS set up for `https://`).
+    async fn dial(&self) -> Result<MaybeHttpsStream<TokioIo<TcpStream>>, Error> {
+        let mut connector = self.inner.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(Error::Connect)?;
+        connector
+            .call(self.inner.origin.clone())
+            .await
+            .map_err(Error::Connect)
+    }
+
+    /// Opens a connection for copies written without hyper; `permit` is held until it
+    /// closes.
+    async fn connect_raw(&self, permit: OwnedSemaphorePermit) -> Result<raw::Conn, Error> {
+        match self.dial().await? {
+            MaybeHttpsStream::Http(io) => {
+                self.start_reaper();
+                Ok(raw::Conn::new(io.into_inner(), permit))
+            }
+            // Only `http://` targets take raw copies (src/mirror.rs).
+            MaybeHttpsStream::Https(_) => Err(Error::Connect("not an http:// target".into())),
+        }
+    }
+
+    /// Sends a copy written without hyper ([`raw`]) on an idle connection or a new one,
+    /// and reads its answer to the end: its status. The same resend rules as [`send`].
+    ///
+    /// # Errors
+    /// The target cannot be reached, or the exchange failed.
+    pub async fn send_raw(&self, copy: &raw::Copy<'_>) -> Result<StatusCode, Error> {
+        let mut may_resend = true;
+        loop {
+            let checkout = if may_resend {
+                self.checkout(true).await
+            } else {
+                Checkout::New(self.room().await)
+            };
+            let (mut conn, idle) = match checkout {
+                Checkout::Raw(conn, idle) => (conn, Some(idle)),
+                Checkout::New(permit) => (Box::pin(self.connect_raw(permit)).await?, None),
+                // Not asked for here (`checkout(true)`).
+                Checkout::Idle(..) | Checkout::Stream(..) => continue,
+            };
+            let failure = match conn.exchange(copy).await {
+                Ok(answer) => {
+                    if answer.reuse {
+                        self.inner.put_raw(conn);
+                    }
+                    return Ok(answer.status);
+                }
+                Err(failure) => failure,
+            };
+            // As in `send`: unsent on a pooled connection goes on another; a replayable
+            // copy on a connection idle for a while that closed without answering goes
+            // once more, on a new one.
+            let stale = idle.is_some_and(|idle| idle >= self.inner.stale_after);
+            if failure.unsent() && idle.is_some() {
+                continue;
+            }
+            if may_resend && stale && copy.replayable() && failure.closed_without_answer() {
+                debug!(error = %failure, "idle connection closed by the target: request sent again");
+                may_resend = false;
+                continue;
+            }
+            return Err(Error::Raw(failure));
+        }
+    }
+
     /// Closes connections idle for longer than the idle timeout; runs on the pool's
     /// worker thread while the pool exists.
     fn start_reaper(&self) {
@@ -700,7 +801,8 @@ where
                 let Some(pool) = pool.upgrade() else { break };
                 let limit = pool.idle_timeout;
                 pool.lock()
-                    .retain(|idle| idle.since.elapsed() < limit && !idle.sender.is_closed());
+                    .retain(|idle| idle.since.elapsed() < limit && !idle.conn.is_closed());
+                lock(&pool.raw_idle).retain(|idle| idle.since.elapsed() < limit);
                 if let Some(conns) = &pool.h2 {
                     conns.close_idle(limit);
                 }
@@ -717,9 +819,30 @@ impl<B> Inner<B> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle<B>>> {
-        // Only pushes and pops happen under this lock; poisoning would be a bug.
-        self.idle.lock().expect("connection pool lock poisoned")
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle<SendRequest<B>>>> {
+        lock(&self.idle)
+    }
+
+    /// The most recently used idle raw connection that is still usable, and how long
+    /// it has been idle.
+    fn checkout_raw(&self) -> Option<(raw::Conn, Duration)> {
+        let mut idle = lock(&self.raw_idle);
+        while let Some(mut entry) = idle.pop() {
+            let idle_for = entry.since.elapsed();
+            if idle_for < self.idle_timeout && entry.conn.is_usable() {
+                return Some((entry.conn, idle_for));
+            }
+        }
+        None
+    }
+
+    /// Closes the least recently used idle connection of the kind other than `raw`'s;
+    /// false when there is none.
+    fn evict_other(&self, raw: bool) -> bool {
+        match raw {
+            true => evict_oldest(&self.idle),
+            false => evict_oldest(&self.raw_idle),
+        }
     }
 
     /// The most recently used idle connection that is still open, and how long it
@@ -730,8 +853,8 @@ impl<B> Inner<B> {
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
             let idle_for = entry.since.elapsed();
-            if entry.sender.is_ready() && idle_for < self.idle_timeout {
-                return Some((entry.sender, idle_for));
+            if entry.conn.is_ready() && idle_for < self.idle_timeout {
+                return Some((entry.conn, idle_for));
             }
         }
         None
@@ -758,15 +881,24 @@ impl<B: Send + 'static> Inner<B> {
     }
 
     fn push_idle(&self, sender: SendRequest<B>) {
+        self.push_idle_to(&self.idle, sender);
+    }
+
+    /// Takes a raw connection back once its answer has been read to the end.
+    fn put_raw(&self, conn: raw::Conn) {
+        self.push_idle_to(&self.raw_idle, conn);
+    }
+
+    fn push_idle_to<C>(&self, list: &Mutex<Vec<Idle<C>>>, conn: C) {
         if self.closed.load(Ordering::Acquire) && self.waiting.load(Ordering::Acquire) == 0 {
             return; // dropped: that closes the connection
         }
         let since = Instant::now();
         let evicted = {
-            let mut idle = self.lock();
+            let mut idle = lock(list);
             // Never more than `max_idle` kept: the least recently used one goes.
             let evicted = (idle.len() >= self.max_idle).then(|| idle.remove(0));
-            idle.push(Idle { sender, since });
+            idle.push(Idle { conn, since });
             evicted
         };
         // Dropped outside the lock: that closes its connection.
@@ -776,6 +908,20 @@ impl<B: Send + 'static> Inner<B> {
             self.returned.notify_one();
         }
     }
+}
+
+fn lock<C>(list: &Mutex<Vec<Idle<C>>>) -> std::sync::MutexGuard<'_, Vec<Idle<C>>> {
+    // Only pushes and pops happen under this lock; poisoning would be a bug.
+    list.lock().expect("connection pool lock poisoned")
+}
+
+/// Closes the least recently used connection of `list`, outside its lock; false when
+/// there is none.
+fn evict_oldest<C>(list: &Mutex<Vec<Idle<C>>>) -> bool {
+    let mut idle = lock(list);
+    let evicted = (!idle.is_empty()).then(|| idle.remove(0));
+    drop(idle);
+    evicted.is_some()
 }
 
 /// Undoes [`Pool::h2_form`] for a request that went unsent, in case the next connection
@@ -1447,6 +1593,142 @@ mod tests {
             accepted.load(Ordering::SeqCst),
             2,
             "the connection is not reused"
+        );
+    }
+
+    /// Sends a copy of `method` with `body` without hyper ([`raw`]).
+    async fn send_raw(
+        pool: &Pool<Empty<Bytes>>,
+        url: &TargetUrl,
+        method: Method,
+        body: &[u8],
+    ) -> Result<StatusCode, Error> {
+        let head = raw::Head::new(&method, &HeaderMap::new(), false, body.len()).unwrap();
+        let line = raw::request_line(&method, &url.request_target(None));
+        let copy = raw::Copy {
+            method: &method,
+            line: &line,
+            head: &head,
+            host: url.host_header(),
+            body,
+        };
+        tokio::time::timeout(WAIT, pool.send_raw(&copy))
+            .await
+            .expect("the copy ends in time")
+    }
+
+    #[tokio::test]
+    async fn a_raw_connection_is_reused_then_closed_after_the_idle_timeout() {
+        let (url, mut closed, accepted) = target().await;
+        let idle_timeout = Duration::from_millis(200);
+        let pool = Pool::with_timeouts(&url, &tls(), LIMIT, idle_timeout, STALE_AFTER);
+        for method in [Method::GET, Method::HEAD, Method::POST] {
+            let status = send_raw(&pool, &url, method, b"").await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let index = tokio::time::timeout(WAIT, closed.recv()).await.unwrap();
+        assert_eq!(index, Some(0), "the reaper closed the idle connection");
+        assert!(lock(&pool.inner.raw_idle).is_empty());
+    }
+
+    /// [`ten_requests_across_closes`] for copies sent without hyper.
+    async fn ten_raw_copies_across_closes(stale_after: Duration, let_reactor_run: bool) {
+        let (url, seen, closed) = closing_target();
+        let pool = Pool::with_timeouts(&url, &tls(), LIMIT, IDLE_TIMEOUT, stale_after);
+        for i in 0..10 {
+            let status = send_raw(&pool, &url, Method::GET, b"").await;
+            assert_eq!(
+                status.unwrap_or_else(|e| panic!("copy {i}: {e}")),
+                StatusCode::OK
+            );
+            wait_for_close(&closed);
+            if let_reactor_run {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            10,
+            "each copy reached the target once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_raw_connection_the_target_closed_is_not_used_even_if_still_pooled() {
+        ten_raw_copies_across_closes(STALE_AFTER, true).await;
+    }
+
+    #[tokio::test]
+    async fn a_safe_raw_copy_written_into_an_idle_close_is_sent_once_more() {
+        ten_raw_copies_across_closes(Duration::ZERO, false).await;
+    }
+
+    #[tokio::test]
+    async fn an_unsafe_raw_copy_is_never_sent_twice() {
+        for (stale_after, method) in [
+            (Duration::ZERO, Method::POST),
+            (Duration::from_secs(3600), Method::GET),
+        ] {
+            let (url, seen, closed) = closing_target();
+            let pool = Pool::with_timeouts(&url, &tls(), LIMIT, IDLE_TIMEOUT, stale_after);
+            send_raw(&pool, &url, Method::GET, b"").await.unwrap();
+            wait_for_close(&closed);
+            let outcome = send_raw(&pool, &url, method.clone(), b"").await;
+            assert!(
+                matches!(&outcome, Err(Error::Raw(f)) if f.closed_without_answer()),
+                "{method}: {outcome:?}"
+            );
+            assert!(!outcome.unwrap_err().never_sent(), "it may have arrived");
+            assert_eq!(seen.load(Ordering::SeqCst), 1, "{method}");
+        }
+    }
+
+    #[tokio::test]
+    async fn raw_and_hyper_connections_share_the_bound() {
+        let (url, _closed, accepted) = target().await;
+        let pool = Pool::with_timeouts(&url, &tls(), 1, IDLE_TIMEOUT, STALE_AFTER);
+        // Each kind finds the other's idle connection holding the only place, and
+        // closes it to open its own.
+        get(&pool, &url).await;
+        send_raw(&pool, &url, Method::GET, b"").await.unwrap();
+        tokio::time::timeout(WAIT, get(&pool, &url)).await.unwrap();
+        send_raw(&pool, &url, Method::GET, b"").await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn concurrent_raw_and_hyper_requests_wait_for_a_connection_at_the_bound() {
+        let (url, _closed, _accepted) = target().await;
+        let pool = Arc::new(Pool::new(&url, &tls(), 2));
+        let mut all = tokio::task::JoinSet::new();
+        for i in 0..30 {
+            let (pool, url) = (pool.clone(), url.clone());
+            all.spawn(async move {
+                if i % 3 == 0 {
+                    get(&pool, &url).await == "ok"
+                } else {
+                    send_raw(&pool, &url, Method::POST, b"body").await.unwrap() == StatusCode::OK
+                }
+            });
+        }
+        let done = tokio::time::timeout(WAIT, all.join_all()).await.unwrap();
+        assert!(done.iter().all(|ok| *ok));
+        let idle = pool.inner.lock().len() + lock(&pool.inner.raw_idle).len();
+        assert!(idle <= 2, "{idle} idle connections");
+        assert!(pool.inner.connections.available_permits() <= 2);
+    }
+
+    #[tokio::test]
+    async fn a_raw_copy_that_cannot_connect_was_never_sent() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = TargetUrl::parse(&format!("http://{}", closed.local_addr().unwrap())).unwrap();
+        drop(closed);
+        let pool = Pool::new(&url, &tls(), LIMIT);
+        let err = send_raw(&pool, &url, Method::POST, b"x").await.unwrap_err();
+        assert!(
+            matches!(err, Error::Connect(_)) && err.never_sent(),
+            "{err:?}"
         );
     }
 }

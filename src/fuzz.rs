@@ -266,6 +266,21 @@ pub fn verdict_thresholds(text: &str) {
     }
 }
 
+/// An answer from a mirror to a copy written without hyper, its first byte choosing the
+/// size of the reads and whether it answers a `HEAD`: no panic, and read in pieces it is
+/// framed as read whole.
+pub fn mirror_answer(data: &[u8]) {
+    let Some((&first, bytes)) = data.split_first() else {
+        return;
+    };
+    let head_request = first & 0x80 != 0;
+    let piece = usize::from(first & 0x7f) + 1;
+    let whole = crate::client::raw::frame_in_pieces(bytes, &[usize::MAX], head_request);
+    let split = crate::client::raw::frame_in_pieces(bytes, &[piece], head_request);
+    assert_eq!(whole.is_ok(), split.is_ok(), "{whole:?} / {split:?}");
+    assert_eq!(whole.ok(), split.ok());
+}
+
 #[cfg(test)]
 mod tests {
     /// Keeps the entry points compiled and working in `cargo test`, where `fuzzing` is
@@ -312,6 +327,15 @@ mod tests {
         super::forwarding_headers(
             "connection: close, x-a\nx-a: 1\nvia: 1.1 trafficmirror-1\nhost: h\nte: trailers",
         );
+        for data in [
+            &b"\x03HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+            b"\x85HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;x\r\nok\r\n0\r\n\r\n",
+            b"\x00HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 204 No\r\n\r\n",
+            b"\x01HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n",
+            b"",
+        ] {
+            super::mirror_answer(data);
+        }
         let sep = "\n🐵🙈🙉\n";
         for data in [
             format!(

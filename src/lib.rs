@@ -62,8 +62,10 @@
 //! - `shutdown`: SIGINT/SIGTERM. `ratelimit`: at most one log line per second for
 //!   per-request and accept errors.
 //! - `client`: keep-alive connection pools to main and mirrors, one per worker;
-//!   `client::h2`: HTTP/2 connections multiplexed within the server's stream limit
-//!   (`client::pool_comparison`, test-only: the load harness of `bench/pool-compare`);
+//!   `client::h2`: HTTP/2 connections multiplexed within the server's stream limit;
+//!   `client::raw`: copies to `http://` mirrors that need only the answer's status,
+//!   written and read without hyper's client (`client::pool_comparison`, test-only:
+//!   the load harness of `bench/pool-compare`);
 //!   `tls`: TLS settings for https targets; `tls::listener`: TLS on the listener and
 //!   its certificate files, followed as they are renewed.
 //! - `workers`: thread-per-core worker runtimes that own the connections.

@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::budget::{Budget, Held};
 use crate::client::{self, Pool};
-use crate::target_url::TargetUrl;
+use crate::target_url::{TargetUrl, Transport};
 use compare::capture::{self, BodyCapture, Captured, ForCompare, MainAnswer, MainAnswerRx};
 use compare::mismatches::{Mismatches, Record};
 use compare::stats::{CompareSnapshot, CompareStats};
@@ -91,6 +91,10 @@ pub struct MirrorRequest {
     /// Its endpoint in the comparison results of mirrors without `endpoint=` patterns
     /// (docs/comparing.md, "Per endpoint"), made by the first that compares.
     pub endpoint_key: std::sync::OnceLock<String>,
+    /// Its head as the copies to `http://` mirrors write it without hyper (see
+    /// [`client::raw`]), serialised by the first such copy; `None` inside when hyper
+    /// must frame it.
+    pub raw_head: std::sync::OnceLock<Option<client::raw::Head>>,
 }
 
 /// Settings shared by every mirror.
@@ -866,6 +870,7 @@ impl Mirror {
                 captured: None,
             });
         }
+        let capture = plan.compare.is_some() && request.main_answer.is_some();
         if let Some(nats) = &self.nats {
             let arrived = request.arrived.unwrap_or_else(std::time::SystemTime::now);
             let retried = || Counters::incr(&self.counters.retried);
@@ -882,11 +887,20 @@ impl Mirror {
                 captured: None,
             });
         }
+        // Only its status is needed: written and read without hyper.
+        if !capture && self.url.transport() == Transport::Http {
+            if let Some(status) = self.send_raw(request, plan).await {
+                return Ok(Reply {
+                    status: status?,
+                    captured: None,
+                });
+            }
+        }
         let req = self.copy_request(request, plan);
         let response = crate::workers::pick(&self.pools).send(req).await?;
         let status = response.status();
         let (parts, mut body) = response.into_parts();
-        let mut capture = (plan.compare.is_some() && request.main_answer.is_some())
+        let mut capture = capture
             .then(|| BodyCapture::new(self.shared.settings.max_compare_size, &self.shared.budget));
         // Read the answer to its end, so the connection is reused.
         while let Some(frame) = body.frame().await {
@@ -912,6 +926,43 @@ impl Mirror {
             },
         );
         Ok(Reply { status, captured })
+    }
+
+    /// Sends one copy without hyper ([`client::raw`]) and reads its answer to the end:
+    /// its status. `None` when hyper must frame this request. A copy with its own header
+    /// changes (the gRPC deadline, rewrites) writes its own head, the others share one.
+    async fn send_raw(
+        &self,
+        request: &MirrorRequest,
+        plan: &Plan,
+    ) -> Option<Result<http::StatusCode, client::Error>> {
+        let own;
+        let head = if request.deadline.is_none() && !plan.options.has_rewrites() {
+            let head = &request.raw_head;
+            let body_len = request.body.len();
+            head.get_or_init(|| {
+                client::raw::Head::new(
+                    &request.method,
+                    &request.headers,
+                    request.host_slot,
+                    body_len,
+                )
+            })
+        } else {
+            let copy = self.copy_request(request, plan);
+            own = client::raw::Head::new(copy.method(), copy.headers(), false, request.body.len());
+            &own
+        };
+        let target = self.url.request_target(request.path_and_query.as_ref());
+        let line = client::raw::request_line(&request.method, &target);
+        let copy = client::raw::Copy {
+            method: &request.method,
+            line: &line,
+            head: head.as_ref()?,
+            host: self.url.host_header(),
+            body: &request.body,
+        };
+        Some(crate::workers::pick(&self.pools).send_raw(&copy).await)
     }
 
     /// The copy as sent to this mirror: its own authority in `Host` unless kept, the

@@ -130,6 +130,7 @@ impl Offer {
             deadline: self.deadline,
             arrived: self.arrived,
             endpoint_key: std::sync::OnceLock::new(),
+            raw_head: std::sync::OnceLock::new(),
         });
         for (index, member) in self.selected.iter(&self.mirrors) {
             let order = self

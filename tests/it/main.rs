@@ -22,6 +22,7 @@ mod options;
 mod page;
 mod protocol;
 mod proxy;
+mod raw_copies;
 mod record;
 mod replay_compare;
 mod report;
