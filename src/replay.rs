@@ -556,17 +556,17 @@ fn recorded_answer(recorded: ParsedResponse, limit: usize) -> Answer {
 
 /// Runs a replay; returns the exit status.
 pub async fn run(options: Options) -> u8 {
-    // A bad `--ca-cert` is named before anything is read or sent, whatever the target.
-    if options.ca_cert.is_some() {
-        if let Err(status) = client_tls(&options) {
-            return status;
-        }
-    }
-    let source = match nats::Source::open(&options).await {
+    // Made once for the target and a `tls://` source; a bad `--ca-cert` is named
+    // before anything is read or sent.
+    let tls = match client_tls(&options) {
+        Ok(tls) => tls,
+        Err(status) => return status,
+    };
+    let source = match nats::Source::open(&options, &tls).await {
         Ok(source) => source,
         Err(status) => return status,
     };
-    let (replay, rx) = match Replay::start(options, source) {
+    let (replay, rx) = match Replay::start(options, source, &tls) {
         Ok(started) => started,
         Err(status) => return status,
     };
@@ -603,7 +603,7 @@ fn readable_sources(sources: &[String]) -> Result<Vec<PathBuf>, u8> {
     Ok(readable)
 }
 
-/// The TLS settings for an `https://` target.
+/// The TLS settings for an `https://` target and a `tls://` source.
 fn client_tls(options: &Options) -> Result<Arc<rustls::ClientConfig>, u8> {
     crate::tls::client_config(options.ca_cert.as_deref(), options.insecure_skip_verify).map_err(
         |err| {
@@ -726,17 +726,17 @@ impl Replay {
     fn start(
         options: Options,
         source: Option<nats::Source>,
+        tls: &Arc<rustls::ClientConfig>,
     ) -> Result<(Self, mpsc::Receiver<Item>), u8> {
         let target = parse_target(&options)?;
         let readable = match source {
             Some(_) => Vec::new(),
             None => readable_sources(&options.sources)?,
         };
-        let tls = client_tls(&options)?;
         let comparison = comparison(&options)?;
         let output = output_writer(&options)?;
         let concurrency = options.concurrency.max(1);
-        let pool = Arc::new(Pool::<Full<Bytes>>::new(&target, &tls, concurrency));
+        let pool = Arc::new(Pool::<Full<Bytes>>::new(&target, tls, concurrency));
         let rx = match source {
             Some(source) => source.start(&options),
             None => start_reader(readable, &options)?,

@@ -615,14 +615,14 @@ impl Fields {
             if name.eq_ignore_ascii_case("transfer-encoding") {
                 // The last line's last coding, as hyper looks at it.
                 let last = field.value.rsplit(|&b| b == b',').next().unwrap_or(&[]);
-                fields.chunked = Some(trim(last).eq_ignore_ascii_case(b"chunked"));
+                fields.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             } else if name.eq_ignore_ascii_case("content-length") {
                 fields.length = true;
             } else if name.eq_ignore_ascii_case("connection") {
                 let tokens = field.value.split(|&b| b == b',');
                 fields.close |= tokens
                     .into_iter()
-                    .any(|t| trim(t).eq_ignore_ascii_case(b"close"));
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
             }
         }
         fields
@@ -645,7 +645,7 @@ where
     let mut length = None;
     for value in values {
         for item in value.as_ref().split(|&b| b == b',') {
-            let item = trim(item);
+            let item = item.trim_ascii();
             if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
                 return Err(());
             }
@@ -689,23 +689,13 @@ fn chunk_size(line: &[u8]) -> Result<(u64, usize), AnswerError> {
     }
 }
 
+/// Spaces and tabs only (`trim_ascii_start` would also skip a stray CR, which is an error).
 fn trim_start(bytes: &[u8]) -> &[u8] {
     let skip = bytes
         .iter()
         .take_while(|b| matches!(b, b' ' | b'\t'))
         .count();
     &bytes[skip..]
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let bytes = trim_start(bytes);
-    let keep = bytes.len()
-        - bytes
-            .iter()
-            .rev()
-            .take_while(|b| matches!(b, b' ' | b'\t'))
-            .count();
-    &bytes[..keep]
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! delivered again once `--ack-wait` passed without its acknowledgement.
 
 use std::io::Cursor;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
@@ -104,7 +105,10 @@ impl Source {
     /// # Errors
     /// The exit status: usage (a bad URL, no `--durable`, `--loop`) or could not run
     /// (no server, no stream holding the subject).
-    pub async fn open(options: &Options) -> Result<Option<Self>, u8> {
+    pub async fn open(
+        options: &Options,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<Option<Self>, u8> {
         let Some(first) = options.sources.first() else {
             return Ok(None);
         };
@@ -125,11 +129,13 @@ impl Source {
         let Some(durable) = &options.durable else {
             return Err(usage("a nats:// source needs --durable NAME"));
         };
-        let consumer = consumer(&url, durable, options).await.map_err(|err| {
-            // `url` shows no password.
-            eprintln!("replay: {url}: {err}");
-            EXIT_COULD_NOT_RUN
-        })?;
+        let consumer = consumer(&url, durable, options.ack_wait, tls)
+            .await
+            .map_err(|err| {
+                // `url` shows no password.
+                eprintln!("replay: {url}: {err}");
+                EXIT_COULD_NOT_RUN
+            })?;
         let subject = url.nats().map(|a| a.subject.to_owned()).unwrap_or_default();
         Ok(Some(Self { consumer, subject }))
     }
@@ -155,12 +161,11 @@ fn usage(message: &str) -> u8 {
 async fn consumer(
     url: &TargetUrl,
     durable: &str,
-    options: &Options,
+    ack_wait: Duration,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> Result<PullConsumer, String> {
     let address = url.nats().ok_or("not a NATS URL")?;
-    let tls = crate::tls::client_config(options.ca_cert.as_deref(), options.insecure_skip_verify)
-        .map_err(|err| err.to_string())?;
-    let connect = crate::nats::connect_options(url, Some(&tls)).connect(address.server());
+    let connect = crate::nats::connect_options(url, Some(tls)).connect(address.server());
     let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| "cannot connect: timed out".to_owned())?
@@ -179,7 +184,7 @@ async fn consumer(
         // A new durable starts at the stream's first message.
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
-        ack_wait: options.ack_wait,
+        ack_wait,
         filter_subject: address.subject.to_owned(),
         ..Default::default()
     };
