@@ -88,7 +88,7 @@ async fn without_retry_a_reset_copy_fails_as_before() {
 
 #[tokio::test]
 async fn a_post_to_a_port_that_listens_a_moment_later_arrives_once() {
-    // Reserve a port, free it: connections are refused until it is bound again.
+    // A reserved port where nothing listens: connections are refused until it listens.
     let addr = closed_addr().await;
     let url = format!("http://{addr}");
     let (proxy, _main) = proxy_with(&format!("{url} retry=5"), &[]).await;
@@ -97,16 +97,9 @@ async fn a_post_to_a_port_that_listens_a_moment_later_arrives_once() {
         let seen = seen.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            // Another process may take the port in between: try the bind a few times.
-            let mut listener = None;
-            for _ in 0..20 {
-                if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
-                    listener = Some(l);
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let listener = listener.expect("the reserved port binds again");
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .expect("the reserved port binds again");
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 let seen = seen.clone();

@@ -714,9 +714,21 @@ async fn answer(reply: Reply) -> Response<Full<Bytes>> {
 }
 
 /// An address where nothing listens (connections are refused).
+///
+/// The port stays bound, without listening, until the test process ends: a port that
+/// was merely freed can be handed to the next `bind(0)` of a test running alongside,
+/// once to the proxy under test itself, which then forwarded to itself until its
+/// headers grew too large (431 instead of 502). The socket has `SO_REUSEADDR`, so a
+/// test may still listen on the address later, as `TcpListener::bind` sets it too.
 pub async fn closed_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    static RESERVED: std::sync::Mutex<Vec<tokio::net::TcpSocket>> =
+        std::sync::Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    RESERVED.lock().unwrap().push(socket);
+    addr
 }
 
 // ===== client =====
