@@ -258,6 +258,10 @@ proptest! {
         after in proptest::collection::vec(any::<u8>(), 0..20),
     ) {
         let mut bytes = chunked(&body, &sizes, &extension, &trailers);
+        // Many tiny chunks with extensions can pass the extensions bound, which has its
+        // own test: this property is about bodies within it.
+        let size_lines = bytes.windows(2).filter(|w| w == b"\r\n").count();
+        prop_assume!(size_lines * extension.len() < super::MAX_EXTENSIONS);
         bytes.extend_from_slice(&after);
         prop_assert_eq!(frame(&bytes, &pieces, false), Ok((answer(200, true), after.len())));
     }
