@@ -125,7 +125,7 @@ pub fn forwarding_headers(text: &str) {
             }
         }
     }
-    let _ = crate::headers::via_contains(&headers, "trafficmirror-1");
+    let _ = crate::headers::via_visits(&headers, "trafficmirror-1");
     let host = headers.get(header::HOST).cloned();
     crate::headers::strip_hop_by_hop(&mut headers);
     assert!(!headers.contains_key(header::CONNECTION));

@@ -168,14 +168,16 @@ pub fn set_forwarded(
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
 
-/// Whether any `Via` entry names `token` as its `received-by` (RFC 9110 §7.6.3).
-pub fn via_contains(headers: &HeaderMap, token: &str) -> bool {
+/// How many `Via` entries name `token` as their `received-by` (RFC 9110 §7.6.3): how
+/// often the request already went through the instance with that token.
+pub fn via_visits(headers: &HeaderMap, token: &str) -> usize {
     headers
         .get_all(header::VIA)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|entry| entry.split_whitespace().nth(1) == Some(token))
+        .filter(|entry| entry.split_whitespace().nth(1) == Some(token))
+        .count()
 }
 
 /// Appends this instance's entry (`<protocol-version> <token>`) to `Via`.
@@ -376,11 +378,13 @@ mod tests {
     #[test]
     fn via_token_detection() {
         let mut h = map(&[("via", "1.1 other, 1.0 tm-abc (trafficmirror)")]);
-        assert!(via_contains(&h, "tm-abc"));
-        assert!(!via_contains(&h, "tm-ab"));
-        assert!(!via_contains(&h, "tm-xyz"));
+        assert_eq!(via_visits(&h, "tm-abc"), 1);
+        assert_eq!(via_visits(&h, "tm-ab"), 0);
+        assert_eq!(via_visits(&h, "tm-xyz"), 0);
         append_via(&mut h, &HeaderValue::from_static("1.1 tm-xyz"));
-        assert!(via_contains(&h, "tm-xyz"));
+        assert_eq!(via_visits(&h, "tm-xyz"), 1);
+        append_via(&mut h, &HeaderValue::from_static("1.1 tm-abc"));
+        assert_eq!(via_visits(&h, "tm-abc"), 2);
     }
 
     /// Names a message may carry: every fixed hop-by-hop name in any case, `Proxy-*`,

@@ -115,6 +115,8 @@ struct Inner {
     main_unreachable_log: LogLimiter,
     /// "main did not answer in time" (`504`) log lines, at most one per second.
     main_timeout_log: LogLimiter,
+    /// "main leads back here" (`508`) log lines, at most one per second.
+    main_loop_log: LogLimiter,
     /// Answers by status class and their latency (the Prometheus scrape).
     main_stats: MainStats,
 }
@@ -150,6 +152,7 @@ impl Proxy {
                 loop_logged: AtomicBool::new(false),
                 main_unreachable_log: LogLimiter::new(MAIN_ERROR_LOG_INTERVAL),
                 main_timeout_log: LogLimiter::new(MAIN_ERROR_LOG_INTERVAL),
+                main_loop_log: LogLimiter::new(MAIN_ERROR_LOG_INTERVAL),
                 main_stats: MainStats::default(),
             }),
         }
@@ -236,16 +239,25 @@ impl Proxy {
             self.count_unmirrored(&req);
             return MainError::Connect.answer(grpc);
         }
+        // Once through here: a mirror leads back, the copy goes to main but is not
+        // mirrored again. Twice: main leads back, and forwarding would never end.
+        let visits = headers::via_visits(req.headers(), &self.inner.via_token);
+        if visits >= 2 {
+            self.count_unmirrored(&req);
+            self.log_main_error(&MainError::Loop, peer);
+            return MainError::Loop.answer(grpc);
+        }
         if grpc && self.settings().main.transport() == Transport::Http {
             self.count_unmirrored(&req);
             let err = MainError::GrpcOverHttp1;
             self.log_main_error(&err, peer);
             return err.answer(grpc);
         }
+        let looped = visits > 0;
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let looped = self.rewrite_head(&mut parts, peer, upgrade);
+        self.rewrite_head(&mut parts, peer, upgrade);
         // hyper writes an HTTP/1 answer's trailers only to a client that asked for them
         // (`TE: trailers`), and only those its `Trailer` header names.
         let declare_trailers =
@@ -296,14 +308,13 @@ impl Proxy {
     /// Rewrites a request's head once, for main and every mirror alike: `Host` leaves
     /// (each target gets its own, see [`main_head`] and the offer's host slot), hop-by-hop
     /// headers go, `X-Forwarded-*` and this proxy's `Via` entry come; an upgrade request
-    /// keeps asking for `upgrade`. True when the request already carried this proxy's
-    /// `Via` entry: a loop.
+    /// keeps asking for `upgrade`.
     fn rewrite_head(
         &self,
         parts: &mut http::request::Parts,
         peer: &Peer,
         upgrade: Option<HeaderValue>,
-    ) -> bool {
+    ) {
         // `Host` becomes each target's authority, set per target below. (The server
         // answered 400 to a request with more than one.)
         let host = parts.headers.remove(header::HOST).or_else(|| {
@@ -313,7 +324,6 @@ impl Proxy {
         });
         // Room for what is added below (X-Forwarded-*, Via, Host): one growth, not several.
         let _ = parts.headers.try_reserve(5); // only fails past http's size limit
-        let looped = headers::via_contains(&parts.headers, &self.inner.via_token);
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::set_forwarded(
             &mut parts.headers,
@@ -333,7 +343,6 @@ impl Proxy {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol);
         }
-        looped
     }
 
     /// Plans the mirrors' copy of a request whose head is rewritten: picks the mirrors
@@ -486,6 +495,11 @@ impl Proxy {
         let main = &self.settings().main;
         match err {
             MainError::Connect => {}
+            MainError::Loop => {
+                if let Some(held_back) = self.inner.main_loop_log.admit() {
+                    warn!(main = %main, held_back, "request answered 508: it already went through this proxy twice, so main leads back here (directly or through other proxies)");
+                }
+            }
             MainError::Timeout(limit) => {
                 if let Some(held_back) = self.inner.main_timeout_log.admit() {
                     warn!(main = %main, timeout = ?limit, held_back, "main did not answer in time");
@@ -733,7 +747,7 @@ mod tests {
                 .header("x-private", "1")
                 .header("x-kept", "2"),
         );
-        assert!(!proxy.rewrite_head(&mut parts, &peer(), None));
+        proxy.rewrite_head(&mut parts, &peer(), None);
         let h = &parts.headers;
         assert!(!h.contains_key(header::HOST));
         assert!(!h.contains_key(header::CONNECTION));
@@ -755,14 +769,26 @@ mod tests {
         assert_eq!(parts.headers[header::VIA], via.as_str());
     }
 
-    #[test]
-    fn a_request_carrying_this_proxys_via_is_a_loop() {
-        let proxy = proxy(&[]);
-        let via = format!("1.1 other, 1.1 {}", proxy.inner.via_token);
-        let mut parts = head(Request::get("/").header(header::VIA, via));
-        assert!(proxy.rewrite_head(&mut parts, &peer(), None));
-        let mut parts = head(Request::get("/").header(header::VIA, "1.1 trafficmirror-0"));
-        assert!(!proxy.rewrite_head(&mut parts, &peer(), None));
+    #[tokio::test]
+    async fn a_request_through_here_twice_is_answered_508_and_counted_skipped() {
+        let proxy = proxy(&["--mirror", "http://127.0.0.1:9"]);
+        let token = &proxy.inner.via_token;
+        let twice = format!("1.1 {token}, 1.1 other, 1.1 {token}");
+        let request = Request::get("/").header(header::VIA, twice);
+        let request = request.body(Empty::<Bytes>::new()).unwrap();
+        let response = proxy.forward(request, &peer()).await;
+        assert_eq!(response.status(), StatusCode::LOOP_DETECTED);
+        let grpc = Request::post("/pkg.S/M")
+            .version(Version::HTTP_2)
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header(header::VIA, format!("2 {token}, 2 {token}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = proxy.forward(grpc, &peer()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "13");
+        assert_eq!(counters(&proxy)[0].skipped, 2);
+        assert_eq!(counters(&proxy)[0].sent, 0);
     }
 
     #[test]

@@ -14,12 +14,14 @@ use crate::body::{self, BoxBody};
 use crate::client;
 
 /// Why main's answer cannot be forwarded: main failed (`502`, `504`), the client's body
-/// did (`400`, `408`), or the request is not one to send (`501`, and `502` for a gRPC
-/// request to an HTTP/1.1 main).
+/// did (`400`, `408`), or the request is not one to send (`501`, `508` for one that
+/// main keeps sending back, and `502` for a gRPC request to an HTTP/1.1 main).
 #[derive(Debug)]
 pub enum MainError {
     /// A `CONNECT` request: a reverse proxy does not open tunnels to other hosts.
     Connect,
+    /// The request already went through this proxy twice: main leads back here.
+    Loop,
     /// Main did not answer within `--main-timeout`.
     Timeout(Duration),
     /// Main could not be reached, or the exchange with it failed.
@@ -73,6 +75,11 @@ impl MainError {
             Self::Connect => (
                 StatusCode::NOT_IMPLEMENTED,
                 "CONNECT is not supported: trafficmirror is a reverse proxy",
+            ),
+            Self::Loop => (
+                StatusCode::LOOP_DETECTED,
+                "loop detected: this request already went through this proxy twice \
+                 (main leads back to it)",
             ),
             Self::Timeout(_) => (
                 StatusCode::GATEWAY_TIMEOUT,

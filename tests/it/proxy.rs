@@ -204,6 +204,20 @@ async fn main_down_under_load_logs_one_line_per_second_not_one_per_request() {
 }
 
 #[tokio::test]
+async fn a_main_that_leads_back_here_gets_508_instead_of_an_endless_loop() {
+    // The proxy's own address as main: every hop would add a Via entry until the head
+    // grew too large (431), each hop holding a connection meanwhile.
+    let addr = closed_addr().await.to_string();
+    let main = format!("http://{addr}");
+    let bin = Binary::start_with(&["--listen", &addr, "--main", &main], &[]).await;
+    let resp = get(&bin.url("/")).await;
+    assert_eq!(resp.status, StatusCode::LOOP_DETECTED, "{}", resp.text());
+    assert!(resp.text().contains("loop detected"), "{}", resp.text());
+    let stderr = bin.terminate_within(Duration::from_secs(5)).await;
+    assert!(stderr.contains("answered 508"), "{stderr}");
+}
+
+#[tokio::test]
 async fn slow_main_gives_504_with_main_timeout() {
     let (_main, proxy) = TestProxy::in_front_of(
         Reply::After(Duration::from_secs(3), Box::new(Reply::ok("late"))),
