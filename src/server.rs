@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::admin::Admin;
 use crate::app::App;
 use crate::body::{self, BoxBody};
-use crate::idle::Activity;
+use crate::idle::{Activity, Tracked};
 use crate::mirror::Status;
 use crate::proxy::{Peer, Proxy, own_answer};
 use crate::ratelimit::LogLimiter;
@@ -433,10 +432,9 @@ fn connection_builder(config: &Settings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        // Runs from the moment hyper waits for a request head, so it also closes idle
-        // keep-alive connections.
-        .header_read_timeout(config.header_read_timeout)
+        // `--header-read-timeout` is the idle watch's (crate::idle): hyper's own would
+        // arm a timer for every request head.
+        .header_read_timeout(None)
         // A head that does not fit gets `431` (RFC 6585 §5).
         .max_buf_size(config.max_header_size);
     builder
@@ -570,20 +568,11 @@ async fn serve_http<I>(
     let service = service_fn(move |req: Request<Incoming>| {
         let handlers = handlers.clone();
         let client = client.clone();
-        let h2_request = activity.request_started(req.version() == Version::HTTP_2);
+        let request = activity.request_started();
         async move {
             let response = handlers.route(req, &client, role).await;
-            Ok::<_, Infallible>(match h2_request {
-                None => response,
-                // The closure owns the guard, so the request stays counted until the
-                // body is done with (its end or its drop), not just until the head.
-                Some(request) => response.map(|body| {
-                    body::boxed(body.map_err(move |err| {
-                        let _counted = &request;
-                        err
-                    }))
-                }),
-            })
+            // Counted until the body is done with, not just until the head.
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, request)))
         }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);

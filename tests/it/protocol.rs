@@ -307,6 +307,57 @@ async fn idle_keep_alive_connection_is_closed() {
 }
 
 #[tokio::test]
+async fn http1_answers_longer_than_the_idle_timeout_are_not_cut_and_idleness_is_after_them() {
+    let (main, proxy) = TestProxy::in_front_of(
+        Reply::After(Duration::from_millis(700), Box::new(Reply::ok("slow"))),
+        &["--header-read-timeout", "250ms"],
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    // Main takes almost three timeouts to answer: the request is in flight meanwhile.
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_until(&mut s, "slow").await.starts_with("HTTP/1.1 200"));
+    main.set_reply(Reply::ok("ok"));
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_until(&mut s, "ok").await.starts_with("HTTP/1.1 200"));
+    let answered = Instant::now();
+    // A second head that never ends is cut like a first one, a timeout after the
+    // last answer.
+    s.write_all(b"GET /third HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest))
+        .await
+        .expect("connection closed by the proxy")
+        .unwrap();
+    assert!(answered.elapsed() >= Duration::from_millis(250));
+    assert_eq!(main.count(), 2);
+}
+
+#[tokio::test]
+async fn http1_answer_streaming_past_the_idle_timeout_is_not_cut() {
+    let main = main_streaming_slow().await;
+    let proxy = TestProxy::start(&["--main", &main, "--header-read-timeout", "300ms"]).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Chunked to the client as main sends it: the end is the last chunk.
+    let text = read_until(&mut s, "0\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("part\r\n4\r\npart"), "{text}");
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_until(&mut s, "ok").await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
 async fn oversized_request_head_gets_431() {
     let (main, proxy) =
         TestProxy::in_front_of(Reply::ok("ok"), &["--max-header-size", "8KiB"]).await;
@@ -483,9 +534,9 @@ async fn connections_without_a_request_are_closed_after_the_header_read_timeout(
     main.assert_nothing_within(Duration::from_millis(10)).await;
 }
 
-#[tokio::test]
-async fn http2_response_streaming_past_the_idle_timeout_is_not_cut() {
-    // A main that streams its answer to /slow over 800 ms, and answers anything else at once.
+/// A main that streams `GET /slow` as two chunks 400 ms apart and answers anything else
+/// `ok` at once: its URL.
+async fn main_streaming_slow() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let main = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -517,6 +568,13 @@ async fn http2_response_streaming_past_the_idle_timeout_is_not_cut() {
             });
         }
     });
+    main
+}
+
+#[tokio::test]
+async fn http2_response_streaming_past_the_idle_timeout_is_not_cut() {
+    // A main that streams its answer to /slow over 800 ms, and answers anything else at once.
+    let main = main_streaming_slow().await;
     let proxy = TestProxy::start(&["--main", &main, "--header-read-timeout", "300ms"]).await;
     let (mut sender, mut closed) = h2_connection(proxy.addr).await;
     let (status, body) = h2_get(&mut sender, &proxy.url("/slow")).await;
