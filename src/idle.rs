@@ -21,10 +21,12 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -40,6 +42,10 @@ pub struct Activity {
     since: Instant,
     close: CancellationToken,
     timeout: Duration,
+    /// `close` was cancelled (shutdown, or idle here): the connection should close.
+    closing: AtomicBool,
+    /// The connection's task, woken when `closing` is set.
+    connection: AtomicWaker,
 }
 
 /// One request in flight, until its answer's body is done with (its end or its drop).
@@ -90,6 +96,8 @@ impl Activity {
             since: Instant::now(),
             close,
             timeout,
+            closing: AtomicBool::new(false),
+            connection: AtomicWaker::new(),
         });
         tokio::spawn(activity.clone().run());
         activity
@@ -119,16 +127,51 @@ impl Activity {
             .filter(|left| !left.is_zero())
     }
 
+    /// Runs `connection` until it ends (`Some` of its output) or the connection is to
+    /// close (`None`). Polling the cancellation token's own future on every wake of the
+    /// connection locked a mutex each time (~0.3k instructions per proxied request
+    /// under callgrind); this is an atomic load and a waker comparison.
+    pub fn unless_closing<'a, F>(&'a self, connection: Pin<&'a mut F>) -> UnlessClosing<'a, F> {
+        UnlessClosing {
+            activity: self,
+            connection,
+        }
+    }
+
     async fn run(self: Arc<Self>) {
         // One timer, re-armed only when it fires: requests never touch it.
         while let Some(wait) = self.left() {
             tokio::select! {
-                () = self.close.cancelled() => return,
+                () = self.close.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        debug!(timeout = ?self.timeout, "closing an idle connection");
-        self.close.cancel();
+        if !self.close.is_cancelled() {
+            debug!(timeout = ?self.timeout, "closing an idle connection");
+            self.close.cancel();
+        }
+        self.closing.store(true, Ordering::Release);
+        self.connection.wake();
+    }
+}
+
+/// See [`Activity::unless_closing`].
+pub struct UnlessClosing<'a, F> {
+    activity: &'a Activity,
+    connection: Pin<&'a mut F>,
+}
+
+impl<F: Future> Future for UnlessClosing<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let activity = self.activity;
+        activity.connection.register(cx.waker());
+        // After registering: a `closing` set in between has its wake-up.
+        if activity.closing.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        self.connection.as_mut().poll(cx).map(Some)
     }
 }
 

@@ -577,9 +577,10 @@ async fn serve_http<I>(
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = close.cancelled() => {
+    // `close` cancelled (shutdown, or idle) ends the wait, through the watch.
+    let result = match watched.unless_closing(conn.as_mut()).await {
+        Some(result) => result,
+        None => {
             // Finish the request in flight, then close (no more keep-alive). hyper closes
             // an HTTP/2 connection only once the peer acknowledges the PING sent with the
             // GOAWAY; a peer that never does is dropped after a grace period, unless it
