@@ -410,7 +410,7 @@ impl Proxy {
         let held = self.budget().hold();
         if body.is_end_stream() {
             offer.deliver(Bytes::new(), held);
-            return body::boxed(body);
+            return self.streamed(body, h2, failure);
         }
         let settings = self.settings();
         let teed = RequestBody::teed(
@@ -538,7 +538,8 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         if body.is_end_stream() {
-            body::boxed(body)
+            // Nothing to read: an `Empty` in its box is no allocation, a body would be.
+            body::boxed(http_body_util::Empty::new())
         } else {
             let streamed = RequestBody::streamed(body, self.settings().body_read_timeout, h2);
             body::boxed(streamed.reporting_to(failure.insert(BodyFailure::default()).clone()))
