@@ -19,9 +19,9 @@
 //! without waiting for the peer (hyper waits for the peer to acknowledge the PING sent
 //! with an HTTP/2 GOAWAY).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};

@@ -652,13 +652,25 @@ fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
     match first {
         None if req.version() == Version::HTTP_11 => Some("HTTP/1.1 request without Host"),
         // An empty value is allowed: the target URI may have no authority.
-        Some(host)
-            if !host.is_empty() && http::uri::Authority::try_from(host.as_bytes()).is_err() =>
-        {
+        Some(host) if !host.is_empty() && !valid_authority(host.as_bytes()) => {
             Some("Host is not a valid host[:port]")
         }
         _ => None,
     }
+}
+
+/// Whether `http`'s `Authority` takes `host`. The usual name or address with an optional
+/// port is told at once; anything else goes to `Authority`, whose `&[u8]` conversion
+/// copies the bytes into a new buffer (an allocation and ~0.2k instructions per request
+/// under callgrind).
+fn valid_authority(host: &[u8]) -> bool {
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~');
+    let (name, port) = match host.iter().position(|&b| b == b':') {
+        Some(colon) => (&host[..colon], &host[colon + 1..]),
+        None => (host, &b""[..]),
+    };
+    let usual = !host.is_empty() && name.iter().all(plain) && port.iter().all(u8::is_ascii_digit);
+    usual || http::uri::Authority::try_from(host).is_ok()
 }
 
 #[cfg(test)]
@@ -774,6 +786,23 @@ mod tests {
     }
 
     proptest! {
+        /// The quick check of a Host value decides exactly as `Authority` does.
+        #[test]
+        fn a_host_is_valid_exactly_when_authority_takes_it(
+            host in prop_oneof![
+                "[a-zA-Z0-9._~-]{0,12}(:[0-9]{0,6})?",
+                "[a-zA-Z0-9._~:@%\\[\\]/?# -]{0,16}",
+                proptest::collection::vec(any::<u8>(), 0..16)
+                    .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+            ]
+        ) {
+            prop_assert_eq!(
+                valid_authority(host.as_bytes()),
+                http::uri::Authority::try_from(host.as_bytes()).is_ok(),
+                "{:?}", host
+            );
+        }
+
         #[test]
         fn listen_parse_never_panics(s in "\\PC*") {
             let _ = ListenAddr::parse(&s);
