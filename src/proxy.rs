@@ -315,9 +315,16 @@ impl Proxy {
         peer: &Peer,
         upgrade: Option<HeaderValue>,
     ) {
-        // `Host` becomes each target's authority, set per target below. (The server
-        // answered 400 to a request with more than one.)
-        let host = parts.headers.remove(header::HOST).or_else(|| {
+        // `Host` becomes each target's authority: its value is left empty, a slot filled
+        // in place per target (see [`main_head`] and the offer), cheaper than removing
+        // it and adding it again. (The server answered 400 to more than one.)
+        let preserve_host = self.settings().preserve_host;
+        let host = match parts.headers.get_mut(header::HOST) {
+            Some(host) if preserve_host => Some(host.clone()),
+            Some(host) => Some(std::mem::replace(host, HeaderValue::from_static(""))),
+            None => None,
+        };
+        let host = host.or_else(|| {
             // HTTP/2 carries the host in `:authority`, which hyper puts in the URI.
             let authority = parts.uri.authority()?;
             HeaderValue::from_str(authority.as_str()).ok()
@@ -332,7 +339,7 @@ impl Proxy {
             peer.https,
         );
         headers::append_via(&mut parts.headers, self.via_entry(parts.version));
-        if self.settings().preserve_host {
+        if preserve_host && !parts.headers.contains_key(header::HOST) {
             if let Some(host) = host {
                 parts.headers.insert(header::HOST, host);
             }
@@ -395,7 +402,8 @@ impl Proxy {
             skip_all(&mirrors, &selected);
             return (self.streamed(body, h2, failure), followers);
         }
-        let offer = Offer::new(mirrors, selected, awaiting, parts, grpc);
+        let host_slot = !self.settings().preserve_host || !parts.headers.contains_key(header::HOST);
+        let offer = Offer::new(mirrors, selected, awaiting, parts, grpc, host_slot);
         (self.teed(body, h2, offer, failure), followers)
     }
 
@@ -739,7 +747,7 @@ mod tests {
     }
 
     #[test]
-    fn the_head_loses_host_and_hop_by_hop_and_gains_forwarded_and_via() {
+    fn the_head_empties_host_loses_hop_by_hop_and_gains_forwarded_and_via() {
         let proxy = proxy(&[]);
         let mut parts = head(
             Request::get("/x?y=1")
@@ -750,7 +758,7 @@ mod tests {
         );
         proxy.rewrite_head(&mut parts, &peer(), None);
         let h = &parts.headers;
-        assert!(!h.contains_key(header::HOST));
+        assert_eq!(h[header::HOST], "", "a slot for each target's authority");
         assert!(!h.contains_key(header::CONNECTION));
         assert!(!h.contains_key("x-private"));
         assert_eq!(h["x-kept"], "2");

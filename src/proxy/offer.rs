@@ -74,19 +74,20 @@ pub struct Offer {
 impl Offer {
     /// The offer of a request whose head is rewritten (`parts`) to the `selected`
     /// members of `mirrors`, each copy waiting as `awaiting` says; `grpc`: the request
-    /// is a gRPC call.
+    /// is a gRPC call. `host_slot`: the `Host` in `parts`, if any, is a slot each copy
+    /// fills with its mirror's authority (not a `Host` kept for every target).
     pub fn new(
         mirrors: Mirrors,
         selected: Selection,
         awaiting: Awaiting,
         parts: &http::request::Parts,
         grpc: bool,
+        host_slot: bool,
     ) -> Self {
         let mut headers = parts.headers.clone();
         // A slot each copy fills with its mirror's authority in place, so that the
         // per-copy clone of this map never grows (a reallocation per copy).
-        let host_slot = !headers.contains_key(header::HOST);
-        if host_slot {
+        if host_slot && !headers.contains_key(header::HOST) {
             headers.insert(header::HOST, HeaderValue::from_static(""));
         }
         Offer {
@@ -370,6 +371,7 @@ mod tests {
             awaiting(),
             &parts,
             false,
+            true,
         );
         assert!(offer.host_slot);
         assert_eq!(offer.headers[header::HOST], "");
@@ -382,7 +384,14 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let offer = Offer::new(mirrors, Selection::default(), awaiting(), &parts, false);
+        let offer = Offer::new(
+            mirrors,
+            Selection::default(),
+            awaiting(),
+            &parts,
+            false,
+            false,
+        );
         assert!(!offer.host_slot);
         assert_eq!(offer.headers[header::HOST], "kept.example");
     }
