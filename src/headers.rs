@@ -27,25 +27,54 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// `TE: trailers`: that member says the client understands trailers end to end (RFC 9110
 /// §10.1.4); the transfer codings beside it are for this connection only.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names, no hashing (a `match` on the name compiles to a length
-    // switch and one compare). Most messages carry none of these or only `Connection`,
-    // so only what is present is looked up and removed.
-    let mut present = [false; HOP_BY_HOP.len()];
-    let mut proxy = false;
-    for k in headers.keys() {
-        let i = match k.as_str() {
-            "connection" => 0,
-            "keep-alive" => 1,
-            "te" => 2,
-            "transfer-encoding" => 3,
-            "upgrade" => 4,
-            name => {
-                proxy |= name.starts_with("proxy-");
-                continue;
-            }
-        };
-        present[i] = true;
+    strip_seen(headers, Seen::scan(headers));
+}
+
+/// Which hop-by-hop headers, and whether `Via`, a message carries: one pass over the
+/// names, no hashing (a `match` on the name compiles to a length switch and one
+/// compare). Most messages carry none of these or only `Connection`, so only what is
+/// present is then looked up.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Seen {
+    /// Each of [`HOP_BY_HOP`], in its order.
+    present: [bool; HOP_BY_HOP.len()],
+    /// A `Proxy-*` header.
+    proxy: bool,
+    pub via: bool,
+}
+
+impl Seen {
+    pub fn scan(headers: &HeaderMap) -> Self {
+        let mut seen = Seen::default();
+        for k in headers.keys() {
+            let i = match k.as_str() {
+                "connection" => 0,
+                "keep-alive" => 1,
+                "te" => 2,
+                "transfer-encoding" => 3,
+                "upgrade" => 4,
+                "via" => {
+                    seen.via = true;
+                    continue;
+                }
+                name => {
+                    seen.proxy |= name.starts_with("proxy-");
+                    continue;
+                }
+            };
+            seen.present[i] = true;
+        }
+        seen
     }
+
+    pub fn connection(&self) -> bool {
+        self.present[0]
+    }
+}
+
+/// [`strip_hop_by_hop`] of a message whose names were just scanned (`seen`).
+pub fn strip_seen(headers: &mut HeaderMap, seen: Seen) {
+    let Seen { present, proxy, .. } = seen;
     if !proxy && !present.contains(&true) {
         return;
     }
@@ -373,6 +402,14 @@ mod tests {
         let mut h = map(&[("x-forwarded-proto", "http")]);
         set_forwarded(&mut h, &client_ip("127.0.0.1".parse().unwrap()), None, true);
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn one_scan_tells_connection_and_via() {
+        let seen = Seen::scan(&map(&[("host", "a"), ("x-other", "1")]));
+        assert!(!seen.connection() && !seen.via);
+        let seen = Seen::scan(&map(&[("Connection", "upgrade"), ("VIA", "1.1 x")]));
+        assert!(seen.connection() && seen.via);
     }
 
     #[test]

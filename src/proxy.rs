@@ -241,7 +241,11 @@ impl Proxy {
         }
         // Once through here: a mirror leads back, the copy goes to main but is not
         // mirrored again. Twice: main leads back, and forwarding would never end.
-        let visits = headers::via_visits(req.headers(), &self.inner.via_token);
+        let seen = headers::Seen::scan(req.headers());
+        let visits = match seen.via {
+            true => headers::via_visits(req.headers(), &self.inner.via_token),
+            false => 0,
+        };
         if visits >= 2 {
             self.count_unmirrored(&req);
             self.log_main_error(&MainError::Loop, peer);
@@ -254,10 +258,10 @@ impl Proxy {
             return err.answer(grpc);
         }
         let looped = visits > 0;
-        let upgrade = upgrade_protocol(req.headers());
+        let upgrade = seen.connection().then(|| upgrade_protocol(req.headers())).flatten();
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        self.rewrite_head(&mut parts, peer, upgrade);
+        self.rewrite_head(&mut parts, peer, upgrade, seen);
         // hyper writes an HTTP/1 answer's trailers only to a client that asked for them
         // (`TE: trailers`), and only those its `Trailer` header names.
         let declare_trailers =
@@ -308,12 +312,13 @@ impl Proxy {
     /// Rewrites a request's head once, for main and every mirror alike: `Host` leaves
     /// (each target gets its own, see [`main_head`] and the offer's host slot), hop-by-hop
     /// headers go, `X-Forwarded-*` and this proxy's `Via` entry come; an upgrade request
-    /// keeps asking for `upgrade`.
+    /// keeps asking for `upgrade`. `seen`: what a scan of the head's names found.
     fn rewrite_head(
         &self,
         parts: &mut http::request::Parts,
         peer: &Peer,
         upgrade: Option<HeaderValue>,
+        seen: headers::Seen,
     ) {
         // `Host` becomes each target's authority: its value is left empty, a slot filled
         // in place per target (see [`main_head`] and the offer), cheaper than removing
@@ -331,7 +336,7 @@ impl Proxy {
         });
         // Room for what is added below (X-Forwarded-*, Via, Host): one growth, not several.
         let _ = parts.headers.try_reserve(5); // only fails past http's size limit
-        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_seen(&mut parts.headers, seen);
         headers::set_forwarded(
             &mut parts.headers,
             &peer.ip_header,
@@ -756,7 +761,8 @@ mod tests {
                 .header("x-private", "1")
                 .header("x-kept", "2"),
         );
-        proxy.rewrite_head(&mut parts, &peer(), None);
+        let seen = headers::Seen::scan(&parts.headers);
+        proxy.rewrite_head(&mut parts, &peer(), None, seen);
         let h = &parts.headers;
         assert_eq!(h[header::HOST], "", "a slot for each target's authority");
         assert!(!h.contains_key(header::CONNECTION));
@@ -772,7 +778,8 @@ mod tests {
     fn an_http2_request_forwards_its_authority_as_host() {
         let proxy = proxy(&[]);
         let mut parts = head(Request::get("http://client.example:8443/x").version(Version::HTTP_2));
-        proxy.rewrite_head(&mut parts, &peer(), None);
+        let seen = headers::Seen::scan(&parts.headers);
+        proxy.rewrite_head(&mut parts, &peer(), None, seen);
         assert_eq!(parts.headers["x-forwarded-host"], "client.example:8443");
         let via = format!("2 {}", proxy.inner.via_token);
         assert_eq!(parts.headers[header::VIA], via.as_str());
@@ -811,7 +818,8 @@ mod tests {
         );
         let upgrade = upgrade_protocol(&parts.headers);
         assert_eq!(upgrade.as_ref().unwrap(), "websocket");
-        proxy.rewrite_head(&mut parts, &peer(), upgrade);
+        let seen = headers::Seen::scan(&parts.headers);
+        proxy.rewrite_head(&mut parts, &peer(), upgrade, seen);
         assert_eq!(parts.headers[header::HOST], "client.example");
         assert_eq!(parts.headers[header::CONNECTION], "upgrade");
         assert_eq!(parts.headers[header::UPGRADE], "websocket");
