@@ -404,76 +404,83 @@ where
     ///
     /// # Errors
     /// The target cannot be reached, or the exchange failed.
-    pub async fn send(&self, mut request: Request<B>) -> Result<Response<Pooled<B>>, Error> {
-        let mut may_resend = true;
-        loop {
-            // A resend goes on a new connection: the other idle ones are likely as stale.
-            let checkout = if may_resend {
-                self.checkout(false).await
-            } else {
-                Checkout::New(self.room().await)
-            };
-            let stream = match checkout {
-                Checkout::Idle(sender, idle) => Err((sender, Some(idle))),
-                Checkout::Stream(stream, idle) => Ok((stream, idle, true)),
-                // Boxed: connecting holds the TLS state, which would otherwise make this
-                // future (and every future awaiting it) ~2.4 KB larger, moved on every spawn.
-                Checkout::New(permit) => match Box::pin(self.connect(permit)).await? {
-                    Connected::H1(sender) => Err((sender, None)),
-                    Connected::H2(stream) => Ok((stream, None, false)),
-                },
-                // Not asked for here (`checkout(false)`).
-                Checkout::Raw(..) => continue,
-            };
-            let (mut sender, idle) = match stream {
-                Err(h1) => h1,
-                // Boxed, so that the HTTP/1.1 path's future (moved on every spawn) does
-                // not grow by the HTTP/2 exchange's state.
-                Ok((stream, idle, pooled)) => {
-                    let exchange = self.exchange_h2(stream, request, idle, pooled, may_resend);
-                    match Box::pin(exchange).await {
-                        Attempt::Done(result) => return result,
-                        Attempt::Again(again, resend) => {
-                            (request, may_resend) = (again, resend);
-                            continue;
+    pub fn send(
+        &self,
+        mut request: Request<B>,
+    ) -> impl Future<Output = Result<Response<Pooled<B>>, Error>> + Send + '_ {
+        // An `async` block using `request` in place: an `async fn` would copy it from its
+        // argument slot into a second one in the future (rust-lang/rust#62958).
+        async move {
+            let mut may_resend = true;
+            loop {
+                // A resend goes on a new connection: the other idle ones are likely as stale.
+                let checkout = if may_resend {
+                    self.checkout(false).await
+                } else {
+                    Checkout::New(self.room().await)
+                };
+                let stream = match checkout {
+                    Checkout::Idle(sender, idle) => Err((sender, Some(idle))),
+                    Checkout::Stream(stream, idle) => Ok((stream, idle, true)),
+                    // Boxed: connecting holds the TLS state, which would otherwise make this
+                    // future (and every future awaiting it) ~2.4 KB larger, moved on every spawn.
+                    Checkout::New(permit) => match Box::pin(self.connect(permit)).await? {
+                        Connected::H1(sender) => Err((sender, None)),
+                        Connected::H2(stream) => Ok((stream, None, false)),
+                    },
+                    // Not asked for here (`checkout(false)`).
+                    Checkout::Raw(..) => continue,
+                };
+                let (mut sender, idle) = match stream {
+                    Err(h1) => h1,
+                    // Boxed, so that the HTTP/1.1 path's future (moved on every spawn) does
+                    // not grow by the HTTP/2 exchange's state.
+                    Ok((stream, idle, pooled)) => {
+                        let exchange = self.exchange_h2(stream, request, idle, pooled, may_resend);
+                        match Box::pin(exchange).await {
+                            Attempt::Done(result) => return result,
+                            Attempt::Again(again, resend) => {
+                                (request, may_resend) = (again, resend);
+                                continue;
+                            }
                         }
                     }
-                }
-            };
-            // A target closes a connection idle for its keep-alive timeout whenever it
-            // likes; a request written at that moment fails without a (complete) answer.
-            // A safe request without a body may be retried (RFC 9110 §9.2.2), so one sent
-            // on a connection idle for a while is kept, to go once more on a new
-            // connection. hyper does not tell "no byte came back" from "part of a head
-            // came back", so the latter is resent too; for a safe method that is allowed.
-            let resend = match idle {
-                Some(idle) if may_resend && idle >= self.inner.stale_after => replica(&request),
-                _ => None,
-            };
-            match sender.try_send_request(request).await {
-                Ok(mut response) => {
-                    // After `101` the connection belongs to the upgraded stream; after an
-                    // answer framed two ways (a smuggling or splitting attempt, RFC 9112
-                    // §6.3) it is not trusted with another request.
-                    let conflicting = remove_conflicting_length(response.headers_mut());
-                    let reuse = response.status() != StatusCode::SWITCHING_PROTOCOLS;
-                    let slot =
-                        (reuse && !conflicting).then(|| Slot::H1(sender, self.inner.clone()));
-                    return Ok(response.map(|body| Pooled { body, slot }));
-                }
-                Err(mut err) => match (err.take_message(), resend) {
-                    // The pooled connection closed before a byte of the request was
-                    // written: retry on another one, nothing reached the target.
-                    (Some(unsent), _) if idle.is_some() => request = unsent,
-                    (None, Some(again)) if closed_without_answer(err.error()) => {
-                        debug!(error = %err.error(), "idle connection closed by the target: request sent again");
-                        may_resend = false;
-                        request = again;
+                };
+                // A target closes a connection idle for its keep-alive timeout whenever it
+                // likes; a request written at that moment fails without a (complete) answer.
+                // A safe request without a body may be retried (RFC 9110 §9.2.2), so one sent
+                // on a connection idle for a while is kept, to go once more on a new
+                // connection. hyper does not tell "no byte came back" from "part of a head
+                // came back", so the latter is resent too; for a safe method that is allowed.
+                let resend = match idle {
+                    Some(idle) if may_resend && idle >= self.inner.stale_after => replica(&request),
+                    _ => None,
+                };
+                match sender.try_send_request(request).await {
+                    Ok(mut response) => {
+                        // After `101` the connection belongs to the upgraded stream; after an
+                        // answer framed two ways (a smuggling or splitting attempt, RFC 9112
+                        // §6.3) it is not trusted with another request.
+                        let conflicting = remove_conflicting_length(response.headers_mut());
+                        let reuse = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+                        let slot =
+                            (reuse && !conflicting).then(|| Slot::H1(sender, self.inner.clone()));
+                        return Ok(response.map(|body| Pooled { body, slot }));
                     }
-                    (unsent, _) => {
-                        return Err(Error::given_up(err.into_error(), unsent.is_some()));
-                    }
-                },
+                    Err(mut err) => match (err.take_message(), resend) {
+                        // The pooled connection closed before a byte of the request was
+                        // written: retry on another one, nothing reached the target.
+                        (Some(unsent), _) if idle.is_some() => request = unsent,
+                        (None, Some(again)) if closed_without_answer(err.error()) => {
+                            debug!(error = %err.error(), "idle connection closed by the target: request sent again");
+                            may_resend = false;
+                            request = again;
+                        }
+                        (unsent, _) => {
+                            return Err(Error::given_up(err.into_error(), unsent.is_some()));
+                        }
+                    },
+                }
             }
         }
     }

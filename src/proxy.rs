@@ -258,7 +258,10 @@ impl Proxy {
             return err.answer(grpc);
         }
         let looped = visits > 0;
-        let upgrade = seen.connection().then(|| upgrade_protocol(req.headers())).flatten();
+        let upgrade = seen
+            .connection()
+            .then(|| upgrade_protocol(req.headers()))
+            .flatten();
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         self.rewrite_head(&mut parts, peer, upgrade, seen);
