@@ -404,12 +404,14 @@ where
     ///
     /// # Errors
     /// The target cannot be reached, or the exchange failed.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn copies its arguments into a second slot of its future (rust-lang/rust#62958)"
+    )]
     pub fn send(
         &self,
         mut request: Request<B>,
     ) -> impl Future<Output = Result<Response<Pooled<B>>, Error>> + Send + '_ {
-        // An `async` block using `request` in place: an `async fn` would copy it from its
-        // argument slot into a second one in the future (rust-lang/rust#62958).
         async move {
             let mut may_resend = true;
             loop {

@@ -203,97 +203,114 @@ impl Proxy {
     /// Proxies one request to main and mirrors it. Never fails: upstream problems become
     /// `502`/`504` responses, a client's broken or stalled body `400`/`408`. Counts the
     /// answer's status class and the time until its head was ready.
-    pub async fn forward<B>(&self, req: Request<B>, peer: &Peer) -> Response<BoxBody>
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn copies its arguments into a second slot of its future (rust-lang/rust#62958)"
+    )]
+    pub fn forward<B>(
+        &self,
+        req: Request<B>,
+        peer: &Peer,
+    ) -> impl Future<Output = Response<BoxBody>> + Send
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let started = tokio::time::Instant::now();
-        // gRPC calls are POSTs: other methods skip the header lookup, done once here.
-        let grpc = req.method() == Method::POST && headers::is_grpc(req.headers());
-        // Counted by status only over HTTP/2, the protocol gRPC runs on.
-        let counted = grpc && req.version() == Version::HTTP_2;
-        let response = self.answer(req, peer, started, grpc).await;
-        self.main_stats()
-            .record(response.status(), started.elapsed());
-        if counted {
-            return self.main_stats().count_grpc(response).map(body::boxed);
+        async move {
+            let started = tokio::time::Instant::now();
+            // gRPC calls are POSTs: other methods skip the header lookup, done once here.
+            let grpc = req.method() == Method::POST && headers::is_grpc(req.headers());
+            // Counted by status only over HTTP/2, the protocol gRPC runs on.
+            let counted = grpc && req.version() == Version::HTTP_2;
+            let response = self.answer(req, peer, started, grpc).await;
+            self.main_stats()
+                .record(response.status(), started.elapsed());
+            if counted {
+                return self.main_stats().count_grpc(response).map(body::boxed);
+            }
+            response
         }
-        response
     }
 
     /// [`Proxy::forward`] without the counting: the request's steps, in order. `grpc`:
     /// a POST whose `Content-Type` is gRPC's.
-    async fn answer<B>(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn copies its arguments into a second slot of its future (rust-lang/rust#62958)"
+    )]
+    fn answer<B>(
         &self,
         mut req: Request<B>,
         peer: &Peer,
         started: tokio::time::Instant,
         grpc: bool,
-    ) -> Response<BoxBody>
+    ) -> impl Future<Output = Response<BoxBody>> + Send
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        if req.method() == Method::CONNECT {
-            self.count_unmirrored(&req);
-            return MainError::Connect.answer(grpc);
-        }
-        // Once through here: a mirror leads back, the copy goes to main but is not
-        // mirrored again. Twice: main leads back, and forwarding would never end.
-        let seen = headers::Seen::scan(req.headers());
-        let visits = match seen.via {
-            true => headers::via_visits(req.headers(), &self.inner.via_token),
-            false => 0,
-        };
-        if visits >= 2 {
-            self.count_unmirrored(&req);
-            self.log_main_error(&MainError::Loop, peer);
-            return MainError::Loop.answer(grpc);
-        }
-        if grpc && self.settings().main.transport() == Transport::Http {
-            self.count_unmirrored(&req);
-            let err = MainError::GrpcOverHttp1;
-            self.log_main_error(&err, peer);
-            return err.answer(grpc);
-        }
-        let looped = visits > 0;
-        let upgrade = seen
-            .connection()
-            .then(|| upgrade_protocol(req.headers()))
-            .flatten();
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        self.rewrite_head(&mut parts, peer, upgrade, seen);
-        // hyper writes an HTTP/1 answer's trailers only to a client that asked for them
-        // (`TE: trailers`), and only those its `Trailer` header names.
-        let declare_trailers =
-            grpc && parts.version < Version::HTTP_2 && headers::te_lists_trailers(&parts.headers);
-        let mut body_failure = None;
-        let (body, followers) = self.offer_copy(
-            &parts,
-            body,
-            looped,
-            client_upgrade.is_some(),
-            &mut body_failure,
-        );
-        main_head(
-            &mut parts,
-            &self.settings().main,
-            self.settings().preserve_host,
-        );
-        let request = Request::from_parts(parts, body);
-        match self.send_to_main(request, body_failure.as_ref()).await {
-            Ok(response) => self.build_answer(
-                response,
-                client_upgrade,
-                followers,
-                started,
-                declare_trailers,
-            ),
-            Err(err) => {
+        async move {
+            if req.method() == Method::CONNECT {
+                self.count_unmirrored(&req);
+                return MainError::Connect.answer(grpc);
+            }
+            // Once through here: a mirror leads back, the copy goes to main but is not
+            // mirrored again. Twice: main leads back, and forwarding would never end.
+            let seen = headers::Seen::scan(req.headers());
+            let visits = match seen.via {
+                true => headers::via_visits(req.headers(), &self.inner.via_token),
+                false => 0,
+            };
+            if visits >= 2 {
+                self.count_unmirrored(&req);
+                self.log_main_error(&MainError::Loop, peer);
+                return MainError::Loop.answer(grpc);
+            }
+            if grpc && self.settings().main.transport() == Transport::Http {
+                self.count_unmirrored(&req);
+                let err = MainError::GrpcOverHttp1;
                 self.log_main_error(&err, peer);
-                err.answer(grpc)
+                return err.answer(grpc);
+            }
+            let looped = visits > 0;
+            let upgrade = seen
+                .connection()
+                .then(|| upgrade_protocol(req.headers()))
+                .flatten();
+            let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+            let (mut parts, body) = req.into_parts();
+            self.rewrite_head(&mut parts, peer, upgrade, seen);
+            // hyper writes an HTTP/1 answer's trailers only to a client that asked for them
+            // (`TE: trailers`), and only those its `Trailer` header names.
+            let declare_trailers = grpc
+                && parts.version < Version::HTTP_2
+                && headers::te_lists_trailers(&parts.headers);
+            let mut body_failure = None;
+            let (body, followers) = self.offer_copy(
+                &parts,
+                body,
+                looped,
+                client_upgrade.is_some(),
+                &mut body_failure,
+            );
+            main_head(
+                &mut parts,
+                &self.settings().main,
+                self.settings().preserve_host,
+            );
+            let request = Request::from_parts(parts, body);
+            match self.send_to_main(request, body_failure.as_ref()).await {
+                Ok(response) => self.build_answer(
+                    response,
+                    client_upgrade,
+                    followers,
+                    started,
+                    declare_trailers,
+                ),
+                Err(err) => {
+                    self.log_main_error(&err, peer);
+                    err.answer(grpc)
+                }
             }
         }
     }
@@ -442,19 +459,25 @@ impl Proxy {
 
     /// Sends a request to main within `--main-timeout`. `body_failure`: where its body
     /// records why the client's side failed.
-    async fn send_to_main(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn copies its arguments into a second slot of its future (rust-lang/rust#62958)"
+    )]
+    fn send_to_main(
         &self,
         request: Request<BoxBody>,
         body_failure: Option<&BodyFailure>,
-    ) -> Result<Response<client::Pooled<BoxBody>>, MainError> {
-        let pending = self.main_pool().send(request);
-        let failed = |err| MainError::from_exchange(err, body_failure);
-        match self.settings().main_timeout {
-            None => pending.await.map_err(failed),
-            Some(limit) => match tokio::time::timeout(limit, pending).await {
-                Ok(result) => result.map_err(failed),
-                Err(_) => Err(MainError::Timeout(limit)),
-            },
+    ) -> impl Future<Output = Result<Response<client::Pooled<BoxBody>>, MainError>> + Send {
+        async move {
+            let pending = self.main_pool().send(request);
+            let failed = |err| MainError::from_exchange(err, body_failure);
+            match self.settings().main_timeout {
+                None => pending.await.map_err(failed),
+                Some(limit) => match tokio::time::timeout(limit, pending).await {
+                    Ok(result) => result.map_err(failed),
+                    Err(_) => Err(MainError::Timeout(limit)),
+                },
+            }
         }
     }
 

@@ -616,26 +616,37 @@ struct Handlers {
 }
 
 impl Handlers {
-    async fn route(&self, req: Request<Incoming>, peer: &Peer, role: Role) -> Response<BoxBody> {
-        if let Some(problem) = host_problem(&req) {
-            debug!(client = %peer.addr, problem, "bad Host header");
-            let grpc = crate::headers::is_grpc(req.headers());
-            return own_answer(
-                StatusCode::BAD_REQUEST,
-                &format!("bad request: {problem}"),
-                grpc,
-            );
-        }
-        let is_admin_path = self.admin.serves(req.uri().path());
-        match role {
-            Role::Proxy { admin: true } | Role::Admin if is_admin_path => {
-                self.admin.handle(req, peer.addr).await
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn copies its arguments into a second slot of its future (rust-lang/rust#62958)"
+    )]
+    fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: &Peer,
+        role: Role,
+    ) -> impl Future<Output = Response<BoxBody>> + Send {
+        async move {
+            if let Some(problem) = host_problem(&req) {
+                debug!(client = %peer.addr, problem, "bad Host header");
+                let grpc = crate::headers::is_grpc(req.headers());
+                return own_answer(
+                    StatusCode::BAD_REQUEST,
+                    &format!("bad request: {problem}"),
+                    grpc,
+                );
             }
-            Role::Admin => body::text(
-                StatusCode::NOT_FOUND,
-                "not found: this address serves only the admin endpoint\n",
-            ),
-            Role::Proxy { .. } => self.proxy.forward(req, peer).await,
+            let is_admin_path = self.admin.serves(req.uri().path());
+            match role {
+                Role::Proxy { admin: true } | Role::Admin if is_admin_path => {
+                    self.admin.handle(req, peer.addr).await
+                }
+                Role::Admin => body::text(
+                    StatusCode::NOT_FOUND,
+                    "not found: this address serves only the admin endpoint\n",
+                ),
+                Role::Proxy { .. } => self.proxy.forward(req, peer).await,
+            }
         }
     }
 }
