@@ -636,9 +636,10 @@ impl Handlers {
                     grpc,
                 );
             }
-            let is_admin_path = self.admin.serves(req.uri().path());
+            // Only where the admin endpoint is served: not on a proxy-only listener.
+            let admin_path = |req: &Request<Incoming>| self.admin.serves(req.uri().path());
             match role {
-                Role::Proxy { admin: true } | Role::Admin if is_admin_path => {
+                Role::Proxy { admin: true } | Role::Admin if admin_path(&req) => {
                     self.admin.handle(req, peer.addr).await
                 }
                 Role::Admin => body::text(
