@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::admin::Admin;
 use crate::app::App;
 use crate::body::{self, BoxBody};
-use crate::idle::{Activity, Tracked};
+use crate::idle::{Activity, InFlight, Tracked};
 use crate::mirror::Status;
 use crate::proxy::{Peer, Proxy, own_answer};
 use crate::ratelimit::LogLimiter;
@@ -566,14 +566,8 @@ async fn serve_http<I>(
     let peer = client.addr;
     let watched = activity.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let handlers = handlers.clone();
-        let client = client.clone();
         let request = activity.request_started();
-        async move {
-            let response = handlers.route(req, &client, role).await;
-            // Counted until the body is done with, not just until the head.
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, request)))
-        }
+        handlers.clone().route(req, client.clone(), role, request)
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -616,38 +610,41 @@ struct Handlers {
 }
 
 impl Handlers {
+    /// The answer to `req` from `peer`, which stays in flight (`request`) until its body
+    /// is done with. One `async` block for the whole request: each level of them holds
+    /// the request once more (rust-lang/rust#62958), in a future hyper moves twice.
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn copies its arguments into a second slot of its future (rust-lang/rust#62958)"
     )]
     fn route(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
-        peer: &Peer,
+        peer: Peer,
         role: Role,
-    ) -> impl Future<Output = Response<BoxBody>> + Send {
+        request: InFlight,
+    ) -> impl Future<Output = Result<Response<Tracked<BoxBody>>, Infallible>> + Send {
         async move {
-            if let Some(problem) = host_problem(&req) {
+            let response = if let Some(problem) = host_problem(&req) {
                 debug!(client = %peer.addr, problem, "bad Host header");
                 let grpc = crate::headers::is_grpc(req.headers());
-                return own_answer(
-                    StatusCode::BAD_REQUEST,
-                    &format!("bad request: {problem}"),
-                    grpc,
-                );
-            }
-            // Only where the admin endpoint is served: not on a proxy-only listener.
-            let admin_path = |req: &Request<Incoming>| self.admin.serves(req.uri().path());
-            match role {
-                Role::Proxy { admin: true } | Role::Admin if admin_path(&req) => {
-                    self.admin.handle(req, peer.addr).await
+                let message = format!("bad request: {problem}");
+                own_answer(StatusCode::BAD_REQUEST, &message, grpc)
+            } else {
+                // Only where the admin endpoint is served: not on a proxy-only listener.
+                let admin_path = |req: &Request<Incoming>| self.admin.serves(req.uri().path());
+                match role {
+                    Role::Proxy { admin: true } | Role::Admin if admin_path(&req) => {
+                        self.admin.handle(req, peer.addr).await
+                    }
+                    Role::Admin => body::text(
+                        StatusCode::NOT_FOUND,
+                        "not found: this address serves only the admin endpoint\n",
+                    ),
+                    Role::Proxy { .. } => self.proxy.forward(req, &peer).await,
                 }
-                Role::Admin => body::text(
-                    StatusCode::NOT_FOUND,
-                    "not found: this address serves only the admin endpoint\n",
-                ),
-                Role::Proxy { .. } => self.proxy.forward(req, peer).await,
-            }
+            };
+            Ok(response.map(|body| Tracked::new(body, request)))
         }
     }
 }
