@@ -3,8 +3,8 @@
 //! settings, the keep-alive pools to main, the mirror set, the byte budget for
 //! mirrored bodies, and this process's `Via` token.
 //!
-//! Request flow, one step each in [`Proxy::answer`]: rewrite the head once
-//! ([`Proxy::rewrite_head`]) → pick the mirrors that want a copy and plan their offer
+//! Request flow, one step each in [`Proxy::prepare`] then [`Proxy::forward`]: rewrite
+//! the head once ([`Proxy::rewrite_head`]) → pick the mirrors that want a copy and plan their offer
 //! ([`Proxy::offer_copy`], [`offer`]) → send to main with the body streamed as it
 //! arrives ([`Proxy::send_to_main`]); a copy of it is collected on the way ([`tee`])
 //! and offered to those mirrors once complete → stream main's response back as it
@@ -71,6 +71,21 @@ impl Peer {
             https,
         }
     }
+}
+
+/// What [`Proxy::prepare`] makes of a request: the proxy's own answer, or what main's
+/// exchange takes (the request, where its body records a failure of the client's side,
+/// the client's side of an upgrade, what main's answer owes the mirrors and a gRPC
+/// client).
+enum Prepared {
+    Answered(Response<BoxBody>),
+    ToMain {
+        request: Request<BoxBody>,
+        body_failure: Option<BodyFailure>,
+        client_upgrade: Option<OnUpgrade>,
+        followers: Followers,
+        declare_trailers: bool,
+    },
 }
 
 /// The proxy's state, shared by every connection. Cloning is shallow.
@@ -202,7 +217,9 @@ impl Proxy {
 
     /// Proxies one request to main and mirrors it. Never fails: upstream problems become
     /// `502`/`504` responses, a client's broken or stalled body `400`/`408`. Counts the
-    /// answer's status class and the time until its head was ready.
+    /// answer's status class and the time until its head was ready. The one `async`
+    /// block of the request's way through the proxy: each level of them would hold the
+    /// request once more (rust-lang/rust#62958).
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn copies its arguments into a second slot of its future (rust-lang/rust#62958)"
@@ -222,7 +239,28 @@ impl Proxy {
             let grpc = req.method() == Method::POST && headers::is_grpc(req.headers());
             // Counted by status only over HTTP/2, the protocol gRPC runs on.
             let counted = grpc && req.version() == Version::HTTP_2;
-            let response = self.answer(req, peer, started, grpc).await;
+            let response = match self.prepare(req, peer, grpc) {
+                Prepared::Answered(answered) => answered,
+                Prepared::ToMain {
+                    request,
+                    body_failure,
+                    client_upgrade,
+                    followers,
+                    declare_trailers,
+                } => match self.send_to_main(request, body_failure.as_ref()).await {
+                    Ok(response) => self.build_answer(
+                        response,
+                        client_upgrade,
+                        followers,
+                        started,
+                        declare_trailers,
+                    ),
+                    Err(err) => {
+                        self.log_main_error(&err, peer);
+                        err.answer(grpc)
+                    }
+                },
+            };
             self.main_stats()
                 .record(response.status(), started.elapsed());
             if counted {
@@ -232,86 +270,66 @@ impl Proxy {
         }
     }
 
-    /// [`Proxy::forward`] without the counting: the request's steps, in order. `grpc`:
-    /// a POST whose `Content-Type` is gRPC's.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn copies its arguments into a second slot of its future (rust-lang/rust#62958)"
-    )]
-    fn answer<B>(
-        &self,
-        mut req: Request<B>,
-        peer: &Peer,
-        started: tokio::time::Instant,
-        grpc: bool,
-    ) -> impl Future<Output = Response<BoxBody>> + Send
+    /// The request's steps before main is asked, in order: what to send it, or the
+    /// proxy's own answer. `grpc`: a POST whose `Content-Type` is gRPC's.
+    fn prepare<B>(&self, mut req: Request<B>, peer: &Peer, grpc: bool) -> Prepared
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        async move {
-            if req.method() == Method::CONNECT {
-                self.count_unmirrored(&req);
-                return MainError::Connect.answer(grpc);
-            }
-            // Once through here: a mirror leads back, the copy goes to main but is not
-            // mirrored again. Twice: main leads back, and forwarding would never end.
-            let seen = headers::Seen::scan(req.headers());
-            let visits = match seen.via {
-                true => headers::via_visits(req.headers(), &self.inner.via_token),
-                false => 0,
-            };
-            if visits >= 2 {
-                self.count_unmirrored(&req);
-                self.log_main_error(&MainError::Loop, peer);
-                return MainError::Loop.answer(grpc);
-            }
-            if grpc && self.settings().main.transport() == Transport::Http {
-                self.count_unmirrored(&req);
-                let err = MainError::GrpcOverHttp1;
-                self.log_main_error(&err, peer);
-                return err.answer(grpc);
-            }
-            let looped = visits > 0;
-            let upgrade = seen
-                .connection()
-                .then(|| upgrade_protocol(req.headers()))
-                .flatten();
-            let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-            let (mut parts, body) = req.into_parts();
-            self.rewrite_head(&mut parts, peer, upgrade, seen);
-            // hyper writes an HTTP/1 answer's trailers only to a client that asked for them
-            // (`TE: trailers`), and only those its `Trailer` header names.
-            let declare_trailers = grpc
-                && parts.version < Version::HTTP_2
-                && headers::te_lists_trailers(&parts.headers);
-            let mut body_failure = None;
-            let (body, followers) = self.offer_copy(
-                &parts,
-                body,
-                looped,
-                client_upgrade.is_some(),
-                &mut body_failure,
-            );
-            main_head(
-                &mut parts,
-                &self.settings().main,
-                self.settings().preserve_host,
-            );
-            let request = Request::from_parts(parts, body);
-            match self.send_to_main(request, body_failure.as_ref()).await {
-                Ok(response) => self.build_answer(
-                    response,
-                    client_upgrade,
-                    followers,
-                    started,
-                    declare_trailers,
-                ),
-                Err(err) => {
-                    self.log_main_error(&err, peer);
-                    err.answer(grpc)
-                }
-            }
+        if req.method() == Method::CONNECT {
+            self.count_unmirrored(&req);
+            return Prepared::Answered(MainError::Connect.answer(grpc));
+        }
+        // Once through here: a mirror leads back, the copy goes to main but is not
+        // mirrored again. Twice: main leads back, and forwarding would never end.
+        let seen = headers::Seen::scan(req.headers());
+        let visits = match seen.via {
+            true => headers::via_visits(req.headers(), &self.inner.via_token),
+            false => 0,
+        };
+        if visits >= 2 {
+            self.count_unmirrored(&req);
+            self.log_main_error(&MainError::Loop, peer);
+            return Prepared::Answered(MainError::Loop.answer(grpc));
+        }
+        if grpc && self.settings().main.transport() == Transport::Http {
+            self.count_unmirrored(&req);
+            let err = MainError::GrpcOverHttp1;
+            self.log_main_error(&err, peer);
+            return Prepared::Answered(err.answer(grpc));
+        }
+        let looped = visits > 0;
+        let upgrade = seen
+            .connection()
+            .then(|| upgrade_protocol(req.headers()))
+            .flatten();
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        self.rewrite_head(&mut parts, peer, upgrade, seen);
+        // hyper writes an HTTP/1 answer's trailers only to a client that asked for them
+        // (`TE: trailers`), and only those its `Trailer` header names.
+        let declare_trailers =
+            grpc && parts.version < Version::HTTP_2 && headers::te_lists_trailers(&parts.headers);
+        let mut body_failure = None;
+        let (body, followers) = self.offer_copy(
+            &parts,
+            body,
+            looped,
+            client_upgrade.is_some(),
+            &mut body_failure,
+        );
+        main_head(
+            &mut parts,
+            &self.settings().main,
+            self.settings().preserve_host,
+        );
+        Prepared::ToMain {
+            request: Request::from_parts(parts, body),
+            body_failure,
+            client_upgrade,
+            followers,
+            declare_trailers,
         }
     }
 
