@@ -565,6 +565,8 @@ async fn serve_http<I>(
 {
     let peer = client.addr;
     let watched = activity.clone();
+    // Shared by the connection's requests: one count to raise each, not a copy.
+    let client = Arc::new(client);
     let service = service_fn(move |req: Request<Incoming>| {
         let request = activity.request_started();
         handlers.clone().route(req, client.clone(), role, request)
@@ -620,7 +622,7 @@ impl Handlers {
     fn route(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: Peer,
+        peer: Arc<Peer>,
         role: Role,
         request: InFlight,
     ) -> impl Future<Output = Result<Response<Tracked<BoxBody>>, Infallible>> + Send {
