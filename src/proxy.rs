@@ -277,27 +277,28 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        // Answered here, never mirrored: counted once per mirror like an upgrade, logged.
+        let refuse = |req: &Request<B>, err: MainError| {
+            self.count_unmirrored(req);
+            self.log_main_error(&err, peer);
+            Prepared::Answered(err.answer(grpc))
+        };
         if req.method() == Method::CONNECT {
-            self.count_unmirrored(&req);
-            return Prepared::Answered(MainError::Connect.answer(grpc));
+            return refuse(&req, MainError::Connect);
         }
         // Once through here: a mirror leads back, the copy goes to main but is not
         // mirrored again. Twice: main leads back, and forwarding would never end.
         let seen = headers::Seen::scan(req.headers());
-        let visits = match seen.via {
-            true => headers::via_visits(req.headers(), &self.inner.via_token),
-            false => 0,
+        let visits = if seen.via {
+            headers::via_visits(req.headers(), &self.inner.via_token)
+        } else {
+            0
         };
         if visits >= 2 {
-            self.count_unmirrored(&req);
-            self.log_main_error(&MainError::Loop, peer);
-            return Prepared::Answered(MainError::Loop.answer(grpc));
+            return refuse(&req, MainError::Loop);
         }
         if grpc && self.settings().main.transport() == Transport::Http {
-            self.count_unmirrored(&req);
-            let err = MainError::GrpcOverHttp1;
-            self.log_main_error(&err, peer);
-            return Prepared::Answered(err.answer(grpc));
+            return refuse(&req, MainError::GrpcOverHttp1);
         }
         let looped = visits > 0;
         let upgrade = seen
@@ -362,12 +363,15 @@ impl Proxy {
         // in place per target (see [`main_head`] and the offer), cheaper than removing
         // it and adding it again. (The server answered 400 to more than one.)
         let preserve_host = self.settings().preserve_host;
-        let host = match parts.headers.get_mut(header::HOST) {
-            Some(host) if preserve_host => Some(host.clone()),
-            Some(host) => Some(std::mem::replace(host, HeaderValue::from_static(""))),
-            None => None,
-        };
-        let host = host.or_else(|| {
+        let sent = parts
+            .headers
+            .get_mut(header::HOST)
+            .map(|host| match preserve_host {
+                true => host.clone(),
+                false => std::mem::replace(host, HeaderValue::from_static("")),
+            });
+        let had_host = sent.is_some();
+        let host = sent.or_else(|| {
             // HTTP/2 carries the host in `:authority`, which hyper puts in the URI.
             let authority = parts.uri.authority()?;
             HeaderValue::from_str(authority.as_str()).ok()
@@ -382,7 +386,7 @@ impl Proxy {
             peer.https,
         );
         headers::append_via(&mut parts.headers, self.via_entry(parts.version));
-        if preserve_host && !parts.headers.contains_key(header::HOST) {
+        if preserve_host && !had_host {
             if let Some(host) = host {
                 parts.headers.insert(header::HOST, host);
             }

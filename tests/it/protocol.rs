@@ -299,11 +299,7 @@ async fn idle_keep_alive_connection_is_closed() {
         .await
         .unwrap();
     read_until(&mut s, "ok").await;
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest))
-        .await
-        .expect("idle connection closed")
-        .unwrap();
+    read_to_close(&mut s, Duration::from_secs(2), "idle connection closed").await;
 }
 
 #[tokio::test]
@@ -330,11 +326,12 @@ async fn http1_answers_longer_than_the_idle_timeout_are_not_cut_and_idleness_is_
     s.write_all(b"GET /third HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest))
-        .await
-        .expect("connection closed by the proxy")
-        .unwrap();
+    read_to_close(
+        &mut s,
+        Duration::from_secs(2),
+        "connection closed by the proxy",
+    )
+    .await;
     assert!(answered.elapsed() >= Duration::from_millis(250));
     assert_eq!(main.count(), 2);
 }

@@ -821,6 +821,16 @@ pub async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads `s` to its end: the peer must close it within `within`.
+pub async fn read_to_close(s: &mut tokio::net::TcpStream, within: Duration, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    tokio::time::timeout(within, s.read_to_end(&mut rest))
+        .await
+        .expect(what)
+        .expect("read succeeds");
+}
+
 /// A server on 127.0.0.1:0 that hands every accepted connection to `script`.
 pub async fn raw_server<F, Fut>(script: F) -> SocketAddr
 where
